@@ -55,7 +55,7 @@ impl Format {
     ];
 
     /// Total length in bytes.
-    pub fn len(self) -> usize {
+    pub fn key_len(self) -> usize {
         NAME_LEN + 2 * self.part_len()
     }
 
@@ -95,7 +95,7 @@ impl Format {
         let n = self.part_len();
         let aes = derive(key, self.id(), "aes", n);
         let hmac = derive(key, self.id(), "hmac", n);
-        let mut out = Zeroizing::new(Vec::with_capacity(self.len()));
+        let mut out = Zeroizing::new(Vec::with_capacity(self.key_len()));
         out.extend_from_slice(&key.name().0);
         let (first, second) = match self.order() {
             Order::AesThenHmac => (&aes, &hmac),
@@ -180,7 +180,7 @@ mod tests {
         ];
         for (f, layout) in &cases {
             assert_eq!(hex(&f.encode(&k)), *layout, "{f:?} layout");
-            assert_eq!(f.encode(&k).len(), f.len());
+            assert_eq!(f.encode(&k).len(), f.key_len());
         }
         // The derived bytes themselves, pinned.
         let pinned = [

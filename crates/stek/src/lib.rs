@@ -1,0 +1,8 @@
+//! stek: rotating, fleet-wide TLS session ticket keys without giving up forward secrecy.
+//!
+//! This crate is the `stek` binary's library: the clock edge, the store trait and its embedded
+//! implementation, the generator and agent loops, the sinks that hand keys to TLS servers
+//! (nginx, HAProxy and Apache files, a read-only memcached-protocol server) and process hygiene.
+//! The model itself (schedule, keys, formats, records) lives in `stek-core`.
+
+pub mod memcached;

@@ -1,0 +1,1 @@
+//! A read-only memcached text-protocol server for ticket keys.
