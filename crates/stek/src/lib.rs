@@ -6,3 +6,13 @@
 //! The model itself (schedule, keys, formats, records) lives in `stek-core`.
 
 pub mod memcached;
+pub mod agent;
+pub mod clock;
+pub mod duration;
+pub mod files;
+pub mod generator;
+pub mod onchange;
+pub mod sink;
+pub mod store;
+pub mod sys;
+pub mod up;

@@ -1,0 +1,124 @@
+//! Runs the operator's `--on-change` command (e.g. `nginx -s reload`) after the files change.
+//!
+//! A failing command is reported and retried with exponential backoff; it is never fatal, and
+//! the files it would have loaded stay valid meanwhile (they were written atomically). A change
+//! that arrives during the backoff cuts it short: the command runs for the newest files.
+
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use tokio::process::Command;
+use tokio::sync::watch;
+use tracing::{info, warn};
+
+/// The longest one run of the command may take before it is killed.
+const RUN_TIMEOUT: Duration = Duration::from_secs(60);
+/// The first retry delay; doubled after each failure up to the caller's maximum.
+const FIRST_BACKOFF: Duration = Duration::from_millis(500);
+
+/// The handle that tells the runner the files changed.
+#[derive(Debug)]
+pub struct OnChange {
+    tx: watch::Sender<u64>,
+}
+
+impl OnChange {
+    /// Starts the runner for `cmd` (run with `sh -c`), backing off up to `max_backoff`.
+    pub fn spawn(cmd: String, max_backoff: Duration) -> OnChange {
+        let (tx, rx) = watch::channel(0u64);
+        tokio::spawn(run(cmd, rx, max_backoff));
+        OnChange { tx }
+    }
+
+    /// Signals that the files changed.
+    pub fn notify(&self) {
+        self.tx.send_modify(|n| *n = n.wrapping_add(1));
+    }
+}
+
+async fn run(cmd: String, mut rx: watch::Receiver<u64>, max_backoff: Duration) {
+    while rx.changed().await.is_ok() {
+        rx.borrow_and_update();
+        let mut delay = FIRST_BACKOFF;
+        let mut attempt = 1u32;
+        loop {
+            match run_once(&cmd).await {
+                Ok(took) => {
+                    info!(command = %cmd, took_ms = took.as_millis() as u64, "on-change command succeeded (reload ok)");
+                    break;
+                }
+                Err(why) => {
+                    warn!(command = %cmd, attempt, retry_in_ms = delay.as_millis() as u64, "on-change command failed (reload failed; previous keys stay in use): {why}");
+                }
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(delay) => {}
+                changed = rx.changed() => {
+                    if changed.is_err() { return; }
+                    rx.borrow_and_update();
+                }
+            }
+            delay = (delay * 2).min(max_backoff);
+            attempt += 1;
+        }
+    }
+}
+
+async fn run_once(cmd: &str) -> Result<Duration, String> {
+    let start = Instant::now();
+    let child = Command::new("sh")
+        .arg("-c")
+        .arg(cmd)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(|e| format!("cannot start sh: {e}"))?;
+    let out = tokio::time::timeout(RUN_TIMEOUT, child.wait_with_output())
+        .await
+        .map_err(|_| format!("timed out after {}s and was killed", RUN_TIMEOUT.as_secs()))?
+        .map_err(|e| format!("cannot wait for it: {e}"))?;
+    if out.status.success() {
+        return Ok(start.elapsed());
+    }
+    let mut text = String::from_utf8_lossy(&out.stderr).into_owned();
+    if text.trim().is_empty() {
+        text = String::from_utf8_lossy(&out.stdout).into_owned();
+    }
+    let text: String = text.trim().chars().take(500).collect();
+    Err(match out.status.code() {
+        Some(code) => format!("exit status {code}: {text}"),
+        None => format!("killed by a signal: {text}"),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn retries_until_it_succeeds() {
+        let d = tempfile::tempdir().unwrap();
+        let marker = d.path().join("n");
+        // Fails twice, then succeeds: counts its runs in a file.
+        let cmd = format!(
+            "n=$(cat {m} 2>/dev/null || echo 0); n=$((n+1)); echo $n > {m}; [ $n -ge 3 ]",
+            m = marker.display()
+        );
+        let h = OnChange::spawn(cmd, Duration::from_millis(100));
+        h.notify();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let n: u32 = std::fs::read_to_string(&marker).ok().and_then(|s| s.trim().parse().ok()).unwrap_or(0);
+            if n >= 3 {
+                break;
+            }
+            assert!(Instant::now() < deadline, "command ran only {n} times");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        // It stops once it succeeded.
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        assert_eq!(std::fs::read_to_string(&marker).unwrap().trim(), "3");
+    }
+}

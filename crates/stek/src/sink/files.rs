@@ -1,0 +1,211 @@
+//! The nginx, HAProxy and Apache key-file sinks.
+
+use std::collections::HashSet;
+use std::fs;
+use std::io;
+use std::path::PathBuf;
+
+use base64::Engine as _;
+use stek_core::{Format, Ring};
+use zeroize::Zeroizing;
+
+use crate::files::{ensure_private_dir, erase, write_atomic};
+
+fn check_len(format: Format, bytes: &[u8]) -> io::Result<()> {
+    // Servers die or silently misbehave on short key files (Apache exits at graceful restart):
+    // never write one.
+    if bytes.len() == format.key_len() {
+        Ok(())
+    } else {
+        Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("{} key of {} bytes, expected {}", format.id(), bytes.len(), format.key_len()),
+        ))
+    }
+}
+
+/// nginx: one 80-byte file per key of the window under `nginx/keys/`, named by slot start,
+/// and `nginx/tickets.conf` with one `ssl_session_ticket_key` line per key, the encrypting key
+/// first, then the next key, then past keys newest first.
+#[derive(Debug)]
+pub struct NginxSink {
+    dir: PathBuf,
+}
+
+impl NginxSink {
+    /// A sink writing under `dir` (`DIR/nginx`).
+    pub fn new(dir: PathBuf) -> Self {
+        NginxSink { dir }
+    }
+
+    /// The include file nginx reads.
+    pub fn conf_path(&self) -> PathBuf {
+        self.dir.join("tickets.conf")
+    }
+
+    /// Writes the key files, then the include file, then erases key files that left the window.
+    pub fn write(&mut self, ring: &Ring) -> io::Result<PathBuf> {
+        let keys = self.dir.join("keys");
+        ensure_private_dir(&self.dir)?;
+        ensure_private_dir(&keys)?;
+        let mut conf = String::from(
+            "# Written by stek: session ticket keys, the encrypting key first. Do not edit.\n",
+        );
+        let mut wanted = HashSet::new();
+        for entry in ring.entries() {
+            let file = format!("{}.key", ring.schedule().start(entry.slot()).as_secs());
+            let path = keys.join(&file);
+            let bytes = Format::Nginx80.encode(&entry.key);
+            check_len(Format::Nginx80, &bytes)?;
+            write_atomic(&path, &bytes)?;
+            conf.push_str(&format!(
+                "ssl_session_ticket_key {}; # slot {} {} {}\n",
+                path.display(),
+                entry.slot(),
+                entry.role,
+                entry.key.name()
+            ));
+            wanted.insert(file);
+        }
+        let conf_path = self.conf_path();
+        write_atomic(&conf_path, conf.as_bytes())?;
+        for old in fs::read_dir(&keys)? {
+            let old = old?;
+            let name = old.file_name();
+            if !wanted.contains(name.to_string_lossy().as_ref()) {
+                erase(&old.path())?;
+            }
+        }
+        Ok(conf_path)
+    }
+}
+
+/// HAProxy: `haproxy/tickets.keys`, three base64 80-byte keys, oldest first (previous,
+/// encrypting, next): HAProxy encrypts with the penultimate line.
+#[derive(Debug)]
+pub struct HaproxySink {
+    dir: PathBuf,
+}
+
+impl HaproxySink {
+    /// A sink writing under `dir` (`DIR/haproxy`).
+    pub fn new(dir: PathBuf) -> Self {
+        HaproxySink { dir }
+    }
+
+    /// The keys file HAProxy's `tls-ticket-keys` points at.
+    pub fn keys_path(&self) -> PathBuf {
+        self.dir.join("tickets.keys")
+    }
+
+    /// Writes the keys file.
+    pub fn write(&mut self, ring: &Ring) -> io::Result<PathBuf> {
+        ensure_private_dir(&self.dir)?;
+        let mut text = Zeroizing::new(String::new());
+        for entry in ring.haproxy_triple() {
+            let bytes = Format::Haproxy80.encode(&entry.key);
+            check_len(Format::Haproxy80, &bytes)?;
+            let line = Zeroizing::new(base64::engine::general_purpose::STANDARD.encode(&bytes));
+            text.push_str(&line);
+            text.push('\n');
+        }
+        let path = self.keys_path();
+        write_atomic(&path, text.as_bytes())?;
+        Ok(path)
+    }
+}
+
+/// Apache: `apache/ticket.key`, the encrypting key, 48 bytes.
+#[derive(Debug)]
+pub struct ApacheSink {
+    dir: PathBuf,
+}
+
+impl ApacheSink {
+    /// A sink writing under `dir` (`DIR/apache`).
+    pub fn new(dir: PathBuf) -> Self {
+        ApacheSink { dir }
+    }
+
+    /// The file `SSLSessionTicketKeyFile` points at.
+    pub fn key_path(&self) -> PathBuf {
+        self.dir.join("ticket.key")
+    }
+
+    /// Writes the key file.
+    pub fn write(&mut self, ring: &Ring) -> io::Result<PathBuf> {
+        ensure_private_dir(&self.dir)?;
+        let bytes = Format::Apache48.encode(&ring.encrypting_entry().key);
+        check_len(Format::Apache48, &bytes)?;
+        let path = self.key_path();
+        write_atomic(&path, &bytes)?;
+        Ok(path)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeMap;
+    use std::time::Duration;
+    use std::path::Path;
+    use stek_core::{LocalKeys, Schedule, Slot, SlotKey};
+
+    fn ring_at(t: u64, shared: &BTreeMap<Slot, SlotKey>, local: &mut LocalKeys) -> Ring {
+        let s = Schedule::new(Duration::from_secs(4), Duration::from_secs(12)).unwrap();
+        Ring::build(&s, Duration::from_secs(t), shared, local, 1).unwrap()
+    }
+
+    #[test]
+    fn nginx_files_follow_the_window() {
+        let d = tempfile::tempdir_in("/dev/shm").unwrap();
+        let mut sink = NginxSink::new(d.path().join("nginx"));
+        let mut shared = BTreeMap::new();
+        for s in [100, 101] {
+            shared.insert(Slot(s), SlotKey::generate(Slot(s)).unwrap());
+        }
+        let mut local = LocalKeys::new();
+        let r = ring_at(400, &shared, &mut local);
+        let conf = sink.write(&r).unwrap();
+        let text = fs::read_to_string(&conf).unwrap();
+        let lines: Vec<&str> = text.lines().filter(|l| l.starts_with("ssl_")).collect();
+        assert_eq!(lines.len(), 5);
+        let files: Vec<&str> = lines.iter().map(|l| l.split(' ').nth(1).unwrap().trim_end_matches(';')).collect();
+        assert!(files[0].ends_with("/400.key") && files[1].ends_with("/404.key") && files[2].ends_with("/396.key"));
+        for f in &files {
+            assert_eq!(fs::read(f).unwrap().len(), 80);
+        }
+        assert_eq!(&fs::read(files[0]).unwrap()[..16], &shared[&Slot(100)].name().0);
+        // Next slot: 388.key (slot 97) leaves and is erased.
+        shared.insert(Slot(102), SlotKey::generate(Slot(102)).unwrap());
+        let r = ring_at(404, &shared, &mut local);
+        sink.write(&r).unwrap();
+        assert!(!Path::new(&files[4]).exists());
+        assert_eq!(fs::read_dir(d.path().join("nginx/keys")).unwrap().count(), 5);
+    }
+
+    #[test]
+    fn haproxy_and_apache_files() {
+        let d = tempfile::tempdir_in("/dev/shm").unwrap();
+        let mut shared = BTreeMap::new();
+        for s in 99..=101 {
+            shared.insert(Slot(s), SlotKey::generate(Slot(s)).unwrap());
+        }
+        let r = ring_at(400, &shared, &mut LocalKeys::new());
+        let p = HaproxySink::new(d.path().join("haproxy")).write(&r).unwrap();
+        let text = fs::read_to_string(p).unwrap();
+        let keys: Vec<Vec<u8>> = text
+            .lines()
+            .map(|l| base64::engine::general_purpose::STANDARD.decode(l).unwrap())
+            .collect();
+        assert_eq!(keys.len(), 3);
+        for (k, slot) in keys.iter().zip([99, 100, 101]) {
+            assert_eq!(k.len(), 80);
+            assert_eq!(&k[..16], &shared[&Slot(slot)].name().0);
+        }
+        let p = ApacheSink::new(d.path().join("apache")).write(&r).unwrap();
+        let k = fs::read(p).unwrap();
+        assert_eq!(k.len(), 48);
+        assert_eq!(&k[..16], &shared[&Slot(100)].name().0);
+    }
+}

@@ -1,0 +1,169 @@
+//! Where records live between the generator and the agents.
+//!
+//! # The contract every store keeps
+//!
+//! A store maps `(group, slot)` to at most one record, ever:
+//!
+//! - **Create-if-absent.** [`Store::create`] stores a record only if the slot has none; it is
+//!   atomic across every process that talks to the store, so any number of generators may race
+//!   and exactly one record per slot results. The caller learns whether it won and, if it lost,
+//!   gets the winner's record back: it must never publish a second key for the slot.
+//! - **Read a window.** [`Store::read_window`] returns the records of the slots `first..=last`
+//!   that exist and have not expired, in any order. Slots without a record are simply absent.
+//! - **Expiry.** A record carries its expiry time (the moment its key leaves every window, see
+//!   `Schedule::erase_at`); past it the store must stop returning it and should delete it (TTL,
+//!   lease). Expiry may lag by the store's own granularity, never run early by more than clock
+//!   skew: readers ignore out-of-window records anyway.
+//! - **Untrusted content.** Whatever a store returns is untrusted: it may be truncated, forged,
+//!   replayed from another slot or group, or stale. Readers decode with `Record::decode` (size
+//!   capped) and check the header against their own expectations; stores do not validate.
+//! - **Change notification (optional).** [`Store::changes`] may return a receiver that ticks
+//!   when any record of a group appears; readers still poll, since notifications can be lost.
+//!
+//! Errors are [`StoreError`]: callers treat every error as "the store is unreachable for now"
+//! and follow the failure policy (DESIGN.md §5).
+
+pub mod memory;
+
+use std::fmt;
+use std::future::Future;
+use std::time::Duration;
+
+use stek_core::{KeyBytes, Slot};
+use tokio::sync::watch;
+
+pub use memory::MemoryStore;
+
+/// The outcome of [`Store::create`].
+#[derive(Debug)]
+pub enum Created {
+    /// Our record was stored.
+    Won,
+    /// The slot already had a record; here it is.
+    Lost(KeyBytes),
+}
+
+/// Why a store operation failed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum StoreError {
+    /// The store could not be reached or answered with an error (the message says which).
+    Unavailable(String),
+    /// A record is larger than the store accepts.
+    TooLarge(usize),
+}
+
+impl fmt::Display for StoreError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            StoreError::Unavailable(why) => write!(f, "store unavailable: {why}"),
+            StoreError::TooLarge(n) => write!(f, "record of {n} bytes is too large for the store"),
+        }
+    }
+}
+
+impl std::error::Error for StoreError {}
+
+/// A store of records, one per `(group, slot)`. See the module documentation for the contract.
+pub trait Store: Send + Sync + 'static {
+    /// Stores `record` for `(group, slot)` unless the slot already has one; the record expires at
+    /// `expires_at` (time since the Unix epoch).
+    fn create(
+        &self,
+        group: &str,
+        slot: Slot,
+        record: &[u8],
+        expires_at: Duration,
+    ) -> impl Future<Output = Result<Created, StoreError>> + Send;
+
+    /// The unexpired records of `group` for slots `first..=last`.
+    fn read_window(
+        &self,
+        group: &str,
+        first: Slot,
+        last: Slot,
+    ) -> impl Future<Output = Result<Vec<(Slot, KeyBytes)>, StoreError>> + Send;
+
+    /// A receiver that ticks whenever a record of `group` is created, if the store can notify.
+    fn changes(&self, group: &str) -> Option<watch::Receiver<u64>>;
+}
+
+#[cfg(test)]
+pub(crate) mod conformance {
+    //! The suite every store passes. `advance` moves the store's notion of time forward.
+    use super::*;
+
+    pub(crate) async fn run<S: Store>(store: &S, now: Duration, advance: impl Fn(Duration)) {
+        let g = "conformance";
+        let (a, b) = (b"record-a".to_vec(), b"record-b".to_vec());
+        let expires = now + Duration::from_secs(10);
+
+        // Create-if-absent: the first write wins, the second gets the winner back.
+        assert!(matches!(store.create(g, Slot(7), &a, expires).await, Ok(Created::Won)));
+        match store.create(g, Slot(7), &b, expires).await {
+            Ok(Created::Lost(winner)) => assert_eq!(winner.as_slice(), a.as_slice()),
+            other => panic!("second create must lose, got {other:?}"),
+        }
+        // Groups are separate namespaces.
+        assert!(matches!(store.create("other", Slot(7), &b, expires).await, Ok(Created::Won)));
+
+        // Read a window: only existing slots, only this group.
+        assert!(matches!(store.create(g, Slot(9), &b, expires + Duration::from_secs(10)).await, Ok(Created::Won)));
+        let mut got = store.read_window(g, Slot(6), Slot(9)).await.unwrap();
+        got.sort_by_key(|(s, _)| *s);
+        let got: Vec<(u64, Vec<u8>)> = got.into_iter().map(|(s, r)| (s.0, r.to_vec())).collect();
+        assert_eq!(got, vec![(7, a.clone()), (9, b.clone())]);
+        assert!(store.read_window(g, Slot(10), Slot(20)).await.unwrap().is_empty());
+
+        // Concurrent creators: exactly one wins.
+        let results = futures_join_all((0..16u8).map(|i| async move {
+            store.create(g, Slot(100), &[i], expires).await
+        }))
+        .await;
+        let wins = results.iter().filter(|r| matches!(r, Ok(Created::Won))).count();
+        assert_eq!(wins, 1);
+        let stored = store.read_window(g, Slot(100), Slot(100)).await.unwrap();
+        assert_eq!(stored.len(), 1);
+        for r in results {
+            if let Ok(Created::Lost(w)) = r {
+                assert_eq!(w.as_slice(), stored[0].1.as_slice());
+            }
+        }
+
+        // Expiry: slot 7 expires at `expires`, slot 9 ten seconds later.
+        advance(Duration::from_secs(11));
+        let left: Vec<u64> = store.read_window(g, Slot(0), Slot(200)).await.unwrap().into_iter().map(|(s, _)| s.0).collect();
+        assert_eq!(left, vec![9]);
+        // An expired slot can be created again (a new record after expiry is a new epoch of the
+        // store, never a second live key).
+        assert!(matches!(store.create(g, Slot(7), &b, expires + Duration::from_secs(60)).await, Ok(Created::Won)));
+    }
+
+    async fn futures_join_all<F: Future>(futs: impl Iterator<Item = F>) -> Vec<F::Output> {
+        let mut out = Vec::new();
+        let futs: Vec<_> = futs.map(Box::pin).collect();
+        // Poll them together so the creates interleave.
+        let mut set = futs.into_iter().map(Some).collect::<Vec<_>>();
+        std::future::poll_fn(|cx| {
+            let mut pending = false;
+            for slot in set.iter_mut() {
+                if let Some(f) = slot {
+                    match f.as_mut().poll(cx) {
+                        std::task::Poll::Ready(v) => {
+                            out.push(v);
+                            *slot = None;
+                        }
+                        std::task::Poll::Pending => pending = true,
+                    }
+                }
+            }
+            if pending {
+                std::task::Poll::Pending
+            } else {
+                std::task::Poll::Ready(())
+            }
+        })
+        .await;
+        out
+    }
+}
