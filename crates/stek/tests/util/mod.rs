@@ -1,0 +1,334 @@
+//! Shared helpers of the integration tests: real servers on loopback ports chosen at run time,
+//! real clients (openssl s_client), and `stek` run as a user would run it.
+#![allow(dead_code)]
+
+use std::fs;
+use std::io::Write;
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+/// Fails the test (never skips it) when a tool the test needs is missing.
+pub fn require(tool: &str) {
+    let found = std::env::var_os("PATH")
+        .map(|p| std::env::split_paths(&p).any(|d| d.join(tool).is_file()))
+        .unwrap_or(false)
+        || Path::new(tool).is_file();
+    assert!(
+        found,
+        "{tool} is not installed: run ./scripts/test (it installs nginx, apache2, haproxy, memcached, openssl)"
+    );
+}
+
+/// A loopback port that was free a moment ago.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("bind 127.0.0.1:0")
+}
+
+/// Polls `f` every 20 ms until it returns `Some`, or panics after `timeout` naming `what`.
+pub fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+pub fn wait_port(port: u16) {
+    wait_for(&format!("port {port}"), Duration::from_secs(10), || {
+        TcpStream::connect(("127.0.0.1", port)).ok()
+    });
+}
+
+pub fn unix_now() -> Duration {
+    SystemTime::now().duration_since(UNIX_EPOCH).expect("clock after 1970")
+}
+
+/// Sleeps until `offset` after the start of the next period of length `period` (whole seconds),
+/// and returns that slot number.
+pub fn sleep_into_next_slot(period: u64, offset: Duration) -> u64 {
+    let now = unix_now();
+    let next = now.as_secs() / period + 1;
+    let target = Duration::from_secs(next * period) + offset;
+    std::thread::sleep(target.saturating_sub(now));
+    next
+}
+
+/// Sleeps until `offset` after the start of slot `slot`.
+pub fn sleep_until_slot(period: u64, slot: u64, offset: Duration) {
+    let target = Duration::from_secs(slot * period) + offset;
+    std::thread::sleep(target.saturating_sub(unix_now()));
+}
+
+/// A scratch directory on tmpfs (key files must live in memory), removed on drop.
+pub fn shm_dir() -> tempfile::TempDir {
+    tempfile::Builder::new()
+        .prefix("stek-test-")
+        .tempdir_in("/dev/shm")
+        .expect("tempdir in /dev/shm")
+}
+
+/// A self-signed certificate and key for `localhost`.
+pub struct Cert {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+pub fn make_cert(dir: &Path) -> Cert {
+    require("openssl");
+    let cert = dir.join("cert.pem");
+    let key = dir.join("key.pem");
+    let out = Command::new("openssl")
+        .args(["req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes"])
+        .args(["-subj", "/CN=localhost", "-days", "2", "-keyout"])
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .output()
+        .expect("run openssl req");
+    assert!(out.status.success(), "openssl req: {}", String::from_utf8_lossy(&out.stderr));
+    Cert { cert, key }
+}
+
+/// A child process killed on drop, with its stderr in a file for post-mortems.
+pub struct Proc {
+    pub child: Child,
+    pub log: PathBuf,
+    pub name: String,
+}
+
+impl Proc {
+    pub fn spawn(name: &str, cmd: &mut Command, log: PathBuf) -> Proc {
+        let f = fs::File::create(&log).expect("log file");
+        let child = cmd
+            .stdin(Stdio::null())
+            .stdout(f.try_clone().expect("dup"))
+            .stderr(f)
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {name}: {e}"));
+        Proc { child, log, name: name.to_owned() }
+    }
+
+    pub fn log_text(&self) -> String {
+        fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if std::thread::panicking() {
+            eprintln!("---- {} log ({}) ----\n{}", self.name, self.log.display(), self.log_text());
+        }
+    }
+}
+
+/// `stek up` run as a user would, with its files under `dir`.
+pub fn stek_up(dir: &Path, args: &[&str]) -> Proc {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_stek"));
+    cmd.arg("up").arg("--dir").arg(dir.join("keys")).args(args);
+    cmd.env("STEK_LOG", "debug");
+    let p = Proc::spawn("stek up", &mut cmd, dir.join("stek.log"));
+    p
+}
+
+/// Waits until stek wrote its first nginx include file and returns its path.
+pub fn wait_nginx_conf(dir: &Path) -> PathBuf {
+    let conf = dir.join("keys/nginx/tickets.conf");
+    wait_for("stek's nginx include file", Duration::from_secs(20), || conf.exists().then_some(()));
+    conf
+}
+
+/// The key names referenced by an nginx include file, in order (read from the key files).
+pub fn nginx_conf_names(conf: &Path) -> Vec<String> {
+    fs::read_to_string(conf)
+        .expect("read tickets.conf")
+        .lines()
+        .filter_map(|l| l.strip_prefix("ssl_session_ticket_key "))
+        .map(|l| {
+            let path = l.split(';').next().expect("path");
+            let bytes = fs::read(path).expect("key file");
+            assert_eq!(bytes.len(), 80, "{path}");
+            hex(&bytes[..16])
+        })
+        .collect()
+}
+
+pub fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+/// A real nginx on a loopback port, including stek's key file.
+pub struct Nginx {
+    pub port: u16,
+    pub prefix: PathBuf,
+    pub conf: PathBuf,
+    pub proc: Proc,
+}
+
+impl Nginx {
+    pub fn start(prefix: &Path, cert: &Cert, include: &Path) -> Nginx {
+        Self::start_with(prefix, cert, &format!("include {};", include.display()), "TLSv1.2 TLSv1.3")
+    }
+
+    pub fn start_with(prefix: &Path, cert: &Cert, tickets: &str, protocols: &str) -> Nginx {
+        require("nginx");
+        fs::create_dir_all(prefix.join("tmp")).expect("nginx prefix");
+        let port = free_port();
+        let p = prefix.display();
+        let conf = prefix.join("nginx.conf");
+        let text = format!(
+            "daemon off;\nworker_processes 1;\npid {p}/nginx.pid;\nerror_log {p}/error.log info;\n\
+             events {{ worker_connections 128; }}\n\
+             http {{\n  access_log off;\n  client_body_temp_path {p}/tmp/body;\n  proxy_temp_path {p}/tmp/proxy;\n  \
+             fastcgi_temp_path {p}/tmp/fastcgi;\n  uwsgi_temp_path {p}/tmp/uwsgi;\n  scgi_temp_path {p}/tmp/scgi;\n  \
+             server {{\n    listen 127.0.0.1:{port} ssl;\n    ssl_certificate {};\n    ssl_certificate_key {};\n    \
+             ssl_protocols {protocols};\n    ssl_session_cache off;\n    ssl_session_timeout 1h;\n    {tickets}\n    \
+             location / {{ return 200 \"ok\\n\"; }}\n  }}\n}}\n",
+            cert.cert.display(),
+            cert.key.display()
+        );
+        fs::write(&conf, text).expect("nginx.conf");
+        let mut cmd = Command::new("nginx");
+        cmd.arg("-p").arg(prefix).arg("-c").arg(&conf);
+        let proc = Proc::spawn("nginx", &mut cmd, prefix.join("nginx.out"));
+        wait_port(port);
+        Nginx { port, prefix: prefix.to_owned(), conf, proc }
+    }
+
+    /// The command stek's --on-change runs to reload this nginx.
+    pub fn reload_cmd(prefix: &Path) -> String {
+        format!("nginx -p {p} -c {p}/nginx.conf -s reload", p = prefix.display())
+    }
+}
+
+/// TLS versions the tests use.
+#[derive(Clone, Copy, Debug)]
+pub enum Tls {
+    V12,
+    V13,
+}
+
+impl Tls {
+    fn flag(self) -> &'static str {
+        match self {
+            Tls::V12 => "-tls1_2",
+            Tls::V13 => "-tls1_3",
+        }
+    }
+}
+
+/// One handshake with openssl s_client: whether the session was resumed.
+pub fn handshake(port: u16, tls: Tls, sess_in: Option<&Path>, sess_out: Option<&Path>) -> bool {
+    let mut cmd = Command::new("openssl");
+    cmd.args(["s_client", "-connect", &format!("127.0.0.1:{port}"), "-servername", "localhost", tls.flag(), "-ign_eof"]);
+    if let Some(p) = sess_in {
+        cmd.arg("-sess_in").arg(p);
+    }
+    if let Some(p) = sess_out {
+        cmd.arg("-sess_out").arg(p);
+    }
+    let mut child = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run openssl s_client");
+    // A request makes the server answer and close, after which TLS 1.3 tickets have arrived.
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(b"GET / HTTP/1.0\r\nHost: localhost\r\n\r\n")
+        .expect("write request");
+    let out: Output = child.wait_with_output().expect("s_client output");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("Cipher is") || text.contains("Reused"),
+        "handshake with 127.0.0.1:{port} failed:\n{}{}",
+        text,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    text.lines().any(|l| l.starts_with("Reused,"))
+}
+
+/// The key name (first 16 bytes of the ticket) of a session saved by s_client, if it has a ticket.
+pub fn ticket_name(sess: &Path) -> Option<String> {
+    let out = Command::new("openssl")
+        .args(["sess_id", "-noout", "-text", "-in"])
+        .arg(sess)
+        .output()
+        .expect("run openssl sess_id");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let mut lines = text.lines().skip_while(|l| !l.contains("TLS session ticket:"));
+    lines.next()?;
+    let first = lines.next()?;
+    // "    0000 - 8f 3e ... 07-a1 ...   ........"
+    let bytes = first.split_once(" - ")?.1;
+    let hexes: String = bytes
+        .split(|c: char| c == ' ' || c == '-')
+        .filter(|t| t.len() == 2 && t.chars().all(|c| c.is_ascii_hexdigit()))
+        .take(16)
+        .collect();
+    (hexes.len() == 32).then_some(hexes)
+}
+
+/// A fresh session (and its ticket's key name) from `port`.
+pub fn fresh_ticket(port: u16, tls: Tls, sess: &Path) -> String {
+    let _ = fs::remove_file(sess);
+    handshake(port, tls, None, Some(sess));
+    ticket_name(sess).unwrap_or_else(|| panic!("no ticket in the session from port {port}"))
+}
+
+/// A real Apache (mod_ssl) on a loopback port, reading stek's 48-byte key file.
+pub struct Apache {
+    pub port: u16,
+    pub conf: PathBuf,
+    pub proc: Proc,
+}
+
+impl Apache {
+    pub fn start(root: &Path, cert: &Cert, key_file: &Path) -> Apache {
+        require("apache2");
+        fs::create_dir_all(root.join("htdocs")).expect("apache root");
+        let port = free_port();
+        let r = root.display();
+        let m = "/usr/lib/apache2/modules";
+        let conf = root.join("httpd.conf");
+        let text = format!(
+            "ServerRoot {r}\nPidFile {r}/httpd.pid\nMutex file:{r} default\nErrorLog {r}/error.log\nLogLevel info\n\
+             LoadModule mpm_event_module {m}/mod_mpm_event.so\nLoadModule authz_core_module {m}/mod_authz_core.so\n\
+             LoadModule socache_shmcb_module {m}/mod_socache_shmcb.so\nLoadModule ssl_module {m}/mod_ssl.so\n\
+             ServerLimit 2\nServerName localhost\nListen 127.0.0.1:{port}\nDocumentRoot {r}/htdocs\n\
+             SSLSessionCache none\n\
+             <VirtualHost 127.0.0.1:{port}>\n  ServerName localhost\n  SSLEngine on\n  SSLProtocol -all +TLSv1.2 +TLSv1.3\n  \
+             SSLCertificateFile {}\n  SSLCertificateKeyFile {}\n  SSLSessionTicketKeyFile {}\n</VirtualHost>\n",
+            cert.cert.display(),
+            cert.key.display(),
+            key_file.display()
+        );
+        fs::write(&conf, text).expect("httpd.conf");
+        let mut cmd = Command::new("apache2");
+        cmd.arg("-f").arg(&conf).arg("-DFOREGROUND");
+        let proc = Proc::spawn("apache2", &mut cmd, root.join("apache.out"));
+        wait_port(port);
+        Apache { port, conf, proc }
+    }
+
+    /// The command stek's --on-change runs for a graceful restart.
+    pub fn graceful_cmd(root: &Path) -> String {
+        format!("apache2 -f {}/httpd.conf -k graceful", root.display())
+    }
+}
