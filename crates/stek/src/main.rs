@@ -65,12 +65,12 @@ Example:
 #[derive(Args, Debug)]
 struct UpArgs {
     /// How long each key encrypts before the next takes over (e.g. 1h, 30m, 4s).
-    #[arg(long, value_name = "DUR", default_value = "1h", value_parser = parse_period)]
+    #[arg(long, value_name = "DUR", default_value = "1h", value_parser = parse_period, allow_hyphen_values = true)]
     period: Duration,
 
     /// How long a ticket stays valid: past keys are kept this long, and servers are told this
     /// lifetime. At most 7d (TLS 1.3). May be shorter than the period.
-    #[arg(long, value_name = "DUR", default_value = "18h", value_parser = parse_lifetime)]
+    #[arg(long, value_name = "DUR", default_value = "18h", value_parser = parse_lifetime, allow_hyphen_values = true)]
     lifetime: Duration,
 
     /// Directory for the key files. Must be on tmpfs or ramfs. Default: the first of /run/stek,

@@ -1,6 +1,6 @@
 //! Shared helpers of the integration tests: real servers on loopback ports chosen at run time,
 //! real clients (openssl s_client), and `stek` run as a user would run it.
-#![allow(dead_code)]
+#![allow(dead_code, unreachable_pub)]
 
 use std::fs;
 use std::io::Write;
