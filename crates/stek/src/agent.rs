@@ -113,7 +113,7 @@ impl<S: Store, O: Opener> Agent<S, O> {
                 }
                 Err(e) => {
                     *self.stats.rejected.entry(e.reason()).or_default() += 1;
-                    warn!(group = %self.group, slot = slot.0, reason = e.reason(), "rejected the record of slot {slot}: {e}");
+                    warn!(reason = e.reason(), "group {}: rejected the record of slot {slot}: {e}", self.group);
                 }
             }
         }
@@ -134,7 +134,7 @@ impl<S: Store, O: Opener> Agent<S, O> {
     pub fn rebuild(&mut self, now: Duration) -> Result<Option<&Ring>, RandomError> {
         let dropped = Ring::retain_window(&self.schedule, now, &mut self.shared);
         if dropped > 0 {
-            info!(group = %self.group, "erased {dropped} key(s) that left the window");
+            info!("group {}: erased {dropped} key(s) that left the window", self.group);
         }
         let ring = Ring::build(&self.schedule, now, &self.shared, &mut self.local, self.max_stale)?;
         let changed = self.ring.as_ref().is_none_or(|old| !old.same_as(&ring));

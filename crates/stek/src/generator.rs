@@ -71,11 +71,11 @@ pub async fn publish_upcoming<S: Store>(
             .map_err(PublishError::Store)?
         {
             Created::Won => {
-                info!(group, slot = slot.0, key = %key.name(), "generated the key of slot {slot}");
+                info!("group {group}: generated key {} for slot {slot}", key.name());
                 Outcome::Created(key.name())
             }
             Created::Lost(_) => {
-                debug!(group, slot = slot.0, "slot {slot} already had a key from another generator");
+                debug!("group {group}: slot {slot} already had a key from another generator");
                 Outcome::AlreadyThere
             }
         };

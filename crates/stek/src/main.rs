@@ -208,6 +208,7 @@ fn init_logging() {
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .with_target(false)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
 }
 
@@ -258,7 +259,8 @@ fn run_up(args: UpArgs) -> anyhow::Result<()> {
     }
     if sinks.contains(&SinkKind::Haproxy) && schedule.lifetime() > schedule.period() {
         warn!(
-            "HAProxy holds 3 keys: its tickets resume for at most 2 periods ({}), not the lifetime of {}; choose --lifetime <= --period on HAProxy hosts",
+            "HAProxy holds 3 keys: its tickets stop resuming 1 to 2 periods after they were issued ({} to {}), not after the lifetime of {}; on HAProxy hosts choose --lifetime <= --period",
+            duration::format(schedule.period()),
             duration::format(schedule.period() * 2),
             duration::format(schedule.lifetime())
         );

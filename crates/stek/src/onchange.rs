@@ -44,11 +44,11 @@ async fn run(cmd: String, mut rx: watch::Receiver<u64>, max_backoff: Duration) {
         loop {
             match run_once(&cmd).await {
                 Ok(took) => {
-                    info!(command = %cmd, took_ms = took.as_millis() as u64, "on-change command succeeded (reload ok)");
+                    info!("on-change command succeeded in {} ms (reload ok): {cmd}", took.as_millis());
                     break;
                 }
                 Err(why) => {
-                    warn!(command = %cmd, attempt, retry_in_ms = delay.as_millis() as u64, "on-change command failed (reload failed; previous keys stay in use): {why}");
+                    warn!("on-change command failed (reload failed; attempt {attempt}, retrying in {} ms; the previous keys stay in use): {cmd}: {why}", delay.as_millis());
                 }
             }
             tokio::select! {

@@ -106,23 +106,17 @@ fn deliver(ring: &Ring, sinks: &mut FileSinks, table: &watch::Sender<Arc<KeyTabl
     let enc = ring.encrypting_entry();
     match ring.encrypting() {
         Encrypting::Current => info!(
-            slot = ring.current().0,
-            key = %enc.key.name(),
             "rotated to slot {}: key {} encrypts, {} keys decrypt",
             ring.current(),
             enc.key.name(),
             ring.entries().len()
         ),
         Encrypting::Stale { behind } => warn!(
-            slot = ring.current().0,
-            key = %enc.key.name(),
             "slot {} has no key yet: key {} of {behind} period(s) ago keeps encrypting",
             ring.current(),
             enc.key.name()
         ),
         Encrypting::LocalFallback => warn!(
-            slot = ring.current().0,
-            key = %enc.key.name(),
             "no recent shared key: a local random key {} encrypts; resumption works on this host only",
             enc.key.name()
         ),
@@ -134,7 +128,7 @@ fn deliver(ring: &Ring, sinks: &mut FileSinks, table: &watch::Sender<Arc<KeyTabl
         info!("files written: {}", files.join(", "));
     }
     for f in &failed {
-        error!(sink = f.sink.name(), "could not write the {} files (the previous ones stay valid): {}", f.sink.name(), f.error);
+        error!("could not write the {} files (the previous ones stay valid): {}", f.sink.name(), f.error);
     }
     if let Some(oc) = on_change {
         if !written.is_empty() {
