@@ -7,7 +7,9 @@
 //! - [`SlotKey`] is one slot's key (public [`KeyName`], zeroizing [`Secret`]).
 //! - [`Ring`] is what a host holds at one moment, in the order servers want it.
 //! - [`Format`] turns a key into the bytes nginx, HAProxy, Apache or a memcached client expects.
-//! - [`Record`] is the versioned encoding of one slot's key for a store.
+//! - [`Record`] is the versioned encoding of one slot's key for a store; [`Record::seal`] and
+//!   [`Record::open_sealed`] make and check the sealed, signed records of shared stores
+//!   ([`GroupIdentity`], [`GeneratorKey`]).
 //!
 //! ```
 //! use std::collections::BTreeMap;
@@ -34,9 +36,13 @@ pub mod key;
 pub mod record;
 pub mod ring;
 pub mod schedule;
+pub mod seal;
 
 pub use format::Format;
 pub use key::{KeyBytes, KeyName, RandomError, Secret, SlotKey};
 pub use record::{Body, Record, RecordError, RecordHeader};
 pub use ring::{Encrypting, LocalKeys, Origin, Ring, RingEntry};
 pub use schedule::{Role, Schedule, ScheduleError, Slot, Window};
+pub use seal::{
+    GeneratorKey, GeneratorPublicKey, GroupIdentity, GroupPublicKey, KeyError, SealError,
+};

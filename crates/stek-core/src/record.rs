@@ -63,6 +63,14 @@ pub enum RecordError {
     TrailingBytes,
     /// A header field disagrees with what the reader expects (named).
     Mismatch(&'static str),
+    /// Signed by a generator the reader does not trust.
+    UntrustedGenerator,
+    /// The signature is missing, malformed or does not verify.
+    BadSignature,
+    /// The record is not sealed to the reader's group key.
+    NotARecipient,
+    /// The reader's entry does not decrypt.
+    OpenFailed,
 }
 
 impl RecordError {
@@ -78,6 +86,10 @@ impl RecordError {
             RecordError::BadLength => "bad_length",
             RecordError::TrailingBytes => "trailing_bytes",
             RecordError::Mismatch(_) => "header_mismatch",
+            RecordError::UntrustedGenerator => "untrusted_generator",
+            RecordError::BadSignature => "bad_signature",
+            RecordError::NotARecipient => "not_a_recipient",
+            RecordError::OpenFailed => "open_failed",
         }
     }
 }
@@ -98,6 +110,12 @@ impl fmt::Display for RecordError {
             RecordError::Mismatch(field) => {
                 write!(f, "header field {field} is not the expected one")
             }
+            RecordError::UntrustedGenerator => {
+                f.write_str("signed by a generator that is not trusted")
+            }
+            RecordError::BadSignature => f.write_str("the generator's signature does not verify"),
+            RecordError::NotARecipient => f.write_str("not sealed to this host's group key"),
+            RecordError::OpenFailed => f.write_str("the sealed key does not decrypt"),
         }
     }
 }

@@ -1,0 +1,553 @@
+//! Sealed, signed records: what crosses a shared store (DESIGN.md §3).
+//!
+//! A slot's 32-byte secret is sealed to every recipient key of its group with HPKE (RFC 9180,
+//! base mode, DHKEM(X25519, HKDF-SHA256), HKDF-SHA256, ChaCha20-Poly1305), with the encoded
+//! header as associated data. The whole record (magic through body, header included) is signed by
+//! the generator with Ed25519; the generator's public key is the header's generator id.
+//!
+//! An agent accepts a record only if, in this order (authenticity before any decryption):
+//! the header matches its group, schedule and the slot the store filed it under; the generator
+//! id is one it trusts; the signature verifies (strict Ed25519); an entry for its own key exists
+//! and opens. Sealed body layout:
+//!
+//! ```text
+//! count u16 (1..=MAX_RECIPIENTS)
+//! count x { recipient id [8] = SHA-256(public key)[..8] | enc [32] | ciphertext [48] }
+//! ```
+
+use core::fmt;
+
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine as _;
+use ed25519_dalek::{Signature, Signer as _, SigningKey, VerifyingKey};
+use hpke::{Deserializable, Kem as _, OpModeR, OpModeS, Serializable};
+use sha2::{Digest, Sha256};
+use zeroize::Zeroizing;
+
+use crate::key::{fill_random, RandomError, Secret, SlotKey, SECRET_LEN};
+use crate::record::{Body, Record, RecordError, RecordHeader};
+use crate::schedule::{Schedule, Slot};
+
+type Kem = hpke::kem::X25519HkdfSha256;
+type Kdf = hpke::kdf::HkdfSha256;
+type Aead = hpke::aead::ChaCha20Poly1305;
+
+/// The HPKE `info` of every record.
+const INFO: &[u8] = b"stek v1 record";
+/// The most recipients one record may carry.
+pub const MAX_RECIPIENTS: usize = 512;
+const RID_LEN: usize = 8;
+const ENC_LEN: usize = 32;
+const CT_LEN: usize = SECRET_LEN + 16;
+const ENTRY_LEN: usize = RID_LEN + ENC_LEN + CT_LEN;
+const SIG_LEN: usize = 64;
+
+const GROUP_PUB_PREFIX: &str = "stek-group1:";
+const GEN_PUB_PREFIX: &str = "stek-generator1:";
+const GROUP_SECRET_PREFIX: &str = "STEK-GROUP-SECRET-KEY-1:";
+const GEN_SECRET_PREFIX: &str = "STEK-GENERATOR-SECRET-KEY-1:";
+
+/// Why a key could not be parsed or used.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum KeyError {
+    /// The text does not have the expected prefix (the message names it).
+    WrongKind(&'static str),
+    /// The base64 or its length is wrong.
+    Malformed,
+    /// No key line was found in an identity file.
+    NoKey(&'static str),
+    /// Randomness was unavailable.
+    Random(String),
+}
+
+impl fmt::Display for KeyError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            KeyError::WrongKind(want) => write!(f, "not a {want}"),
+            KeyError::Malformed => f.write_str("malformed key (bad base64 or length)"),
+            KeyError::NoKey(want) => write!(f, "no {want} line found"),
+            KeyError::Random(e) => f.write_str(e),
+        }
+    }
+}
+
+impl std::error::Error for KeyError {}
+
+impl From<RandomError> for KeyError {
+    fn from(e: RandomError) -> Self {
+        KeyError::Random(e.to_string())
+    }
+}
+
+fn decode32(text: &str, prefix: &'static str, kind: &'static str) -> Result<[u8; 32], KeyError> {
+    let body = text
+        .trim()
+        .strip_prefix(prefix)
+        .ok_or(KeyError::WrongKind(kind))?;
+    let bytes = Zeroizing::new(
+        URL_SAFE_NO_PAD
+            .decode(body)
+            .map_err(|_| KeyError::Malformed)?,
+    );
+    bytes.as_slice().try_into().map_err(|_| KeyError::Malformed)
+}
+
+fn find_line<'a>(text: &'a str, prefix: &str) -> Option<&'a str> {
+    text.lines().map(str::trim).find(|l| l.starts_with(prefix))
+}
+
+/// A host group's public key (X25519), text form `stek-group1:<base64url>`.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct GroupPublicKey([u8; 32]);
+
+impl GroupPublicKey {
+    /// Parses the text form.
+    pub fn parse(text: &str) -> Result<Self, KeyError> {
+        let b = decode32(text, GROUP_PUB_PREFIX, "group public key (stek-group1:...)")?;
+        <Kem as hpke::Kem>::PublicKey::from_bytes(&b).map_err(|_| KeyError::Malformed)?;
+        Ok(GroupPublicKey(b))
+    }
+
+    fn recipient_id(&self) -> [u8; RID_LEN] {
+        let h = Sha256::digest(self.0);
+        let mut id = [0u8; RID_LEN];
+        id.copy_from_slice(&h[..RID_LEN]);
+        id
+    }
+}
+
+impl fmt::Display for GroupPublicKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{GROUP_PUB_PREFIX}{}", URL_SAFE_NO_PAD.encode(self.0))
+    }
+}
+
+impl fmt::Debug for GroupPublicKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "GroupPublicKey({self})")
+    }
+}
+
+/// A host group's private key. Every TLS host of the group holds it; it opens the group's records.
+pub struct GroupIdentity {
+    seed: Zeroizing<[u8; 32]>,
+    sk: <Kem as hpke::Kem>::PrivateKey,
+    public: GroupPublicKey,
+}
+
+impl GroupIdentity {
+    /// A fresh identity.
+    pub fn generate() -> Result<Self, KeyError> {
+        let mut seed = Zeroizing::new([0u8; 32]);
+        fill_random(seed.as_mut())?;
+        Ok(Self::from_seed(seed))
+    }
+
+    fn from_seed(seed: Zeroizing<[u8; 32]>) -> Self {
+        let (sk, pk) = Kem::derive_keypair(seed.as_ref());
+        let mut p = [0u8; 32];
+        p.copy_from_slice(&pk.to_bytes());
+        GroupIdentity {
+            seed,
+            sk,
+            public: GroupPublicKey(p),
+        }
+    }
+
+    /// The public key to give to generators.
+    pub fn public(&self) -> GroupPublicKey {
+        self.public
+    }
+
+    /// The identity file's text (secret: write it with mode 0600).
+    pub fn to_file_text(&self) -> Zeroizing<String> {
+        Zeroizing::new(format!(
+            "# stek group identity (X25519). Secret: every host of the group holds it, nobody else.\n# public key: {}\n{GROUP_SECRET_PREFIX}{}\n",
+            self.public,
+            URL_SAFE_NO_PAD.encode(self.seed.as_ref())
+        ))
+    }
+
+    /// Reads an identity file's text.
+    pub fn from_file_text(text: &str) -> Result<Self, KeyError> {
+        let line = find_line(text, GROUP_SECRET_PREFIX)
+            .ok_or(KeyError::NoKey("STEK-GROUP-SECRET-KEY-1"))?;
+        let seed = Zeroizing::new(decode32(line, GROUP_SECRET_PREFIX, "group identity")?);
+        Ok(Self::from_seed(seed))
+    }
+}
+
+impl fmt::Debug for GroupIdentity {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "GroupIdentity(public: {})", self.public)
+    }
+}
+
+/// A generator's public (verifying) key, text form `stek-generator1:<base64url>`.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct GeneratorPublicKey([u8; 32]);
+
+impl GeneratorPublicKey {
+    /// Parses the text form.
+    pub fn parse(text: &str) -> Result<Self, KeyError> {
+        let b = decode32(
+            text,
+            GEN_PUB_PREFIX,
+            "generator public key (stek-generator1:...)",
+        )?;
+        VerifyingKey::from_bytes(&b).map_err(|_| KeyError::Malformed)?;
+        Ok(GeneratorPublicKey(b))
+    }
+
+    /// The raw 32 bytes (the generator id of records).
+    pub fn to_bytes(&self) -> [u8; 32] {
+        self.0
+    }
+}
+
+impl fmt::Display for GeneratorPublicKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{GEN_PUB_PREFIX}{}", URL_SAFE_NO_PAD.encode(self.0))
+    }
+}
+
+impl fmt::Debug for GeneratorPublicKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "GeneratorPublicKey({self})")
+    }
+}
+
+/// A generator's signing key (Ed25519; zeroized on drop).
+pub struct GeneratorKey {
+    sk: SigningKey,
+}
+
+impl GeneratorKey {
+    /// A fresh signing key.
+    pub fn generate() -> Result<Self, KeyError> {
+        let mut seed = Zeroizing::new([0u8; 32]);
+        fill_random(seed.as_mut())?;
+        Ok(GeneratorKey {
+            sk: SigningKey::from_bytes(&seed),
+        })
+    }
+
+    /// The public key agents pin with `--trust`.
+    pub fn public(&self) -> GeneratorPublicKey {
+        GeneratorPublicKey(self.sk.verifying_key().to_bytes())
+    }
+
+    /// The key file's text (secret: write it with mode 0600).
+    pub fn to_file_text(&self) -> Zeroizing<String> {
+        let seed = Zeroizing::new(self.sk.to_bytes());
+        Zeroizing::new(format!(
+            "# stek generator signing key (Ed25519). Secret: only generators hold it.\n# public key: {}\n{GEN_SECRET_PREFIX}{}\n",
+            self.public(),
+            URL_SAFE_NO_PAD.encode(seed.as_ref())
+        ))
+    }
+
+    /// Reads a key file's text.
+    pub fn from_file_text(text: &str) -> Result<Self, KeyError> {
+        let line = find_line(text, GEN_SECRET_PREFIX)
+            .ok_or(KeyError::NoKey("STEK-GENERATOR-SECRET-KEY-1"))?;
+        let seed = Zeroizing::new(decode32(line, GEN_SECRET_PREFIX, "generator signing key")?);
+        Ok(GeneratorKey {
+            sk: SigningKey::from_bytes(&seed),
+        })
+    }
+}
+
+impl fmt::Debug for GeneratorKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "GeneratorKey(public: {})", self.public())
+    }
+}
+
+/// Why a record could not be sealed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum SealError {
+    /// No recipients, or more than [`MAX_RECIPIENTS`].
+    Recipients(usize),
+    /// HPKE failed (a malformed recipient key).
+    Hpke,
+}
+
+impl fmt::Display for SealError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SealError::Recipients(n) => {
+                write!(
+                    f,
+                    "a record needs 1 to {MAX_RECIPIENTS} recipients, got {n}"
+                )
+            }
+            SealError::Hpke => f.write_str("HPKE sealing failed"),
+        }
+    }
+}
+
+impl std::error::Error for SealError {}
+
+impl Record {
+    /// Seals `key` to every recipient of `group` and signs the record with `signer`.
+    pub fn seal(
+        schedule: &Schedule,
+        group: &str,
+        key: &SlotKey,
+        recipients: &[GroupPublicKey],
+        signer: &GeneratorKey,
+    ) -> Result<Record, SealError> {
+        if recipients.is_empty() || recipients.len() > MAX_RECIPIENTS {
+            return Err(SealError::Recipients(recipients.len()));
+        }
+        let header = RecordHeader::new(schedule, group, key, signer.public().0);
+        let aad = header.encode();
+        let mut body = Vec::with_capacity(2 + recipients.len() * ENTRY_LEN);
+        // MAX_RECIPIENTS fits in u16.
+        body.extend_from_slice(
+            &u16::try_from(recipients.len())
+                .unwrap_or(u16::MAX)
+                .to_be_bytes(),
+        );
+        for r in recipients {
+            let pk =
+                <Kem as hpke::Kem>::PublicKey::from_bytes(&r.0).map_err(|_| SealError::Hpke)?;
+            let (enc, ct) = hpke::single_shot_seal::<Aead, Kdf, Kem>(
+                &OpModeS::Base,
+                &pk,
+                INFO,
+                key.secret().expose(),
+                &aad,
+            )
+            .map_err(|_| SealError::Hpke)?;
+            if ct.len() != CT_LEN {
+                return Err(SealError::Hpke);
+            }
+            body.extend_from_slice(&r.recipient_id());
+            body.extend_from_slice(&enc.to_bytes());
+            body.extend_from_slice(&ct);
+        }
+        let mut record = Record {
+            header,
+            body: Body::Sealed(body),
+            trailer: Vec::new(),
+        };
+        let sig = signer.sk.sign(&record.signed_bytes());
+        record.trailer = sig.to_bytes().to_vec();
+        Ok(record)
+    }
+
+    /// Checks and opens a sealed record filed under `slot`: header, trusted generator, signature,
+    /// then decryption with `identity`. See the module documentation for the order.
+    pub fn open_sealed(
+        &self,
+        schedule: &Schedule,
+        group: &str,
+        slot: Slot,
+        identity: &GroupIdentity,
+        trusted: &[GeneratorPublicKey],
+    ) -> Result<SlotKey, RecordError> {
+        self.header.check(schedule, group, slot)?;
+        let Body::Sealed(body) = &self.body else {
+            return Err(RecordError::Mismatch("kind"));
+        };
+        if !trusted.iter().any(|t| t.0 == self.header.generator) {
+            return Err(RecordError::UntrustedGenerator);
+        }
+        let vk = VerifyingKey::from_bytes(&self.header.generator)
+            .map_err(|_| RecordError::BadSignature)?;
+        let sig: [u8; SIG_LEN] = self
+            .trailer
+            .as_slice()
+            .try_into()
+            .map_err(|_| RecordError::BadSignature)?;
+        vk.verify_strict(&self.signed_bytes(), &Signature::from_bytes(&sig))
+            .map_err(|_| RecordError::BadSignature)?;
+
+        let (count, entries) = body.split_at_checked(2).ok_or(RecordError::Truncated)?;
+        let count = usize::from(u16::from_be_bytes([count[0], count[1]]));
+        if count == 0 || count > MAX_RECIPIENTS || entries.len() != count * ENTRY_LEN {
+            return Err(RecordError::BadLength);
+        }
+        let me = identity.public.recipient_id();
+        let aad = self.header.encode();
+        let mut mine = false;
+        for e in entries.chunks_exact(ENTRY_LEN) {
+            let (rid, rest) = e.split_at(RID_LEN);
+            if rid != me {
+                continue;
+            }
+            mine = true;
+            let (enc, ct) = rest.split_at(ENC_LEN);
+            let Ok(enc) = <Kem as hpke::Kem>::EncappedKey::from_bytes(enc) else {
+                continue;
+            };
+            if let Ok(pt) = hpke::single_shot_open::<Aead, Kdf, Kem>(
+                &OpModeR::Base,
+                &identity.sk,
+                &enc,
+                INFO,
+                ct,
+                &aad,
+            ) {
+                let pt = Zeroizing::new(pt);
+                if let Ok(secret) = <[u8; SECRET_LEN]>::try_from(pt.as_slice()) {
+                    return Ok(SlotKey::new(
+                        slot,
+                        self.header.name,
+                        Secret::from_bytes(secret),
+                    ));
+                }
+            }
+        }
+        Err(if mine {
+            RecordError::OpenFailed
+        } else {
+            RecordError::NotARecipient
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use core::time::Duration;
+
+    struct World {
+        s: Schedule,
+        gen: GeneratorKey,
+        members: Vec<GroupIdentity>,
+        key: SlotKey,
+    }
+
+    fn world() -> World {
+        World {
+            s: Schedule::new(Duration::from_secs(4), Duration::from_secs(12)).unwrap(),
+            gen: GeneratorKey::generate().unwrap(),
+            members: (0..3).map(|_| GroupIdentity::generate().unwrap()).collect(),
+            key: SlotKey::generate(Slot(100)).unwrap(),
+        }
+    }
+
+    fn sealed(w: &World) -> Record {
+        let pubs: Vec<_> = w.members.iter().map(|m| m.public()).collect();
+        Record::seal(&w.s, "web", &w.key, &pubs, &w.gen).unwrap()
+    }
+
+    #[test]
+    fn every_member_opens_after_a_round_trip() {
+        let w = world();
+        let bytes = sealed(&w).encode();
+        let rec = Record::decode(&bytes).unwrap();
+        for m in &w.members {
+            let k = rec
+                .open_sealed(&w.s, "web", Slot(100), m, &[w.gen.public()])
+                .unwrap();
+            assert_eq!(k, w.key);
+        }
+        // Nothing of the secret is visible in the record.
+        let secret = w.key.secret().expose();
+        assert!(!bytes.windows(8).any(|x| secret.windows(8).any(|y| x == y)));
+    }
+
+    #[test]
+    fn outsiders_and_untrusted_generators_get_nothing() {
+        let w = world();
+        let rec = sealed(&w);
+        let outsider = GroupIdentity::generate().unwrap();
+        assert_eq!(
+            rec.open_sealed(&w.s, "web", Slot(100), &outsider, &[w.gen.public()]),
+            Err(RecordError::NotARecipient)
+        );
+        let other = GeneratorKey::generate().unwrap();
+        assert_eq!(
+            rec.open_sealed(&w.s, "web", Slot(100), &w.members[0], &[other.public()]),
+            Err(RecordError::UntrustedGenerator)
+        );
+    }
+
+    #[test]
+    fn forgeries_and_replays_are_rejected() {
+        let w = world();
+        let rec = sealed(&w);
+        let m = &w.members[0];
+        let trust = [w.gen.public()];
+        // Replayed into another slot or group.
+        assert_eq!(
+            rec.open_sealed(&w.s, "web", Slot(101), m, &trust),
+            Err(RecordError::Mismatch("slot"))
+        );
+        assert_eq!(
+            rec.open_sealed(&w.s, "api", Slot(100), m, &trust),
+            Err(RecordError::Mismatch("group"))
+        );
+        // A forger who re-signs with its own key, claiming the trusted generator's id.
+        let forger = GeneratorKey::generate().unwrap();
+        let mut forged = Record::seal(
+            &w.s,
+            "web",
+            &SlotKey::generate(Slot(100)).unwrap(),
+            &[m.public()],
+            &forger,
+        )
+        .unwrap();
+        forged.header.generator = w.gen.public().0;
+        assert_eq!(
+            forged.open_sealed(&w.s, "web", Slot(100), m, &trust),
+            Err(RecordError::BadSignature)
+        );
+        // A changed key name (header) breaks the signature.
+        let mut renamed = rec.clone();
+        renamed.header.name.0[0] ^= 1;
+        assert_eq!(
+            renamed.open_sealed(&w.s, "web", Slot(100), m, &trust),
+            Err(RecordError::BadSignature)
+        );
+        // Every single-bit flip of the encoding is caught somewhere.
+        let bytes = rec.encode();
+        for i in 0..bytes.len() {
+            let mut b = bytes.to_vec();
+            b[i] ^= 0x10;
+            if let Ok(r) = Record::decode(&b) {
+                assert!(
+                    r.open_sealed(&w.s, "web", Slot(100), m, &trust).is_err(),
+                    "flip at byte {i} accepted"
+                );
+            }
+        }
+        // Truncation at every length.
+        for cut in 0..bytes.len() {
+            assert!(Record::decode(&bytes[..cut]).is_err());
+        }
+    }
+
+    #[test]
+    fn key_text_forms_round_trip() {
+        let g = GroupIdentity::generate().unwrap();
+        let text = g.to_file_text();
+        let back = GroupIdentity::from_file_text(&text).unwrap();
+        assert_eq!(back.public(), g.public());
+        assert_eq!(
+            GroupPublicKey::parse(&g.public().to_string()).unwrap(),
+            g.public()
+        );
+        assert!(format!("{g:?}").contains("stek-group1:"));
+        assert!(!format!("{g:?}").contains(&URL_SAFE_NO_PAD.encode(g.seed.as_ref())));
+
+        let k = GeneratorKey::generate().unwrap();
+        let back = GeneratorKey::from_file_text(&k.to_file_text()).unwrap();
+        assert_eq!(back.public(), k.public());
+        assert_eq!(
+            GeneratorPublicKey::parse(&k.public().to_string()).unwrap(),
+            k.public()
+        );
+        assert!(
+            GroupPublicKey::parse(&k.public().to_string()).is_err(),
+            "kinds are not confused"
+        );
+        assert!(GroupIdentity::from_file_text("garbage").is_err());
+    }
+}
