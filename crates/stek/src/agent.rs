@@ -36,6 +36,28 @@ impl Opener for PlainOpener {
     }
 }
 
+/// Opens sealed, signed records from a shared store: the agent's group identity opens them,
+/// and only generators in `trusted` may have signed them.
+#[derive(Debug)]
+pub struct SealedOpener {
+    /// This host's group identity.
+    pub identity: stek_core::GroupIdentity,
+    /// The generators whose records are accepted.
+    pub trusted: Vec<stek_core::GeneratorPublicKey>,
+}
+
+impl Opener for SealedOpener {
+    fn open(
+        &self,
+        record: &Record,
+        schedule: &Schedule,
+        group: &str,
+        slot: Slot,
+    ) -> Result<SlotKey, RecordError> {
+        record.open_sealed(schedule, group, slot, &self.identity, &self.trusted)
+    }
+}
+
 /// Counters an agent keeps (exported as metrics and in status).
 #[derive(Debug, Default, Clone)]
 pub struct AgentStats {
@@ -144,6 +166,16 @@ impl<S: Store, O: Opener> Agent<S, O> {
         self.stats.rotations += 1;
         self.ring = Some(ring);
         Ok(self.ring.as_ref())
+    }
+
+    /// The agent's schedule.
+    pub fn schedule(&self) -> &Schedule {
+        &self.schedule
+    }
+
+    /// The agent's group.
+    pub fn group(&self) -> &str {
+        &self.group
     }
 
     /// The ring last built.

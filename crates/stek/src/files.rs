@@ -144,6 +144,25 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
     result
 }
 
+/// Creates `path` with mode 0600 and writes `bytes`, refusing to overwrite an existing file
+/// (for private keys made by `stek keygen`).
+pub fn create_new_private(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    let mut f = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(|e| {
+            if e.kind() == io::ErrorKind::AlreadyExists {
+                io::Error::new(e.kind(), "the file exists; refusing to overwrite a key")
+            } else {
+                e
+            }
+        })?;
+    f.write_all(bytes)?;
+    f.sync_all()
+}
+
 /// Overwrites a key file with zeros, then removes it. Missing files are fine.
 pub fn erase(path: &Path) -> io::Result<()> {
     match fs::metadata(path) {

@@ -8,11 +8,15 @@
 pub mod memcached;
 pub mod agent;
 pub mod clock;
+pub mod config;
 pub mod duration;
 pub mod files;
 pub mod generator;
+pub mod metrics;
 pub mod onchange;
+pub mod service;
 pub mod sink;
+pub mod status;
 pub mod store;
 pub mod sys;
 pub mod up;

@@ -1,20 +1,27 @@
 //! The `stek` command: parse, build a typed config, run. Exit codes: 0 ok, 1 runtime failure,
 //! 2 bad usage.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
+use anyhow::{bail, Context as _};
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use stek::clock::SystemClock;
+use stek::agent::{Agent, SealedOpener};
+use stek::clock::{Clock, SystemClock};
+use stek::config::FileConfig;
 use stek::duration;
 use stek::files::{self, DirCheck};
-use stek::memcached::{self, Limits};
+use stek::memcached::{self, Limits, Listener};
+use stek::metrics::{self, Metrics};
+use stek::service::{self, AgentOptions, GroupPlan};
 use stek::sink::SinkKind;
-use stek::up::{self, UpConfig};
+use stek::status::Status;
+use stek::store::AnyStore;
+use stek::up;
 use stek_core::schedule::MAX_LIFETIME;
-use stek_core::Schedule;
+use stek_core::{GeneratorKey, GeneratorPublicKey, GroupIdentity, GroupPublicKey, Record, Schedule, SlotKey};
 use tracing::{info, warn};
 
 const ABOUT: &str = "Rotating, fleet-wide TLS session ticket keys without giving up forward secrecy";
@@ -27,7 +34,10 @@ A session ticket is the session's secrets encrypted under a session ticket encry
 makes a fresh key every period, keeps the next period's key ready (decrypt-only) and past
 keys for as long as tickets live, hands them to nginx, HAProxy, Apache and memcached-protocol
 clients, and erases each key once no ticket may still use it. Keys never touch persistent
-disk.";
+disk.
+
+One machine: `stek up`. A fleet: `stek keygen` once, `stek generator` next to the store's
+primary, `stek agent` on every TLS host.";
 
 #[derive(Parser, Debug)]
 #[command(name = "stek", version, about = ABOUT, long_about = LONG_ABOUT)]
@@ -42,6 +52,17 @@ enum Command {
     /// process).
     #[command(long_about = UP_LONG_ABOUT)]
     Up(UpArgs),
+    /// Make a key pair: a host group's (X25519) or a generator's signing key (Ed25519).
+    #[command(long_about = KEYGEN_LONG_ABOUT)]
+    Keygen(KeygenArgs),
+    /// Make, seal and sign every group's upcoming keys and publish them to a shared store.
+    #[command(long_about = GENERATOR_LONG_ABOUT)]
+    Generator(GeneratorArgs),
+    /// Read this host's group keys from the local store copy and hand them to its TLS servers.
+    #[command(long_about = AGENT_LONG_ABOUT)]
+    Agent(AgentArgs),
+    /// Print a running agent's ring by key name, slot and role.
+    Status(StatusArgs),
 }
 
 const UP_LONG_ABOUT: &str = "\
@@ -57,22 +78,58 @@ Files written under DIR (0600, in 0700 directories, atomically):
   nginx/keys/*.key       the 80-byte key files it references
   haproxy/tickets.keys   for `bind ... tls-ticket-keys FILE` (previous, current, next)
   apache/ticket.key      for `SSLSessionTicketKeyFile FILE` (the current key, 48 bytes)
+  status.json            the ring by key name, slot and role (no key bytes)
 and a read-only memcached-protocol server (ticket-key/<slot start> in Cloudflare's layout).
 
 Example:
   stek up --period 1h --lifetime 18h --on-change 'nginx -s reload'";
 
+const KEYGEN_LONG_ABOUT: &str = "\
+Make a key pair. The private key goes to FILE (mode 0600; an existing file is never
+overwritten); the public key is printed on stdout as the last line, ready for the command line.
+
+  stek keygen --kind group --out web.identity        # every TLS host of group `web` gets this file
+  stek keygen --kind generator --out generator.key   # only generators hold this one
+
+Give the group's public key (stek-group1:...) to the generator with --group web=PUB, and the
+generator's public key (stek-generator1:...) to every agent with --trust PUB.";
+
+const GENERATOR_LONG_ABOUT: &str = "\
+Make each upcoming slot's key for every group, seal it to the group's public keys (HPKE),
+sign it, and publish it with create-if-absent: any number of generators may run, the store
+decides which key a slot gets. No key is kept after sealing; records expire when their key
+leaves every window.
+
+  stek generator --store redis://10.0.0.1:6379 --signing-key generator.key \\
+      --group web=stek-group1:AAAA...,stek-group1:BBBB... --period 1h --lifetime 18h";
+
+const AGENT_LONG_ABOUT: &str = "\
+Read this host's group records from the local store copy (a Redis read replica, or etcd),
+check the generator's signature, open them with the group identity, and deliver the ring to
+the TLS servers exactly like `stek up` (same files, memcached interface and --on-change).
+Follows the store by notification plus a jittered poll; serves what it has while the store is
+down, and past --max-stale periods without a current key encrypts with a local random key
+(resumption then works on this host only; forward secrecy holds) until the store is back.
+
+  stek agent --store redis://127.0.0.1:6379 --group web --identity web.identity \\
+      --trust stek-generator1:CCCC... --on-change 'nginx -s reload'";
+
+/// The schedule flags shared by up, agent and generator.
 #[derive(Args, Debug)]
-struct UpArgs {
-    /// How long each key encrypts before the next takes over (e.g. 1h, 30m, 4s).
-    #[arg(long, value_name = "DUR", default_value = "1h", value_parser = parse_period, allow_hyphen_values = true)]
-    period: Duration,
+struct ScheduleArgs {
+    /// How long each key encrypts before the next takes over (e.g. 1h, 30m, 4s). Default 1h.
+    #[arg(long, value_name = "DUR", value_parser = parse_period, allow_hyphen_values = true)]
+    period: Option<Duration>,
 
     /// How long a ticket stays valid: past keys are kept this long, and servers are told this
-    /// lifetime. At most 7d (TLS 1.3). May be shorter than the period.
-    #[arg(long, value_name = "DUR", default_value = "18h", value_parser = parse_lifetime, allow_hyphen_values = true)]
-    lifetime: Duration,
+    /// lifetime. At most 7d (TLS 1.3). May be shorter than the period. Default 18h.
+    #[arg(long, value_name = "DUR", value_parser = parse_lifetime, allow_hyphen_values = true)]
+    lifetime: Option<Duration>,
+}
 
+/// The delivery flags shared by up and agent.
+#[derive(Args, Debug)]
+struct SinkArgs {
     /// Directory for the key files. Must be on tmpfs or ramfs. Default: the first of /run/stek,
     /// $XDG_RUNTIME_DIR/stek, /dev/shm/stek that is.
     #[arg(long, value_name = "DIR")]
@@ -97,8 +154,8 @@ struct UpArgs {
     no_memcached: bool,
 
     /// Most concurrent memcached connections; more are refused with an error reply.
-    #[arg(long, value_name = "N", default_value_t = Limits::default().max_connections)]
-    memcached_max_connections: usize,
+    #[arg(long, value_name = "N")]
+    memcached_max_connections: Option<usize>,
 
     /// Run CMD with `sh -c` after every change of the key files, e.g. 'nginx -s reload' or
     /// 'apache2ctl graceful'. A failure is logged and retried with backoff; the previous files
@@ -106,18 +163,138 @@ struct UpArgs {
     #[arg(long, value_name = "CMD")]
     on_change: Option<String>,
 
-    /// Which key files to write (comma-separated).
-    #[arg(long, value_name = "LIST", value_delimiter = ',', default_value = "nginx,haproxy,apache")]
+    /// Which key files to write (comma-separated: nginx, haproxy, apache). Default: all three.
+    #[arg(long, value_name = "LIST", value_delimiter = ',')]
     sinks: Vec<SinkArg>,
 
-    /// The group name recorded with each key (letters, digits, '.', '_', '-').
-    #[arg(long, value_name = "NAME", default_value = "default", value_parser = parse_group)]
-    group: String,
+    /// Serve Prometheus metrics at http://ADDR/metrics and the status at /status (loopback only).
+    #[arg(long, value_name = "ADDR")]
+    metrics: Option<String>,
+}
+
+#[derive(Args, Debug)]
+struct UpArgs {
+    #[command(flatten)]
+    schedule: ScheduleArgs,
+
+    #[command(flatten)]
+    sink: SinkArgs,
+
+    /// The group name recorded with each key (letters, digits, '.', '_', '-'). Default: default.
+    #[arg(long, value_name = "NAME", value_parser = parse_group)]
+    group: Option<String>,
+
+    /// Read settings from a TOML file (flags given on the command line win).
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
 
     /// Shift this process's clock by MS milliseconds (negative: behind). For testing how hosts
     /// with skewed clocks interoperate.
     #[arg(long, value_name = "MS", default_value_t = 0, allow_hyphen_values = true, hide = true)]
     clock_offset_ms: i64,
+}
+
+#[derive(Args, Debug)]
+struct KeygenArgs {
+    /// Which key pair: `group` (X25519, for the TLS hosts of a group) or `generator` (Ed25519
+    /// signing key).
+    #[arg(long, value_name = "KIND")]
+    kind: KeyKind,
+
+    /// Where to write the private key (mode 0600; never overwritten).
+    #[arg(long, value_name = "FILE")]
+    out: PathBuf,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum KeyKind {
+    Group,
+    Generator,
+}
+
+#[derive(Args, Debug)]
+struct GeneratorArgs {
+    /// The store: redis://HOST:PORT (the primary) or etcd://HOST:PORT[,HOST:PORT...].
+    #[arg(long, value_name = "URL")]
+    store: Option<String>,
+
+    /// A group and its recipients' public keys: NAME=PUB[,PUB...]. Repeat for several groups.
+    #[arg(long = "group", value_name = "NAME=PUB[,PUB...]")]
+    groups: Vec<String>,
+
+    /// The generator's signing key file (from `stek keygen --kind generator`).
+    #[arg(long, value_name = "FILE")]
+    signing_key: Option<PathBuf>,
+
+    #[command(flatten)]
+    schedule: ScheduleArgs,
+
+    /// Serve Prometheus metrics at http://ADDR/metrics (loopback only).
+    #[arg(long, value_name = "ADDR")]
+    metrics: Option<String>,
+
+    /// Read settings from a TOML file (flags given on the command line win; `[[groups]]` may
+    /// give a group its own period and lifetime).
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+
+    /// Shift this process's clock by MS milliseconds (testing only).
+    #[arg(long, value_name = "MS", default_value_t = 0, allow_hyphen_values = true, hide = true)]
+    clock_offset_ms: i64,
+}
+
+#[derive(Args, Debug)]
+struct AgentArgs {
+    /// The store: redis://HOST:PORT (this site's read replica) or etcd://HOST:PORT[,HOST:PORT...].
+    #[arg(long, value_name = "URL")]
+    store: Option<String>,
+
+    /// This host's group.
+    #[arg(long, value_name = "NAME", value_parser = parse_group)]
+    group: Option<String>,
+
+    /// The group identity file (from `stek keygen --kind group`).
+    #[arg(long, value_name = "FILE")]
+    identity: Option<PathBuf>,
+
+    /// Public keys of the generators whose records are accepted (stek-generator1:...),
+    /// comma-separated or repeated.
+    #[arg(long, value_name = "PUB[,PUB...]", value_delimiter = ',')]
+    trust: Vec<String>,
+
+    /// How many periods an old shared key may keep encrypting when the current one is missing;
+    /// past that a local random key encrypts. Default 1.
+    #[arg(long, value_name = "N")]
+    max_stale: Option<u64>,
+
+    #[command(flatten)]
+    schedule: ScheduleArgs,
+
+    #[command(flatten)]
+    sink: SinkArgs,
+
+    /// Read settings from a TOML file (flags given on the command line win).
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+
+    /// Shift this process's clock by MS milliseconds (testing only).
+    #[arg(long, value_name = "MS", default_value_t = 0, allow_hyphen_values = true, hide = true)]
+    clock_offset_ms: i64,
+}
+
+#[derive(Args, Debug)]
+struct StatusArgs {
+    /// The agent's key directory (reads DIR/status.json). Default: as for `stek up`.
+    #[arg(long, value_name = "DIR", conflicts_with = "endpoint")]
+    dir: Option<PathBuf>,
+
+    /// Ask a running agent's metrics endpoint instead (ADDR as given to --metrics).
+    #[arg(long, value_name = "ADDR")]
+    endpoint: Option<String>,
+
+    /// Print the status as JSON.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -163,7 +340,7 @@ fn parse_group(s: &str) -> Result<String, String> {
     if stek_core::record::valid_group(s) {
         Ok(s.to_owned())
     } else {
-        Err("a group name is 1 to 64 letters, digits, '.', '_' or '-'".into())
+        Err(format!("invalid group name {s:?}: a group name is 1 to 64 letters, digits, '.', '_' or '-'"))
     }
 }
 
@@ -172,13 +349,16 @@ fn main() -> ExitCode {
         Ok(cli) => cli,
         Err(e) => {
             use clap::error::ErrorKind;
-            if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand) {
-                let _ = e.print();
-                return if e.kind() == ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand {
-                    ExitCode::from(2)
-                } else {
-                    ExitCode::SUCCESS
-                };
+            match e.kind() {
+                ErrorKind::DisplayHelp | ErrorKind::DisplayVersion => {
+                    let _ = e.print();
+                    return ExitCode::SUCCESS;
+                }
+                ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => {
+                    let _ = e.print();
+                    return ExitCode::from(2);
+                }
+                _ => {}
             }
             // One line: clap's first line, plus where to look.
             let text = e.render().to_string();
@@ -190,7 +370,11 @@ fn main() -> ExitCode {
     };
     init_logging();
     let result = match cli.command {
-        Command::Up(args) => run_up(args),
+        Command::Up(a) => run_up(a),
+        Command::Keygen(a) => run_keygen(a),
+        Command::Generator(a) => run_generator(a),
+        Command::Agent(a) => run_agent(a),
+        Command::Status(a) => run_status(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -212,30 +396,40 @@ fn init_logging() {
         .init();
 }
 
-fn run_up(args: UpArgs) -> anyhow::Result<()> {
-    use anyhow::Context as _;
-    let schedule = Schedule::new(args.period, args.lifetime)?;
+fn load_config(path: Option<&Path>) -> anyhow::Result<FileConfig> {
+    path.map(FileConfig::load).transpose().map(Option::unwrap_or_default)
+}
 
-    // The directory: checked before anything is written.
-    let dir = match args.dir {
-        Some(d) => d,
-        None => files::default_dir().context(
-            "none of /run/stek, $XDG_RUNTIME_DIR/stek, /dev/shm/stek is on tmpfs or ramfs; pass --dir on a memory-backed file system",
-        )?,
-    };
-    let dir = if dir.is_absolute() {
-        dir
-    } else {
-        std::env::current_dir().context("cannot read the current directory")?.join(dir)
-    };
-    match files::check_dir(&dir, args.allow_persistent_dir)? {
-        DirCheck::Memory(fs) => info!("key directory {} is on {fs}", dir.display()),
-        DirCheck::PersistentAllowed(fs) => warn!(
-            "DANGER: key directory {} is on {fs}, a persistent file system (--allow-persistent-dir): erased keys may be recovered from the disk, which defeats forward secrecy",
-            dir.display()
-        ),
+/// A duration from the command line, else the config file, else the default.
+fn pick_duration(
+    flag: Option<Duration>,
+    file: Option<&str>,
+    what: &str,
+    parse: fn(&str) -> Result<Duration, String>,
+    default: Duration,
+) -> anyhow::Result<Duration> {
+    match (flag, file) {
+        (Some(d), _) => Ok(d),
+        (None, Some(text)) => parse(text).map_err(|e| anyhow::anyhow!("config file: {what}: {e}")),
+        (None, None) => Ok(default),
     }
+}
 
+fn schedule_from(args: &ScheduleArgs, file_period: Option<&str>, file_lifetime: Option<&str>) -> anyhow::Result<Schedule> {
+    let period = pick_duration(args.period, file_period, "period", parse_period, Duration::from_secs(3600))?;
+    let lifetime = pick_duration(args.lifetime, file_lifetime, "lifetime", parse_lifetime, Duration::from_secs(18 * 3600))?;
+    Ok(Schedule::new(period, lifetime)?)
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")
+}
+
+fn harden() {
     let hygiene = stek::sys::harden();
     if let Err(e) = &hygiene.no_core {
         warn!("could not disable core dumps: {e}");
@@ -247,10 +441,55 @@ fn run_up(args: UpArgs) -> anyhow::Result<()> {
         Ok(()) => info!("memory locked: keys are never swapped out"),
         Err(e) => warn!("memory not locked, keys could be swapped to disk: {e}"),
     }
+}
 
+/// Delivery settings after merging flags and config, checked, with the key directory made.
+struct Delivery {
+    opts: AgentOptions,
+    memcached: Vec<String>,
+    memcached_allow_remote: bool,
+    metrics: Option<String>,
+}
+
+fn prepare_delivery(a: SinkArgs, c: &FileConfig, schedule: &Schedule) -> anyhow::Result<Delivery> {
+    let dir = match a.dir.or_else(|| c.dir.clone()) {
+        Some(d) => d,
+        None => files::default_dir().context(
+            "none of /run/stek, $XDG_RUNTIME_DIR/stek, /dev/shm/stek is on tmpfs or ramfs; pass --dir on a memory-backed file system",
+        )?,
+    };
+    let dir = if dir.is_absolute() {
+        dir
+    } else {
+        std::env::current_dir().context("cannot read the current directory")?.join(dir)
+    };
+    let allow_persistent = a.allow_persistent_dir || c.allow_persistent_dir.unwrap_or(false);
+    // Checked before anything is written.
+    match files::check_dir(&dir, allow_persistent)? {
+        DirCheck::Memory(fs) => info!("key directory {} is on {fs}", dir.display()),
+        DirCheck::PersistentAllowed(fs) => warn!(
+            "DANGER: key directory {} is on {fs}, a persistent file system (--allow-persistent-dir): erased keys may be recovered from the disk, which defeats forward secrecy",
+            dir.display()
+        ),
+    }
+    harden();
     files::ensure_private_dir(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
 
-    let sinks: Vec<SinkKind> = args.sinks.iter().map(|s| SinkKind::from(*s)).collect();
+    let sinks: Vec<SinkKind> = if !a.sinks.is_empty() {
+        a.sinks.iter().map(|s| SinkKind::from(*s)).collect()
+    } else if let Some(names) = &c.sinks {
+        names
+            .iter()
+            .map(|n| match n.as_str() {
+                "nginx" => Ok(SinkKind::Nginx),
+                "haproxy" => Ok(SinkKind::Haproxy),
+                "apache" => Ok(SinkKind::Apache),
+                other => bail!("config file: unknown sink {other:?} (nginx, haproxy, apache)"),
+            })
+            .collect::<anyhow::Result<_>>()?
+    } else {
+        vec![SinkKind::Nginx, SinkKind::Haproxy, SinkKind::Apache]
+    };
     if sinks.contains(&SinkKind::Apache) {
         warn!(
             "Apache holds one key: its tickets stop resuming at every rotation (every {}); use nginx, HAProxy or a longer period if that matters",
@@ -265,47 +504,247 @@ fn run_up(args: UpArgs) -> anyhow::Result<()> {
             duration::format(schedule.lifetime())
         );
     }
-
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .context("cannot start the async runtime")?;
-    runtime.block_on(async move {
-        let mut addrs = args.memcached.clone();
-        if addrs.is_empty() && !args.no_memcached {
-            addrs.push(dir.join("memcached.sock").display().to_string());
-        }
-        let mut listeners = Vec::new();
-        for a in &addrs {
-            let l = memcached::bind(a, args.memcached_allow_remote)
-                .await
-                .with_context(|| format!("cannot serve memcached on {a}"))?;
-            info!("serving ticket keys over the memcached protocol on {a}");
-            listeners.push(l);
-        }
-        info!(
-            "stek up: period {}, lifetime {}: {} keys per window ({} past + current + next); a key is erased at most {} after its last ticket was made",
-            duration::format(schedule.period()),
-            duration::format(schedule.lifetime()),
-            schedule.window_len(),
-            schedule.past_keys(),
-            duration::format(schedule.exposure_bound())
-        );
-        let cfg = UpConfig {
-            schedule,
-            group: args.group,
+    let no_memcached = a.no_memcached || c.no_memcached.unwrap_or(false);
+    let mut memcached = if a.memcached.is_empty() { c.memcached.clone().unwrap_or_default() } else { a.memcached };
+    if memcached.is_empty() && !no_memcached {
+        memcached.push(dir.join("memcached.sock").display().to_string());
+    }
+    if no_memcached {
+        memcached.clear();
+    }
+    Ok(Delivery {
+        opts: AgentOptions {
+            poll: AgentOptions::default_poll(schedule),
             dir,
             sinks,
-            on_change: args.on_change,
+            on_change: a.on_change.or_else(|| c.on_change.clone()),
             memcached_limits: Limits {
-                max_connections: args.memcached_max_connections,
+                max_connections: a
+                    .memcached_max_connections
+                    .or(c.memcached_max_connections)
+                    .unwrap_or(Limits::default().max_connections),
                 ..Limits::default()
             },
-        };
-        let clock = Arc::new(SystemClock::with_offset_ms(args.clock_offset_ms));
-        up::run(cfg, clock, listeners, shutdown_signal()).await
+        },
+        memcached,
+        memcached_allow_remote: a.memcached_allow_remote || c.memcached_allow_remote.unwrap_or(false),
+        metrics: a.metrics.or_else(|| c.metrics.clone()),
     })
+}
+
+async fn bind_memcached(d: &Delivery) -> anyhow::Result<Vec<Listener>> {
+    let mut listeners = Vec::new();
+    for a in &d.memcached {
+        let l = memcached::bind(a, d.memcached_allow_remote)
+            .await
+            .with_context(|| format!("cannot serve memcached on {a}"))?;
+        info!("serving ticket keys over the memcached protocol on {a}");
+        listeners.push(l);
+    }
+    Ok(listeners)
+}
+
+async fn start_metrics(addr: Option<&str>, m: &Arc<Metrics>, clock: &Arc<dyn Clock>) -> anyhow::Result<()> {
+    if let Some(addr) = addr {
+        let l = metrics::bind(addr).await?;
+        info!("metrics on http://{addr}/metrics, status on http://{addr}/status");
+        tokio::spawn(metrics::serve(l, m.clone(), clock.clone(), std::future::pending()));
+    }
+    Ok(())
+}
+
+fn log_schedule(what: &str, schedule: &Schedule) {
+    info!(
+        "{what}: period {}, lifetime {}: {} keys per window ({} past + current + next); a key is erased at most {} after its last ticket was made",
+        duration::format(schedule.period()),
+        duration::format(schedule.lifetime()),
+        schedule.window_len(),
+        schedule.past_keys(),
+        duration::format(schedule.exposure_bound())
+    );
+}
+
+fn run_up(args: UpArgs) -> anyhow::Result<()> {
+    let c = load_config(args.config.as_deref())?;
+    let schedule = schedule_from(&args.schedule, c.period.as_deref(), c.lifetime.as_deref())?;
+    let group = match args.group.or_else(|| c.group.clone()) {
+        Some(g) => parse_group(&g).map_err(anyhow::Error::msg)?,
+        None => "default".to_owned(),
+    };
+    let d = prepare_delivery(args.sink, &c, &schedule)?;
+    runtime()?.block_on(async move {
+        let listeners = bind_memcached(&d).await?;
+        let clock: Arc<dyn Clock> = Arc::new(SystemClock::with_offset_ms(args.clock_offset_ms));
+        let m = Metrics::new();
+        start_metrics(d.metrics.as_deref(), &m, &clock).await?;
+        log_schedule("stek up", &schedule);
+        up::run(schedule, group, d.opts, clock, listeners, m, shutdown_signal()).await;
+        Ok(())
+    })
+}
+
+fn run_keygen(args: KeygenArgs) -> anyhow::Result<()> {
+    let (text, public) = match args.kind {
+        KeyKind::Group => {
+            let id = GroupIdentity::generate()?;
+            (id.to_file_text(), id.public().to_string())
+        }
+        KeyKind::Generator => {
+            let k = GeneratorKey::generate()?;
+            (k.to_file_text(), k.public().to_string())
+        }
+    };
+    files::create_new_private(&args.out, text.as_bytes())
+        .with_context(|| format!("cannot write {}", args.out.display()))?;
+    eprintln!("private key written to {} (mode 0600); public key:", args.out.display());
+    println!("{public}");
+    Ok(())
+}
+
+fn read_secret_file(path: &Path) -> anyhow::Result<zeroize::Zeroizing<String>> {
+    use std::io::Read as _;
+    let f = std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
+    let mut text = zeroize::Zeroizing::new(String::new());
+    f.take(64 * 1024)
+        .read_to_string(&mut text)
+        .with_context(|| format!("cannot read {}", path.display()))?;
+    Ok(text)
+}
+
+fn parse_group_spec(spec: &str) -> anyhow::Result<(String, Vec<GroupPublicKey>)> {
+    let (name, pubs) = spec
+        .split_once('=')
+        .with_context(|| format!("--group {spec:?}: expected NAME=PUB[,PUB...]"))?;
+    let name = parse_group(name).map_err(anyhow::Error::msg)?;
+    let keys = parse_recipients(&name, pubs.split(','))?;
+    Ok((name, keys))
+}
+
+fn parse_recipients<'a>(group: &str, pubs: impl Iterator<Item = &'a str>) -> anyhow::Result<Vec<GroupPublicKey>> {
+    let keys = pubs
+        .filter(|p| !p.trim().is_empty())
+        .map(|p| GroupPublicKey::parse(p).with_context(|| format!("group {group}: bad recipient {p:?}")))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    if keys.is_empty() {
+        bail!("group {group}: no recipient public keys");
+    }
+    Ok(keys)
+}
+
+fn run_generator(args: GeneratorArgs) -> anyhow::Result<()> {
+    let c = load_config(args.config.as_deref())?;
+    let store_url = args.store.or_else(|| c.store.clone()).context("--store is required")?;
+    let key_path = args.signing_key.or_else(|| c.signing_key.clone()).context("--signing-key is required")?;
+    let signer = Arc::new(GeneratorKey::from_file_text(&read_secret_file(&key_path)?).with_context(|| format!("{}", key_path.display()))?);
+    let default = schedule_from(&args.schedule, c.period.as_deref(), c.lifetime.as_deref())?;
+    let mut plans = Vec::new();
+    let mut add = |name: String, schedule: Schedule, recipients: Vec<GroupPublicKey>| {
+        let signer = signer.clone();
+        let g = name.clone();
+        info!("group {name}: {} recipient key(s), period {}, lifetime {}", recipients.len(), duration::format(schedule.period()), duration::format(schedule.lifetime()));
+        plans.push(GroupPlan {
+            name,
+            schedule,
+            seal: Arc::new(move |k: &SlotKey| {
+                Record::seal(&schedule, &g, k, &recipients, &signer).map(|r| r.encode()).map_err(|e| e.to_string())
+            }),
+        });
+    };
+    for spec in &args.groups {
+        let (name, keys) = parse_group_spec(spec)?;
+        add(name, default, keys);
+    }
+    if args.groups.is_empty() {
+        for g in c.groups.iter().flatten() {
+            let name = parse_group(&g.name).map_err(anyhow::Error::msg)?;
+            let schedule = Schedule::new(
+                pick_duration(None, g.period.as_deref(), "period", parse_period, default.period())?,
+                pick_duration(None, g.lifetime.as_deref(), "lifetime", parse_lifetime, default.lifetime())?,
+            )?;
+            add(name.clone(), schedule, parse_recipients(&name, g.recipients.iter().map(String::as_str))?);
+        }
+    }
+    if plans.is_empty() {
+        bail!("no group to serve: give --group NAME=PUB[,PUB...] (or [[groups]] in --config)");
+    }
+    harden();
+    info!("generator {} publishing to {store_url}", signer.public());
+    let metrics_addr = args.metrics.or_else(|| c.metrics.clone());
+    runtime()?.block_on(async move {
+        let store = Arc::new(AnyStore::connect(&store_url).await.with_context(|| format!("cannot use the store {store_url}"))?);
+        let clock: Arc<dyn Clock> = Arc::new(SystemClock::with_offset_ms(args.clock_offset_ms));
+        let m = Metrics::new();
+        start_metrics(metrics_addr.as_deref(), &m, &clock).await?;
+        service::run_generator(store, plans, clock, m, shutdown_signal()).await;
+        Ok(())
+    })
+}
+
+fn run_agent(args: AgentArgs) -> anyhow::Result<()> {
+    let c = load_config(args.config.as_deref())?;
+    let store_url = args.store.or_else(|| c.store.clone()).context("--store is required")?;
+    let group = args.group.or_else(|| c.group.clone()).context("--group is required")?;
+    let group = parse_group(&group).map_err(anyhow::Error::msg)?;
+    let id_path = args.identity.or_else(|| c.identity.clone()).context("--identity is required")?;
+    let identity = GroupIdentity::from_file_text(&read_secret_file(&id_path)?).with_context(|| format!("{}", id_path.display()))?;
+    let trust_text = if args.trust.is_empty() { c.trust.clone().unwrap_or_default() } else { args.trust };
+    let trusted = trust_text
+        .iter()
+        .map(|t| GeneratorPublicKey::parse(t).with_context(|| format!("--trust {t:?}")))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    if trusted.is_empty() {
+        bail!("--trust is required: the public key(s) of the generator(s) whose records to accept");
+    }
+    let max_stale = args.max_stale.or(c.max_stale).unwrap_or(1);
+    let schedule = schedule_from(&args.schedule, c.period.as_deref(), c.lifetime.as_deref())?;
+    let d = prepare_delivery(args.sink, &c, &schedule)?;
+    info!("agent for group {group} with identity {}, trusting {} generator(s)", identity.public(), trusted.len());
+    runtime()?.block_on(async move {
+        let listeners = bind_memcached(&d).await?;
+        let store = Arc::new(AnyStore::connect_lazy(&store_url).await.with_context(|| format!("cannot use the store {store_url}"))?);
+        let clock: Arc<dyn Clock> = Arc::new(SystemClock::with_offset_ms(args.clock_offset_ms));
+        let m = Metrics::new();
+        start_metrics(d.metrics.as_deref(), &m, &clock).await?;
+        log_schedule("stek agent", &schedule);
+        let agent = Agent::new(store.clone(), SealedOpener { identity, trusted }, group, schedule, max_stale);
+        service::run_agent(agent, store, d.opts, clock, listeners, m, shutdown_signal()).await;
+        Ok(())
+    })
+}
+
+fn run_status(args: StatusArgs) -> anyhow::Result<()> {
+    let status: Status = if let Some(addr) = &args.endpoint {
+        fetch_status(addr)?
+    } else {
+        let dir = match args.dir {
+            Some(d) => d,
+            None => files::default_dir().context("no default key directory found; pass --dir")?,
+        };
+        let path = dir.join("status.json");
+        let text = std::fs::read(&path).with_context(|| format!("cannot read {} (is an agent running with --dir {}?)", path.display(), dir.display()))?;
+        serde_json::from_slice(&text).with_context(|| format!("{} is not a stek status", path.display()))?
+    };
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&status)?);
+    } else {
+        print!("{}", status.render());
+    }
+    Ok(())
+}
+
+fn fetch_status(addr: &str) -> anyhow::Result<Status> {
+    use std::io::{Read as _, Write as _};
+    let mut s = std::net::TcpStream::connect(addr).with_context(|| format!("cannot connect to {addr}"))?;
+    s.set_read_timeout(Some(Duration::from_secs(5)))?;
+    s.write_all(format!("GET /status HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes())?;
+    let mut buf = Vec::new();
+    s.take(4 << 20).read_to_end(&mut buf)?;
+    let text = String::from_utf8_lossy(&buf);
+    let (head, body) = text.split_once("\r\n\r\n").context("malformed HTTP reply")?;
+    if !head.starts_with("HTTP/1.1 200") {
+        bail!("{addr}: {}", head.lines().next().unwrap_or(""));
+    }
+    serde_json::from_str(body).context("the reply is not a stek status")
 }
 
 async fn shutdown_signal() {

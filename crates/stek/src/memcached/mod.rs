@@ -1,1 +1,82 @@
 //! A read-only memcached text-protocol server for ticket keys.
+//!
+//! TLS servers that fetch their session ticket keys over memcached (Cloudflare's open-source
+//! lua-ssl-nginx-module, or any memcached client on the host) read them from stek directly:
+//! no key file, no reload. The server only answers reads; it never stores anything a client
+//! sends.
+//!
+//! # Keys served
+//!
+//! | key | value |
+//! |---|---|
+//! | `ticket-key/<slot start>` | one slot's key, 48 bytes in Cloudflare's layout: name16 aes16 hmac16 |
+//! | `ticket-ring/nginx-80` | the whole ring, 80-byte nginx keys concatenated, nginx order |
+//! | `ticket-ring/nginx-48` | the same with 48-byte nginx keys |
+//! | `ticket-ring/memcached-48` | the same in Cloudflare's 48-byte layout |
+//! | `ticket-ring/haproxy-80` | three 80-byte keys in HAProxy order: previous, encrypting, next |
+//! | `ticket-ring/apache-48` | the encrypting key alone, 48 bytes in Apache's layout |
+//! | `ticket-schedule` | text, no secrets: `period=<s> lifetime=<s> slot=<n> start=<unix s> encrypting=<key name hex> keys=<n> shared=<n>` |
+//!
+//! - `<slot start>` is the Unix time in seconds at which the slot begins (slot number times
+//!   the period), as Cloudflare's client computes it (`memc_key_prefix = "ticket-key/"`,
+//!   keyed by the slot start timestamp). Every slot of the window (the next slot, the current
+//!   one, and the past ones a ticket may still need) is served, but only when this host has
+//!   the group's shared key for it: a host-local stand-in key is never served alone, since a
+//!   client would install it as if the whole group used it.
+//! - `ticket-ring/*` values hold every key of the ring, shared and local alike: their client
+//!   is a TLS server on this host, which needs a full-length ring in the same order the key
+//!   files have (nginx order: the encrypting key first, then the next key, then past keys
+//!   newest first). A ring of `n` keys of `k` bytes is `n * k` bytes; split it every `k`
+//!   bytes.
+//! - `ticket-schedule`: `slot` and `start` are the current slot and its start; `encrypting`
+//!   is the name (first 16 bytes of every ticket) of the encrypting key; `keys` counts the
+//!   ring's keys; `shared` counts the `ticket-key/` entries.
+//! - Flags are always 0. The `gets` cas unique is a hash of the public key names in the
+//!   value: stable while the value is, different when any key in it changes.
+//!
+//! # Protocol
+//!
+//! `get`/`gets` with any number of keys, `version`, `stats` (also `stats settings`; no
+//! secrets), `quit`. Storage commands (`set`, `add`, `replace`, `append`, `prepend`, `cas`,
+//! meta `ms`) have their data block swallowed, then get `SERVER_ERROR read-only: stek serves
+//! ticket keys only` (nothing with `noreply`); other writes (`delete`, `incr`, `decr`,
+//! `touch`, `gat`, `flush_all`, `verbosity`, ...) get the same reply. Unknown commands get
+//! `ERROR`, malformed ones `CLIENT_ERROR <why>`. See [`Limits`] for the caps.
+//!
+//! # Layout
+//!
+//! [`frame`] cuts lines, [`parse`] turns one into a [`parse::Command`], `cmd` answers each
+//! command, [`session`] is the per-connection protocol state without I/O, `connection` and
+//! `server` do the I/O, `shutdown` ends connections, [`bind`] makes a [`Listener`].
+//!
+//! ```no_run
+//! use std::sync::Arc;
+//! use stek::memcached::{self, KeyTable, Limits};
+//! use tokio::sync::watch;
+//!
+//! # async fn run(ring: stek_core::Ring) -> Result<(), Box<dyn std::error::Error>> {
+//! let listener = memcached::bind("127.0.0.1:11211", false).await?;
+//! let (tx, rx) = watch::channel(Arc::new(KeyTable::from_ring(&ring)));
+//! let server = tokio::spawn(memcached::serve(listener, rx, Limits::default(), async {
+//!     let _ = tokio::signal::ctrl_c().await;
+//! }));
+//! // On every ring change:
+//! tx.send_replace(Arc::new(KeyTable::from_ring(&ring)));
+//! server.await??;
+//! # Ok(()) }
+//! ```
+
+mod bind;
+mod cmd;
+mod connection;
+pub mod frame;
+pub mod parse;
+mod server;
+pub mod session;
+mod shutdown;
+pub mod stats;
+mod table;
+
+pub use bind::{bind, BindError};
+pub use server::{serve, Limits, Listener, MIN_LINE, TOO_MANY_CONNECTIONS};
+pub use table::{KeyTable, RingSummary, TICKET_KEY_PREFIX, TICKET_RING_PREFIX, TICKET_SCHEDULE};

@@ -23,7 +23,10 @@
 //! Errors are [`StoreError`]: callers treat every error as "the store is unreachable for now"
 //! and follow the failure policy (DESIGN.md §5).
 
+pub mod any;
+pub mod etcd;
 pub mod memory;
+pub mod redis;
 
 use std::fmt;
 use std::future::Future;
@@ -32,7 +35,10 @@ use std::time::Duration;
 use stek_core::{KeyBytes, Slot};
 use tokio::sync::watch;
 
+pub use any::AnyStore;
+pub use etcd::EtcdStore;
 pub use memory::MemoryStore;
+pub use redis::RedisStore;
 
 /// The outcome of [`Store::create`].
 #[derive(Debug)]
@@ -86,41 +92,85 @@ pub trait Store: Send + Sync + 'static {
 
     /// A receiver that ticks whenever a record of `group` is created, if the store can notify.
     fn changes(&self, group: &str) -> Option<watch::Receiver<u64>>;
+
+    /// The store's clock (time since the Unix epoch), if it has one to offer: agents measure
+    /// their clock offset against it. `Ok(None)` when the store cannot tell.
+    fn server_time(&self) -> impl Future<Output = Result<Option<Duration>, StoreError>> + Send {
+        async { Ok(None) }
+    }
 }
 
-#[cfg(test)]
-pub(crate) mod conformance {
-    //! The suite every store passes. `advance` moves the store's notion of time forward.
+#[doc(hidden)]
+pub mod conformance {
+    //! The suite every store passes: the embedded store's unit tests and the integration tests
+    //! of the network stores (which cannot see `#[cfg(test)]` items) run the same checks. Not
+    //! part of the API.
     use super::*;
 
-    pub(crate) async fn run<S: Store>(store: &S, now: Duration, advance: impl Fn(Duration)) {
+    /// Runs the suite with time in seconds; `advance` moves the store's clock forward.
+    pub async fn run<S: Store>(store: &S, now: Duration, advance: impl Fn(Duration)) {
+        run_scaled(store, now, Duration::from_secs(1), |d| {
+            advance(d);
+            std::future::ready(())
+        })
+        .await
+    }
+
+    /// Runs the suite with every expiry a multiple of `unit` after `now` (the store's current
+    /// time), up to 60 units. `advance` lets that much store time pass: a store that follows the
+    /// real clock (Redis, etcd) must really wait, so such stores pass a short `unit`.
+    pub async fn run_scaled<S, F>(
+        store: &S,
+        now: Duration,
+        unit: Duration,
+        advance: impl Fn(Duration) -> F,
+    ) where
+        S: Store,
+        F: Future<Output = ()>,
+    {
         let g = "conformance";
         let (a, b) = (b"record-a".to_vec(), b"record-b".to_vec());
-        let expires = now + Duration::from_secs(10);
+        let expires = now + unit * 10;
 
         // Create-if-absent: the first write wins, the second gets the winner back.
-        assert!(matches!(store.create(g, Slot(7), &a, expires).await, Ok(Created::Won)));
+        assert!(matches!(
+            store.create(g, Slot(7), &a, expires).await,
+            Ok(Created::Won)
+        ));
         match store.create(g, Slot(7), &b, expires).await {
             Ok(Created::Lost(winner)) => assert_eq!(winner.as_slice(), a.as_slice()),
             other => panic!("second create must lose, got {other:?}"),
         }
         // Groups are separate namespaces.
-        assert!(matches!(store.create("other", Slot(7), &b, expires).await, Ok(Created::Won)));
+        assert!(matches!(
+            store.create("other", Slot(7), &b, expires).await,
+            Ok(Created::Won)
+        ));
 
         // Read a window: only existing slots, only this group.
-        assert!(matches!(store.create(g, Slot(9), &b, expires + Duration::from_secs(10)).await, Ok(Created::Won)));
+        assert!(matches!(
+            store.create(g, Slot(9), &b, expires + unit * 10).await,
+            Ok(Created::Won)
+        ));
         let mut got = store.read_window(g, Slot(6), Slot(9)).await.unwrap();
         got.sort_by_key(|(s, _)| *s);
         let got: Vec<(u64, Vec<u8>)> = got.into_iter().map(|(s, r)| (s.0, r.to_vec())).collect();
         assert_eq!(got, vec![(7, a.clone()), (9, b.clone())]);
-        assert!(store.read_window(g, Slot(10), Slot(20)).await.unwrap().is_empty());
+        assert!(store
+            .read_window(g, Slot(10), Slot(20))
+            .await
+            .unwrap()
+            .is_empty());
 
         // Concurrent creators: exactly one wins.
-        let results = futures_join_all((0..16u8).map(|i| async move {
-            store.create(g, Slot(100), &[i], expires).await
-        }))
+        let results = futures_join_all(
+            (0..16u8).map(|i| async move { store.create(g, Slot(100), &[i], expires).await }),
+        )
         .await;
-        let wins = results.iter().filter(|r| matches!(r, Ok(Created::Won))).count();
+        let wins = results
+            .iter()
+            .filter(|r| matches!(r, Ok(Created::Won)))
+            .count();
         assert_eq!(wins, 1);
         let stored = store.read_window(g, Slot(100), Slot(100)).await.unwrap();
         assert_eq!(stored.len(), 1);
@@ -130,13 +180,22 @@ pub(crate) mod conformance {
             }
         }
 
-        // Expiry: slot 7 expires at `expires`, slot 9 ten seconds later.
-        advance(Duration::from_secs(11));
-        let left: Vec<u64> = store.read_window(g, Slot(0), Slot(200)).await.unwrap().into_iter().map(|(s, _)| s.0).collect();
+        // Expiry: slot 7 expires at `expires`, slot 9 ten units later.
+        advance(unit * 11).await;
+        let left: Vec<u64> = store
+            .read_window(g, Slot(0), Slot(200))
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|(s, _)| s.0)
+            .collect();
         assert_eq!(left, vec![9]);
         // An expired slot can be created again (a new record after expiry is a new epoch of the
         // store, never a second live key).
-        assert!(matches!(store.create(g, Slot(7), &b, expires + Duration::from_secs(60)).await, Ok(Created::Won)));
+        assert!(matches!(
+            store.create(g, Slot(7), &b, expires + unit * 60).await,
+            Ok(Created::Won)
+        ));
     }
 
     async fn futures_join_all<F: Future>(futs: impl Iterator<Item = F>) -> Vec<F::Output> {

@@ -36,7 +36,10 @@ pub fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<
         if let Some(v) = f() {
             return v;
         }
-        assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
 }
@@ -48,7 +51,9 @@ pub fn wait_port(port: u16) {
 }
 
 pub fn unix_now() -> Duration {
-    SystemTime::now().duration_since(UNIX_EPOCH).expect("clock after 1970")
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .expect("clock after 1970")
 }
 
 /// Sleeps until `offset` after the start of the next period of length `period` (whole seconds),
@@ -86,14 +91,26 @@ pub fn make_cert(dir: &Path) -> Cert {
     let cert = dir.join("cert.pem");
     let key = dir.join("key.pem");
     let out = Command::new("openssl")
-        .args(["req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes"])
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+        ])
         .args(["-subj", "/CN=localhost", "-days", "2", "-keyout"])
         .arg(&key)
         .arg("-out")
         .arg(&cert)
         .output()
         .expect("run openssl req");
-    assert!(out.status.success(), "openssl req: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "openssl req: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     Cert { cert, key }
 }
 
@@ -113,7 +130,11 @@ impl Proc {
             .stderr(f)
             .spawn()
             .unwrap_or_else(|e| panic!("cannot start {name}: {e}"));
-        Proc { child, log, name: name.to_owned() }
+        Proc {
+            child,
+            log,
+            name: name.to_owned(),
+        }
     }
 
     pub fn log_text(&self) -> String {
@@ -130,7 +151,12 @@ impl Drop for Proc {
         let _ = self.child.kill();
         let _ = self.child.wait();
         if std::thread::panicking() {
-            eprintln!("---- {} log ({}) ----\n{}", self.name, self.log.display(), self.log_text());
+            eprintln!(
+                "---- {} log ({}) ----\n{}",
+                self.name,
+                self.log.display(),
+                self.log_text()
+            );
         }
     }
 }
@@ -140,14 +166,15 @@ pub fn stek_up(dir: &Path, args: &[&str]) -> Proc {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_stek"));
     cmd.arg("up").arg("--dir").arg(dir.join("keys")).args(args);
     cmd.env("STEK_LOG", "debug");
-    let p = Proc::spawn("stek up", &mut cmd, dir.join("stek.log"));
-    p
+    Proc::spawn("stek up", &mut cmd, dir.join("stek.log"))
 }
 
 /// Waits until stek wrote its first nginx include file and returns its path.
 pub fn wait_nginx_conf(dir: &Path) -> PathBuf {
     let conf = dir.join("keys/nginx/tickets.conf");
-    wait_for("stek's nginx include file", Duration::from_secs(20), || conf.exists().then_some(()));
+    wait_for("stek's nginx include file", Duration::from_secs(20), || {
+        conf.exists().then_some(())
+    });
     conf
 }
 
@@ -180,7 +207,12 @@ pub struct Nginx {
 
 impl Nginx {
     pub fn start(prefix: &Path, cert: &Cert, include: &Path) -> Nginx {
-        Self::start_with(prefix, cert, &format!("include {};", include.display()), "TLSv1.2 TLSv1.3")
+        Self::start_with(
+            prefix,
+            cert,
+            &format!("include {};", include.display()),
+            "TLSv1.2 TLSv1.3",
+        )
     }
 
     pub fn start_with(prefix: &Path, cert: &Cert, tickets: &str, protocols: &str) -> Nginx {
@@ -205,12 +237,20 @@ impl Nginx {
         cmd.arg("-p").arg(prefix).arg("-c").arg(&conf);
         let proc = Proc::spawn("nginx", &mut cmd, prefix.join("nginx.out"));
         wait_port(port);
-        Nginx { port, prefix: prefix.to_owned(), conf, proc }
+        Nginx {
+            port,
+            prefix: prefix.to_owned(),
+            conf,
+            proc,
+        }
     }
 
     /// The command stek's --on-change runs to reload this nginx.
     pub fn reload_cmd(prefix: &Path) -> String {
-        format!("nginx -p {p} -c {p}/nginx.conf -s reload", p = prefix.display())
+        format!(
+            "nginx -p {p} -c {p}/nginx.conf -s reload",
+            p = prefix.display()
+        )
     }
 }
 
@@ -233,7 +273,15 @@ impl Tls {
 /// One handshake with openssl s_client: whether the session was resumed.
 pub fn handshake(port: u16, tls: Tls, sess_in: Option<&Path>, sess_out: Option<&Path>) -> bool {
     let mut cmd = Command::new("openssl");
-    cmd.args(["s_client", "-connect", &format!("127.0.0.1:{port}"), "-servername", "localhost", tls.flag(), "-ign_eof"]);
+    cmd.args([
+        "s_client",
+        "-connect",
+        &format!("127.0.0.1:{port}"),
+        "-servername",
+        "localhost",
+        tls.flag(),
+        "-ign_eof",
+    ]);
     if let Some(p) = sess_in {
         cmd.arg("-sess_in").arg(p);
     }
@@ -272,13 +320,15 @@ pub fn ticket_name(sess: &Path) -> Option<String> {
         .output()
         .expect("run openssl sess_id");
     let text = String::from_utf8_lossy(&out.stdout);
-    let mut lines = text.lines().skip_while(|l| !l.contains("TLS session ticket:"));
+    let mut lines = text
+        .lines()
+        .skip_while(|l| !l.contains("TLS session ticket:"));
     lines.next()?;
     let first = lines.next()?;
     // "    0000 - 8f 3e ... 07-a1 ...   ........"
     let bytes = first.split_once(" - ")?.1;
     let hexes: String = bytes
-        .split(|c: char| c == ' ' || c == '-')
+        .split([' ', '-'])
         .filter(|t| t.len() == 2 && t.chars().all(|c| c.is_ascii_hexdigit()))
         .take(16)
         .collect();
@@ -332,3 +382,4 @@ impl Apache {
         format!("apache2 -f {}/httpd.conf -k graceful", root.display())
     }
 }
+pub mod fleet;

@@ -1,0 +1,221 @@
+//! A Prometheus text endpoint (`GET /metrics`) and the status document (`GET /status`) on a
+//! loopback address. Nothing secret is ever exposed: key names, slots and counters only.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+use tracing::debug;
+
+use crate::status::Status;
+
+/// The metrics of one process (agent, generator, or both for `stek up`).
+#[derive(Debug, Default)]
+pub struct Metrics {
+    inner: Mutex<Inner>,
+}
+
+#[derive(Debug, Default)]
+struct Inner {
+    status: Option<Status>,
+    sink_failures: BTreeMap<String, u64>,
+    store_errors: u64,
+    created: BTreeMap<String, u64>,
+    publish_errors: u64,
+    last_publish: Option<f64>,
+}
+
+impl Metrics {
+    /// Fresh, empty metrics.
+    pub fn new() -> Arc<Metrics> {
+        Arc::new(Metrics::default())
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Records the agent's latest status.
+    pub fn set_status(&self, status: Status) {
+        self.lock().status = Some(status);
+    }
+
+    /// The agent's latest status, with counters filled in.
+    pub fn status(&self) -> Option<Status> {
+        let g = self.lock();
+        g.status.clone().map(|mut s| {
+            s.sink_failures = g.sink_failures.clone();
+            s
+        })
+    }
+
+    /// Counts a sink failure.
+    pub fn sink_failed(&self, sink: &str) {
+        *self.lock().sink_failures.entry(sink.to_owned()).or_default() += 1;
+    }
+
+    /// Counts a failed store operation.
+    pub fn store_error(&self) {
+        self.lock().store_errors += 1;
+    }
+
+    /// Counts a key a generator created for `group`, at `now`.
+    pub fn key_created(&self, group: &str, now: Duration) {
+        let mut g = self.lock();
+        *g.created.entry(group.to_owned()).or_default() += 1;
+        g.last_publish = Some(now.as_secs_f64());
+    }
+
+    /// Records a successful publishing round.
+    pub fn published(&self, now: Duration) {
+        self.lock().last_publish = Some(now.as_secs_f64());
+    }
+
+    /// Counts a failed publishing round.
+    pub fn publish_error(&self) {
+        self.lock().publish_errors += 1;
+    }
+
+    /// The Prometheus text exposition.
+    pub fn render(&self, now: Duration) -> String {
+        let g = self.lock();
+        let mut o = String::new();
+        let _ = writeln!(
+            o,
+            "# HELP stek_store_errors_total Failed store operations.\n# TYPE stek_store_errors_total counter\nstek_store_errors_total {}",
+            g.store_errors
+        );
+        if let Some(s) = &g.status {
+            let l = format!("group=\"{}\"", s.group);
+            let shared = s.keys.iter().filter(|k| k.origin == "shared").count();
+            let _ = writeln!(o, "# HELP stek_current_slot The current slot by this host's clock.\n# TYPE stek_current_slot gauge\nstek_current_slot{{{l}}} {}", s.slot);
+            let _ = writeln!(o, "# HELP stek_ring_keys Keys in the ring.\n# TYPE stek_ring_keys gauge\nstek_ring_keys{{{l}}} {}", s.keys.len());
+            let _ = writeln!(o, "# HELP stek_ring_shared_keys Keys in the ring that are the group's shared keys.\n# TYPE stek_ring_shared_keys gauge\nstek_ring_shared_keys{{{l}}} {shared}");
+            let fallback = u8::from(s.encrypting == "local_fallback");
+            let stale = u8::from(s.encrypting == "stale");
+            let _ = writeln!(o, "# HELP stek_encrypting_local_fallback 1 when a local random key encrypts (no recent shared key).\n# TYPE stek_encrypting_local_fallback gauge\nstek_encrypting_local_fallback{{{l}}} {fallback}");
+            let _ = writeln!(o, "# HELP stek_encrypting_stale 1 when an older shared key encrypts because the current one is missing.\n# TYPE stek_encrypting_stale gauge\nstek_encrypting_stale{{{l}}} {stale}");
+            if let Some(t) = s.last_sync {
+                let _ = writeln!(o, "# HELP stek_last_sync_timestamp_seconds Last successful store read.\n# TYPE stek_last_sync_timestamp_seconds gauge\nstek_last_sync_timestamp_seconds{{{l}}} {t:.3}");
+                let _ = writeln!(o, "# HELP stek_staleness_seconds Seconds since the last successful store read.\n# TYPE stek_staleness_seconds gauge\nstek_staleness_seconds{{{l}}} {:.3}", (now.as_secs_f64() - t).max(0.0));
+            }
+            if let Some(off) = s.clock_offset {
+                let _ = writeln!(o, "# HELP stek_clock_offset_seconds This host's clock minus the store's.\n# TYPE stek_clock_offset_seconds gauge\nstek_clock_offset_seconds{{{l}}} {off:.3}");
+            }
+            let _ = writeln!(o, "# HELP stek_records_rejected_total Records rejected, by reason.\n# TYPE stek_records_rejected_total counter");
+            for (reason, n) in &s.rejected {
+                let _ = writeln!(o, "stek_records_rejected_total{{{l},reason=\"{reason}\"}} {n}");
+            }
+        }
+        let _ = writeln!(o, "# HELP stek_sink_failures_total Sink failures, by sink.\n# TYPE stek_sink_failures_total counter");
+        for (sink, n) in &g.sink_failures {
+            let _ = writeln!(o, "stek_sink_failures_total{{sink=\"{sink}\"}} {n}");
+        }
+        if !g.created.is_empty() || g.publish_errors > 0 || g.last_publish.is_some() {
+            let _ = writeln!(o, "# HELP stek_generator_keys_created_total Keys this generator created (won the slot), by group.\n# TYPE stek_generator_keys_created_total counter");
+            for (group, n) in &g.created {
+                let _ = writeln!(o, "stek_generator_keys_created_total{{group=\"{group}\"}} {n}");
+            }
+            let _ = writeln!(o, "# HELP stek_generator_publish_errors_total Failed publishing rounds.\n# TYPE stek_generator_publish_errors_total counter\nstek_generator_publish_errors_total {}", g.publish_errors);
+            if let Some(t) = g.last_publish {
+                let _ = writeln!(o, "# HELP stek_generator_last_publish_timestamp_seconds Last successful publishing round.\n# TYPE stek_generator_last_publish_timestamp_seconds gauge\nstek_generator_last_publish_timestamp_seconds {t:.3}");
+            }
+        }
+        o
+    }
+}
+
+/// Why the metrics endpoint could not start.
+#[derive(Debug)]
+pub struct MetricsBindError(pub String);
+
+impl std::fmt::Display for MetricsBindError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for MetricsBindError {}
+
+/// Binds the metrics endpoint: loopback addresses only (the status names keys).
+pub async fn bind(addr: &str) -> Result<TcpListener, MetricsBindError> {
+    let sa: SocketAddr = addr
+        .parse()
+        .map_err(|_| MetricsBindError(format!("{addr:?} is not an IP:PORT address")))?;
+    if !sa.ip().is_loopback() {
+        return Err(MetricsBindError(format!(
+            "{addr} is not a loopback address: the metrics endpoint only listens on 127.0.0.0/8 or ::1"
+        )));
+    }
+    TcpListener::bind(sa)
+        .await
+        .map_err(|e| MetricsBindError(format!("cannot listen on {addr}: {e}")))
+}
+
+/// Serves `GET /metrics` and `GET /status` until `shutdown` resolves.
+pub async fn serve(
+    listener: TcpListener,
+    metrics: Arc<Metrics>,
+    clock: Arc<dyn crate::clock::Clock>,
+    shutdown: impl Future<Output = ()>,
+) {
+    tokio::pin!(shutdown);
+    loop {
+        let (mut sock, _) = tokio::select! {
+            r = listener.accept() => match r {
+                Ok(c) => c,
+                Err(e) => { debug!("metrics accept: {e}"); tokio::time::sleep(Duration::from_millis(50)).await; continue; }
+            },
+            _ = &mut shutdown => return,
+        };
+        let metrics = metrics.clone();
+        let clock = clock.clone();
+        tokio::spawn(async move {
+            let mut buf = vec![0u8; 4096];
+            let mut n = 0;
+            // Read the request head (capped at 4 KiB, 5 s).
+            let read = tokio::time::timeout(Duration::from_secs(5), async {
+                while n < buf.len() {
+                    let m = sock.read(&mut buf[n..]).await?;
+                    if m == 0 {
+                        break;
+                    }
+                    n += m;
+                    if buf[..n].windows(4).any(|w| w == b"\r\n\r\n") {
+                        break;
+                    }
+                }
+                Ok::<_, std::io::Error>(())
+            })
+            .await;
+            if !matches!(read, Ok(Ok(()))) {
+                return;
+            }
+            let line = buf[..n].split(|b| *b == b'\n').next().unwrap_or_default();
+            let line = String::from_utf8_lossy(line);
+            let mut parts = line.split_whitespace();
+            let (method, path) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
+            let (code, ctype, body) = match (method, path) {
+                ("GET", "/metrics") => ("200 OK", "text/plain; version=0.0.4", metrics.render(clock.now())),
+                ("GET", "/status") => match metrics.status() {
+                    Some(s) => ("200 OK", "application/json", serde_json::to_string_pretty(&s).unwrap_or_default()),
+                    None => ("503 Service Unavailable", "text/plain", "no ring yet\n".into()),
+                },
+                ("GET", _) => ("404 Not Found", "text/plain", "try /metrics or /status\n".into()),
+                _ => ("405 Method Not Allowed", "text/plain", "GET only\n".into()),
+            };
+            let head = format!(
+                "HTTP/1.1 {code}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                body.len()
+            );
+            let _ = sock.write_all(head.as_bytes()).await;
+            let _ = sock.write_all(body.as_bytes()).await;
+            let _ = sock.shutdown().await;
+        });
+    }
+}

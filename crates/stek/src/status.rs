@@ -1,0 +1,122 @@
+//! What an agent reports about itself: its ring by key name, slot and role (never key bytes),
+//! its sync state and counters. Written to `DIR/status.json` on every change and served at
+//! `/status` on the metrics endpoint; `stek status` prints it.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use stek_core::{Encrypting, Origin, Ring};
+
+/// One key of the ring, as reported.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeyStatus {
+    /// Slot number.
+    pub slot: u64,
+    /// Slot start, Unix seconds.
+    pub start: u64,
+    /// `encrypt`, `next` or `past-N`.
+    pub role: String,
+    /// The key's public name (hex): the first 16 bytes of the tickets it makes.
+    pub name: String,
+    /// `shared` (the group's key) or `local` (this host's stand-in).
+    pub origin: String,
+}
+
+/// An agent's status.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Status {
+    /// The group.
+    pub group: String,
+    /// The period in seconds.
+    pub period: u64,
+    /// The lifetime in seconds.
+    pub lifetime: u64,
+    /// The current slot by this host's clock.
+    pub slot: u64,
+    /// `current`, `stale` or `local_fallback`.
+    pub encrypting: String,
+    /// The name of the encrypting key.
+    pub encrypting_name: String,
+    /// The ring in nginx order (encrypting first).
+    pub keys: Vec<KeyStatus>,
+    /// Unix seconds of the last successful store read.
+    pub last_sync: Option<f64>,
+    /// Seconds since the last successful store read.
+    pub staleness: Option<f64>,
+    /// This host's clock minus the store's, in seconds, if measured.
+    pub clock_offset: Option<f64>,
+    /// Records rejected, by reason.
+    pub rejected: BTreeMap<String, u64>,
+    /// Sink failures, by sink.
+    pub sink_failures: BTreeMap<String, u64>,
+    /// When this status was made, Unix seconds.
+    pub updated_at: f64,
+}
+
+impl Status {
+    /// The status of `ring` at `now`.
+    pub fn of(ring: &Ring, group: &str, now: Duration) -> Status {
+        let s = ring.schedule();
+        Status {
+            group: group.to_owned(),
+            period: s.period().as_secs(),
+            lifetime: s.lifetime().as_secs(),
+            slot: ring.current().0,
+            encrypting: match ring.encrypting() {
+                Encrypting::Current => "current".into(),
+                Encrypting::Stale { .. } => "stale".into(),
+                Encrypting::LocalFallback => "local_fallback".into(),
+            },
+            encrypting_name: ring.encrypting_entry().key.name().to_hex(),
+            keys: ring
+                .entries()
+                .iter()
+                .map(|e| KeyStatus {
+                    slot: e.slot().0,
+                    start: s.start(e.slot()).as_secs(),
+                    role: e.role.to_string(),
+                    name: e.key.name().to_hex(),
+                    origin: match e.origin {
+                        Origin::Shared => "shared".into(),
+                        Origin::Local => "local".into(),
+                    },
+                })
+                .collect(),
+            last_sync: None,
+            staleness: None,
+            clock_offset: None,
+            rejected: BTreeMap::new(),
+            sink_failures: BTreeMap::new(),
+            updated_at: now.as_secs_f64(),
+        }
+    }
+
+    /// A human-readable table.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        let _ = writeln!(
+            out,
+            "group {}: slot {}, period {}s, lifetime {}s, encrypting with {} ({})",
+            self.group, self.slot, self.period, self.lifetime, self.encrypting_name, self.encrypting
+        );
+        if let Some(s) = self.staleness {
+            let _ = writeln!(out, "last store sync {s:.1}s ago");
+        }
+        if let Some(o) = self.clock_offset {
+            let _ = writeln!(out, "clock offset to the store {:+.3}s", o);
+        }
+        let _ = writeln!(out, "{:<12} {:<12} {:<8} {:<32} origin", "slot", "start", "role", "key name");
+        for k in &self.keys {
+            let _ = writeln!(out, "{:<12} {:<12} {:<8} {:<32} {}", k.slot, k.start, k.role, k.name, k.origin);
+        }
+        for (reason, n) in &self.rejected {
+            let _ = writeln!(out, "records rejected ({reason}): {n}");
+        }
+        for (sink, n) in &self.sink_failures {
+            let _ = writeln!(out, "sink failures ({sink}): {n}");
+        }
+        out
+    }
+}

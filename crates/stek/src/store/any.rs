@@ -1,0 +1,66 @@
+//! A store chosen by URL at run time: `redis://HOST:PORT` or `etcd://HOST:PORT[,HOST:PORT...]`.
+
+use std::time::Duration;
+
+use stek_core::{KeyBytes, Slot};
+use tokio::sync::watch;
+
+use super::{Created, RedisStore, Store, StoreError};
+
+/// One of the shared stores.
+#[derive(Debug)]
+pub enum AnyStore {
+    /// Redis (a primary for generators, a read replica per site for agents).
+    Redis(RedisStore),
+}
+
+impl AnyStore {
+    /// Connects to the store named by `url` for an agent: a bad URL fails now, an unreachable
+    /// store does not (the agent starts, serves what it can and follows the failure policy).
+    pub async fn connect_lazy(url: &str) -> Result<AnyStore, StoreError> {
+        if url.starts_with("redis://") {
+            Ok(AnyStore::Redis(RedisStore::connect_lazy(url)?))
+        } else {
+            Self::connect(url).await
+        }
+    }
+
+    /// Connects to the store named by `url`, failing if it cannot be reached now.
+    pub async fn connect(url: &str) -> Result<AnyStore, StoreError> {
+        if url.starts_with("redis://") {
+            Ok(AnyStore::Redis(RedisStore::connect(url).await?))
+        } else if url.starts_with("etcd://") {
+            Err(StoreError::Unavailable("etcd support is not built yet".into()))
+        } else {
+            Err(StoreError::Unavailable(format!(
+                "unknown store URL {url:?}: use redis://HOST:PORT or etcd://HOST:PORT[,HOST:PORT...]"
+            )))
+        }
+    }
+}
+
+impl Store for AnyStore {
+    async fn create(&self, group: &str, slot: Slot, record: &[u8], expires_at: Duration) -> Result<Created, StoreError> {
+        match self {
+            AnyStore::Redis(s) => s.create(group, slot, record, expires_at).await,
+        }
+    }
+
+    async fn read_window(&self, group: &str, first: Slot, last: Slot) -> Result<Vec<(Slot, KeyBytes)>, StoreError> {
+        match self {
+            AnyStore::Redis(s) => s.read_window(group, first, last).await,
+        }
+    }
+
+    fn changes(&self, group: &str) -> Option<watch::Receiver<u64>> {
+        match self {
+            AnyStore::Redis(s) => s.changes(group),
+        }
+    }
+
+    async fn server_time(&self) -> Result<Option<Duration>, StoreError> {
+        match self {
+            AnyStore::Redis(s) => s.server_time().await.map(Some),
+        }
+    }
+}

@@ -1,0 +1,1320 @@
+//! The etcd store: one etcd key per record, held by a lease that expires with the record.
+//!
+//! # Why the JSON gateway
+//!
+//! etcd's Rust gRPC client needs `protoc` at build time, and `cargo build` must work on a machine
+//! with nothing but Rust. etcd (3.4 and later) serves the same v3 API as JSON over HTTP/1.1 through
+//! its built-in gRPC gateway at `/v3/` (3.3 called it `/v3beta/`, 3.5 dropped that alias), so this
+//! module speaks that with a plain HTTP client. In that JSON, keys and values are base64 and 64-bit
+//! integers are strings; fields at their default value (`false`, `0`, empty) are left out.
+//!
+//! Requests, all `POST` with a JSON body except the last:
+//! - `/v3/lease/grant`, `/v3/kv/txn`, `/v3/lease/revoke`: [`Store::create`];
+//! - `/v3/kv/range`: [`Store::read_window`];
+//! - `/v3/watch`: [`Store::changes`], a response streamed as one JSON message per line;
+//! - `GET /version`: [`EtcdStore::server_time`] reads the `Date` header of the answer.
+//!
+//! # Layout
+//!
+//! The record of `(group, slot)` lives at `stek/<group>/<slot as 20 zero-padded digits>`, so the
+//! keys of a group sort in slot order and a window is one range request. Each record is written
+//! once, by a transaction that puts it only if the key has never been created
+//! (`create_revision == 0`): its etcd `version` stays 1 for its whole life. It is attached to a
+//! lease whose TTL ends at the record's expiry, so etcd deletes it by itself.
+//!
+//! # Untrusted answers
+//!
+//! etcd and the network are untrusted like every store: answers are read up to a size cap,
+//! values larger than [`MAX_RECORD_LEN`] and keys that are not exactly a slot of the group are
+//! skipped, and error messages from etcd are shortened and stripped of control characters before
+//! they reach a log line.
+
+use std::collections::hash_map::RandomState;
+use std::collections::HashMap;
+use std::fmt;
+use std::hash::{BuildHasher, Hasher};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, UNIX_EPOCH};
+
+use base64::engine::general_purpose::STANDARD as BASE64;
+use base64::Engine as _;
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::http::uri::Authority;
+use hyper::{header, Method, Request, Response, StatusCode, Uri};
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+use serde::de::{DeserializeOwned, IgnoredAny};
+use serde::{Deserialize, Deserializer, Serialize};
+use stek_core::record::MAX_RECORD_LEN;
+use stek_core::{KeyBytes, Slot};
+use tokio::sync::watch;
+use zeroize::{Zeroize, Zeroizing};
+
+use super::{Created, Store, StoreError};
+use crate::clock::{Clock, SystemClock};
+
+/// etcd's registered client port, used when a URL names a host without a port.
+const DEFAULT_PORT: u16 = 2379;
+/// How long one endpoint gets to accept a TCP connection before the next is tried.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long one endpoint gets to answer a request in full (or, for a watch, to start answering).
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+/// The largest answer read from etcd. Honest answers are far smaller: a window of 20 records of at
+/// most 64 KiB is under 2 MiB of base64, and etcd refuses requests over 1.5 MiB by default, so no
+/// honest value is larger than that.
+const MAX_RESPONSE_LEN: usize = 32 * 1024 * 1024;
+/// The largest answer read from an endpoint that is not answering a request successfully.
+const MAX_ERROR_BODY_LEN: usize = 64 * 1024;
+/// How much of etcd's error message is kept.
+const MAX_ERROR_MESSAGE_CHARS: usize = 300;
+/// The largest single message of a watch stream; a larger one ends the stream (it is then
+/// reopened, which costs one spurious tick).
+const MAX_WATCH_MESSAGE_LEN: usize = 8 * 1024 * 1024;
+/// A watch asks etcd for progress notifications, sent every 10 minutes by default; a stream
+/// silent for longer than this is presumed dead (a peer that vanished without closing TCP) and is
+/// reopened.
+const WATCH_IDLE_TIMEOUT: Duration = Duration::from_secs(11 * 60);
+/// Backoff between attempts to reopen a watch.
+const WATCH_BACKOFF_MIN: Duration = Duration::from_millis(100);
+const WATCH_BACKOFF_MAX: Duration = Duration::from_secs(10);
+/// etcd refuses leases longer than this (`etcdserver: too large lease TTL`).
+const MAX_LEASE_TTL_SECS: u64 = 9_000_000_000;
+
+type HttpClient = Client<HttpConnector, Full<Bytes>>;
+type Watches = Arc<Mutex<HashMap<String, watch::Sender<u64>>>>;
+
+/// A store kept in an etcd cluster (`etcd://HOST:PORT[,HOST:PORT...]`), spoken to through etcd's
+/// JSON gateway over plain HTTP. See the module documentation for the layout.
+///
+/// Connections are made lazily and pooled. Requests go to the endpoint that last answered and
+/// fail over to the others in URL order when it cannot be reached, does not answer in time, or
+/// answers that it is unavailable (no leader). Record expiry follows the injected clock
+/// ([`EtcdStore::with_clock`]), the system clock by default.
+pub struct EtcdStore {
+    conn: Arc<Conn>,
+    clock: Arc<dyn Clock>,
+    /// One watch task per group with subscribers; see [`EtcdStore::changes`].
+    watches: Watches,
+    /// Dropped with the store, which tells every watch task to stop.
+    shutdown: watch::Sender<()>,
+}
+
+impl fmt::Debug for EtcdStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("EtcdStore")
+            .field("endpoints", &self.conn.endpoints)
+            .finish_non_exhaustive()
+    }
+}
+
+impl EtcdStore {
+    /// A store for `etcd://HOST:PORT[,HOST:PORT...]` (the port defaults to 2379).
+    ///
+    /// Nothing is sent yet: the first operation connects, so a cluster that is down at start-up
+    /// is reported by that operation, as every later outage is. Fails only on a malformed URL.
+    /// Needs a Tokio runtime when operations run, not when called.
+    pub fn connect(url: &str) -> Result<EtcdStore, StoreError> {
+        let endpoints = parse_url(url)?;
+        let mut connector = HttpConnector::new();
+        connector.set_connect_timeout(Some(CONNECT_TIMEOUT));
+        connector.set_nodelay(true);
+        // Keepalive probes find a peer that vanished without closing the connection, which
+        // matters for a watch stream that may legitimately stay silent for minutes.
+        connector.set_keepalive(Some(Duration::from_secs(30)));
+        connector.set_keepalive_interval(Some(Duration::from_secs(10)));
+        connector.set_keepalive_retries(Some(3));
+        let client = Client::builder(TokioExecutor::new())
+            .pool_timer(TokioTimer::new())
+            .pool_idle_timeout(Duration::from_secs(30))
+            .build(connector);
+        Ok(EtcdStore {
+            conn: Arc::new(Conn {
+                endpoints,
+                client,
+                preferred: AtomicUsize::new(0),
+            }),
+            clock: Arc::new(SystemClock::new()),
+            watches: Arc::default(),
+            shutdown: watch::channel(()).0,
+        })
+    }
+
+    /// Uses `clock` to turn expiry times into lease TTLs. Give it the clock that computes the
+    /// `expires_at` passed to [`Store::create`].
+    pub fn with_clock(mut self, clock: Arc<dyn Clock>) -> Self {
+        self.clock = clock;
+        self
+    }
+
+    /// The etcd member's clock, as time since the Unix epoch, for measuring this host's clock
+    /// offset.
+    ///
+    /// It comes from the HTTP `Date` header, which has a resolution of one second and is
+    /// truncated; the result is the middle of that second, so it is within half a second of the
+    /// member's clock at the moment it answered (add half the round trip for the caller's
+    /// uncertainty). Good enough for the warning threshold of P/4 with periods of minutes or more.
+    pub async fn server_time(&self) -> Result<Duration, StoreError> {
+        let reply = self
+            .conn
+            .exchange(Method::GET, "/version", Bytes::new(), MAX_ERROR_BODY_LEN)
+            .await?;
+        if reply.status != StatusCode::OK {
+            return Err(StoreError::Unavailable(reply.error_message("/version")));
+        }
+        let date = reply.date.ok_or_else(|| {
+            StoreError::Unavailable(format!("etcd at {} sent no Date header", reply.endpoint))
+        })?;
+        let since_epoch = date.duration_since(UNIX_EPOCH).map_err(|_| {
+            StoreError::Unavailable(format!(
+                "etcd at {} dates its answer before 1970",
+                reply.endpoint
+            ))
+        })?;
+        Ok(since_epoch + Duration::from_millis(500))
+    }
+
+    /// The record at `key`, if any.
+    async fn get(&self, key: &str) -> Result<Option<KeyBytes>, StoreError> {
+        let req = RangeRequest {
+            key: BASE64.encode(key),
+            range_end: None,
+        };
+        let resp: RangeResponse = self.conn.call("/v3/kv/range", &req).await?;
+        match resp.kvs.first() {
+            None => Ok(None),
+            Some(kv) => kv.decode_value().map(Some).ok_or_else(|| oversized(key)),
+        }
+    }
+
+    async fn grant(&self, ttl_secs: u64) -> Result<i64, StoreError> {
+        let resp: LeaseGrantResponse = self
+            .conn
+            .call(
+                "/v3/lease/grant",
+                &LeaseGrantRequest {
+                    ttl: ttl_secs.to_string(),
+                },
+            )
+            .await?;
+        if !resp.error.is_empty() {
+            return Err(StoreError::Unavailable(format!(
+                "etcd refused a lease: {}",
+                sanitize(&resp.error)
+            )));
+        }
+        if resp.id == 0 {
+            return Err(StoreError::Unavailable("etcd granted lease 0".to_owned()));
+        }
+        Ok(resp.id)
+    }
+
+    /// Revokes a lease nothing uses. Failure only means the lease lives until its TTL.
+    async fn revoke(&self, lease: i64) {
+        let req = LeaseRevokeRequest {
+            id: lease.to_string(),
+        };
+        if let Err(e) = self
+            .conn
+            .call::<_, IgnoredAny>("/v3/lease/revoke", &req)
+            .await
+        {
+            tracing::debug!(
+                "An unused etcd lease could not be revoked and will expire by itself: {e}"
+            );
+        }
+    }
+}
+
+impl Store for EtcdStore {
+    /// Grants a lease ending at `expires_at` (rounded up to whole seconds; etcd also raises TTLs
+    /// below its minimum, 2 s by default), then puts the record with it in a transaction that
+    /// succeeds only if the key was never created. On losing, reads the winner back in the same
+    /// transaction and revokes the unused lease.
+    ///
+    /// A record already expired (`expires_at <= now`) is not written: a store that wrote it would
+    /// have to hide it at once. The slot's live record is returned as the winner if there is one,
+    /// and `Won` otherwise, exactly as if the record had been written and had expired.
+    ///
+    /// If etcd refuses the transaction, the lease is revoked and etcd's message returned. If the
+    /// outcome is unknown (the connection broke), the error is returned and the lease is left to
+    /// expire, since revoking it could delete a record that was written; a retry on another
+    /// endpoint that finds the record written under its own lease knows it was its own write and
+    /// reports `Won`.
+    async fn create(
+        &self,
+        group: &str,
+        slot: Slot,
+        record: &[u8],
+        expires_at: Duration,
+    ) -> Result<Created, StoreError> {
+        if record.len() > MAX_RECORD_LEN {
+            return Err(StoreError::TooLarge(record.len()));
+        }
+        let key = slot_key(group, slot);
+        let Some(ttl) = lease_ttl(expires_at, self.clock.now()) else {
+            return Ok(match self.get(&key).await? {
+                Some(winner) => Created::Lost(winner),
+                None => Created::Won,
+            });
+        };
+        let lease = self.grant(ttl).await?;
+        let key64 = BASE64.encode(&key);
+        // The request body handed to the HTTP client cannot be zeroized after sending; records
+        // are sealed to their recipients before they reach a store, so that copy is ciphertext.
+        let value64 = Zeroizing::new(BASE64.encode(record));
+        let txn = TxnRequest {
+            compare: [Compare {
+                target: "CREATE",
+                result: "EQUAL",
+                key: key64.clone(),
+                create_revision: "0",
+            }],
+            success: [RequestOp::Put(PutRequest {
+                key: key64.clone(),
+                value: &value64,
+                lease: lease.to_string(),
+            })],
+            failure: [RequestOp::Range(RangeRequest {
+                key: key64,
+                range_end: None,
+            })],
+        };
+        let resp: TxnResponse = match self.conn.try_call("/v3/kv/txn", &txn).await {
+            Ok(resp) => resp,
+            Err(e) => {
+                // Revoke the lease only when etcd certainly did not apply the put: revoking it
+                // otherwise could delete a record we did write.
+                if e.refused {
+                    self.revoke(lease).await;
+                }
+                return Err(e.error);
+            }
+        };
+        if resp.succeeded {
+            return Ok(Created::Won);
+        }
+        // The failure branch is the range of the key, read in the same revision as the compare
+        // that failed: the key exists there.
+        let winner = resp
+            .responses
+            .iter()
+            .filter_map(|r| r.response_range.as_ref())
+            .flat_map(|r| r.kvs.first())
+            .next()
+            .ok_or_else(|| {
+                StoreError::Unavailable(format!(
+                    "etcd's transaction on {key} failed its compare but returned no record"
+                ))
+            })?;
+        if winner.lease == lease {
+            // Our own put, applied by an attempt whose answer was lost before a fail-over.
+            return Ok(Created::Won);
+        }
+        let value = winner.decode_value();
+        self.revoke(lease).await;
+        value.map(Created::Lost).ok_or_else(|| oversized(&key))
+    }
+
+    async fn read_window(
+        &self,
+        group: &str,
+        first: Slot,
+        last: Slot,
+    ) -> Result<Vec<(Slot, KeyBytes)>, StoreError> {
+        if first > last {
+            return Ok(Vec::new());
+        }
+        let range_end = match last.0.checked_add(1) {
+            Some(next) => slot_key(group, Slot(next)),
+            None => prefix_end(group),
+        };
+        let req = RangeRequest {
+            key: BASE64.encode(slot_key(group, first)),
+            range_end: Some(BASE64.encode(range_end)),
+        };
+        let resp: RangeResponse = self.conn.call("/v3/kv/range", &req).await?;
+        let mut out = Vec::with_capacity(resp.kvs.len());
+        for kv in &resp.kvs {
+            let Some(slot) = parse_slot_key(group, &kv.key).filter(|s| (first..=last).contains(s))
+            else {
+                tracing::debug!(
+                    "Skipped etcd key {:?}: not a slot of group {group} in the window.",
+                    kv.key
+                );
+                continue;
+            };
+            match kv.decode_value() {
+                Some(value) => out.push((slot, value)),
+                None => tracing::debug!(
+                    "Skipped the record of slot {} of group {group} in etcd: larger than {MAX_RECORD_LEN} bytes or not base64.",
+                    slot.0
+                ),
+            }
+        }
+        Ok(out)
+    }
+
+    /// A receiver that ticks on every put under `stek/<group>/`, fed by one watch stream per
+    /// group shared by all its receivers.
+    ///
+    /// It also ticks each time the stream is (re)established, the first time included, because
+    /// puts made while no stream was open are not replayed: a reader that re-reads on that tick
+    /// misses nothing. A broken stream is reopened with exponential backoff (100 ms to 10 s,
+    /// jittered), on any endpoint. The stream stops when the store is dropped (receivers then see
+    /// the channel closed) or when the group's last receiver is dropped.
+    ///
+    /// Returns `None` outside a Tokio runtime, where no task can run the stream.
+    fn changes(&self, group: &str) -> Option<watch::Receiver<u64>> {
+        let mut watches = lock(&self.watches);
+        // Invariant: an entry exists exactly while its task runs (the task removes it, under
+        // this lock, before it stops for lack of receivers).
+        if let Some(tx) = watches.get(group) {
+            return Some(tx.subscribe());
+        }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            tracing::debug!("No Tokio runtime: etcd changes of group {group} are not watched.");
+            return None;
+        };
+        let (tx, rx) = watch::channel(0);
+        watches.insert(group.to_owned(), tx.clone());
+        runtime.spawn(watch_group(
+            self.conn.clone(),
+            group.to_owned(),
+            tx,
+            self.shutdown.subscribe(),
+            self.watches.clone(),
+        ));
+        Some(rx)
+    }
+
+    async fn server_time(&self) -> Result<Option<Duration>, StoreError> {
+        EtcdStore::server_time(self).await.map(Some)
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // Every critical section is a single map lookup, insert or remove: a panic elsewhere cannot
+    // leave the map half-updated, so a poisoned lock is still sound.
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn oversized(key: &str) -> StoreError {
+    StoreError::Unavailable(format!(
+        "etcd holds a value at {key} that is not base64 or exceeds {MAX_RECORD_LEN} bytes"
+    ))
+}
+
+/// The endpoints of `etcd://HOST:PORT[,HOST:PORT...]`.
+fn parse_url(url: &str) -> Result<Vec<Authority>, StoreError> {
+    let bad = |why: &str| StoreError::Unavailable(format!("invalid etcd URL {url:?}: {why}"));
+    let rest = url
+        .strip_prefix("etcd://")
+        .ok_or_else(|| bad("expected etcd://HOST:PORT[,HOST:PORT...]"))?;
+    let rest = rest.strip_suffix('/').unwrap_or(rest);
+    let mut endpoints = Vec::new();
+    for part in rest.split(',') {
+        if part.is_empty() || part.contains(['@', '/', '?', '#']) {
+            return Err(bad(&format!("endpoint {part:?} is not HOST:PORT")));
+        }
+        let authority: Authority = part
+            .parse()
+            .map_err(|_| bad(&format!("endpoint {part:?} is not HOST:PORT")))?;
+        if authority.host().is_empty() {
+            return Err(bad(&format!("endpoint {part:?} has no host")));
+        }
+        let authority = match authority.port_u16() {
+            Some(_) => authority,
+            None if part.ends_with(':') => {
+                return Err(bad(&format!("endpoint {part:?} has no port")))
+            }
+            None => format!("{part}:{DEFAULT_PORT}")
+                .parse()
+                .map_err(|_| bad(&format!("endpoint {part:?} is not HOST:PORT")))?,
+        };
+        endpoints.push(authority);
+    }
+    Ok(endpoints)
+}
+
+fn slot_key(group: &str, slot: Slot) -> String {
+    format!("stek/{group}/{:020}", slot.0)
+}
+
+/// The end of the range of every key under `stek/<group>/` ('0' follows '/').
+fn prefix_end(group: &str) -> String {
+    format!("stek/{group}0")
+}
+
+/// The slot of a base64 key that is exactly `stek/<group>/` and 20 digits.
+fn parse_slot_key(group: &str, key64: &str) -> Option<Slot> {
+    // A key is at most a few dozen bytes; refuse to decode anything much longer.
+    if key64.len() > 4 * 1024 {
+        return None;
+    }
+    let key = BASE64.decode(key64).ok()?;
+    let digits = key
+        .strip_prefix(b"stek/")?
+        .strip_prefix(group.as_bytes())?
+        .strip_prefix(b"/")?;
+    if digits.len() != 20 || !digits.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    // 20 digits can exceed u64::MAX; parse rejects those.
+    std::str::from_utf8(digits).ok()?.parse().ok().map(Slot)
+}
+
+/// The lease TTL in whole seconds that ends no earlier than `expires_at`, or `None` if
+/// `expires_at` has passed.
+fn lease_ttl(expires_at: Duration, now: Duration) -> Option<u64> {
+    let left = expires_at.checked_sub(now).filter(|d| !d.is_zero())?;
+    let secs = left
+        .as_secs()
+        .saturating_add(u64::from(left.subsec_nanos() > 0));
+    Some(secs.clamp(1, MAX_LEASE_TTL_SECS))
+}
+
+/// An untrusted message made fit for a log line: no control characters, bounded length.
+fn sanitize(msg: &str) -> String {
+    let mut out: String = msg
+        .chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .take(MAX_ERROR_MESSAGE_CHARS)
+        .collect();
+    if msg.chars().nth(MAX_ERROR_MESSAGE_CHARS).is_some() {
+        out.push('…');
+    }
+    out
+}
+
+/// A transport failure's message with its causes ("client error (Connect): tcp connect error:
+/// Connection refused (os error 111)").
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut msg = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        msg.push_str(": ");
+        msg.push_str(&s.to_string());
+        source = s.source();
+    }
+    msg
+}
+
+/// Up to `d` plus half of it again, so that many agents whose watch broke at once do not
+/// reconnect in step.
+fn jittered(d: Duration) -> Duration {
+    let r = RandomState::new().build_hasher().finish();
+    d + d.mul_f64((r % 1000) as f64 / 2000.0)
+}
+
+// ---------------------------------------------------------------------------------------------
+// HTTP
+
+/// The endpoints and the connection pool, shared by the store and its watch tasks.
+struct Conn {
+    endpoints: Vec<Authority>,
+    client: HttpClient,
+    /// Index of the endpoint that answered last, tried first.
+    preferred: AtomicUsize,
+}
+
+/// A complete answer from one endpoint.
+struct Reply {
+    endpoint: Authority,
+    status: StatusCode,
+    date: Option<std::time::SystemTime>,
+    /// Zeroized on drop: it may hold records.
+    body: Zeroizing<Vec<u8>>,
+}
+
+impl Reply {
+    /// What went wrong, in etcd's words if it sent an error body
+    /// (`{"error": ..., "message": ..., "code": ...}`).
+    fn error_message(&self, path: &str) -> String {
+        let etcd = serde_json::from_slice::<GatewayError>(&self.body)
+            .ok()
+            .map(|e| {
+                if e.message.is_empty() {
+                    e.error
+                } else {
+                    e.message
+                }
+            })
+            .filter(|m| !m.is_empty());
+        match etcd {
+            Some(m) => format!("etcd at {} ({path}): {}", self.endpoint, sanitize(&m)),
+            None => format!(
+                "etcd at {} ({path}) answered HTTP {}",
+                self.endpoint, self.status
+            ),
+        }
+    }
+}
+
+impl Conn {
+    fn request(
+        &self,
+        i: usize,
+        method: &Method,
+        path: &str,
+        body: Bytes,
+    ) -> Result<Request<Full<Bytes>>, String> {
+        let uri = Uri::builder()
+            .scheme("http")
+            .authority(self.endpoints[i].clone())
+            .path_and_query(path)
+            .build()
+            .map_err(|e| e.to_string())?;
+        Request::builder()
+            .method(method.clone())
+            .uri(uri)
+            .header(header::CONTENT_TYPE, "application/json")
+            .body(Full::new(body))
+            .map_err(|e| e.to_string())
+    }
+
+    /// The endpoints in the order to try them: the last one that answered, then the rest in
+    /// URL order.
+    fn order(&self) -> impl Iterator<Item = usize> + '_ {
+        let n = self.endpoints.len();
+        let start = self.preferred.load(Ordering::Relaxed) % n;
+        (0..n).map(move |k| (start + k) % n)
+    }
+
+    /// Sends one request and reads the whole answer (at most `cap` bytes), failing over between
+    /// endpoints on transport errors, timeouts and 503 (gRPC `Unavailable`: no leader, stopping).
+    async fn exchange(
+        &self,
+        method: Method,
+        path: &str,
+        body: Bytes,
+        cap: usize,
+    ) -> Result<Reply, StoreError> {
+        let mut failures = Vec::new();
+        for i in self.order() {
+            let once = async {
+                let req = self.request(i, &method, path, body.clone())?;
+                let resp = self
+                    .client
+                    .request(req)
+                    .await
+                    .map_err(|e| error_chain(&e))?;
+                read_reply(self.endpoints[i].clone(), resp, cap).await
+            };
+            match tokio::time::timeout(REQUEST_TIMEOUT, once).await {
+                Ok(Ok(reply)) if reply.status != StatusCode::SERVICE_UNAVAILABLE => {
+                    self.preferred.store(i, Ordering::Relaxed);
+                    return Ok(reply);
+                }
+                Ok(Ok(reply)) => failures.push(reply.error_message(path)),
+                Ok(Err(ReadError::Transport(why))) => {
+                    failures.push(format!("etcd at {} ({path}): {why}", self.endpoints[i]));
+                }
+                Ok(Err(ReadError::TooLarge)) => {
+                    // Another member would send the same data: no fail-over.
+                    return Err(StoreError::Unavailable(format!(
+                        "etcd at {} ({path}) sent an answer over {cap} bytes",
+                        self.endpoints[i]
+                    )));
+                }
+                Err(_) => failures.push(format!(
+                    "etcd at {} ({path}): no answer within {REQUEST_TIMEOUT:?}",
+                    self.endpoints[i]
+                )),
+            }
+        }
+        Err(StoreError::Unavailable(failures.join("; ")))
+    }
+
+    /// POSTs `req` as JSON and parses a successful answer as `R`.
+    async fn call<Q: Serialize, R: DeserializeOwned>(
+        &self,
+        path: &str,
+        req: &Q,
+    ) -> Result<R, StoreError> {
+        self.try_call(path, req).await.map_err(|e| e.error)
+    }
+
+    /// [`Conn::call`], telling apart the errors after which the request certainly did not apply.
+    async fn try_call<Q: Serialize, R: DeserializeOwned>(
+        &self,
+        path: &str,
+        req: &Q,
+    ) -> Result<R, CallError> {
+        let body = serde_json::to_vec(req).map_err(|e| CallError {
+            error: StoreError::Unavailable(format!("encoding the request to {path}: {e}")),
+            refused: true,
+        })?;
+        let reply = self
+            .exchange(Method::POST, path, Bytes::from(body), MAX_RESPONSE_LEN)
+            .await
+            .map_err(|error| CallError {
+                error,
+                refused: false,
+            })?;
+        if reply.status != StatusCode::OK {
+            // An error answer other than 503 (which `exchange` fails over on, and which etcd
+            // also gives for a proposal that timed out but may still apply) refuses the request.
+            return Err(CallError {
+                error: StoreError::Unavailable(reply.error_message(path)),
+                refused: true,
+            });
+        }
+        serde_json::from_slice(&reply.body).map_err(|e| CallError {
+            error: StoreError::Unavailable(format!(
+                "etcd at {} ({path}) sent malformed JSON: {e}",
+                reply.endpoint
+            )),
+            refused: false,
+        })
+    }
+
+    /// Opens a streamed POST: the first endpoint that answers 200 within the timeout keeps the
+    /// stream.
+    async fn open_stream(&self, path: &str, body: Bytes) -> Result<(Authority, Incoming), String> {
+        let mut failures = Vec::new();
+        for i in self.order() {
+            let endpoint = self.endpoints[i].clone();
+            let once = async {
+                let req = self.request(i, &Method::POST, path, body.clone())?;
+                self.client.request(req).await.map_err(|e| error_chain(&e))
+            };
+            match tokio::time::timeout(REQUEST_TIMEOUT, once).await {
+                Ok(Ok(resp)) if resp.status() == StatusCode::OK => {
+                    self.preferred.store(i, Ordering::Relaxed);
+                    return Ok((endpoint, resp.into_body()));
+                }
+                Ok(Ok(resp)) => match tokio::time::timeout(
+                    REQUEST_TIMEOUT,
+                    read_reply(endpoint.clone(), resp, MAX_ERROR_BODY_LEN),
+                )
+                .await
+                {
+                    Ok(Ok(reply)) => failures.push(reply.error_message(path)),
+                    _ => failures.push(format!("etcd at {endpoint} ({path}) refused the stream")),
+                },
+                Ok(Err(why)) => failures.push(format!("etcd at {endpoint} ({path}): {why}")),
+                Err(_) => failures.push(format!(
+                    "etcd at {endpoint} ({path}): no answer within {REQUEST_TIMEOUT:?}"
+                )),
+            }
+        }
+        Err(failures.join("; "))
+    }
+}
+
+/// A failed call, and whether etcd certainly did not apply it.
+struct CallError {
+    error: StoreError,
+    refused: bool,
+}
+
+enum ReadError {
+    Transport(String),
+    TooLarge,
+}
+
+impl From<String> for ReadError {
+    fn from(why: String) -> Self {
+        ReadError::Transport(why)
+    }
+}
+
+async fn read_reply(
+    endpoint: Authority,
+    resp: Response<Incoming>,
+    cap: usize,
+) -> Result<Reply, ReadError> {
+    let status = resp.status();
+    let date = resp
+        .headers()
+        .get(header::DATE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|s| httpdate::parse_http_date(s).ok());
+    // Non-OK answers only matter for their message: read less of them.
+    let cap = if status == StatusCode::OK {
+        cap
+    } else {
+        cap.min(MAX_ERROR_BODY_LEN)
+    };
+    let declared = resp
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|s| s.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > cap as u64) {
+        return Err(ReadError::TooLarge);
+    }
+    let mut body = resp.into_body();
+    let mut buf = Zeroizing::new(Vec::new());
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| error_chain(&e))?;
+        if let Ok(data) = frame.into_data() {
+            if buf.len() + data.len() > cap {
+                return Err(ReadError::TooLarge);
+            }
+            // A reallocation would leave the old copy behind unzeroized: reserve the declared
+            // length (at most `cap`, checked above) up front. Chunked answers grow as they come.
+            if buf.capacity() == 0 {
+                if let Some(n) = declared {
+                    buf.reserve_exact(n as usize);
+                }
+            }
+            buf.extend_from_slice(&data);
+        }
+    }
+    Ok(Reply {
+        endpoint,
+        status,
+        date,
+        body: buf,
+    })
+}
+
+// ---------------------------------------------------------------------------------------------
+// Watch
+
+/// Runs the watch of one group until the store is dropped or the group has no receivers.
+async fn watch_group(
+    conn: Arc<Conn>,
+    group: String,
+    tx: watch::Sender<u64>,
+    mut shutdown: watch::Receiver<()>,
+    watches: Watches,
+) {
+    let mut backoff = WATCH_BACKOFF_MIN;
+    loop {
+        let ended = tokio::select! {
+            _ = shutdown.changed() => return,
+            _ = tx.closed() => {
+                if unregister(&watches, &group, &tx) {
+                    return;
+                }
+                continue;
+            }
+            ended = watch_stream(&conn, &group, &tx) => ended,
+        };
+        if ended.established {
+            backoff = WATCH_BACKOFF_MIN;
+        }
+        let pause = jittered(backoff);
+        tracing::debug!(
+            "The etcd watch of group {group} ended ({}); reopening in {pause:?}.",
+            ended.why
+        );
+        backoff = (backoff * 2).min(WATCH_BACKOFF_MAX);
+        tokio::select! {
+            _ = shutdown.changed() => return,
+            _ = tx.closed() => {
+                if unregister(&watches, &group, &tx) {
+                    return;
+                }
+            }
+            _ = tokio::time::sleep(pause) => {}
+        }
+    }
+}
+
+/// Removes the group's entry if it still has no receivers; then its task may stop. Under the
+/// lock, so that `changes` either subscribes before (and the task goes on) or creates a new entry
+/// and task after.
+fn unregister(watches: &Watches, group: &str, tx: &watch::Sender<u64>) -> bool {
+    let mut watches = lock(watches);
+    if tx.receiver_count() > 0 {
+        return false;
+    }
+    if watches.get(group).is_some_and(|t| t.same_channel(tx)) {
+        watches.remove(group);
+    }
+    true
+}
+
+struct StreamEnd {
+    /// Whether etcd confirmed the watch before the stream ended.
+    established: bool,
+    why: String,
+}
+
+/// Opens one watch stream and ticks `tx` until the stream ends.
+async fn watch_stream(conn: &Conn, group: &str, tx: &watch::Sender<u64>) -> StreamEnd {
+    let mut established = false;
+    let end = |established, why: String| StreamEnd { established, why };
+    let prefix = format!("stek/{group}/");
+    let req = WatchRequest {
+        create_request: WatchCreateRequest {
+            key: BASE64.encode(&prefix),
+            range_end: BASE64.encode(prefix_end(group)),
+            // Lease expiry deletes records; only puts are news.
+            filters: ["NODELETE"],
+            progress_notify: true,
+        },
+    };
+    let body = match serde_json::to_vec(&req) {
+        Ok(b) => Bytes::from(b),
+        Err(e) => return end(false, e.to_string()),
+    };
+    let (endpoint, mut stream) = match conn.open_stream("/v3/watch", body).await {
+        Ok(s) => s,
+        Err(why) => return end(false, why),
+    };
+    // The gateway sends one JSON message per line.
+    let mut buf = Zeroizing::new(Vec::new());
+    let mut scanned = 0;
+    loop {
+        let frame = match tokio::time::timeout(WATCH_IDLE_TIMEOUT, stream.frame()).await {
+            Err(_) => {
+                return end(
+                    established,
+                    format!("{endpoint} sent nothing for {WATCH_IDLE_TIMEOUT:?}"),
+                )
+            }
+            Ok(None) => return end(established, format!("{endpoint} closed the stream")),
+            Ok(Some(Err(e))) => {
+                return end(established, format!("{endpoint}: {}", error_chain(&e)))
+            }
+            Ok(Some(Ok(frame))) => frame,
+        };
+        let Ok(data) = frame.into_data() else {
+            continue;
+        };
+        buf.extend_from_slice(&data);
+        while let Some(nl) = buf[scanned..]
+            .iter()
+            .position(|b| *b == b'\n')
+            .map(|p| scanned + p)
+        {
+            let outcome = watch_message(&buf[..nl]);
+            buf.drain(..=nl);
+            scanned = 0;
+            match outcome {
+                Ok(WatchEvent::Created) => {
+                    established = true;
+                    tx.send_modify(|n| *n = n.wrapping_add(1));
+                }
+                Ok(WatchEvent::Puts) => tx.send_modify(|n| *n = n.wrapping_add(1)),
+                Ok(WatchEvent::Nothing) => {}
+                Err(why) => return end(established, format!("{endpoint}: {why}")),
+            }
+        }
+        scanned = buf.len();
+        if buf.len() > MAX_WATCH_MESSAGE_LEN {
+            return end(
+                established,
+                format!("{endpoint} sent a watch message over {MAX_WATCH_MESSAGE_LEN} bytes"),
+            );
+        }
+    }
+}
+
+#[derive(Debug, PartialEq, Eq)]
+enum WatchEvent {
+    /// etcd confirmed the watch.
+    Created,
+    /// One or more keys were put.
+    Puts,
+    /// A progress notification or an empty line.
+    Nothing,
+}
+
+/// Interprets one message of the watch stream; `Err` ends the stream.
+fn watch_message(line: &[u8]) -> Result<WatchEvent, String> {
+    if line.iter().all(u8::is_ascii_whitespace) {
+        return Ok(WatchEvent::Nothing);
+    }
+    let msg: WatchMessage =
+        serde_json::from_slice(line).map_err(|e| format!("malformed watch message: {e}"))?;
+    if let Some(e) = msg.error {
+        return Err(format!("watch failed: {}", sanitize(&e.message)));
+    }
+    let Some(r) = msg.result else {
+        return Ok(WatchEvent::Nothing);
+    };
+    if r.canceled {
+        let why = if r.compact_revision != 0 {
+            format!("compacted at revision {}", r.compact_revision)
+        } else {
+            sanitize(&r.cancel_reason)
+        };
+        return Err(format!("etcd canceled the watch: {why}"));
+    }
+    if !r.events.is_empty() {
+        // Confirmation and events never share a message, but a tick covers both anyway.
+        return Ok(WatchEvent::Puts);
+    }
+    Ok(if r.created {
+        WatchEvent::Created
+    } else {
+        WatchEvent::Nothing
+    })
+}
+
+// ---------------------------------------------------------------------------------------------
+// The gateway's JSON (etcdserverpb in proto3 JSON, original field names).
+
+#[derive(Serialize)]
+struct RangeRequest {
+    key: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    range_end: Option<String>,
+}
+
+#[derive(Serialize)]
+struct PutRequest<'a> {
+    key: String,
+    value: &'a str,
+    lease: String,
+}
+
+#[derive(Serialize)]
+struct Compare {
+    target: &'static str,
+    result: &'static str,
+    key: String,
+    create_revision: &'static str,
+}
+
+#[derive(Serialize)]
+enum RequestOp<'a> {
+    #[serde(rename = "request_put")]
+    Put(PutRequest<'a>),
+    #[serde(rename = "request_range")]
+    Range(RangeRequest),
+}
+
+#[derive(Serialize)]
+struct TxnRequest<'a> {
+    compare: [Compare; 1],
+    success: [RequestOp<'a>; 1],
+    failure: [RequestOp<'a>; 1],
+}
+
+#[derive(Serialize)]
+struct LeaseGrantRequest {
+    #[serde(rename = "TTL")]
+    ttl: String,
+}
+
+#[derive(Serialize)]
+struct LeaseRevokeRequest {
+    #[serde(rename = "ID")]
+    id: String,
+}
+
+#[derive(Serialize)]
+struct WatchRequest {
+    create_request: WatchCreateRequest,
+}
+
+#[derive(Serialize)]
+struct WatchCreateRequest {
+    key: String,
+    range_end: String,
+    filters: [&'static str; 1],
+    progress_notify: bool,
+}
+
+#[derive(Deserialize)]
+struct GatewayError {
+    #[serde(default)]
+    error: String,
+    #[serde(default)]
+    message: String,
+}
+
+#[derive(Deserialize)]
+struct LeaseGrantResponse {
+    #[serde(rename = "ID", default, deserialize_with = "int64")]
+    id: i64,
+    #[serde(default)]
+    error: String,
+}
+
+#[derive(Deserialize)]
+struct KeyValue {
+    #[serde(default)]
+    key: String,
+    /// Base64 of the record; zeroized on drop.
+    #[serde(default)]
+    value: String,
+    #[serde(default, deserialize_with = "int64")]
+    lease: i64,
+}
+
+impl Drop for KeyValue {
+    fn drop(&mut self) {
+        self.value.zeroize();
+    }
+}
+
+impl KeyValue {
+    /// The record, or `None` if it is not base64 or exceeds `MAX_RECORD_LEN`.
+    fn decode_value(&self) -> Option<KeyBytes> {
+        // Check the encoded length first: never decode a huge value only to throw it away.
+        if self.value.len() > base64::encoded_len(MAX_RECORD_LEN, true)? {
+            return None;
+        }
+        // Decoded into a buffer reserved in full up front, so no reallocation leaves a copy.
+        let mut out = Zeroizing::new(Vec::with_capacity(base64::decoded_len_estimate(
+            self.value.len(),
+        )));
+        BASE64.decode_vec(&self.value, &mut out).ok()?;
+        (out.len() <= MAX_RECORD_LEN).then_some(out)
+    }
+}
+
+#[derive(Deserialize)]
+struct RangeResponse {
+    #[serde(default)]
+    kvs: Vec<KeyValue>,
+}
+
+#[derive(Deserialize)]
+struct ResponseOp {
+    #[serde(default)]
+    response_range: Option<RangeResponse>,
+}
+
+#[derive(Deserialize)]
+struct TxnResponse {
+    #[serde(default)]
+    succeeded: bool,
+    #[serde(default)]
+    responses: Vec<ResponseOp>,
+}
+
+#[derive(Deserialize)]
+struct WatchMessage {
+    #[serde(default)]
+    result: Option<WatchResult>,
+    #[serde(default)]
+    error: Option<GatewayError>,
+}
+
+#[derive(Deserialize)]
+struct WatchResult {
+    #[serde(default)]
+    created: bool,
+    #[serde(default)]
+    canceled: bool,
+    #[serde(default)]
+    cancel_reason: String,
+    #[serde(default, deserialize_with = "int64")]
+    compact_revision: i64,
+    /// Only their number matters: any put is news.
+    #[serde(default)]
+    events: Vec<IgnoredAny>,
+}
+
+/// A proto3 JSON int64: a string ("123"), though a number is accepted too.
+fn int64<'de, D: Deserializer<'de>>(d: D) -> Result<i64, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Int64 {
+        Text(String),
+        Number(i64),
+    }
+    match Int64::deserialize(d)? {
+        Int64::Number(n) => Ok(n),
+        Int64::Text(s) => s.parse().map_err(serde::de::Error::custom),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls() {
+        let eps = parse_url("etcd://127.0.0.1:2379,etcd-b:2380,[::1]:1,h").unwrap();
+        let eps: Vec<String> = eps.iter().map(|a| a.to_string()).collect();
+        assert_eq!(eps, ["127.0.0.1:2379", "etcd-b:2380", "[::1]:1", "h:2379"]);
+        assert_eq!(parse_url("etcd://h:1/").unwrap().len(), 1);
+        for bad in [
+            "redis://h:1",
+            "etcd://",
+            "etcd://h:1,",
+            "etcd://u@h:1",
+            "etcd://h:1/path",
+            "etcd://h:99999",
+            "etcd://h:",
+            "etcd://h:x",
+            "http://h:1",
+        ] {
+            assert!(parse_url(bad).is_err(), "{bad} must be refused");
+        }
+    }
+
+    #[test]
+    fn keys_sort_by_slot_and_parse_back_strictly() {
+        assert_eq!(slot_key("g", Slot(7)), "stek/g/00000000000000000007");
+        assert_eq!(slot_key("g", Slot(u64::MAX)), "stek/g/18446744073709551615");
+        assert!(slot_key("g", Slot(9)) < slot_key("g", Slot(10)));
+        assert!(slot_key("g", Slot(u64::MAX)) < prefix_end("g"));
+        let b = |s: &str| BASE64.encode(s);
+        assert_eq!(
+            parse_slot_key("g", &b("stek/g/00000000000000000007")),
+            Some(Slot(7))
+        );
+        assert_eq!(
+            parse_slot_key("g", &b("stek/g/18446744073709551615")),
+            Some(Slot(u64::MAX))
+        );
+        for bad in [
+            "stek/g/18446744073709551616",
+            "stek/g/0000000000000000007",
+            "stek/g/000000000000000000070",
+            "stek/g/0000000000000000000x",
+            "stek/h/00000000000000000007",
+            "stek/g/1/00000000000000007",
+            "stek/g00000000000000000007",
+        ] {
+            assert_eq!(parse_slot_key("g", &b(bad)), None, "{bad}");
+        }
+        assert_eq!(parse_slot_key("g", "!!"), None);
+    }
+
+    #[test]
+    fn lease_ttls_round_up_and_refuse_the_past() {
+        let s = Duration::from_secs;
+        assert_eq!(lease_ttl(s(100), s(90)), Some(10));
+        assert_eq!(
+            lease_ttl(s(100), s(90) + Duration::from_millis(1)),
+            Some(10)
+        );
+        assert_eq!(
+            lease_ttl(s(100) + Duration::from_millis(1), s(90)),
+            Some(11)
+        );
+        assert_eq!(lease_ttl(s(100), s(100) - Duration::from_nanos(1)), Some(1));
+        assert_eq!(lease_ttl(s(100), s(100)), None);
+        assert_eq!(lease_ttl(s(100), s(101)), None);
+        assert_eq!(lease_ttl(Duration::MAX, s(0)), Some(MAX_LEASE_TTL_SECS));
+    }
+
+    #[test]
+    fn values_are_capped() {
+        let kv = |v: String| KeyValue {
+            key: String::new(),
+            value: v,
+            lease: 0,
+        };
+        let ok = vec![1u8; MAX_RECORD_LEN];
+        assert_eq!(
+            kv(BASE64.encode(&ok)).decode_value().unwrap().as_slice(),
+            ok.as_slice()
+        );
+        assert!(kv(BASE64.encode(vec![1u8; MAX_RECORD_LEN + 1]))
+            .decode_value()
+            .is_none());
+        assert!(kv("not base64!".to_owned()).decode_value().is_none());
+        assert_eq!(kv(String::new()).decode_value().unwrap().len(), 0);
+    }
+
+    #[test]
+    fn gateway_json_is_read_as_etcd_writes_it() {
+        // Captured from etcd 3.4.23.
+        let txn: TxnResponse = serde_json::from_str(
+            r#"{"header":{"revision":"2"},"responses":[{"response_range":{"header":{"revision":"2"},
+            "kvs":[{"key":"c3Rlay9nLzAwMDAwMDAwMDAwMDAwMDAwMDA3","create_revision":"2","mod_revision":"2",
+            "version":"1","value":"aGVsbG8=","lease":"4111120285325677068"}],"count":"1"}}]}"#,
+        )
+        .unwrap();
+        assert!(!txn.succeeded);
+        let kv = &txn.responses[0].response_range.as_ref().unwrap().kvs[0];
+        assert_eq!(kv.lease, 4111120285325677068);
+        assert_eq!(kv.decode_value().unwrap().as_slice(), b"hello");
+        let won: TxnResponse = serde_json::from_str(
+            r#"{"header":{},"succeeded":true,"responses":[{"response_put":{"header":{"revision":"2"}}}]}"#,
+        )
+        .unwrap();
+        assert!(won.succeeded);
+        let grant: LeaseGrantResponse =
+            serde_json::from_str(r#"{"header":{},"ID":"4111120285325677064","TTL":"5"}"#).unwrap();
+        assert_eq!(grant.id, 4111120285325677064);
+    }
+
+    #[test]
+    fn txn_request_is_written_as_the_gateway_reads_it() {
+        let txn = TxnRequest {
+            compare: [Compare {
+                target: "CREATE",
+                result: "EQUAL",
+                key: "aw==".into(),
+                create_revision: "0",
+            }],
+            success: [RequestOp::Put(PutRequest {
+                key: "aw==".into(),
+                value: "dg==",
+                lease: "5".into(),
+            })],
+            failure: [RequestOp::Range(RangeRequest {
+                key: "aw==".into(),
+                range_end: None,
+            })],
+        };
+        assert_eq!(
+            serde_json::to_string(&txn).unwrap(),
+            r#"{"compare":[{"target":"CREATE","result":"EQUAL","key":"aw==","create_revision":"0"}],"success":[{"request_put":{"key":"aw==","value":"dg==","lease":"5"}}],"failure":[{"request_range":{"key":"aw=="}}]}"#
+        );
+    }
+
+    #[test]
+    fn watch_messages() {
+        assert_eq!(
+            watch_message(br#"{"result":{"header":{"revision":"3"},"created":true}}"#),
+            Ok(WatchEvent::Created)
+        );
+        assert_eq!(
+            watch_message(
+                br#"{"result":{"header":{"revision":"4"},"events":[{"kv":{"key":"eA==","version":"1","value":"eA=="}}]}}"#
+            ),
+            Ok(WatchEvent::Puts)
+        );
+        assert_eq!(
+            watch_message(br#"{"result":{"header":{"revision":"9"}}}"#),
+            Ok(WatchEvent::Nothing)
+        );
+        assert_eq!(watch_message(b"  "), Ok(WatchEvent::Nothing));
+        let compacted = watch_message(br#"{"result":{"canceled":true,"compact_revision":"7"}}"#);
+        assert!(compacted.unwrap_err().contains("compacted at revision 7"));
+        let err = watch_message(
+            br#"{"error":{"grpc_code":14,"http_code":503,"message":"no leader\u001b[31m"}}"#,
+        );
+        assert_eq!(err.unwrap_err(), "watch failed: no leader [31m");
+        assert!(watch_message(b"{not json").is_err());
+    }
+
+    #[test]
+    fn error_messages_are_etcds_own_and_tamed() {
+        let reply = |body: &str| Reply {
+            endpoint: "127.0.0.1:1".parse().unwrap(),
+            status: StatusCode::NOT_FOUND,
+            date: None,
+            body: Zeroizing::new(body.as_bytes().to_vec()),
+        };
+        assert_eq!(
+            reply(r#"{"error":"etcdserver: requested lease not found","message":"etcdserver: requested lease not found","code":5}"#)
+                .error_message("/v3/kv/txn"),
+            "etcd at 127.0.0.1:1 (/v3/kv/txn): etcdserver: requested lease not found"
+        );
+        assert_eq!(
+            reply("<html>").error_message("/x"),
+            "etcd at 127.0.0.1:1 (/x) answered HTTP 404 Not Found"
+        );
+        let long = format!(r#"{{"message":"{}"}}"#, "a".repeat(1000));
+        let msg = reply(&long).error_message("/x");
+        assert!(msg.chars().count() < MAX_ERROR_MESSAGE_CHARS + 40, "{msg}");
+        assert!(msg.ends_with('…'));
+    }
+
+    #[test]
+    fn jitter_stays_within_half_again() {
+        for _ in 0..100 {
+            let d = jittered(Duration::from_secs(2));
+            assert!(d >= Duration::from_secs(2) && d < Duration::from_secs(3));
+        }
+    }
+}

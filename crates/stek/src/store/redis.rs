@@ -1,0 +1,537 @@
+//! The Redis store: records as string keys with an expiry, notifications over pub/sub.
+//!
+//! A fleet runs one Redis primary and a read replica in each site. Generators point at the
+//! primary (only it accepts writes); agents point at their local replica, which both serves
+//! their reads and relays the primary's pub/sub messages, so a site keeps its keys while the
+//! link to the primary is down.
+//!
+//! Layout, shared by every stek process that talks to the same Redis:
+//!
+//! - the record of `(group, slot)` lives at the key `stek:<group>:<slot>` (slot in decimal), a
+//!   plain string whose expiry is the record's erase time (`PXAT`), so Redis itself deletes every
+//!   record when its key leaves every window;
+//! - after a record is created, the slot number is published on the channel `stek:<group>`.
+//!
+//! The slot is the last `:`-separated field and is all digits, so two groups never share a key
+//! even when a group name contains `:`.
+//!
+//! Requires Redis 7.0 or newer (`SET` with both `NX` and `GET`).
+
+use std::collections::HashMap;
+use std::fmt;
+use std::hash::BuildHasher;
+use std::sync::{Mutex, MutexGuard};
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::{Client, RedisError, Value};
+use stek_core::record::MAX_RECORD_LEN;
+use stek_core::{KeyBytes, Slot};
+use tokio::runtime::Handle;
+use tokio::sync::watch;
+use tokio::task::AbortHandle;
+use tracing::{debug, info, warn};
+use zeroize::Zeroizing;
+
+use super::{Created, Store, StoreError};
+use crate::clock::{Clock, SystemClock};
+
+/// The most slots one [`Store::read_window`] reads. An agent's window is `R + 2` slots (20 with
+/// the defaults); the cap keeps a misconfigured caller from sending Redis one huge `MGET`.
+pub const MAX_WINDOW_SLOTS: u64 = 10_000;
+
+/// How long one connection attempt may take before it counts as failed.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long a command may wait for its reply. Generous for an `MGET` of a full window of
+/// records, short enough that an agent learns quickly that its replica is gone.
+const RESPONSE_TIMEOUT: Duration = Duration::from_secs(3);
+/// Reconnection attempts per failed command before its error reaches the caller. The caller
+/// retries on its own schedule (and the next command starts a new round), so a command never
+/// blocks the agent's loop for long while the store is down.
+const RECONNECT_RETRIES: usize = 2;
+
+/// How often a subscription that heard nothing checks its connection with `PING`, so that a
+/// half-open connection (a replica that vanished without closing it) is noticed and replaced.
+const KEEPALIVE: Duration = Duration::from_secs(15);
+/// First and largest delay between resubscription attempts.
+const RESUBSCRIBE_MIN: Duration = Duration::from_millis(100);
+const RESUBSCRIBE_MAX: Duration = Duration::from_secs(5);
+
+/// The key of the record of `(group, slot)`.
+fn record_key(group: &str, slot: Slot) -> String {
+    format!("stek:{group}:{}", slot.0)
+}
+
+/// The pub/sub channel that announces new records of `group`.
+fn channel(group: &str) -> String {
+    format!("stek:{group}")
+}
+
+/// A store in Redis. Cheap to share behind an `Arc`: commands from every task are multiplexed
+/// over one connection, which reconnects by itself after a failure.
+///
+/// Records it returns are untrusted (anyone who can write to Redis can put anything there);
+/// values larger than [`MAX_RECORD_LEN`] are skipped before anyone parses them.
+pub struct RedisStore {
+    client: Client,
+    conn: ConnectionManager,
+    /// The runtime that runs the notification tasks (`changes` is not async, so it cannot find
+    /// one by itself when called from outside the runtime's threads).
+    runtime: Handle,
+    /// One subscription task per group, shared by every receiver of that group.
+    notifiers: Mutex<HashMap<String, Notifier>>,
+}
+
+struct Notifier {
+    tx: watch::Sender<u64>,
+    task: AbortHandle,
+}
+
+impl fmt::Debug for RedisStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // The address only: the URL may carry a password.
+        let info = self.client.get_connection_info();
+        f.debug_struct("RedisStore")
+            .field("addr", &info.addr().to_string())
+            .field("db", &info.redis_settings().db())
+            .finish_non_exhaustive()
+    }
+}
+
+impl RedisStore {
+    /// Connects to the Redis at `url` (`redis://HOST:PORT`, optionally `redis://HOST:PORT/DB`,
+    /// or any other URL the `redis` crate accepts, such as `redis+unix:///PATH`).
+    ///
+    /// Fails if the URL is invalid or the server cannot be reached now; once connected, the
+    /// store reconnects by itself after failures. Must be called inside a Tokio runtime, which
+    /// then runs the store's background tasks.
+    pub async fn connect(url: &str) -> Result<RedisStore, StoreError> {
+        let client = Client::open(url).map_err(|e| invalid_url(&e))?;
+        let conn = ConnectionManager::new_with_config(client.clone(), manager_config())
+            .await
+            .map_err(unavailable)?;
+        Ok(Self::with(client, conn))
+    }
+
+    /// Like [`RedisStore::connect`], but does not talk to the server until the first command,
+    /// so a process can start while its store is down and follow the failure policy until it
+    /// returns. Only an invalid URL fails. Must be called inside a Tokio runtime.
+    pub fn connect_lazy(url: &str) -> Result<RedisStore, StoreError> {
+        let client = Client::open(url).map_err(|e| invalid_url(&e))?;
+        let conn = ConnectionManager::new_lazy_with_config(client.clone(), manager_config())
+            .map_err(unavailable)?;
+        Ok(Self::with(client, conn))
+    }
+
+    fn with(client: Client, conn: ConnectionManager) -> RedisStore {
+        RedisStore {
+            client,
+            conn,
+            runtime: Handle::current(),
+            notifiers: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The server's clock (`TIME`), as time since the Unix epoch. Agents compare it with their
+    /// own clock: the store's clock is the one that expires records, and every host's schedule
+    /// must agree with it to within `P/4` (DESIGN.md §5).
+    pub async fn server_time(&self) -> Result<Duration, StoreError> {
+        let (secs, micros): (u64, u64) = redis::cmd("TIME")
+            .query_async(&mut self.conn.clone())
+            .await
+            .map_err(unavailable)?;
+        if micros >= 1_000_000 {
+            return Err(StoreError::Unavailable(format!(
+                "TIME answered {micros} microseconds"
+            )));
+        }
+        Ok(Duration::from_secs(secs) + Duration::from_micros(micros))
+    }
+
+    fn lock_notifiers(&self) -> MutexGuard<'_, HashMap<String, Notifier>> {
+        // Every critical section is a lookup or a single insert, so a poisoned map is intact.
+        self.notifiers.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+impl Drop for RedisStore {
+    fn drop(&mut self) {
+        // The tasks hold no reference to the store; stop them with it, which closes their
+        // pub/sub connections and, once the map's senders are gone too, ends every receiver.
+        for n in self.lock_notifiers().values() {
+            n.task.abort();
+        }
+    }
+}
+
+fn manager_config() -> ConnectionManagerConfig {
+    ConnectionManagerConfig::new()
+        .set_connection_timeout(Some(CONNECT_TIMEOUT))
+        .set_response_timeout(Some(RESPONSE_TIMEOUT))
+        .set_number_of_retries(RECONNECT_RETRIES)
+        .set_max_delay(Duration::from_secs(1))
+}
+
+/// Redis's own error message, which says what failed: an error reply exactly as the server
+/// sent it (`READONLY You can't write against a read only replica.`, `NOAUTH ...`), else the
+/// client's description (connection refused, timed out, ...).
+fn unavailable(e: RedisError) -> StoreError {
+    StoreError::Unavailable(match (e.code(), e.detail()) {
+        (Some(code), Some(detail)) => format!("{code} {detail}"),
+        _ => e.to_string(),
+    })
+}
+
+fn invalid_url(e: &RedisError) -> StoreError {
+    // The URL itself is left out: it may carry a password.
+    StoreError::Unavailable(format!("invalid Redis URL: {e}"))
+}
+
+/// The kind of a reply, for error messages that must not echo untrusted content.
+fn kind(v: &Value) -> &'static str {
+    match v {
+        Value::Nil => "nil",
+        Value::Int(_) => "an integer",
+        Value::BulkString(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::SimpleString(_) | Value::Okay => "a status",
+        _ => "an unexpected type",
+    }
+}
+
+impl Store for RedisStore {
+    /// `SET key record NX GET PXAT expires_at`: Redis stores the record only if the key is
+    /// absent and, in the same atomic step, returns the value that was there. So a loser always
+    /// gets the winner back, even if the winner expires a moment later (a separate `GET` after a
+    /// failed `SET NX` could find nothing). The winner then announces the slot on `stek:<group>`.
+    ///
+    /// An `expires_at` already past (by this host's clock) writes nothing: such a record has
+    /// left every window and must not be stored, not even for the instant before Redis would
+    /// drop it. The result is what the embedded store reports for it: `Lost` with the record
+    /// still live in the slot if there is one, else `Won` (stored and expired at once: nobody
+    /// will ever read it).
+    async fn create(
+        &self,
+        group: &str,
+        slot: Slot,
+        record: &[u8],
+        expires_at: Duration,
+    ) -> Result<Created, StoreError> {
+        if record.len() > MAX_RECORD_LEN {
+            return Err(StoreError::TooLarge(record.len()));
+        }
+        let key = record_key(group, slot);
+        let mut conn = self.conn.clone();
+        if expires_at <= SystemClock::new().now() {
+            let existing: Value = redis::cmd("GET")
+                .arg(&key)
+                .query_async(&mut conn)
+                .await
+                .map_err(unavailable)?;
+            return match existing {
+                Value::Nil => Ok(Created::Won),
+                Value::BulkString(v) => Ok(Created::Lost(Zeroizing::new(v))),
+                other => Err(StoreError::Unavailable(format!(
+                    "GET {key} answered {}",
+                    kind(&other)
+                ))),
+            };
+        }
+        // Milliseconds since the epoch fit an i64 for the next 292 million years; saturate
+        // rather than wrap for an absurd expiry.
+        let pxat = u64::try_from(expires_at.as_millis())
+            .unwrap_or(u64::MAX)
+            .min(i64::MAX as u64);
+        let previous: Value = redis::cmd("SET")
+            .arg(&key)
+            .arg(record)
+            .arg("NX")
+            .arg("GET")
+            .arg("PXAT")
+            .arg(pxat)
+            .query_async(&mut conn)
+            .await
+            .map_err(unavailable)?;
+        match previous {
+            Value::Nil => {}
+            Value::BulkString(v) => return Ok(Created::Lost(Zeroizing::new(v))),
+            other => {
+                return Err(StoreError::Unavailable(format!(
+                    "SET {key} answered {}",
+                    kind(&other)
+                )))
+            }
+        }
+        // The record is stored; the announcement is only a hint (agents also poll), so a failure
+        // here must not turn a won slot into an error the generator would retry.
+        if let Err(e) = redis::cmd("PUBLISH")
+            .arg(channel(group))
+            .arg(slot.0)
+            .query_async::<Value>(&mut conn)
+            .await
+        {
+            warn!("group {group}: stored slot {slot} but could not announce it: {e}");
+        }
+        Ok(Created::Won)
+    }
+
+    /// One `MGET` of the keys of `first..=last` (at most [`MAX_WINDOW_SLOTS`] of them). Absent
+    /// keys, keys of another type and values longer than [`MAX_RECORD_LEN`] are skipped: the
+    /// store is untrusted and an agent would reject such a value anyway.
+    async fn read_window(
+        &self,
+        group: &str,
+        first: Slot,
+        last: Slot,
+    ) -> Result<Vec<(Slot, KeyBytes)>, StoreError> {
+        if first > last {
+            return Ok(Vec::new());
+        }
+        if last.0 - first.0 >= MAX_WINDOW_SLOTS {
+            return Err(StoreError::Unavailable(format!(
+                "a window of slots {first}..={last} exceeds {MAX_WINDOW_SLOTS} slots"
+            )));
+        }
+        let slots: Vec<Slot> = (first.0..=last.0).map(Slot).collect();
+        let mut mget = redis::cmd("MGET");
+        for &slot in &slots {
+            mget.arg(record_key(group, slot));
+        }
+        let reply: Value = mget
+            .query_async(&mut self.conn.clone())
+            .await
+            .map_err(unavailable)?;
+        let Value::Array(values) = reply else {
+            return Err(StoreError::Unavailable(format!(
+                "MGET answered {}",
+                kind(&reply)
+            )));
+        };
+        if values.len() != slots.len() {
+            return Err(StoreError::Unavailable(format!(
+                "MGET answered {} values for {} keys",
+                values.len(),
+                slots.len()
+            )));
+        }
+        let mut out = Vec::new();
+        for (slot, value) in slots.into_iter().zip(values) {
+            match value {
+                Value::Nil => {}
+                Value::BulkString(v) => {
+                    // Wrapped first so that a skipped value is zeroized too.
+                    let v = Zeroizing::new(v);
+                    if v.len() > MAX_RECORD_LEN {
+                        debug!(
+                            "group {group}: skipped the value of slot {slot}: {} bytes exceed {MAX_RECORD_LEN}",
+                            v.len()
+                        );
+                    } else {
+                        out.push((slot, v));
+                    }
+                }
+                other => debug!(
+                    "group {group}: skipped slot {slot}: MGET answered {}",
+                    kind(&other)
+                ),
+            }
+        }
+        Ok(out)
+    }
+
+    /// A receiver that ticks on every message of `stek:<group>`, and once more after each
+    /// resubscription (messages published while the subscription was down are lost, so the
+    /// reader should look again). A background task holds a pub/sub connection of its own and
+    /// resubscribes with backoff after any failure, so notifications resume when the server
+    /// returns. The task ends when every receiver of the group is dropped or the store is;
+    /// after the store is dropped, `changed()` on a receiver returns an error.
+    fn changes(&self, group: &str) -> Option<watch::Receiver<u64>> {
+        let mut notifiers = self.lock_notifiers();
+        if let Some(n) = notifiers.get(group) {
+            // A sender with no receivers left belongs to a task that has ended or is ending;
+            // receivers are handed out only here, so a live one keeps its task running.
+            if !n.tx.is_closed() {
+                return Some(n.tx.subscribe());
+            }
+        }
+        let tx = watch::Sender::new(0u64);
+        // Subscribe before the task starts: a sender without receivers counts as closed.
+        let rx = tx.subscribe();
+        let task = self
+            .runtime
+            .spawn(notify(self.client.clone(), group.to_owned(), tx.clone()))
+            .abort_handle();
+        if let Some(old) = notifiers.insert(group.to_owned(), Notifier { tx, task }) {
+            old.task.abort();
+        }
+        Some(rx)
+    }
+
+    /// Always `Some`: Redis has a clock (`TIME`), the one that expires records.
+    async fn server_time(&self) -> Result<Option<Duration>, StoreError> {
+        RedisStore::server_time(self).await.map(Some)
+    }
+}
+
+/// Subscribes to `stek:<group>` and ticks `tx` on every message, until every receiver is gone.
+async fn notify(client: Client, group: String, tx: watch::Sender<u64>) {
+    let channel = channel(&group);
+    let tick = || tx.send_modify(|n| *n = n.wrapping_add(1));
+    let mut backoff = Backoff::default();
+    // Whether messages may have been missed since the receivers were handed out.
+    let mut missed = false;
+    loop {
+        let subscribed = async {
+            let mut pubsub = tokio::time::timeout(CONNECT_TIMEOUT, client.get_async_pubsub())
+                .await
+                .map_err(|_| "timed out connecting".to_owned())?
+                .map_err(|e| e.to_string())?;
+            tokio::time::timeout(RESPONSE_TIMEOUT, pubsub.subscribe(&channel))
+                .await
+                .map_err(|_| "timed out subscribing".to_owned())?
+                .map_err(|e| e.to_string())?;
+            Ok::<_, String>(pubsub)
+        };
+        let pubsub = tokio::select! {
+            () = tx.closed() => return,
+            r = subscribed => r,
+        };
+        match pubsub {
+            Ok(pubsub) => {
+                backoff = Backoff::default();
+                if missed {
+                    info!("group {group}: subscribed to {channel} again");
+                    tick();
+                }
+                let (mut sink, mut messages) = pubsub.split();
+                let why = loop {
+                    tokio::select! {
+                        () = tx.closed() => return,
+                        m = messages.next() => match m {
+                            Some(_) => tick(),
+                            None => break "the connection closed".to_owned(),
+                        },
+                        () = tokio::time::sleep(KEEPALIVE) => {
+                            match tokio::time::timeout(RESPONSE_TIMEOUT, sink.ping::<Value>()).await {
+                                Ok(Ok(_)) => {}
+                                Ok(Err(e)) => break e.to_string(),
+                                Err(_) => break "PING timed out".to_owned(),
+                            }
+                        }
+                    }
+                };
+                warn!("group {group}: lost the subscription to {channel}: {why}; resubscribing");
+            }
+            Err(why) => debug!("group {group}: cannot subscribe to {channel}: {why}"),
+        }
+        missed = true;
+        tokio::select! {
+            () = tx.closed() => return,
+            () = tokio::time::sleep(backoff.next_delay()) => {}
+        }
+    }
+}
+
+/// Delays between resubscription attempts: doubling from [`RESUBSCRIBE_MIN`] up to
+/// [`RESUBSCRIBE_MAX`], each drawn from the upper half of its step so that the many agents
+/// behind one replica do not all reconnect at the same instant when it comes back.
+#[derive(Debug)]
+struct Backoff {
+    step: Duration,
+}
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Backoff {
+            step: RESUBSCRIBE_MIN,
+        }
+    }
+}
+
+impl Backoff {
+    fn next_delay(&mut self) -> Duration {
+        let step = self.step;
+        self.step = (step * 2).min(RESUBSCRIBE_MAX);
+        step / 2 + (step / 2).mul_f64(jitter())
+    }
+}
+
+/// A fraction in `[0, 1)` that differs between calls and processes. Not for cryptography: it
+/// only spreads reconnections (std's `RandomState` is seeded randomly per process).
+fn jitter() -> f64 {
+    let bits = std::collections::hash_map::RandomState::new().hash_one(0u8);
+    // The top 53 bits, exactly representable in an f64.
+    (bits >> 11) as f64 / (1u64 << 53) as f64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_and_channels() {
+        assert_eq!(record_key("web", Slot(481_234)), "stek:web:481234");
+        assert_eq!(channel("web"), "stek:web");
+        // A group name with ':' cannot reach another group's key: the slot is the last field
+        // and is all digits.
+        assert_ne!(record_key("a:1", Slot(2)), record_key("a", Slot(12)));
+    }
+
+    #[test]
+    fn backoff_grows_to_its_cap_with_jitter() {
+        let mut b = Backoff::default();
+        let mut step = RESUBSCRIBE_MIN;
+        for _ in 0..20 {
+            let d = b.next_delay();
+            assert!(
+                d >= step / 2 && d <= step,
+                "{d:?} outside [{:?}, {step:?}]",
+                step / 2
+            );
+            step = (step * 2).min(RESUBSCRIBE_MAX);
+        }
+        assert_eq!(b.step, RESUBSCRIBE_MAX);
+    }
+
+    #[test]
+    fn jitter_is_a_fraction() {
+        for _ in 0..1000 {
+            let j = jitter();
+            assert!((0.0..1.0).contains(&j));
+        }
+    }
+
+    #[tokio::test]
+    async fn invalid_urls_and_oversized_records_fail_without_a_server() {
+        assert!(matches!(
+            RedisStore::connect_lazy("http://example"),
+            Err(StoreError::Unavailable(_))
+        ));
+        // Nothing listens on port 1: the lazy store starts anyway and reports the outage per
+        // command.
+        let store = RedisStore::connect_lazy("redis://127.0.0.1:1").unwrap();
+        let big = vec![0u8; MAX_RECORD_LEN + 1];
+        assert_eq!(
+            store
+                .create("g", Slot(1), &big, Duration::MAX)
+                .await
+                .unwrap_err(),
+            StoreError::TooLarge(MAX_RECORD_LEN + 1)
+        );
+        assert!(store
+            .read_window("g", Slot(0), Slot(MAX_WINDOW_SLOTS))
+            .await
+            .is_err());
+        assert!(store
+            .read_window("g", Slot(5), Slot(4))
+            .await
+            .unwrap()
+            .is_empty());
+        assert!(matches!(
+            store.read_window("g", Slot(0), Slot(1)).await,
+            Err(StoreError::Unavailable(_))
+        ));
+        assert!(format!("{store:?}").contains("127.0.0.1:1"));
+    }
+}

@@ -1,0 +1,1114 @@
+//! The fleet tests (issue 3): real Redis and etcd servers on loopback, `stek generator` and
+//! `stek agent` run as an operator would run them, and the scenarios both stores must pass.
+//!
+//! The scenarios are written once against [`Backend`] (what a test needs to see and do in a
+//! store: list records, forge one, dump what the store keeps, stop the node the agents read) and
+//! run by `fleet_redis.rs` and `fleet_etcd.rs`.
+//!
+//! Timing: P = 4 s, L = 8 s, so R = 2 and a window is 4 keys. A generator publishes the keys due
+//! at a boundary P/8 = 0.5 s early, so slot `e`'s record exists from 3.5 s into slot `e - 2` (the
+//! lead of one period plus that margin), and an agent first reads it when slot `e - 1` starts
+//! (it enters the window as the next key). Rings are sampled at [`MID`], long after every agent
+//! rotated and before the generator's next round.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fs;
+use std::io::{Read as _, Write as _};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use base64::engine::general_purpose::STANDARD as BASE64;
+use base64::Engine as _;
+use stek::status::Status;
+
+use super::{
+    free_port, handshake, make_cert, require, sleep_into_next_slot, sleep_until_slot, ticket_name, unix_now, wait_for,
+    Nginx, Proc, Tls,
+};
+
+/// The period, in seconds.
+pub const P: u64 = 4;
+/// The lifetime, in seconds.
+pub const L: u64 = 8;
+/// Past keys per window: ceil(L / P).
+pub const R: u64 = 2;
+/// The group every scenario uses.
+pub const GROUP: &str = "web";
+/// Where in a slot rings are sampled: every agent rotated at the boundary (plus a reload), and
+/// the generators' next round is 3.5 s into the slot.
+pub const MID: Duration = Duration::from_millis(1800);
+/// How early a generator publishes the keys due at a boundary (P/8).
+pub const MARGIN: Duration = Duration::from_millis(500);
+
+/// The start of `slot`.
+pub fn slot_start(slot: u64) -> Duration {
+    Duration::from_secs(slot * P)
+}
+
+/// When the record of `slot` must be gone: the start of slot `slot + R + 1`.
+pub fn erase_at(slot: u64) -> Duration {
+    slot_start(slot + R + 1)
+}
+
+/// The current slot by the test's clock.
+pub fn current_slot() -> u64 {
+    unix_now().as_secs() / P
+}
+
+/// The longest a record may live from its creation: (lead + R + 1) periods plus the margin.
+pub fn record_lifetime_bound() -> Duration {
+    Duration::from_secs((1 + R + 1) * P) + MARGIN
+}
+
+// ---- identities -------------------------------------------------------------------------------
+
+/// `stek keygen --kind KIND --out ROOT/NAME`: the private key file and the public key.
+pub fn keygen(root: &Path, kind: &str, name: &str) -> (PathBuf, String) {
+    let out = root.join(name);
+    let o = Command::new(env!("CARGO_BIN_EXE_stek"))
+        .args(["keygen", "--kind", kind, "--out"])
+        .arg(&out)
+        .output()
+        .expect("run stek keygen");
+    assert!(o.status.success(), "stek keygen: {}", String::from_utf8_lossy(&o.stderr));
+    let public = String::from_utf8_lossy(&o.stdout)
+        .lines()
+        .last()
+        .expect("a public key on stdout")
+        .trim()
+        .to_owned();
+    let prefix = if kind == "group" { "stek-group1:" } else { "stek-generator1:" };
+    assert!(public.starts_with(prefix), "public key {public:?}");
+    (out, public)
+}
+
+// ---- stek processes ---------------------------------------------------------------------------
+
+/// `stek generator` for [`GROUP`] with recipients `recipients` (comma-separated public keys).
+pub fn generator(root: &Path, name: &str, url: &str, recipients: &str, key: &Path, extra: &[&str]) -> Proc {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_stek"));
+    cmd.args(["generator", "--store", url, "--group", &format!("{GROUP}={recipients}"), "--signing-key"])
+        .arg(key)
+        .args(["--period", "4s", "--lifetime", "8s"])
+        .args(extra);
+    Proc::spawn(name, &mut cmd, root.join(format!("{name}.log")))
+}
+
+/// The keys a generator's log says it created: slot -> key name.
+pub fn generated(log: &str) -> BTreeMap<u64, String> {
+    let mut out = BTreeMap::new();
+    for line in log.lines() {
+        let Some((_, rest)) = line.split_once("generated key ") else { continue };
+        let mut words = rest.split_whitespace();
+        let (Some(name), Some("for"), Some("slot"), Some(slot)) = (words.next(), words.next(), words.next(), words.next())
+        else {
+            continue;
+        };
+        if let Ok(slot) = slot.trim_end_matches(|c: char| !c.is_ascii_digit()).parse() {
+            out.insert(slot, name.to_owned());
+        }
+    }
+    out
+}
+
+/// A running `stek agent` with its key directory.
+pub struct Agent {
+    pub name: String,
+    pub dir: PathBuf,
+    pub proc: Proc,
+}
+
+impl Agent {
+    /// Starts an agent of `group` writing the nginx files under `ROOT/NAME`, and waits for its
+    /// first status.
+    pub fn start(root: &Path, name: &str, url: &str, group: &str, identity: &Path, trust: &str, extra: &[&str]) -> Agent {
+        let dir = root.join(name);
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_stek"));
+        cmd.args(["agent", "--store", url, "--group", group, "--identity"])
+            .arg(identity)
+            .args(["--trust", trust, "--dir"])
+            .arg(&dir)
+            .args(["--period", "4s", "--lifetime", "8s", "--no-memcached", "--sinks", "nginx"])
+            .args(extra);
+        let proc = Proc::spawn(name, &mut cmd, root.join(format!("{name}.log")));
+        let a = Agent { name: name.to_owned(), dir, proc };
+        wait_for(&format!("{name}'s first status.json"), Duration::from_secs(10), || a.status());
+        a
+    }
+
+    /// The agent's last status, if it wrote one.
+    pub fn status(&self) -> Option<Status> {
+        let bytes = fs::read(self.dir.join("status.json")).ok()?;
+        serde_json::from_slice(&bytes).ok()
+    }
+
+    /// Waits for the agent's status of `slot` (written at the slot's first sync).
+    pub fn status_at(&self, slot: u64) -> Status {
+        wait_for(&format!("{}'s status of slot {slot}", self.name), Duration::from_secs(3), || {
+            self.status().filter(|s| s.slot >= slot)
+        })
+    }
+
+    /// The 80-byte nginx key files the agent holds now.
+    pub fn key_files(&self) -> Vec<Vec<u8>> {
+        let mut out = Vec::new();
+        let Ok(rd) = fs::read_dir(self.dir.join("nginx/keys")) else { return out };
+        for e in rd.flatten() {
+            if let Ok(b) = fs::read(e.path()) {
+                assert_eq!(b.len(), 80, "{}", e.path().display());
+                out.push(b);
+            }
+        }
+        out
+    }
+}
+
+/// Waits until an agent wrote its nginx include file and returns its path.
+pub fn wait_nginx_conf_in(dir: &Path) -> PathBuf {
+    let conf = dir.join("nginx/tickets.conf");
+    wait_for("the agent's nginx include file", Duration::from_secs(10), || conf.exists().then_some(()));
+    conf
+}
+
+/// The statuses of every agent for `slot`.
+pub fn statuses_at(agents: &[&Agent], slot: u64) -> Vec<Status> {
+    agents.iter().map(|a| a.status_at(slot)).collect()
+}
+
+/// A ring as the tests compare it: (slot, role, name, origin) in nginx order.
+pub type RingView = Vec<(u64, String, String, String)>;
+
+pub fn ring(s: &Status) -> RingView {
+    s.keys.iter().map(|k| (k.slot, k.role.clone(), k.name.clone(), k.origin.clone())).collect()
+}
+
+/// The shared keys of a status: slot -> name.
+pub fn shared(s: &Status) -> BTreeMap<u64, String> {
+    s.keys.iter().filter(|k| k.origin == "shared").map(|k| (k.slot, k.name.clone())).collect()
+}
+
+fn describe(agents: &[&Agent], st: &[Status]) -> String {
+    agents
+        .iter()
+        .zip(st)
+        .map(|(a, s)| format!("{}: {}", a.name, s.render()))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// Asserts that every agent holds the same ring, made only of the group's keys, encrypting with
+/// the current slot's key.
+pub fn assert_identical_shared(agents: &[&Agent], st: &[Status]) {
+    let first = ring(&st[0]);
+    for s in st {
+        assert_eq!(ring(s), first, "rings differ:\n{}", describe(agents, st));
+        assert_eq!(s.encrypting, "current", "{}", describe(agents, st));
+        assert_eq!(s.keys.len() as u64, R + 2, "{}", describe(agents, st));
+        assert!(s.keys.iter().all(|k| k.origin == "shared"), "a local key in the ring:\n{}", describe(agents, st));
+    }
+}
+
+/// Slot -> name of every shared key seen so far; panics if a slot ever shows two names.
+#[derive(Debug, Default)]
+pub struct Names(pub BTreeMap<u64, String>);
+
+impl Names {
+    pub fn add(&mut self, who: &str, s: &Status) {
+        for (slot, name) in shared(s) {
+            let seen = self.0.entry(slot).or_insert_with(|| name.clone());
+            assert_eq!(*seen, name, "{who}: slot {slot} changed its key from {seen} to {name}");
+        }
+        let names: BTreeSet<&String> = self.0.values().collect();
+        assert_eq!(names.len(), self.0.len(), "one key name serves two slots: {:?}", self.0);
+    }
+
+    pub fn contains_name(&self, name: &str) -> bool {
+        self.0.values().any(|n| n == name)
+    }
+}
+
+// ---- what a test needs from a store -----------------------------------------------------------
+
+/// A store as the tests see it, beside the product's own client.
+pub trait Backend {
+    /// `redis` or `etcd`.
+    fn kind(&self) -> &'static str;
+    /// The URL generators write to.
+    fn generator_url(&self) -> String;
+    /// The URL agents read from.
+    fn agent_url(&self) -> String;
+    /// The live records of `group` (where the generators write): slot -> raw value.
+    fn records(&self, group: &str) -> BTreeMap<u64, Vec<u8>>;
+    /// The slots of `group` that any node of the store still returns.
+    fn live_slots(&self, group: &str) -> BTreeSet<u64>;
+    /// Writes `value` under `(group, slot)`, replacing whatever is there, expiring at `expires_at`.
+    fn put(&self, group: &str, slot: u64, value: &[u8], expires_at: Duration);
+    /// Checks the record's store-side metadata (expiry, and for etcd version and lease) and
+    /// returns how long it has left to live.
+    fn check_record(&self, group: &str, slot: u64) -> Duration;
+    /// Everything the store keeps that an attacker could read: dumps, files on disk, raw values.
+    fn dumps(&self) -> Vec<(String, Vec<u8>)>;
+    /// Stops the node the agents read (SIGKILL).
+    fn stop(&mut self);
+    /// Starts it again on the same address.
+    fn restart(&mut self);
+}
+
+fn output_text(o: &Output) -> String {
+    format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
+}
+
+// ---- Redis ------------------------------------------------------------------------------------
+
+/// One redis-server on a loopback port.
+pub struct RedisNode {
+    pub name: String,
+    pub port: u16,
+    pub dir: PathBuf,
+    pub replicaof: Option<u16>,
+    pub proc: Option<Proc>,
+}
+
+impl RedisNode {
+    /// Starts a node with its files under `ROOT/NAME` (a replica of `replicaof` if given) and
+    /// waits until it serves (a replica: until its link to the primary is up).
+    pub fn start(root: &Path, name: &str, replicaof: Option<u16>) -> RedisNode {
+        require("redis-server");
+        require("redis-cli");
+        let dir = root.join(name);
+        fs::create_dir_all(&dir).expect("redis dir");
+        let mut n = RedisNode { name: name.to_owned(), port: free_port(), dir, replicaof, proc: None };
+        n.spawn();
+        n
+    }
+
+    fn spawn(&mut self) {
+        let mut cmd = Command::new("redis-server");
+        cmd.args(["--bind", "127.0.0.1", "--port", &self.port.to_string(), "--save", "", "--appendonly", "no"])
+            // Uncompressed dumps: the key-material check reads them byte for byte.
+            .args(["--rdbcompression", "no", "--dir"])
+            .arg(&self.dir);
+        match self.replicaof {
+            Some(p) => cmd.args(["--replicaof", "127.0.0.1", &p.to_string()]),
+            None => cmd.args(["--repl-diskless-sync-delay", "0"]),
+        };
+        let log = self.dir.join(format!("{}-{}.log", self.name, unix_now().as_millis()));
+        self.proc = Some(Proc::spawn(&self.name, &mut cmd, log));
+        wait_for(&format!("{} to answer PING", self.name), Duration::from_secs(10), || {
+            (self.cli(&["PING"]) == b"PONG\n").then_some(())
+        });
+        if self.replicaof.is_some() {
+            wait_for(&format!("{} to sync with its primary", self.name), Duration::from_secs(10), || {
+                String::from_utf8_lossy(&self.cli(&["INFO", "replication"]))
+                    .contains("master_link_status:up")
+                    .then_some(())
+            });
+        }
+    }
+
+    /// `redis-cli --raw ARGS`: its stdout.
+    pub fn cli(&self, args: &[&str]) -> Vec<u8> {
+        self.cli_in(args, None)
+    }
+
+    /// `redis-cli --raw -x ARGS` with `input` as the last argument.
+    pub fn cli_in(&self, args: &[&str], input: Option<&[u8]>) -> Vec<u8> {
+        let mut cmd = Command::new("redis-cli");
+        cmd.args(["-p", &self.port.to_string(), "--raw"]);
+        if input.is_some() {
+            cmd.arg("-x");
+        }
+        let mut child = cmd
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("run redis-cli");
+        let mut stdin = child.stdin.take().expect("stdin");
+        if let Some(b) = input {
+            stdin.write_all(b).expect("write to redis-cli");
+        }
+        drop(stdin);
+        child.wait_with_output().expect("redis-cli output").stdout
+    }
+
+    fn keys(&self, group: &str) -> BTreeSet<u64> {
+        String::from_utf8_lossy(&self.cli(&["KEYS", &format!("stek:{group}:*")]))
+            .lines()
+            .filter_map(|k| k.rsplit(':').next()?.parse().ok())
+            .collect()
+    }
+
+    fn get(&self, key: &str) -> Option<Vec<u8>> {
+        let mut v = self.cli(&["GET", key]);
+        // --raw ends every reply with a newline; a missing key is an empty line.
+        assert_eq!(v.pop(), Some(b'\n'), "GET {key} on {}", self.name);
+        (!v.is_empty()).then_some(v)
+    }
+
+    /// A dump made the way a replica gets one (`redis-cli --rdb`).
+    fn rdb(&self) -> Vec<u8> {
+        let file = self.dir.join(format!("dump-{}.rdb", unix_now().as_nanos()));
+        let o = Command::new("redis-cli")
+            .args(["-p", &self.port.to_string(), "--rdb"])
+            .arg(&file)
+            .output()
+            .expect("run redis-cli --rdb");
+        assert!(o.status.success(), "redis-cli --rdb on {}: {}", self.name, output_text(&o));
+        let bytes = fs::read(&file).expect("read the dump");
+        let _ = fs::remove_file(&file);
+        assert!(bytes.starts_with(b"REDIS"), "{} is not an RDB file", file.display());
+        bytes
+    }
+
+    /// SIGKILL, then reap.
+    pub fn kill(&mut self) {
+        if let Some(mut p) = self.proc.take() {
+            let _ = p.child.kill();
+            let _ = p.child.wait();
+        }
+    }
+}
+
+/// A Redis primary (where generators write) and a read replica (where agents read).
+pub struct RedisFleet {
+    pub primary: RedisNode,
+    pub replica: RedisNode,
+}
+
+impl RedisFleet {
+    pub fn start(root: &Path) -> RedisFleet {
+        let primary = RedisNode::start(root, "redis-primary", None);
+        let replica = RedisNode::start(root, "redis-replica", Some(primary.port));
+        RedisFleet { primary, replica }
+    }
+}
+
+fn redis_key(group: &str, slot: u64) -> String {
+    format!("stek:{group}:{slot}")
+}
+
+impl Backend for RedisFleet {
+    fn kind(&self) -> &'static str {
+        "redis"
+    }
+
+    fn generator_url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.primary.port)
+    }
+
+    fn agent_url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.replica.port)
+    }
+
+    fn records(&self, group: &str) -> BTreeMap<u64, Vec<u8>> {
+        self.primary
+            .keys(group)
+            .into_iter()
+            .filter_map(|s| Some((s, self.primary.get(&redis_key(group, s))?)))
+            .collect()
+    }
+
+    fn live_slots(&self, group: &str) -> BTreeSet<u64> {
+        let mut s = self.primary.keys(group);
+        if self.replica.proc.is_some() {
+            s.extend(self.replica.keys(group));
+        }
+        s
+    }
+
+    fn put(&self, group: &str, slot: u64, value: &[u8], expires_at: Duration) {
+        let key = redis_key(group, slot);
+        let r = self.primary.cli_in(&["SET", &key], Some(value));
+        assert_eq!(r, b"OK\n", "SET {key}");
+        let r = self.primary.cli(&["PEXPIREAT", &key, &expires_at.as_millis().to_string()]);
+        assert_eq!(r, b"1\n", "PEXPIREAT {key}");
+    }
+
+    fn check_record(&self, group: &str, slot: u64) -> Duration {
+        let key = redis_key(group, slot);
+        let text = String::from_utf8_lossy(&self.primary.cli(&["PTTL", &key])).trim().to_owned();
+        let ms: i64 = text.parse().unwrap_or_else(|_| panic!("PTTL {key}: {text:?}"));
+        // -2: gone since it was listed (it expired); -1 would be a record without expiry.
+        assert!(ms != -1, "{key} has no expiry");
+        Duration::from_millis(ms.max(0) as u64)
+    }
+
+    fn dumps(&self) -> Vec<(String, Vec<u8>)> {
+        let mut out = vec![
+            ("the primary's RDB dump".to_owned(), self.primary.rdb()),
+            ("the replica's RDB dump".to_owned(), self.replica.rdb()),
+        ];
+        for (slot, v) in self.records(GROUP) {
+            out.push((format!("GET {}", redis_key(GROUP, slot)), v));
+        }
+        out
+    }
+
+    fn stop(&mut self) {
+        self.replica.kill();
+    }
+
+    fn restart(&mut self) {
+        self.replica.spawn();
+    }
+}
+
+// ---- etcd -------------------------------------------------------------------------------------
+
+/// One etcd member on loopback ports, its data on tmpfs.
+pub struct EtcdNode {
+    pub client_port: u16,
+    pub peer_port: u16,
+    pub data: PathBuf,
+    pub root: PathBuf,
+    pub proc: Option<Proc>,
+}
+
+impl EtcdNode {
+    pub fn start(root: &Path) -> EtcdNode {
+        require("etcd");
+        let mut n = EtcdNode {
+            client_port: free_port(),
+            peer_port: free_port(),
+            data: root.join("etcd-data"),
+            root: root.to_owned(),
+            proc: None,
+        };
+        n.spawn();
+        n
+    }
+
+    fn spawn(&mut self) {
+        let client = format!("http://127.0.0.1:{}", self.client_port);
+        let peer = format!("http://127.0.0.1:{}", self.peer_port);
+        let mut cmd = Command::new("etcd");
+        cmd.args(["--name", "n1", "--data-dir"])
+            .arg(&self.data)
+            .args(["--listen-client-urls", &client, "--advertise-client-urls", &client])
+            .args(["--listen-peer-urls", &peer, "--initial-advertise-peer-urls", &peer])
+            .args(["--initial-cluster", &format!("n1={peer}")]);
+        let log = self.root.join(format!("etcd-{}.log", unix_now().as_millis()));
+        self.proc = Some(Proc::spawn("etcd", &mut cmd, log));
+        wait_for("etcd to be healthy", Duration::from_secs(20), || {
+            let (code, body) = self.http("GET", "/health", None)?;
+            (code == 200 && body.contains("true")).then_some(())
+        });
+    }
+
+    /// One HTTP/1.0 request to the member's client port: (status, body).
+    pub fn http(&self, method: &str, path: &str, body: Option<&serde_json::Value>) -> Option<(u16, String)> {
+        let mut s = TcpStream::connect(("127.0.0.1", self.client_port)).ok()?;
+        s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+        let body = body.map(|b| b.to_string()).unwrap_or_default();
+        let req = format!(
+            "{method} {path} HTTP/1.0\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        s.write_all(req.as_bytes()).ok()?;
+        let mut buf = Vec::new();
+        s.read_to_end(&mut buf).ok()?;
+        let text = String::from_utf8_lossy(&buf).into_owned();
+        let (head, body) = text.split_once("\r\n\r\n")?;
+        let code = head.split_whitespace().nth(1)?.parse().ok()?;
+        Some((code, body.to_owned()))
+    }
+
+    /// A gateway call that must succeed.
+    pub fn call(&self, path: &str, body: serde_json::Value) -> serde_json::Value {
+        let (code, text) = self.http("POST", path, Some(&body)).unwrap_or_else(|| panic!("etcd {path}: no answer"));
+        assert_eq!(code, 200, "etcd {path}: {text}");
+        serde_json::from_str(&text).unwrap_or_else(|e| panic!("etcd {path}: {e}: {text}"))
+    }
+
+    /// The key-value pairs under `stek/<group>/`.
+    pub fn range(&self, group: &str) -> Vec<serde_json::Value> {
+        let prefix = format!("stek/{group}/");
+        let end = format!("stek/{group}0");
+        let r = self.call("/v3/kv/range", serde_json::json!({"key": BASE64.encode(&prefix), "range_end": BASE64.encode(&end)}));
+        r.get("kvs").and_then(|k| k.as_array()).cloned().unwrap_or_default()
+    }
+
+    pub fn kill(&mut self) {
+        if let Some(mut p) = self.proc.take() {
+            let _ = p.child.kill();
+            let _ = p.child.wait();
+        }
+    }
+}
+
+fn etcd_key(group: &str, slot: u64) -> String {
+    format!("stek/{group}/{slot:020}")
+}
+
+/// A field of the gateway's JSON that holds a 64-bit integer (as a string), 0 when left out.
+pub fn int_field(v: &serde_json::Value, field: &str) -> i64 {
+    match v.get(field) {
+        None => 0,
+        Some(serde_json::Value::String(s)) => s.parse().unwrap_or_else(|_| panic!("{field}: {s:?}")),
+        Some(serde_json::Value::Number(n)) => n.as_i64().unwrap_or_else(|| panic!("{field}: {n}")),
+        Some(other) => panic!("{field}: {other}"),
+    }
+}
+
+fn kv_slot(kv: &serde_json::Value) -> Option<u64> {
+    let key = BASE64.decode(kv.get("key")?.as_str()?).ok()?;
+    String::from_utf8(key).ok()?.rsplit('/').next()?.parse().ok()
+}
+
+fn kv_value(kv: &serde_json::Value) -> Vec<u8> {
+    kv.get("value").and_then(|v| v.as_str()).map(|v| BASE64.decode(v).expect("base64 value")).unwrap_or_default()
+}
+
+fn files_under(dir: &Path, out: &mut Vec<(String, Vec<u8>)>) {
+    let Ok(rd) = fs::read_dir(dir) else { return };
+    for e in rd.flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            files_under(&p, out);
+        } else if let Ok(b) = fs::read(&p) {
+            out.push((p.display().to_string(), b));
+        }
+    }
+}
+
+impl Backend for EtcdNode {
+    fn kind(&self) -> &'static str {
+        "etcd"
+    }
+
+    fn generator_url(&self) -> String {
+        format!("etcd://127.0.0.1:{}", self.client_port)
+    }
+
+    fn agent_url(&self) -> String {
+        self.generator_url()
+    }
+
+    fn records(&self, group: &str) -> BTreeMap<u64, Vec<u8>> {
+        self.range(group).iter().filter_map(|kv| Some((kv_slot(kv)?, kv_value(kv)))).collect()
+    }
+
+    fn live_slots(&self, group: &str) -> BTreeSet<u64> {
+        self.range(group).iter().filter_map(kv_slot).collect()
+    }
+
+    fn put(&self, group: &str, slot: u64, value: &[u8], expires_at: Duration) {
+        let ttl = expires_at.saturating_sub(unix_now()).as_secs() + 1;
+        let lease = self.call("/v3/lease/grant", serde_json::json!({"TTL": ttl.to_string()}));
+        let id = int_field(&lease, "ID");
+        self.call(
+            "/v3/kv/put",
+            serde_json::json!({"key": BASE64.encode(etcd_key(group, slot)), "value": BASE64.encode(value), "lease": id.to_string()}),
+        );
+    }
+
+    /// Every record is written once (version 1) and held by a lease that is still running.
+    fn check_record(&self, group: &str, slot: u64) -> Duration {
+        let key = etcd_key(group, slot);
+        let r = self.call("/v3/kv/range", serde_json::json!({"key": BASE64.encode(&key)}));
+        let Some(kv) = r.get("kvs").and_then(|k| k.as_array()).and_then(|k| k.first()).cloned() else {
+            return Duration::ZERO; // expired since it was listed
+        };
+        assert_eq!(int_field(&kv, "version"), 1, "{key} was overwritten: {kv}");
+        let lease = int_field(&kv, "lease");
+        assert_ne!(lease, 0, "{key} has no lease: {kv}");
+        let t = self.call("/v3/lease/timetolive", serde_json::json!({"ID": lease.to_string()}));
+        let ttl = int_field(&t, "TTL");
+        assert!(ttl != -1, "the lease of {key} is gone but the key is not: {t}");
+        Duration::from_secs(ttl.max(0) as u64)
+    }
+
+    /// The member's files on disk (WAL and the bolt database keep history, deleted keys too)
+    /// and the raw values.
+    fn dumps(&self) -> Vec<(String, Vec<u8>)> {
+        let mut out = Vec::new();
+        files_under(&self.data, &mut out);
+        assert!(!out.is_empty(), "no etcd files under {}", self.data.display());
+        for (slot, v) in self.records(GROUP) {
+            out.push((format!("the value of {}", etcd_key(GROUP, slot)), v));
+        }
+        out
+    }
+
+    fn stop(&mut self) {
+        self.kill();
+    }
+
+    fn restart(&mut self) {
+        self.spawn();
+    }
+}
+
+// ---- scenarios --------------------------------------------------------------------------------
+
+/// Whether `needle` occurs in `hay`.
+fn contains(hay: &[u8], needle: &[u8]) -> bool {
+    needle.is_empty() || hay.windows(needle.len()).any(|w| w == needle)
+}
+
+/// Done when: three agents on the store's read side and two generators on the write side hold
+/// identical rings between rotations; `kill -9` of one generator changes nothing; every slot has
+/// exactly one key.
+pub fn identical_rings_and_generator_kill(b: &mut dyn Backend, root: &Path) {
+    let (k1, pub1) = keygen(root, "generator", "gen1.key");
+    let (k2, pub2) = keygen(root, "generator", "gen2.key");
+    let (id, idpub) = keygen(root, "group", "web.identity");
+    let first = current_slot();
+    let mut gens = vec![
+        Some(generator(root, "gen1", &b.generator_url(), &idpub, &k1, &[])),
+        Some(generator(root, "gen2", &b.generator_url(), &idpub, &k2, &[])),
+    ];
+    let trust = format!("{pub1},{pub2}");
+    let agents: Vec<Agent> = (0..3)
+        .map(|i| Agent::start(root, &format!("agent{i}"), &b.agent_url(), GROUP, &id, &trust, &[]))
+        .collect();
+    let refs: Vec<&Agent> = agents.iter().collect();
+    let mut names = Names::default();
+    let (mut sampled, mut killed) = (0, None);
+    while sampled < 7 {
+        let slot = sleep_into_next_slot(P, MID);
+        let st = statuses_at(&refs, slot);
+        for (a, s) in refs.iter().zip(&st) {
+            names.add(&a.name, s);
+        }
+        // Slots before the generators started have no record: the window is all shared from
+        // first + R on.
+        if slot < first + R {
+            continue;
+        }
+        assert_identical_shared(&refs, &st);
+        sampled += 1;
+        if sampled == 3 {
+            // Kill the generator that made the newest key: the other must carry on alone.
+            let logs: Vec<BTreeMap<u64, String>> =
+                gens.iter().map(|g| generated(&g.as_ref().expect("running").log_text())).collect();
+            let newest = |m: &BTreeMap<u64, String>| m.keys().next_back().copied().unwrap_or(0);
+            let victim = usize::from(newest(&logs[1]) > newest(&logs[0]));
+            let mut g = gens[victim].take().expect("running");
+            g.child.kill().expect("kill -9 the generator");
+            let _ = g.child.wait();
+            eprintln!("{}: killed gen{} (SIGKILL) in slot {slot}", b.kind(), victim + 1);
+            killed = Some((slot, victim, g));
+        }
+    }
+    let (kill_slot, victim, dead) = killed.expect("a generator was killed");
+    let survivor = gens[1 - victim].as_ref().expect("the survivor runs");
+    // Exactly one key per slot: no slot was created by both generators, and each created key is
+    // the one the agents hold.
+    let made_dead = generated(&dead.log_text());
+    let made_alive = generated(&survivor.log_text());
+    for (slot, name) in &made_dead {
+        assert!(!made_alive.contains_key(slot), "both generators created slot {slot}");
+        assert!(*slot <= kill_slot + 1, "the killed generator created slot {slot} after its death");
+        if let Some(n) = names.0.get(slot) {
+            assert_eq!(n, name, "slot {slot}");
+        }
+    }
+    for (slot, name) in &made_alive {
+        if let Some(n) = names.0.get(slot) {
+            assert_eq!(n, name, "slot {slot}");
+        }
+    }
+    let last = *names.0.keys().next_back().expect("keys seen");
+    for slot in kill_slot + 2..=last {
+        assert!(made_alive.contains_key(&slot), "slot {slot} after the kill was not made by the survivor");
+    }
+    eprintln!(
+        "{}: {} slots, gen{} made {:?}, the survivor made {:?}",
+        b.kind(),
+        names.0.len(),
+        victim + 1,
+        made_dead.keys().collect::<Vec<_>>(),
+        made_alive.keys().collect::<Vec<_>>()
+    );
+}
+
+/// Done when: the store holds no key material in any readable form (its dumps and raw values
+/// against every agent's key files); every record has an expiry (and for etcd version 1 and a
+/// lease) and really expires once the generators are gone.
+pub fn no_key_material_and_every_record_expires(b: &mut dyn Backend, root: &Path) {
+    let (gk, gpub) = keygen(root, "generator", "gen.key");
+    let (id, idpub) = keygen(root, "group", "web.identity");
+    let gens = vec![
+        generator(root, "gen1", &b.generator_url(), &idpub, &gk, &[]),
+        generator(root, "gen2", &b.generator_url(), &idpub, &gk, &[]),
+    ];
+    let agents: Vec<Agent> = (0..3)
+        .map(|i| Agent::start(root, &format!("agent{i}"), &b.agent_url(), GROUP, &id, &gpub, &[]))
+        .collect();
+    let refs: Vec<&Agent> = agents.iter().collect();
+    let mut names = Names::default();
+    let mut checked_keys = BTreeSet::new();
+    let mut checked_records = 0;
+    for _ in 0..3 {
+        let slot = sleep_into_next_slot(P, MID);
+        let st = statuses_at(&refs, slot);
+        for (a, s) in refs.iter().zip(&st) {
+            names.add(&a.name, s);
+        }
+        let keys: BTreeSet<Vec<u8>> = agents.iter().flat_map(Agent::key_files).collect();
+        assert!(keys.len() >= (R + 2) as usize, "the agents hold {} key files", keys.len());
+        // Every live record: an expiry within the bound.
+        let records = b.records(GROUP);
+        assert!(records.len() >= 2, "the store holds {} records", records.len());
+        for s in records.keys() {
+            let left = b.check_record(GROUP, *s);
+            assert!(left <= record_lifetime_bound() + Duration::from_secs(1), "slot {s} lives {left:?} more");
+            checked_records += 1;
+        }
+        let dumps = b.dumps();
+        for (what, bytes) in &dumps {
+            for k in &keys {
+                // hmac32 and aes32 (derived from the secret); the name is public.
+                for part in [&k[16..48], &k[48..80]] {
+                    for w in part.windows(16) {
+                        assert!(!contains(bytes, w), "{what} holds 16 bytes of an agent's key {}", super::hex(&k[..16]));
+                    }
+                    let hex = super::hex(part);
+                    assert!(!contains(bytes, hex.as_bytes()), "{what} holds an agent's key in hex");
+                    assert!(!contains(bytes, hex.to_uppercase().as_bytes()), "{what} holds an agent's key in HEX");
+                    assert!(!contains(bytes, BASE64.encode(part).as_bytes()), "{what} holds an agent's key in base64");
+                }
+            }
+        }
+        // Not vacuous: the dumps do hold the records, whose headers carry the public key names.
+        let shared_names: Vec<Vec<u8>> = st[0]
+            .keys
+            .iter()
+            .filter(|k| k.origin == "shared")
+            .map(|k| (0..16).map(|i| u8::from_str_radix(&k.name[2 * i..2 * i + 2], 16).expect("hex")).collect())
+            .collect();
+        for (what, bytes) in dumps.iter().filter(|(w, _)| w.contains("dump") || w.contains("db")) {
+            assert!(
+                shared_names.iter().any(|n| contains(bytes, n)),
+                "{what} holds no record's key name: is it a dump of the records at all?"
+            );
+        }
+        checked_keys.extend(keys);
+    }
+    eprintln!("{}: {} agent keys checked against the store's dumps; {checked_records} records had an expiry", b.kind(), checked_keys.len());
+
+    // Stop the generators: every record must disappear, each by its erase time.
+    drop(gens);
+    let stopped = Instant::now();
+    let slack = Duration::from_millis(1500);
+    wait_for("the store to drop every record", record_lifetime_bound() + Duration::from_secs(5), || {
+        let now = unix_now();
+        let live = b.live_slots(GROUP);
+        for s in &live {
+            assert!(now < erase_at(*s) + slack, "slot {s}'s record outlived its erase time {:?}", erase_at(*s));
+        }
+        live.is_empty().then_some(())
+    });
+    eprintln!("{}: the store was empty {:?} after the generators stopped", b.kind(), stopped.elapsed());
+}
+
+/// Done when: an agent whose identity is outside the group and one trusting another generator
+/// install none of the group's keys; records that are garbage, truncated, replayed into another
+/// slot or group, or corrupted are rejected and counted; the good agents keep serving shared keys.
+pub fn outsiders_and_forgeries_are_rejected(b: &mut dyn Backend, root: &Path) {
+    let (gk, gpub) = keygen(root, "generator", "gen.key");
+    let (_, rogue_pub) = keygen(root, "generator", "rogue.key");
+    let (id, idpub) = keygen(root, "group", "web.identity");
+    let (outsider_id, _) = keygen(root, "group", "outsider.identity");
+    // The generator runs 1.5 s ahead: it publishes the keys due at a boundary 2 s early, which
+    // gives the test time to corrupt a fresh record before any agent reads it.
+    let _gen = generator(root, "gen", &b.generator_url(), &idpub, &gk, &["--clock-offset-ms", "1500"]);
+    let url = b.agent_url();
+    let good = [
+        Agent::start(root, "good0", &url, GROUP, &id, &gpub, &[]),
+        Agent::start(root, "good1", &url, GROUP, &id, &gpub, &[]),
+    ];
+    let outsider = Agent::start(root, "outsider", &url, GROUP, &outsider_id, &gpub, &[]);
+    let wrong_trust = Agent::start(root, "wrong-trust", &url, GROUP, &id, &rogue_pub, &[]);
+    // Group "api" gets copies of web's records: replays into another group.
+    let api = Agent::start(root, "api", &url, "api", &id, &gpub, &[]);
+    let goods: Vec<&Agent> = good.iter().collect();
+    let bad: Vec<&Agent> = vec![&outsider, &wrong_trust, &api];
+    let everyone: Vec<&Agent> = goods.iter().chain(bad.iter()).copied().collect();
+    let mut names = Names::default();
+    let mut forged: BTreeSet<u64> = BTreeSet::new();
+
+    let replay_into_api = || {
+        let have = b.live_slots("api");
+        for (slot, v) in b.records(GROUP) {
+            if !have.contains(&slot) {
+                b.put("api", slot, &v, erase_at(slot));
+            }
+        }
+    };
+    let rejected = |a: &Agent, reason: &str| a.status().and_then(|s| s.rejected.get(reason).copied()).unwrap_or(0);
+    // Every check made at a sample: the outsiders never hold a group key, the good ones agree.
+    let check = |slot: u64, names: &mut Names, forged: &BTreeSet<u64>| -> Vec<Status> {
+        let st = statuses_at(&goods, slot);
+        for (a, s) in goods.iter().zip(&st) {
+            names.add(&a.name, s);
+            assert!(s.encrypting != "local_fallback", "{} fell back:\n{}", a.name, s.render());
+            assert_eq!(s.keys[0].origin, "shared", "{} encrypts with a local key:\n{}", a.name, s.render());
+            for k in &s.keys {
+                assert!(!(forged.contains(&k.slot) && k.origin == "shared"), "{} installed the forged slot {}:\n{}", a.name, k.slot, s.render());
+            }
+        }
+        assert_eq!(shared(&st[0]), shared(&st[1]), "the good agents disagree:\n{}", describe(&goods, &st));
+        for a in &bad {
+            let s = a.status().expect("status");
+            for k in &s.keys {
+                assert_eq!(k.origin, "local", "{} installed a key:\n{}", a.name, s.render());
+                assert!(!names.contains_name(&k.name), "{} holds the group's key {}", a.name, k.name);
+            }
+        }
+        st
+    };
+
+    let e = sleep_into_next_slot(P, Duration::from_millis(300));
+    replay_into_api();
+    check(e, &mut names, &forged);
+    // 1. Garbage, then a truncated record, then a real record replayed from another slot, all
+    //    under slot e + 2 before the generator makes it (it makes it 2 s into slot e): its
+    //    create-if-absent then loses to the forgery. Agents read slot e + 2 from slot e + 1 on.
+    let f1 = e + 2;
+    assert!(!b.live_slots(GROUP).contains(&f1), "slot {f1} already exists: the test is late");
+    let real = b.records(GROUP).remove(&(e + 1)).expect("the record of slot e + 1");
+    forged.insert(f1);
+    let variants: [(&str, Vec<u8>); 3] = [
+        ("bad_magic", b"this is not a stek record, just some garbage bytes".to_vec()),
+        ("truncated", real[..real.len() / 2].to_vec()),
+        ("header_mismatch", real.clone()),
+    ];
+    for (reason, value) in &variants {
+        let before: Vec<u64> = everyone.iter().map(|a| rejected(a, reason)).collect();
+        b.put(GROUP, f1, value, erase_at(f1));
+        for (a, n) in everyone.iter().zip(before) {
+            if a.name == "api" {
+                continue; // reads group api only
+            }
+            wait_for(&format!("{} to reject the {reason} record", a.name), Duration::from_secs(2 * P), || {
+                (rejected(a, reason) > n).then_some(())
+            });
+        }
+        eprintln!("{}: every agent rejected the forged record ({reason})", b.kind());
+    }
+    // The forgery stands: the slot has no key, so the newest shared key keeps encrypting.
+    sleep_until_slot(P, e + 2, MID);
+    let st = check(e + 2, &mut names, &forged);
+    for s in &st {
+        assert_eq!(s.encrypting, "stale", "{}", s.render());
+        assert_eq!(s.encrypting_name, names.0[&(e + 1)], "{}", s.render());
+    }
+    replay_into_api();
+    // 2. Corruption: one flipped byte (in the signature) of the freshly made record of e + 4,
+    //    before any agent reads it (they do from slot e + 3 on).
+    let f2 = e + 4;
+    forged.insert(f2);
+    let mut rec = wait_for("the generator to make slot e + 4", Duration::from_secs(P), || b.records(GROUP).remove(&f2));
+    *rec.last_mut().expect("non-empty") ^= 0x01;
+    let before: Vec<u64> = everyone.iter().map(|a| rejected(a, "bad_signature")).collect();
+    b.put(GROUP, f2, &rec, erase_at(f2));
+    assert!(unix_now() + Duration::from_millis(100) < slot_start(e + 3), "the record was corrupted too late");
+    sleep_until_slot(P, e + 3, MID);
+    let st = check(e + 3, &mut names, &forged);
+    for s in &st {
+        assert_eq!(s.encrypting, "current", "{}", s.render());
+    }
+    for (a, n) in everyone.iter().zip(&before) {
+        // The untrusting agent stops at the signer, before the signature.
+        let reason = if a.name == "wrong-trust" { "untrusted_generator" } else { "bad_signature" };
+        if a.name == "api" {
+            continue;
+        }
+        if reason == "bad_signature" {
+            wait_for(&format!("{} to reject the corrupted record", a.name), Duration::from_secs(P), || {
+                (rejected(a, reason) > *n).then_some(())
+            });
+        }
+    }
+    sleep_until_slot(P, e + 4, MID);
+    let st = check(e + 4, &mut names, &forged);
+    for s in &st {
+        assert_eq!(s.encrypting, "stale", "{}", s.render());
+        assert_eq!(s.encrypting_name, names.0[&(e + 3)], "{}", s.render());
+    }
+    sleep_until_slot(P, e + 5, MID);
+    let st = check(e + 5, &mut names, &forged);
+    for s in &st {
+        assert_eq!(s.encrypting, "current", "{}", s.render());
+    }
+    // The outsiders said why.
+    for (a, reason) in [(&outsider, "not_a_recipient"), (&wrong_trust, "untrusted_generator"), (&api, "header_mismatch")] {
+        let s = a.status().expect("status");
+        assert!(s.rejected.get(reason).copied().unwrap_or(0) > 0, "{} counted no {reason}:\n{}", a.name, s.render());
+    }
+    for a in &goods {
+        let s = a.status().expect("status");
+        for reason in ["not_a_recipient", "untrusted_generator"] {
+            assert!(!s.rejected.contains_key(reason), "{} rejected a genuine record:\n{}", a.name, s.render());
+        }
+    }
+    let s = good[0].status().expect("status");
+    eprintln!("{}: good agent's rejections {:?}; outsider {:?}; wrong-trust {:?}; api {:?}", b.kind(), s.rejected,
+        outsider.status().expect("status").rejected, wrong_trust.status().expect("status").rejected, api.status().expect("status").rejected);
+}
+
+/// Done when: through a store outage of 3 periods the agents keep their ring, encrypt with the
+/// newest key while it is at most max-stale behind, then fall back to a local key, and recover
+/// by themselves when the store returns.
+pub fn store_outage(b: &mut dyn Backend, root: &Path) {
+    let (gk, gpub) = keygen(root, "generator", "gen.key");
+    let (id, idpub) = keygen(root, "group", "web.identity");
+    let _gen = generator(root, "gen", &b.generator_url(), &idpub, &gk, &[]);
+    let agents: Vec<Agent> = (0..3)
+        .map(|i| Agent::start(root, &format!("agent{i}"), &b.agent_url(), GROUP, &id, &gpub, &["--max-stale", "1"]))
+        .collect();
+    let refs: Vec<&Agent> = agents.iter().collect();
+    let mut names = Names::default();
+    // One rotation with the store up.
+    let k = sleep_into_next_slot(P, MID);
+    let st = statuses_at(&refs, k);
+    for (a, s) in refs.iter().zip(&st) {
+        names.add(&a.name, s);
+        assert_eq!(s.encrypting, "current", "{}", s.render());
+    }
+    let held = shared(&st[0]);
+    assert!(held.contains_key(&(k + 1)), "the next key is held before the outage:\n{}", st[0].render());
+    b.stop();
+    let down = Instant::now();
+    eprintln!("{}: stopped the agents' store in slot {k}", b.kind());
+    let same_keys = |s: &Status| {
+        for (slot, name) in &held {
+            if s.keys.iter().any(|x| x.slot == *slot) {
+                assert!(s.keys.iter().any(|x| x.slot == *slot && &x.name == name && x.origin == "shared"), "lost slot {slot}:\n{}", s.render());
+            }
+        }
+    };
+    // k + 1: its key was fetched before the outage.
+    sleep_until_slot(P, k + 1, MID);
+    for s in statuses_at(&refs, k + 1) {
+        assert_eq!(s.encrypting, "current", "{}", s.render());
+        assert_eq!(s.encrypting_name, held[&(k + 1)], "{}", s.render());
+        same_keys(&s);
+    }
+    // k + 2: no key for the slot; the one of k + 1 keeps encrypting (max-stale 1).
+    sleep_until_slot(P, k + 2, MID);
+    for s in statuses_at(&refs, k + 2) {
+        assert_eq!(s.encrypting, "stale", "{}", s.render());
+        assert_eq!(s.encrypting_name, held[&(k + 1)], "{}", s.render());
+        assert!(s.staleness.unwrap_or(0.0) > P as f64, "{}", s.render());
+        same_keys(&s);
+    }
+    // k + 3: two periods behind: a local key encrypts.
+    sleep_until_slot(P, k + 3, MID);
+    let st = statuses_at(&refs, k + 3);
+    let mut locals = BTreeSet::new();
+    for s in &st {
+        assert_eq!(s.encrypting, "local_fallback", "{}", s.render());
+        assert_eq!(s.keys[0].origin, "local", "{}", s.render());
+        assert!(!names.contains_name(&s.encrypting_name), "{}", s.render());
+        assert!(locals.insert(s.encrypting_name.clone()), "two agents share a local key");
+        same_keys(s);
+    }
+    // Three periods after the outage began: the store returns on the same address.
+    sleep_until_slot(P, k + 3, MID + Duration::from_millis(200));
+    b.restart();
+    let outage = down.elapsed();
+    let back = Instant::now();
+    let st = wait_for("the agents to recover by themselves", Duration::from_secs(2 * P), || {
+        let st: Vec<Status> = refs.iter().map(|a| a.status().expect("status")).collect();
+        let ok = st.iter().all(|s| {
+            s.encrypting == "current" && s.slot == current_slot() && s.keys.iter().all(|k| k.origin == "shared")
+        }) && st.iter().all(|s| ring(s) == ring(&st[0]));
+        ok.then_some(st)
+    });
+    let took = back.elapsed();
+    for (a, s) in refs.iter().zip(&st) {
+        names.add(&a.name, s);
+    }
+    assert_identical_shared(&refs, &st);
+    eprintln!("{}: outage of {outage:?}; the agents recovered {took:?} after the store returned", b.kind());
+}
+
+/// Done when: agents with clock offsets of -0.4 P, 0 and +0.4 P, each feeding a real nginx:
+/// a ticket minted on any host resumes on every host, through several rotations, TLS 1.2 and 1.3.
+pub fn clock_offsets_with_nginx(b: &mut dyn Backend, root: &Path) {
+    require("nginx");
+    require("openssl");
+    let (gk, gpub) = keygen(root, "generator", "gen.key");
+    let (id, idpub) = keygen(root, "group", "web.identity");
+    let cert = make_cert(root);
+    let _gen = generator(root, "gen", &b.generator_url(), &idpub, &gk, &[]);
+    wait_for("the first records", Duration::from_secs(10), || (b.records(GROUP).len() >= 2).then_some(()));
+    let offsets = [-1600i64, 0, 1600];
+    let mut hosts = Vec::new();
+    for (i, off) in offsets.iter().enumerate() {
+        let prefix = root.join(format!("nginx{i}"));
+        let off = off.to_string();
+        let agent = Agent::start(
+            root,
+            &format!("agent{i}"),
+            &b.agent_url(),
+            GROUP,
+            &id,
+            &gpub,
+            &["--clock-offset-ms", &off, "--on-change", &Nginx::reload_cmd(&prefix)],
+        );
+        let conf = wait_nginx_conf_in(&agent.dir);
+        let nginx = Nginx::start(&prefix, &cert, &conf);
+        hosts.push((agent, nginx));
+    }
+    for (a, _) in &hosts {
+        wait_for(&format!("{} to encrypt with a shared key", a.name), Duration::from_secs(2 * P), || {
+            a.status().filter(|s| s.encrypting == "current").map(|_| ())
+        });
+    }
+    let sess = root.join("t.sess");
+    let start = Instant::now();
+    let (mut rounds, mut resumes, mut retries) = (0, 0, 0);
+    let mut seen = BTreeSet::new();
+    // Three rotations of every host, whatever its clock: 3 P plus the spread of the clocks.
+    while start.elapsed() < Duration::from_millis(3 * P * 1000 + 3200 + 400) {
+        for (mint, (ma, mn)) in hosts.iter().enumerate() {
+            for tls in [Tls::V12, Tls::V13] {
+                let _ = fs::remove_file(&sess);
+                handshake(mn.port, tls, None, Some(&sess));
+                let name = ticket_name(&sess).unwrap_or_else(|| panic!("no ticket from {}", ma.name));
+                let statuses: Vec<Status> = hosts.iter().map(|(a, _)| a.status().expect("status")).collect();
+                let all_shared: BTreeSet<String> = statuses.iter().flat_map(|s| shared(s).into_values()).collect();
+                assert!(all_shared.contains(&name), "{} minted a ticket under {name}, not a group key", ma.name);
+                seen.insert(name.clone());
+                for (ra, rn) in &hosts {
+                    resumes += 1;
+                    if handshake(rn.port, tls, Some(&sess), None) {
+                        continue;
+                    }
+                    std::thread::sleep(Duration::from_millis(300));
+                    retries += 1;
+                    eprintln!("{}: retry: {tls:?} ticket {name} from {} on {} (host {mint})", b.kind(), ma.name, ra.name);
+                    if !handshake(rn.port, tls, Some(&sess), None) {
+                        let now: Vec<String> = hosts.iter().map(|(a, _)| a.status().expect("status").render()).collect();
+                        panic!(
+                            "{tls:?} ticket {name} minted by {} does not resume on {}:\n{}",
+                            ma.name,
+                            ra.name,
+                            now.join("\n")
+                        );
+                    }
+                }
+            }
+        }
+        rounds += 1;
+        std::thread::sleep(Duration::from_millis(700));
+    }
+    assert!(seen.len() >= 4, "tickets used only {} keys: did the hosts rotate?", seen.len());
+    for (a, _) in &hosts {
+        let s = a.status().expect("status");
+        assert!(s.sink_failures.is_empty() || s.encrypting == "current", "{}", s.render());
+    }
+    eprintln!(
+        "{}: {rounds} rounds, {resumes} resumptions across hosts, {retries} retried once, tickets under {} keys",
+        b.kind(),
+        seen.len()
+    );
+}
