@@ -5,13 +5,15 @@ use std::time::Duration;
 use stek_core::{KeyBytes, Slot};
 use tokio::sync::watch;
 
-use super::{Created, RedisStore, Store, StoreError};
+use super::{Created, EtcdStore, RedisStore, Store, StoreError};
 
 /// One of the shared stores.
 #[derive(Debug)]
 pub enum AnyStore {
     /// Redis (a primary for generators, a read replica per site for agents).
     Redis(RedisStore),
+    /// etcd.
+    Etcd(EtcdStore),
 }
 
 impl AnyStore {
@@ -25,12 +27,13 @@ impl AnyStore {
         }
     }
 
-    /// Connects to the store named by `url`, failing if it cannot be reached now.
+    /// Connects to the store named by `url`. Redis must be reachable now; etcd connects on first
+    /// use (and fails over between its endpoints).
     pub async fn connect(url: &str) -> Result<AnyStore, StoreError> {
         if url.starts_with("redis://") {
             Ok(AnyStore::Redis(RedisStore::connect(url).await?))
         } else if url.starts_with("etcd://") {
-            Err(StoreError::Unavailable("etcd support is not built yet".into()))
+            Ok(AnyStore::Etcd(EtcdStore::connect(url)?))
         } else {
             Err(StoreError::Unavailable(format!(
                 "unknown store URL {url:?}: use redis://HOST:PORT or etcd://HOST:PORT[,HOST:PORT...]"
@@ -40,27 +43,42 @@ impl AnyStore {
 }
 
 impl Store for AnyStore {
-    async fn create(&self, group: &str, slot: Slot, record: &[u8], expires_at: Duration) -> Result<Created, StoreError> {
+    async fn create(
+        &self,
+        group: &str,
+        slot: Slot,
+        record: &[u8],
+        expires_at: Duration,
+    ) -> Result<Created, StoreError> {
         match self {
             AnyStore::Redis(s) => s.create(group, slot, record, expires_at).await,
+            AnyStore::Etcd(s) => s.create(group, slot, record, expires_at).await,
         }
     }
 
-    async fn read_window(&self, group: &str, first: Slot, last: Slot) -> Result<Vec<(Slot, KeyBytes)>, StoreError> {
+    async fn read_window(
+        &self,
+        group: &str,
+        first: Slot,
+        last: Slot,
+    ) -> Result<Vec<(Slot, KeyBytes)>, StoreError> {
         match self {
             AnyStore::Redis(s) => s.read_window(group, first, last).await,
+            AnyStore::Etcd(s) => s.read_window(group, first, last).await,
         }
     }
 
     fn changes(&self, group: &str) -> Option<watch::Receiver<u64>> {
         match self {
             AnyStore::Redis(s) => s.changes(group),
+            AnyStore::Etcd(s) => s.changes(group),
         }
     }
 
     async fn server_time(&self) -> Result<Option<Duration>, StoreError> {
         match self {
             AnyStore::Redis(s) => s.server_time().await.map(Some),
+            AnyStore::Etcd(s) => s.server_time().await.map(Some),
         }
     }
 }

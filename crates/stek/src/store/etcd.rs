@@ -342,8 +342,8 @@ impl Store for EtcdStore {
             let Some(slot) = parse_slot_key(group, &kv.key).filter(|s| (first..=last).contains(s))
             else {
                 tracing::debug!(
-                    "Skipped etcd key {:?}: not a slot of group {group} in the window.",
-                    kv.key
+                    "Skipped etcd key {} (base64): not a slot of group {group} in the window.",
+                    sanitize(&kv.key)
                 );
                 continue;
             };

@@ -137,10 +137,16 @@ mod tests {
         let clock = ManualClock::at(1_000);
         let store = MemoryStore::new(Arc::new(clock.clone()));
         let mut rx = store.changes("g").unwrap();
-        store.create("g", Slot(1), b"x", Duration::from_secs(2_000)).await.unwrap();
+        store
+            .create("g", Slot(1), b"x", Duration::from_secs(2_000))
+            .await
+            .unwrap();
         assert!(rx.has_changed().unwrap());
         rx.mark_unchanged();
-        store.create("g", Slot(1), b"y", Duration::from_secs(2_000)).await.unwrap();
+        store
+            .create("g", Slot(1), b"y", Duration::from_secs(2_000))
+            .await
+            .unwrap();
         assert!(!rx.has_changed().unwrap(), "a lost create changes nothing");
     }
 }
