@@ -19,6 +19,18 @@ pub trait Opener: Send + Sync {
         -> Result<SlotKey, RecordError>;
 }
 
+impl<O: Opener + ?Sized> Opener for std::sync::Arc<O> {
+    fn open(
+        &self,
+        record: &Record,
+        schedule: &Schedule,
+        group: &str,
+        slot: Slot,
+    ) -> Result<SlotKey, RecordError> {
+        (**self).open(record, schedule, group, slot)
+    }
+}
+
 /// Opens plain records: only for the embedded store of `stek up`, where generator and agent
 /// share one process and nothing crosses a trust boundary.
 #[derive(Debug, Default, Clone, Copy)]
