@@ -129,7 +129,7 @@ impl<S: Store, O: Opener> Agent<S, O> {
     /// Reads the window of `now` from the store and takes every new, valid key. Rejected
     /// records are logged and counted, never installed.
     pub async fn sync(&mut self, now: Duration) -> Result<usize, StoreError> {
-        let w = self.schedule.window_at(now);
+        let w = self.fetch_window(now);
         let records = self.store.read_window(&self.group, w.first, w.last).await?;
         self.stats.last_sync = Some(now);
         let mut added = 0;
@@ -154,6 +154,16 @@ impl<S: Store, O: Opener> Agent<S, O> {
         Ok(added)
     }
 
+    /// The slots an agent reads: its window plus the slot after `next`. Generators publish that
+    /// one shortly before the boundary (see `service::publish_margin`); fetching it on their
+    /// notification means the rotation itself needs no store read. It is held, never installed,
+    /// until it enters the window.
+    fn fetch_window(&self, now: Duration) -> Window {
+        let mut w = self.schedule.window_at(now);
+        w.last = w.last.plus(1);
+        w
+    }
+
     fn accept(&self, slot: Slot, bytes: &KeyBytes, window: &Window) -> Result<SlotKey, RecordError> {
         // The store is untrusted: it may answer with slots we did not ask for.
         if !window.contains(slot) {
@@ -166,7 +176,10 @@ impl<S: Store, O: Opener> Agent<S, O> {
     /// Drops keys that left the window of `now` and rebuilds the ring. Returns the new ring if it
     /// differs from the last one delivered.
     pub fn rebuild(&mut self, now: Duration) -> Result<Option<&Ring>, RandomError> {
-        let dropped = Ring::retain_window(&self.schedule, now, &mut self.shared);
+        let keep = self.fetch_window(now);
+        let before = self.shared.len();
+        self.shared.retain(|slot, _| keep.contains(*slot));
+        let dropped = before - self.shared.len();
         if dropped > 0 {
             info!("group {}: erased {dropped} key(s) that left the window", self.group);
         }

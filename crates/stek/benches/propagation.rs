@@ -1,0 +1,1167 @@
+//! Propagation benchmark: how long a new record takes to reach every agent of a fleet, and what
+//! the fleet costs its store.
+//!
+//! For each store (Redis, then etcd) this starts real servers on free loopback ports in temporary
+//! directories: for Redis a primary (the generator's) and a read replica (the agents'), as in
+//! production; for etcd one member. It then runs 1,000 agent sessions in this process, each a
+//! Tokio task with its own store connection (its own connection and pub/sub subscription for
+//! Redis, its own HTTP connections and watch stream for etcd), each running the real agent logic
+//! (`stek::agent::Agent` with a `SealedOpener`): `sync` on every change notification, at every
+//! slot boundary and on the jittered safety-net poll, plus one clock-offset read per period, as
+//! `stek::service::run_agent` does (without sinks).
+//!
+//! The group uses P = 4 s and L = 8 s, and the production default poll, P/4 = 1 s jittered by
+//! ±20%. A generator on the primary publishes one sealed, signed record per slot
+//! (`publish_upcoming` + `Record::seal`, as `stek generator` does), at the middle of a slot, for
+//! the next slot: a slot inside every agent's window, and half a period away from the boundary
+//! wake-up, so only a notification (or failing that, a poll) can bring it. For each record, the
+//! latency of an agent is the time from the store's `create` returning to the generator until
+//! that agent's `sync` has returned with the key opened and its ring holds it
+//! (`Ring::shared(slot)`).
+//!
+//! Load: the store's own counters over whole periods of steady state (Redis `INFO commandstats`
+//! on the replica; etcd's `/metrics`), and the agents' requests counted in this process.
+//!
+//! Everything shares this machine's cores: the agents, the generator and the servers, so
+//! latencies include 1,000 agents opening the record (an X25519 decapsulation and an Ed25519
+//! check each) on the same CPUs as the store. A real fleet spreads that over 1,000 hosts.
+//!
+//! Beside the latencies it prints when the notification woke the agents, what woke the agent
+//! for the `sync` that brought the key, the CPU seconds of each process and of the rest of the
+//! machine over the measured periods, and what opening one record costs on one core: on a busy
+//! machine the figures say how much of the latency was waiting for a CPU.
+//!
+//! `cargo bench -p stek --bench propagation` runs the full benchmark (about a minute); run as a
+//! test (`cargo test --benches`) it runs 10 agents and one record per store. A store whose
+//! server is not installed is skipped with a note.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::future::Future;
+use std::net::{SocketAddr, TcpListener};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use stek::agent::{Agent, SealedOpener};
+use stek::clock::{Clock, SystemClock};
+use stek::generator::{publish_upcoming, Outcome};
+use stek::store::{Created, EtcdStore, RedisStore, Store, StoreError};
+use stek_core::{
+    GeneratorKey, GeneratorPublicKey, GroupIdentity, KeyBytes, Origin, Record, Schedule, Slot,
+    SlotKey,
+};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::{watch, Semaphore};
+use tokio::task::JoinSet;
+
+const GROUP: &str = "bench";
+const PERIOD: Duration = Duration::from_secs(4);
+const LIFETIME: Duration = Duration::from_secs(8);
+/// How many agents connect at once while the fleet starts.
+const CONNECT_CONCURRENCY: usize = 100;
+/// How long an agent may take to get a record before it counts as missed.
+const MISS_AFTER: Duration = Duration::from_secs(8);
+/// The target of the issue: p99 at most 1 s.
+const TARGET_P99: Duration = Duration::from_secs(1);
+
+struct Config {
+    agents: usize,
+    records: usize,
+}
+
+fn main() -> anyhow::Result<()> {
+    let full = std::env::args().any(|a| a == "--bench");
+    let cfg = if full {
+        Config {
+            agents: 1000,
+            records: 6,
+        }
+    } else {
+        Config {
+            agents: 10,
+            records: 1,
+        }
+    };
+    // Two connections per agent (commands + notifications), plus the servers' side when they
+    // run under the same limit.
+    let limit = raise_fd_limit();
+    let needed = cfg.agents as u64 * 3 + 256;
+    if limit < needed {
+        bail!("the open-file limit is {limit}; this benchmark needs about {needed}");
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    let started = Instant::now();
+    let (reports, failed) = runtime.block_on(async {
+        let mut reports = Vec::new();
+        let mut failed = Vec::new();
+        if on_path("redis-server") {
+            match bench_redis(&cfg).await {
+                Ok(r) => reports.push(r),
+                Err(e) => failed.push(format!("Redis: {e:#}")),
+            }
+        } else {
+            println!("propagation: redis-server is not installed: Redis skipped");
+        }
+        if on_path("etcd") {
+            match bench_etcd(&cfg).await {
+                Ok(r) => reports.push(r),
+                Err(e) => failed.push(format!("etcd: {e:#}")),
+            }
+        } else {
+            println!("propagation: etcd is not installed: etcd skipped");
+        }
+        (reports, failed)
+    });
+    runtime.shutdown_timeout(Duration::from_secs(2));
+    let open = open_cost()?;
+    print_reports(&cfg, &reports, open, started.elapsed());
+    if !failed.is_empty() {
+        bail!("failed: {}", failed.join("; "));
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// Store wrappers: timing the generator's creates, counting the agents' requests.
+
+/// Requests the agents made, summed over the fleet.
+#[derive(Debug, Default)]
+struct Requests {
+    reads: AtomicU64,
+    clock_reads: AtomicU64,
+    errors: AtomicU64,
+}
+
+impl Requests {
+    fn snapshot(&self) -> (u64, u64, u64) {
+        (
+            self.reads.load(Ordering::Relaxed),
+            self.clock_reads.load(Ordering::Relaxed),
+            self.errors.load(Ordering::Relaxed),
+        )
+    }
+}
+
+/// A store that counts requests and times creates, delegating everything to `inner`.
+#[derive(Debug)]
+struct Probed<S> {
+    inner: S,
+    requests: Arc<Requests>,
+    /// Per slot won: when `create` was called and when it returned.
+    created: Arc<Mutex<HashMap<Slot, (Instant, Instant)>>>,
+}
+
+impl<S> Probed<S> {
+    fn new(inner: S, requests: Arc<Requests>) -> Self {
+        Probed {
+            inner,
+            requests,
+            created: Arc::default(),
+        }
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl<S: Store> Store for Probed<S> {
+    async fn create(
+        &self,
+        group: &str,
+        slot: Slot,
+        record: &[u8],
+        expires_at: Duration,
+    ) -> Result<Created, StoreError> {
+        let called = Instant::now();
+        let r = self.inner.create(group, slot, record, expires_at).await;
+        let returned = Instant::now();
+        if let Ok(Created::Won) = r {
+            lock(&self.created).insert(slot, (called, returned));
+        }
+        r
+    }
+
+    async fn read_window(
+        &self,
+        group: &str,
+        first: Slot,
+        last: Slot,
+    ) -> Result<Vec<(Slot, KeyBytes)>, StoreError> {
+        self.requests.reads.fetch_add(1, Ordering::Relaxed);
+        let r = self.inner.read_window(group, first, last).await;
+        if r.is_err() {
+            self.requests.errors.fetch_add(1, Ordering::Relaxed);
+        }
+        r
+    }
+
+    fn changes(&self, group: &str) -> Option<watch::Receiver<u64>> {
+        self.inner.changes(group)
+    }
+
+    async fn server_time(&self) -> Result<Option<Duration>, StoreError> {
+        self.requests.clock_reads.fetch_add(1, Ordering::Relaxed);
+        self.inner.server_time().await
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The agents.
+
+/// Why an agent ran the `sync` that brought a key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Wake {
+    Start,
+    Notified,
+    Poll,
+    Boundary,
+}
+
+/// An agent's first holding of a slot's key.
+#[derive(Debug, Clone, Copy)]
+struct Held {
+    /// When the agent woke for the `sync` that brought the key.
+    woke: Instant,
+    /// When that `sync` returned.
+    held: Instant,
+    /// What woke it.
+    wake: Wake,
+}
+
+/// What the agents saw, shared with the driver.
+#[derive(Debug, Default)]
+struct Board {
+    /// Per slot: each agent's first holding of its key.
+    held: Mutex<HashMap<Slot, Vec<Held>>>,
+    /// Agents that finished their first sync.
+    ready: AtomicUsize,
+}
+
+/// `d` scaled by a random factor in [0.8, 1.2), as `stek::service` jitters its poll.
+fn jitter(d: Duration) -> Duration {
+    let mut b = [0u8; 2];
+    let r = if stek_core::key::fill_random(&mut b).is_ok() {
+        f64::from(u16::from_le_bytes(b)) / 65536.0
+    } else {
+        0.5
+    };
+    d.mul_f64(0.8 + 0.4 * r)
+}
+
+/// One agent session: the loop of `stek::service::run_agent` without sinks, status or metrics.
+async fn agent_loop<S: Store>(
+    mut agent: Agent<Probed<S>, SealedOpener>,
+    store: Arc<Probed<S>>,
+    poll: Duration,
+    board: Arc<Board>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let clock = SystemClock::new();
+    let schedule = *agent.schedule();
+    let mut changes = store.changes(GROUP);
+    let mut last_offset_check: Option<Duration> = None;
+    let mut known = BTreeSet::new();
+    let mut wake = Wake::Start;
+    loop {
+        let woke = Instant::now();
+        let now = clock.now();
+        let synced = agent.sync(now).await.is_ok();
+        let synced_at = Instant::now();
+        if synced && last_offset_check.is_none_or(|t| now.saturating_sub(t) >= schedule.period()) {
+            last_offset_check = Some(now);
+            let _ = store.server_time().await;
+        }
+        let _ = agent.rebuild(now);
+        if let Some(ring) = agent.ring() {
+            let window = ring.window();
+            known.retain(|s| window.contains(*s));
+            let new: Vec<Slot> = ring
+                .entries()
+                .iter()
+                .filter(|e| e.origin == Origin::Shared && !known.contains(&e.slot()))
+                .map(|e| e.slot())
+                .collect();
+            if !new.is_empty() {
+                let mut held = lock(&board.held);
+                for slot in new {
+                    known.insert(slot);
+                    held.entry(slot).or_default().push(Held {
+                        woke,
+                        held: synced_at,
+                        wake,
+                    });
+                }
+            }
+        }
+        if wake == Wake::Start {
+            board.ready.fetch_add(1, Ordering::Relaxed);
+        }
+
+        let to_boundary = schedule.next_rotation(now).saturating_sub(clock.now());
+        let next_poll = jitter(poll);
+        let nap = to_boundary.min(next_poll) + Duration::from_millis(1);
+        wake = tokio::select! {
+            _ = tokio::time::sleep(nap) => if to_boundary <= next_poll { Wake::Boundary } else { Wake::Poll },
+            _ = async {
+                match &mut changes {
+                    Some(rx) => { if rx.changed().await.is_err() { std::future::pending::<()>().await } }
+                    None => std::future::pending::<()>().await,
+                }
+            } => Wake::Notified,
+            _ = stop.changed() => break,
+        };
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The run: start the fleet, publish records, measure.
+
+/// The store-side counters of one moment.
+type Counters = BTreeMap<String, u64>;
+
+/// The counters of one moment: the store's, the agents' requests (reads, clock reads, errors),
+/// when, and CPU seconds per process.
+type Snapshot = (Counters, (u64, u64, u64), Instant, Vec<f64>);
+
+/// How the driver reads the store's own counters.
+enum Load {
+    /// `INFO commandstats` and `PUBSUB NUMSUB` on the replica.
+    Redis(redis::aio::MultiplexedConnection),
+    /// `/metrics` of the etcd member.
+    Etcd(SocketAddr),
+}
+
+impl Load {
+    async fn counters(&mut self) -> anyhow::Result<Counters> {
+        match self {
+            Load::Redis(conn) => {
+                let info: String = redis::cmd("INFO")
+                    .arg("commandstats")
+                    .query_async(conn)
+                    .await?;
+                Ok(parse_commandstats(&info))
+            }
+            Load::Etcd(addr) => Ok(parse_etcd_metrics(&http_get(*addr, "/metrics").await?)),
+        }
+    }
+
+    /// How many agents are subscribed to the group's notifications.
+    async fn subscribers(&mut self) -> anyhow::Result<u64> {
+        match self {
+            Load::Redis(conn) => {
+                let reply: (String, u64) = redis::cmd("PUBSUB")
+                    .arg("NUMSUB")
+                    .arg(format!("stek:{GROUP}"))
+                    .query_async(conn)
+                    .await?;
+                Ok(reply.1)
+            }
+            Load::Etcd(addr) => {
+                let m = http_get(*addr, "/metrics").await?;
+                Ok(metric(&m, "etcd_debugging_mvcc_watcher_total").unwrap_or(0))
+            }
+        }
+    }
+}
+
+fn parse_commandstats(info: &str) -> Counters {
+    // cmdstat_mget:calls=4000,usec=...,
+    info.lines()
+        .filter_map(|l| l.strip_prefix("cmdstat_"))
+        .filter_map(|l| {
+            let (cmd, rest) = l.split_once(':')?;
+            let calls = rest
+                .strip_prefix("calls=")?
+                .split(',')
+                .next()?
+                .parse()
+                .ok()?;
+            Some((cmd.to_owned(), calls))
+        })
+        .collect()
+}
+
+fn parse_etcd_metrics(text: &str) -> Counters {
+    let mut out = Counters::new();
+    for line in text.lines() {
+        if let Some(rest) = line.strip_prefix("grpc_server_started_total{") {
+            let Some(method) = rest
+                .split("grpc_method=\"")
+                .nth(1)
+                .and_then(|m| m.split('"').next())
+            else {
+                continue;
+            };
+            let Some(n) = line.rsplit(' ').next().and_then(|v| v.parse::<f64>().ok()) else {
+                continue;
+            };
+            *out.entry(format!("grpc {method}")).or_default() += n as u64;
+        }
+    }
+    for name in [
+        "etcd_debugging_mvcc_range_total",
+        "etcd_debugging_mvcc_txn_total",
+        "etcd_debugging_mvcc_put_total",
+    ] {
+        if let Some(n) = metric(text, name) {
+            out.insert(name.trim_start_matches("etcd_debugging_").to_owned(), n);
+        }
+    }
+    out
+}
+
+/// The value of an unlabelled metric.
+fn metric(text: &str, name: &str) -> Option<u64> {
+    text.lines()
+        .filter_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+        .find_map(|v| v.trim().parse::<f64>().ok())
+        .map(|v| v as u64)
+}
+
+/// One record's propagation.
+struct RecordResult {
+    slot: Slot,
+    /// How long the generator's `create` took.
+    create: Duration,
+    /// Per agent that got it: from `create` returning until the agent held the key (zero for an
+    /// agent that held it before `create` returned to the generator).
+    latencies: Vec<Duration>,
+    /// Per agent brought the key by a notification: from `create` returning until it woke
+    /// (sorted).
+    notified: Vec<Duration>,
+    /// Per agent brought the key by a notification: how long its `sync` took (read the window,
+    /// open the record), sorted.
+    syncs: Vec<Duration>,
+    /// Agents that held it before `create` returned.
+    early: usize,
+    wakes: BTreeMap<&'static str, usize>,
+}
+
+struct Report {
+    store: &'static str,
+    setup: String,
+    connect: Duration,
+    records: Vec<RecordResult>,
+    missed: usize,
+    periods: f64,
+    /// Store counters' deltas over the measured periods.
+    store_load: Counters,
+    /// The agents' requests over the measured periods: reads, clock reads, errors.
+    agent_requests: (u64, u64, u64),
+    agents: usize,
+    poll: Duration,
+    /// CPU seconds per process over the measured periods.
+    cpu: Vec<(&'static str, f64)>,
+}
+
+fn wake_name(w: Wake) -> &'static str {
+    match w {
+        Wake::Start => "start",
+        Wake::Notified => "notified",
+        Wake::Poll => "poll",
+        Wake::Boundary => "boundary",
+    }
+}
+
+/// Runs the fleet against one store. `connect` makes one agent's store connection; `generator`
+/// is the generator's store.
+async fn run<S, F, Fut>(
+    name: &'static str,
+    setup: String,
+    cfg: &Config,
+    generator: S,
+    connect: F,
+    mut load: Load,
+    servers: &[(&'static str, &Server)],
+) -> anyhow::Result<Report>
+where
+    S: Store,
+    F: Fn() -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Result<S, StoreError>> + Send,
+{
+    let clock = SystemClock::new();
+    let schedule = Schedule::new(PERIOD, LIFETIME)?;
+    let poll = stek::service::AgentOptions::default_poll(&schedule);
+    let signer = GeneratorKey::generate()?;
+    let identity = GroupIdentity::generate()?;
+    let recipients = vec![identity.public()];
+    let identity_text = identity.to_file_text();
+    let trusted: Vec<GeneratorPublicKey> = vec![signer.public()];
+    let seal = |k: &SlotKey| {
+        Record::seal(&schedule, GROUP, k, &recipients, &signer)
+            .map(|r| r.encode())
+            .map_err(|e| e.to_string())
+    };
+
+    let generator = Probed::new(generator, Arc::default());
+    // The keys the fleet needs now, before any agent starts.
+    publish_upcoming(&generator, &schedule, GROUP, clock.now(), seal).await?;
+
+    // Connect the fleet, a bounded number at a time.
+    let connecting = Instant::now();
+    let requests = Arc::new(Requests::default());
+    let connect = Arc::new(connect);
+    let gate = Arc::new(Semaphore::new(CONNECT_CONCURRENCY));
+    let mut connects = JoinSet::new();
+    for _ in 0..cfg.agents {
+        let (connect, gate) = (connect.clone(), gate.clone());
+        connects.spawn(async move {
+            let _permit = gate.acquire_owned().await;
+            connect().await
+        });
+    }
+    let mut stores = Vec::with_capacity(cfg.agents);
+    while let Some(r) = connects.join_next().await {
+        stores.push(Arc::new(Probed::new(r??, requests.clone())));
+    }
+
+    let board = Arc::new(Board::default());
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let mut agents = JoinSet::new();
+    for store in stores {
+        let identity = GroupIdentity::from_file_text(&identity_text)?;
+        let opener = SealedOpener {
+            identity,
+            trusted: trusted.clone(),
+        };
+        let agent = Agent::new(store.clone(), opener, GROUP.to_owned(), schedule, 1);
+        agents.spawn(agent_loop(
+            agent,
+            store,
+            poll,
+            board.clone(),
+            stop_rx.clone(),
+        ));
+    }
+    // Every agent has synced once and listens for changes.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let ready = board.ready.load(Ordering::Relaxed);
+        let subscribed = load.subscribers().await?;
+        if ready >= cfg.agents && subscribed >= cfg.agents as u64 {
+            break;
+        }
+        if Instant::now() > deadline {
+            bail!("after 60 s, {ready} agents synced and {subscribed} listen for changes");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let connect_time = connecting.elapsed();
+    eprintln!(
+        "propagation: {name}: {} agents connected, synced and listening in {:.2} s",
+        cfg.agents,
+        connect_time.as_secs_f64()
+    );
+    // Catch up on the slots that began while the fleet connected (not measured).
+    publish_upcoming(&generator, &schedule, GROUP, clock.now(), seal).await?;
+
+    // One record per slot, published mid-slot for the next slot.
+    let mut results = Vec::new();
+    let mut missed = 0;
+    let cpu = || -> Vec<f64> {
+        servers
+            .iter()
+            .map(|(_, s)| s.cpu())
+            .chain([process_cpu("/proc/self/stat"), machine_busy_cpu()])
+            .collect()
+    };
+    let mut first: Option<Snapshot> = None;
+    let mut last = None;
+    for i in 0..=cfg.records {
+        let now = clock.now();
+        let at = schedule.start(schedule.slot_at(now).plus(1)) + schedule.period() / 2;
+        tokio::time::sleep(at.saturating_sub(now)).await;
+        let snapshot: Snapshot = (
+            load.counters().await?,
+            requests.snapshot(),
+            Instant::now(),
+            cpu(),
+        );
+        if i == 0 {
+            first = Some(snapshot);
+        } else if i == cfg.records {
+            last = Some(snapshot);
+            break;
+        }
+        let made = publish_upcoming(&generator, &schedule, GROUP, clock.now(), seal).await?;
+        // One new record: the next slot's. (Had this loop fallen a period behind, the current
+        // slot's too; only the newest is measured.)
+        let Some(&(slot, Outcome::Created(_))) = made.iter().max_by_key(|(s, _)| *s) else {
+            bail!("expected a new record, the generator reports {made:?}");
+        };
+        if made.len() > 1 {
+            eprintln!(
+                "propagation: {name}: the generator caught up {} slots",
+                made.len()
+            );
+        }
+        let (called, returned) = lock(&generator.created)
+            .get(&slot)
+            .copied()
+            .context("the create was not timed")?;
+        // Wait until every agent holds the key, or gives up.
+        let give_up = returned + MISS_AFTER;
+        loop {
+            let have = lock(&board.held).get(&slot).map_or(0, Vec::len);
+            if have >= cfg.agents || Instant::now() > give_up {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let got = lock(&board.held).get(&slot).cloned().unwrap_or_default();
+        missed += cfg.agents.saturating_sub(got.len());
+        let mut wakes = BTreeMap::new();
+        for h in &got {
+            *wakes.entry(wake_name(h.wake)).or_default() += 1;
+        }
+        let early = got.iter().filter(|h| h.held < returned).count();
+        let mut latencies: Vec<Duration> = got
+            .iter()
+            .map(|h| h.held.saturating_duration_since(returned))
+            .collect();
+        latencies.sort();
+        let mut notified: Vec<Duration> = got
+            .iter()
+            .filter(|h| h.wake == Wake::Notified)
+            .map(|h| h.woke.saturating_duration_since(returned))
+            .collect();
+        notified.sort();
+        let mut syncs: Vec<Duration> = got
+            .iter()
+            .filter(|h| h.wake == Wake::Notified)
+            .map(|h| h.held - h.woke)
+            .collect();
+        syncs.sort();
+        eprintln!(
+            "propagation: {name}: slot {slot}: {} of {} agents, p50 {} ms, p99 {} ms, max {} ms",
+            latencies.len(),
+            cfg.agents,
+            ms(quantile(&latencies, 0.5)),
+            ms(quantile(&latencies, 0.99)),
+            ms(quantile(&latencies, 1.0))
+        );
+        results.push(RecordResult {
+            slot,
+            create: returned - called,
+            latencies,
+            notified,
+            syncs,
+            early,
+            wakes,
+        });
+    }
+
+    let _ = stop_tx.send(true);
+    while agents.join_next().await.is_some() {}
+
+    let (Some((c0, r0, t0, u0)), Some((c1, r1, t1, u1))) = (first, last) else {
+        bail!("no measurement");
+    };
+    let store_load = c1
+        .iter()
+        .map(|(k, v)| (k.clone(), v.saturating_sub(c0.get(k).copied().unwrap_or(0))))
+        .filter(|(_, v)| *v > 0)
+        .collect();
+    Ok(Report {
+        store: name,
+        setup,
+        connect: connect_time,
+        records: results,
+        missed,
+        periods: (t1 - t0).as_secs_f64() / PERIOD.as_secs_f64(),
+        store_load,
+        agent_requests: (r1.0 - r0.0, r1.1 - r0.1, r1.2 - r0.2),
+        agents: cfg.agents,
+        poll,
+        cpu: {
+            let mut cpu: Vec<(&'static str, f64)> = servers
+                .iter()
+                .map(|(n, _)| *n)
+                .chain(["this process (agents + generator)", "whole machine"])
+                .zip(u0.iter().zip(&u1).map(|(a, b)| b - a))
+                .collect();
+            // The rest of the machine: whatever else ran meanwhile.
+            let ours: f64 = cpu[..cpu.len() - 1].iter().map(|(_, c)| c).sum();
+            let machine = cpu.pop().map_or(0.0, |(_, c)| c);
+            cpu.push(("everything else on the machine", (machine - ours).max(0.0)));
+            cpu
+        },
+    })
+}
+
+// ---------------------------------------------------------------------------------------------
+// The stores.
+
+async fn bench_redis(cfg: &Config) -> anyhow::Result<Report> {
+    let dir = tempfile::tempdir()?;
+    let (p0, p1) = (free_port()?, free_port()?);
+    let redis_args = |port: u16, sub: &str| -> anyhow::Result<Vec<String>> {
+        let d = dir.path().join(sub);
+        std::fs::create_dir(&d)?;
+        Ok([
+            "--bind",
+            "127.0.0.1",
+            "--port",
+            &port.to_string(),
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            &d.display().to_string(),
+        ]
+        .map(str::to_owned)
+        .to_vec())
+    };
+    let mut args = redis_args(p0, "primary")?;
+    args.extend(["--repl-diskless-sync-delay", "0"].map(str::to_owned));
+    let primary = Server::spawn("redis-server", &args, &dir.path().join("primary.log"))?;
+    let primary_url = format!("redis://127.0.0.1:{p0}");
+    wait_redis(&primary_url, None).await?;
+    let mut args = redis_args(p1, "replica")?;
+    args.extend(["--replicaof", "127.0.0.1", &p0.to_string()].map(str::to_owned));
+    let replica = Server::spawn("redis-server", &args, &dir.path().join("replica.log"))?;
+    let replica_url = format!("redis://127.0.0.1:{p1}");
+    let conn = wait_redis(&replica_url, Some("master_link_status:up")).await?;
+    let version = redis_version(&replica_url).await.unwrap_or_default();
+
+    let generator = RedisStore::connect(&primary_url).await?;
+    let url = replica_url.clone();
+    let connect = move || {
+        let url = url.clone();
+        async move { RedisStore::connect(&url).await }
+    };
+    run(
+        "Redis",
+        format!(
+            "Redis {version}: generator on the primary, agents on a replica (1 connection + 1 pub/sub subscription each)"
+        ),
+        cfg,
+        generator,
+        connect,
+        Load::Redis(conn),
+        &[("redis primary", &primary), ("redis replica", &replica)],
+    )
+    .await
+}
+
+async fn bench_etcd(cfg: &Config) -> anyhow::Result<Report> {
+    let dir = tempfile::tempdir()?;
+    let (client, peer) = (free_port()?, free_port()?);
+    let data = dir.path().join("data");
+    let client_url = format!("http://127.0.0.1:{client}");
+    let peer_url = format!("http://127.0.0.1:{peer}");
+    let args: Vec<String> = vec![
+        "--name".into(),
+        "n1".into(),
+        "--data-dir".into(),
+        data.display().to_string(),
+        "--listen-client-urls".into(),
+        client_url.clone(),
+        "--advertise-client-urls".into(),
+        client_url,
+        "--listen-peer-urls".into(),
+        peer_url.clone(),
+        "--initial-advertise-peer-urls".into(),
+        peer_url.clone(),
+        "--initial-cluster".into(),
+        format!("n1={peer_url}"),
+    ];
+    let etcd = Server::spawn("etcd", &args, &dir.path().join("etcd.log"))?;
+    let addr: SocketAddr = ([127, 0, 0, 1], client).into();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Ok(body) = http_get(addr, "/health").await {
+            if body.contains("\"health\":\"true\"") {
+                break;
+            }
+        }
+        if Instant::now() > deadline {
+            bail!("etcd did not become healthy in 20 s");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let version = http_get(addr, "/version").await.unwrap_or_default();
+    let version = version
+        .split("\"etcdserver\":\"")
+        .nth(1)
+        .and_then(|v| v.split('"').next())
+        .unwrap_or("?")
+        .to_owned();
+
+    let url = format!("etcd://127.0.0.1:{client}");
+    let generator = EtcdStore::connect(&url)?;
+    let connect = move || {
+        let url = url.clone();
+        async move { EtcdStore::connect(&url) }
+    };
+    run(
+        "etcd",
+        format!(
+            "etcd {version}, one member: generator and agents on it (own HTTP connections + 1 watch stream each, JSON gateway)"
+        ),
+        cfg,
+        generator,
+        connect,
+        Load::Etcd(addr),
+        &[("etcd", &etcd)],
+    )
+    .await
+}
+
+// ---------------------------------------------------------------------------------------------
+// Servers and small helpers.
+
+/// A server process, killed when dropped.
+struct Server {
+    child: Child,
+}
+
+impl Server {
+    /// CPU seconds (user + system) the process has used so far.
+    fn cpu(&self) -> f64 {
+        process_cpu(&format!("/proc/{}/stat", self.child.id()))
+    }
+
+    fn spawn(program: &str, args: &[String], log: &Path) -> anyhow::Result<Server> {
+        let out = std::fs::File::create(log)?;
+        let child = Command::new(program)
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(out.try_clone()?)
+            .stderr(out)
+            .spawn()
+            .with_context(|| format!("cannot start {program}"))?;
+        Ok(Server { child })
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Waits until the Redis at `url` answers (and its `INFO replication` contains `want`).
+async fn wait_redis(
+    url: &str,
+    want: Option<&str>,
+) -> anyhow::Result<redis::aio::MultiplexedConnection> {
+    let client = redis::Client::open(url)?;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Ok(mut conn) = client.get_multiplexed_async_connection().await {
+            let info: redis::RedisResult<String> = redis::cmd("INFO")
+                .arg("replication")
+                .query_async(&mut conn)
+                .await;
+            if let Ok(info) = info {
+                if want.is_none_or(|w| info.contains(w)) {
+                    return Ok(conn);
+                }
+            }
+        }
+        if Instant::now() > deadline {
+            bail!("{url} not ready in 20 s");
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+async fn redis_version(url: &str) -> anyhow::Result<String> {
+    let mut conn = redis::Client::open(url)?
+        .get_multiplexed_async_connection()
+        .await?;
+    let info: String = redis::cmd("INFO")
+        .arg("server")
+        .query_async(&mut conn)
+        .await?;
+    Ok(info
+        .lines()
+        .find_map(|l| l.strip_prefix("redis_version:"))
+        .unwrap_or("?")
+        .trim()
+        .to_owned())
+}
+
+/// The body of `GET path` over HTTP/1.0.
+async fn http_get(addr: SocketAddr, path: &str) -> anyhow::Result<String> {
+    let mut s = tokio::net::TcpStream::connect(addr).await?;
+    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").as_bytes())
+        .await?;
+    let mut buf = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut buf)).await??;
+    let text = String::from_utf8_lossy(&buf);
+    let (head, body) = text.split_once("\r\n\r\n").context("no HTTP header")?;
+    if !head.starts_with("HTTP/1.") || !head.contains(" 200 ") {
+        bail!("GET {path}: {}", head.lines().next().unwrap_or(""));
+    }
+    Ok(body.to_owned())
+}
+
+/// Linux reports process CPU times in USER_HZ ticks, fixed at 100 by its ABI.
+const USER_HZ: f64 = 100.0;
+
+/// CPU seconds (user + system) of the process whose `stat` file is `path`.
+fn process_cpu(path: &str) -> f64 {
+    let Ok(stat) = std::fs::read_to_string(path) else {
+        return 0.0;
+    };
+    // Fields after the parenthesised command name: state is field 3, utime 14, stime 15.
+    let Some((_, rest)) = stat.rsplit_once(')') else {
+        return 0.0;
+    };
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    (ticks(11) + ticks(12)) / USER_HZ
+}
+
+/// CPU seconds the whole machine has spent busy (all CPUs, everything but idle and iowait).
+fn machine_busy_cpu() -> f64 {
+    let Ok(stat) = std::fs::read_to_string("/proc/stat") else {
+        return 0.0;
+    };
+    let Some(line) = stat.lines().find(|l| l.starts_with("cpu ")) else {
+        return 0.0;
+    };
+    let f: Vec<f64> = line
+        .split_whitespace()
+        .skip(1)
+        .map(|v| v.parse().unwrap_or(0.0))
+        .collect();
+    // user nice system idle iowait irq softirq steal (guest time is included in user)
+    let busy: f64 = [0, 1, 2, 5, 6, 7].iter().filter_map(|&i| f.get(i)).sum();
+    busy / USER_HZ
+}
+
+fn free_port() -> anyhow::Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+fn on_path(program: &str) -> bool {
+    std::env::var_os("PATH")
+        .is_some_and(|paths| std::env::split_paths(&paths).any(|d| d.join(program).is_file()))
+}
+
+/// Raises the soft limit on open files to the hard limit; returns the soft limit in force.
+#[allow(unsafe_code)]
+fn raise_fd_limit() -> u64 {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes into a valid rlimit struct we own.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
+        return 0;
+    }
+    if lim.rlim_cur < lim.rlim_max {
+        let raised = libc::rlimit {
+            rlim_cur: lim.rlim_max,
+            rlim_max: lim.rlim_max,
+        };
+        // SAFETY: setrlimit reads a valid rlimit struct we own.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } == 0 {
+            lim = raised;
+        }
+    }
+    lim.rlim_cur
+}
+
+// ---------------------------------------------------------------------------------------------
+// The report.
+
+/// The `q` quantile of sorted `v` (nearest rank).
+fn quantile(v: &[Duration], q: f64) -> Duration {
+    if v.is_empty() {
+        return Duration::ZERO;
+    }
+    let rank = ((q * v.len() as f64).ceil() as usize).clamp(1, v.len());
+    v[rank - 1]
+}
+
+/// The latencies of every record of `r`, sorted.
+fn gather(r: &Report, pick: impl Fn(&RecordResult) -> &[Duration]) -> Vec<Duration> {
+    let mut all: Vec<Duration> = r
+        .records
+        .iter()
+        .flat_map(|x| pick(x).iter().copied())
+        .collect();
+    all.sort();
+    all
+}
+
+/// "p50/p99" of sorted `v`, in milliseconds.
+fn p50_p99(v: &[Duration]) -> String {
+    format!("{}/{}", ms(quantile(v, 0.5)), ms(quantile(v, 0.99)))
+}
+
+fn ms(d: Duration) -> String {
+    format!("{:.1}", d.as_secs_f64() * 1000.0)
+}
+
+/// How long one agent takes to decode and open one sealed record, on one core.
+fn open_cost() -> anyhow::Result<Duration> {
+    const ROUNDS: u32 = 500;
+    let schedule = Schedule::new(PERIOD, LIFETIME)?;
+    let signer = GeneratorKey::generate()?;
+    let identity = GroupIdentity::generate()?;
+    let slot = schedule.slot_at(SystemClock::new().now());
+    let key = SlotKey::generate(slot)?;
+    let bytes = Record::seal(&schedule, GROUP, &key, &[identity.public()], &signer)?.encode();
+    let trusted = [signer.public()];
+    let started = Instant::now();
+    for _ in 0..ROUNDS {
+        let record = Record::decode(&bytes)?;
+        let opened = record.open_sealed(&schedule, GROUP, slot, &identity, &trusted)?;
+        assert!(opened.name() == key.name());
+    }
+    Ok(started.elapsed() / ROUNDS)
+}
+
+fn print_reports(cfg: &Config, reports: &[Report], open: Duration, total: Duration) {
+    println!();
+    println!(
+        "propagation: {} agents per store, P = {} s, L = {} s, {} record(s) per store; latency = create returned -> agent holds the opened key",
+        cfg.agents,
+        PERIOD.as_secs(),
+        LIFETIME.as_secs(),
+        cfg.records
+    );
+    println!(
+        "CPUs: {} (agents, generator and servers share them); opening one record (decode + HPKE open + signature check) takes {:.0} us of one core: {} ms of CPU per record for {} agents",
+        std::thread::available_parallelism().map_or(0, |n| n.get()),
+        open.as_secs_f64() * 1e6,
+        ms(open * cfg.agents as u32),
+        cfg.agents
+    );
+    for r in reports {
+        println!();
+        println!("== {}: {}", r.store, r.setup);
+        println!(
+            "fleet connected, synced and subscribed in {:.2} s; poll {} ms +-20% (P/4), boundary wake-ups, 1 clock read per period",
+            r.connect.as_secs_f64(),
+            r.poll.as_millis()
+        );
+        println!(
+            "{:>10} {:>10} {:>9} {:>9} {:>9} {:>9} {:>7} {:>6} {:>15} {:>15}  woken by",
+            "slot",
+            "create ms",
+            "min ms",
+            "p50 ms",
+            "p99 ms",
+            "max ms",
+            "agents",
+            "early",
+            "notify p50/p99",
+            "sync p50/p99"
+        );
+        for rec in &r.records {
+            let wakes: Vec<String> = rec.wakes.iter().map(|(k, v)| format!("{k} {v}")).collect();
+            println!(
+                "{:>10} {:>10} {:>9} {:>9} {:>9} {:>9} {:>7} {:>6} {:>15} {:>15}  {}",
+                rec.slot.0,
+                ms(rec.create),
+                ms(quantile(&rec.latencies, 0.0)),
+                ms(quantile(&rec.latencies, 0.5)),
+                ms(quantile(&rec.latencies, 0.99)),
+                ms(quantile(&rec.latencies, 1.0)),
+                rec.latencies.len(),
+                rec.early,
+                p50_p99(&rec.notified),
+                p50_p99(&rec.syncs),
+                wakes.join(", ")
+            );
+        }
+        let all = gather(r, |x| &x.latencies);
+        println!(
+            "{:>10} {:>10} {:>9} {:>9} {:>9} {:>9} {:>7} {:>6} {:>15} {:>15}  missed (not held after {} s): {}",
+            "all",
+            "",
+            ms(quantile(&all, 0.0)),
+            ms(quantile(&all, 0.5)),
+            ms(quantile(&all, 0.99)),
+            ms(quantile(&all, 1.0)),
+            all.len(),
+            r.records.iter().map(|x| x.early).sum::<usize>(),
+            p50_p99(&gather(r, |x| &x.notified)),
+            p50_p99(&gather(r, |x| &x.syncs)),
+            MISS_AFTER.as_secs(),
+            r.missed
+        );
+        println!("(early: agents holding the key before create returned to the generator, counted as 0 ms; of the agents a notification woke: notify = create returned -> woken, sync = woken -> read and opened)");
+        let per = |n: u64| n as f64 / r.agents as f64 / r.periods;
+        let (reads, clock_reads, errors) = r.agent_requests;
+        println!(
+            "load over {:.2} periods: per agent per period {:.2} window reads + {:.2} clock reads = {:.2} requests ({} failed in all)",
+            r.periods,
+            per(reads),
+            per(clock_reads),
+            per(reads + clock_reads),
+            errors
+        );
+        let counted: Vec<String> = r
+            .store_load
+            .iter()
+            .map(|(k, v)| format!("{k} {v} ({:.2}/agent/period)", per(*v)))
+            .collect();
+        println!(
+            "store's own counters ({}): {}",
+            match r.store {
+                "Redis" => "replica INFO commandstats deltas; includes this benchmark's INFO and replicated SET/PUBLISH",
+                _ => "etcd /metrics deltas; gRPC calls include the generator's and the JSON gateway's",
+            },
+            counted.join(", ")
+        );
+        let cpu: Vec<String> = r.cpu.iter().map(|(n, c)| format!("{n} {c:.2} s")).collect();
+        println!(
+            "CPU over those {:.1} s (the machine has {:.1} CPU-s): {}",
+            r.periods * PERIOD.as_secs_f64(),
+            r.periods
+                * PERIOD.as_secs_f64()
+                * std::thread::available_parallelism().map_or(1.0, |n| n.get() as f64),
+            cpu.join(", ")
+        );
+    }
+    println!();
+    println!(
+        "{:<6} {:>7} {:>8} {:>9} {:>9} {:>9} {:>7} {:>22}  target p99 <= {} ms",
+        "store",
+        "agents",
+        "records",
+        "p50 ms",
+        "p99 ms",
+        "max ms",
+        "missed",
+        "requests/agent/period",
+        TARGET_P99.as_millis()
+    );
+    for r in reports {
+        let all = gather(r, |x| &x.latencies);
+        let p99 = quantile(&all, 0.99);
+        let (reads, clock_reads, _) = r.agent_requests;
+        println!(
+            "{:<6} {:>7} {:>8} {:>9} {:>9} {:>9} {:>7} {:>22.2}  {}",
+            r.store,
+            r.agents,
+            r.records.len(),
+            ms(quantile(&all, 0.5)),
+            ms(p99),
+            ms(quantile(&all, 1.0)),
+            r.missed,
+            (reads + clock_reads) as f64 / r.agents as f64 / r.periods,
+            if p99 <= TARGET_P99 && r.missed == 0 {
+                "met"
+            } else {
+                "MISSED"
+            }
+        );
+    }
+    println!("total run time {:.1} s", total.as_secs_f64());
+}
