@@ -293,7 +293,12 @@ async fn a_thousand_concurrent_clients_are_all_served() {
         );
     }
     let ring = ring();
-    let server = Server::start(&ring, Limits::default()).await;
+    // An odd number of worker threads: connections are dealt to each in turn.
+    let server_limits = Limits {
+        threads: 3,
+        ..Limits::default()
+    };
+    let server = Server::start(&ring, server_limits).await;
     let key = format!("ticket-key/{}", start_of(&ring, ring.current()));
     let want = value_reply(
         &key,
@@ -320,6 +325,7 @@ async fn a_thousand_concurrent_clients_are_all_served() {
     assert!(stats.contains("STAT total_connections 1001\r\n"), "{stats}");
     assert!(stats.contains("STAT get_hits 1000\r\n"), "{stats}");
     assert!(stats.contains("STAT rejected_connections 0\r\n"), "{stats}");
+    assert!(stats.contains("STAT threads 3\r\n"), "{stats}");
     server.shutdown().await;
 }
 

@@ -15,6 +15,7 @@
 //! | `ticket-ring/memcached-48` | the same in Cloudflare's 48-byte layout |
 //! | `ticket-ring/haproxy-80` | three 80-byte keys in HAProxy order: previous, encrypting, next |
 //! | `ticket-ring/apache-48` | the encrypting key alone, 48 bytes in Apache's layout |
+//! | `ticket-ring/rustls-48` | the whole ring for stek's rustls ticketer (crate `stek-rustls`), 48-byte keys (name16 aead32), nginx order |
 //! | `ticket-schedule` | text, no secrets: `period=<s> lifetime=<s> slot=<n> start=<unix s> encrypting=<key name hex> keys=<n> shared=<n>` |
 //!
 //! - `<slot start>` is the Unix time in seconds at which the slot begins (slot number times
@@ -46,8 +47,8 @@
 //! # Layout
 //!
 //! [`frame`] cuts lines, [`parse`] turns one into a [`parse::Command`], `cmd` answers each
-//! command, [`session`] is the per-connection protocol state without I/O, `connection` and
-//! `server` do the I/O, `shutdown` ends connections, [`bind`] makes a [`Listener`].
+//! command, [`session`] is the per-connection protocol state without I/O, `connection`, `server` and
+//! `workers` do the I/O, `shutdown` ends connections, [`bind`] makes a [`Listener`].
 //!
 //! ```no_run
 //! use std::sync::Arc;
@@ -76,6 +77,7 @@ pub mod session;
 mod shutdown;
 pub mod stats;
 mod table;
+mod workers;
 
 pub use bind::{bind, BindError};
 pub use server::{serve, Limits, Listener, MIN_LINE, TOO_MANY_CONNECTIONS};

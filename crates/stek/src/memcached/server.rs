@@ -16,6 +16,7 @@ use super::connection::{self, Shared};
 use super::shutdown::Connections;
 use super::stats::Stats;
 use super::table::KeyTable;
+use super::workers::{Detached, Job, Workers};
 
 /// The smallest `max_line` honoured: a `get` of one key of the longest allowed length (250
 /// bytes) must always fit.
@@ -46,17 +47,21 @@ pub struct Limits {
     /// The longest request line, without its `\r\n`; a longer one is answered
     /// `CLIENT_ERROR line too long` and the connection closed. At least [`MIN_LINE`].
     pub max_line: usize,
+    /// Threads serving connections, each with its own event loop (memcached's `-t`); at
+    /// least 1. The accept loop runs on the caller's runtime.
+    pub threads: usize,
 }
 
 impl Default for Limits {
     /// 4096 connections (a thousand clients at once are all served), 5 minutes idle, 8 KiB
     /// lines (a multi-get of 30 ring keys, or of every `ticket-key/` of an 18-hour window,
-    /// fits many times over).
+    /// fits many times over), one thread per CPU up to 4.
     fn default() -> Self {
         Limits {
             max_connections: 4096,
             idle_timeout: Duration::from_secs(300),
             max_line: 8192,
+            threads: std::thread::available_parallelism().map_or(2, |n| n.get().min(4)),
         }
     }
 }
@@ -102,7 +107,7 @@ enum Stream {
 
 /// Who connected, for logs.
 #[derive(Debug, Clone, Copy)]
-enum Peer {
+pub(crate) enum Peer {
     Tcp(SocketAddr),
     Unix,
 }
@@ -124,8 +129,12 @@ impl std::fmt::Display for Peer {
 /// server stops accepting, closes every connection and returns once all are gone, so no key
 /// outlives it in a connection's buffers.
 ///
-/// Returns an error only if the listener itself fails (not for a client's errors, nor for
-/// running out of file descriptors, which pauses accepting briefly).
+/// Connections are served on [`Limits::threads`] threads of the server's own (see the
+/// `workers` module); the accept loop and `shutdown` run on the caller's runtime.
+///
+/// Returns an error only if the worker threads cannot be started or the listener itself fails
+/// (not for a client's errors, nor for running out of file descriptors, which pauses
+/// accepting briefly).
 pub async fn serve(
     listener: Listener,
     table: watch::Receiver<Arc<KeyTable>>,
@@ -142,7 +151,9 @@ pub async fn serve(
         limits,
         stats: stats.clone(),
     });
+    let mut workers = Workers::start(shared.limits.threads, &table, &shared).await?;
     let rejecting = Arc::new(AtomicUsize::new(0));
+    // Refused connections, on this runtime: they never reach a worker.
     let mut connections = Connections::default();
     tokio::pin!(shutdown);
 
@@ -188,28 +199,27 @@ pub async fn serve(
             continue;
         }
 
-        let guard = stats.connection_opened();
-        let table = table.clone();
-        let shared = shared.clone();
-        connections.spawn(async move {
-            let _guard = guard;
-            let r = match stream {
-                Stream::Tcp(s) => {
-                    // Replies are whole batches: Nagle would only delay them.
-                    if let Err(e) = s.set_nodelay(true) {
-                        debug!(%peer, "TCP_NODELAY: {e}");
-                    }
-                    connection::run(s, table, &shared).await
+        let stream = match stream {
+            Stream::Tcp(s) => {
+                // Replies are whole batches: Nagle would only delay them.
+                if let Err(e) = s.set_nodelay(true) {
+                    debug!(%peer, "TCP_NODELAY: {e}");
                 }
-                Stream::Unix(s) => connection::run(s, table, &shared).await,
-            };
-            match r {
-                Ok(end) => debug!(%peer, "memcached connection ended: {end:?}"),
-                Err(e) => debug!(%peer, "memcached connection ended: {e}"),
+                s.into_std().map(Detached::Tcp)
             }
-        });
+            Stream::Unix(s) => s.into_std().map(Detached::Unix),
+        };
+        match stream {
+            Ok(stream) => workers.dispatch(Job {
+                stream,
+                peer,
+                guard: stats.connection_opened(),
+            }),
+            Err(e) => debug!(%peer, "memcached connection dropped: {e}"),
+        }
     };
     connections.close_all().await;
+    workers.stop().await;
     result
 }
 

@@ -446,7 +446,7 @@ mod tests {
             "STAT pid ",
             "STAT cmd_get 1\r\n",
             "STAT get_hits 1\r\n",
-            "STAT curr_items 9\r\n",
+            "STAT curr_items 10\r\n",
             "STAT ring_slot 100\r\n",
             "STAT ring_start 400\r\n",
             "STAT ring_shared_keys 3\r\n",

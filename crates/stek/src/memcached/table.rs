@@ -263,6 +263,7 @@ pub(crate) mod tests {
                 "ticket-ring/memcached-48",
                 "ticket-ring/nginx-48",
                 "ticket-ring/nginx-80",
+                "ticket-ring/rustls-48",
                 "ticket-schedule",
             ]
         );

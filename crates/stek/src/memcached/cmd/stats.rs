@@ -27,6 +27,7 @@ pub(crate) fn execute(group: StatsGroup, ctx: &Context<'_>, out: &mut Vec<u8>) {
             stat("time", &time);
             stat("version", &VERSION);
             stat("pointer_size", &(usize::BITS));
+            stat("threads", &ctx.limits.threads);
             stat("curr_connections", &snap.curr_connections);
             stat("total_connections", &snap.total_connections);
             stat("rejected_connections", &snap.rejected_connections);
@@ -46,6 +47,7 @@ pub(crate) fn execute(group: StatsGroup, ctx: &Context<'_>, out: &mut Vec<u8>) {
         }
         StatsGroup::Settings => {
             stat("maxconns", &ctx.limits.max_connections);
+            stat("num_threads", &ctx.limits.threads);
             stat("idle_timeout", &ctx.limits.idle_timeout.as_secs());
             stat("max_line", &ctx.limits.max_line);
             stat("key_max_length", &MAX_KEY_LEN);
