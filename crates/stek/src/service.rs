@@ -49,6 +49,13 @@ pub async fn generator_round<S: Store>(store: &S, groups: &[GroupPlan], now: Dur
     let mut ok = true;
     for g in groups {
         let seal = |k: &SlotKey| (g.seal)(k);
+        // Records whose key left every window go now, whatever the store's expiry says.
+        let oldest = g.schedule.window_at(now).first;
+        match store.remove_before(&g.name, oldest).await {
+            Ok(0) => {}
+            Ok(n) => info!("group {}: removed {n} expired record(s) from the store", g.name),
+            Err(e) => warn!("group {}: could not remove expired records: {e}", g.name),
+        }
         match publish_upcoming(store, &g.schedule, &g.name, now, seal).await {
             Ok(done) => {
                 for (_, outcome) in done {

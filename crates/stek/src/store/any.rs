@@ -75,6 +75,13 @@ impl Store for AnyStore {
         }
     }
 
+    async fn remove_before(&self, group: &str, slot: Slot) -> Result<u64, StoreError> {
+        match self {
+            AnyStore::Redis(s) => s.remove_before(group, slot).await,
+            AnyStore::Etcd(s) => s.remove_before(group, slot).await,
+        }
+    }
+
     async fn server_time(&self) -> Result<Option<Duration>, StoreError> {
         match self {
             AnyStore::Redis(s) => s.server_time().await.map(Some),

@@ -391,6 +391,19 @@ impl Store for EtcdStore {
         Some(rx)
     }
 
+    async fn remove_before(&self, group: &str, slot: Slot) -> Result<u64, StoreError> {
+        if slot.0 == 0 {
+            return Ok(0);
+        }
+        // Keys sort by slot (20 zero-padded digits), so one range covers every older slot.
+        let req = RangeRequest {
+            key: BASE64.encode(slot_key(group, Slot(0))),
+            range_end: Some(BASE64.encode(slot_key(group, slot))),
+        };
+        let resp: DeleteRangeResponse = self.conn.call("/v3/kv/deleterange", &req).await?;
+        Ok(resp.deleted)
+    }
+
     async fn server_time(&self) -> Result<Option<Duration>, StoreError> {
         EtcdStore::server_time(self).await.map(Some)
     }
@@ -959,6 +972,19 @@ struct RangeRequest {
     key: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     range_end: Option<String>,
+}
+
+/// The gateway's answer to `/v3/kv/deleterange` (`deleted` is a 64-bit integer as a string, left
+/// out when zero).
+#[derive(Deserialize)]
+struct DeleteRangeResponse {
+    #[serde(default, deserialize_with = "uint64")]
+    deleted: u64,
+}
+
+fn uint64<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+    let v = int64(d)?;
+    u64::try_from(v).map_err(serde::de::Error::custom)
 }
 
 #[derive(Serialize)]

@@ -93,6 +93,20 @@ pub trait Store: Send + Sync + 'static {
     /// A receiver that ticks whenever a record of `group` is created, if the store can notify.
     fn changes(&self, group: &str) -> Option<watch::Receiver<u64>>;
 
+    /// Deletes every record of `group` for slots before `slot`, for stores whose expiry alone is
+    /// not trustworthy (etcd renews every lease to its full TTL when a leader is elected, so a
+    /// restart would keep sealed records far past their erasure). Generators call it each round
+    /// with the oldest slot still in any window. Returns how many records were deleted; stores
+    /// whose expiry is exact may do nothing.
+    fn remove_before(
+        &self,
+        group: &str,
+        slot: Slot,
+    ) -> impl Future<Output = Result<u64, StoreError>> + Send {
+        let _ = (group, slot);
+        async { Ok(0) }
+    }
+
     /// The store's clock (time since the Unix epoch), if it has one to offer: agents measure
     /// their clock offset against it. `Ok(None)` when the store cannot tell.
     fn server_time(&self) -> impl Future<Output = Result<Option<Duration>, StoreError>> + Send {
