@@ -7,9 +7,10 @@
 //!
 //! Timing: P = 4 s, L = 8 s, so R = 2 and a window is 4 keys. A generator publishes the keys due
 //! at a boundary P/8 = 0.5 s early, so slot `e`'s record exists from 3.5 s into slot `e - 2` (the
-//! lead of one period plus that margin), and an agent first reads it when slot `e - 1` starts
-//! (it enters the window as the next key). Rings are sampled at [`MID`], long after every agent
-//! rotated and before the generator's next round.
+//! lead of one period plus that margin). Agents fetch one slot beyond their window, so they read
+//! it at once (on the store's notification) and install it when slot `e - 1` starts (it enters
+//! the window as the next key). Rings are sampled at [`MID`], long after every agent rotated and
+//! before the generator's next round.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
@@ -24,8 +25,8 @@ use base64::Engine as _;
 use stek::status::Status;
 
 use super::{
-    free_port, handshake, make_cert, require, sleep_into_next_slot, sleep_until_slot, ticket_name, unix_now, wait_for,
-    Nginx, Proc, Tls,
+    free_port, handshake, make_cert, require, sleep_into_next_slot, sleep_until_slot, ticket_name,
+    unix_now, wait_for, Nginx, Proc, Tls,
 };
 
 /// The period, in seconds.
@@ -72,14 +73,22 @@ pub fn keygen(root: &Path, kind: &str, name: &str) -> (PathBuf, String) {
         .arg(&out)
         .output()
         .expect("run stek keygen");
-    assert!(o.status.success(), "stek keygen: {}", String::from_utf8_lossy(&o.stderr));
+    assert!(
+        o.status.success(),
+        "stek keygen: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
     let public = String::from_utf8_lossy(&o.stdout)
         .lines()
         .last()
         .expect("a public key on stdout")
         .trim()
         .to_owned();
-    let prefix = if kind == "group" { "stek-group1:" } else { "stek-generator1:" };
+    let prefix = if kind == "group" {
+        "stek-group1:"
+    } else {
+        "stek-generator1:"
+    };
     assert!(public.starts_with(prefix), "public key {public:?}");
     (out, public)
 }
@@ -87,12 +96,26 @@ pub fn keygen(root: &Path, kind: &str, name: &str) -> (PathBuf, String) {
 // ---- stek processes ---------------------------------------------------------------------------
 
 /// `stek generator` for [`GROUP`] with recipients `recipients` (comma-separated public keys).
-pub fn generator(root: &Path, name: &str, url: &str, recipients: &str, key: &Path, extra: &[&str]) -> Proc {
+pub fn generator(
+    root: &Path,
+    name: &str,
+    url: &str,
+    recipients: &str,
+    key: &Path,
+    extra: &[&str],
+) -> Proc {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_stek"));
-    cmd.args(["generator", "--store", url, "--group", &format!("{GROUP}={recipients}"), "--signing-key"])
-        .arg(key)
-        .args(["--period", "4s", "--lifetime", "8s"])
-        .args(extra);
+    cmd.args([
+        "generator",
+        "--store",
+        url,
+        "--group",
+        &format!("{GROUP}={recipients}"),
+        "--signing-key",
+    ])
+    .arg(key)
+    .args(["--period", "4s", "--lifetime", "8s"])
+    .args(extra);
     Proc::spawn(name, &mut cmd, root.join(format!("{name}.log")))
 }
 
@@ -100,9 +123,12 @@ pub fn generator(root: &Path, name: &str, url: &str, recipients: &str, key: &Pat
 pub fn generated(log: &str) -> BTreeMap<u64, String> {
     let mut out = BTreeMap::new();
     for line in log.lines() {
-        let Some((_, rest)) = line.split_once("generated key ") else { continue };
+        let Some((_, rest)) = line.split_once("generated key ") else {
+            continue;
+        };
         let mut words = rest.split_whitespace();
-        let (Some(name), Some("for"), Some("slot"), Some(slot)) = (words.next(), words.next(), words.next(), words.next())
+        let (Some(name), Some("for"), Some("slot"), Some(slot)) =
+            (words.next(), words.next(), words.next(), words.next())
         else {
             continue;
         };
@@ -123,18 +149,42 @@ pub struct Agent {
 impl Agent {
     /// Starts an agent of `group` writing the nginx files under `ROOT/NAME`, and waits for its
     /// first status.
-    pub fn start(root: &Path, name: &str, url: &str, group: &str, identity: &Path, trust: &str, extra: &[&str]) -> Agent {
+    pub fn start(
+        root: &Path,
+        name: &str,
+        url: &str,
+        group: &str,
+        identity: &Path,
+        trust: &str,
+        extra: &[&str],
+    ) -> Agent {
         let dir = root.join(name);
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_stek"));
         cmd.args(["agent", "--store", url, "--group", group, "--identity"])
             .arg(identity)
             .args(["--trust", trust, "--dir"])
             .arg(&dir)
-            .args(["--period", "4s", "--lifetime", "8s", "--no-memcached", "--sinks", "nginx"])
+            .args([
+                "--period",
+                "4s",
+                "--lifetime",
+                "8s",
+                "--no-memcached",
+                "--sinks",
+                "nginx",
+            ])
             .args(extra);
         let proc = Proc::spawn(name, &mut cmd, root.join(format!("{name}.log")));
-        let a = Agent { name: name.to_owned(), dir, proc };
-        wait_for(&format!("{name}'s first status.json"), Duration::from_secs(10), || a.status());
+        let a = Agent {
+            name: name.to_owned(),
+            dir,
+            proc,
+        };
+        wait_for(
+            &format!("{name}'s first status.json"),
+            Duration::from_secs(10),
+            || a.status(),
+        );
         a
     }
 
@@ -146,15 +196,19 @@ impl Agent {
 
     /// Waits for the agent's status of `slot` (written at the slot's first sync).
     pub fn status_at(&self, slot: u64) -> Status {
-        wait_for(&format!("{}'s status of slot {slot}", self.name), Duration::from_secs(3), || {
-            self.status().filter(|s| s.slot >= slot)
-        })
+        wait_for(
+            &format!("{}'s status of slot {slot}", self.name),
+            Duration::from_secs(3),
+            || self.status().filter(|s| s.slot >= slot),
+        )
     }
 
     /// The 80-byte nginx key files the agent holds now.
     pub fn key_files(&self) -> Vec<Vec<u8>> {
         let mut out = Vec::new();
-        let Ok(rd) = fs::read_dir(self.dir.join("nginx/keys")) else { return out };
+        let Ok(rd) = fs::read_dir(self.dir.join("nginx/keys")) else {
+            return out;
+        };
         for e in rd.flatten() {
             if let Ok(b) = fs::read(e.path()) {
                 assert_eq!(b.len(), 80, "{}", e.path().display());
@@ -168,7 +222,11 @@ impl Agent {
 /// Waits until an agent wrote its nginx include file and returns its path.
 pub fn wait_nginx_conf_in(dir: &Path) -> PathBuf {
     let conf = dir.join("nginx/tickets.conf");
-    wait_for("the agent's nginx include file", Duration::from_secs(10), || conf.exists().then_some(()));
+    wait_for(
+        "the agent's nginx include file",
+        Duration::from_secs(10),
+        || conf.exists().then_some(()),
+    );
     conf
 }
 
@@ -181,12 +239,19 @@ pub fn statuses_at(agents: &[&Agent], slot: u64) -> Vec<Status> {
 pub type RingView = Vec<(u64, String, String, String)>;
 
 pub fn ring(s: &Status) -> RingView {
-    s.keys.iter().map(|k| (k.slot, k.role.clone(), k.name.clone(), k.origin.clone())).collect()
+    s.keys
+        .iter()
+        .map(|k| (k.slot, k.role.clone(), k.name.clone(), k.origin.clone()))
+        .collect()
 }
 
 /// The shared keys of a status: slot -> name.
 pub fn shared(s: &Status) -> BTreeMap<u64, String> {
-    s.keys.iter().filter(|k| k.origin == "shared").map(|k| (k.slot, k.name.clone())).collect()
+    s.keys
+        .iter()
+        .filter(|k| k.origin == "shared")
+        .map(|k| (k.slot, k.name.clone()))
+        .collect()
 }
 
 fn describe(agents: &[&Agent], st: &[Status]) -> String {
@@ -206,7 +271,11 @@ pub fn assert_identical_shared(agents: &[&Agent], st: &[Status]) {
         assert_eq!(ring(s), first, "rings differ:\n{}", describe(agents, st));
         assert_eq!(s.encrypting, "current", "{}", describe(agents, st));
         assert_eq!(s.keys.len() as u64, R + 2, "{}", describe(agents, st));
-        assert!(s.keys.iter().all(|k| k.origin == "shared"), "a local key in the ring:\n{}", describe(agents, st));
+        assert!(
+            s.keys.iter().all(|k| k.origin == "shared"),
+            "a local key in the ring:\n{}",
+            describe(agents, st)
+        );
     }
 }
 
@@ -218,10 +287,18 @@ impl Names {
     pub fn add(&mut self, who: &str, s: &Status) {
         for (slot, name) in shared(s) {
             let seen = self.0.entry(slot).or_insert_with(|| name.clone());
-            assert_eq!(*seen, name, "{who}: slot {slot} changed its key from {seen} to {name}");
+            assert_eq!(
+                *seen, name,
+                "{who}: slot {slot} changed its key from {seen} to {name}"
+            );
         }
         let names: BTreeSet<&String> = self.0.values().collect();
-        assert_eq!(names.len(), self.0.len(), "one key name serves two slots: {:?}", self.0);
+        assert_eq!(
+            names.len(),
+            self.0.len(),
+            "one key name serves two slots: {:?}",
+            self.0
+        );
     }
 
     pub fn contains_name(&self, name: &str) -> bool {
@@ -248,8 +325,12 @@ pub trait Backend {
     /// Checks the record's store-side metadata (expiry, and for etcd version and lease) and
     /// returns how long it has left to live.
     fn check_record(&self, group: &str, slot: u64) -> Duration;
-    /// Everything the store keeps that an attacker could read: dumps, files on disk, raw values.
-    fn dumps(&self) -> Vec<(String, Vec<u8>)>;
+    /// Everything the store keeps that an attacker could read: (what, bytes, whether it is a
+    /// whole-store dump or file rather than one raw value).
+    fn dumps(&self) -> Vec<(String, Vec<u8>, bool)>;
+    /// How late past its erase time a record may still be returned: the store's expiry
+    /// granularity plus the test's polling.
+    fn expiry_slack(&self) -> Duration;
     /// Stops the node the agents read (SIGKILL).
     fn stop(&mut self);
     /// Starts it again on the same address.
@@ -257,7 +338,11 @@ pub trait Backend {
 }
 
 fn output_text(o: &Output) -> String {
-    format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
 }
 
 // ---- Redis ------------------------------------------------------------------------------------
@@ -279,32 +364,67 @@ impl RedisNode {
         require("redis-cli");
         let dir = root.join(name);
         fs::create_dir_all(&dir).expect("redis dir");
-        let mut n = RedisNode { name: name.to_owned(), port: free_port(), dir, replicaof, proc: None };
+        let mut n = RedisNode {
+            name: name.to_owned(),
+            port: free_port(),
+            dir,
+            replicaof,
+            proc: None,
+        };
         n.spawn();
         n
     }
 
     fn spawn(&mut self) {
         let mut cmd = Command::new("redis-server");
-        cmd.args(["--bind", "127.0.0.1", "--port", &self.port.to_string(), "--save", "", "--appendonly", "no"])
-            // Uncompressed dumps: the key-material check reads them byte for byte.
-            .args(["--rdbcompression", "no", "--dir"])
-            .arg(&self.dir);
+        cmd.args([
+            "--bind",
+            "127.0.0.1",
+            "--port",
+            &self.port.to_string(),
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ])
+        // Uncompressed dumps: the key-material check reads them byte for byte.
+        .args(["--rdbcompression", "no", "--dir"])
+        .arg(&self.dir);
         match self.replicaof {
             Some(p) => cmd.args(["--replicaof", "127.0.0.1", &p.to_string()]),
             None => cmd.args(["--repl-diskless-sync-delay", "0"]),
         };
-        let log = self.dir.join(format!("{}-{}.log", self.name, unix_now().as_millis()));
+        let log = self
+            .dir
+            .join(format!("{}-{}.log", self.name, unix_now().as_millis()));
         self.proc = Some(Proc::spawn(&self.name, &mut cmd, log));
-        wait_for(&format!("{} to answer PING", self.name), Duration::from_secs(10), || {
-            (self.cli(&["PING"]) == b"PONG\n").then_some(())
-        });
-        if self.replicaof.is_some() {
-            wait_for(&format!("{} to sync with its primary", self.name), Duration::from_secs(10), || {
-                String::from_utf8_lossy(&self.cli(&["INFO", "replication"]))
-                    .contains("master_link_status:up")
-                    .then_some(())
-            });
+        wait_for(
+            &format!("{} to answer PING", self.name),
+            Duration::from_secs(10),
+            || (self.cli(&["PING"]) == b"PONG\n").then_some(()),
+        );
+        if let Some(primary) = self.replicaof {
+            wait_for(
+                &format!("{} to sync with its primary", self.name),
+                Duration::from_secs(10),
+                || {
+                    String::from_utf8_lossy(&self.cli(&["INFO", "replication"]))
+                        .contains("master_link_status:up")
+                        .then_some(())
+                },
+            );
+            // After a diskless sync the primary streams writes to the replica only once it
+            // acknowledged the dump (its first REPLCONF ACK, up to a second later; INFO already
+            // says online): until then new records reach the replica late. Wait for a write.
+            let probe = format!("probe:{}", self.port);
+            let r = cli_port(primary, &["SET", &probe, "1", "PX", "60000"], None);
+            assert_eq!(r, b"OK\n", "SET {probe}");
+            wait_for(
+                &format!("writes to reach {}", self.name),
+                Duration::from_secs(10),
+                || (self.cli(&["GET", &probe]) == b"1\n").then_some(()),
+            );
+            cli_port(primary, &["DEL", &probe], None);
         }
     }
 
@@ -315,24 +435,7 @@ impl RedisNode {
 
     /// `redis-cli --raw -x ARGS` with `input` as the last argument.
     pub fn cli_in(&self, args: &[&str], input: Option<&[u8]>) -> Vec<u8> {
-        let mut cmd = Command::new("redis-cli");
-        cmd.args(["-p", &self.port.to_string(), "--raw"]);
-        if input.is_some() {
-            cmd.arg("-x");
-        }
-        let mut child = cmd
-            .args(args)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("run redis-cli");
-        let mut stdin = child.stdin.take().expect("stdin");
-        if let Some(b) = input {
-            stdin.write_all(b).expect("write to redis-cli");
-        }
-        drop(stdin);
-        child.wait_with_output().expect("redis-cli output").stdout
+        cli_port(self.port, args, input)
     }
 
     fn keys(&self, group: &str) -> BTreeSet<u64> {
@@ -357,10 +460,19 @@ impl RedisNode {
             .arg(&file)
             .output()
             .expect("run redis-cli --rdb");
-        assert!(o.status.success(), "redis-cli --rdb on {}: {}", self.name, output_text(&o));
+        assert!(
+            o.status.success(),
+            "redis-cli --rdb on {}: {}",
+            self.name,
+            output_text(&o)
+        );
         let bytes = fs::read(&file).expect("read the dump");
         let _ = fs::remove_file(&file);
-        assert!(bytes.starts_with(b"REDIS"), "{} is not an RDB file", file.display());
+        assert!(
+            bytes.starts_with(b"REDIS"),
+            "{} is not an RDB file",
+            file.display()
+        );
         bytes
     }
 
@@ -371,6 +483,28 @@ impl RedisNode {
             let _ = p.child.wait();
         }
     }
+}
+
+/// `redis-cli -p PORT --raw [-x] ARGS` (with `input` as the last argument): its stdout.
+fn cli_port(port: u16, args: &[&str], input: Option<&[u8]>) -> Vec<u8> {
+    let mut cmd = Command::new("redis-cli");
+    cmd.args(["-p", &port.to_string(), "--raw"]);
+    if input.is_some() {
+        cmd.arg("-x");
+    }
+    let mut child = cmd
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run redis-cli");
+    let mut stdin = child.stdin.take().expect("stdin");
+    if let Some(b) = input {
+        stdin.write_all(b).expect("write to redis-cli");
+    }
+    drop(stdin);
+    child.wait_with_output().expect("redis-cli output").stdout
 }
 
 /// A Redis primary (where generators write) and a read replica (where agents read).
@@ -424,28 +558,47 @@ impl Backend for RedisFleet {
         let key = redis_key(group, slot);
         let r = self.primary.cli_in(&["SET", &key], Some(value));
         assert_eq!(r, b"OK\n", "SET {key}");
-        let r = self.primary.cli(&["PEXPIREAT", &key, &expires_at.as_millis().to_string()]);
+        let r = self
+            .primary
+            .cli(&["PEXPIREAT", &key, &expires_at.as_millis().to_string()]);
         assert_eq!(r, b"1\n", "PEXPIREAT {key}");
     }
 
     fn check_record(&self, group: &str, slot: u64) -> Duration {
         let key = redis_key(group, slot);
-        let text = String::from_utf8_lossy(&self.primary.cli(&["PTTL", &key])).trim().to_owned();
-        let ms: i64 = text.parse().unwrap_or_else(|_| panic!("PTTL {key}: {text:?}"));
+        let text = String::from_utf8_lossy(&self.primary.cli(&["PTTL", &key]))
+            .trim()
+            .to_owned();
+        let ms: i64 = text
+            .parse()
+            .unwrap_or_else(|_| panic!("PTTL {key}: {text:?}"));
         // -2: gone since it was listed (it expired); -1 would be a record without expiry.
         assert!(ms != -1, "{key} has no expiry");
         Duration::from_millis(ms.max(0) as u64)
     }
 
-    fn dumps(&self) -> Vec<(String, Vec<u8>)> {
+    fn dumps(&self) -> Vec<(String, Vec<u8>, bool)> {
         let mut out = vec![
-            ("the primary's RDB dump".to_owned(), self.primary.rdb()),
-            ("the replica's RDB dump".to_owned(), self.replica.rdb()),
+            (
+                "the primary's RDB dump".to_owned(),
+                self.primary.rdb(),
+                true,
+            ),
+            (
+                "the replica's RDB dump".to_owned(),
+                self.replica.rdb(),
+                true,
+            ),
         ];
         for (slot, v) in self.records(GROUP) {
-            out.push((format!("GET {}", redis_key(GROUP, slot)), v));
+            out.push((format!("GET {}", redis_key(GROUP, slot)), v, false));
         }
         out
+    }
+
+    /// Redis expires keys to the millisecond (reads check the expiry; replicas too).
+    fn expiry_slack(&self) -> Duration {
+        Duration::from_millis(500)
     }
 
     fn stop(&mut self) {
@@ -488,10 +641,22 @@ impl EtcdNode {
         let mut cmd = Command::new("etcd");
         cmd.args(["--name", "n1", "--data-dir"])
             .arg(&self.data)
-            .args(["--listen-client-urls", &client, "--advertise-client-urls", &client])
-            .args(["--listen-peer-urls", &peer, "--initial-advertise-peer-urls", &peer])
+            .args([
+                "--listen-client-urls",
+                &client,
+                "--advertise-client-urls",
+                &client,
+            ])
+            .args([
+                "--listen-peer-urls",
+                &peer,
+                "--initial-advertise-peer-urls",
+                &peer,
+            ])
             .args(["--initial-cluster", &format!("n1={peer}")]);
-        let log = self.root.join(format!("etcd-{}.log", unix_now().as_millis()));
+        let log = self
+            .root
+            .join(format!("etcd-{}.log", unix_now().as_millis()));
         self.proc = Some(Proc::spawn("etcd", &mut cmd, log));
         wait_for("etcd to be healthy", Duration::from_secs(20), || {
             let (code, body) = self.http("GET", "/health", None)?;
@@ -500,7 +665,12 @@ impl EtcdNode {
     }
 
     /// One HTTP/1.0 request to the member's client port: (status, body).
-    pub fn http(&self, method: &str, path: &str, body: Option<&serde_json::Value>) -> Option<(u16, String)> {
+    pub fn http(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<&serde_json::Value>,
+    ) -> Option<(u16, String)> {
         let mut s = TcpStream::connect(("127.0.0.1", self.client_port)).ok()?;
         s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
         let body = body.map(|b| b.to_string()).unwrap_or_default();
@@ -519,7 +689,9 @@ impl EtcdNode {
 
     /// A gateway call that must succeed.
     pub fn call(&self, path: &str, body: serde_json::Value) -> serde_json::Value {
-        let (code, text) = self.http("POST", path, Some(&body)).unwrap_or_else(|| panic!("etcd {path}: no answer"));
+        let (code, text) = self
+            .http("POST", path, Some(&body))
+            .unwrap_or_else(|| panic!("etcd {path}: no answer"));
         assert_eq!(code, 200, "etcd {path}: {text}");
         serde_json::from_str(&text).unwrap_or_else(|e| panic!("etcd {path}: {e}: {text}"))
     }
@@ -528,8 +700,14 @@ impl EtcdNode {
     pub fn range(&self, group: &str) -> Vec<serde_json::Value> {
         let prefix = format!("stek/{group}/");
         let end = format!("stek/{group}0");
-        let r = self.call("/v3/kv/range", serde_json::json!({"key": BASE64.encode(&prefix), "range_end": BASE64.encode(&end)}));
-        r.get("kvs").and_then(|k| k.as_array()).cloned().unwrap_or_default()
+        let r = self.call(
+            "/v3/kv/range",
+            serde_json::json!({"key": BASE64.encode(&prefix), "range_end": BASE64.encode(&end)}),
+        );
+        r.get("kvs")
+            .and_then(|k| k.as_array())
+            .cloned()
+            .unwrap_or_default()
     }
 
     pub fn kill(&mut self) {
@@ -548,7 +726,9 @@ fn etcd_key(group: &str, slot: u64) -> String {
 pub fn int_field(v: &serde_json::Value, field: &str) -> i64 {
     match v.get(field) {
         None => 0,
-        Some(serde_json::Value::String(s)) => s.parse().unwrap_or_else(|_| panic!("{field}: {s:?}")),
+        Some(serde_json::Value::String(s)) => {
+            s.parse().unwrap_or_else(|_| panic!("{field}: {s:?}"))
+        }
         Some(serde_json::Value::Number(n)) => n.as_i64().unwrap_or_else(|| panic!("{field}: {n}")),
         Some(other) => panic!("{field}: {other}"),
     }
@@ -556,21 +736,29 @@ pub fn int_field(v: &serde_json::Value, field: &str) -> i64 {
 
 fn kv_slot(kv: &serde_json::Value) -> Option<u64> {
     let key = BASE64.decode(kv.get("key")?.as_str()?).ok()?;
-    String::from_utf8(key).ok()?.rsplit('/').next()?.parse().ok()
+    String::from_utf8(key)
+        .ok()?
+        .rsplit('/')
+        .next()?
+        .parse()
+        .ok()
 }
 
 fn kv_value(kv: &serde_json::Value) -> Vec<u8> {
-    kv.get("value").and_then(|v| v.as_str()).map(|v| BASE64.decode(v).expect("base64 value")).unwrap_or_default()
+    kv.get("value")
+        .and_then(|v| v.as_str())
+        .map(|v| BASE64.decode(v).expect("base64 value"))
+        .unwrap_or_default()
 }
 
-fn files_under(dir: &Path, out: &mut Vec<(String, Vec<u8>)>) {
+fn files_under(dir: &Path, out: &mut Vec<(String, Vec<u8>, bool)>) {
     let Ok(rd) = fs::read_dir(dir) else { return };
     for e in rd.flatten() {
         let p = e.path();
         if p.is_dir() {
             files_under(&p, out);
         } else if let Ok(b) = fs::read(&p) {
-            out.push((p.display().to_string(), b));
+            out.push((format!("etcd's file {}", p.display()), b, true));
         }
     }
 }
@@ -589,7 +777,10 @@ impl Backend for EtcdNode {
     }
 
     fn records(&self, group: &str) -> BTreeMap<u64, Vec<u8>> {
-        self.range(group).iter().filter_map(|kv| Some((kv_slot(kv)?, kv_value(kv)))).collect()
+        self.range(group)
+            .iter()
+            .filter_map(|kv| Some((kv_slot(kv)?, kv_value(kv))))
+            .collect()
     }
 
     fn live_slots(&self, group: &str) -> BTreeSet<u64> {
@@ -598,7 +789,10 @@ impl Backend for EtcdNode {
 
     fn put(&self, group: &str, slot: u64, value: &[u8], expires_at: Duration) {
         let ttl = expires_at.saturating_sub(unix_now()).as_secs() + 1;
-        let lease = self.call("/v3/lease/grant", serde_json::json!({"TTL": ttl.to_string()}));
+        let lease = self.call(
+            "/v3/lease/grant",
+            serde_json::json!({"TTL": ttl.to_string()}),
+        );
         let id = int_field(&lease, "ID");
         self.call(
             "/v3/kv/put",
@@ -609,29 +803,53 @@ impl Backend for EtcdNode {
     /// Every record is written once (version 1) and held by a lease that is still running.
     fn check_record(&self, group: &str, slot: u64) -> Duration {
         let key = etcd_key(group, slot);
-        let r = self.call("/v3/kv/range", serde_json::json!({"key": BASE64.encode(&key)}));
-        let Some(kv) = r.get("kvs").and_then(|k| k.as_array()).and_then(|k| k.first()).cloned() else {
+        let r = self.call(
+            "/v3/kv/range",
+            serde_json::json!({"key": BASE64.encode(&key)}),
+        );
+        let Some(kv) = r
+            .get("kvs")
+            .and_then(|k| k.as_array())
+            .and_then(|k| k.first())
+            .cloned()
+        else {
             return Duration::ZERO; // expired since it was listed
         };
         assert_eq!(int_field(&kv, "version"), 1, "{key} was overwritten: {kv}");
         let lease = int_field(&kv, "lease");
         assert_ne!(lease, 0, "{key} has no lease: {kv}");
-        let t = self.call("/v3/lease/timetolive", serde_json::json!({"ID": lease.to_string()}));
+        let t = self.call(
+            "/v3/lease/timetolive",
+            serde_json::json!({"ID": lease.to_string()}),
+        );
         let ttl = int_field(&t, "TTL");
-        assert!(ttl != -1, "the lease of {key} is gone but the key is not: {t}");
+        assert!(
+            ttl != -1,
+            "the lease of {key} is gone but the key is not: {t}"
+        );
         Duration::from_secs(ttl.max(0) as u64)
     }
 
     /// The member's files on disk (WAL and the bolt database keep history, deleted keys too)
     /// and the raw values.
-    fn dumps(&self) -> Vec<(String, Vec<u8>)> {
+    fn dumps(&self) -> Vec<(String, Vec<u8>, bool)> {
         let mut out = Vec::new();
         files_under(&self.data, &mut out);
-        assert!(!out.is_empty(), "no etcd files under {}", self.data.display());
+        assert!(
+            !out.is_empty(),
+            "no etcd files under {}",
+            self.data.display()
+        );
         for (slot, v) in self.records(GROUP) {
-            out.push((format!("the value of {}", etcd_key(GROUP, slot)), v));
+            out.push((format!("the value of {}", etcd_key(GROUP, slot)), v, false));
         }
         out
+    }
+
+    /// Lease TTLs are whole seconds (the product rounds up) and etcd revokes expired leases
+    /// in a loop every 500 ms.
+    fn expiry_slack(&self) -> Duration {
+        Duration::from_millis(2500)
     }
 
     fn stop(&mut self) {
@@ -645,9 +863,69 @@ impl Backend for EtcdNode {
 
 // ---- scenarios --------------------------------------------------------------------------------
 
-/// Whether `needle` occurs in `hay`.
-fn contains(hay: &[u8], needle: &[u8]) -> bool {
-    needle.is_empty() || hay.windows(needle.len()).any(|w| w == needle)
+/// Many byte strings (2 to [`Needles::MAX`] bytes) looked for at once, each with a description.
+/// Fast enough for etcd's 64 MB preallocated WAL in a debug build: all-zero blocks are skipped
+/// with a memcmp and other positions are filtered by their first two bytes.
+pub struct Needles {
+    by_prefix: Vec<Vec<(Vec<u8>, String)>>,
+}
+
+impl Needles {
+    const MAX: usize = 128;
+    const BLOCK: usize = 4096;
+
+    pub fn new() -> Needles {
+        Needles {
+            by_prefix: vec![Vec::new(); 1 << 16],
+        }
+    }
+
+    pub fn add(&mut self, needle: &[u8], what: String) {
+        assert!(
+            (2..=Self::MAX).contains(&needle.len()),
+            "needle of {} bytes",
+            needle.len()
+        );
+        self.by_prefix[usize::from(u16::from_be_bytes([needle[0], needle[1]]))]
+            .push((needle.to_vec(), what));
+    }
+
+    /// The description of a needle found in `hay`, if any.
+    pub fn find(&self, hay: &[u8]) -> Option<&str> {
+        static ZERO: [u8; Needles::BLOCK] = [0; Needles::BLOCK];
+        let blocks: Vec<bool> = hay
+            .chunks(Self::BLOCK)
+            .map(|c| c != &ZERO[..c.len()])
+            .collect();
+        for (b, nonzero) in blocks.iter().enumerate() {
+            let start = b * Self::BLOCK;
+            let end = (start + Self::BLOCK).min(hay.len().saturating_sub(1));
+            // A match starting in a zero block must reach into the next one.
+            let from = if *nonzero {
+                start
+            } else if blocks.get(b + 1) == Some(&true) {
+                end.saturating_sub(Self::MAX).max(start)
+            } else {
+                continue;
+            };
+            for i in from..end {
+                let candidates =
+                    &self.by_prefix[usize::from(u16::from_be_bytes([hay[i], hay[i + 1]]))];
+                for (n, what) in candidates {
+                    if hay[i..].starts_with(n) {
+                        return Some(what);
+                    }
+                }
+            }
+        }
+        None
+    }
+}
+
+impl Default for Needles {
+    fn default() -> Self {
+        Self::new()
+    }
 }
 
 /// Done when: three agents on the store's read side and two generators on the write side hold
@@ -657,14 +935,42 @@ pub fn identical_rings_and_generator_kill(b: &mut dyn Backend, root: &Path) {
     let (k1, pub1) = keygen(root, "generator", "gen1.key");
     let (k2, pub2) = keygen(root, "generator", "gen2.key");
     let (id, idpub) = keygen(root, "group", "web.identity");
-    let first = current_slot();
-    let mut gens = vec![
-        Some(generator(root, "gen1", &b.generator_url(), &idpub, &k1, &[])),
-        Some(generator(root, "gen2", &b.generator_url(), &idpub, &k2, &[])),
+    let mut gens = [
+        Some(generator(
+            root,
+            "gen1",
+            &b.generator_url(),
+            &idpub,
+            &k1,
+            &[],
+        )),
+        Some(generator(
+            root,
+            "gen2",
+            &b.generator_url(),
+            &idpub,
+            &k2,
+            &[],
+        )),
     ];
+    // The first slot with a record (the generators make the current and the next slot, as of
+    // half a second from now).
+    let first = wait_for("the first records", Duration::from_secs(10), || {
+        b.records(GROUP).keys().next().copied()
+    });
     let trust = format!("{pub1},{pub2}");
     let agents: Vec<Agent> = (0..3)
-        .map(|i| Agent::start(root, &format!("agent{i}"), &b.agent_url(), GROUP, &id, &trust, &[]))
+        .map(|i| {
+            Agent::start(
+                root,
+                &format!("agent{i}"),
+                &b.agent_url(),
+                GROUP,
+                &id,
+                &trust,
+                &[],
+            )
+        })
         .collect();
     let refs: Vec<&Agent> = agents.iter().collect();
     let mut names = Names::default();
@@ -684,14 +990,20 @@ pub fn identical_rings_and_generator_kill(b: &mut dyn Backend, root: &Path) {
         sampled += 1;
         if sampled == 3 {
             // Kill the generator that made the newest key: the other must carry on alone.
-            let logs: Vec<BTreeMap<u64, String>> =
-                gens.iter().map(|g| generated(&g.as_ref().expect("running").log_text())).collect();
+            let logs: Vec<BTreeMap<u64, String>> = gens
+                .iter()
+                .map(|g| generated(&g.as_ref().expect("running").log_text()))
+                .collect();
             let newest = |m: &BTreeMap<u64, String>| m.keys().next_back().copied().unwrap_or(0);
             let victim = usize::from(newest(&logs[1]) > newest(&logs[0]));
             let mut g = gens[victim].take().expect("running");
             g.child.kill().expect("kill -9 the generator");
             let _ = g.child.wait();
-            eprintln!("{}: killed gen{} (SIGKILL) in slot {slot}", b.kind(), victim + 1);
+            eprintln!(
+                "{}: killed gen{} (SIGKILL) in slot {slot}",
+                b.kind(),
+                victim + 1
+            );
             killed = Some((slot, victim, g));
         }
     }
@@ -702,8 +1014,14 @@ pub fn identical_rings_and_generator_kill(b: &mut dyn Backend, root: &Path) {
     let made_dead = generated(&dead.log_text());
     let made_alive = generated(&survivor.log_text());
     for (slot, name) in &made_dead {
-        assert!(!made_alive.contains_key(slot), "both generators created slot {slot}");
-        assert!(*slot <= kill_slot + 1, "the killed generator created slot {slot} after its death");
+        assert!(
+            !made_alive.contains_key(slot),
+            "both generators created slot {slot}"
+        );
+        assert!(
+            *slot <= kill_slot + 1,
+            "the killed generator created slot {slot} after its death"
+        );
         if let Some(n) = names.0.get(slot) {
             assert_eq!(n, name, "slot {slot}");
         }
@@ -715,7 +1033,10 @@ pub fn identical_rings_and_generator_kill(b: &mut dyn Backend, root: &Path) {
     }
     let last = *names.0.keys().next_back().expect("keys seen");
     for slot in kill_slot + 2..=last {
-        assert!(made_alive.contains_key(&slot), "slot {slot} after the kill was not made by the survivor");
+        assert!(
+            made_alive.contains_key(&slot),
+            "slot {slot} after the kill was not made by the survivor"
+        );
     }
     eprintln!(
         "{}: {} slots, gen{} made {:?}, the survivor made {:?}",
@@ -738,7 +1059,17 @@ pub fn no_key_material_and_every_record_expires(b: &mut dyn Backend, root: &Path
         generator(root, "gen2", &b.generator_url(), &idpub, &gk, &[]),
     ];
     let agents: Vec<Agent> = (0..3)
-        .map(|i| Agent::start(root, &format!("agent{i}"), &b.agent_url(), GROUP, &id, &gpub, &[]))
+        .map(|i| {
+            Agent::start(
+                root,
+                &format!("agent{i}"),
+                &b.agent_url(),
+                GROUP,
+                &id,
+                &gpub,
+                &[],
+            )
+        })
         .collect();
     let refs: Vec<&Agent> = agents.iter().collect();
     let mut names = Names::default();
@@ -751,60 +1082,172 @@ pub fn no_key_material_and_every_record_expires(b: &mut dyn Backend, root: &Path
             names.add(&a.name, s);
         }
         let keys: BTreeSet<Vec<u8>> = agents.iter().flat_map(Agent::key_files).collect();
-        assert!(keys.len() >= (R + 2) as usize, "the agents hold {} key files", keys.len());
+        assert!(
+            keys.len() >= (R + 2) as usize,
+            "the agents hold {} key files",
+            keys.len()
+        );
         // Every live record: an expiry within the bound.
         let records = b.records(GROUP);
-        assert!(records.len() >= 2, "the store holds {} records", records.len());
+        assert!(
+            records.len() >= 2,
+            "the store holds {} records",
+            records.len()
+        );
         for s in records.keys() {
             let left = b.check_record(GROUP, *s);
-            assert!(left <= record_lifetime_bound() + Duration::from_secs(1), "slot {s} lives {left:?} more");
+            assert!(
+                left <= record_lifetime_bound() + Duration::from_secs(1),
+                "slot {s} lives {left:?} more"
+            );
             checked_records += 1;
         }
-        let dumps = b.dumps();
-        for (what, bytes) in &dumps {
-            for k in &keys {
-                // hmac32 and aes32 (derived from the secret); the name is public.
-                for part in [&k[16..48], &k[48..80]] {
-                    for w in part.windows(16) {
-                        assert!(!contains(bytes, w), "{what} holds 16 bytes of an agent's key {}", super::hex(&k[..16]));
-                    }
-                    let hex = super::hex(part);
-                    assert!(!contains(bytes, hex.as_bytes()), "{what} holds an agent's key in hex");
-                    assert!(!contains(bytes, hex.to_uppercase().as_bytes()), "{what} holds an agent's key in HEX");
-                    assert!(!contains(bytes, BASE64.encode(part).as_bytes()), "{what} holds an agent's key in base64");
+        // The hmac and aes halves of every key file (both derived from the secret; the name is
+        // public): any 16 bytes of them, or the whole half in hex or base64.
+        let mut secret = Needles::new();
+        for k in &keys {
+            let name = super::hex(&k[..16]);
+            for (part, label) in [(&k[16..48], "hmac"), (&k[48..80], "aes")] {
+                for (i, w) in part.windows(16).enumerate() {
+                    secret.add(
+                        w,
+                        format!("bytes {i}..{} of the {label} key of {name}", i + 16),
+                    );
                 }
+                let hex = super::hex(part);
+                secret.add(hex.as_bytes(), format!("the {label} key of {name} in hex"));
+                secret.add(
+                    hex.to_uppercase().as_bytes(),
+                    format!("the {label} key of {name} in HEX"),
+                );
+                secret.add(
+                    BASE64.encode(part).as_bytes(),
+                    format!("the {label} key of {name} in base64"),
+                );
             }
         }
-        // Not vacuous: the dumps do hold the records, whose headers carry the public key names.
-        let shared_names: Vec<Vec<u8>> = st[0]
-            .keys
-            .iter()
-            .filter(|k| k.origin == "shared")
-            .map(|k| (0..16).map(|i| u8::from_str_radix(&k.name[2 * i..2 * i + 2], 16).expect("hex")).collect())
-            .collect();
-        for (what, bytes) in dumps.iter().filter(|(w, _)| w.contains("dump") || w.contains("db")) {
-            assert!(
-                shared_names.iter().any(|n| contains(bytes, n)),
-                "{what} holds no record's key name: is it a dump of the records at all?"
-            );
+        // Not vacuous: whole-store dumps do hold the records, whose headers carry the key names.
+        let mut public = Needles::new();
+        for k in st[0].keys.iter().filter(|k| k.origin == "shared") {
+            let name: Vec<u8> = (0..16)
+                .map(|i| u8::from_str_radix(&k.name[2 * i..2 * i + 2], 16).expect("hex"))
+                .collect();
+            public.add(&name, k.name.clone());
+        }
+        // The search finds what it looks for, also across a block of zeros.
+        let probe = keys.iter().next().expect("a key");
+        let mut hay = vec![0u8; 3 * Needles::BLOCK];
+        hay[2 * Needles::BLOCK - 7..2 * Needles::BLOCK + 9].copy_from_slice(&probe[20..36]);
+        assert!(
+            secret.find(&hay).is_some() && secret.find(probe).is_some(),
+            "the search is broken"
+        );
+        for (what, bytes, whole) in b.dumps() {
+            if let Some(found) = secret.find(&bytes) {
+                panic!("{what} holds key material: {found}");
+            }
+            // (etcd preallocates its next WAL file: all zeros.)
+            if whole && bytes.iter().any(|&x| x != 0) {
+                assert!(
+                    public.find(&bytes).is_some(),
+                    "{what} holds no record's key name: is it a dump of the records at all?"
+                );
+            }
         }
         checked_keys.extend(keys);
     }
-    eprintln!("{}: {} agent keys checked against the store's dumps; {checked_records} records had an expiry", b.kind(), checked_keys.len());
+    eprintln!(
+        "{}: {} agent keys checked against the store's dumps; {checked_records} record checks (expiry; etcd: version 1 and a lease)",
+        b.kind(),
+        checked_keys.len()
+    );
 
-    // Stop the generators: every record must disappear, each by its erase time.
+    // Stop the generators: every record must disappear, each by its erase time (give or take
+    // the store's granularity: etcd rounds lease TTLs up to whole seconds and checks them every
+    // 500 ms).
     drop(gens);
     let stopped = Instant::now();
-    let slack = Duration::from_millis(1500);
-    wait_for("the store to drop every record", record_lifetime_bound() + Duration::from_secs(5), || {
-        let now = unix_now();
-        let live = b.live_slots(GROUP);
-        for s in &live {
-            assert!(now < erase_at(*s) + slack, "slot {s}'s record outlived its erase time {:?}", erase_at(*s));
+    let slack = b.expiry_slack();
+    let mut last_seen: BTreeMap<u64, Duration> = BTreeMap::new();
+    wait_for(
+        "the store to drop every record",
+        record_lifetime_bound() + Duration::from_secs(5),
+        || {
+            let now = unix_now();
+            let live = b.live_slots(GROUP);
+            for s in &live {
+                assert!(
+                    now < erase_at(*s) + slack,
+                    "slot {s}'s record outlived its erase time {:?}",
+                    erase_at(*s)
+                );
+                last_seen.insert(*s, now);
+            }
+            live.is_empty().then_some(())
+        },
+    );
+    let late = last_seen
+        .iter()
+        .map(|(s, t)| t.saturating_sub(erase_at(*s)))
+        .max()
+        .unwrap_or_default();
+    eprintln!(
+        "{}: the store was empty {:?} after the generators stopped; a record outlived its erase time by at most {late:?}",
+        b.kind(),
+        stopped.elapsed()
+    );
+}
+
+/// An nginx stopped with SIGTERM when dropped, so that its master stops its workers: SIGKILL
+/// alone (what `Proc` does) leaves the workers running, orphaned, holding the port.
+pub struct GracefulNginx(pub Nginx);
+
+impl std::ops::Deref for GracefulNginx {
+    type Target = Nginx;
+
+    fn deref(&self) -> &Nginx {
+        &self.0
+    }
+}
+
+impl Drop for GracefulNginx {
+    fn drop(&mut self) {
+        let pid = self.0.proc.pid().to_string();
+        let _ = Command::new("kill").args(["-TERM", &pid]).status();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.0.proc.child.try_wait() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
         }
-        live.is_empty().then_some(())
-    });
-    eprintln!("{}: the store was empty {:?} after the generators stopped", b.kind(), stopped.elapsed());
+    }
+}
+
+/// Agents stopped with SIGSTOP until dropped (then SIGCONT).
+pub struct Paused(Vec<u32>);
+
+impl Paused {
+    pub fn new(agents: &[&Agent]) -> Paused {
+        let pids: Vec<u32> = agents.iter().map(|a| a.proc.pid()).collect();
+        signal("-STOP", &pids);
+        Paused(pids)
+    }
+}
+
+impl Drop for Paused {
+    fn drop(&mut self) {
+        signal("-CONT", &self.0);
+    }
+}
+
+fn signal(sig: &str, pids: &[u32]) {
+    let st = Command::new("kill")
+        .arg(sig)
+        .args(pids.iter().map(|p| p.to_string()))
+        .status()
+        .expect("run kill");
+    assert!(st.success(), "kill {sig} {pids:?}");
 }
 
 /// Done when: an agent whose identity is outside the group and one trusting another generator
@@ -815,9 +1258,16 @@ pub fn outsiders_and_forgeries_are_rejected(b: &mut dyn Backend, root: &Path) {
     let (_, rogue_pub) = keygen(root, "generator", "rogue.key");
     let (id, idpub) = keygen(root, "group", "web.identity");
     let (outsider_id, _) = keygen(root, "group", "outsider.identity");
-    // The generator runs 1.5 s ahead: it publishes the keys due at a boundary 2 s early, which
-    // gives the test time to corrupt a fresh record before any agent reads it.
-    let _gen = generator(root, "gen", &b.generator_url(), &idpub, &gk, &["--clock-offset-ms", "1500"]);
+    // The generator runs 1.5 s ahead: it publishes the keys due at a boundary 2 s early, away
+    // from the boundaries where the test samples.
+    let _gen = generator(
+        root,
+        "gen",
+        &b.generator_url(),
+        &idpub,
+        &gk,
+        &["--clock-offset-ms", "1500"],
+    );
     let url = b.agent_url();
     let good = [
         Agent::start(root, "good0", &url, GROUP, &id, &gpub, &[]),
@@ -841,41 +1291,95 @@ pub fn outsiders_and_forgeries_are_rejected(b: &mut dyn Backend, root: &Path) {
             }
         }
     };
-    let rejected = |a: &Agent, reason: &str| a.status().and_then(|s| s.rejected.get(reason).copied()).unwrap_or(0);
+    let rejected = |a: &Agent, reason: &str| {
+        a.status()
+            .and_then(|s| s.rejected.get(reason).copied())
+            .unwrap_or(0)
+    };
     // Every check made at a sample: the outsiders never hold a group key, the good ones agree.
     let check = |slot: u64, names: &mut Names, forged: &BTreeSet<u64>| -> Vec<Status> {
         let st = statuses_at(&goods, slot);
         for (a, s) in goods.iter().zip(&st) {
             names.add(&a.name, s);
-            assert!(s.encrypting != "local_fallback", "{} fell back:\n{}", a.name, s.render());
-            assert_eq!(s.keys[0].origin, "shared", "{} encrypts with a local key:\n{}", a.name, s.render());
+            assert!(
+                s.encrypting != "local_fallback",
+                "{} fell back:\n{}",
+                a.name,
+                s.render()
+            );
+            assert_eq!(
+                s.keys[0].origin,
+                "shared",
+                "{} encrypts with a local key:\n{}",
+                a.name,
+                s.render()
+            );
             for k in &s.keys {
-                assert!(!(forged.contains(&k.slot) && k.origin == "shared"), "{} installed the forged slot {}:\n{}", a.name, k.slot, s.render());
+                assert!(
+                    !(forged.contains(&k.slot) && k.origin == "shared"),
+                    "{} installed the forged slot {}:\n{}",
+                    a.name,
+                    k.slot,
+                    s.render()
+                );
             }
         }
-        assert_eq!(shared(&st[0]), shared(&st[1]), "the good agents disagree:\n{}", describe(&goods, &st));
+        assert_eq!(
+            shared(&st[0]),
+            shared(&st[1]),
+            "the good agents disagree:\n{}",
+            describe(&goods, &st)
+        );
         for a in &bad {
             let s = a.status().expect("status");
             for k in &s.keys {
-                assert_eq!(k.origin, "local", "{} installed a key:\n{}", a.name, s.render());
-                assert!(!names.contains_name(&k.name), "{} holds the group's key {}", a.name, k.name);
+                assert_eq!(
+                    k.origin,
+                    "local",
+                    "{} installed a key:\n{}",
+                    a.name,
+                    s.render()
+                );
+                assert!(
+                    !names.contains_name(&k.name),
+                    "{} holds the group's key {}",
+                    a.name,
+                    k.name
+                );
             }
         }
         st
     };
 
+    for a in &goods {
+        wait_for(
+            &format!("{} to hold the current key", a.name),
+            Duration::from_secs(2 * P),
+            || a.status().filter(|s| s.encrypting == "current").map(|_| ()),
+        );
+    }
     let e = sleep_into_next_slot(P, Duration::from_millis(300));
     replay_into_api();
     check(e, &mut names, &forged);
     // 1. Garbage, then a truncated record, then a real record replayed from another slot, all
     //    under slot e + 2 before the generator makes it (it makes it 2 s into slot e): its
-    //    create-if-absent then loses to the forgery. Agents read slot e + 2 from slot e + 1 on.
+    //    create-if-absent then loses to the forgery. Agents read each at once (they fetch slot
+    //    e + 2 already, to hold it ready) and would install it when slot e + 1 starts.
     let f1 = e + 2;
-    assert!(!b.live_slots(GROUP).contains(&f1), "slot {f1} already exists: the test is late");
-    let real = b.records(GROUP).remove(&(e + 1)).expect("the record of slot e + 1");
+    assert!(
+        !b.live_slots(GROUP).contains(&f1),
+        "slot {f1} already exists: the test is late"
+    );
+    let real = b
+        .records(GROUP)
+        .remove(&(e + 1))
+        .expect("the record of slot e + 1");
     forged.insert(f1);
     let variants: [(&str, Vec<u8>); 3] = [
-        ("bad_magic", b"this is not a stek record, just some garbage bytes".to_vec()),
+        (
+            "bad_magic",
+            b"this is not a stek record, just some garbage bytes".to_vec(),
+        ),
         ("truncated", real[..real.len() / 2].to_vec()),
         ("header_mismatch", real.clone()),
     ];
@@ -886,45 +1390,69 @@ pub fn outsiders_and_forgeries_are_rejected(b: &mut dyn Backend, root: &Path) {
             if a.name == "api" {
                 continue; // reads group api only
             }
-            wait_for(&format!("{} to reject the {reason} record", a.name), Duration::from_secs(2 * P), || {
-                (rejected(a, reason) > n).then_some(())
-            });
+            wait_for(
+                &format!("{} to reject the {reason} record", a.name),
+                Duration::from_secs(2 * P),
+                || (rejected(a, reason) > n).then_some(()),
+            );
         }
-        eprintln!("{}: every agent rejected the forged record ({reason})", b.kind());
+        eprintln!(
+            "{}: every agent rejected the forged record ({reason})",
+            b.kind()
+        );
     }
     // The forgery stands: the slot has no key, so the newest shared key keeps encrypting.
-    sleep_until_slot(P, e + 2, MID);
+    sleep_until_slot(P, e + 2, Duration::from_millis(1200));
     let st = check(e + 2, &mut names, &forged);
     for s in &st {
         assert_eq!(s.encrypting, "stale", "{}", s.render());
         assert_eq!(s.encrypting_name, names.0[&(e + 1)], "{}", s.render());
     }
     replay_into_api();
-    // 2. Corruption: one flipped byte (in the signature) of the freshly made record of e + 4,
-    //    before any agent reads it (they do from slot e + 3 on).
+    // 2. Corruption: one flipped byte (in the signature) of the genuine record of e + 4. Agents
+    //    read a record the moment it appears (notification), and keep a key once accepted, so
+    //    they are paused (SIGSTOP) around the generator's round and read only the corrupted copy:
+    //    what they would see if the store altered a record before they first read it.
     let f2 = e + 4;
     forged.insert(f2);
-    let mut rec = wait_for("the generator to make slot e + 4", Duration::from_secs(P), || b.records(GROUP).remove(&f2));
-    *rec.last_mut().expect("non-empty") ^= 0x01;
-    let before: Vec<u64> = everyone.iter().map(|a| rejected(a, "bad_signature")).collect();
-    b.put(GROUP, f2, &rec, erase_at(f2));
-    assert!(unix_now() + Duration::from_millis(100) < slot_start(e + 3), "the record was corrupted too late");
+    let before: Vec<u64> = everyone
+        .iter()
+        .map(|a| rejected(a, "bad_signature"))
+        .collect();
+    {
+        let _paused = Paused::new(&everyone);
+        assert!(
+            !b.live_slots(GROUP).contains(&f2),
+            "slot {f2} was made before the agents were paused: the test is late"
+        );
+        let mut rec = wait_for(
+            "the generator to make slot e + 4",
+            Duration::from_secs(P),
+            || b.records(GROUP).remove(&f2),
+        );
+        *rec.last_mut().expect("non-empty") ^= 0x01;
+        b.put(GROUP, f2, &rec, erase_at(f2));
+    }
+    // Resumed, they read it at once. (The untrusting agent stops at the signer, before the
+    // signature; group api does not read web's records.)
+    for (a, n) in everyone.iter().zip(&before) {
+        if a.name == "wrong-trust" || a.name == "api" {
+            continue;
+        }
+        wait_for(
+            &format!("{} to reject the corrupted record", a.name),
+            Duration::from_secs(P),
+            || (rejected(a, "bad_signature") > *n).then_some(()),
+        );
+    }
+    eprintln!(
+        "{}: every agent rejected the corrupted record (bad_signature)",
+        b.kind()
+    );
     sleep_until_slot(P, e + 3, MID);
     let st = check(e + 3, &mut names, &forged);
     for s in &st {
         assert_eq!(s.encrypting, "current", "{}", s.render());
-    }
-    for (a, n) in everyone.iter().zip(&before) {
-        // The untrusting agent stops at the signer, before the signature.
-        let reason = if a.name == "wrong-trust" { "untrusted_generator" } else { "bad_signature" };
-        if a.name == "api" {
-            continue;
-        }
-        if reason == "bad_signature" {
-            wait_for(&format!("{} to reject the corrupted record", a.name), Duration::from_secs(P), || {
-                (rejected(a, reason) > *n).then_some(())
-            });
-        }
     }
     sleep_until_slot(P, e + 4, MID);
     let st = check(e + 4, &mut names, &forged);
@@ -938,19 +1466,39 @@ pub fn outsiders_and_forgeries_are_rejected(b: &mut dyn Backend, root: &Path) {
         assert_eq!(s.encrypting, "current", "{}", s.render());
     }
     // The outsiders said why.
-    for (a, reason) in [(&outsider, "not_a_recipient"), (&wrong_trust, "untrusted_generator"), (&api, "header_mismatch")] {
+    for (a, reason) in [
+        (&outsider, "not_a_recipient"),
+        (&wrong_trust, "untrusted_generator"),
+        (&api, "header_mismatch"),
+    ] {
         let s = a.status().expect("status");
-        assert!(s.rejected.get(reason).copied().unwrap_or(0) > 0, "{} counted no {reason}:\n{}", a.name, s.render());
+        assert!(
+            s.rejected.get(reason).copied().unwrap_or(0) > 0,
+            "{} counted no {reason}:\n{}",
+            a.name,
+            s.render()
+        );
     }
     for a in &goods {
         let s = a.status().expect("status");
         for reason in ["not_a_recipient", "untrusted_generator"] {
-            assert!(!s.rejected.contains_key(reason), "{} rejected a genuine record:\n{}", a.name, s.render());
+            assert!(
+                !s.rejected.contains_key(reason),
+                "{} rejected a genuine record:\n{}",
+                a.name,
+                s.render()
+            );
         }
     }
     let s = good[0].status().expect("status");
-    eprintln!("{}: good agent's rejections {:?}; outsider {:?}; wrong-trust {:?}; api {:?}", b.kind(), s.rejected,
-        outsider.status().expect("status").rejected, wrong_trust.status().expect("status").rejected, api.status().expect("status").rejected);
+    eprintln!(
+        "{}: good agent's rejections {:?}; outsider {:?}; wrong-trust {:?}; api {:?}",
+        b.kind(),
+        s.rejected,
+        outsider.status().expect("status").rejected,
+        wrong_trust.status().expect("status").rejected,
+        api.status().expect("status").rejected
+    );
 }
 
 /// Done when: through a store outage of 3 periods the agents keep their ring, encrypt with the
@@ -961,7 +1509,17 @@ pub fn store_outage(b: &mut dyn Backend, root: &Path) {
     let (id, idpub) = keygen(root, "group", "web.identity");
     let _gen = generator(root, "gen", &b.generator_url(), &idpub, &gk, &[]);
     let agents: Vec<Agent> = (0..3)
-        .map(|i| Agent::start(root, &format!("agent{i}"), &b.agent_url(), GROUP, &id, &gpub, &["--max-stale", "1"]))
+        .map(|i| {
+            Agent::start(
+                root,
+                &format!("agent{i}"),
+                &b.agent_url(),
+                GROUP,
+                &id,
+                &gpub,
+                &["--max-stale", "1"],
+            )
+        })
         .collect();
     let refs: Vec<&Agent> = agents.iter().collect();
     let mut names = Names::default();
@@ -973,14 +1531,24 @@ pub fn store_outage(b: &mut dyn Backend, root: &Path) {
         assert_eq!(s.encrypting, "current", "{}", s.render());
     }
     let held = shared(&st[0]);
-    assert!(held.contains_key(&(k + 1)), "the next key is held before the outage:\n{}", st[0].render());
+    assert!(
+        held.contains_key(&(k + 1)),
+        "the next key is held before the outage:\n{}",
+        st[0].render()
+    );
     b.stop();
     let down = Instant::now();
     eprintln!("{}: stopped the agents' store in slot {k}", b.kind());
     let same_keys = |s: &Status| {
         for (slot, name) in &held {
             if s.keys.iter().any(|x| x.slot == *slot) {
-                assert!(s.keys.iter().any(|x| x.slot == *slot && &x.name == name && x.origin == "shared"), "lost slot {slot}:\n{}", s.render());
+                assert!(
+                    s.keys
+                        .iter()
+                        .any(|x| x.slot == *slot && &x.name == name && x.origin == "shared"),
+                    "lost slot {slot}:\n{}",
+                    s.render()
+                );
             }
         }
     };
@@ -1007,7 +1575,10 @@ pub fn store_outage(b: &mut dyn Backend, root: &Path) {
         assert_eq!(s.encrypting, "local_fallback", "{}", s.render());
         assert_eq!(s.keys[0].origin, "local", "{}", s.render());
         assert!(!names.contains_name(&s.encrypting_name), "{}", s.render());
-        assert!(locals.insert(s.encrypting_name.clone()), "two agents share a local key");
+        assert!(
+            locals.insert(s.encrypting_name.clone()),
+            "two agents share a local key"
+        );
         same_keys(s);
     }
     // Three periods after the outage began: the store returns on the same address.
@@ -1015,19 +1586,35 @@ pub fn store_outage(b: &mut dyn Backend, root: &Path) {
     b.restart();
     let outage = down.elapsed();
     let back = Instant::now();
-    let st = wait_for("the agents to recover by themselves", Duration::from_secs(2 * P), || {
-        let st: Vec<Status> = refs.iter().map(|a| a.status().expect("status")).collect();
-        let ok = st.iter().all(|s| {
-            s.encrypting == "current" && s.slot == current_slot() && s.keys.iter().all(|k| k.origin == "shared")
-        }) && st.iter().all(|s| ring(s) == ring(&st[0]));
-        ok.then_some(st)
-    });
+    // Recovered: every agent encrypts with the current slot's shared key and holds every key of
+    // its window that the store has (with etcd down, the generator could not make the slots of
+    // the outage either: those stay local).
+    let st = wait_for(
+        "the agents to recover by themselves",
+        Duration::from_secs(2 * P),
+        || {
+            let st: Vec<Status> = refs.iter().map(|a| a.status().expect("status")).collect();
+            let slot = current_slot();
+            let records = b.records(GROUP);
+            let ok = st.iter().all(|s| {
+                s.encrypting == "current"
+                    && s.slot == slot
+                    && s.keys
+                        .iter()
+                        .all(|k| (k.origin == "shared") == records.contains_key(&k.slot))
+                    && shared(s) == shared(&st[0])
+            });
+            ok.then_some(st)
+        },
+    );
     let took = back.elapsed();
     for (a, s) in refs.iter().zip(&st) {
         names.add(&a.name, s);
     }
-    assert_identical_shared(&refs, &st);
-    eprintln!("{}: outage of {outage:?}; the agents recovered {took:?} after the store returned", b.kind());
+    eprintln!(
+        "{}: outage of {outage:?}; the agents recovered {took:?} after the store returned",
+        b.kind()
+    );
 }
 
 /// Done when: agents with clock offsets of -0.4 P, 0 and +0.4 P, each feeding a real nginx:
@@ -1039,7 +1626,9 @@ pub fn clock_offsets_with_nginx(b: &mut dyn Backend, root: &Path) {
     let (id, idpub) = keygen(root, "group", "web.identity");
     let cert = make_cert(root);
     let _gen = generator(root, "gen", &b.generator_url(), &idpub, &gk, &[]);
-    wait_for("the first records", Duration::from_secs(10), || (b.records(GROUP).len() >= 2).then_some(()));
+    wait_for("the first records", Duration::from_secs(10), || {
+        (b.records(GROUP).len() >= 2).then_some(())
+    });
     let offsets = [-1600i64, 0, 1600];
     let mut hosts = Vec::new();
     for (i, off) in offsets.iter().enumerate() {
@@ -1052,19 +1641,36 @@ pub fn clock_offsets_with_nginx(b: &mut dyn Backend, root: &Path) {
             GROUP,
             &id,
             &gpub,
-            &["--clock-offset-ms", &off, "--on-change", &Nginx::reload_cmd(&prefix)],
+            &[
+                "--clock-offset-ms",
+                &off,
+                "--on-change",
+                &Nginx::reload_cmd(&prefix),
+            ],
         );
         let conf = wait_nginx_conf_in(&agent.dir);
         let nginx = Nginx::start(&prefix, &cert, &conf);
-        hosts.push((agent, nginx));
-    }
-    for (a, _) in &hosts {
-        wait_for(&format!("{} to encrypt with a shared key", a.name), Duration::from_secs(2 * P), || {
-            a.status().filter(|s| s.encrypting == "current").map(|_| ())
-        });
+        hosts.push((agent, GracefulNginx(nginx)));
     }
     let sess = root.join("t.sess");
+    // Every host encrypts with its current shared key, and its nginx has loaded it.
+    for (a, n) in &hosts {
+        wait_for(
+            &format!("{}'s nginx to encrypt with a shared key", a.name),
+            Duration::from_secs(3 * P),
+            || {
+                let s = a.status().filter(|s| s.encrypting == "current")?;
+                let _ = fs::remove_file(&sess);
+                handshake(n.port, Tls::V12, None, Some(&sess));
+                (ticket_name(&sess)? == s.encrypting_name).then_some(())
+            },
+        );
+    }
     let start = Instant::now();
+    let first_slots: Vec<u64> = hosts
+        .iter()
+        .map(|(a, _)| a.status().expect("status").slot)
+        .collect();
     let (mut rounds, mut resumes, mut retries) = (0, 0, 0);
     let mut seen = BTreeSet::new();
     // Three rotations of every host, whatever its clock: 3 P plus the spread of the clocks.
@@ -1073,10 +1679,21 @@ pub fn clock_offsets_with_nginx(b: &mut dyn Backend, root: &Path) {
             for tls in [Tls::V12, Tls::V13] {
                 let _ = fs::remove_file(&sess);
                 handshake(mn.port, tls, None, Some(&sess));
-                let name = ticket_name(&sess).unwrap_or_else(|| panic!("no ticket from {}", ma.name));
-                let statuses: Vec<Status> = hosts.iter().map(|(a, _)| a.status().expect("status")).collect();
-                let all_shared: BTreeSet<String> = statuses.iter().flat_map(|s| shared(s).into_values()).collect();
-                assert!(all_shared.contains(&name), "{} minted a ticket under {name}, not a group key", ma.name);
+                let name =
+                    ticket_name(&sess).unwrap_or_else(|| panic!("no ticket from {}", ma.name));
+                let statuses: Vec<Status> = hosts
+                    .iter()
+                    .map(|(a, _)| a.status().expect("status"))
+                    .collect();
+                let all_shared: BTreeSet<String> = statuses
+                    .iter()
+                    .flat_map(|s| shared(s).into_values())
+                    .collect();
+                assert!(
+                    all_shared.contains(&name),
+                    "{} minted a ticket under {name}, not a group key",
+                    ma.name
+                );
                 seen.insert(name.clone());
                 for (ra, rn) in &hosts {
                     resumes += 1;
@@ -1085,9 +1702,17 @@ pub fn clock_offsets_with_nginx(b: &mut dyn Backend, root: &Path) {
                     }
                     std::thread::sleep(Duration::from_millis(300));
                     retries += 1;
-                    eprintln!("{}: retry: {tls:?} ticket {name} from {} on {} (host {mint})", b.kind(), ma.name, ra.name);
+                    eprintln!(
+                        "{}: retry: {tls:?} ticket {name} from {} on {} (host {mint})",
+                        b.kind(),
+                        ma.name,
+                        ra.name
+                    );
                     if !handshake(rn.port, tls, Some(&sess), None) {
-                        let now: Vec<String> = hosts.iter().map(|(a, _)| a.status().expect("status").render()).collect();
+                        let now: Vec<String> = hosts
+                            .iter()
+                            .map(|(a, _)| a.status().expect("status").render())
+                            .collect();
                         panic!(
                             "{tls:?} ticket {name} minted by {} does not resume on {}:\n{}",
                             ma.name,
@@ -1101,11 +1726,19 @@ pub fn clock_offsets_with_nginx(b: &mut dyn Backend, root: &Path) {
         rounds += 1;
         std::thread::sleep(Duration::from_millis(700));
     }
-    assert!(seen.len() >= 4, "tickets used only {} keys: did the hosts rotate?", seen.len());
-    for (a, _) in &hosts {
-        let s = a.status().expect("status");
-        assert!(s.sink_failures.is_empty() || s.encrypting == "current", "{}", s.render());
+    for ((a, _), first) in hosts.iter().zip(first_slots) {
+        let last = a.status().expect("status").slot;
+        assert!(
+            last >= first + 3,
+            "{} rotated only from slot {first} to {last}",
+            a.name
+        );
     }
+    assert!(
+        seen.len() >= 4,
+        "tickets used only {} keys: did the hosts rotate?",
+        seen.len()
+    );
     eprintln!(
         "{}: {rounds} rounds, {resumes} resumptions across hosts, {retries} retried once, tickets under {} keys",
         b.kind(),

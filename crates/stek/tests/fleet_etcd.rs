@@ -1,0 +1,45 @@
+//! Fleet mode on a real etcd (issue 3): one member on loopback ports with its data on tmpfs,
+//! generators and agents all talking to it through its JSON gateway, P = 4 s, L = 8 s. The
+//! scenarios live in `util/fleet.rs`, shared with `fleet_redis.rs`; etcd adds that every record
+//! has version 1 (written once, never overwritten) and a running lease, and that the member's
+//! files on disk (WAL and bolt database, which keep deleted revisions too) hold no key material.
+
+mod util;
+
+use util::fleet::{self, EtcdNode};
+use util::shm_dir;
+
+#[test]
+fn agents_hold_identical_rings_and_survive_a_generator_kill() {
+    let dir = shm_dir();
+    let mut store = EtcdNode::start(dir.path());
+    fleet::identical_rings_and_generator_kill(&mut store, dir.path());
+}
+
+#[test]
+fn the_store_holds_no_key_material_and_every_record_expires() {
+    let dir = shm_dir();
+    let mut store = EtcdNode::start(dir.path());
+    fleet::no_key_material_and_every_record_expires(&mut store, dir.path());
+}
+
+#[test]
+fn outsiders_and_forged_records_install_nothing() {
+    let dir = shm_dir();
+    let mut store = EtcdNode::start(dir.path());
+    fleet::outsiders_and_forgeries_are_rejected(&mut store, dir.path());
+}
+
+#[test]
+fn agents_ride_out_a_store_outage_of_three_periods() {
+    let dir = shm_dir();
+    let mut store = EtcdNode::start(dir.path());
+    fleet::store_outage(&mut store, dir.path());
+}
+
+#[test]
+fn tickets_resume_across_hosts_with_skewed_clocks() {
+    let dir = shm_dir();
+    let mut store = EtcdNode::start(dir.path());
+    fleet::clock_offsets_with_nginx(&mut store, dir.path());
+}
