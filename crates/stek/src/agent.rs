@@ -4,6 +4,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use sha2::{Digest, Sha256};
 use stek_core::{
     KeyBytes, LocalKeys, RandomError, Record, RecordError, Ring, Schedule, Slot, SlotKey, Window,
 };
@@ -15,8 +16,13 @@ use crate::store::{Store, StoreError};
 pub trait Opener: Send + Sync {
     /// Opens `record` (already decoded) filed under `slot`: checks it against the agent's group
     /// and schedule and returns the key, or the reason it is rejected.
-    fn open(&self, record: &Record, schedule: &Schedule, group: &str, slot: Slot)
-        -> Result<SlotKey, RecordError>;
+    fn open(
+        &self,
+        record: &Record,
+        schedule: &Schedule,
+        group: &str,
+        slot: Slot,
+    ) -> Result<SlotKey, RecordError>;
 }
 
 impl<O: Opener + ?Sized> Opener for std::sync::Arc<O> {
@@ -92,6 +98,8 @@ pub struct Agent<S, O> {
     local: LocalKeys,
     ring: Option<Ring>,
     stats: AgentStats,
+    /// The digest of the last rejected record of each slot in the window.
+    rejected_seen: BTreeMap<Slot, [u8; 32]>,
 }
 
 impl<S, O> std::fmt::Debug for Agent<S, O> {
@@ -123,6 +131,7 @@ impl<S: Store, O: Opener> Agent<S, O> {
             local: LocalKeys::new(),
             ring: None,
             stats: AgentStats::default(),
+            rejected_seen: BTreeMap::new(),
         }
     }
 
@@ -140,14 +149,24 @@ impl<S: Store, O: Opener> Agent<S, O> {
                 // contract; issue #3's signed records make that detectable.)
                 continue;
             }
+            // A rejected record is read again at every poll: count and log each one once.
+            let digest: [u8; 32] = Sha256::digest(bytes.as_slice()).into();
+            if self.rejected_seen.get(&slot) == Some(&digest) {
+                continue;
+            }
             match self.accept(slot, &bytes, &w) {
                 Ok(key) => {
+                    self.rejected_seen.remove(&slot);
                     self.shared.insert(slot, key);
                     added += 1;
                 }
                 Err(e) => {
+                    self.rejected_seen.insert(slot, digest);
                     *self.stats.rejected.entry(e.reason()).or_default() += 1;
-                    warn!(reason = e.reason(), "group {}: rejected the record of slot {slot}: {e}", self.group);
+                    warn!(
+                        reason = e.reason(),
+                        "group {}: rejected the record of slot {slot}: {e}", self.group
+                    );
                 }
             }
         }
@@ -164,7 +183,12 @@ impl<S: Store, O: Opener> Agent<S, O> {
         w
     }
 
-    fn accept(&self, slot: Slot, bytes: &KeyBytes, window: &Window) -> Result<SlotKey, RecordError> {
+    fn accept(
+        &self,
+        slot: Slot,
+        bytes: &KeyBytes,
+        window: &Window,
+    ) -> Result<SlotKey, RecordError> {
         // The store is untrusted: it may answer with slots we did not ask for.
         if !window.contains(slot) {
             return Err(RecordError::Mismatch("slot"));
@@ -180,10 +204,20 @@ impl<S: Store, O: Opener> Agent<S, O> {
         let before = self.shared.len();
         self.shared.retain(|slot, _| keep.contains(*slot));
         let dropped = before - self.shared.len();
+        self.rejected_seen.retain(|slot, _| keep.contains(*slot));
         if dropped > 0 {
-            info!("group {}: erased {dropped} key(s) that left the window", self.group);
+            info!(
+                "group {}: erased {dropped} key(s) that left the window",
+                self.group
+            );
         }
-        let ring = Ring::build(&self.schedule, now, &self.shared, &mut self.local, self.max_stale)?;
+        let ring = Ring::build(
+            &self.schedule,
+            now,
+            &self.shared,
+            &mut self.local,
+            self.max_stale,
+        )?;
         let changed = self.ring.as_ref().is_none_or(|old| !old.same_as(&ring));
         if !changed {
             return Ok(None);
@@ -238,13 +272,23 @@ mod tests {
             let now = clock.now();
             publish_upcoming(&*store, &s, "g", now, seal).await.unwrap();
             agent.sync(now).await.unwrap();
-            let ring = agent.rebuild(now).unwrap().expect("every slot changes the ring").clone();
+            let ring = agent
+                .rebuild(now)
+                .unwrap()
+                .expect("every slot changes the ring")
+                .clone();
             assert_eq!(ring.encrypting(), Encrypting::Current);
             assert_eq!(ring.entries().len(), s.window_len());
             assert_eq!(ring.entries()[1].origin, Origin::Shared, "next key present");
-            assert!(names.insert(ring.encrypting_entry().key.name()), "a fresh key every slot");
+            assert!(
+                names.insert(ring.encrypting_entry().key.name()),
+                "a fresh key every slot"
+            );
             assert!(agent.shared.len() <= s.window_len());
-            assert!(agent.rebuild(now).unwrap().is_none(), "no change within a slot");
+            assert!(
+                agent.rebuild(now).unwrap().is_none(),
+                "no change within a slot"
+            );
             clock.advance(Duration::from_secs(60));
         }
     }
@@ -257,10 +301,33 @@ mod tests {
         let now = clock.now();
         let k = SlotKey::generate(Slot(100)).unwrap();
         // Filed under our group but made for another; and a replay into the wrong slot.
-        store.create("g", Slot(100), &Record::plain(&s, "h", &k).encode(), Duration::from_secs(999)).await.unwrap();
-        store.create("g", Slot(101), &Record::plain(&s, "g", &k).encode(), Duration::from_secs(999)).await.unwrap();
-        store.create("g", Slot(99), b"garbage", Duration::from_secs(999)).await.unwrap();
+        store
+            .create(
+                "g",
+                Slot(100),
+                &Record::plain(&s, "h", &k).encode(),
+                Duration::from_secs(999),
+            )
+            .await
+            .unwrap();
+        store
+            .create(
+                "g",
+                Slot(101),
+                &Record::plain(&s, "g", &k).encode(),
+                Duration::from_secs(999),
+            )
+            .await
+            .unwrap();
+        store
+            .create("g", Slot(99), b"garbage", Duration::from_secs(999))
+            .await
+            .unwrap();
         let mut agent = Agent::new(store, PlainOpener, "g".into(), s, 1);
+        assert_eq!(agent.sync(now).await.unwrap(), 0);
+        assert_eq!(agent.stats().rejected.get("header_mismatch"), Some(&2));
+        assert_eq!(agent.stats().rejected.get("bad_magic"), Some(&1));
+        // Read again, the same records are not counted again.
         assert_eq!(agent.sync(now).await.unwrap(), 0);
         assert_eq!(agent.stats().rejected.get("header_mismatch"), Some(&2));
         assert_eq!(agent.stats().rejected.get("bad_magic"), Some(&1));

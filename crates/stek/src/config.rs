@@ -93,7 +93,8 @@ impl FileConfig {
     pub fn load(path: &Path) -> anyhow::Result<FileConfig> {
         use anyhow::Context as _;
         use std::io::Read as _;
-        let f = std::fs::File::open(path).with_context(|| format!("cannot open config file {}", path.display()))?;
+        let f = std::fs::File::open(path)
+            .with_context(|| format!("cannot open config file {}", path.display()))?;
         let mut text = String::new();
         f.take(MAX_CONFIG_LEN + 1)
             .read_to_string(&mut text)

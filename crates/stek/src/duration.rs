@@ -19,7 +19,11 @@ impl std::error::Error for DurationError {}
 /// (e.g. `4s`, `1h30m`). A bare number is refused: the unit is never guessed.
 pub fn parse(input: &str) -> Result<Duration, DurationError> {
     let s = input.trim();
-    let bad = |why: &str| DurationError(format!("invalid duration {input:?}: {why} (examples: 4s, 90m, 1h30m, 18h, 2d)"));
+    let bad = |why: &str| {
+        DurationError(format!(
+            "invalid duration {input:?}: {why} (examples: 4s, 90m, 1h30m, 18h, 2d)"
+        ))
+    };
     if s.is_empty() {
         return Err(bad("empty"));
     }
@@ -33,7 +37,9 @@ pub fn parse(input: &str) -> Result<Duration, DurationError> {
         if digits == 0 {
             return Err(bad("expected a number"));
         }
-        let n: u64 = rest[..digits].parse().map_err(|_| bad("number too large"))?;
+        let n: u64 = rest[..digits]
+            .parse()
+            .map_err(|_| bad("number too large"))?;
         rest = &rest[digits..];
         let unit = rest.chars().next().ok_or_else(|| bad("missing unit"))?;
         let mult = match unit {
@@ -74,7 +80,14 @@ mod tests {
 
     #[test]
     fn parses_and_formats() {
-        for (text, secs) in [("4s", 4), ("1h", 3600), ("18h", 64800), ("1h30m", 5400), ("2d", 172_800), ("0s", 0)] {
+        for (text, secs) in [
+            ("4s", 4),
+            ("1h", 3600),
+            ("18h", 64800),
+            ("1h30m", 5400),
+            ("2d", 172_800),
+            ("0s", 0),
+        ] {
             assert_eq!(parse(text), Ok(Duration::from_secs(secs)), "{text}");
         }
         assert_eq!(format(Duration::from_secs(5400)), "1h30m");
@@ -84,7 +97,17 @@ mod tests {
 
     #[test]
     fn refuses_nonsense() {
-        for bad in ["", "4", "-4s", "4x", "h", "1h-", "99999999999999999999s", "4 s", "1.5h"] {
+        for bad in [
+            "",
+            "4",
+            "-4s",
+            "4x",
+            "h",
+            "1h-",
+            "99999999999999999999s",
+            "4 s",
+            "1.5h",
+        ] {
             assert!(parse(bad).is_err(), "{bad}");
         }
     }

@@ -192,7 +192,11 @@ mod tests {
         write_atomic(&p, &[2; 80]).unwrap();
         assert_eq!(fs::read(&p).unwrap(), vec![2; 80]);
         assert_eq!(fs::metadata(&p).unwrap().mode() & 0o777, 0o600);
-        assert_eq!(fs::read_dir(d.path()).unwrap().count(), 1, "no temp file left");
+        assert_eq!(
+            fs::read_dir(d.path()).unwrap().count(),
+            1,
+            "no temp file left"
+        );
         erase(&p).unwrap();
         assert!(!p.exists());
         erase(&p).unwrap();

@@ -71,7 +71,10 @@ pub async fn publish_upcoming<S: Store>(
             .map_err(PublishError::Store)?
         {
             Created::Won => {
-                info!("group {group}: generated key {} for slot {slot}", key.name());
+                info!(
+                    "group {group}: generated key {} for slot {slot}",
+                    key.name()
+                );
                 Outcome::Created(key.name())
             }
             Created::Lost(_) => {
@@ -100,8 +103,14 @@ mod tests {
         let seal = |k: &SlotKey| Ok(Record::plain(&s, "g", k).encode());
         let now = Duration::from_secs(400);
         let made = publish_upcoming(&store, &s, "g", now, seal).await.unwrap();
-        assert_eq!(made.iter().map(|(s, _)| s.0).collect::<Vec<_>>(), vec![100, 101]);
-        assert!(publish_upcoming(&store, &s, "g", now, seal).await.unwrap().is_empty());
+        assert_eq!(
+            made.iter().map(|(s, _)| s.0).collect::<Vec<_>>(),
+            vec![100, 101]
+        );
+        assert!(publish_upcoming(&store, &s, "g", now, seal)
+            .await
+            .unwrap()
+            .is_empty());
         let made = publish_upcoming(&store, &s, "g", now + Duration::from_secs(4), seal)
             .await
             .unwrap();

@@ -56,7 +56,11 @@ impl Metrics {
 
     /// Counts a sink failure.
     pub fn sink_failed(&self, sink: &str) {
-        *self.lock().sink_failures.entry(sink.to_owned()).or_default() += 1;
+        *self
+            .lock()
+            .sink_failures
+            .entry(sink.to_owned())
+            .or_default() += 1;
     }
 
     /// Counts a failed store operation.
@@ -109,7 +113,10 @@ impl Metrics {
             }
             let _ = writeln!(o, "# HELP stek_records_rejected_total Records rejected, by reason.\n# TYPE stek_records_rejected_total counter");
             for (reason, n) in &s.rejected {
-                let _ = writeln!(o, "stek_records_rejected_total{{{l},reason=\"{reason}\"}} {n}");
+                let _ = writeln!(
+                    o,
+                    "stek_records_rejected_total{{{l},reason=\"{reason}\"}} {n}"
+                );
             }
         }
         let _ = writeln!(o, "# HELP stek_sink_failures_total Sink failures, by sink.\n# TYPE stek_sink_failures_total counter");
@@ -119,7 +126,10 @@ impl Metrics {
         if !g.created.is_empty() || g.publish_errors > 0 || g.last_publish.is_some() {
             let _ = writeln!(o, "# HELP stek_generator_keys_created_total Keys this generator created (won the slot), by group.\n# TYPE stek_generator_keys_created_total counter");
             for (group, n) in &g.created {
-                let _ = writeln!(o, "stek_generator_keys_created_total{{group=\"{group}\"}} {n}");
+                let _ = writeln!(
+                    o,
+                    "stek_generator_keys_created_total{{group=\"{group}\"}} {n}"
+                );
             }
             let _ = writeln!(o, "# HELP stek_generator_publish_errors_total Failed publishing rounds.\n# TYPE stek_generator_publish_errors_total counter\nstek_generator_publish_errors_total {}", g.publish_errors);
             if let Some(t) = g.last_publish {
@@ -201,12 +211,28 @@ pub async fn serve(
             let mut parts = line.split_whitespace();
             let (method, path) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
             let (code, ctype, body) = match (method, path) {
-                ("GET", "/metrics") => ("200 OK", "text/plain; version=0.0.4", metrics.render(clock.now())),
+                ("GET", "/metrics") => (
+                    "200 OK",
+                    "text/plain; version=0.0.4",
+                    metrics.render(clock.now()),
+                ),
                 ("GET", "/status") => match metrics.status() {
-                    Some(s) => ("200 OK", "application/json", serde_json::to_string_pretty(&s).unwrap_or_default()),
-                    None => ("503 Service Unavailable", "text/plain", "no ring yet\n".into()),
+                    Some(s) => (
+                        "200 OK",
+                        "application/json",
+                        serde_json::to_string_pretty(&s).unwrap_or_default(),
+                    ),
+                    None => (
+                        "503 Service Unavailable",
+                        "text/plain",
+                        "no ring yet\n".into(),
+                    ),
                 },
-                ("GET", _) => ("404 Not Found", "text/plain", "try /metrics or /status\n".into()),
+                ("GET", _) => (
+                    "404 Not Found",
+                    "text/plain",
+                    "try /metrics or /status\n".into(),
+                ),
                 _ => ("405 Method Not Allowed", "text/plain", "GET only\n".into()),
             };
             let head = format!(

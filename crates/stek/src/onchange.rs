@@ -44,7 +44,10 @@ async fn run(cmd: String, mut rx: watch::Receiver<u64>, max_backoff: Duration) {
         loop {
             match run_once(&cmd).await {
                 Ok(took) => {
-                    info!("on-change command succeeded in {} ms (reload ok): {cmd}", took.as_millis());
+                    info!(
+                        "on-change command succeeded in {} ms (reload ok): {cmd}",
+                        took.as_millis()
+                    );
                     break;
                 }
                 Err(why) => {
@@ -110,7 +113,10 @@ mod tests {
         h.notify();
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
-            let n: u32 = std::fs::read_to_string(&marker).ok().and_then(|s| s.trim().parse().ok()).unwrap_or(0);
+            let n: u32 = std::fs::read_to_string(&marker)
+                .ok()
+                .and_then(|s| s.trim().parse().ok())
+                .unwrap_or(0);
             if n >= 3 {
                 break;
             }

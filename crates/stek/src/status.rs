@@ -99,7 +99,12 @@ impl Status {
         let _ = writeln!(
             out,
             "group {}: slot {}, period {}s, lifetime {}s, encrypting with {} ({})",
-            self.group, self.slot, self.period, self.lifetime, self.encrypting_name, self.encrypting
+            self.group,
+            self.slot,
+            self.period,
+            self.lifetime,
+            self.encrypting_name,
+            self.encrypting
         );
         if let Some(s) = self.staleness {
             let _ = writeln!(out, "last store sync {s:.1}s ago");
@@ -107,9 +112,17 @@ impl Status {
         if let Some(o) = self.clock_offset {
             let _ = writeln!(out, "clock offset to the store {:+.3}s", o);
         }
-        let _ = writeln!(out, "{:<12} {:<12} {:<8} {:<32} origin", "slot", "start", "role", "key name");
+        let _ = writeln!(
+            out,
+            "{:<12} {:<12} {:<8} {:<32} origin",
+            "slot", "start", "role", "key name"
+        );
         for k in &self.keys {
-            let _ = writeln!(out, "{:<12} {:<12} {:<8} {:<32} {}", k.slot, k.start, k.role, k.name, k.origin);
+            let _ = writeln!(
+                out,
+                "{:<12} {:<12} {:<8} {:<32} {}",
+                k.slot, k.start, k.role, k.name, k.origin
+            );
         }
         for (reason, n) in &self.rejected {
             let _ = writeln!(out, "records rejected ({reason}): {n}");

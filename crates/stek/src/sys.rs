@@ -38,6 +38,9 @@ pub struct Hygiene {
     pub not_dumpable: io::Result<()>,
     /// All memory locked (never swapped to disk).
     pub locked: io::Result<()>,
+    /// The open-file limit raised to its hard limit (the memcached server holds one descriptor
+    /// per client), with the new soft limit.
+    pub files: io::Result<u64>,
 }
 
 /// Disables core dumps, marks the process not dumpable and locks its memory where permitted.
@@ -46,13 +49,19 @@ pub struct Hygiene {
 /// `RLIMIT_MEMLOCK` infinite): with `MCL_FUTURE` under a small limit, later allocations would
 /// fail, which is worse than the risk it removes.
 pub fn harden() -> Hygiene {
-    let zero = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    let zero = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
     // SAFETY: setrlimit reads a valid rlimit struct we own.
     let no_core = check(unsafe { libc::setrlimit(libc::RLIMIT_CORE, &zero) });
     // SAFETY: PR_SET_DUMPABLE takes integer arguments only.
     let not_dumpable = check(unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0) });
 
-    let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
     // SAFETY: getrlimit writes into a valid rlimit struct we own.
     let got = check(unsafe { libc::getrlimit(libc::RLIMIT_MEMLOCK, &mut lim) });
     // SAFETY: geteuid has no preconditions.
@@ -68,10 +77,30 @@ pub fn harden() -> Hygiene {
             lim.rlim_cur
         ))),
     };
+    let mut nofile = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes into a valid rlimit struct we own.
+    let files =
+        check(unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut nofile) }).and_then(|()| {
+            if nofile.rlim_cur < nofile.rlim_max {
+                let raised = libc::rlimit {
+                    rlim_cur: nofile.rlim_max,
+                    rlim_max: nofile.rlim_max,
+                };
+                // SAFETY: setrlimit reads a valid rlimit struct we own.
+                check(unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) })?;
+                nofile.rlim_cur = nofile.rlim_max;
+            }
+            #[allow(clippy::useless_conversion)] // rlim_t's width differs between targets.
+            Ok(u64::from(nofile.rlim_cur))
+        });
     Hygiene {
         no_core,
         not_dumpable,
         locked,
+        files,
     }
 }
 

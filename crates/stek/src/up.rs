@@ -37,7 +37,13 @@ pub async fn run(
     };
     // The first keys exist before the agent's first look, so it never starts on a fallback.
     let plans = std::slice::from_ref(&plan);
-    generator_round(&*store, plans, clock.now() + publish_margin(plans), &metrics).await;
+    generator_round(
+        &*store,
+        plans,
+        clock.now() + publish_margin(plans),
+        &metrics,
+    )
+    .await;
 
     let (stop_tx, mut stop_rx) = watch::channel(false);
     let generator = tokio::spawn(run_generator(

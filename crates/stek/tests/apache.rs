@@ -18,12 +18,27 @@ fn apache_tickets_resume_within_a_period_and_rotate() {
     let root = dir.path().join("apache");
     let stek = stek_up(
         dir.path(),
-        &["--period", "4s", "--lifetime", "4s", "--no-memcached", "--sinks", "apache", "--on-change", &Apache::graceful_cmd(&root)],
+        &[
+            "--period",
+            "4s",
+            "--lifetime",
+            "4s",
+            "--no-memcached",
+            "--sinks",
+            "apache",
+            "--on-change",
+            &Apache::graceful_cmd(&root),
+        ],
     );
     let key = dir.path().join("keys/apache/ticket.key");
-    wait_for("stek's Apache key file", Duration::from_secs(20), || key.exists().then_some(()));
+    wait_for("stek's Apache key file", Duration::from_secs(20), || {
+        key.exists().then_some(())
+    });
     let apache = Apache::start(&root, &cert, &key);
-    assert!(stek.log_text().contains("Apache holds one key"), "stek warns that Apache tickets die at each rotation");
+    assert!(
+        stek.log_text().contains("Apache holds one key"),
+        "stek warns that Apache tickets die at each rotation"
+    );
 
     let sess = dir.path().join("t.sess");
     let mut names = Vec::new();
@@ -32,22 +47,38 @@ fn apache_tickets_resume_within_a_period_and_rotate() {
         let file = fs::read(&key).expect("key file");
         assert_eq!(file.len(), 48);
         let want = hex(&file[..16]);
-        let name = wait_for("Apache to encrypt with the current key", Duration::from_secs(3), || {
-            let n = fresh_ticket(apache.port, Tls::V12, &sess);
-            (n == want).then_some(n)
-        });
+        let name = wait_for(
+            "Apache to encrypt with the current key",
+            Duration::from_secs(3),
+            || {
+                let n = fresh_ticket(apache.port, Tls::V12, &sess);
+                (n == want).then_some(n)
+            },
+        );
         assert!(!names.contains(&name), "a new key every period");
         names.push(name);
         // Within the period both versions resume.
         let (t12, t13) = (dir.path().join("a12.sess"), dir.path().join("a13.sess"));
         fresh_ticket(apache.port, Tls::V12, &t12);
         fresh_ticket(apache.port, Tls::V13, &t13);
-        assert!(handshake(apache.port, Tls::V12, Some(&t12), None), "TLS 1.2 within the period");
-        assert!(handshake(apache.port, Tls::V13, Some(&t13), None), "TLS 1.3 within the period");
+        assert!(
+            handshake(apache.port, Tls::V12, Some(&t12), None),
+            "TLS 1.2 within the period"
+        );
+        assert!(
+            handshake(apache.port, Tls::V13, Some(&t13), None),
+            "TLS 1.3 within the period"
+        );
         // After the rotation they are gone: Apache holds one key.
         sleep_until_slot(P, e + 1, SETTLE);
-        assert!(!handshake(apache.port, Tls::V12, Some(&t12), None), "old TLS 1.2 ticket after a rotation");
-        assert!(!handshake(apache.port, Tls::V13, Some(&t13), None), "old TLS 1.3 ticket after a rotation");
+        assert!(
+            !handshake(apache.port, Tls::V12, Some(&t12), None),
+            "old TLS 1.2 ticket after a rotation"
+        );
+        assert!(
+            !handshake(apache.port, Tls::V13, Some(&t13), None),
+            "old TLS 1.3 ticket after a rotation"
+        );
     }
     drop(apache);
 }

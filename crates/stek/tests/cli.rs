@@ -5,7 +5,10 @@ mod util;
 use std::process::Command;
 
 fn stek(args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_stek")).args(args).output().expect("run stek");
+    let out = Command::new(env!("CARGO_BIN_EXE_stek"))
+        .args(args)
+        .output()
+        .expect("run stek");
     (
         out.status.code().unwrap_or(-1),
         String::from_utf8_lossy(&out.stdout).into_owned(),
@@ -18,8 +21,17 @@ fn help_explains_every_flag() {
     let (code, out, _) = stek(&["up", "--help"]);
     assert_eq!(code, 0);
     for flag in [
-        "--period", "--lifetime", "--dir", "--allow-persistent-dir", "--memcached", "--memcached-allow-remote",
-        "--no-memcached", "--on-change", "--sinks", "--group", "--memcached-max-connections",
+        "--period",
+        "--lifetime",
+        "--dir",
+        "--allow-persistent-dir",
+        "--memcached",
+        "--memcached-allow-remote",
+        "--no-memcached",
+        "--on-change",
+        "--sinks",
+        "--group",
+        "--memcached-max-connections",
     ] {
         assert!(out.contains(flag), "--help lacks {flag}");
     }
@@ -43,8 +55,15 @@ fn bad_flags_give_one_line_and_exit_2() {
         let (code, out, err) = stek(args);
         assert_eq!(code, 2, "{args:?}: {err}");
         assert!(out.is_empty(), "{args:?} printed to stdout");
-        assert_eq!(err.trim_end().lines().count(), 1, "{args:?}: one line, got {err:?}");
-        assert!(err.contains(needle), "{args:?}: {err:?} should mention {needle:?}");
+        assert_eq!(
+            err.trim_end().lines().count(),
+            1,
+            "{args:?}: one line, got {err:?}"
+        );
+        assert!(
+            err.contains(needle),
+            "{args:?}: {err:?} should mention {needle:?}"
+        );
     }
 }
 
@@ -52,10 +71,22 @@ fn bad_flags_give_one_line_and_exit_2() {
 fn a_persistent_dir_is_refused_before_anything_is_written() {
     let base = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).expect("tempdir");
     let dir = base.path().join("keys");
-    let (code, _, err) = stek(&["up", "--period", "4s", "--dir", dir.to_str().expect("utf-8")]);
+    let (code, _, err) = stek(&[
+        "up",
+        "--period",
+        "4s",
+        "--dir",
+        dir.to_str().expect("utf-8"),
+    ]);
     if code == 1 {
         assert!(err.contains("persistent file system"), "{err}");
-        assert!(err.contains("ext") || err.contains("xfs") || err.contains("btrfs") || err.contains("overlay"), "names the file system: {err}");
+        assert!(
+            err.contains("ext")
+                || err.contains("xfs")
+                || err.contains("btrfs")
+                || err.contains("overlay"),
+            "names the file system: {err}"
+        );
         assert!(!dir.exists(), "nothing may be written");
     } else {
         panic!("stek up on a persistent dir must exit 1, got {code}: {err}");

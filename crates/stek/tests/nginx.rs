@@ -20,15 +20,39 @@ struct Setup {
 fn setup(instances: usize) -> Setup {
     let dir = shm_dir();
     let cert = make_cert(dir.path());
-    let prefixes: Vec<_> = (0..instances).map(|i| dir.path().join(format!("nginx{i}"))).collect();
-    let reload = prefixes.iter().map(|p| Nginx::reload_cmd(p)).collect::<Vec<_>>().join(" && ");
+    let prefixes: Vec<_> = (0..instances)
+        .map(|i| dir.path().join(format!("nginx{i}")))
+        .collect();
+    let reload = prefixes
+        .iter()
+        .map(|p| Nginx::reload_cmd(p))
+        .collect::<Vec<_>>()
+        .join(" && ");
     let stek = stek_up(
         dir.path(),
-        &["--period", "4s", "--lifetime", "8s", "--no-memcached", "--sinks", "nginx", "--on-change", &reload],
+        &[
+            "--period",
+            "4s",
+            "--lifetime",
+            "8s",
+            "--no-memcached",
+            "--sinks",
+            "nginx",
+            "--on-change",
+            &reload,
+        ],
     );
     let conf = wait_nginx_conf(dir.path());
-    let nginx = prefixes.iter().map(|p| Nginx::start(p, &cert, &conf)).collect();
-    Setup { dir, stek, conf, nginx }
+    let nginx = prefixes
+        .iter()
+        .map(|p| Nginx::start(p, &cert, &conf))
+        .collect();
+    Setup {
+        dir,
+        stek,
+        conf,
+        nginx,
+    }
 }
 
 impl Setup {
@@ -37,9 +61,11 @@ impl Setup {
         let sess = self.dir.path().join("probe.sess");
         let want = nginx_conf_names(&self.conf)[0].clone();
         for n in &self.nginx {
-            wait_for("nginx to encrypt with stek's current key", Duration::from_secs(3), || {
-                (fresh_ticket(n.port, tls, &sess) == want).then_some(())
-            });
+            wait_for(
+                "nginx to encrypt with stek's current key",
+                Duration::from_secs(3),
+                || (fresh_ticket(n.port, tls, &sess) == want).then_some(()),
+            );
         }
         want
     }
@@ -54,7 +80,11 @@ fn ticket_names_change_at_every_period_boundary() {
         let names = nginx_conf_names(&s.conf);
         assert_eq!(names.len(), 4, "R + 2 = 4 keys for P = 4s, L = 8s");
         let name = s.wait_current(Tls::V12);
-        assert_eq!(s.wait_current(Tls::V13), name, "TLS 1.3 tickets use the same key");
+        assert_eq!(
+            s.wait_current(Tls::V13),
+            name,
+            "TLS 1.3 tickets use the same key"
+        );
         assert!(!seen.contains(&name), "key {name} encrypted in two periods");
         if let Some(prev) = seen.last() {
             // The previous encrypting key is still held, right after the next key.
@@ -62,8 +92,14 @@ fn ticket_names_change_at_every_period_boundary() {
         }
         seen.push(name);
     }
-    assert!(s.stek.log_text().contains("rotated to slot"), "stek logs its rotations");
-    assert!(s.stek.log_text().contains("reload ok"), "stek logs the reload");
+    assert!(
+        s.stek.log_text().contains("rotated to slot"),
+        "stek logs its rotations"
+    );
+    assert!(
+        s.stek.log_text().contains("reload ok"),
+        "stek logs the reload"
+    );
 }
 
 #[test]
@@ -77,19 +113,37 @@ fn tickets_resume_across_rotations_until_the_key_is_erased() {
     let minted = unix_now();
     fresh_ticket(port, Tls::V12, &t12);
     fresh_ticket(port, Tls::V13, &t13);
-    assert!(handshake(port, Tls::V12, Some(&t12), None), "TLS 1.2 ticket resumes at once");
-    assert!(handshake(port, Tls::V13, Some(&t13), None), "TLS 1.3 ticket resumes at once");
+    assert!(
+        handshake(port, Tls::V12, Some(&t12), None),
+        "TLS 1.2 ticket resumes at once"
+    );
+    assert!(
+        handshake(port, Tls::V13, Some(&t13), None),
+        "TLS 1.3 ticket resumes at once"
+    );
 
     // One and two rotations later: the key is a past key, both still resume.
     for later in [1, 2] {
         sleep_until_slot(P, e + later, SETTLE);
-        assert!(handshake(port, Tls::V12, Some(&t12), None), "TLS 1.2 ticket after {later} rotation(s)");
-        assert!(handshake(port, Tls::V13, Some(&t13), None), "TLS 1.3 ticket after {later} rotation(s)");
+        assert!(
+            handshake(port, Tls::V12, Some(&t12), None),
+            "TLS 1.2 ticket after {later} rotation(s)"
+        );
+        assert!(
+            handshake(port, Tls::V13, Some(&t13), None),
+            "TLS 1.3 ticket after {later} rotation(s)"
+        );
     }
     // R + 1 = 3 rotations later the key left every window and was erased.
     sleep_until_slot(P, e + 3, SETTLE);
-    assert!(!handshake(port, Tls::V12, Some(&t12), None), "TLS 1.2 ticket after its key was erased");
-    assert!(!handshake(port, Tls::V13, Some(&t13), None), "TLS 1.3 ticket after its key was erased");
+    assert!(
+        !handshake(port, Tls::V12, Some(&t12), None),
+        "TLS 1.2 ticket after its key was erased"
+    );
+    assert!(
+        !handshake(port, Tls::V13, Some(&t13), None),
+        "TLS 1.3 ticket after its key was erased"
+    );
     // And certainly once older than L + 2P = 16 s (nginx's own timeout is 1 h: it is the key's
     // erasure that refuses the ticket).
     std::thread::sleep((minted + Duration::from_secs(16)).saturating_sub(unix_now()));
@@ -108,14 +162,26 @@ fn two_nginx_sharing_the_files_resume_each_others_tickets() {
         let (ta, tb) = (d.join("a.sess"), d.join("b.sess"));
         fresh_ticket(a, tls, &ta);
         fresh_ticket(b, tls, &tb);
-        assert!(handshake(b, tls, Some(&ta), None), "{tls:?}: a's ticket on b");
-        assert!(handshake(a, tls, Some(&tb), None), "{tls:?}: b's ticket on a");
+        assert!(
+            handshake(b, tls, Some(&ta), None),
+            "{tls:?}: a's ticket on b"
+        );
+        assert!(
+            handshake(a, tls, Some(&tb), None),
+            "{tls:?}: b's ticket on a"
+        );
     }
     // Across a rotation as well.
     let (ta, tb) = (d.join("a12.sess"), d.join("b13.sess"));
     fresh_ticket(a, Tls::V12, &ta);
     fresh_ticket(b, Tls::V13, &tb);
     sleep_until_slot(P, e + 1, SETTLE);
-    assert!(handshake(b, Tls::V12, Some(&ta), None), "a's TLS 1.2 ticket on b after a rotation");
-    assert!(handshake(a, Tls::V13, Some(&tb), None), "b's TLS 1.3 ticket on a after a rotation");
+    assert!(
+        handshake(b, Tls::V12, Some(&ta), None),
+        "a's TLS 1.2 ticket on b after a rotation"
+    );
+    assert!(
+        handshake(a, Tls::V13, Some(&tb), None),
+        "b's TLS 1.3 ticket on a after a rotation"
+    );
 }

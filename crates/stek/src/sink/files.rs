@@ -19,7 +19,12 @@ fn check_len(format: Format, bytes: &[u8]) -> io::Result<()> {
     } else {
         Err(io::Error::new(
             io::ErrorKind::InvalidData,
-            format!("{} key of {} bytes, expected {}", format.id(), bytes.len(), format.key_len()),
+            format!(
+                "{} key of {} bytes, expected {}",
+                format.id(),
+                bytes.len(),
+                format.key_len()
+            ),
         ))
     }
 }
@@ -147,8 +152,8 @@ impl ApacheSink {
 mod tests {
     use super::*;
     use std::collections::BTreeMap;
-    use std::time::Duration;
     use std::path::Path;
+    use std::time::Duration;
     use stek_core::{LocalKeys, Schedule, Slot, SlotKey};
 
     fn ring_at(t: u64, shared: &BTreeMap<Slot, SlotKey>, local: &mut LocalKeys) -> Ring {
@@ -170,18 +175,31 @@ mod tests {
         let text = fs::read_to_string(&conf).unwrap();
         let lines: Vec<&str> = text.lines().filter(|l| l.starts_with("ssl_")).collect();
         assert_eq!(lines.len(), 5);
-        let files: Vec<&str> = lines.iter().map(|l| l.split(' ').nth(1).unwrap().trim_end_matches(';')).collect();
-        assert!(files[0].ends_with("/400.key") && files[1].ends_with("/404.key") && files[2].ends_with("/396.key"));
+        let files: Vec<&str> = lines
+            .iter()
+            .map(|l| l.split(' ').nth(1).unwrap().trim_end_matches(';'))
+            .collect();
+        assert!(
+            files[0].ends_with("/400.key")
+                && files[1].ends_with("/404.key")
+                && files[2].ends_with("/396.key")
+        );
         for f in &files {
             assert_eq!(fs::read(f).unwrap().len(), 80);
         }
-        assert_eq!(&fs::read(files[0]).unwrap()[..16], &shared[&Slot(100)].name().0);
+        assert_eq!(
+            &fs::read(files[0]).unwrap()[..16],
+            &shared[&Slot(100)].name().0
+        );
         // Next slot: 388.key (slot 97) leaves and is erased.
         shared.insert(Slot(102), SlotKey::generate(Slot(102)).unwrap());
         let r = ring_at(404, &shared, &mut local);
         sink.write(&r).unwrap();
         assert!(!Path::new(&files[4]).exists());
-        assert_eq!(fs::read_dir(d.path().join("nginx/keys")).unwrap().count(), 5);
+        assert_eq!(
+            fs::read_dir(d.path().join("nginx/keys")).unwrap().count(),
+            5
+        );
     }
 
     #[test]
@@ -192,7 +210,9 @@ mod tests {
             shared.insert(Slot(s), SlotKey::generate(Slot(s)).unwrap());
         }
         let r = ring_at(400, &shared, &mut LocalKeys::new());
-        let p = HaproxySink::new(d.path().join("haproxy")).write(&r).unwrap();
+        let p = HaproxySink::new(d.path().join("haproxy"))
+            .write(&r)
+            .unwrap();
         let text = fs::read_to_string(p).unwrap();
         let keys: Vec<Vec<u8>> = text
             .lines()
