@@ -14,6 +14,7 @@
 //! | HAProxy 80 | 80 | name16 aes32 hmac32 |
 //! | Apache 48 | 48 | name16 hmac16 aes16 |
 //! | Cloudflare memcached 48 | 48 | name16 aes16 hmac16 |
+//! | rustls 48 | 48 | name16 aead32 (the AES-256-GCM-SIV key of stek's rustls ticketer) |
 
 use hkdf::Hkdf;
 use sha2::Sha256;
@@ -35,6 +36,9 @@ pub enum Format {
     Apache48,
     /// The 48-byte value of Cloudflare's memcached key scheme: name16 aes16 hmac16.
     Memcached48,
+    /// The 48-byte key of stek's rustls ticketer (crate `stek-rustls`): name16 aead32, where
+    /// aead32 is the AES-256-GCM-SIV key its tickets are sealed with.
+    Rustls48,
 }
 
 /// Where each part sits in a format's bytes.
@@ -46,12 +50,13 @@ enum Order {
 
 impl Format {
     /// Every format, for tables and tests.
-    pub const ALL: [Format; 5] = [
+    pub const ALL: [Format; 6] = [
         Format::Nginx80,
         Format::Nginx48,
         Format::Haproxy80,
         Format::Apache48,
         Format::Memcached48,
+        Format::Rustls48,
     ];
 
     /// Total length in bytes.
@@ -67,6 +72,7 @@ impl Format {
             Format::Haproxy80 => "haproxy-80",
             Format::Apache48 => "apache-48",
             Format::Memcached48 => "memcached-48",
+            Format::Rustls48 => "rustls-48",
         }
     }
 
@@ -78,20 +84,30 @@ impl Format {
     fn part_len(self) -> usize {
         match self {
             Format::Nginx80 | Format::Haproxy80 => 32,
-            Format::Nginx48 | Format::Apache48 | Format::Memcached48 => 16,
+            // Rustls48 has one 32-byte part; 16 keeps `key_len` = 48.
+            Format::Nginx48 | Format::Apache48 | Format::Memcached48 | Format::Rustls48 => 16,
         }
     }
 
     fn order(self) -> Order {
         match self {
             Format::Nginx80 | Format::Apache48 => Order::HmacThenAes,
-            Format::Nginx48 | Format::Haproxy80 | Format::Memcached48 => Order::AesThenHmac,
+            Format::Nginx48 | Format::Haproxy80 | Format::Memcached48 | Format::Rustls48 => {
+                Order::AesThenHmac
+            }
         }
     }
 
     /// Encodes `key` in this format: the name, then the derived AES and HMAC keys in the
-    /// format's order.
+    /// format's order (for [`Format::Rustls48`], the name and one derived AEAD key).
     pub fn encode(self, key: &SlotKey) -> KeyBytes {
+        if self == Format::Rustls48 {
+            let aead = derive(key, self.id(), "aead", 2 * self.part_len());
+            let mut out = Zeroizing::new(Vec::with_capacity(self.key_len()));
+            out.extend_from_slice(&key.name().0);
+            out.extend_from_slice(&aead);
+            return out;
+        }
         let n = self.part_len();
         let aes = derive(key, self.id(), "aes", n);
         let hmac = derive(key, self.id(), "hmac", n);
@@ -177,6 +193,10 @@ mod tests {
                     hmac(Format::Memcached48)
                 ),
             ),
+            (
+                Format::Rustls48,
+                format!("{name}{}", hex(&derive(&k, "rustls-48", "aead", 32))),
+            ),
         ];
         for (f, layout) in &cases {
             assert_eq!(hex(&f.encode(&k)), *layout, "{f:?} layout");
@@ -203,6 +223,10 @@ mod tests {
             (
                 Format::Memcached48,
                 "7374656b2d746573742d6e616d652d31deb7ae311ae801b24b8d49925c8bf3778b39c98de6c5943b05b3d3bf0d44c2b4",
+            ),
+            (
+                Format::Rustls48,
+                "7374656b2d746573742d6e616d652d310277a492fa4d1158a71d9ad453110a5403b8ebf757301c8ea1f0736f61be92d6",
             ),
         ];
         for (f, want) in pinned {

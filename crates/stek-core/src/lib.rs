@@ -10,6 +10,9 @@
 //! - [`Record`] is the versioned encoding of one slot's key for a store; [`Record::seal`] and
 //!   [`Record::open_sealed`] make and check the sealed, signed records of shared stores
 //!   ([`GroupIdentity`], [`GeneratorKey`]).
+//! - With the `ticket` feature, `ticket::TicketKeys` seals and opens session tickets under a
+//!   ring's keys, and `ticket::SharedTicketKeys` swaps them under a running server (the core of
+//!   the `stek-rustls` ticketer).
 //!
 //! ```
 //! use std::collections::BTreeMap;
@@ -37,6 +40,8 @@ pub mod record;
 pub mod ring;
 pub mod schedule;
 pub mod seal;
+#[cfg(feature = "ticket")]
+pub mod ticket;
 
 pub use format::Format;
 pub use key::{KeyBytes, KeyName, RandomError, Secret, SlotKey};

@@ -5,13 +5,14 @@
 //! (nginx, HAProxy and Apache files, a read-only memcached-protocol server) and process hygiene.
 //! The model itself (schedule, keys, formats, records) lives in `stek-core`.
 
-pub mod memcached;
 pub mod agent;
 pub mod clock;
 pub mod config;
 pub mod duration;
+pub mod feed;
 pub mod files;
 pub mod generator;
+pub mod memcached;
 pub mod metrics;
 pub mod onchange;
 pub mod service;

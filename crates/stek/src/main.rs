@@ -21,10 +21,13 @@ use stek::status::Status;
 use stek::store::AnyStore;
 use stek::up;
 use stek_core::schedule::MAX_LIFETIME;
-use stek_core::{GeneratorKey, GeneratorPublicKey, GroupIdentity, GroupPublicKey, Record, Schedule, SlotKey};
+use stek_core::{
+    GeneratorKey, GeneratorPublicKey, GroupIdentity, GroupPublicKey, Record, Schedule, SlotKey,
+};
 use tracing::{info, warn};
 
-const ABOUT: &str = "Rotating, fleet-wide TLS session ticket keys without giving up forward secrecy";
+const ABOUT: &str =
+    "Rotating, fleet-wide TLS session ticket keys without giving up forward secrecy";
 
 const LONG_ABOUT: &str = "\
 Rotating, fleet-wide TLS session ticket keys without giving up forward secrecy.
@@ -190,7 +193,13 @@ struct UpArgs {
 
     /// Shift this process's clock by MS milliseconds (negative: behind). For testing how hosts
     /// with skewed clocks interoperate.
-    #[arg(long, value_name = "MS", default_value_t = 0, allow_hyphen_values = true, hide = true)]
+    #[arg(
+        long,
+        value_name = "MS",
+        default_value_t = 0,
+        allow_hyphen_values = true,
+        hide = true
+    )]
     clock_offset_ms: i64,
 }
 
@@ -239,7 +248,13 @@ struct GeneratorArgs {
     config: Option<PathBuf>,
 
     /// Shift this process's clock by MS milliseconds (testing only).
-    #[arg(long, value_name = "MS", default_value_t = 0, allow_hyphen_values = true, hide = true)]
+    #[arg(
+        long,
+        value_name = "MS",
+        default_value_t = 0,
+        allow_hyphen_values = true,
+        hide = true
+    )]
     clock_offset_ms: i64,
 }
 
@@ -278,7 +293,13 @@ struct AgentArgs {
     config: Option<PathBuf>,
 
     /// Shift this process's clock by MS milliseconds (testing only).
-    #[arg(long, value_name = "MS", default_value_t = 0, allow_hyphen_values = true, hide = true)]
+    #[arg(
+        long,
+        value_name = "MS",
+        default_value_t = 0,
+        allow_hyphen_values = true,
+        hide = true
+    )]
     clock_offset_ms: i64,
 }
 
@@ -340,7 +361,9 @@ fn parse_group(s: &str) -> Result<String, String> {
     if stek_core::record::valid_group(s) {
         Ok(s.to_owned())
     } else {
-        Err(format!("invalid group name {s:?}: a group name is 1 to 64 letters, digits, '.', '_' or '-'"))
+        Err(format!(
+            "invalid group name {s:?}: a group name is 1 to 64 letters, digits, '.', '_' or '-'"
+        ))
     }
 }
 
@@ -397,7 +420,9 @@ fn init_logging() {
 }
 
 fn load_config(path: Option<&Path>) -> anyhow::Result<FileConfig> {
-    path.map(FileConfig::load).transpose().map(Option::unwrap_or_default)
+    path.map(FileConfig::load)
+        .transpose()
+        .map(Option::unwrap_or_default)
 }
 
 /// A duration from the command line, else the config file, else the default.
@@ -415,9 +440,25 @@ fn pick_duration(
     }
 }
 
-fn schedule_from(args: &ScheduleArgs, file_period: Option<&str>, file_lifetime: Option<&str>) -> anyhow::Result<Schedule> {
-    let period = pick_duration(args.period, file_period, "period", parse_period, Duration::from_secs(3600))?;
-    let lifetime = pick_duration(args.lifetime, file_lifetime, "lifetime", parse_lifetime, Duration::from_secs(18 * 3600))?;
+fn schedule_from(
+    args: &ScheduleArgs,
+    file_period: Option<&str>,
+    file_lifetime: Option<&str>,
+) -> anyhow::Result<Schedule> {
+    let period = pick_duration(
+        args.period,
+        file_period,
+        "period",
+        parse_period,
+        Duration::from_secs(3600),
+    )?;
+    let lifetime = pick_duration(
+        args.lifetime,
+        file_lifetime,
+        "lifetime",
+        parse_lifetime,
+        Duration::from_secs(18 * 3600),
+    )?;
     Ok(Schedule::new(period, lifetime)?)
 }
 
@@ -441,6 +482,11 @@ fn harden() {
         Ok(()) => info!("memory locked: keys are never swapped out"),
         Err(e) => warn!("memory not locked, keys could be swapped to disk: {e}"),
     }
+    match &hygiene.files {
+        Ok(n) if *n < 2048 => warn!("only {n} open files allowed: the memcached interface serves fewer clients (raise LimitNOFILE)"),
+        Ok(_) => {}
+        Err(e) => warn!("could not raise the open-file limit: {e}"),
+    }
 }
 
 /// Delivery settings after merging flags and config, checked, with the key directory made.
@@ -461,7 +507,9 @@ fn prepare_delivery(a: SinkArgs, c: &FileConfig, schedule: &Schedule) -> anyhow:
     let dir = if dir.is_absolute() {
         dir
     } else {
-        std::env::current_dir().context("cannot read the current directory")?.join(dir)
+        std::env::current_dir()
+            .context("cannot read the current directory")?
+            .join(dir)
     };
     let allow_persistent = a.allow_persistent_dir || c.allow_persistent_dir.unwrap_or(false);
     // Checked before anything is written.
@@ -505,7 +553,11 @@ fn prepare_delivery(a: SinkArgs, c: &FileConfig, schedule: &Schedule) -> anyhow:
         );
     }
     let no_memcached = a.no_memcached || c.no_memcached.unwrap_or(false);
-    let mut memcached = if a.memcached.is_empty() { c.memcached.clone().unwrap_or_default() } else { a.memcached };
+    let mut memcached = if a.memcached.is_empty() {
+        c.memcached.clone().unwrap_or_default()
+    } else {
+        a.memcached
+    };
     if memcached.is_empty() && !no_memcached {
         memcached.push(dir.join("memcached.sock").display().to_string());
     }
@@ -515,6 +567,7 @@ fn prepare_delivery(a: SinkArgs, c: &FileConfig, schedule: &Schedule) -> anyhow:
     Ok(Delivery {
         opts: AgentOptions {
             poll: AgentOptions::default_poll(schedule),
+            feed: Default::default(),
             dir,
             sinks,
             on_change: a.on_change.or_else(|| c.on_change.clone()),
@@ -527,7 +580,8 @@ fn prepare_delivery(a: SinkArgs, c: &FileConfig, schedule: &Schedule) -> anyhow:
             },
         },
         memcached,
-        memcached_allow_remote: a.memcached_allow_remote || c.memcached_allow_remote.unwrap_or(false),
+        memcached_allow_remote: a.memcached_allow_remote
+            || c.memcached_allow_remote.unwrap_or(false),
         metrics: a.metrics.or_else(|| c.metrics.clone()),
     })
 }
@@ -544,11 +598,20 @@ async fn bind_memcached(d: &Delivery) -> anyhow::Result<Vec<Listener>> {
     Ok(listeners)
 }
 
-async fn start_metrics(addr: Option<&str>, m: &Arc<Metrics>, clock: &Arc<dyn Clock>) -> anyhow::Result<()> {
+async fn start_metrics(
+    addr: Option<&str>,
+    m: &Arc<Metrics>,
+    clock: &Arc<dyn Clock>,
+) -> anyhow::Result<()> {
     if let Some(addr) = addr {
         let l = metrics::bind(addr).await?;
         info!("metrics on http://{addr}/metrics, status on http://{addr}/status");
-        tokio::spawn(metrics::serve(l, m.clone(), clock.clone(), std::future::pending()));
+        tokio::spawn(metrics::serve(
+            l,
+            m.clone(),
+            clock.clone(),
+            std::future::pending(),
+        ));
     }
     Ok(())
 }
@@ -578,7 +641,16 @@ fn run_up(args: UpArgs) -> anyhow::Result<()> {
         let m = Metrics::new();
         start_metrics(d.metrics.as_deref(), &m, &clock).await?;
         log_schedule("stek up", &schedule);
-        up::run(schedule, group, d.opts, clock, listeners, m, shutdown_signal()).await;
+        up::run(
+            schedule,
+            group,
+            d.opts,
+            clock,
+            listeners,
+            m,
+            shutdown_signal(),
+        )
+        .await;
         Ok(())
     })
 }
@@ -596,7 +668,10 @@ fn run_keygen(args: KeygenArgs) -> anyhow::Result<()> {
     };
     files::create_new_private(&args.out, text.as_bytes())
         .with_context(|| format!("cannot write {}", args.out.display()))?;
-    eprintln!("private key written to {} (mode 0600); public key:", args.out.display());
+    eprintln!(
+        "private key written to {} (mode 0600); public key:",
+        args.out.display()
+    );
     println!("{public}");
     Ok(())
 }
@@ -620,10 +695,15 @@ fn parse_group_spec(spec: &str) -> anyhow::Result<(String, Vec<GroupPublicKey>)>
     Ok((name, keys))
 }
 
-fn parse_recipients<'a>(group: &str, pubs: impl Iterator<Item = &'a str>) -> anyhow::Result<Vec<GroupPublicKey>> {
+fn parse_recipients<'a>(
+    group: &str,
+    pubs: impl Iterator<Item = &'a str>,
+) -> anyhow::Result<Vec<GroupPublicKey>> {
     let keys = pubs
         .filter(|p| !p.trim().is_empty())
-        .map(|p| GroupPublicKey::parse(p).with_context(|| format!("group {group}: bad recipient {p:?}")))
+        .map(|p| {
+            GroupPublicKey::parse(p).with_context(|| format!("group {group}: bad recipient {p:?}"))
+        })
         .collect::<anyhow::Result<Vec<_>>>()?;
     if keys.is_empty() {
         bail!("group {group}: no recipient public keys");
@@ -633,20 +713,36 @@ fn parse_recipients<'a>(group: &str, pubs: impl Iterator<Item = &'a str>) -> any
 
 fn run_generator(args: GeneratorArgs) -> anyhow::Result<()> {
     let c = load_config(args.config.as_deref())?;
-    let store_url = args.store.or_else(|| c.store.clone()).context("--store is required")?;
-    let key_path = args.signing_key.or_else(|| c.signing_key.clone()).context("--signing-key is required")?;
-    let signer = Arc::new(GeneratorKey::from_file_text(&read_secret_file(&key_path)?).with_context(|| format!("{}", key_path.display()))?);
+    let store_url = args
+        .store
+        .or_else(|| c.store.clone())
+        .context("--store is required")?;
+    let key_path = args
+        .signing_key
+        .or_else(|| c.signing_key.clone())
+        .context("--signing-key is required")?;
+    let signer = Arc::new(
+        GeneratorKey::from_file_text(&read_secret_file(&key_path)?)
+            .with_context(|| format!("{}", key_path.display()))?,
+    );
     let default = schedule_from(&args.schedule, c.period.as_deref(), c.lifetime.as_deref())?;
     let mut plans = Vec::new();
     let mut add = |name: String, schedule: Schedule, recipients: Vec<GroupPublicKey>| {
         let signer = signer.clone();
         let g = name.clone();
-        info!("group {name}: {} recipient key(s), period {}, lifetime {}", recipients.len(), duration::format(schedule.period()), duration::format(schedule.lifetime()));
+        info!(
+            "group {name}: {} recipient key(s), period {}, lifetime {}",
+            recipients.len(),
+            duration::format(schedule.period()),
+            duration::format(schedule.lifetime())
+        );
         plans.push(GroupPlan {
             name,
             schedule,
             seal: Arc::new(move |k: &SlotKey| {
-                Record::seal(&schedule, &g, k, &recipients, &signer).map(|r| r.encode()).map_err(|e| e.to_string())
+                Record::seal(&schedule, &g, k, &recipients, &signer)
+                    .map(|r| r.encode())
+                    .map_err(|e| e.to_string())
             }),
         });
     };
@@ -658,10 +754,26 @@ fn run_generator(args: GeneratorArgs) -> anyhow::Result<()> {
         for g in c.groups.iter().flatten() {
             let name = parse_group(&g.name).map_err(anyhow::Error::msg)?;
             let schedule = Schedule::new(
-                pick_duration(None, g.period.as_deref(), "period", parse_period, default.period())?,
-                pick_duration(None, g.lifetime.as_deref(), "lifetime", parse_lifetime, default.lifetime())?,
+                pick_duration(
+                    None,
+                    g.period.as_deref(),
+                    "period",
+                    parse_period,
+                    default.period(),
+                )?,
+                pick_duration(
+                    None,
+                    g.lifetime.as_deref(),
+                    "lifetime",
+                    parse_lifetime,
+                    default.lifetime(),
+                )?,
             )?;
-            add(name.clone(), schedule, parse_recipients(&name, g.recipients.iter().map(String::as_str))?);
+            add(
+                name.clone(),
+                schedule,
+                parse_recipients(&name, g.recipients.iter().map(String::as_str))?,
+            );
         }
     }
     if plans.is_empty() {
@@ -671,7 +783,11 @@ fn run_generator(args: GeneratorArgs) -> anyhow::Result<()> {
     info!("generator {} publishing to {store_url}", signer.public());
     let metrics_addr = args.metrics.or_else(|| c.metrics.clone());
     runtime()?.block_on(async move {
-        let store = Arc::new(AnyStore::connect(&store_url).await.with_context(|| format!("cannot use the store {store_url}"))?);
+        let store = Arc::new(
+            AnyStore::connect(&store_url)
+                .await
+                .with_context(|| format!("cannot use the store {store_url}"))?,
+        );
         let clock: Arc<dyn Clock> = Arc::new(SystemClock::with_offset_ms(args.clock_offset_ms));
         let m = Metrics::new();
         start_metrics(metrics_addr.as_deref(), &m, &clock).await?;
@@ -682,12 +798,26 @@ fn run_generator(args: GeneratorArgs) -> anyhow::Result<()> {
 
 fn run_agent(args: AgentArgs) -> anyhow::Result<()> {
     let c = load_config(args.config.as_deref())?;
-    let store_url = args.store.or_else(|| c.store.clone()).context("--store is required")?;
-    let group = args.group.or_else(|| c.group.clone()).context("--group is required")?;
+    let store_url = args
+        .store
+        .or_else(|| c.store.clone())
+        .context("--store is required")?;
+    let group = args
+        .group
+        .or_else(|| c.group.clone())
+        .context("--group is required")?;
     let group = parse_group(&group).map_err(anyhow::Error::msg)?;
-    let id_path = args.identity.or_else(|| c.identity.clone()).context("--identity is required")?;
-    let identity = GroupIdentity::from_file_text(&read_secret_file(&id_path)?).with_context(|| format!("{}", id_path.display()))?;
-    let trust_text = if args.trust.is_empty() { c.trust.clone().unwrap_or_default() } else { args.trust };
+    let id_path = args
+        .identity
+        .or_else(|| c.identity.clone())
+        .context("--identity is required")?;
+    let identity = GroupIdentity::from_file_text(&read_secret_file(&id_path)?)
+        .with_context(|| format!("{}", id_path.display()))?;
+    let trust_text = if args.trust.is_empty() {
+        c.trust.clone().unwrap_or_default()
+    } else {
+        args.trust
+    };
     let trusted = trust_text
         .iter()
         .map(|t| GeneratorPublicKey::parse(t).with_context(|| format!("--trust {t:?}")))
@@ -698,15 +828,29 @@ fn run_agent(args: AgentArgs) -> anyhow::Result<()> {
     let max_stale = args.max_stale.or(c.max_stale).unwrap_or(1);
     let schedule = schedule_from(&args.schedule, c.period.as_deref(), c.lifetime.as_deref())?;
     let d = prepare_delivery(args.sink, &c, &schedule)?;
-    info!("agent for group {group} with identity {}, trusting {} generator(s)", identity.public(), trusted.len());
+    info!(
+        "agent for group {group} with identity {}, trusting {} generator(s)",
+        identity.public(),
+        trusted.len()
+    );
     runtime()?.block_on(async move {
         let listeners = bind_memcached(&d).await?;
-        let store = Arc::new(AnyStore::connect_lazy(&store_url).await.with_context(|| format!("cannot use the store {store_url}"))?);
+        let store = Arc::new(
+            AnyStore::connect_lazy(&store_url)
+                .await
+                .with_context(|| format!("cannot use the store {store_url}"))?,
+        );
         let clock: Arc<dyn Clock> = Arc::new(SystemClock::with_offset_ms(args.clock_offset_ms));
         let m = Metrics::new();
         start_metrics(d.metrics.as_deref(), &m, &clock).await?;
         log_schedule("stek agent", &schedule);
-        let agent = Agent::new(store.clone(), SealedOpener { identity, trusted }, group, schedule, max_stale);
+        let agent = Agent::new(
+            store.clone(),
+            SealedOpener { identity, trusted },
+            group,
+            schedule,
+            max_stale,
+        );
         service::run_agent(agent, store, d.opts, clock, listeners, m, shutdown_signal()).await;
         Ok(())
     })
@@ -721,8 +865,15 @@ fn run_status(args: StatusArgs) -> anyhow::Result<()> {
             None => files::default_dir().context("no default key directory found; pass --dir")?,
         };
         let path = dir.join("status.json");
-        let text = std::fs::read(&path).with_context(|| format!("cannot read {} (is an agent running with --dir {}?)", path.display(), dir.display()))?;
-        serde_json::from_slice(&text).with_context(|| format!("{} is not a stek status", path.display()))?
+        let text = std::fs::read(&path).with_context(|| {
+            format!(
+                "cannot read {} (is an agent running with --dir {}?)",
+                path.display(),
+                dir.display()
+            )
+        })?;
+        serde_json::from_slice(&text)
+            .with_context(|| format!("{} is not a stek status", path.display()))?
     };
     if args.json {
         println!("{}", serde_json::to_string_pretty(&status)?);
@@ -734,13 +885,18 @@ fn run_status(args: StatusArgs) -> anyhow::Result<()> {
 
 fn fetch_status(addr: &str) -> anyhow::Result<Status> {
     use std::io::{Read as _, Write as _};
-    let mut s = std::net::TcpStream::connect(addr).with_context(|| format!("cannot connect to {addr}"))?;
+    let mut s =
+        std::net::TcpStream::connect(addr).with_context(|| format!("cannot connect to {addr}"))?;
     s.set_read_timeout(Some(Duration::from_secs(5)))?;
-    s.write_all(format!("GET /status HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes())?;
+    s.write_all(
+        format!("GET /status HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes(),
+    )?;
     let mut buf = Vec::new();
     s.take(4 << 20).read_to_end(&mut buf)?;
     let text = String::from_utf8_lossy(&buf);
-    let (head, body) = text.split_once("\r\n\r\n").context("malformed HTTP reply")?;
+    let (head, body) = text
+        .split_once("\r\n\r\n")
+        .context("malformed HTTP reply")?;
     if !head.starts_with("HTTP/1.1 200") {
         bail!("{addr}: {}", head.lines().next().unwrap_or(""));
     }

@@ -45,7 +45,12 @@ impl std::fmt::Debug for GroupPlan {
 
 /// Runs one publishing round for every group: makes the keys due at `now`. Returns whether every
 /// group succeeded.
-pub async fn generator_round<S: Store>(store: &S, groups: &[GroupPlan], now: Duration, metrics: &Metrics) -> bool {
+pub async fn generator_round<S: Store>(
+    store: &S,
+    groups: &[GroupPlan],
+    now: Duration,
+    metrics: &Metrics,
+) -> bool {
     let mut ok = true;
     for g in groups {
         let seal = |k: &SlotKey| (g.seal)(k);
@@ -53,7 +58,10 @@ pub async fn generator_round<S: Store>(store: &S, groups: &[GroupPlan], now: Dur
         let oldest = g.schedule.window_at(now).first;
         match store.remove_before(&g.name, oldest).await {
             Ok(0) => {}
-            Ok(n) => info!("group {}: removed {n} expired record(s) from the store", g.name),
+            Ok(n) => info!(
+                "group {}: removed {n} expired record(s) from the store",
+                g.name
+            ),
             Err(e) => warn!("group {}: could not remove expired records: {e}", g.name),
         }
         match publish_upcoming(store, &g.schedule, &g.name, now, seal).await {
@@ -110,7 +118,9 @@ pub async fn run_generator<S: Store>(
             .map(|g| g.schedule.next_rotation(now))
             .min()
             .unwrap_or(now + Duration::from_secs(60));
-        let mut nap = next.saturating_sub(clock.now() + margin).min(Duration::from_secs(60));
+        let mut nap = next
+            .saturating_sub(clock.now() + margin)
+            .min(Duration::from_secs(60));
         if ok {
             backoff = Duration::from_millis(250);
         } else {
@@ -137,6 +147,8 @@ pub struct AgentOptions {
     pub memcached_limits: Limits,
     /// The safety-net poll interval (jittered by ±20%).
     pub poll: Duration,
+    /// In-process consumers of every delivered ring (e.g. stek-rustls's ticketer).
+    pub feed: crate::feed::RingFeed,
 }
 
 impl AgentOptions {
@@ -148,7 +160,10 @@ impl AgentOptions {
 
 /// Delivers rings: files, the memcached table, the on-change command, status and metrics.
 struct Delivery {
+    feed: crate::feed::RingFeed,
     group: String,
+    /// The slot of the last ring delivered (a change within a slot is an update, not a rotation).
+    last_slot: Option<stek_core::Slot>,
     sinks: FileSinks,
     table: watch::Sender<Arc<KeyTable>>,
     on_change: Option<OnChange>,
@@ -159,9 +174,15 @@ struct Delivery {
 impl Delivery {
     fn deliver(&mut self, ring: &Ring) {
         let enc = ring.encrypting_entry();
+        let verb = if self.last_slot == Some(ring.current()) {
+            "updated the ring of"
+        } else {
+            "rotated to"
+        };
+        self.last_slot = Some(ring.current());
         match ring.encrypting() {
             Encrypting::Current => info!(
-                "group {}: rotated to slot {}: key {} encrypts, {} keys decrypt",
+                "group {}: {verb} slot {}: key {} encrypts, {} keys decrypt",
                 self.group,
                 ring.current(),
                 enc.key.name(),
@@ -181,6 +202,7 @@ impl Delivery {
             ),
         }
         self.table.send_replace(Arc::new(KeyTable::from_ring(ring)));
+        self.feed.deliver(ring);
         let (written, failed) = self.sinks.deliver(ring);
         if !written.is_empty() {
             let files: Vec<String> = written.iter().map(|p| p.display().to_string()).collect();
@@ -245,11 +267,16 @@ pub async fn run_agent<S: Store, O: Opener>(
         }));
     }
     let mut delivery = Delivery {
+        feed: opts.feed.clone(),
         group: group.clone(),
+        last_slot: None,
         sinks: FileSinks::new(&opts.dir, &opts.sinks),
         table: table_tx,
         on_change: opts.on_change.clone().map(|cmd| {
-            OnChange::spawn(cmd, (schedule.period() / 4).clamp(Duration::from_secs(1), Duration::from_secs(60)))
+            OnChange::spawn(
+                cmd,
+                (schedule.period() / 4).clamp(Duration::from_secs(1), Duration::from_secs(60)),
+            )
         }),
         metrics: metrics.clone(),
         status_path: opts.dir.join("status.json"),
@@ -277,7 +304,9 @@ pub async fn run_agent<S: Store, O: Opener>(
             }
         }
         // Measure the clock offset against the store once a period.
-        if !store_down && last_offset_check.is_none_or(|t| now.saturating_sub(t) >= schedule.period()) {
+        if !store_down
+            && last_offset_check.is_none_or(|t| now.saturating_sub(t) >= schedule.period())
+        {
             last_offset_check = Some(now);
             let t0 = clock.now();
             if let Ok(Some(server)) = store.server_time().await {
@@ -301,7 +330,11 @@ pub async fn run_agent<S: Store, O: Opener>(
             st.last_sync = stats.last_sync.map(|t| t.as_secs_f64());
             st.staleness = stats.last_sync.map(|t| now.saturating_sub(t).as_secs_f64());
             st.clock_offset = clock_offset;
-            st.rejected = stats.rejected.iter().map(|(k, v)| ((*k).to_owned(), *v)).collect();
+            st.rejected = stats
+                .rejected
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), *v))
+                .collect();
             delivery.report(st);
         }
 
