@@ -34,6 +34,7 @@ use tracing::{error, info, warn};
 
 use crate::agent::{Agent, Opener};
 use crate::clock::Clock;
+use crate::service::jitter;
 use crate::store::Store;
 
 /// A consumer of rings.
@@ -160,17 +161,6 @@ pub async fn run_embedded_agent<S: Store, O: Opener>(
             _ = &mut shutdown => break,
         }
     }
-}
-
-/// `d` scaled by a random factor in [0.8, 1.2), so a fleet's polls do not align.
-fn jitter(d: Duration) -> Duration {
-    let mut b = [0u8; 2];
-    let r = if stek_core::key::fill_random(&mut b).is_ok() {
-        f64::from(u16::from_le_bytes(b)) / 65536.0
-    } else {
-        0.5
-    };
-    d.mul_f64(0.8 + 0.4 * r)
 }
 
 #[cfg(test)]
