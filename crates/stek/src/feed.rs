@@ -29,12 +29,12 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use stek_core::{Encrypting, Ring};
-use tracing::{error, info, warn};
+use stek_core::Ring;
+use tracing::error;
 
 use crate::agent::{Agent, Opener};
 use crate::clock::Clock;
-use crate::service::jitter;
+use crate::service::{log_ring, nap, StoreState};
 use crate::store::Store;
 
 /// A consumer of rings.
@@ -108,57 +108,21 @@ pub async fn run_embedded_agent<S: Store, O: Opener>(
     let schedule = *agent.schedule();
     let group = agent.group().to_owned();
     let mut changes = store.changes(&group);
-    let mut store_down = false;
+    let mut store_state = StoreState::default();
     tokio::pin!(shutdown);
     loop {
         let now = clock.now();
-        match agent.sync(now).await {
-            Ok(_) if store_down => {
-                info!("group {group}: the store is reachable again");
-                store_down = false;
-            }
-            Ok(_) => {}
-            Err(e) => {
-                if !store_down {
-                    warn!("group {group}: store unreachable, serving the keys we have: {e}");
-                    store_down = true;
-                }
-            }
-        }
+        store_state.observe(&group, agent.sync(now).await);
         match agent.rebuild(now) {
             Ok(Some(ring)) => {
-                let enc = ring.encrypting_entry().key.name();
-                match ring.encrypting() {
-                    Encrypting::Current => info!(
-                        "group {group}: slot {}: key {enc} encrypts, {} keys decrypt",
-                        ring.current(),
-                        ring.entries().len()
-                    ),
-                    Encrypting::Stale { behind } => warn!(
-                        "group {group}: slot {} has no key yet: key {enc} of {behind} period(s) ago keeps encrypting",
-                        ring.current()
-                    ),
-                    Encrypting::LocalFallback => warn!(
-                        "group {group}: FALLBACK: no recent shared key for slot {}: local random key {enc} encrypts; resumption works in this process only until the store is back",
-                        ring.current()
-                    ),
-                }
+                log_ring(&group, ring, "delivered", "this process");
                 feed.deliver(ring);
             }
             Ok(None) => {}
             Err(e) => error!("group {group}: could not make a local key: {e}"),
         }
-        let to_boundary = schedule.next_rotation(now).saturating_sub(clock.now());
-        let nap = to_boundary.min(jitter(poll)) + Duration::from_millis(1);
-        tokio::select! {
-            _ = tokio::time::sleep(nap) => {}
-            _ = async {
-                match &mut changes {
-                    Some(rx) => { if rx.changed().await.is_err() { std::future::pending::<()>().await } }
-                    None => std::future::pending::<()>().await,
-                }
-            } => {}
-            _ = &mut shutdown => break,
+        if nap(&schedule, &*clock, now, poll, &mut changes, &mut shutdown).await {
+            break;
         }
     }
 }

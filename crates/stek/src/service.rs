@@ -134,6 +134,90 @@ pub async fn run_generator<S: Store>(
     }
 }
 
+/// Whether the store answered, remembered across rounds so an outage is logged once when it
+/// starts and once when it ends.
+#[derive(Debug, Default)]
+pub(crate) struct StoreState {
+    down: bool,
+}
+
+impl StoreState {
+    /// Records one sync's outcome; returns whether it failed.
+    pub(crate) fn observe(
+        &mut self,
+        group: &str,
+        result: Result<usize, crate::store::StoreError>,
+    ) -> bool {
+        match result {
+            Ok(_) => {
+                if self.down {
+                    info!("group {group}: the store is reachable again");
+                    self.down = false;
+                }
+                false
+            }
+            Err(e) => {
+                if !self.down {
+                    warn!("group {group}: store unreachable, serving the keys we have: {e}");
+                    self.down = true;
+                }
+                true
+            }
+        }
+    }
+
+    /// Whether the last sync failed.
+    pub(crate) fn is_down(&self) -> bool {
+        self.down
+    }
+}
+
+/// Logs a newly delivered ring in plain words: which key encrypts and why. `verb` says whether
+/// the slot changed ("rotated to") or only the ring ("updated the ring of"); `scope` says where
+/// a local fallback key is valid ("this host", "this process").
+pub(crate) fn log_ring(group: &str, ring: &Ring, verb: &str, scope: &str) {
+    let enc = ring.encrypting_entry().key.name();
+    match ring.encrypting() {
+        Encrypting::Current => info!(
+            "group {group}: {verb} slot {}: key {enc} encrypts, {} keys decrypt",
+            ring.current(),
+            ring.entries().len()
+        ),
+        Encrypting::Stale { behind } => warn!(
+            "group {group}: slot {} has no key yet: key {enc} of {behind} period(s) ago keeps encrypting",
+            ring.current()
+        ),
+        Encrypting::LocalFallback => warn!(
+            "group {group}: FALLBACK: no recent shared key for slot {}: local random key {enc} encrypts; resumption works on {scope} only until the store is back",
+            ring.current()
+        ),
+    }
+}
+
+/// Sleeps until the next slot boundary, the jittered poll, or a store notification, whichever
+/// comes first. Returns `true` if `shutdown` resolved instead.
+pub(crate) async fn nap<F: Future<Output = ()>>(
+    schedule: &Schedule,
+    clock: &dyn Clock,
+    now: Duration,
+    poll: Duration,
+    changes: &mut Option<watch::Receiver<u64>>,
+    shutdown: &mut std::pin::Pin<&mut F>,
+) -> bool {
+    let to_boundary = schedule.next_rotation(now).saturating_sub(clock.now());
+    let nap = to_boundary.min(jitter(poll)) + Duration::from_millis(1);
+    tokio::select! {
+        _ = tokio::time::sleep(nap) => false,
+        _ = async {
+            match changes {
+                Some(rx) => { if rx.changed().await.is_err() { std::future::pending::<()>().await } }
+                None => std::future::pending::<()>().await,
+            }
+        } => false,
+        _ = shutdown.as_mut() => true,
+    }
+}
+
 /// How an agent delivers and reports.
 #[derive(Debug, Clone)]
 pub struct AgentOptions {
@@ -173,34 +257,13 @@ struct Delivery {
 
 impl Delivery {
     fn deliver(&mut self, ring: &Ring) {
-        let enc = ring.encrypting_entry();
         let verb = if self.last_slot == Some(ring.current()) {
             "updated the ring of"
         } else {
             "rotated to"
         };
         self.last_slot = Some(ring.current());
-        match ring.encrypting() {
-            Encrypting::Current => info!(
-                "group {}: {verb} slot {}: key {} encrypts, {} keys decrypt",
-                self.group,
-                ring.current(),
-                enc.key.name(),
-                ring.entries().len()
-            ),
-            Encrypting::Stale { behind } => warn!(
-                "group {}: slot {} has no key yet: key {} of {behind} period(s) ago keeps encrypting",
-                self.group,
-                ring.current(),
-                enc.key.name()
-            ),
-            Encrypting::LocalFallback => warn!(
-                "group {}: FALLBACK: no recent shared key for slot {}: local random key {} encrypts; resumption works on this host only until the store is back",
-                self.group,
-                ring.current(),
-                enc.key.name()
-            ),
-        }
+        log_ring(&self.group, ring, verb, "this host");
         self.table.send_replace(Arc::new(KeyTable::from_ring(ring)));
         self.feed.deliver(ring);
         let (written, failed) = self.sinks.deliver(ring);
@@ -282,29 +345,17 @@ pub async fn run_agent<S: Store, O: Opener>(
         status_path: opts.dir.join("status.json"),
     };
     let mut changes = store.changes(&group);
-    let mut store_down = false;
+    let mut store_state = StoreState::default();
     let mut clock_offset: Option<f64> = None;
     let mut last_offset_check: Option<Duration> = None;
     tokio::pin!(shutdown);
     loop {
         let now = clock.now();
-        match agent.sync(now).await {
-            Ok(_) => {
-                if store_down {
-                    info!("group {group}: the store is reachable again");
-                    store_down = false;
-                }
-            }
-            Err(e) => {
-                metrics.store_error();
-                if !store_down {
-                    warn!("group {group}: store unreachable, serving the keys we have: {e}");
-                    store_down = true;
-                }
-            }
+        if store_state.observe(&group, agent.sync(now).await) {
+            metrics.store_error();
         }
         // Measure the clock offset against the store once a period.
-        if !store_down
+        if !store_state.is_down()
             && last_offset_check.is_none_or(|t| now.saturating_sub(t) >= schedule.period())
         {
             last_offset_check = Some(now);
@@ -338,18 +389,17 @@ pub async fn run_agent<S: Store, O: Opener>(
             delivery.report(st);
         }
 
-        let to_boundary = schedule.next_rotation(now).saturating_sub(clock.now());
-        let poll = jitter(opts.poll);
-        let nap = to_boundary.min(poll) + Duration::from_millis(1);
-        tokio::select! {
-            _ = tokio::time::sleep(nap) => {}
-            _ = async {
-                match &mut changes {
-                    Some(rx) => { if rx.changed().await.is_err() { std::future::pending::<()>().await } }
-                    None => std::future::pending::<()>().await,
-                }
-            } => {}
-            _ = &mut shutdown => break,
+        if nap(
+            &schedule,
+            &*clock,
+            now,
+            opts.poll,
+            &mut changes,
+            &mut shutdown,
+        )
+        .await
+        {
+            break;
         }
     }
     info!("shutting down: key files stay in place (on memory-backed storage) so servers can still reload");
