@@ -175,19 +175,12 @@ struct SinkArgs {
     metrics: Option<String>,
 }
 
+/// Flags every long-running command takes.
 #[derive(Args, Debug)]
-struct UpArgs {
-    #[command(flatten)]
-    schedule: ScheduleArgs,
-
-    #[command(flatten)]
-    sink: SinkArgs,
-
-    /// The group name recorded with each key (letters, digits, '.', '_', '-'). Default: default.
-    #[arg(long, value_name = "NAME", value_parser = parse_group)]
-    group: Option<String>,
-
-    /// Read settings from a TOML file (flags given on the command line win).
+struct ProcessArgs {
+    /// Read settings from a TOML file; flags given on the command line win. The keys are the
+    /// flag names with `_` (e.g. `on_change`); a generator's `[[groups]]` may give a group its own
+    /// period and lifetime (see the README).
     #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
 
@@ -201,6 +194,22 @@ struct UpArgs {
         hide = true
     )]
     clock_offset_ms: i64,
+}
+
+#[derive(Args, Debug)]
+struct UpArgs {
+    #[command(flatten)]
+    schedule: ScheduleArgs,
+
+    #[command(flatten)]
+    sink: SinkArgs,
+
+    /// The group name recorded with each key (letters, digits, '.', '_', '-'). Default: default.
+    #[arg(long, value_name = "NAME", value_parser = parse_group)]
+    group: Option<String>,
+
+    #[command(flatten)]
+    process: ProcessArgs,
 }
 
 #[derive(Args, Debug)]
@@ -242,20 +251,8 @@ struct GeneratorArgs {
     #[arg(long, value_name = "ADDR")]
     metrics: Option<String>,
 
-    /// Read settings from a TOML file (flags given on the command line win; `[[groups]]` may
-    /// give a group its own period and lifetime).
-    #[arg(long, value_name = "FILE")]
-    config: Option<PathBuf>,
-
-    /// Shift this process's clock by MS milliseconds (testing only).
-    #[arg(
-        long,
-        value_name = "MS",
-        default_value_t = 0,
-        allow_hyphen_values = true,
-        hide = true
-    )]
-    clock_offset_ms: i64,
+    #[command(flatten)]
+    process: ProcessArgs,
 }
 
 #[derive(Args, Debug)]
@@ -288,19 +285,8 @@ struct AgentArgs {
     #[command(flatten)]
     sink: SinkArgs,
 
-    /// Read settings from a TOML file (flags given on the command line win).
-    #[arg(long, value_name = "FILE")]
-    config: Option<PathBuf>,
-
-    /// Shift this process's clock by MS milliseconds (testing only).
-    #[arg(
-        long,
-        value_name = "MS",
-        default_value_t = 0,
-        allow_hyphen_values = true,
-        hide = true
-    )]
-    clock_offset_ms: i64,
+    #[command(flatten)]
+    process: ProcessArgs,
 }
 
 #[derive(Args, Debug)]
@@ -628,7 +614,7 @@ fn log_schedule(what: &str, schedule: &Schedule) {
 }
 
 fn run_up(args: UpArgs) -> anyhow::Result<()> {
-    let c = load_config(args.config.as_deref())?;
+    let c = load_config(args.process.config.as_deref())?;
     let schedule = schedule_from(&args.schedule, c.period.as_deref(), c.lifetime.as_deref())?;
     let group = match args.group.or_else(|| c.group.clone()) {
         Some(g) => parse_group(&g).map_err(anyhow::Error::msg)?,
@@ -637,7 +623,8 @@ fn run_up(args: UpArgs) -> anyhow::Result<()> {
     let d = prepare_delivery(args.sink, &c, &schedule)?;
     runtime()?.block_on(async move {
         let listeners = bind_memcached(&d).await?;
-        let clock: Arc<dyn Clock> = Arc::new(SystemClock::with_offset_ms(args.clock_offset_ms));
+        let clock: Arc<dyn Clock> =
+            Arc::new(SystemClock::with_offset_ms(args.process.clock_offset_ms));
         let m = Metrics::new();
         start_metrics(d.metrics.as_deref(), &m, &clock).await?;
         log_schedule("stek up", &schedule);
@@ -712,7 +699,7 @@ fn parse_recipients<'a>(
 }
 
 fn run_generator(args: GeneratorArgs) -> anyhow::Result<()> {
-    let c = load_config(args.config.as_deref())?;
+    let c = load_config(args.process.config.as_deref())?;
     let store_url = args
         .store
         .or_else(|| c.store.clone())
@@ -788,7 +775,8 @@ fn run_generator(args: GeneratorArgs) -> anyhow::Result<()> {
                 .await
                 .with_context(|| format!("cannot use the store {store_url}"))?,
         );
-        let clock: Arc<dyn Clock> = Arc::new(SystemClock::with_offset_ms(args.clock_offset_ms));
+        let clock: Arc<dyn Clock> =
+            Arc::new(SystemClock::with_offset_ms(args.process.clock_offset_ms));
         let m = Metrics::new();
         start_metrics(metrics_addr.as_deref(), &m, &clock).await?;
         service::run_generator(store, plans, clock, m, shutdown_signal()).await;
@@ -797,7 +785,7 @@ fn run_generator(args: GeneratorArgs) -> anyhow::Result<()> {
 }
 
 fn run_agent(args: AgentArgs) -> anyhow::Result<()> {
-    let c = load_config(args.config.as_deref())?;
+    let c = load_config(args.process.config.as_deref())?;
     let store_url = args
         .store
         .or_else(|| c.store.clone())
@@ -840,7 +828,8 @@ fn run_agent(args: AgentArgs) -> anyhow::Result<()> {
                 .await
                 .with_context(|| format!("cannot use the store {store_url}"))?,
         );
-        let clock: Arc<dyn Clock> = Arc::new(SystemClock::with_offset_ms(args.clock_offset_ms));
+        let clock: Arc<dyn Clock> =
+            Arc::new(SystemClock::with_offset_ms(args.process.clock_offset_ms));
         let m = Metrics::new();
         start_metrics(d.metrics.as_deref(), &m, &clock).await?;
         log_schedule("stek agent", &schedule);
