@@ -300,29 +300,19 @@ mod tests {
         let s = Schedule::new(Duration::from_secs(4), Duration::from_secs(12)).unwrap();
         let now = clock.now();
         let k = SlotKey::generate(Slot(100)).unwrap();
+        let put = |slot: u64, bytes: Vec<u8>| {
+            let store = store.clone();
+            async move {
+                store
+                    .create("g", Slot(slot), &bytes, Duration::from_secs(999))
+                    .await
+                    .unwrap()
+            }
+        };
         // Filed under our group but made for another; and a replay into the wrong slot.
-        store
-            .create(
-                "g",
-                Slot(100),
-                &Record::plain(&s, "h", &k).encode(),
-                Duration::from_secs(999),
-            )
-            .await
-            .unwrap();
-        store
-            .create(
-                "g",
-                Slot(101),
-                &Record::plain(&s, "g", &k).encode(),
-                Duration::from_secs(999),
-            )
-            .await
-            .unwrap();
-        store
-            .create("g", Slot(99), b"garbage", Duration::from_secs(999))
-            .await
-            .unwrap();
+        put(100, Record::plain(&s, "h", &k).encode().to_vec()).await;
+        put(101, Record::plain(&s, "g", &k).encode().to_vec()).await;
+        put(99, b"garbage".to_vec()).await;
         let mut agent = Agent::new(store, PlainOpener, "g".into(), s, 1);
         assert_eq!(agent.sync(now).await.unwrap(), 0);
         assert_eq!(agent.stats().rejected.get("header_mismatch"), Some(&2));

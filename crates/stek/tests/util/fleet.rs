@@ -188,6 +188,32 @@ impl Agent {
         a
     }
 
+    /// `n` agents named `agent0`, `agent1`, ... of `group`, all with the same identity, trust
+    /// and extra flags.
+    pub fn start_many(
+        n: usize,
+        root: &Path,
+        url: &str,
+        group: &str,
+        identity: &Path,
+        trust: &str,
+        extra: &[&str],
+    ) -> Vec<Agent> {
+        (0..n)
+            .map(|i| {
+                Agent::start(
+                    root,
+                    &format!("agent{i}"),
+                    url,
+                    group,
+                    identity,
+                    trust,
+                    extra,
+                )
+            })
+            .collect()
+    }
+
     /// The agent's last status, if it wrote one.
     pub fn status(&self) -> Option<Status> {
         let bytes = fs::read(self.dir.join("status.json")).ok()?;
@@ -959,19 +985,7 @@ pub fn identical_rings_and_generator_kill(b: &mut dyn Backend, root: &Path) {
         b.records(GROUP).keys().next().copied()
     });
     let trust = format!("{pub1},{pub2}");
-    let agents: Vec<Agent> = (0..3)
-        .map(|i| {
-            Agent::start(
-                root,
-                &format!("agent{i}"),
-                &b.agent_url(),
-                GROUP,
-                &id,
-                &trust,
-                &[],
-            )
-        })
-        .collect();
+    let agents = Agent::start_many(3, root, &b.agent_url(), GROUP, &id, &trust, &[]);
     let refs: Vec<&Agent> = agents.iter().collect();
     let mut names = Names::default();
     let (mut sampled, mut killed) = (0, None);
@@ -1058,19 +1072,7 @@ pub fn no_key_material_and_every_record_expires(b: &mut dyn Backend, root: &Path
         generator(root, "gen1", &b.generator_url(), &idpub, &gk, &[]),
         generator(root, "gen2", &b.generator_url(), &idpub, &gk, &[]),
     ];
-    let agents: Vec<Agent> = (0..3)
-        .map(|i| {
-            Agent::start(
-                root,
-                &format!("agent{i}"),
-                &b.agent_url(),
-                GROUP,
-                &id,
-                &gpub,
-                &[],
-            )
-        })
-        .collect();
+    let agents = Agent::start_many(3, root, &b.agent_url(), GROUP, &id, &gpub, &[]);
     let refs: Vec<&Agent> = agents.iter().collect();
     let mut names = Names::default();
     let mut checked_keys = BTreeSet::new();
@@ -1508,19 +1510,15 @@ pub fn store_outage(b: &mut dyn Backend, root: &Path) {
     let (gk, gpub) = keygen(root, "generator", "gen.key");
     let (id, idpub) = keygen(root, "group", "web.identity");
     let _gen = generator(root, "gen", &b.generator_url(), &idpub, &gk, &[]);
-    let agents: Vec<Agent> = (0..3)
-        .map(|i| {
-            Agent::start(
-                root,
-                &format!("agent{i}"),
-                &b.agent_url(),
-                GROUP,
-                &id,
-                &gpub,
-                &["--max-stale", "1"],
-            )
-        })
-        .collect();
+    let agents = Agent::start_many(
+        3,
+        root,
+        &b.agent_url(),
+        GROUP,
+        &id,
+        &gpub,
+        &["--max-stale", "1"],
+    );
     let refs: Vec<&Agent> = agents.iter().collect();
     let mut names = Names::default();
     // One rotation with the store up.
