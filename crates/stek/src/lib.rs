@@ -15,6 +15,7 @@ pub mod generator;
 pub mod memcached;
 pub mod metrics;
 pub mod onchange;
+pub mod scan;
 pub mod service;
 pub mod sink;
 pub mod status;

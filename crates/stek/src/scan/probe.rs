@@ -1,0 +1,551 @@
+//! One TLS connection at a time, with rustls as the client and the wire recorded: what the server
+//! sent is parsed by [`super::wire`] (tickets, lifetimes, ServerHello), the sessions rustls keeps
+//! are captured so a ticket can be offered again, and a resumption ClientHello can be built
+//! without sending it, then replayed later (minutes or weeks) to ask only "is this ticket still
+//! accepted?" from the ServerHello.
+//!
+//! The scanner authenticates nobody: any certificate is accepted. It only talks; it never sends
+//! application data beyond one `HEAD /` (so a TLS 1.3 server's tickets arrive without waiting).
+
+use std::io::{self, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::client::{
+    ClientSessionStore, Resumption, Tls12ClientSessionValue, Tls12Resumption,
+    Tls13ClientSessionValue,
+};
+use rustls::crypto::{ring as provider, CryptoProvider};
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::{ClientConfig, ClientConnection, DigitallySignedStruct, HandshakeKind, NamedGroup};
+use rustls::{KeyLog, SignatureScheme};
+use zeroize::Zeroizing;
+
+use super::wire::{self, Secrets, ServerFlight, Ticket, MAX_FLIGHT};
+
+/// The most bytes of our own first flight kept (the ClientHello).
+const MAX_HELLO: usize = 16 * 1024;
+/// The most TLS 1.3 tickets kept from one connection.
+const MAX_TICKETS: usize = 8;
+
+/// A TLS version the scanner speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Version {
+    /// TLS 1.2.
+    Tls12,
+    /// TLS 1.3.
+    Tls13,
+}
+
+impl Version {
+    /// Both, in order.
+    pub const ALL: [Version; 2] = [Version::Tls12, Version::Tls13];
+
+    /// "TLS 1.2" / "TLS 1.3".
+    pub fn label(self) -> &'static str {
+        match self {
+            Version::Tls12 => "TLS 1.2",
+            Version::Tls13 => "TLS 1.3",
+        }
+    }
+
+    /// "tls12" / "tls13": JSON keys and finding ids.
+    pub fn id(self) -> &'static str {
+        match self {
+            Version::Tls12 => "tls12",
+            Version::Tls13 => "tls13",
+        }
+    }
+}
+
+/// Why a probe failed.
+#[derive(Debug)]
+pub enum ProbeError {
+    /// TCP connect failed.
+    Connect(io::Error),
+    /// The server refused this TLS version (alert or rustls's verdict), with the reason.
+    Unsupported(String),
+    /// Any other failure, with the reason.
+    Failed(String),
+}
+
+impl std::fmt::Display for ProbeError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ProbeError::Connect(e) => write!(f, "cannot connect: {e}"),
+            ProbeError::Unsupported(why) => write!(f, "not supported: {why}"),
+            ProbeError::Failed(why) => f.write_str(why),
+        }
+    }
+}
+
+impl std::error::Error for ProbeError {}
+
+/// A session rustls made, to be offered again.
+#[derive(Debug)]
+pub enum Session {
+    /// A TLS 1.2 session (ticket and/or session ID).
+    Tls12(Tls12ClientSessionValue),
+    /// One TLS 1.3 ticket.
+    Tls13(Tls13ClientSessionValue),
+}
+
+/// One ticket and the session to offer it with.
+#[derive(Debug)]
+pub struct Issued {
+    /// The ticket as sent.
+    pub ticket: Ticket,
+    /// rustls's session for it, if rustls kept it.
+    pub session: Option<Session>,
+}
+
+/// What one connection showed.
+#[derive(Debug)]
+pub struct Connection {
+    /// The server's side, parsed.
+    pub flight: ServerFlight,
+    /// rustls says the handshake resumed a session.
+    pub resumed: bool,
+    /// Tickets issued on this connection.
+    pub issued: Vec<Issued>,
+    /// TLS 1.2 session-ID-only mode: the session to resume by ID.
+    pub session_id_session: Option<Session>,
+    /// Our ClientHello as sent.
+    pub client_hello: Vec<u8>,
+    /// Wall time of the connection.
+    pub took: Duration,
+}
+
+/// A TLS client for one target, one version and one resumption mode, used sequentially.
+#[derive(Debug)]
+pub struct Prober {
+    config: Arc<ClientConfig>,
+    store: Arc<Sessions>,
+    keylog: Arc<Keys>,
+    name: ServerName<'static>,
+    version: Version,
+    timeout: Duration,
+    ticket_wait: Duration,
+}
+
+impl Prober {
+    /// A client speaking only `version` to `sni` (or to the bare address when `None`).
+    /// `session_id_only` turns tickets off on our side (TLS 1.2 session-ID resumption).
+    pub fn new(
+        version: Version,
+        sni: Option<&str>,
+        addr: SocketAddr,
+        timeout: Duration,
+        session_id_only: bool,
+    ) -> Result<Prober, ProbeError> {
+        let provider = Arc::new(provider::default_provider());
+        let versions: &[&rustls::SupportedProtocolVersion] = match version {
+            Version::Tls12 => &[&rustls::version::TLS12],
+            Version::Tls13 => &[&rustls::version::TLS13],
+        };
+        let store = Arc::new(Sessions::default());
+        let keylog = Arc::new(Keys::default());
+        let mut config = ClientConfig::builder_with_provider(provider.clone())
+            .with_protocol_versions(versions)
+            .map_err(|e| ProbeError::Failed(format!("client configuration: {e}")))?
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(AnyCertificate(provider)))
+            .with_no_client_auth();
+        config.resumption = Resumption::store(store.clone()).tls12_resumption(if session_id_only {
+            Tls12Resumption::SessionIdOnly
+        } else {
+            Tls12Resumption::SessionIdOrTickets
+        });
+        config.key_log = keylog.clone();
+        let name = match sni {
+            Some(s) => ServerName::try_from(s.to_owned())
+                .map_err(|_| ProbeError::Failed(format!("{s:?} is not a valid server name")))?,
+            None => ServerName::IpAddress(addr.ip().into()),
+        };
+        Ok(Prober {
+            config: Arc::new(config),
+            store,
+            keylog,
+            name,
+            version,
+            timeout,
+            ticket_wait: timeout.min(Duration::from_millis(500)),
+        })
+    }
+
+    /// The version this prober speaks.
+    pub fn version(&self) -> Version {
+        self.version
+    }
+
+    /// Connect, handshake (offering `offer` if given), collect tickets, close.
+    pub fn connect(&self, addr: SocketAddr, offer: Option<Session>) -> Result<Connection, ProbeError> {
+        let started = Instant::now();
+        self.store.arm(offer);
+        self.keylog.clear();
+        let tcp = TcpStream::connect_timeout(&addr, self.timeout).map_err(ProbeError::Connect)?;
+        let _ = tcp.set_nodelay(true);
+        set_timeouts(&tcp, self.timeout)?;
+        let mut io = Recorder::new(tcp);
+        let mut conn = ClientConnection::new(self.config.clone(), self.name.clone())
+            .map_err(|e| ProbeError::Failed(format!("client: {e}")))?;
+        while conn.is_handshaking() {
+            if let Err(e) = conn.complete_io(&mut io) {
+                return Err(self.explain(&io, e));
+            }
+        }
+        if self.version == Version::Tls13 {
+            self.await_tickets(&mut conn, &mut io);
+        }
+        let resumed = conn.handshake_kind() == Some(HandshakeKind::Resumed);
+        conn.send_close_notify();
+        let _ = conn.write_tls(&mut io);
+        let secrets = self.keylog.take();
+        let flight = wire::parse_server_flight(&io.read, &secrets)
+            .map_err(|e| ProbeError::Failed(format!("server sent {e}")))?;
+        let (tickets, session_id_session) = self.store.take_issued();
+        let mut sessions = tickets.into_iter();
+        let issued = flight
+            .tickets
+            .iter()
+            .map(|t| Issued {
+                ticket: t.clone(),
+                session: sessions.next(),
+            })
+            .collect();
+        Ok(Connection {
+            resumed,
+            issued,
+            session_id_session,
+            client_hello: io.hello,
+            flight,
+            took: started.elapsed(),
+        })
+    }
+
+    /// The ClientHello that offers `session`, built without connecting. Replay it with
+    /// [`replay`] to learn whether the server still accepts the ticket; the ticket is not
+    /// spent until then.
+    pub fn offer(&self, session: Session) -> Result<Vec<u8>, ProbeError> {
+        self.store.arm(Some(session));
+        let mut conn = ClientConnection::new(self.config.clone(), self.name.clone())
+            .map_err(|e| ProbeError::Failed(format!("client: {e}")))?;
+        let mut hello = Vec::new();
+        while conn.wants_write() {
+            conn.write_tls(&mut hello)
+                .map_err(|e| ProbeError::Failed(format!("client: {e}")))?;
+        }
+        match wire::offered_ticket(&hello) {
+            Ok(Some(_)) => Ok(hello),
+            _ => Err(ProbeError::Failed("the session could not be offered".into())),
+        }
+    }
+
+    /// TLS 1.3 tickets come after the handshake: ask for `/` so the server has a reason to
+    /// write, and read until the answer (tickets precede it), the close, or a short wait.
+    fn await_tickets(&self, conn: &mut ClientConnection, io: &mut Recorder) {
+        let host = match &self.name {
+            ServerName::DnsName(d) => d.as_ref().to_owned(),
+            _ => "localhost".to_owned(),
+        };
+        let request = format!("HEAD / HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
+        let _ = conn.writer().write_all(request.as_bytes());
+        let mut deadline = Instant::now() + self.ticket_wait;
+        let mut buf = [0u8; 4096];
+        loop {
+            while conn.wants_write() {
+                if conn.write_tls(io).is_err() {
+                    return;
+                }
+            }
+            match conn.reader().read(&mut buf) {
+                Ok(_) => return, // the answer or the close: every ticket came before it
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(_) => return,
+            }
+            let now = Instant::now();
+            if self.store.tls13_count() > 0 {
+                // A second ticket usually follows in the same flight.
+                deadline = deadline.min(now + Duration::from_millis(20));
+            }
+            if now >= deadline || io.inner.set_read_timeout(Some(deadline - now)).is_err() {
+                return;
+            }
+            match conn.read_tls(io) {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {
+                    if conn.process_new_packets().is_err() {
+                        return;
+                    }
+                }
+            }
+        }
+    }
+
+    fn explain(&self, io: &Recorder, e: io::Error) -> ProbeError {
+        let flight = wire::parse_server_flight(&io.read, &Secrets::default()).ok();
+        let alert = flight.as_ref().and_then(|f| f.alert);
+        let hello = flight.as_ref().and_then(|f| f.hello.clone());
+        if hello.is_none() {
+            if let Some((_, desc)) = alert {
+                return ProbeError::Unsupported(format!("the server answered with alert {}", alert_name(desc)));
+            }
+        }
+        let msg = e.to_string();
+        if msg.contains("PeerIncompatible") || msg.contains("protocol version") {
+            return ProbeError::Unsupported(msg);
+        }
+        if io.read.is_empty() && e.kind() != io::ErrorKind::InvalidData {
+            return ProbeError::Failed(format!("no answer to the ClientHello: {e}"));
+        }
+        ProbeError::Failed(format!("handshake failed: {msg}"))
+    }
+}
+
+/// Send a ClientHello made by [`Prober::offer`] on a new connection and read the server's
+/// answer up to its decision: a TLS 1.3 ServerHello accepting the PSK, or a TLS 1.2 handshake
+/// going on abbreviated, means the ticket was accepted.
+pub fn replay(addr: SocketAddr, client_hello: &[u8], timeout: Duration) -> Result<ServerFlight, ProbeError> {
+    let mut tcp = TcpStream::connect_timeout(&addr, timeout).map_err(ProbeError::Connect)?;
+    let _ = tcp.set_nodelay(true);
+    set_timeouts(&tcp, timeout)?;
+    tcp.write_all(client_hello)
+        .map_err(|e| ProbeError::Failed(format!("sending the ClientHello: {e}")))?;
+    let deadline = Instant::now() + timeout;
+    let mut got = Vec::new();
+    let mut buf = [0u8; 8192];
+    loop {
+        let flight = wire::parse_server_flight(&got, &Secrets::default())
+            .map_err(|e| ProbeError::Failed(format!("server sent {e}")))?;
+        if flight.resumed().is_some() || flight.alert.is_some() || flight.hello.as_ref().is_some_and(|h| h.retry_request) {
+            return Ok(flight);
+        }
+        if Instant::now() >= deadline || got.len() >= MAX_FLIGHT {
+            return Ok(flight);
+        }
+        match tcp.read(&mut buf) {
+            Ok(0) => return Ok(flight),
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) if got.is_empty() => return Err(ProbeError::Failed(format!("no answer: {e}"))),
+            Err(_) => return Ok(flight),
+        }
+    }
+}
+
+fn set_timeouts(tcp: &TcpStream, timeout: Duration) -> Result<(), ProbeError> {
+    tcp.set_read_timeout(Some(timeout))
+        .and_then(|()| tcp.set_write_timeout(Some(timeout)))
+        .map_err(|e| ProbeError::Failed(format!("socket: {e}")))
+}
+
+/// TLS alert descriptions by number (RFC 8446 §6).
+pub fn alert_name(desc: u8) -> String {
+    let name = match desc {
+        0 => "close_notify",
+        10 => "unexpected_message",
+        20 => "bad_record_mac",
+        40 => "handshake_failure",
+        42 => "bad_certificate",
+        47 => "illegal_parameter",
+        50 => "decode_error",
+        51 => "decrypt_error",
+        70 => "protocol_version",
+        71 => "insufficient_security",
+        80 => "internal_error",
+        86 => "inappropriate_fallback",
+        109 => "missing_extension",
+        110 => "unsupported_extension",
+        112 => "unrecognized_name",
+        120 => "no_application_protocol",
+        _ => return format!("{desc}"),
+    };
+    format!("{name} ({desc})")
+}
+
+/// The socket, recording what the server sent (capped) and our first flight.
+struct Recorder {
+    inner: TcpStream,
+    read: Vec<u8>,
+    hello: Vec<u8>,
+}
+
+impl Recorder {
+    fn new(inner: TcpStream) -> Recorder {
+        Recorder {
+            inner,
+            read: Vec::new(),
+            hello: Vec::new(),
+        }
+    }
+}
+
+impl Read for Recorder {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        let room = MAX_FLIGHT.saturating_sub(self.read.len());
+        self.read.extend_from_slice(&buf[..n.min(room)]);
+        Ok(n)
+    }
+}
+
+impl Write for Recorder {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        if self.read.is_empty() && self.hello.len() + n <= MAX_HELLO {
+            self.hello.extend_from_slice(&buf[..n]);
+        }
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+/// The session store: offers exactly the session we arm, keeps what the server issues.
+#[derive(Debug, Default)]
+struct Sessions {
+    offer12: Mutex<Option<Tls12ClientSessionValue>>,
+    offer13: Mutex<Option<Tls13ClientSessionValue>>,
+    got12: Mutex<Option<Tls12ClientSessionValue>>,
+    got13: Mutex<Vec<Tls13ClientSessionValue>>,
+    kx: Mutex<Option<NamedGroup>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Sessions {
+    fn arm(&self, offer: Option<Session>) {
+        let (a, b) = match offer {
+            Some(Session::Tls12(s)) => (Some(s), None),
+            Some(Session::Tls13(s)) => (None, Some(s)),
+            None => (None, None),
+        };
+        *lock(&self.offer12) = a;
+        *lock(&self.offer13) = b;
+        *lock(&self.got12) = None;
+        lock(&self.got13).clear();
+    }
+
+    fn tls13_count(&self) -> usize {
+        lock(&self.got13).len()
+    }
+
+    /// (ticket sessions in issue order, the TLS 1.2 session when it has no ticket).
+    fn take_issued(&self) -> (Vec<Session>, Option<Session>) {
+        let mut tickets: Vec<Session> = lock(&self.got13).drain(..).map(Session::Tls13).collect();
+        let mut by_id = None;
+        if let Some(s) = lock(&self.got12).take() {
+            if tickets.is_empty() {
+                by_id = Some(Session::Tls12(s.clone()));
+            }
+            tickets.push(Session::Tls12(s));
+        }
+        (tickets, by_id)
+    }
+}
+
+impl ClientSessionStore for Sessions {
+    fn set_kx_hint(&self, _: ServerName<'static>, group: NamedGroup) {
+        *lock(&self.kx) = Some(group);
+    }
+
+    fn kx_hint(&self, _: &ServerName<'_>) -> Option<NamedGroup> {
+        *lock(&self.kx)
+    }
+
+    fn set_tls12_session(&self, _: ServerName<'static>, value: Tls12ClientSessionValue) {
+        *lock(&self.got12) = Some(value);
+    }
+
+    fn tls12_session(&self, _: &ServerName<'_>) -> Option<Tls12ClientSessionValue> {
+        lock(&self.offer12).clone()
+    }
+
+    fn remove_tls12_session(&self, _: &ServerName<'static>) {}
+
+    fn insert_tls13_ticket(&self, _: ServerName<'static>, value: Tls13ClientSessionValue) {
+        let mut got = lock(&self.got13);
+        if got.len() < MAX_TICKETS {
+            got.push(value);
+        }
+    }
+
+    fn take_tls13_ticket(&self, _: &ServerName<'static>) -> Option<Tls13ClientSessionValue> {
+        lock(&self.offer13).take()
+    }
+}
+
+/// Our own connection's server traffic secrets, to read the tickets the server encrypts.
+#[derive(Debug, Default)]
+struct Keys(Mutex<Secrets>);
+
+impl Keys {
+    fn clear(&self) {
+        *lock(&self.0) = Secrets::default();
+    }
+
+    fn take(&self) -> Secrets {
+        std::mem::take(&mut *lock(&self.0))
+    }
+}
+
+impl KeyLog for Keys {
+    fn log(&self, label: &str, _client_random: &[u8], secret: &[u8]) {
+        let mut s = lock(&self.0);
+        match label {
+            "SERVER_HANDSHAKE_TRAFFIC_SECRET" => s.handshake = Some(Zeroizing::new(secret.to_vec())),
+            "SERVER_TRAFFIC_SECRET_0" => s.application = Some(Zeroizing::new(secret.to_vec())),
+            _ => {}
+        }
+    }
+
+    fn will_log(&self, label: &str) -> bool {
+        matches!(label, "SERVER_HANDSHAKE_TRAFFIC_SECRET" | "SERVER_TRAFFIC_SECRET_0")
+    }
+}
+
+/// Accepts any certificate: an audit of session resumption must reach servers with private,
+/// self-signed or expired certificates. Nothing the scanner sends is secret.
+#[derive(Debug)]
+struct AnyCertificate(Arc<CryptoProvider>);
+
+impl ServerCertVerifier for AnyCertificate {
+    fn verify_server_cert(
+        &self,
+        _: &CertificateDer<'_>,
+        _: &[CertificateDer<'_>],
+        _: &ServerName<'_>,
+        _: &[u8],
+        _: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        _: &[u8],
+        _: &CertificateDer<'_>,
+        _: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        Ok(HandshakeSignatureValid::assertion())
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        _: &[u8],
+        _: &CertificateDer<'_>,
+        _: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        Ok(HandshakeSignatureValid::assertion())
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
