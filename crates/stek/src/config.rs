@@ -9,6 +9,7 @@
 //! memcached = ["127.0.0.1:11211"]
 //! on_change = "nginx -s reload"
 //! sinks = ["nginx", "haproxy"]
+//! haproxy_socket = ["/run/haproxy/admin.sock"]
 //! metrics = "127.0.0.1:9155"
 //! # stek agent
 //! store = "redis://127.0.0.1:6379"
@@ -56,6 +57,8 @@ pub struct FileConfig {
     pub on_change: Option<String>,
     /// `--sinks`.
     pub sinks: Option<Vec<String>>,
+    /// `--haproxy-socket` (several).
+    pub haproxy_socket: Option<Vec<PathBuf>>,
     /// `--metrics`.
     pub metrics: Option<String>,
     /// `--store`.
@@ -124,6 +127,10 @@ mod tests {
         let c: FileConfig = toml::from_str(&example).unwrap();
         assert_eq!(c.period.as_deref(), Some("1h"));
         assert_eq!(c.groups.unwrap()[0].recipients.len(), 1);
+        assert_eq!(
+            c.haproxy_socket.unwrap(),
+            [PathBuf::from("/run/haproxy/admin.sock")]
+        );
         assert!(toml::from_str::<FileConfig>("perod = \"1h\"").is_err());
     }
 }

@@ -84,6 +84,11 @@ Files written under DIR (0600, in 0700 directories, atomically):
   status.json            the ring by key name, slot and role (no key bytes)
 and a read-only memcached-protocol server (ticket-key/<slot start> in Cloudflare's layout).
 
+With --haproxy-socket PATH (HAProxy's `stats socket PATH mode 600 level admin`), every rotation
+also reaches the running HAProxy through its runtime API (`set ssl tls-key`), with no reload:
+stek keeps the rings whose file is DIR/haproxy/tickets.keys identical to that file, checks them
+every second, and brings back a HAProxy that was restarted, started late or changed.
+
 Example:
   stek up --period 1h --lifetime 18h --on-change 'nginx -s reload'";
 
@@ -169,6 +174,12 @@ struct SinkArgs {
     /// Which key files to write (comma-separated: nginx, haproxy, apache). Default: all three.
     #[arg(long, value_name = "LIST", value_delimiter = ',')]
     sinks: Vec<SinkArg>,
+
+    /// HAProxy's admin socket (`stats socket PATH mode 600 level admin`): push every new key to
+    /// the running HAProxy with `set ssl tls-key`, no reload. Manages the rings whose file is
+    /// DIR/haproxy/tickets.keys (implies the haproxy sink). Repeatable, one per HAProxy process.
+    #[arg(long = "haproxy-socket", value_name = "PATH")]
+    haproxy_socket: Vec<PathBuf>,
 
     /// Serve Prometheus metrics at http://ADDR/metrics and the status at /status (loopback only).
     #[arg(long, value_name = "ADDR")]
@@ -530,7 +541,19 @@ fn prepare_delivery(a: SinkArgs, c: &FileConfig, schedule: &Schedule) -> anyhow:
             duration::format(schedule.period())
         );
     }
-    if sinks.contains(&SinkKind::Haproxy) && schedule.lifetime() > schedule.period() {
+    let haproxy_sockets = if a.haproxy_socket.is_empty() {
+        c.haproxy_socket.clone().unwrap_or_default()
+    } else {
+        a.haproxy_socket
+    };
+    if !haproxy_sockets.is_empty() {
+        let keys = stek::sink::haproxy_keys_path(&dir);
+        stek::sink::haproxy_runtime::check_cli_word(&keys.display().to_string()).map_err(|e| {
+            anyhow::anyhow!("--haproxy-socket: the keys file {e}; choose another --dir")
+        })?;
+    }
+    let haproxy = sinks.contains(&SinkKind::Haproxy) || !haproxy_sockets.is_empty();
+    if haproxy && schedule.lifetime() > schedule.period() {
         warn!(
             "HAProxy holds 3 keys: its tickets stop resuming 1 to 2 periods after they were issued ({} to {}), not after the lifetime of {}; on HAProxy hosts choose --lifetime <= --period",
             duration::format(schedule.period()),
@@ -557,6 +580,7 @@ fn prepare_delivery(a: SinkArgs, c: &FileConfig, schedule: &Schedule) -> anyhow:
             dir,
             sinks,
             on_change: a.on_change.or_else(|| c.on_change.clone()),
+            haproxy_sockets,
             memcached_limits: Limits {
                 max_connections: a
                     .memcached_max_connections

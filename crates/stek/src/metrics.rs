@@ -12,7 +12,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tracing::debug;
 
-use crate::status::Status;
+use crate::status::{HaproxySocketStatus, Status};
 
 /// The metrics of one process (agent, generator, or both for `stek up`).
 #[derive(Debug, Default)]
@@ -28,6 +28,7 @@ struct Inner {
     created: BTreeMap<String, u64>,
     publish_errors: u64,
     last_publish: Option<f64>,
+    haproxy: BTreeMap<String, HaproxySocketStatus>,
 }
 
 impl Metrics {
@@ -50,8 +51,44 @@ impl Metrics {
         let g = self.lock();
         g.status.clone().map(|mut s| {
             s.sink_failures = g.sink_failures.clone();
+            s.haproxy = g.haproxy.values().cloned().collect();
             s
         })
+    }
+
+    /// Records one check of the HAProxy admin socket `socket`: the rings kept in step and the
+    /// keys pushed, or the error.
+    pub fn haproxy_checked(&self, socket: &str, result: Result<(&[String], usize), String>) {
+        let mut g = self.lock();
+        let h = g
+            .haproxy
+            .entry(socket.to_owned())
+            .or_insert_with(|| HaproxySocketStatus {
+                socket: socket.to_owned(),
+                ok: false,
+                error: None,
+                rings: Vec::new(),
+                keys_pushed: 0,
+                failures: 0,
+            });
+        match result {
+            Ok((rings, pushed)) => {
+                h.ok = true;
+                h.error = None;
+                h.rings = rings.to_vec();
+                h.keys_pushed += pushed as u64;
+            }
+            Err(e) => {
+                h.ok = false;
+                h.error = Some(e);
+                h.failures += 1;
+            }
+        }
+    }
+
+    /// The HAProxy admin sockets' states, by path.
+    pub fn haproxy_sockets(&self) -> Vec<HaproxySocketStatus> {
+        self.lock().haproxy.values().cloned().collect()
     }
 
     /// Counts a sink failure.
@@ -123,6 +160,35 @@ impl Metrics {
         for (sink, n) in &g.sink_failures {
             let _ = writeln!(o, "stek_sink_failures_total{{sink=\"{sink}\"}} {n}");
         }
+        if !g.haproxy.is_empty() {
+            let _ = writeln!(o, "# HELP stek_haproxy_socket_up 1 when the last check found HAProxy's rings holding stek's keys.\n# TYPE stek_haproxy_socket_up gauge");
+            for (socket, h) in &g.haproxy {
+                let _ = writeln!(
+                    o,
+                    "stek_haproxy_socket_up{{socket=\"{}\"}} {}",
+                    label_value(socket),
+                    u8::from(h.ok)
+                );
+            }
+            let _ = writeln!(o, "# HELP stek_haproxy_keys_pushed_total Keys pushed with `set ssl tls-key`.\n# TYPE stek_haproxy_keys_pushed_total counter");
+            for (socket, h) in &g.haproxy {
+                let _ = writeln!(
+                    o,
+                    "stek_haproxy_keys_pushed_total{{socket=\"{}\"}} {}",
+                    label_value(socket),
+                    h.keys_pushed
+                );
+            }
+            let _ = writeln!(o, "# HELP stek_haproxy_check_failures_total Failed checks of HAProxy's admin socket.\n# TYPE stek_haproxy_check_failures_total counter");
+            for (socket, h) in &g.haproxy {
+                let _ = writeln!(
+                    o,
+                    "stek_haproxy_check_failures_total{{socket=\"{}\"}} {}",
+                    label_value(socket),
+                    h.failures
+                );
+            }
+        }
         if !g.created.is_empty() || g.publish_errors > 0 || g.last_publish.is_some() {
             let _ = writeln!(o, "# HELP stek_generator_keys_created_total Keys this generator created (won the slot), by group.\n# TYPE stek_generator_keys_created_total counter");
             for (group, n) in &g.created {
@@ -138,6 +204,13 @@ impl Metrics {
         }
         o
     }
+}
+
+/// A Prometheus label value: backslash, double quote and newline escaped.
+fn label_value(s: &str) -> String {
+    s.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
 }
 
 /// Why the metrics endpoint could not start.

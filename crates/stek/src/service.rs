@@ -16,7 +16,7 @@ use crate::generator::{publish_upcoming, Outcome};
 use crate::memcached::{self, KeyTable, Limits, Listener};
 use crate::metrics::Metrics;
 use crate::onchange::OnChange;
-use crate::sink::{FileSinks, SinkKind};
+use crate::sink::{haproxy_keys_path, FileSinks, HaproxyKeys, HaproxyRuntime, SinkKind};
 use crate::status::Status;
 use crate::store::Store;
 
@@ -233,12 +233,21 @@ pub struct AgentOptions {
     pub poll: Duration,
     /// In-process consumers of every delivered ring (e.g. stek-rustls's ticketer).
     pub feed: crate::feed::RingFeed,
+    /// HAProxy admin sockets whose rings follow the HAProxy keys file over the runtime API
+    /// (implies the HAProxy file sink).
+    pub haproxy_sockets: Vec<PathBuf>,
 }
 
 impl AgentOptions {
     /// The default poll interval for `schedule`: a quarter period, at most 30 s, at least 250 ms.
     pub fn default_poll(schedule: &Schedule) -> Duration {
         (schedule.period() / 4).clamp(Duration::from_millis(250), Duration::from_secs(30))
+    }
+
+    /// The longest wait between two attempts to reach a failing HAProxy socket: a quarter period,
+    /// between 1 and 5 s, so a HAProxy that comes back is in step well within a period.
+    pub fn haproxy_max_backoff(schedule: &Schedule) -> Duration {
+        (schedule.period() / 4).clamp(Duration::from_secs(1), Duration::from_secs(5))
     }
 }
 
@@ -251,6 +260,7 @@ struct Delivery {
     sinks: FileSinks,
     table: watch::Sender<Arc<KeyTable>>,
     on_change: Option<OnChange>,
+    haproxy: Option<HaproxyRuntime>,
     metrics: Arc<Metrics>,
     status_path: PathBuf,
 }
@@ -279,6 +289,16 @@ impl Delivery {
                 f.error
             );
         }
+        // HAProxy's live ring follows the keys file, never runs ahead of it: a reload must load
+        // what HAProxy was running.
+        if let Some(h) = &self.haproxy {
+            if !failed.iter().any(|f| f.sink == SinkKind::Haproxy) {
+                match HaproxyKeys::of(ring) {
+                    Ok(keys) => h.deliver(keys),
+                    Err(e) => error!("could not encode the HAProxy keys: {e}"),
+                }
+            }
+        }
         if let Some(oc) = &self.on_change {
             if !written.is_empty() {
                 oc.notify();
@@ -286,7 +306,8 @@ impl Delivery {
         }
     }
 
-    fn report(&self, status: Status) {
+    fn report(&self, mut status: Status) {
+        status.haproxy = self.metrics.haproxy_sockets();
         match serde_json::to_vec_pretty(&status) {
             Ok(bytes) => {
                 if let Err(e) = crate::files::write_atomic(&self.status_path, &bytes) {
@@ -329,11 +350,24 @@ pub async fn run_agent<S: Store, O: Opener>(
             }
         }));
     }
+    let mut kinds = opts.sinks.clone();
+    let haproxy = (!opts.haproxy_sockets.is_empty()).then(|| {
+        // The runtime API pushes what the keys file holds: the file sink comes with it.
+        if !kinds.contains(&SinkKind::Haproxy) {
+            kinds.push(SinkKind::Haproxy);
+        }
+        HaproxyRuntime::spawn(
+            &opts.haproxy_sockets,
+            haproxy_keys_path(&opts.dir),
+            AgentOptions::haproxy_max_backoff(&schedule),
+            metrics.clone(),
+        )
+    });
     let mut delivery = Delivery {
         feed: opts.feed.clone(),
         group: group.clone(),
         last_slot: None,
-        sinks: FileSinks::new(&opts.dir, &opts.sinks),
+        sinks: FileSinks::new(&opts.dir, &kinds),
         table: table_tx,
         on_change: opts.on_change.clone().map(|cmd| {
             OnChange::spawn(
@@ -341,6 +375,7 @@ pub async fn run_agent<S: Store, O: Opener>(
                 (schedule.period() / 4).clamp(Duration::from_secs(1), Duration::from_secs(60)),
             )
         }),
+        haproxy,
         metrics: metrics.clone(),
         status_path: opts.dir.join("status.json"),
     };

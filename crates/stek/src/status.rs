@@ -53,6 +53,26 @@ pub struct Status {
     pub sink_failures: BTreeMap<String, u64>,
     /// When this status was made, Unix seconds.
     pub updated_at: f64,
+    /// HAProxy admin sockets (`--haproxy-socket`), by path.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub haproxy: Vec<HaproxySocketStatus>,
+}
+
+/// One HAProxy admin socket, as reported.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HaproxySocketStatus {
+    /// The socket's path.
+    pub socket: String,
+    /// Whether the last check found every managed ring holding stek's keys.
+    pub ok: bool,
+    /// The last check's error, if it failed.
+    pub error: Option<String>,
+    /// The files of the rings stek keeps in step (as HAProxy names them).
+    pub rings: Vec<String>,
+    /// Keys pushed so far.
+    pub keys_pushed: u64,
+    /// Checks that failed so far.
+    pub failures: u64,
 }
 
 impl Status {
@@ -90,6 +110,7 @@ impl Status {
             rejected: BTreeMap::new(),
             sink_failures: BTreeMap::new(),
             updated_at: now.as_secs_f64(),
+            haproxy: Vec::new(),
         }
     }
 
@@ -129,6 +150,17 @@ impl Status {
         }
         for (sink, n) in &self.sink_failures {
             let _ = writeln!(out, "sink failures ({sink}): {n}");
+        }
+        for h in &self.haproxy {
+            let state = match &h.error {
+                None => format!("in step (rings {})", h.rings.join(", ")),
+                Some(e) => format!("FAILING: {e}"),
+            };
+            let _ = writeln!(
+                out,
+                "HAProxy {}: {state}; {} key(s) pushed, {} failed check(s)",
+                h.socket, h.keys_pushed, h.failures
+            );
         }
         out
     }

@@ -6,7 +6,7 @@ use std::io;
 use std::path::PathBuf;
 
 use base64::Engine as _;
-use stek_core::{Format, Ring};
+use stek_core::{Format, KeyBytes, KeyName, Ring};
 use zeroize::Zeroizing;
 
 use crate::files::{ensure_private_dir, erase, write_atomic};
@@ -85,6 +85,66 @@ impl NginxSink {
     }
 }
 
+/// The three keys HAProxy holds, in its order: previous, encrypting, next (oldest first; HAProxy
+/// encrypts with the penultimate). 80 bytes each (name16 aes32 hmac32), checked when made. The
+/// same value feeds the keys file and the runtime API, so both always say the same.
+pub struct HaproxyKeys {
+    keys: [KeyBytes; 3],
+    names: [KeyName; 3],
+}
+
+impl HaproxyKeys {
+    /// HAProxy's keys for `ring`.
+    pub fn of(ring: &Ring) -> io::Result<HaproxyKeys> {
+        let triple = ring.haproxy_triple();
+        let keys = triple.map(|e| Format::Haproxy80.encode(&e.key));
+        for k in &keys {
+            check_len(Format::Haproxy80, k)?;
+        }
+        Ok(HaproxyKeys {
+            keys,
+            names: triple.map(|e| e.key.name()),
+        })
+    }
+
+    /// The keys' bytes, oldest first.
+    pub fn keys(&self) -> &[KeyBytes; 3] {
+        &self.keys
+    }
+
+    /// The keys' public names, oldest first.
+    pub fn names(&self) -> [KeyName; 3] {
+        self.names
+    }
+
+    /// Appends key `i` in base64 to `out`. Reserve room first ([`HAPROXY_KEY_B64_LEN`]): a
+    /// reallocation would leave a copy of the key behind that is never zeroized.
+    pub fn push_base64(&self, i: usize, out: &mut String) {
+        base64::engine::general_purpose::STANDARD.encode_string(&self.keys[i], out);
+    }
+
+    /// The keys file: one base64 key per line, oldest first.
+    pub fn file_text(&self) -> Zeroizing<String> {
+        let mut text = Zeroizing::new(String::with_capacity(3 * (HAPROXY_KEY_B64_LEN + 1)));
+        for i in 0..3 {
+            self.push_base64(i, &mut text);
+            text.push('\n');
+        }
+        text
+    }
+}
+
+impl std::fmt::Debug for HaproxyKeys {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HaproxyKeys")
+            .field("names", &self.names)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The length of one HAProxy key in base64 (80 bytes, padded).
+pub const HAPROXY_KEY_B64_LEN: usize = 108;
+
 /// HAProxy: `haproxy/tickets.keys`, three base64 80-byte keys, oldest first (previous,
 /// encrypting, next): HAProxy encrypts with the penultimate line.
 #[derive(Debug)]
@@ -106,16 +166,8 @@ impl HaproxySink {
     /// Writes the keys file.
     pub fn write(&mut self, ring: &Ring) -> io::Result<PathBuf> {
         ensure_private_dir(&self.dir)?;
-        let mut text = Zeroizing::new(String::new());
-        for entry in ring.haproxy_triple() {
-            let bytes = Format::Haproxy80.encode(&entry.key);
-            check_len(Format::Haproxy80, &bytes)?;
-            let line = Zeroizing::new(base64::engine::general_purpose::STANDARD.encode(&bytes));
-            text.push_str(&line);
-            text.push('\n');
-        }
         let path = self.keys_path();
-        write_atomic(&path, text.as_bytes())?;
+        write_atomic(&path, HaproxyKeys::of(ring)?.file_text().as_bytes())?;
         Ok(path)
     }
 }

@@ -1,16 +1,19 @@
 //! Sinks hand a ring to TLS servers: key files for nginx, HAProxy and Apache (in memory-backed
-//! directories), and the table the memcached-protocol server answers from.
+//! directories), HAProxy's runtime API ([`haproxy_runtime`]), and the table the
+//! memcached-protocol server answers from.
 //!
 //! Files are written only when the ring changed, each atomically; a sink that fails leaves its
 //! previous files in place and is reported, the others carry on.
 
 pub mod files;
+pub mod haproxy_runtime;
 
 use std::path::{Path, PathBuf};
 
 use stek_core::Ring;
 
-pub use files::{ApacheSink, HaproxySink, NginxSink};
+pub use files::{ApacheSink, HaproxyKeys, HaproxySink, NginxSink};
+pub use haproxy_runtime::HaproxyRuntime;
 
 /// Which file sinks `stek up` and `stek agent` write.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -32,6 +35,15 @@ impl SinkKind {
             SinkKind::Apache => "apache",
         }
     }
+}
+
+fn haproxy_sink(dir: &Path) -> HaproxySink {
+    HaproxySink::new(dir.join("haproxy"))
+}
+
+/// The HAProxy keys file under the key directory `dir` (`DIR/haproxy/tickets.keys`).
+pub fn haproxy_keys_path(dir: &Path) -> PathBuf {
+    haproxy_sink(dir).keys_path()
 }
 
 /// A failed sink and why.
@@ -57,7 +69,7 @@ impl FileSinks {
         let has = |k| kinds.contains(&k);
         FileSinks {
             nginx: has(SinkKind::Nginx).then(|| NginxSink::new(dir.join("nginx"))),
-            haproxy: has(SinkKind::Haproxy).then(|| HaproxySink::new(dir.join("haproxy"))),
+            haproxy: has(SinkKind::Haproxy).then(|| haproxy_sink(dir)),
             apache: has(SinkKind::Apache).then(|| ApacheSink::new(dir.join("apache"))),
         }
     }
