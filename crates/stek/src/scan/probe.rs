@@ -181,7 +181,11 @@ impl Prober {
     }
 
     /// Connect, handshake (offering `offer` if given), collect tickets, close.
-    pub fn connect(&self, addr: SocketAddr, offer: Option<Session>) -> Result<Connection, ProbeError> {
+    pub fn connect(
+        &self,
+        addr: SocketAddr,
+        offer: Option<Session>,
+    ) -> Result<Connection, ProbeError> {
         let started = Instant::now();
         self.store.arm(offer);
         self.keylog.clear();
@@ -239,7 +243,9 @@ impl Prober {
         }
         match wire::offered_ticket(&hello) {
             Ok(Some(_)) => Ok(hello),
-            _ => Err(ProbeError::Failed("the session could not be offered".into())),
+            _ => Err(ProbeError::Failed(
+                "the session could not be offered".into(),
+            )),
         }
     }
 
@@ -290,7 +296,10 @@ impl Prober {
         let hello = flight.as_ref().and_then(|f| f.hello.clone());
         if hello.is_none() {
             if let Some((_, desc)) = alert {
-                return ProbeError::Unsupported(format!("the server answered with alert {}", alert_name(desc)));
+                return ProbeError::Unsupported(format!(
+                    "the server answered with alert {}",
+                    alert_name(desc)
+                ));
             }
         }
         let msg = e.to_string();
@@ -307,7 +316,11 @@ impl Prober {
 /// Send a ClientHello made by [`Prober::offer`] on a new connection and read the server's
 /// answer up to its decision: a TLS 1.3 ServerHello accepting the PSK, or a TLS 1.2 handshake
 /// going on abbreviated, means the ticket was accepted.
-pub fn replay(addr: SocketAddr, client_hello: &[u8], timeout: Duration) -> Result<ServerFlight, ProbeError> {
+pub fn replay(
+    addr: SocketAddr,
+    client_hello: &[u8],
+    timeout: Duration,
+) -> Result<ServerFlight, ProbeError> {
     let mut tcp = TcpStream::connect_timeout(&addr, timeout).map_err(ProbeError::Connect)?;
     let _ = tcp.set_nodelay(true);
     set_timeouts(&tcp, timeout)?;
@@ -319,7 +332,10 @@ pub fn replay(addr: SocketAddr, client_hello: &[u8], timeout: Duration) -> Resul
     loop {
         let flight = wire::parse_server_flight(&got, &Secrets::default())
             .map_err(|e| ProbeError::Failed(format!("server sent {e}")))?;
-        if flight.resumed().is_some() || flight.alert.is_some() || flight.hello.as_ref().is_some_and(|h| h.retry_request) {
+        if flight.resumed().is_some()
+            || flight.alert.is_some()
+            || flight.hello.as_ref().is_some_and(|h| h.retry_request)
+        {
             return Ok(flight);
         }
         if Instant::now() >= deadline || got.len() >= MAX_FLIGHT {
@@ -499,14 +515,19 @@ impl KeyLog for Keys {
     fn log(&self, label: &str, _client_random: &[u8], secret: &[u8]) {
         let mut s = lock(&self.0);
         match label {
-            "SERVER_HANDSHAKE_TRAFFIC_SECRET" => s.handshake = Some(Zeroizing::new(secret.to_vec())),
+            "SERVER_HANDSHAKE_TRAFFIC_SECRET" => {
+                s.handshake = Some(Zeroizing::new(secret.to_vec()))
+            }
             "SERVER_TRAFFIC_SECRET_0" => s.application = Some(Zeroizing::new(secret.to_vec())),
             _ => {}
         }
     }
 
     fn will_log(&self, label: &str) -> bool {
-        matches!(label, "SERVER_HANDSHAKE_TRAFFIC_SECRET" | "SERVER_TRAFFIC_SECRET_0")
+        matches!(
+            label,
+            "SERVER_HANDSHAKE_TRAFFIC_SECRET" | "SERVER_TRAFFIC_SECRET_0"
+        )
     }
 }
 

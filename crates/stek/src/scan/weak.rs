@@ -36,10 +36,30 @@ pub struct WeakKey {
 
 /// Key file layouts: (description, file length, HMAC key range, AES key range).
 const LAYOUTS: [(&str, usize, (usize, usize), (usize, usize)); 4] = [
-    ("nginx 80-byte (name, HMAC, AES-256)", 80, (16, 48), (48, 80)),
-    ("HAProxy 80-byte (name, AES-256, HMAC)", 80, (48, 80), (16, 48)),
-    ("nginx/HAProxy 48-byte (name, AES-128, HMAC)", 48, (32, 48), (16, 32)),
-    ("Apache 48-byte (name, HMAC, AES-128)", 48, (16, 32), (32, 48)),
+    (
+        "nginx 80-byte (name, HMAC, AES-256)",
+        80,
+        (16, 48),
+        (48, 80),
+    ),
+    (
+        "HAProxy 80-byte (name, AES-256, HMAC)",
+        80,
+        (48, 80),
+        (16, 48),
+    ),
+    (
+        "nginx/HAProxy 48-byte (name, AES-128, HMAC)",
+        48,
+        (32, 48),
+        (16, 32),
+    ),
+    (
+        "Apache 48-byte (name, HMAC, AES-128)",
+        48,
+        (16, 32),
+        (32, 48),
+    ),
 ];
 
 /// Byte patterns a careless operator leaves in a key file, as (description, generator).
@@ -88,8 +108,18 @@ pub fn check(ticket: &[u8]) -> Option<WeakKey> {
     for (pattern, file) in patterns(name) {
         for (layout, len, (hs, he), (as_, ae)) in LAYOUTS {
             let f = &file[..len];
-            guesses.push((pattern.clone(), layout, f[hs..he].to_vec(), f[as_..ae].to_vec()));
-            guesses.push((pattern.clone(), layout, file[..he - hs].to_vec(), file[..ae - as_].to_vec()));
+            guesses.push((
+                pattern.clone(),
+                layout,
+                f[hs..he].to_vec(),
+                f[as_..ae].to_vec(),
+            ));
+            guesses.push((
+                pattern.clone(),
+                layout,
+                file[..he - hs].to_vec(),
+                file[..ae - as_].to_vec(),
+            ));
         }
     }
     let mut tried: HashSet<&[u8]> = HashSet::new();
@@ -138,7 +168,12 @@ fn decrypt(ticket: &[u8], key: &[u8]) -> Option<usize> {
         prev = cipher;
     }
     let pad = usize::from(*plain.last()?);
-    if pad == 0 || pad > BLOCK || plain[plain.len() - pad..].iter().any(|&b| usize::from(b) != pad) {
+    if pad == 0
+        || pad > BLOCK
+        || plain[plain.len() - pad..]
+            .iter()
+            .any(|&b| usize::from(b) != pad)
+    {
         return None;
     }
     let session = &plain[..plain.len() - pad];
@@ -163,8 +198,12 @@ mod tests {
             }
             let b = GenericArray::from_mut_slice(block);
             match aes_key.len() {
-                16 => aes::Aes128::new_from_slice(aes_key).unwrap().encrypt_block(b),
-                _ => aes::Aes256::new_from_slice(aes_key).unwrap().encrypt_block(b),
+                16 => aes::Aes128::new_from_slice(aes_key)
+                    .unwrap()
+                    .encrypt_block(b),
+                _ => aes::Aes256::new_from_slice(aes_key)
+                    .unwrap()
+                    .encrypt_block(b),
             }
             prev.copy_from_slice(block);
         }
@@ -176,7 +215,9 @@ mod tests {
         t
     }
 
-    const SESSION: &[u8] = &[0x30, 0x81, 0x90, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17];
+    const SESSION: &[u8] = &[
+        0x30, 0x81, 0x90, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17,
+    ];
 
     #[test]
     fn all_zero_80_byte_key() {
@@ -191,7 +232,12 @@ mod tests {
     #[test]
     fn counting_48_byte_apache_key() {
         let file: Vec<u8> = (0..48u8).collect();
-        let t = ticket(file[..16].try_into().unwrap(), &file[16..32], &file[32..48], SESSION);
+        let t = ticket(
+            file[..16].try_into().unwrap(),
+            &file[16..32],
+            &file[32..48],
+            SESSION,
+        );
         let w = check(&t).unwrap();
         assert_eq!(w.pattern, "counting 0, 1, 2, ...");
         assert_eq!(w.layout, LAYOUTS[3].0);

@@ -350,7 +350,11 @@ impl RecordKey {
     }
 
     /// Open one record in place; returns the inner content type and the content.
-    fn open<'b>(&mut self, header: [u8; 5], body: &'b mut [u8]) -> Result<(u8, &'b [u8]), WireError> {
+    fn open<'b>(
+        &mut self,
+        header: [u8; 5],
+        body: &'b mut [u8],
+    ) -> Result<(u8, &'b [u8]), WireError> {
         let mut nonce = self.iv;
         for (n, s) in nonce[4..].iter_mut().zip(self.seq.to_be_bytes()) {
             *n ^= s;
@@ -409,7 +413,9 @@ impl Messages {
         if self.buf.len() < 4 {
             return Ok(None);
         }
-        let len = usize::from(self.buf[1]) << 16 | usize::from(self.buf[2]) << 8 | usize::from(self.buf[3]);
+        let len = usize::from(self.buf[1]) << 16
+            | usize::from(self.buf[2]) << 8
+            | usize::from(self.buf[3]);
         if len > MAX_MESSAGE {
             return Err(WireError::TooLarge("handshake message"));
         }
@@ -447,7 +453,13 @@ pub fn parse_server_flight(bytes: &[u8], secrets: &Secrets) -> Result<ServerFlig
         if rest.buf.len() < 5 + len {
             break;
         }
-        let header: [u8; 5] = [rest.buf[0], rest.buf[1], rest.buf[2], rest.buf[3], rest.buf[4]];
+        let header: [u8; 5] = [
+            rest.buf[0],
+            rest.buf[1],
+            rest.buf[2],
+            rest.buf[3],
+            rest.buf[4],
+        ];
         rest.take(5)?;
         let body = rest.take(len)?;
         match (epoch, typ) {
@@ -667,7 +679,10 @@ mod tests {
 
     #[test]
     fn tls12_abbreviated_handshake() {
-        let mut wire = record(CONTENT_HANDSHAKE, &message(HS_SERVER_HELLO, &server_hello(None, false)));
+        let mut wire = record(
+            CONTENT_HANDSHAKE,
+            &message(HS_SERVER_HELLO, &server_hello(None, false)),
+        );
         wire.extend(record(CONTENT_CCS, &[1]));
         let f = parse_server_flight(&wire, &Secrets::default()).unwrap();
         assert_eq!(f.resumed(), Some(true));
@@ -676,21 +691,37 @@ mod tests {
 
     #[test]
     fn tls13_psk_acceptance_without_secrets() {
-        let wire = record(CONTENT_HANDSHAKE, &message(HS_SERVER_HELLO, &server_hello(Some(TLS13), true)));
+        let wire = record(
+            CONTENT_HANDSHAKE,
+            &message(HS_SERVER_HELLO, &server_hello(Some(TLS13), true)),
+        );
         let f = parse_server_flight(&wire, &Secrets::default()).unwrap();
         assert_eq!(f.version(), Some(TLS13));
         assert_eq!(f.resumed(), Some(true));
-        let wire = record(CONTENT_HANDSHAKE, &message(HS_SERVER_HELLO, &server_hello(Some(TLS13), false)));
-        assert_eq!(parse_server_flight(&wire, &Secrets::default()).unwrap().resumed(), Some(false));
+        let wire = record(
+            CONTENT_HANDSHAKE,
+            &message(HS_SERVER_HELLO, &server_hello(Some(TLS13), false)),
+        );
+        assert_eq!(
+            parse_server_flight(&wire, &Secrets::default())
+                .unwrap()
+                .resumed(),
+            Some(false)
+        );
     }
 
     #[test]
     fn plaintext_alert_and_garbage() {
         let f = parse_server_flight(&record(CONTENT_ALERT, &[2, 40]), &Secrets::default()).unwrap();
         assert_eq!(f.alert, Some((2, 40)));
-        assert!(parse_server_flight(b"HTTP/1.1 400 Bad Request\r\n\r\n", &Secrets::default()).is_err());
+        assert!(
+            parse_server_flight(b"HTTP/1.1 400 Bad Request\r\n\r\n", &Secrets::default()).is_err()
+        );
         // A cut connection is not an error: nothing decided yet.
-        let wire = record(CONTENT_HANDSHAKE, &message(HS_SERVER_HELLO, &server_hello(None, false)));
+        let wire = record(
+            CONTENT_HANDSHAKE,
+            &message(HS_SERVER_HELLO, &server_hello(None, false)),
+        );
         let f = parse_server_flight(&wire[..wire.len() - 1], &Secrets::default()).unwrap();
         assert_eq!(f.hello, None);
     }
@@ -699,7 +730,10 @@ mod tests {
     fn oversized_message_is_refused() {
         let mut m = vec![HS_CERTIFICATE, 0x10, 0, 0];
         m.extend_from_slice(&[0; 100]);
-        let mut wire = record(CONTENT_HANDSHAKE, &message(HS_SERVER_HELLO, &server_hello(None, false)));
+        let mut wire = record(
+            CONTENT_HANDSHAKE,
+            &message(HS_SERVER_HELLO, &server_hello(None, false)),
+        );
         wire.extend(record(CONTENT_HANDSHAKE, &m));
         assert_eq!(
             parse_server_flight(&wire, &Secrets::default()),

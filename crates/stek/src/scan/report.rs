@@ -1,0 +1,529 @@
+//! What a scan found: the JSON document (a stable interface: field names and finding ids do not
+//! change meaning) and the human report (verdict first, then findings with evidence and the fix).
+
+use std::fmt::Write as _;
+
+use serde::{Deserialize, Serialize};
+
+/// How bad a finding is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Severity {
+    /// A fact worth knowing.
+    Info,
+    /// Costs performance or resilience, not secrecy.
+    Low,
+    /// Weakens forward secrecy or breaks a standard.
+    Medium,
+    /// Recorded traffic is exposed far longer than it should be.
+    High,
+    /// Recorded traffic can be decrypted by anyone.
+    Critical,
+}
+
+impl Severity {
+    /// The lowercase word.
+    pub fn word(self) -> &'static str {
+        match self {
+            Severity::Info => "info",
+            Severity::Low => "low",
+            Severity::Medium => "medium",
+            Severity::High => "high",
+            Severity::Critical => "critical",
+        }
+    }
+}
+
+/// One finding. `id` is stable; `title`, `evidence` and `remediation` are for people.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Finding {
+    /// Stable identifier, e.g. `stek.not_rotated`.
+    pub id: String,
+    /// Severity.
+    pub severity: Severity,
+    /// The endpoint it is about (`host:port` or `host:port (address)`), or `fleet <sni>`.
+    pub target: String,
+    /// One line.
+    pub title: String,
+    /// What was observed, with figures.
+    pub evidence: String,
+    /// What to change, with the exact configuration lines.
+    pub remediation: String,
+}
+
+/// One TLS version's resumption behaviour on one endpoint.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct VersionReport {
+    /// A handshake at this version completed.
+    pub supported: bool,
+    /// Why not, when not.
+    pub error: Option<String>,
+    /// The negotiated cipher suite.
+    pub cipher: Option<String>,
+    /// Full handshake time, milliseconds.
+    pub handshake_ms: Option<f64>,
+    /// TLS 1.2 only: a session resumed by session ID (the server's session cache).
+    pub session_id_resumption: Option<bool>,
+    /// The server issued tickets.
+    pub tickets_issued: bool,
+    /// Tickets per full handshake.
+    pub tickets_per_connection: usize,
+    /// The lifetime hint (TLS 1.2; 0 = unspecified) or ticket lifetime (TLS 1.3), seconds.
+    pub lifetime_hint: Option<u32>,
+    /// A ticket resumed the session (a renewed ticket still counts).
+    pub ticket_resumption: Option<bool>,
+    /// The resumed handshake came with a new ticket.
+    pub ticket_renewed: Option<bool>,
+    /// TLS 1.3: a ticket is accepted only once.
+    pub single_use: Option<bool>,
+    /// TLS 1.3: the resumption used (EC)DHE (`psk_dhe_ke`); false = `psk_ke`, no forward secrecy.
+    pub resumption_with_dhe: Option<bool>,
+    /// TLS 1.3: the most 0-RTT data the server accepts per ticket.
+    pub max_early_data: Option<u32>,
+    /// The key name (hex) of the encrypting key, when the format has one.
+    pub key_name: Option<String>,
+    /// The name was the same on tickets from separate connections while the tickets differed.
+    pub key_name_confirmed: bool,
+    /// Tickets looked at.
+    pub tickets_seen: usize,
+    /// Ticket length, bytes.
+    pub ticket_len: Option<usize>,
+    /// The key was guessed (see `stek.weak_key`).
+    pub weak_key: Option<String>,
+}
+
+/// One key name seen encrypting, over this run and earlier ones (`--state`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct KeyReport {
+    /// The key name (hex).
+    pub name: String,
+    /// First time a fresh ticket carried it, Unix seconds.
+    pub first_seen: f64,
+    /// Last time a fresh ticket carried it, Unix seconds.
+    pub last_seen: f64,
+    /// Fresh tickets seen with it.
+    pub samples: u64,
+    /// Versions that carried it (`tls12`, `tls13`).
+    pub versions: Vec<String>,
+}
+
+/// One old ticket offered again.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AcceptanceCheck {
+    /// `tls12` or `tls13`.
+    pub version: String,
+    /// The ticket's key name, if known.
+    pub name: Option<String>,
+    /// When the ticket was issued, Unix seconds.
+    pub issued_at: f64,
+    /// When it was offered again, Unix seconds.
+    pub checked_at: f64,
+    /// Its age then, seconds.
+    pub age_secs: f64,
+    /// The server resumed with it; `None` when the answer did not tell.
+    pub accepted: Option<bool>,
+}
+
+/// One endpoint: a target's address.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TargetReport {
+    /// The target as given.
+    pub target: String,
+    /// The address scanned.
+    pub address: String,
+    /// The server name sent, if any.
+    pub sni: Option<String>,
+    /// Why this endpoint could not be scanned.
+    pub error: Option<String>,
+    /// TLS 1.2.
+    pub tls12: VersionReport,
+    /// TLS 1.3.
+    pub tls13: VersionReport,
+    /// Key names seen encrypting (with `--observe` and `--state`).
+    pub keys: Vec<KeyReport>,
+    /// The median time one key encrypted before the next took over, when seen.
+    pub rotation_observed_secs: Option<f64>,
+    /// How long the sampling has covered (this run and the state), seconds.
+    pub observed_secs: f64,
+    /// Old tickets offered again.
+    pub acceptance: Vec<AcceptanceCheck>,
+    /// The oldest ticket accepted, seconds.
+    pub oldest_accepted_secs: Option<f64>,
+    /// The youngest ticket refused, seconds.
+    pub youngest_refused_secs: Option<f64>,
+}
+
+impl TargetReport {
+    /// How the endpoint is named in findings: the target, and the address when it differs.
+    pub fn label(&self) -> String {
+        if self.target == self.address {
+            self.target.clone()
+        } else {
+            format!("{} ({})", self.target, self.address)
+        }
+    }
+}
+
+/// Several endpoints that answer to one name.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FleetReport {
+    /// The server name they share.
+    pub sni: String,
+    /// Their addresses.
+    pub addresses: Vec<String>,
+    /// They served the same key name.
+    pub same_key_name: Option<bool>,
+    /// Pairs (from, to, version) where a ticket from one resumed on the other.
+    pub cross_resumption: Vec<CrossCheck>,
+}
+
+/// A ticket from one address offered to another.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CrossCheck {
+    /// Where the ticket came from.
+    pub from: String,
+    /// Where it was offered.
+    pub to: String,
+    /// `tls12` or `tls13`.
+    pub version: String,
+    /// Resumed there.
+    pub accepted: Option<bool>,
+}
+
+/// The whole scan.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Report {
+    /// `stek <version>`.
+    pub scanner: String,
+    /// Unix seconds.
+    pub started_at: f64,
+    /// Seconds.
+    pub duration_secs: f64,
+    /// `pass` (no finding of medium or higher), `fail`, or `error` (could not scan).
+    pub verdict: String,
+    /// One sentence.
+    pub summary: String,
+    /// The exit code.
+    pub exit_code: u8,
+    /// Each endpoint.
+    pub targets: Vec<TargetReport>,
+    /// Endpoints sharing a name.
+    pub fleets: Vec<FleetReport>,
+    /// Findings, worst first.
+    pub findings: Vec<Finding>,
+}
+
+impl Report {
+    /// Sort findings worst first, set verdict, summary and exit code.
+    pub fn conclude(&mut self) {
+        self.findings.sort_by(|a, b| {
+            b.severity
+                .cmp(&a.severity)
+                .then_with(|| a.target.cmp(&b.target))
+                .then_with(|| a.id.cmp(&b.id))
+        });
+        let errors: Vec<String> = self
+            .targets
+            .iter()
+            .filter_map(|t| {
+                t.error
+                    .as_ref()
+                    .map(|e| format!("{} ({}): {e}", t.target, t.address))
+            })
+            .collect();
+        let serious = self
+            .findings
+            .iter()
+            .filter(|f| f.severity >= Severity::Medium)
+            .count();
+        let worst = self.findings.first().map(|f| f.severity);
+        (self.verdict, self.exit_code, self.summary) = if !errors.is_empty() {
+            (
+                "error".into(),
+                2,
+                format!("could not scan {}", errors.join("; ")),
+            )
+        } else if serious > 0 {
+            let first = &self.findings[0];
+            (
+                "fail".into(),
+                1,
+                format!(
+                    "{serious} finding(s) of medium severity or worse (worst: {}, {}: {})",
+                    worst.map_or("", Severity::word),
+                    first.id,
+                    first.title
+                ),
+            )
+        } else {
+            (
+                "pass".into(),
+                0,
+                "no finding of medium severity or worse".into(),
+            )
+        };
+    }
+
+    /// The human report.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        let _ = writeln!(
+            out,
+            "{}: {} ({} endpoint(s), {:.2} s)",
+            self.verdict.to_uppercase(),
+            self.summary,
+            self.targets.len(),
+            self.duration_secs
+        );
+        let shown: Vec<&Finding> = self
+            .findings
+            .iter()
+            .filter(|f| f.severity > Severity::Info)
+            .collect();
+        if !shown.is_empty() {
+            let _ = writeln!(out, "\nFindings:");
+        }
+        for f in &shown {
+            let _ = writeln!(
+                out,
+                "\n[{}] {}  {}",
+                f.severity.word().to_uppercase(),
+                f.id,
+                f.title
+            );
+            let _ = writeln!(out, "  target:   {}", f.target);
+            let _ = writeln!(out, "  evidence: {}", f.evidence);
+            for (i, line) in f.remediation.lines().enumerate() {
+                let _ = writeln!(
+                    out,
+                    "  {} {line}",
+                    if i == 0 { "fix:     " } else { "         " }
+                );
+            }
+        }
+        for t in &self.targets {
+            let _ = writeln!(
+                out,
+                "\n{}{}",
+                t.label(),
+                t.sni
+                    .as_ref()
+                    .map(|s| format!(", SNI {s}"))
+                    .unwrap_or_default()
+            );
+            if let Some(e) = &t.error {
+                let _ = writeln!(out, "  error: {e}");
+                continue;
+            }
+            for (label, v) in [("TLS 1.2", &t.tls12), ("TLS 1.3", &t.tls13)] {
+                let _ = writeln!(out, "  {label}: {}", describe(v));
+            }
+            for k in &t.keys {
+                let _ = writeln!(
+                    out,
+                    "  key {}: encrypting for at least {} ({} sample(s), {})",
+                    k.name,
+                    human(k.last_seen - k.first_seen),
+                    k.samples,
+                    k.versions.join("+")
+                );
+            }
+            if let Some(r) = t.rotation_observed_secs {
+                let _ = writeln!(out, "  rotation observed: every {}", human(r));
+            }
+            if let Some(a) = t.oldest_accepted_secs {
+                let _ = writeln!(out, "  oldest ticket still accepted: {}", human(a));
+            }
+            if let Some(r) = t.youngest_refused_secs {
+                let _ = writeln!(out, "  youngest ticket refused: {}", human(r));
+            }
+        }
+        for f in &self.fleets {
+            let accepted = f
+                .cross_resumption
+                .iter()
+                .filter(|c| c.accepted == Some(true))
+                .count();
+            let _ = writeln!(
+                out,
+                "\nfleet {} ({}): same key name: {}; cross-address resumption {}/{}",
+                f.sni,
+                f.addresses.join(", "),
+                f.same_key_name
+                    .map_or("unknown", |b| if b { "yes" } else { "no" }),
+                accepted,
+                f.cross_resumption.len()
+            );
+        }
+        let infos: Vec<&Finding> = self
+            .findings
+            .iter()
+            .filter(|f| f.severity == Severity::Info)
+            .collect();
+        if !infos.is_empty() {
+            let _ = writeln!(out, "\nNotes:");
+            for f in infos {
+                let _ = writeln!(out, "  {} ({}): {}", f.id, f.target, f.evidence);
+            }
+        }
+        out
+    }
+}
+
+fn yes(b: Option<bool>) -> &'static str {
+    match b {
+        Some(true) => "yes",
+        Some(false) => "no",
+        None => "n/a",
+    }
+}
+
+fn describe(v: &VersionReport) -> String {
+    if !v.supported {
+        return format!(
+            "not offered ({})",
+            v.error.as_deref().unwrap_or("no handshake")
+        );
+    }
+    let mut s = String::new();
+    if let Some(c) = &v.cipher {
+        let _ = write!(s, "{c}; ");
+    }
+    if v.session_id_resumption.is_some() {
+        let _ = write!(
+            s,
+            "session-ID resumption {}; ",
+            yes(v.session_id_resumption)
+        );
+    }
+    if !v.tickets_issued {
+        s.push_str("no tickets");
+        return s;
+    }
+    let _ = write!(
+        s,
+        "tickets {}/connection, lifetime {}; ticket resumption {}",
+        v.tickets_per_connection,
+        match v.lifetime_hint {
+            Some(0) => "unspecified (0)".to_owned(),
+            Some(l) => human(f64::from(l)),
+            None => "?".into(),
+        },
+        yes(v.ticket_resumption)
+    );
+    if v.ticket_renewed == Some(true) {
+        s.push_str(" (renewed)");
+    }
+    if v.single_use.is_some() {
+        let _ = write!(s, "; single-use {}", yes(v.single_use));
+    }
+    match (&v.key_name, v.key_name_confirmed) {
+        (Some(n), true) => {
+            let _ = write!(
+                s,
+                "; key name {n} (confirmed on {} tickets)",
+                v.tickets_seen
+            );
+        }
+        (Some(n), false) => {
+            let _ = write!(s, "; key name {n}?");
+        }
+        (None, _) => s.push_str("; no key name in the tickets"),
+    }
+    s
+}
+
+/// Seconds as `45 s`, `12 min`, `3.5 h`, `2.0 d`.
+pub fn human(secs: f64) -> String {
+    let secs = secs.max(0.0);
+    if secs < 120.0 {
+        format!("{secs:.1} s")
+    } else if secs < 7200.0 {
+        format!("{:.0} min", secs / 60.0)
+    } else if secs < 172_800.0 {
+        format!("{:.1} h", secs / 3600.0)
+    } else {
+        format!("{:.1} d", secs / 86400.0)
+    }
+}
+
+/// The fix for a finding that says "this key lives too long or can be guessed": rotate with
+/// stek, or turn tickets off, per server.
+pub const ROTATE: &str = "\
+Rotate the ticket key (or turn tickets off) on every server behind this name:
+nginx:   stek up, then in the server block `include /run/stek/nginx/tickets.conf;` and
+         `stek up --on-change 'nginx -s reload'`; or `ssl_session_tickets off;`
+Apache:  `SSLSessionTicketKeyFile /run/stek/apache/ticket.key` (stek's 48-byte key) with
+         `stek up --on-change 'apachectl graceful'`; or `SSLSessionTickets off`
+         (`SSLOpenSSLConfCmd Options -SessionTicket` on builds without it)
+HAProxy: `bind ... tls-ticket-keys /run/stek/haproxy/tickets.keys` with
+         `stek up --haproxy-socket /run/haproxy/admin.sock` (runtime rotation, no reload);
+         or `no-tls-tickets` on the bind line";
+
+/// The fix when an old ticket is accepted: shorten the session lifetime.
+pub const SHORTEN: &str = "\
+Make tickets expire sooner, and rotate the key so old keys are erased:
+nginx:   `ssl_session_timeout 18h;` (or less), keys rotated by stek
+Apache:  `SSLSessionCacheTimeout 64800` (or less), keys rotated by stek
+HAProxy: `tune.ssl.lifetime 18h` (or less); stek's runtime rotation drops keys after 2 periods";
+
+/// The fix when TLS 1.3 tickets claim more than 7 days.
+pub const HINT_7_DAYS: &str = "\
+RFC 8446 §4.6.1 caps ticket_lifetime at 604800 s (7 days); clients ignore longer tickets.
+nginx: `ssl_session_timeout 18h;`   Apache: `SSLSessionCacheTimeout 64800`
+HAProxy: `tune.ssl.lifetime 18h`";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn finding(id: &str, severity: Severity) -> Finding {
+        Finding {
+            id: id.into(),
+            severity,
+            target: "t".into(),
+            title: id.into(),
+            evidence: String::new(),
+            remediation: String::new(),
+        }
+    }
+
+    fn report(findings: Vec<Finding>) -> Report {
+        Report {
+            scanner: "stek".into(),
+            started_at: 0.0,
+            duration_secs: 0.0,
+            verdict: String::new(),
+            summary: String::new(),
+            exit_code: 0,
+            targets: vec![],
+            fleets: vec![],
+            findings,
+        }
+    }
+
+    #[test]
+    fn exit_code_follows_the_worst_finding() {
+        let mut r = report(vec![
+            finding("tickets.tls12", Severity::Info),
+            finding("x", Severity::Low),
+        ]);
+        r.conclude();
+        assert_eq!((r.exit_code, r.verdict.as_str()), (0, "pass"));
+        let mut r = report(vec![
+            finding("a", Severity::Info),
+            finding("stek.weak_key", Severity::Critical),
+        ]);
+        r.conclude();
+        assert_eq!((r.exit_code, r.verdict.as_str()), (1, "fail"));
+        assert_eq!(r.findings[0].id, "stek.weak_key");
+    }
+
+    #[test]
+    fn human_durations() {
+        assert_eq!(human(3.04), "3.0 s");
+        assert_eq!(human(300.0), "5 min");
+        assert_eq!(human(86400.0), "24.0 h");
+        assert_eq!(human(30.0 * 86400.0), "30.0 d");
+    }
+}

@@ -1,0 +1,202 @@
+//! Findings from observations, with time injected: days of sightings in microseconds.
+
+use super::*;
+
+const H: f64 = 3600.0;
+const DAY: f64 = 86400.0;
+const T0: f64 = 1_800_000_000.0;
+
+fn opts() -> Options {
+    Options {
+        targets: vec!["127.0.0.1:443".into()],
+        sni: None,
+        observe: None,
+        interval: None,
+        max_rotation: Duration::from_secs(24 * 3600),
+        max_acceptance: Duration::from_secs(24 * 3600),
+        state: None,
+        expect: None,
+        timeout: Duration::from_secs(1),
+        progress: false,
+    }
+}
+
+fn target() -> TargetReport {
+    let v = VersionReport {
+        supported: true,
+        tickets_issued: true,
+        tickets_per_connection: 1,
+        lifetime_hint: Some(300),
+        ticket_resumption: Some(true),
+        key_name: Some("00".repeat(16)),
+        key_name_confirmed: true,
+        tickets_seen: 2,
+        ..VersionReport::default()
+    };
+    TargetReport {
+        target: "127.0.0.1:443".into(),
+        address: "127.0.0.1:443".into(),
+        sni: None,
+        error: None,
+        tls12: v.clone(),
+        tls13: v,
+        keys: vec![],
+        rotation_observed_secs: None,
+        observed_secs: 0.0,
+        acceptance: vec![],
+        oldest_accepted_secs: None,
+        youngest_refused_secs: None,
+    }
+}
+
+fn ids(f: &[Finding]) -> Vec<&str> {
+    f.iter().map(|f| f.id.as_str()).collect()
+}
+
+/// A daily cron run (one sample a day) against a server whose key never changes.
+#[test]
+fn a_static_key_seen_on_three_days_is_not_rotated() {
+    let mut hist = EndpointState::default();
+    for day in 0..3 {
+        let at = T0 + f64::from(day) * DAY;
+        hist.runs.push((at, at + 1.0));
+        hist.saw("aa", "tls12", at);
+        hist.saw("aa", "tls13", at + 0.5);
+    }
+    let mut t = target();
+    let f = analyze(&mut t, &hist, &opts(), T0 + 2.0 * DAY + 1.0);
+    assert!(ids(&f).contains(&"stek.not_rotated"), "{:?}", ids(&f));
+    let nr = f.iter().find(|f| f.id == "stek.not_rotated").unwrap();
+    assert_eq!(nr.severity, Severity::High);
+    assert!(nr.evidence.contains("2.0 d"), "{}", nr.evidence);
+    assert!(nr.remediation.contains("ssl_session_tickets off;"));
+    assert!(nr.remediation.contains("no-tls-tickets"));
+    assert!(nr.remediation.contains("SSLSessionTickets off"));
+    // Two days of the same key is fine with a 3-day limit.
+    let mut o = opts();
+    o.max_rotation = Duration::from_secs(3 * 86400);
+    assert!(!ids(&analyze(&mut target(), &hist, &o, T0 + 2.0 * DAY)).contains(&"stek.not_rotated"));
+}
+
+/// Hourly rotation sampled every 10 minutes for two days.
+#[test]
+fn hourly_rotation_is_measured_and_not_flagged() {
+    let mut hist = EndpointState::default();
+    hist.runs.push((T0, T0 + 2.0 * DAY));
+    let mut at = T0;
+    while at < T0 + 2.0 * DAY {
+        let slot = ((at - T0) / H).floor() as u64;
+        hist.saw(&format!("{slot:032x}"), "tls13", at);
+        at += 600.0;
+    }
+    let mut t = target();
+    let f = analyze(&mut t, &hist, &opts(), T0 + 2.0 * DAY);
+    assert!(!ids(&f).contains(&"stek.not_rotated"), "{:?}", ids(&f));
+    assert!(ids(&f).contains(&"stek.rotation"));
+    assert_eq!(t.rotation_observed_secs, Some(H));
+    assert_eq!(t.keys.len(), 48);
+}
+
+#[test]
+fn old_tickets_accepted_beyond_the_limit() {
+    let mut hist = EndpointState::default();
+    for (age, accepted) in [(2.0 * H, true), (30.0 * H, true), (40.0 * H, false)] {
+        hist.checks.push(AcceptanceCheck {
+            version: "tls12".into(),
+            name: Some("aa".into()),
+            issued_at: T0,
+            checked_at: T0 + age,
+            age_secs: age,
+            accepted: Some(accepted),
+        });
+    }
+    let mut t = target();
+    let f = analyze(&mut t, &hist, &opts(), T0 + 40.0 * H);
+    let old = f
+        .iter()
+        .find(|f| f.id == "stek.old_ticket_accepted")
+        .expect("flagged");
+    assert!(old.evidence.contains("30.0 h"), "{}", old.evidence);
+    assert_eq!(t.oldest_accepted_secs, Some(30.0 * H));
+    assert_eq!(t.youngest_refused_secs, Some(40.0 * H));
+    hist.checks.remove(1);
+    assert!(!ids(&analyze(&mut target(), &hist, &opts(), T0)).contains(&"stek.old_ticket_accepted"));
+}
+
+#[test]
+fn version_level_findings() {
+    let mut t = target();
+    t.tls13.lifetime_hint = Some(SEVEN_DAYS + 1);
+    t.tls13.resumption_with_dhe = Some(false);
+    t.tls13.single_use = Some(false);
+    t.tls12.weak_key = Some("all zero".into());
+    t.tls12.lifetime_hint = Some(0);
+    t.tls12.session_id_resumption = Some(false);
+    let f = analyze(&mut t, &EndpointState::default(), &opts(), T0);
+    let got = ids(&f);
+    for id in [
+        "stek.weak_key",
+        "hint.exceeds_7_days",
+        "tls13.psk_ke",
+        "tls13.ticket_reuse",
+        "hint.unspecified",
+        "session_id.resumption",
+        "tickets.tls12",
+        "tickets.tls13",
+    ] {
+        assert!(got.contains(&id), "{id} missing from {got:?}");
+    }
+    assert_eq!(
+        f.iter().find(|f| f.id == "stek.weak_key").unwrap().severity,
+        Severity::Critical
+    );
+}
+
+#[test]
+fn tickets_off_gives_no_stek_finding() {
+    let mut t = target();
+    for v in [&mut t.tls12, &mut t.tls13] {
+        *v = VersionReport {
+            supported: true,
+            ..VersionReport::default()
+        };
+    }
+    let f = analyze(&mut t, &EndpointState::default(), &opts(), T0);
+    assert!(
+        f.iter().all(|f| !f.id.starts_with("stek.")),
+        "{:?}",
+        ids(&f)
+    );
+    assert!(f.iter().all(|f| f.severity == Severity::Info));
+}
+
+#[test]
+fn targets_parse() {
+    assert_eq!(
+        parse_target("example.com").unwrap(),
+        ("example.com".into(), 443)
+    );
+    assert_eq!(
+        parse_target("127.0.0.1:8443").unwrap(),
+        ("127.0.0.1".into(), 8443)
+    );
+    assert_eq!(parse_target("[::1]:8443").unwrap(), ("::1".into(), 8443));
+    assert_eq!(parse_target("::1").unwrap(), ("::1".into(), 443));
+    for bad in [
+        "",
+        "host:",
+        "host:0",
+        "host:99999",
+        "[::1",
+        "[::1]x",
+        ":443",
+        "a b:1",
+    ] {
+        assert!(parse_target(bad).is_err(), "{bad:?}");
+    }
+}
+
+#[test]
+fn stamps_are_utc() {
+    assert_eq!(stamp(0.0), "Thu, 01 Jan 1970 00:00:00 GMT");
+}
