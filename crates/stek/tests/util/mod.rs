@@ -396,3 +396,88 @@ impl Apache {
     }
 }
 pub mod fleet;
+
+/// A real HAProxy on a loopback port in the foreground (`-db`), with an admin socket and one
+/// `tls-ticket-keys` ring. Its own session cache is off, so resumption comes from tickets only.
+pub struct Haproxy {
+    pub port: u16,
+    pub socket: PathBuf,
+    pub proc: Proc,
+}
+
+impl Haproxy {
+    pub fn start(root: &Path, cert: &Cert, keys_file: &Path, socket: &Path) -> Haproxy {
+        require("haproxy");
+        fs::create_dir_all(root).expect("haproxy root");
+        let pem = root.join("site.pem");
+        let mut both = fs::read(&cert.cert).expect("cert");
+        both.extend(fs::read(&cert.key).expect("key"));
+        fs::write(&pem, both).expect("site.pem");
+        let port = free_port();
+        let conf = root.join("haproxy.cfg");
+        let text = format!(
+            "global\n  stats socket {} mode 600 level admin\n  tune.ssl.cachesize 0\n\
+             defaults\n  mode http\n  timeout client 5s\n  timeout server 5s\n  timeout connect 5s\n\
+             frontend tls\n  bind 127.0.0.1:{port} ssl crt {} tls-ticket-keys {}\n  \
+             http-request return status 200 content-type text/plain string ok\n",
+            socket.display(),
+            pem.display(),
+            keys_file.display()
+        );
+        fs::write(&conf, text).expect("haproxy.cfg");
+        let mut cmd = Command::new("haproxy");
+        cmd.arg("-f").arg(&conf).arg("-db");
+        let proc = Proc::spawn(
+            "haproxy",
+            &mut cmd,
+            root.join(format!("haproxy-{port}.out")),
+        );
+        wait_port(port);
+        let h = Haproxy {
+            port,
+            socket: socket.to_owned(),
+            proc,
+        };
+        wait_for("HAProxy's admin socket", Duration::from_secs(10), || {
+            h.try_cmd("show info")
+                .filter(|r| r.contains(&format!("Pid: {}", h.proc.pid())))
+        });
+        h
+    }
+
+    /// One command on the admin socket: HAProxy's reply, or `None` if nobody answers.
+    pub fn try_cmd(&self, line: &str) -> Option<String> {
+        use std::io::Read as _;
+        let mut s = std::os::unix::net::UnixStream::connect(&self.socket).ok()?;
+        s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+        s.write_all(format!("{line}\n").as_bytes()).ok()?;
+        let mut out = String::new();
+        s.read_to_string(&mut out).ok()?;
+        Some(out)
+    }
+
+    pub fn cmd(&self, line: &str) -> String {
+        self.try_cmd(line)
+            .unwrap_or_else(|| panic!("HAProxy did not answer {line:?}"))
+    }
+
+    /// The ring of `file` as HAProxy holds it: base64 keys, oldest first (the middle encrypts).
+    pub fn ring(&self, file: &Path) -> Vec<String> {
+        let reply = self.cmd(&format!("show tls-keys {}", file.display()));
+        assert!(reply.starts_with("# id secret"), "show tls-keys: {reply}");
+        reply
+            .lines()
+            .filter(|l| !l.starts_with('#') && !l.is_empty())
+            .map(|l| l.split_once(' ').expect("ID.N KEY").1.to_owned())
+            .collect()
+    }
+
+    /// The pid HAProxy reports (`show info`).
+    pub fn info_pid(&self) -> u32 {
+        self.cmd("show info")
+            .lines()
+            .find_map(|l| l.strip_prefix("Pid: "))
+            .and_then(|p| p.trim().parse().ok())
+            .expect("Pid in show info")
+    }
+}
