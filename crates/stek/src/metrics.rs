@@ -318,3 +318,26 @@ pub async fn serve(
         });
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn haproxy_sockets_in_metrics_and_status() {
+        let m = Metrics::new();
+        let rings = ["/run/stek/haproxy/tickets.keys".to_owned()];
+        m.haproxy_checked("/run/a \"b\".sock", Ok((&rings, 3)));
+        m.haproxy_checked("/run/a \"b\".sock", Err("cannot connect".into()));
+        let text = m.render(Duration::ZERO);
+        let l = r#"socket="/run/a \"b\".sock""#;
+        assert!(
+            text.contains(&format!("stek_haproxy_socket_up{{{l}}} 0")),
+            "{text}"
+        );
+        assert!(text.contains(&format!("stek_haproxy_keys_pushed_total{{{l}}} 3")));
+        assert!(text.contains(&format!("stek_haproxy_check_failures_total{{{l}}} 1")));
+        let h = &m.haproxy_sockets()[0];
+        assert!(!h.ok && h.error.as_deref() == Some("cannot connect") && h.rings == rings);
+    }
+}

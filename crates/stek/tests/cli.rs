@@ -32,11 +32,16 @@ fn help_explains_every_flag() {
         "--sinks",
         "--group",
         "--memcached-max-connections",
+        "--haproxy-socket",
     ] {
         assert!(out.contains(flag), "--help lacks {flag}");
     }
     assert!(out.contains("tmpfs"), "--help says where keys may live");
     assert!(out.contains("nginx/tickets.conf"), "--help names the files");
+    assert!(
+        out.contains("set ssl tls-key"),
+        "--help explains the HAProxy runtime API"
+    );
 }
 
 #[test]

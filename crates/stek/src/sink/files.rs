@@ -268,6 +268,7 @@ mod tests {
         let text = fs::read_to_string(p).unwrap();
         let keys: Vec<Vec<u8>> = text
             .lines()
+            .inspect(|l| assert_eq!(l.len(), HAPROXY_KEY_B64_LEN))
             .map(|l| base64::engine::general_purpose::STANDARD.decode(l).unwrap())
             .collect();
         assert_eq!(keys.len(), 3);
