@@ -66,6 +66,10 @@ enum Command {
     Agent(AgentArgs),
     /// Print a running agent's ring by key name, slot and role.
     Status(StatusArgs),
+    /// Audit any TLS server's session resumption from the outside: tickets, key names, how long
+    /// a key encrypts, how long old tickets are accepted, guessable keys.
+    #[command(long_about = SCAN_LONG_ABOUT)]
+    Scan(ScanArgs),
 }
 
 const UP_LONG_ABOUT: &str = "\
@@ -315,6 +319,86 @@ struct StatusArgs {
     json: bool,
 }
 
+const SCAN_LONG_ABOUT: &str = "\
+Audit any TLS server's session resumption from the outside.
+
+For each address of each TARGET and each of TLS 1.2 and 1.3, stek scan checks session-ID
+resumption, ticket issuance and resumption (a renewed ticket still counts), the lifetime hint
+(0 means unspecified, not \"no tickets\"), TLS 1.3 lifetimes above 7 days, single-use TLS 1.3
+tickets and psk_ke; reads the key name at the front of the tickets (confirmed on several
+tickets); and tries guessable keys (all zero, one repeated byte, counting, ASCII) on the ticket
+itself, for the 48- and 80-byte key files of nginx, Apache and HAProxy.
+
+A key's life and the acceptance window take time to see:
+  --observe 2h               sample for two hours; report every key name with first and last
+                             sight, the rotation period, and whether the first tickets still
+                             resume at the end
+  --state /var/lib/stek-scan/example.json
+                             keep names, times and a few tickets across runs: a daily cron run
+                             measures key life and acceptance over days and weeks
+
+Exit codes: 0 no finding of medium severity or worse, 1 findings, 2 the scan could not run.
+
+Examples:
+  stek scan example.com
+  stek scan 127.0.0.1:8443 --observe 6s --max-rotation 3s
+  stek scan 192.0.2.10 192.0.2.11 --sni www.example.com --json
+  stek scan example.com --expect http://127.0.0.1:9100/status";
+
+#[derive(Args, Debug)]
+struct ScanArgs {
+    /// host[:port] to audit (default port 443; IPv6 as [addr]:port). A name is scanned at each
+    /// of its addresses.
+    #[arg(value_name = "TARGET", required = true)]
+    targets: Vec<String>,
+
+    /// The server name to send (default: the target's host name; none for an IP address).
+    /// With several targets, one name for all: they are compared as one fleet.
+    #[arg(long, value_name = "NAME")]
+    sni: Option<String>,
+
+    /// Print one JSON document (stable field names and finding ids) instead of the report.
+    #[arg(long)]
+    json: bool,
+
+    /// Keep sampling for DUR (e.g. 6s, 2h) to measure key rotation and acceptance.
+    #[arg(long, value_name = "DUR", value_parser = parse_positive)]
+    observe: Option<Duration>,
+
+    /// Time between samples while observing (default: DUR/60, between 1s and 5m).
+    #[arg(long, value_name = "DUR", value_parser = parse_positive, requires = "observe")]
+    interval: Option<Duration>,
+
+    /// The longest acceptable life of one encrypting key (finding stek.not_rotated).
+    #[arg(long, value_name = "DUR", default_value = "24h", value_parser = parse_positive)]
+    max_rotation: Duration,
+
+    /// The oldest acceptable ticket that still resumes (finding stek.old_ticket_accepted).
+    #[arg(long, value_name = "DUR", default_value = "24h", value_parser = parse_positive)]
+    max_acceptance: Duration,
+
+    /// Keep observations (key names, times, a few tickets) in FILE across runs (written 0600).
+    #[arg(long, value_name = "FILE")]
+    state: Option<PathBuf>,
+
+    /// A stek agent's status to check the served key against: a file from `stek status --json`
+    /// (or DIR/status.json), or the agent's metrics endpoint (http://127.0.0.1:9100/status).
+    #[arg(long, value_name = "STATUS")]
+    expect: Option<String>,
+
+    /// Per-connection timeout.
+    #[arg(long, value_name = "DUR", default_value = "5s", value_parser = parse_positive)]
+    timeout: Duration,
+}
+
+fn parse_positive(s: &str) -> Result<Duration, String> {
+    let d = duration::parse(s).map_err(|e| e.to_string())?;
+    if d.is_zero() {
+        return Err("the duration must be longer than zero".into());
+    }
+    Ok(d)
+}
+
 #[derive(Debug, Clone, Copy, ValueEnum)]
 enum SinkArg {
     Nginx,
@@ -395,6 +479,7 @@ fn main() -> ExitCode {
         Command::Generator(a) => run_generator(a),
         Command::Agent(a) => run_agent(a),
         Command::Status(a) => run_status(a),
+        Command::Scan(a) => return run_scan(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -914,6 +999,40 @@ fn fetch_status(addr: &str) -> anyhow::Result<Status> {
         bail!("{addr}: {}", head.lines().next().unwrap_or(""));
     }
     serde_json::from_str(body).context("the reply is not a stek status")
+}
+
+fn run_scan(args: ScanArgs) -> ExitCode {
+    let opts = stek::scan::Options {
+        targets: args.targets,
+        sni: args.sni,
+        observe: args.observe,
+        interval: args.interval,
+        max_rotation: args.max_rotation,
+        max_acceptance: args.max_acceptance,
+        state: args.state,
+        expect: args.expect,
+        timeout: args.timeout,
+        progress: !args.json,
+    };
+    let report = match stek::scan::run(&opts) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("stek scan: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    if args.json {
+        match serde_json::to_string_pretty(&report) {
+            Ok(j) => println!("{j}"),
+            Err(e) => {
+                eprintln!("stek scan: {e}");
+                return ExitCode::from(2);
+            }
+        }
+    } else {
+        print!("{}", report.render());
+    }
+    ExitCode::from(report.exit_code)
 }
 
 async fn shutdown_signal() {

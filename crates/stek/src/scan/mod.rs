@@ -262,11 +262,13 @@ fn audit(ep: &Endpoint, version: Version, timeout: Duration) -> Live {
         let second = prober.connect(ep.addr, None).ok();
         identify(&mut live, &prober, ep, &first, second.as_ref(), at);
         resume(&mut live, &prober, ep, first, timeout);
+        live.prober = Some(prober);
         if let Some(c) = second {
             live.keep_offer(c, at);
         }
+    } else {
+        live.prober = Some(prober);
     }
-    live.prober = Some(prober);
     live
 }
 
@@ -326,6 +328,7 @@ fn identify(
         }
         checked.push(n);
         if let Some(w) = weak::check(t) {
+            live.report.weak_key_decrypts = w.session_len.is_some();
             live.report.weak_key = Some(format!(
                 "{} ({}; HMAC key guessed{})",
                 w.pattern,
@@ -529,7 +532,11 @@ pub fn run(opts: &Options) -> Result<Report, String> {
             for (name, at) in &live.sightings {
                 hist.saw(name, live.version.id(), *at);
             }
-            // Offers of this run are checked now only when the run lasted (--observe).
+            // Offers of this run are checked now only when the run lasted (--observe); a plain
+            // run keeps one per version for the next run.
+            if observed {
+                hist.offers.append(&mut live.offers);
+            }
             let single_use = live.report.single_use == Some(true);
             for o in hist
                 .offers
@@ -551,12 +558,7 @@ pub fn run(opts: &Options) -> Result<Report, String> {
                     accepted,
                 });
             }
-            let keep = if observed {
-                live.offers.len()
-            } else {
-                live.offers.len().min(1)
-            };
-            hist.offers.extend(live.offers.drain(..keep));
+            hist.offers.extend(live.offers.drain(..).take(1));
             match live.version {
                 Version::Tls12 => t.tls12 = live.report.clone(),
                 Version::Tls13 => t.tls13 = live.report.clone(),
@@ -793,12 +795,18 @@ pub fn analyze(
                 "Nothing to change if the key rotates (see stek.* findings).",
             ));
         }
-        if let Some(w) = &r.weak_key {
-            out.push(finding(t, "stek.weak_key", Severity::Critical,
+        match (&r.weak_key, r.weak_key_decrypts) {
+            (Some(w), true) => out.push(finding(t, "stek.weak_key", Severity::Critical,
                 "the session ticket key is guessable".into(),
                 format!("a {} ticket (key name {}) opens under a guessed key: {w}. Anyone with a recording of this server's traffic can decrypt it.",
                     v.label(), r.key_name.as_deref().unwrap_or("unknown")),
-                report::ROTATE));
+                report::ROTATE)),
+            (Some(w), false) => out.push(finding(t, "stek.weak_mac_key", Severity::Medium,
+                "tickets are authenticated with a guessable HMAC key".into(),
+                format!("the HMAC-SHA256 of a {} ticket (key name {}) verifies under a guessed key: {w}; the AES key was not guessed. Anyone can forge the MAC, so the ticket's integrity rests on AES-CBC alone (unauthenticated, open to padding-oracle and bit-flipping attempts).",
+                    v.label(), r.key_name.as_deref().unwrap_or("unknown")),
+                report::WEAK_MAC)),
+            (None, _) => {}
         }
         if v == Version::Tls12 && r.tickets_issued && r.lifetime_hint == Some(0) {
             out.push(finding(t, "hint.unspecified", Severity::Info, "TLS 1.2 lifetime hint is 0 (unspecified)".into(),

@@ -88,8 +88,10 @@ pub struct VersionReport {
     pub tickets_seen: usize,
     /// Ticket length, bytes.
     pub ticket_len: Option<usize>,
-    /// The key was guessed (see `stek.weak_key`).
+    /// A guessed key verified a ticket's MAC: how (see `stek.weak_key`, `stek.weak_mac_key`).
     pub weak_key: Option<String>,
+    /// The guessed key also decrypted the ticket (`stek.weak_key`); false: only the MAC key.
+    pub weak_key_decrypts: bool,
 }
 
 /// One key name seen encrypting, over this run and earlier ones (`--state`).
@@ -459,6 +461,14 @@ Apache:  `SSLSessionTicketKeyFile /run/stek/apache/ticket.key` (stek's 48-byte k
 HAProxy: `bind ... tls-ticket-keys /run/stek/haproxy/tickets.keys` with
          `stek up --haproxy-socket /run/haproxy/admin.sock` (runtime rotation, no reload);
          or `no-tls-tickets` on the bind line";
+
+/// The fix when only the MAC key is guessable.
+pub const WEAK_MAC: &str = "\
+Give the server a random key file and rotate it; if the MAC key stays guessable with a random
+file, the server ignores that half of the file (seen with Apache 2.4 mod_ssl on OpenSSL 3:
+tickets MAC'd with an all-zero key): there, keep keys rotating so each AES key lives briefly,
+or turn tickets off: `SSLSessionTickets off`
+nginx: `ssl_session_ticket_key` with stek's 80-byte keys   HAProxy: stek's `tls-ticket-keys`";
 
 /// The fix when an old ticket is accepted: shorten the session lifetime.
 pub const SHORTEN: &str = "\
