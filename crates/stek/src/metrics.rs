@@ -160,32 +160,35 @@ impl Metrics {
         for (sink, n) in &g.sink_failures {
             let _ = writeln!(o, "stek_sink_failures_total{{sink=\"{sink}\"}} {n}");
         }
-        if !g.haproxy.is_empty() {
-            let _ = writeln!(o, "# HELP stek_haproxy_socket_up 1 when the last check found HAProxy's rings holding stek's keys.\n# TYPE stek_haproxy_socket_up gauge");
+        type Field = fn(&HaproxySocketStatus) -> u64;
+        let haproxy: [(&str, &str, &str, Field); 3] = [
+            (
+                "stek_haproxy_socket_up",
+                "gauge",
+                "1 when the last check found HAProxy's rings holding stek's keys.",
+                |h| u64::from(h.ok),
+            ),
+            (
+                "stek_haproxy_keys_pushed_total",
+                "counter",
+                "Keys pushed with `set ssl tls-key`.",
+                |h| h.keys_pushed,
+            ),
+            (
+                "stek_haproxy_check_failures_total",
+                "counter",
+                "Failed checks of HAProxy's admin socket.",
+                |h| h.failures,
+            ),
+        ];
+        for (name, kind, help, field) in haproxy.iter().filter(|_| !g.haproxy.is_empty()) {
+            let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} {kind}");
             for (socket, h) in &g.haproxy {
                 let _ = writeln!(
                     o,
-                    "stek_haproxy_socket_up{{socket=\"{}\"}} {}",
+                    "{name}{{socket=\"{}\"}} {}",
                     label_value(socket),
-                    u8::from(h.ok)
-                );
-            }
-            let _ = writeln!(o, "# HELP stek_haproxy_keys_pushed_total Keys pushed with `set ssl tls-key`.\n# TYPE stek_haproxy_keys_pushed_total counter");
-            for (socket, h) in &g.haproxy {
-                let _ = writeln!(
-                    o,
-                    "stek_haproxy_keys_pushed_total{{socket=\"{}\"}} {}",
-                    label_value(socket),
-                    h.keys_pushed
-                );
-            }
-            let _ = writeln!(o, "# HELP stek_haproxy_check_failures_total Failed checks of HAProxy's admin socket.\n# TYPE stek_haproxy_check_failures_total counter");
-            for (socket, h) in &g.haproxy {
-                let _ = writeln!(
-                    o,
-                    "stek_haproxy_check_failures_total{{socket=\"{}\"}} {}",
-                    label_value(socket),
-                    h.failures
+                    field(h)
                 );
             }
         }

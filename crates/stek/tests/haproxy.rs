@@ -239,27 +239,22 @@ fn haproxy_started_late_restarted_or_changed_converges_within_a_period() {
     );
 }
 
-/// A plain memcached-protocol `get`, on TCP.
-fn memcached_get(port: u16, key: &str) -> String {
-    let mut c = TcpStream::connect(("127.0.0.1", port)).expect("connect to memcached");
+/// Sends `request` to a loopback TCP port and reads the reply until the server closes.
+fn tcp_request(port: u16, request: &str) -> String {
+    let mut c = TcpStream::connect(("127.0.0.1", port)).expect("connect");
     c.set_read_timeout(Some(Duration::from_secs(5)))
         .expect("timeout");
-    c.write_all(format!("get {key}\r\nquit\r\n").as_bytes())
-        .expect("write");
+    c.write_all(request.as_bytes()).expect("write");
     let mut out = String::new();
     c.read_to_string(&mut out).expect("read");
     out
 }
 
 fn http_get(port: u16, path: &str) -> String {
-    let mut c = TcpStream::connect(("127.0.0.1", port)).expect("connect to metrics");
-    c.set_read_timeout(Some(Duration::from_secs(5)))
-        .expect("timeout");
-    c.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes())
-        .expect("write");
-    let mut out = String::new();
-    c.read_to_string(&mut out).expect("read");
-    out
+    tcp_request(
+        port,
+        &format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"),
+    )
 }
 
 fn encrypting_names(dir: &Path) -> (String, String) {
@@ -311,7 +306,7 @@ fn a_dead_socket_does_not_stop_the_other_sinks() {
         );
         assert!(!seen.contains(&names.0), "the files rotate");
         seen.push(names.0);
-        let schedule = memcached_get(mc, "ticket-schedule");
+        let schedule = tcp_request(mc, "get ticket-schedule\r\nquit\r\n");
         assert!(
             schedule.contains(&format!("slot={e} ")),
             "memcached serves slot {e}: {schedule}"

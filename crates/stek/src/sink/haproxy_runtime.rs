@@ -442,15 +442,8 @@ fn message(reply: &str) -> String {
 /// Returns the files.
 fn parse_rings(reply: &str) -> Result<Vec<String>, RuntimeError> {
     const SHOW: &str = "show tls-keys";
-    let mut lines = reply.lines();
-    if lines.next().map(str::trim_end) != Some("# id (file)") {
-        return Err(RuntimeError::Refused {
-            command: SHOW,
-            message: message(reply),
-        });
-    }
     let mut files = Vec::new();
-    for line in lines.map(str::trim_end).take_while(|l| !l.is_empty()) {
+    for line in body(reply, "# id (file)", SHOW)? {
         let file = line
             .split_once(' ')
             .and_then(|(_, rest)| rest.strip_prefix('('))
@@ -469,16 +462,9 @@ fn parse_rings(reply: &str) -> Result<Vec<String>, RuntimeError> {
 fn parse_keys(reply: &str) -> Result<Vec<KeyBytes>, RuntimeError> {
     const SHOW: &str = "show tls-keys FILE";
     let malformed = |why: String| RuntimeError::Malformed { command: SHOW, why };
-    let mut lines = reply.lines();
-    if lines.next().map(str::trim_end) != Some("# id secret") {
-        return Err(RuntimeError::Refused {
-            command: SHOW,
-            message: message(reply),
-        });
-    }
     let mut keys = Vec::new();
     let mut rings = 0;
-    for line in lines.map(str::trim_end).take_while(|l| !l.is_empty()) {
+    for line in body(reply, "# id secret", SHOW)? {
         if line.starts_with("# ") {
             rings += 1;
             if rings > 1 {
@@ -502,14 +488,24 @@ fn parse_keys(reply: &str) -> Result<Vec<KeyBytes>, RuntimeError> {
 
 /// Checks the reply to `set ssl tls-key`.
 fn check_set(reply: &str) -> Result<(), RuntimeError> {
-    if reply.lines().next().map(str::trim_end) == Some("TLS ticket key updated!") {
-        Ok(())
-    } else {
-        Err(RuntimeError::Refused {
-            command: "set ssl tls-key",
+    body(reply, "TLS ticket key updated!", "set ssl tls-key").map(drop)
+}
+
+/// The lines of a reply that starts with `header`, up to the blank line that ends it. A reply
+/// that starts otherwise is HAProxy refusing `command`, in its own words.
+fn body<'a>(
+    reply: &'a str,
+    header: &str,
+    command: &'static str,
+) -> Result<impl Iterator<Item = &'a str>, RuntimeError> {
+    let mut lines = reply.lines().map(str::trim_end);
+    if lines.next() != Some(header) {
+        return Err(RuntimeError::Refused {
+            command,
             message: message(reply),
-        })
+        });
     }
+    Ok(lines.take_while(|l| !l.is_empty()))
 }
 
 /// How many of the wanted keys to push, the last `n` oldest first, so that the `live` ring (oldest
