@@ -349,24 +349,42 @@ impl RecordKey {
         })
     }
 
+    /// Protect one record (what a server does): header, then content, type and tag sealed.
+    fn seal(&mut self, inner_type: u8, content: &[u8], out: &mut Vec<u8>) -> Result<(), WireError> {
+        let mut body = content.to_vec();
+        body.push(inner_type);
+        let len = u16::try_from(body.len() + self.key.algorithm().tag_len())
+            .map_err(|_| WireError::TooLarge("record"))?;
+        let [hi, lo] = len.to_be_bytes();
+        let header = [CONTENT_APPDATA, 3, 3, hi, lo];
+        let nonce = self.nonce();
+        self.key
+            .seal_in_place_append_tag(nonce, aead::Aad::from(header), &mut body)
+            .map_err(|_| WireError::Decrypt)?;
+        out.extend_from_slice(&header);
+        out.extend_from_slice(&body);
+        Ok(())
+    }
+
+    fn nonce(&mut self) -> aead::Nonce {
+        let mut nonce = self.iv;
+        for (n, s) in nonce[4..].iter_mut().zip(self.seq.to_be_bytes()) {
+            *n ^= s;
+        }
+        self.seq += 1;
+        aead::Nonce::assume_unique_for_key(nonce)
+    }
+
     /// Open one record in place; returns the inner content type and the content.
     fn open<'b>(
         &mut self,
         header: [u8; 5],
         body: &'b mut [u8],
     ) -> Result<(u8, &'b [u8]), WireError> {
-        let mut nonce = self.iv;
-        for (n, s) in nonce[4..].iter_mut().zip(self.seq.to_be_bytes()) {
-            *n ^= s;
-        }
-        self.seq += 1;
+        let nonce = self.nonce();
         let plain = self
             .key
-            .open_in_place(
-                aead::Nonce::assume_unique_for_key(nonce),
-                aead::Aad::from(header),
-                body,
-            )
+            .open_in_place(nonce, aead::Aad::from(header), body)
             .map_err(|_| WireError::Decrypt)?;
         let end = plain
             .iter()
@@ -621,6 +639,42 @@ pub fn offered_ticket(client_hello: &[u8]) -> Result<Option<Vec<u8>>, WireError>
     Ok(ticket)
 }
 
+/// Build server records protected under `secret` with TLS 1.3 suite `cipher`, one per
+/// `(inner content type, content)`, sequence numbers from 0: what a server would send. For tests
+/// and the fuzz target, which need encrypted flights whose contents they choose.
+#[doc(hidden)]
+pub fn protect(cipher: u16, secret: &[u8], records: &[(u8, &[u8])]) -> Result<Vec<u8>, WireError> {
+    let mut key = RecordKey::new(cipher, secret)?;
+    let mut out = Vec::new();
+    for (typ, content) in records {
+        key.seal(*typ, content, &mut out)?;
+    }
+    Ok(out)
+}
+
+/// A TLS 1.3 ServerHello record choosing `cipher` (with a key share, and a PSK when `psk`).
+#[doc(hidden)]
+pub fn server_hello13(cipher: u16, psk: bool) -> Vec<u8> {
+    let mut b = vec![3, 3];
+    b.extend_from_slice(&[7; 32]);
+    b.push(0);
+    b.extend_from_slice(&cipher.to_be_bytes());
+    b.push(0);
+    let mut exts = vec![0, 43, 0, 2, 3, 4, 0, 51, 0, 4, 0, 29, 0, 0];
+    if psk {
+        exts.extend_from_slice(&[0, 41, 0, 2, 0, 0]);
+    }
+    b.extend_from_slice(&(exts.len() as u16).to_be_bytes());
+    b.extend_from_slice(&exts);
+    let mut msg = vec![HS_SERVER_HELLO];
+    msg.extend_from_slice(&(b.len() as u32).to_be_bytes()[1..]);
+    msg.extend_from_slice(&b);
+    let mut rec = vec![CONTENT_HANDSHAKE, 3, 3];
+    rec.extend_from_slice(&(msg.len() as u16).to_be_bytes());
+    rec.extend_from_slice(&msg);
+    rec
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -739,6 +793,47 @@ mod tests {
             parse_server_flight(&wire, &Secrets::default()),
             Err(WireError::TooLarge("handshake message"))
         );
+    }
+
+    #[test]
+    fn tls13_tickets_are_read_from_encrypted_records() {
+        for (cipher, len) in [(0x1301, 32), (0x1302, 48), (0x1303, 32)] {
+            let secrets = Secrets {
+                handshake: Some(Zeroizing::new(vec![1; len])),
+                application: Some(Zeroizing::new(vec![2; len])),
+            };
+            let mut wire = server_hello13(cipher, false);
+            wire.extend(record(CONTENT_CCS, &[1]));
+            let mut flight = message(8, &[0, 0]); // EncryptedExtensions
+            flight.extend(message(HS_FINISHED, &[9; 32]));
+            wire.extend(protect(cipher, &[1; 48][..len], &[(CONTENT_HANDSHAKE, &flight)]).unwrap());
+            let mut nst = vec![0, 0, 0x0e, 0x10, 1, 2, 3, 4, 1, 0, 0, 3, b'a', b'b', b'c'];
+            nst.extend_from_slice(&[0, 8, 0, 42, 0, 4, 0, 0, 0x40, 0]);
+            let nst = message(HS_NEW_SESSION_TICKET, &nst);
+            wire.extend(
+                protect(
+                    cipher,
+                    &[2; 48][..len],
+                    &[
+                        (CONTENT_HANDSHAKE, &nst),
+                        (CONTENT_APPDATA, b"HTTP/1.1 200"),
+                    ],
+                )
+                .unwrap(),
+            );
+            let f = parse_server_flight(&wire, &secrets).unwrap();
+            assert!(f.finished && f.application_data, "{cipher:#x}");
+            assert_eq!(f.tickets.len(), 1);
+            assert_eq!(f.tickets[0].lifetime, 3600);
+            assert_eq!(f.tickets[0].bytes, b"abc");
+            assert_eq!(f.tickets[0].max_early_data, Some(16384));
+            // The wrong secret does not decrypt.
+            let wrong = Secrets {
+                handshake: Some(Zeroizing::new(vec![3; len])),
+                application: None,
+            };
+            assert_eq!(parse_server_flight(&wire, &wrong), Err(WireError::Decrypt));
+        }
     }
 
     #[test]
