@@ -956,7 +956,7 @@ fn run_agent(args: AgentArgs) -> anyhow::Result<()> {
 
 fn run_status(args: StatusArgs) -> anyhow::Result<()> {
     let status: Status = if let Some(addr) = &args.endpoint {
-        fetch_status(addr)?
+        stek::status::fetch(addr).map_err(anyhow::Error::msg)?
     } else {
         let dir = match args.dir {
             Some(d) => d,
@@ -979,26 +979,6 @@ fn run_status(args: StatusArgs) -> anyhow::Result<()> {
         print!("{}", status.render());
     }
     Ok(())
-}
-
-fn fetch_status(addr: &str) -> anyhow::Result<Status> {
-    use std::io::{Read as _, Write as _};
-    let mut s =
-        std::net::TcpStream::connect(addr).with_context(|| format!("cannot connect to {addr}"))?;
-    s.set_read_timeout(Some(Duration::from_secs(5)))?;
-    s.write_all(
-        format!("GET /status HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes(),
-    )?;
-    let mut buf = Vec::new();
-    s.take(4 << 20).read_to_end(&mut buf)?;
-    let text = String::from_utf8_lossy(&buf);
-    let (head, body) = text
-        .split_once("\r\n\r\n")
-        .context("malformed HTTP reply")?;
-    if !head.starts_with("HTTP/1.1 200") {
-        bail!("{addr}: {}", head.lines().next().unwrap_or(""));
-    }
-    serde_json::from_str(body).context("the reply is not a stek status")
 }
 
 fn run_scan(args: ScanArgs) -> ExitCode {

@@ -4,10 +4,39 @@
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
+use std::io::{Read as _, Write as _};
+use std::net::TcpStream;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use stek_core::{Encrypting, Origin, Ring};
+
+/// The largest status document read (file or endpoint).
+pub const MAX_STATUS: u64 = 4 << 20;
+
+/// `GET /status` from a running agent's metrics endpoint (`HOST:PORT`).
+pub fn fetch(addr: &str) -> Result<Status, String> {
+    let fail = |e: &dyn std::fmt::Display| format!("status endpoint {addr}: {e}");
+    let mut s = TcpStream::connect(addr).map_err(|e| fail(&e))?;
+    s.set_read_timeout(Some(Duration::from_secs(5)))
+        .map_err(|e| fail(&e))?;
+    s.write_all(
+        format!("GET /status HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes(),
+    )
+    .map_err(|e| fail(&e))?;
+    let mut buf = Vec::new();
+    s.take(MAX_STATUS)
+        .read_to_end(&mut buf)
+        .map_err(|e| fail(&e))?;
+    let text = String::from_utf8_lossy(&buf);
+    let (head, body) = text
+        .split_once("\r\n\r\n")
+        .ok_or_else(|| fail(&"malformed HTTP reply"))?;
+    if !head.starts_with("HTTP/1.1 200") {
+        return Err(fail(&head.lines().next().unwrap_or("")));
+    }
+    serde_json::from_str(body).map_err(|e| fail(&format!("the reply is not a stek status ({e})")))
+}
 
 /// One key of the ring, as reported.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -3,16 +3,14 @@
 //! endpoint). A host whose served key is not the agent's current key is not fed by stek, is
 //! fed by a stale agent, or has a clock or reload problem.
 
-use std::io::{Read as _, Write as _};
-use std::net::TcpStream;
-use std::time::Duration;
+use std::io::Read as _;
 
 use super::probe::Version;
 use super::report::{Finding, Severity, TargetReport};
 use crate::status::Status;
 
 /// The largest status document read.
-const MAX_STATUS: u64 = 4 << 20;
+const MAX_STATUS: u64 = crate::status::MAX_STATUS;
 
 /// An agent's status and where it came from.
 #[derive(Debug, Clone)]
@@ -29,7 +27,7 @@ pub fn load(spec: &str) -> Result<Expected, String> {
     let path = std::path::Path::new(spec);
     let status = if let Some(addr) = spec.strip_prefix("http://") {
         let addr = addr.trim_end_matches("/status").trim_end_matches('/');
-        fetch_status(addr)?
+        crate::status::fetch(addr)?
     } else if path.exists() || !spec.contains(':') {
         let f = std::fs::File::open(path).map_err(|e| format!("--expect {spec}: {e}"))?;
         let mut text = Vec::new();
@@ -40,7 +38,7 @@ pub fn load(spec: &str) -> Result<Expected, String> {
             format!("--expect {spec}: not a stek status ({e}); make one with `stek status --json`")
         })?
     } else {
-        fetch_status(spec)?
+        crate::status::fetch(spec)?
     };
     if status.period == 0 {
         return Err(format!("--expect {spec}: the status has period 0"));
@@ -49,30 +47,6 @@ pub fn load(spec: &str) -> Result<Expected, String> {
         status,
         source: spec.to_owned(),
     })
-}
-
-/// `GET /status` from a running agent's metrics endpoint (`HOST:PORT`).
-pub fn fetch_status(addr: &str) -> Result<Status, String> {
-    let fail = |e: &dyn std::fmt::Display| format!("status endpoint {addr}: {e}");
-    let mut s = TcpStream::connect(addr).map_err(|e| fail(&e))?;
-    s.set_read_timeout(Some(Duration::from_secs(5)))
-        .map_err(|e| fail(&e))?;
-    s.write_all(
-        format!("GET /status HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes(),
-    )
-    .map_err(|e| fail(&e))?;
-    let mut buf = Vec::new();
-    s.take(MAX_STATUS)
-        .read_to_end(&mut buf)
-        .map_err(|e| fail(&e))?;
-    let text = String::from_utf8_lossy(&buf);
-    let (head, body) = text
-        .split_once("\r\n\r\n")
-        .ok_or_else(|| fail(&"malformed HTTP reply"))?;
-    if !head.starts_with("HTTP/1.1 200") {
-        return Err(fail(&head.lines().next().unwrap_or("")));
-    }
-    serde_json::from_str(body).map_err(|e| fail(&format!("the reply is not a stek status ({e})")))
 }
 
 /// Compare what `t` served (`(version, key name, Unix seconds)` of fresh tickets) with the

@@ -130,12 +130,15 @@ fn version_level_findings() {
     t.tls13.resumption_with_dhe = Some(false);
     t.tls13.single_use = Some(false);
     t.tls12.weak_key = Some("all zero".into());
+    t.tls12.weak_key_decrypts = true;
+    t.tls13.weak_key = Some("all zero".into());
     t.tls12.lifetime_hint = Some(0);
     t.tls12.session_id_resumption = Some(false);
     let f = analyze(&mut t, &EndpointState::default(), &opts(), T0);
     let got = ids(&f);
     for id in [
         "stek.weak_key",
+        "stek.weak_mac_key",
         "hint.exceeds_7_days",
         "tls13.psk_ke",
         "tls13.ticket_reuse",

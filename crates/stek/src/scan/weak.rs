@@ -34,32 +34,35 @@ pub struct WeakKey {
     pub session_len: Option<usize>,
 }
 
-/// Key file layouts: (description, file length, HMAC key range, AES key range).
-const LAYOUTS: [(&str, usize, (usize, usize), (usize, usize)); 4] = [
-    (
-        "nginx 80-byte (name, HMAC, AES-256)",
-        80,
-        (16, 48),
-        (48, 80),
-    ),
-    (
-        "HAProxy 80-byte (name, AES-256, HMAC)",
-        80,
-        (48, 80),
-        (16, 48),
-    ),
-    (
-        "nginx/HAProxy 48-byte (name, AES-128, HMAC)",
-        48,
-        (32, 48),
-        (16, 32),
-    ),
-    (
-        "Apache 48-byte (name, HMAC, AES-128)",
-        48,
-        (16, 32),
-        (32, 48),
-    ),
+/// Where a server keeps the keys in its key file (the name is always the first 16 bytes).
+#[derive(Debug, Clone)]
+struct Layout {
+    name: &'static str,
+    hmac: std::ops::Range<usize>,
+    aes: std::ops::Range<usize>,
+}
+
+const LAYOUTS: [Layout; 4] = [
+    Layout {
+        name: "nginx 80-byte (name, HMAC, AES-256)",
+        hmac: 16..48,
+        aes: 48..80,
+    },
+    Layout {
+        name: "HAProxy 80-byte (name, AES-256, HMAC)",
+        hmac: 48..80,
+        aes: 16..48,
+    },
+    Layout {
+        name: "nginx/HAProxy 48-byte (name, AES-128, HMAC)",
+        hmac: 32..48,
+        aes: 16..32,
+    },
+    Layout {
+        name: "Apache 48-byte (name, HMAC, AES-128)",
+        hmac: 16..32,
+        aes: 32..48,
+    },
 ];
 
 /// Byte patterns a careless operator leaves in a key file, as (description, generator).
@@ -106,19 +109,19 @@ pub fn check(ticket: &[u8]) -> Option<WeakKey> {
     // (the name at the front, then the keys in the server's order), or over each key alone.
     let mut guesses: Vec<(String, &'static str, Vec<u8>, Vec<u8>)> = Vec::new();
     for (pattern, file) in patterns(name) {
-        for (layout, len, (hs, he), (as_, ae)) in LAYOUTS {
-            let f = &file[..len];
+        for l in LAYOUTS {
+            let (h, a) = (l.hmac.clone(), l.aes.clone());
             guesses.push((
                 pattern.clone(),
-                layout,
-                f[hs..he].to_vec(),
-                f[as_..ae].to_vec(),
+                l.name,
+                file[h.clone()].to_vec(),
+                file[a.clone()].to_vec(),
             ));
             guesses.push((
                 pattern.clone(),
-                layout,
-                file[..he - hs].to_vec(),
-                file[..ae - as_].to_vec(),
+                l.name,
+                file[..h.len()].to_vec(),
+                file[..a.len()].to_vec(),
             ));
         }
     }
@@ -190,7 +193,7 @@ mod tests {
         let iv = [0x5a; 16];
         let mut body = session.to_vec();
         let pad = 16 - body.len() % 16;
-        body.extend(std::iter::repeat(pad as u8).take(pad));
+        body.extend(std::iter::repeat_n(pad as u8, pad));
         let mut prev = iv;
         for block in body.chunks_exact_mut(16) {
             for (b, p) in block.iter_mut().zip(prev) {
@@ -240,7 +243,7 @@ mod tests {
         );
         let w = check(&t).unwrap();
         assert_eq!(w.pattern, "counting 0, 1, 2, ...");
-        assert_eq!(w.layout, LAYOUTS[3].0);
+        assert_eq!(w.layout, LAYOUTS[3].name);
         assert_eq!(w.aes_bits, Some(128));
     }
 
