@@ -473,9 +473,11 @@ pub fn run(opts: &Options) -> Result<Report, String> {
             });
             let names: usize = lives
                 .iter()
-                .flatten()
-                .map(|l| {
-                    let mut v: Vec<&String> = l.sightings.iter().map(|(n, _)| n).collect();
+                .map(|versions| {
+                    let mut v: Vec<&String> = versions
+                        .iter()
+                        .flat_map(|l| l.sightings.iter().map(|(n, _)| n))
+                        .collect();
                     v.sort();
                     v.dedup();
                     v.len()

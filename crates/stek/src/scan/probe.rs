@@ -291,7 +291,25 @@ impl Prober {
     }
 
     fn explain(&self, io: &Recorder, e: io::Error) -> ProbeError {
-        let flight = wire::parse_server_flight(&io.read, &Secrets::default()).ok();
+        let flight = match wire::parse_server_flight(&io.read, &Secrets::default()) {
+            Ok(f) => Some(f),
+            Err(_) if !io.read.is_empty() => {
+                let text: String = io
+                    .read
+                    .iter()
+                    .take(40)
+                    .map(|&b| {
+                        if b.is_ascii_graphic() || b == b' ' {
+                            char::from(b)
+                        } else {
+                            '.'
+                        }
+                    })
+                    .collect();
+                return ProbeError::Failed(format!("not a TLS server: it answered {text:?}"));
+            }
+            Err(_) => None,
+        };
         let alert = flight.as_ref().and_then(|f| f.alert);
         let hello = flight.as_ref().and_then(|f| f.hello.clone());
         if hello.is_none() {

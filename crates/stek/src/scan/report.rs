@@ -227,11 +227,7 @@ impl Report {
         let errors: Vec<String> = self
             .targets
             .iter()
-            .filter_map(|t| {
-                t.error
-                    .as_ref()
-                    .map(|e| format!("{} ({}): {e}", t.target, t.address))
-            })
+            .filter_map(|t| t.error.as_ref().map(|e| format!("{}: {e}", t.label())))
             .collect();
         let serious = self
             .findings
