@@ -30,6 +30,9 @@ use report::{
 };
 use state::{EndpointState, State, StoredOffer};
 
+/// Tickets kept per endpoint and version during one run, to offer again.
+const MAX_RUN_OFFERS: usize = 32;
+
 /// RFC 8446 §4.6.1: the longest TLS 1.3 ticket lifetime.
 const SEVEN_DAYS: u32 = 604_800;
 
@@ -187,6 +190,10 @@ impl Live {
             None
         };
         if let Some(Ok(hello)) = issued.session.map(|s| prober.offer(s)) {
+            // Bounded: the first offer (the oldest ticket) and the newest ones.
+            if self.offers.len() >= MAX_RUN_OFFERS {
+                self.offers.remove(1);
+            }
             self.offers.push(StoredOffer {
                 version: self.version.id().into(),
                 name,
