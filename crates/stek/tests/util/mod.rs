@@ -461,13 +461,17 @@ impl Haproxy {
             .unwrap_or_else(|| panic!("HAProxy did not answer {line:?}"))
     }
 
-    /// The ring of `file` as HAProxy holds it: base64 keys, oldest first (the middle encrypts).
+    /// The ring of `file` as HAProxy holds it, from the dump of every ring (`show tls-keys *`):
+    /// base64 keys, oldest first (the middle encrypts).
     pub fn ring(&self, file: &Path) -> Vec<String> {
-        let reply = self.cmd(&format!("show tls-keys {}", file.display()));
+        let reply = self.cmd("show tls-keys *");
         assert!(reply.starts_with("# id secret"), "show tls-keys: {reply}");
+        let header = format!("({})", file.display());
         reply
             .lines()
-            .filter(|l| !l.starts_with('#') && !l.is_empty())
+            .skip_while(|l| !(l.starts_with("# ") && l.ends_with(&header)))
+            .skip(1)
+            .take_while(|l| !l.starts_with('#') && !l.is_empty())
             .map(|l| l.split_once(' ').expect("ID.N KEY").1.to_owned())
             .collect()
     }
