@@ -381,22 +381,23 @@ fn apache_and_haproxy_tickets_and_hints_read_correctly() {
     }
     // HAProxy: three 80-byte keys (name, AES-256, HMAC), the middle one encrypts.
     let keys: Vec<Vec<u8>> = (0..3).map(|_| random_key()).collect();
-    let file = dir.path().join("haproxy.keys");
-    let b64 = |k: &[u8]| {
+    // A HAProxy whose ring file holds `keys` (base64 lines).
+    let haproxy_with = |name: &str, keys: &[Vec<u8>]| {
         use base64::Engine as _;
-        base64::engine::general_purpose::STANDARD.encode(k)
+        let file = dir.path().join(format!("{name}.keys"));
+        let lines: String = keys
+            .iter()
+            .map(|k| base64::engine::general_purpose::STANDARD.encode(k) + "\n")
+            .collect();
+        fs::write(&file, lines).unwrap();
+        Haproxy::start(
+            &dir.path().join(name),
+            &cert,
+            &file,
+            &dir.path().join(format!("{name}.sock")),
+        )
     };
-    fs::write(
-        &file,
-        keys.iter().map(|k| b64(k) + "\n").collect::<String>(),
-    )
-    .unwrap();
-    let haproxy = Haproxy::start(
-        &dir.path().join("haproxy"),
-        &cert,
-        &file,
-        &dir.path().join("admin.sock"),
-    );
+    let haproxy = haproxy_with("haproxy", &keys);
     let (code, r) = scan(&[&format!("127.0.0.1:{}", haproxy.port)]);
     assert_eq!(code, 0, "{r:#}");
     for v in ["tls12", "tls13"] {
@@ -410,18 +411,7 @@ fn apache_and_haproxy_tickets_and_hints_read_correctly() {
         );
     }
     // An all-zero HAProxy ring is weak in HAProxy's own layout.
-    let zero = dir.path().join("zero.keys");
-    fs::write(
-        &zero,
-        (0..3).map(|_| b64(&[0; 80]) + "\n").collect::<String>(),
-    )
-    .unwrap();
-    let hz = Haproxy::start(
-        &dir.path().join("haproxy-zero"),
-        &cert,
-        &zero,
-        &dir.path().join("admin0.sock"),
-    );
+    let hz = haproxy_with("haproxy-zero", &[vec![0; 80], vec![0; 80], vec![0; 80]]);
     let (code, r) = scan(&[&format!("127.0.0.1:{}", hz.port)]);
     assert_eq!(code, 1, "{r:#}");
     assert_eq!(r["findings"][0]["id"], "stek.weak_key", "{r:#}");
