@@ -438,3 +438,42 @@ fn unreachable_and_bad_targets_exit_2_with_why() {
         "{err}"
     );
 }
+
+#[test]
+fn haproxy_rotated_by_stek_over_its_runtime_api_passes() {
+    let dir = shm_dir();
+    let cert = make_cert(dir.path());
+    let socket = dir.path().join("admin.sock");
+    let _stek = stek_up(
+        dir.path(),
+        &[
+            "--period",
+            "2s",
+            "--lifetime",
+            "2s",
+            "--no-memcached",
+            "--sinks",
+            "haproxy",
+            "--haproxy-socket",
+            socket.to_str().unwrap(),
+        ],
+    );
+    let keys = dir.path().join("keys/haproxy/tickets.keys");
+    wait_for("stek's HAProxy keys file", Duration::from_secs(20), || {
+        keys.exists().then_some(())
+    });
+    let haproxy = Haproxy::start(&dir.path().join("haproxy"), &cert, &keys, &socket);
+    let pid = haproxy.proc.pid();
+    let target = format!("127.0.0.1:{}", haproxy.port);
+    let (code, r) = scan(&[&target, "--observe", "6s", "--max-rotation", "3s"]);
+    assert_eq!(code, 0, "{r:#}");
+    assert!(
+        has(&r, "stek.rotation") && !has(&r, "stek.not_rotated"),
+        "{r:#}"
+    );
+    assert!(
+        r["targets"][0]["keys"].as_array().unwrap().len() >= 3,
+        "{r:#}"
+    );
+    assert_eq!(haproxy.info_pid(), pid, "no reload, no restart");
+}
