@@ -243,17 +243,6 @@ struct Board {
     ready: AtomicUsize,
 }
 
-/// `d` scaled by a random factor in [0.8, 1.2), as `stek::service` jitters its poll.
-fn jitter(d: Duration) -> Duration {
-    let mut b = [0u8; 2];
-    let r = if stek_core::key::fill_random(&mut b).is_ok() {
-        f64::from(u16::from_le_bytes(b)) / 65536.0
-    } else {
-        0.5
-    };
-    d.mul_f64(0.8 + 0.4 * r)
-}
-
 /// One agent session: the loop of `stek::service::run_agent` without sinks, status or metrics.
 async fn agent_loop<S: Store>(
     mut agent: Agent<Probed<S>, SealedOpener>,
@@ -304,7 +293,7 @@ async fn agent_loop<S: Store>(
         }
 
         let to_boundary = schedule.next_rotation(now).saturating_sub(clock.now());
-        let next_poll = jitter(poll);
+        let next_poll = stek::service::jitter(poll);
         let nap = to_boundary.min(next_poll) + Duration::from_millis(1);
         wake = tokio::select! {
             _ = tokio::time::sleep(nap) => if to_boundary <= next_poll { Wake::Boundary } else { Wake::Poll },

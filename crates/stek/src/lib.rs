@@ -22,3 +22,9 @@ pub mod status;
 pub mod store;
 pub mod sys;
 pub mod up;
+
+/// Locks `m`, also when a panic elsewhere poisoned it. Sound for the crate's mutexes: every
+/// critical section is a single lookup, insert, remove or replace, so none is left half-done.
+pub(crate) fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}

@@ -445,7 +445,7 @@ pub async fn run_agent<S: Store, O: Opener>(
 }
 
 /// `d` scaled by a random factor in [0.8, 1.2), so a fleet's polls do not align.
-pub(crate) fn jitter(d: Duration) -> Duration {
+pub fn jitter(d: Duration) -> Duration {
     let mut b = [0u8; 2];
     let r = if stek_core::key::fill_random(&mut b).is_ok() {
         f64::from(u16::from_le_bytes(b)) / 65536.0

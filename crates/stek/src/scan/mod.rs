@@ -148,13 +148,10 @@ fn unix(t: SystemTime) -> f64 {
         .map_or(0.0, |d| d.as_secs_f64())
 }
 
-fn hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
-}
-
 /// The key name of a ticket: its first 16 bytes, when the ticket is long enough to carry one.
 fn name_of(ticket: &[u8]) -> Option<String> {
-    (ticket.len() >= 48).then(|| hex(&ticket[..16]))
+    let name: [u8; 16] = ticket.get(..16)?.try_into().ok()?;
+    (ticket.len() >= 48).then(|| stek_core::KeyName(name).to_hex())
 }
 
 fn cipher_name(suite: u16) -> String {

@@ -9,7 +9,7 @@
 
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
@@ -24,6 +24,7 @@ use rustls::{KeyLog, SignatureScheme};
 use zeroize::Zeroizing;
 
 use super::wire::{self, Secrets, ServerFlight, Ticket, MAX_FLIGHT};
+use crate::lock;
 
 /// The most bytes of our own first flight kept (the ClientHello).
 const MAX_HELLO: usize = 16 * 1024;
@@ -447,10 +448,6 @@ struct Sessions {
     got12: Mutex<Option<Tls12ClientSessionValue>>,
     got13: Mutex<Vec<Tls13ClientSessionValue>>,
     kx: Mutex<Option<NamedGroup>>,
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 impl Sessions {

@@ -12,6 +12,7 @@
 use aes::cipher::{generic_array::GenericArray, BlockDecrypt, KeyInit};
 use ring::hmac;
 use std::collections::HashSet;
+use std::sync::OnceLock;
 use zeroize::Zeroizing;
 
 const NAME: usize = 16;
@@ -65,8 +66,9 @@ const LAYOUTS: [Layout; 4] = [
     },
 ];
 
-/// Byte patterns a careless operator leaves in a key file, as (description, generator).
-fn patterns(name: &[u8]) -> Vec<(String, Vec<u8>)> {
+/// Byte patterns a careless operator leaves in a key file, as (description, 80 bytes), not
+/// counting the one made of the ticket's own name.
+fn patterns() -> Vec<(String, Vec<u8>)> {
     let mut out = Vec::with_capacity(300);
     out.push(("all zero".to_owned(), vec![0u8; 80]));
     out.push(("all 0xff".to_owned(), vec![0xffu8; 80]));
@@ -88,13 +90,61 @@ fn patterns(name: &[u8]) -> Vec<(String, Vec<u8>)> {
         let bytes = text.bytes().cycle().take(80).collect();
         out.push((format!("ASCII {text:?} repeated"), bytes));
     }
-    if name.len() == NAME {
-        out.push((
-            "the key name repeated".to_owned(),
-            name.iter().copied().cycle().take(80).collect(),
-        ));
-    }
     out
+}
+
+/// One guessed HMAC key with the AES key that sits beside it in the same guessed file.
+#[derive(Debug)]
+struct Guess {
+    pattern: String,
+    layout: &'static str,
+    hmac_len: usize,
+    hmac: hmac::Key,
+    aes: Vec<u8>,
+}
+
+/// Guesses from patterns: each laid over a whole key file (the name at the front, then the keys
+/// in the server's order) or over each key alone; one guess per distinct HMAC key (the first),
+/// and every distinct AES key.
+#[derive(Debug, Default)]
+struct Guesses {
+    mac: Vec<Guess>,
+    aes: Vec<Vec<u8>>,
+}
+
+impl Guesses {
+    fn of(patterns: Vec<(String, Vec<u8>)>) -> Guesses {
+        let mut out = Guesses::default();
+        let mut seen: HashSet<Vec<u8>> = HashSet::new();
+        for (pattern, file) in patterns {
+            for l in LAYOUTS {
+                for (h, a) in [
+                    (&file[l.hmac.clone()], &file[l.aes.clone()]),
+                    (&file[..l.hmac.len()], &file[..l.aes.len()]),
+                ] {
+                    if !out.aes.iter().any(|k| k.as_slice() == a) {
+                        out.aes.push(a.to_vec());
+                    }
+                    if seen.insert(h.to_vec()) {
+                        out.mac.push(Guess {
+                            pattern: pattern.clone(),
+                            layout: l.name,
+                            hmac_len: h.len(),
+                            hmac: hmac::Key::new(hmac::HMAC_SHA256, h),
+                            aes: a.to_vec(),
+                        });
+                    }
+                }
+            }
+        }
+        out
+    }
+}
+
+/// The guesses that do not depend on the ticket, made once.
+fn common() -> &'static Guesses {
+    static COMMON: OnceLock<Guesses> = OnceLock::new();
+    COMMON.get_or_init(|| Guesses::of(patterns()))
 }
 
 /// Try guessable keys on an RFC 5077-style ticket. `None` when no guess opens it (or the ticket
@@ -105,49 +155,29 @@ pub fn check(ticket: &[u8]) -> Option<WeakKey> {
     }
     let (signed, mac) = ticket.split_at(ticket.len() - MAC);
     let name = &ticket[..NAME];
-    // Every guess as (pattern, layout, HMAC key, AES key): the pattern laid over a whole key file
-    // (the name at the front, then the keys in the server's order), or over each key alone.
-    let mut guesses: Vec<(String, &'static str, Vec<u8>, Vec<u8>)> = Vec::new();
-    for (pattern, file) in patterns(name) {
-        for l in LAYOUTS {
-            let (h, a) = (l.hmac.clone(), l.aes.clone());
-            guesses.push((
-                pattern.clone(),
-                l.name,
-                file[h.clone()].to_vec(),
-                file[a.clone()].to_vec(),
-            ));
-            guesses.push((
-                pattern.clone(),
-                l.name,
-                file[..h.len()].to_vec(),
-                file[..a.len()].to_vec(),
-            ));
-        }
-    }
-    let mut tried: HashSet<&[u8]> = HashSet::new();
-    for (pattern, layout, hmac_key, aes_key) in &guesses {
-        if !tried.insert(hmac_key) {
-            continue;
-        }
-        let key = hmac::Key::new(hmac::HMAC_SHA256, hmac_key);
-        if hmac::verify(&key, signed, mac).is_err() {
-            continue;
-        }
-        // The MAC key is guessed; the AES key is most likely its partner, else any other guess.
-        let aes = std::iter::once(aes_key).chain(guesses.iter().map(|g| &g.3));
-        let opened = aes
-            .filter(|k| k.len() == 16 || k.len() == 32)
-            .find_map(|k| decrypt(ticket, k).map(|n| (k.len() * 8, n)));
-        return Some(WeakKey {
-            pattern: pattern.clone(),
-            layout,
-            hmac_len: hmac_key.len(),
-            aes_bits: opened.map(|o| o.0),
-            session_len: opened.map(|o| o.1),
-        });
-    }
-    None
+    let own = Guesses::of(vec![(
+        "the key name repeated".to_owned(),
+        name.iter().copied().cycle().take(80).collect(),
+    )]);
+    let common = common();
+    let g = common
+        .mac
+        .iter()
+        .chain(&own.mac)
+        .find(|g| hmac::verify(&g.hmac, signed, mac).is_ok())?;
+    // The MAC key is guessed; the AES key is most likely its partner, else any other guess.
+    let opened = std::iter::once(&g.aes)
+        .chain(&common.aes)
+        .chain(&own.aes)
+        .filter(|k| k.len() == 16 || k.len() == 32)
+        .find_map(|k| decrypt(ticket, k).map(|n| (k.len() * 8, n)));
+    Some(WeakKey {
+        pattern: g.pattern.clone(),
+        layout: g.layout,
+        hmac_len: g.hmac_len,
+        aes_bits: opened.map(|o| o.0),
+        session_len: opened.map(|o| o.1),
+    })
 }
 
 /// Decrypt the ticket body with AES-CBC under `key`; the session's length if the padding is

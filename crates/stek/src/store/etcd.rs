@@ -34,7 +34,7 @@ use std::collections::HashMap;
 use std::fmt;
 use std::hash::{BuildHasher, Hasher};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, UNIX_EPOCH};
 
 use base64::engine::general_purpose::STANDARD as BASE64;
@@ -50,6 +50,8 @@ use hyper_util::rt::{TokioExecutor, TokioTimer};
 use serde::de::{DeserializeOwned, IgnoredAny};
 use serde::{Deserialize, Deserializer, Serialize};
 use stek_core::record::MAX_RECORD_LEN;
+
+use crate::lock;
 use stek_core::{KeyBytes, Slot};
 use tokio::sync::watch;
 use zeroize::{Zeroize, Zeroizing};
@@ -407,12 +409,6 @@ impl Store for EtcdStore {
     async fn server_time(&self) -> Result<Option<Duration>, StoreError> {
         EtcdStore::server_time(self).await.map(Some)
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    // Every critical section is a single map lookup, insert or remove: a panic elsewhere cannot
-    // leave the map half-updated, so a poisoned lock is still sound.
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 fn oversized(key: &str) -> StoreError {
