@@ -13,6 +13,8 @@
 //! - With the `ticket` feature, `ticket::TicketKeys` seals and opens session tickets under a
 //!   ring's keys, and `ticket::SharedTicketKeys` swaps them under a running server (the core of
 //!   the `stek-rustls` ticketer).
+//! - [`Backoff`] and [`jitter`] space out retries and polls (one backoff, one jitter range for
+//!   the whole workspace).
 //!
 //! ```
 //! use std::collections::BTreeMap;
@@ -34,6 +36,7 @@
 //! ```
 #![forbid(unsafe_code)]
 
+pub mod backoff;
 pub mod format;
 pub mod key;
 pub mod record;
@@ -43,6 +46,7 @@ pub mod seal;
 #[cfg(feature = "ticket")]
 pub mod ticket;
 
+pub use backoff::{jitter, Backoff};
 pub use format::Format;
 pub use key::{KeyBytes, KeyName, RandomError, Secret, SlotKey};
 pub use record::{Body, Record, RecordError, RecordHeader};

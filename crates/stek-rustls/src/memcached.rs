@@ -33,7 +33,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use stek_core::ticket::{TicketKeys, TicketKeysError, RUSTLS48_LEN};
-use stek_core::KeyName;
+use stek_core::{Backoff, KeyName};
 
 use crate::Ticketer;
 
@@ -486,30 +486,40 @@ const AFTER_BOUNDARY: Duration = Duration::from_millis(250);
 /// The first retry delay after a failure; doubles up to the interval.
 const FIRST_RETRY: Duration = Duration::from_millis(250);
 
-/// Decides what to do at `now`, holding a ring whose slot ends at `ring_ends` (if any), after
-/// `failures` consecutive failed fetches.
+/// The time between polls while fetches succeed: the configured interval, else a quarter of the
+/// agent's period (once known), else 1 s.
+fn interval(period: Option<u64>, options: &PollOptions) -> Duration {
+    options
+        .interval
+        .or(period.map(quarter_period))
+        .unwrap_or(Duration::from_secs(1))
+}
+
+/// The backoff of retries after failed fetches: from [`FIRST_RETRY`], doubling up to the
+/// interval. Not jittered: each host polls its own agent, so a fleet does not retry in step
+/// against one server.
+fn retry_backoff(period: Option<u64>, options: &PollOptions) -> Backoff {
+    Backoff::new(FIRST_RETRY, interval(period, options))
+}
+
+/// Decides what to do at `now`, holding a ring whose slot ends at `ring_ends` (if any). `retry`
+/// is the backoff delay after a failed fetch (from [`retry_backoff`]), `None` after a successful
+/// one.
 fn plan(
     ring_ends: Option<Duration>,
     period: Option<u64>,
     now: Duration,
-    failures: u32,
+    retry: Option<Duration>,
     options: &PollOptions,
 ) -> Plan {
-    let interval = options
-        .interval
-        .or(period.map(quarter_period))
-        .unwrap_or(Duration::from_secs(1));
+    let interval = interval(period, options);
     let grace = options
         .grace
         .or(period.map(quarter_period))
         .unwrap_or(Duration::from_secs(1));
     let expire = ring_ends.is_some_and(|end| now > end.saturating_add(grace));
-    let mut nap = if failures == 0 {
-        interval
-    } else {
-        let shift = failures.saturating_sub(1).min(16);
-        FIRST_RETRY.saturating_mul(1 << shift).min(interval)
-    };
+    // The backoff is capped at the interval already, unless the interval is below FIRST_RETRY.
+    let mut nap = retry.map_or(interval, |r| r.min(interval));
     if let Some(end) = ring_ends {
         let until = end.saturating_sub(now);
         if until > Duration::ZERO {
@@ -532,7 +542,7 @@ fn run(
 ) {
     let mut ring_ends: Option<Duration> = None;
     let mut period: Option<u64> = None;
-    let mut failures: u32 = 0;
+    let mut backoff = retry_backoff(period, options);
     loop {
         let result = fetch(endpoint, options.timeout);
         let now = (options.clock)();
@@ -540,22 +550,23 @@ fn run(
         st.polls += 1;
         let fetched = match result {
             Ok(snapshot) => {
-                failures = 0;
                 st.last_success = Some(now);
                 st.last_error = None;
                 st.slot = Some(snapshot.slot);
                 ring_ends = Some(snapshot.next_rotation());
                 period = Some(snapshot.period);
+                // Failures start over from the first retry, capped at the (maybe new) interval.
+                backoff = retry_backoff(period, options);
                 Some(snapshot.keys)
             }
             Err(e) => {
-                failures = failures.saturating_add(1);
                 st.failures += 1;
                 st.last_error = Some(e.to_string());
                 None
             }
         };
-        let p = plan(ring_ends, period, now, failures, options);
+        let retry = fetched.is_none().then(|| backoff.next());
+        let p = plan(ring_ends, period, now, retry, options);
         if p.expire {
             // Out of date past the grace period (including a ring just fetched from an agent
             // that stopped rotating): hold no key any more.
@@ -753,14 +764,14 @@ mod tests {
         let o = opts(10, 2);
         // Mid-slot: the interval, or just past the boundary if that comes first.
         assert_eq!(
-            plan(Some(s(404)), Some(4), s(401), 0, &o),
+            plan(Some(s(404)), Some(4), s(401), None, &o),
             Plan {
                 expire: false,
                 nap: s(3) + ms(250)
             }
         );
         assert_eq!(
-            plan(Some(s(1000)), Some(3600), s(401), 0, &o),
+            plan(Some(s(1000)), Some(3600), s(401), None, &o),
             Plan {
                 expire: false,
                 nap: s(10)
@@ -768,30 +779,48 @@ mod tests {
         );
         // Past the boundary with the old ring, within grace: soon.
         assert_eq!(
-            plan(Some(s(404)), Some(4), s(405), 0, &o),
+            plan(Some(s(404)), Some(4), s(405), None, &o),
             Plan {
                 expire: false,
                 nap: ms(500)
             }
         );
         assert_eq!(
-            plan(Some(s(404)), Some(4), s(405), 1, &o),
+            plan(Some(s(404)), Some(4), s(405), Some(FIRST_RETRY), &o),
             Plan {
                 expire: false,
                 nap: ms(250)
             }
         );
         // Past the grace: expire.
-        assert!(plan(Some(s(404)), Some(4), s(406) + ms(1), 3, &o).expire);
-        assert!(!plan(Some(s(404)), Some(4), s(406), 3, &o).expire);
+        assert!(plan(Some(s(404)), Some(4), s(406) + ms(1), Some(s(1)), &o).expire);
+        assert!(!plan(Some(s(404)), Some(4), s(406), Some(s(1)), &o).expire);
         // Failures back off exponentially up to the interval.
-        let naps: Vec<Duration> = (1..8).map(|f| plan(None, None, s(0), f, &o).nap).collect();
+        let mut backoff = retry_backoff(None, &o);
+        let naps: Vec<Duration> = (1..8)
+            .map(|_| plan(None, None, s(0), Some(backoff.next()), &o).nap)
+            .collect();
         assert_eq!(naps, vec![ms(250), ms(500), s(1), s(2), s(4), s(8), s(10)]);
-        // Defaults: a quarter period clamped to 1..=30 s.
+        // An interval below the first retry caps the retries too.
+        let fast = PollOptions {
+            interval: Some(ms(100)),
+            ..opts(10, 2)
+        };
+        let mut backoff = retry_backoff(None, &fast);
+        for _ in 0..3 {
+            assert_eq!(
+                plan(None, None, s(0), Some(backoff.next()), &fast).nap,
+                ms(100)
+            );
+        }
+        // Defaults: a quarter period clamped to 1..=30 s, 1 s until the period is known; the
+        // retries follow it.
         let d = PollOptions::default();
-        assert_eq!(plan(Some(s(10_000)), Some(3600), s(0), 0, &d).nap, s(30));
-        assert_eq!(plan(Some(s(10_000)), Some(8), s(0), 0, &d).nap, s(2));
-        assert!(plan(Some(s(3600)), Some(3600), s(3631), 0, &d).expire);
+        assert_eq!(retry_backoff(None, &d).max(), s(1));
+        assert_eq!(retry_backoff(Some(3600), &d).max(), s(30));
+        assert_eq!(plan(Some(s(10_000)), Some(3600), s(0), None, &d).nap, s(30));
+        assert_eq!(plan(Some(s(10_000)), Some(8), s(0), None, &d).nap, s(2));
+        assert!(plan(Some(s(3600)), Some(3600), s(3631), None, &d).expire);
     }
 
     #[test]

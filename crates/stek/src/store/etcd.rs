@@ -29,10 +29,8 @@
 //! skipped, and error messages from etcd are shortened and stripped of control characters before
 //! they reach a log line.
 
-use std::collections::hash_map::RandomState;
 use std::collections::HashMap;
 use std::fmt;
-use std::hash::{BuildHasher, Hasher};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, UNIX_EPOCH};
@@ -52,7 +50,7 @@ use serde::{Deserialize, Deserializer, Serialize};
 use stek_core::record::MAX_RECORD_LEN;
 
 use crate::lock;
-use stek_core::{KeyBytes, Slot};
+use stek_core::{jitter, Backoff, KeyBytes, Slot};
 use tokio::sync::watch;
 use zeroize::{Zeroize, Zeroizing};
 
@@ -80,7 +78,8 @@ const MAX_WATCH_MESSAGE_LEN: usize = 8 * 1024 * 1024;
 /// silent for longer than this is presumed dead (a peer that vanished without closing TCP) and is
 /// reopened.
 const WATCH_IDLE_TIMEOUT: Duration = Duration::from_secs(11 * 60);
-/// Backoff between attempts to reopen a watch.
+/// Backoff between attempts to reopen a watch: doubling from the first to the largest, each
+/// delay jittered so that many agents whose watch broke at once do not reconnect in step.
 const WATCH_BACKOFF_MIN: Duration = Duration::from_millis(100);
 const WATCH_BACKOFF_MAX: Duration = Duration::from_secs(10);
 /// etcd refuses leases longer than this (`etcdserver: too large lease TTL`).
@@ -512,13 +511,6 @@ fn error_chain(e: &dyn std::error::Error) -> String {
     msg
 }
 
-/// Up to `d` plus half of it again, so that many agents whose watch broke at once do not
-/// reconnect in step.
-fn jittered(d: Duration) -> Duration {
-    let r = RandomState::new().build_hasher().finish();
-    d + d.mul_f64((r % 1000) as f64 / 2000.0)
-}
-
 // ---------------------------------------------------------------------------------------------
 // HTTP
 
@@ -794,7 +786,7 @@ async fn watch_group(
     mut shutdown: watch::Receiver<()>,
     watches: Watches,
 ) {
-    let mut backoff = WATCH_BACKOFF_MIN;
+    let mut backoff = Backoff::new(WATCH_BACKOFF_MIN, WATCH_BACKOFF_MAX);
     loop {
         let ended = tokio::select! {
             _ = shutdown.changed() => return,
@@ -807,14 +799,13 @@ async fn watch_group(
             ended = watch_stream(&conn, &group, &tx) => ended,
         };
         if ended.established {
-            backoff = WATCH_BACKOFF_MIN;
+            backoff.reset();
         }
-        let pause = jittered(backoff);
+        let pause = jitter(backoff.next());
         tracing::debug!(
             "The etcd watch of group {group} ended ({}); reopening in {pause:?}.",
             ended.why
         );
-        backoff = (backoff * 2).min(WATCH_BACKOFF_MAX);
         tokio::select! {
             _ = shutdown.changed() => return,
             _ = tx.closed() => {
@@ -1333,10 +1324,17 @@ mod tests {
     }
 
     #[test]
-    fn jitter_stays_within_half_again() {
-        for _ in 0..100 {
-            let d = jittered(Duration::from_secs(2));
-            assert!(d >= Duration::from_secs(2) && d < Duration::from_secs(3));
+    fn watch_reconnections_back_off_to_their_cap_with_jitter() {
+        let mut backoff = Backoff::new(WATCH_BACKOFF_MIN, WATCH_BACKOFF_MAX);
+        let mut step = WATCH_BACKOFF_MIN;
+        for _ in 0..20 {
+            let pause = jitter(backoff.next());
+            assert!(
+                pause >= step.mul_f64(0.8) && pause < step.mul_f64(1.2),
+                "{pause:?} outside 0.8..1.2 × {step:?}"
+            );
+            step = (step * 2).min(WATCH_BACKOFF_MAX);
         }
+        assert_eq!(backoff.peek(), WATCH_BACKOFF_MAX);
     }
 }

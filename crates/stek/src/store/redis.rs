@@ -19,7 +19,6 @@
 
 use std::collections::HashMap;
 use std::fmt;
-use std::hash::BuildHasher;
 use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -27,7 +26,7 @@ use futures_util::StreamExt;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{Client, RedisError, Value};
 use stek_core::record::MAX_RECORD_LEN;
-use stek_core::{KeyBytes, Slot};
+use stek_core::{jitter, Backoff, KeyBytes, Slot};
 use tokio::runtime::Handle;
 use tokio::sync::watch;
 use tokio::task::AbortHandle;
@@ -54,7 +53,9 @@ const RECONNECT_RETRIES: usize = 2;
 /// How often a subscription that heard nothing checks its connection with `PING`, so that a
 /// half-open connection (a replica that vanished without closing it) is noticed and replaced.
 const KEEPALIVE: Duration = Duration::from_secs(15);
-/// First and largest delay between resubscription attempts.
+/// First and largest delay between resubscription attempts (before jitter): doubling from the
+/// first to the largest, each one jittered so that the many agents behind one replica do not all
+/// resubscribe at the same instant when it comes back.
 const RESUBSCRIBE_MIN: Duration = Duration::from_millis(100);
 const RESUBSCRIBE_MAX: Duration = Duration::from_secs(5);
 
@@ -378,7 +379,7 @@ impl Store for RedisStore {
 async fn notify(client: Client, group: String, tx: watch::Sender<u64>) {
     let channel = channel(&group);
     let tick = || tx.send_modify(|n| *n = n.wrapping_add(1));
-    let mut backoff = Backoff::default();
+    let mut backoff = Backoff::new(RESUBSCRIBE_MIN, RESUBSCRIBE_MAX);
     // Whether messages may have been missed since the receivers were handed out.
     let mut missed = false;
     loop {
@@ -399,7 +400,7 @@ async fn notify(client: Client, group: String, tx: watch::Sender<u64>) {
         };
         match pubsub {
             Ok(pubsub) => {
-                backoff = Backoff::default();
+                backoff.reset();
                 if missed {
                     info!("group {group}: subscribed to {channel} again");
                     tick();
@@ -428,41 +429,9 @@ async fn notify(client: Client, group: String, tx: watch::Sender<u64>) {
         missed = true;
         tokio::select! {
             () = tx.closed() => return,
-            () = tokio::time::sleep(backoff.next_delay()) => {}
+            () = tokio::time::sleep(jitter(backoff.next())) => {}
         }
     }
-}
-
-/// Delays between resubscription attempts: doubling from [`RESUBSCRIBE_MIN`] up to
-/// [`RESUBSCRIBE_MAX`], each drawn from the upper half of its step so that the many agents
-/// behind one replica do not all reconnect at the same instant when it comes back.
-#[derive(Debug)]
-struct Backoff {
-    step: Duration,
-}
-
-impl Default for Backoff {
-    fn default() -> Self {
-        Backoff {
-            step: RESUBSCRIBE_MIN,
-        }
-    }
-}
-
-impl Backoff {
-    fn next_delay(&mut self) -> Duration {
-        let step = self.step;
-        self.step = (step * 2).min(RESUBSCRIBE_MAX);
-        step / 2 + (step / 2).mul_f64(jitter())
-    }
-}
-
-/// A fraction in `[0, 1)` that differs between calls and processes. Not for cryptography: it
-/// only spreads reconnections (std's `RandomState` is seeded randomly per process).
-fn jitter() -> f64 {
-    let bits = std::collections::hash_map::RandomState::new().hash_one(0u8);
-    // The top 53 bits, exactly representable in an f64.
-    (bits >> 11) as f64 / (1u64 << 53) as f64
 }
 
 #[cfg(test)]
@@ -479,27 +448,18 @@ mod tests {
     }
 
     #[test]
-    fn backoff_grows_to_its_cap_with_jitter() {
-        let mut b = Backoff::default();
+    fn resubscription_delays_grow_to_their_cap_with_jitter() {
+        let mut b = Backoff::new(RESUBSCRIBE_MIN, RESUBSCRIBE_MAX);
         let mut step = RESUBSCRIBE_MIN;
         for _ in 0..20 {
-            let d = b.next_delay();
+            let d = jitter(b.next());
             assert!(
-                d >= step / 2 && d <= step,
-                "{d:?} outside [{:?}, {step:?}]",
-                step / 2
+                d >= step.mul_f64(0.8) && d < step.mul_f64(1.2),
+                "{d:?} outside 0.8..1.2 × {step:?}"
             );
             step = (step * 2).min(RESUBSCRIBE_MAX);
         }
-        assert_eq!(b.step, RESUBSCRIBE_MAX);
-    }
-
-    #[test]
-    fn jitter_is_a_fraction() {
-        for _ in 0..1000 {
-            let j = jitter();
-            assert!((0.0..1.0).contains(&j));
-        }
+        assert_eq!(b.peek(), RESUBSCRIBE_MAX);
     }
 
     #[tokio::test]
