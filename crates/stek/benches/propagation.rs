@@ -5,10 +5,11 @@
 //! directories: for Redis a primary (the generator's) and a read replica (the agents'), as in
 //! production; for etcd one member. It then runs 1,000 agent sessions in this process, each a
 //! Tokio task with its own store connection (its own connection and pub/sub subscription for
-//! Redis, its own HTTP connections and watch stream for etcd), each running the real agent logic
-//! (`stek::agent::Agent` with a `SealedOpener`): `sync` on every change notification, at every
-//! slot boundary and on the jittered safety-net poll, plus one clock-offset read per period, as
-//! `stek::service::run_agent` does (without sinks).
+//! Redis, its own HTTP connections and watch stream for etcd), each running the real agent parts
+//! (`stek::agent::Syncer` with a `SealedOpener`, and `stek::agent::Rotator`): `sync` on every
+//! change notification, at every slot boundary and on the jittered safety-net poll, plus one
+//! clock-offset read per period, as `stek::agent::run` does (without sinks, and in one task so
+//! that the bench can tell what woke the read that brought each key).
 //!
 //! The group uses P = 4 s and L = 8 s, and the production default poll, P/4 = 1 s jittered by
 //! ±20%. A generator on the primary publishes one sealed, signed record per slot
@@ -16,8 +17,7 @@
 //! the next slot: a slot inside every agent's window, and half a period away from the boundary
 //! wake-up, so only a notification (or failing that, a poll) can bring it. For each record, the
 //! latency of an agent is the time from the store's `create` returning to the generator until
-//! that agent's `sync` has returned with the key opened and its ring holds it
-//! (`Ring::shared(slot)`).
+//! that agent's `sync` has returned with the key opened and its rotator's ring holds it.
 //!
 //! Load: the store's own counters over whole periods of steady state (Redis `INFO commandstats`
 //! on the replica; etcd's `/metrics`), and the agents' requests counted in this process.
@@ -45,7 +45,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
-use stek::agent::{Agent, SealedOpener};
+use stek::agent::{Rotator, SealedOpener, SyncReport, Synced, Syncer};
 use stek::clock::{Clock, SystemClock};
 use stek::generator::{publish_upcoming, Outcome};
 use stek::store::{Created, EtcdStore, RedisStore, Store, StoreError};
@@ -243,16 +243,18 @@ struct Board {
     ready: AtomicUsize,
 }
 
-/// One agent session: the loop of `stek::service::run_agent` without sinks, status or metrics.
+/// One agent session: the syncer and rotator of `stek::agent::run` in one loop, without sinks,
+/// status or metrics.
 async fn agent_loop<S: Store>(
-    mut agent: Agent<Probed<S>, SealedOpener>,
+    mut syncer: Syncer<Probed<S>, SealedOpener>,
+    mut rotator: Rotator,
     store: Arc<Probed<S>>,
     poll: Duration,
     board: Arc<Board>,
     mut stop: watch::Receiver<bool>,
 ) {
     let clock = SystemClock::new();
-    let schedule = *agent.schedule();
+    let schedule = *rotator.schedule();
     let mut changes = store.changes(GROUP);
     let mut last_offset_check: Option<Duration> = None;
     let mut known = BTreeSet::new();
@@ -260,14 +262,25 @@ async fn agent_loop<S: Store>(
     loop {
         let woke = Instant::now();
         let now = clock.now();
-        let synced = agent.sync(now).await.is_ok();
+        let result = syncer.sync(now, &rotator.held()).await;
+        let synced = result.is_ok();
+        let keys = result.map_or_else(|_| Vec::new(), |r: Synced| r.keys);
         let synced_at = Instant::now();
         if synced && last_offset_check.is_none_or(|t| now.saturating_sub(t) >= schedule.period()) {
             last_offset_check = Some(now);
             let _ = store.server_time().await;
         }
-        let _ = agent.rebuild(now);
-        if let Some(ring) = agent.ring() {
+        let report = SyncReport {
+            at: now,
+            result: Ok(Synced {
+                keys,
+                rejected: Vec::new(),
+            }),
+            clock_offset: None,
+        };
+        rotator.take(report, now);
+        let _ = rotator.rotate(now);
+        if let Some(ring) = rotator.ring() {
             let window = ring.window();
             known.retain(|s| window.contains(*s));
             let new: Vec<Slot> = ring
@@ -293,7 +306,7 @@ async fn agent_loop<S: Store>(
         }
 
         let to_boundary = schedule.next_rotation(now).saturating_sub(clock.now());
-        let next_poll = stek::service::jitter(poll);
+        let next_poll = stek_core::jitter(poll);
         let nap = to_boundary.min(next_poll) + Duration::from_millis(1);
         wake = tokio::select! {
             _ = tokio::time::sleep(nap) => if to_boundary <= next_poll { Wake::Boundary } else { Wake::Poll },
@@ -476,17 +489,14 @@ where
 {
     let clock = SystemClock::new();
     let schedule = Schedule::new(PERIOD, LIFETIME)?;
-    let poll = stek::service::AgentOptions::default_poll(&schedule);
+    let poll = stek::agent::default_poll(&schedule);
     let signer = GeneratorKey::generate()?;
     let identity = GroupIdentity::generate()?;
     let recipients = vec![identity.public()];
     let identity_text = identity.to_file_text();
     let trusted: Vec<GeneratorPublicKey> = vec![signer.public()];
-    let seal = |k: &SlotKey| {
-        Record::seal(&schedule, GROUP, k, &recipients, &signer)
-            .map(|r| r.encode())
-            .map_err(|e| e.to_string())
-    };
+    let seal =
+        |k: &SlotKey| Record::seal(&schedule, GROUP, k, &recipients, &signer).map(|r| r.encode());
 
     let generator = Probed::new(generator, Arc::default());
     // The keys the fleet needs now, before any agent starts.
@@ -519,9 +529,11 @@ where
             identity,
             trusted: trusted.clone(),
         };
-        let agent = Agent::new(store.clone(), opener, GROUP.to_owned(), schedule, 1);
+        let syncer = Syncer::new(store.clone(), opener, GROUP.to_owned(), schedule);
+        let rotator = Rotator::new(GROUP.to_owned(), schedule, 1);
         agents.spawn(agent_loop(
-            agent,
+            syncer,
+            rotator,
             store,
             poll,
             board.clone(),

@@ -1,8 +1,20 @@
 //! stek: rotating, fleet-wide TLS session ticket keys without giving up forward secrecy.
 //!
-//! This crate is the `stek` binary's library: the clock edge, the store trait and its embedded
-//! implementation, the generator and agent loops, the sinks that hand keys to TLS servers
-//! (nginx, HAProxy and Apache files, a read-only memcached-protocol server) and process hygiene.
+//! This crate is the `stek` binary's library. Data flows one way:
+//!
+//! ```text
+//! generator ──▶ store ──▶ agent::syncer ──▶ agent::rotator ──▶ sink::*
+//! ```
+//!
+//! - [`generator`]: makes, seals and publishes each slot's key;
+//! - [`store`]: the `Store` trait, the embedded store, Redis and etcd;
+//! - [`agent`]: one host's agent, a syncer (store side) and a rotator (clock side);
+//! - [`sink`]: one `Sink` trait; key files, HAProxy, the memcached table, the in-process feed,
+//!   the reload command; [`memcached`] is the protocol server the table feeds;
+//! - [`feed`]: the agent embedded in a Rust server; [`up`]: `stek up` in one process;
+//! - [`status`], [`metrics`]: what an agent reports; [`scan`]: the auditor;
+//! - [`clock`] (the one place that reads the wall clock), [`files`], [`sys`], [`config`].
+//!
 //! The model itself (schedule, keys, formats, records) lives in `stek-core`.
 
 pub mod agent;
@@ -14,9 +26,7 @@ pub mod files;
 pub mod generator;
 pub mod memcached;
 pub mod metrics;
-pub mod onchange;
 pub mod scan;
-pub mod service;
 pub mod sink;
 pub mod status;
 pub mod store;
@@ -27,4 +37,20 @@ pub mod up;
 /// critical section is a single lookup, insert, remove or replace, so none is left half-done.
 pub(crate) fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// `e` and its causes, outermost first, joined by ": " (for one-line logs).
+pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        let more = c.to_string();
+        // Some errors repeat their cause in their own message: say it once.
+        if !text.ends_with(&more) {
+            text.push_str(": ");
+            text.push_str(&more);
+        }
+        cause = c.source();
+    }
+    text
 }

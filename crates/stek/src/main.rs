@@ -8,14 +8,14 @@ use std::time::Duration;
 
 use anyhow::{bail, Context as _};
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use stek::agent::{Agent, SealedOpener};
+use stek::agent::{self, AgentConfig, HostOptions, SealedOpener};
 use stek::clock::{Clock, SystemClock};
 use stek::config::FileConfig;
 use stek::duration;
 use stek::files::{self, DirCheck};
+use stek::generator::{self, GroupPlan};
 use stek::memcached::{self, Limits, Listener};
 use stek::metrics::{self, Metrics};
-use stek::service::{self, AgentOptions, GroupPlan};
 use stek::sink::SinkKind;
 use stek::status::Status;
 use stek::store::AnyStore;
@@ -573,7 +573,7 @@ fn harden() {
 
 /// Delivery settings after merging flags and config, checked, with the key directory made.
 struct Delivery {
-    opts: AgentOptions,
+    opts: HostOptions,
     memcached: Vec<String>,
     memcached_allow_remote: bool,
     metrics: Option<String>,
@@ -659,9 +659,7 @@ fn prepare_delivery(a: SinkArgs, c: &FileConfig, schedule: &Schedule) -> anyhow:
         memcached.clear();
     }
     Ok(Delivery {
-        opts: AgentOptions {
-            poll: AgentOptions::default_poll(schedule),
-            feed: Default::default(),
+        opts: HostOptions {
             dir,
             sinks,
             on_change: a.on_change.or_else(|| c.on_change.clone()),
@@ -836,9 +834,7 @@ fn run_generator(args: GeneratorArgs) -> anyhow::Result<()> {
             name,
             schedule,
             seal: Arc::new(move |k: &SlotKey| {
-                Record::seal(&schedule, &g, k, &recipients, &signer)
-                    .map(|r| r.encode())
-                    .map_err(|e| e.to_string())
+                Record::seal(&schedule, &g, k, &recipients, &signer).map(|r| r.encode())
             }),
         });
     };
@@ -888,7 +884,7 @@ fn run_generator(args: GeneratorArgs) -> anyhow::Result<()> {
             Arc::new(SystemClock::with_offset_ms(args.process.clock_offset_ms));
         let m = Metrics::new();
         start_metrics(metrics_addr.as_deref(), &m, &clock).await?;
-        service::run_generator(store, plans, clock, m, shutdown_signal()).await;
+        generator::run_generator(store, plans, clock, m, shutdown_signal()).await;
         Ok(())
     })
 }
@@ -942,14 +938,22 @@ fn run_agent(args: AgentArgs) -> anyhow::Result<()> {
         let m = Metrics::new();
         start_metrics(d.metrics.as_deref(), &m, &clock).await?;
         log_schedule("stek agent", &schedule);
-        let agent = Agent::new(
-            store.clone(),
-            SealedOpener { identity, trusted },
-            group,
-            schedule,
+        let config = AgentConfig {
             max_stale,
-        );
-        service::run_agent(agent, store, d.opts, clock, listeners, m, shutdown_signal()).await;
+            ..AgentConfig::new(group, schedule)
+        };
+        let opener = SealedOpener { identity, trusted };
+        agent::run_on_host(
+            store,
+            opener,
+            config,
+            d.opts,
+            clock,
+            listeners,
+            m,
+            shutdown_signal(),
+        )
+        .await;
         Ok(())
     })
 }

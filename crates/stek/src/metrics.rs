@@ -28,7 +28,8 @@ struct Inner {
     created: BTreeMap<String, u64>,
     publish_errors: u64,
     last_publish: Option<f64>,
-    haproxy: BTreeMap<String, HaproxySocketStatus>,
+    clock_steps: u64,
+    last_clock_step: Option<f64>,
 }
 
 impl Metrics {
@@ -46,49 +47,25 @@ impl Metrics {
         self.lock().status = Some(status);
     }
 
-    /// The agent's latest status, with counters filled in.
+    /// The agent's latest status, with the sink failures counted so far.
     pub fn status(&self) -> Option<Status> {
         let g = self.lock();
         g.status.clone().map(|mut s| {
             s.sink_failures = g.sink_failures.clone();
-            s.haproxy = g.haproxy.values().cloned().collect();
             s
         })
     }
 
-    /// Records one check of the HAProxy admin socket `socket`: the rings kept in step and the
-    /// keys pushed, or the error.
-    pub fn haproxy_checked(&self, socket: &str, result: Result<(&[String], usize), String>) {
-        let mut g = self.lock();
-        let h = g
-            .haproxy
-            .entry(socket.to_owned())
-            .or_insert_with(|| HaproxySocketStatus {
-                socket: socket.to_owned(),
-                ok: false,
-                error: None,
-                rings: Vec::new(),
-                keys_pushed: 0,
-                failures: 0,
-            });
-        match result {
-            Ok((rings, pushed)) => {
-                h.ok = true;
-                h.error = None;
-                h.rings = rings.to_vec();
-                h.keys_pushed += pushed as u64;
-            }
-            Err(e) => {
-                h.ok = false;
-                h.error = Some(e);
-                h.failures += 1;
-            }
-        }
+    /// Sink failures so far, by sink.
+    pub fn sink_failures(&self) -> BTreeMap<String, u64> {
+        self.lock().sink_failures.clone()
     }
 
-    /// The HAProxy admin sockets' states, by path.
-    pub fn haproxy_sockets(&self) -> Vec<HaproxySocketStatus> {
-        self.lock().haproxy.values().cloned().collect()
+    /// Counts a step of the wall clock of `secs` seconds (negative: back).
+    pub fn clock_stepped(&self, secs: f64) {
+        let mut g = self.lock();
+        g.clock_steps += 1;
+        g.last_clock_step = Some(secs);
     }
 
     /// Counts a sink failure.
@@ -131,6 +108,12 @@ impl Metrics {
             "# HELP stek_store_errors_total Failed store operations.\n# TYPE stek_store_errors_total counter\nstek_store_errors_total {}",
             g.store_errors
         );
+        if g.clock_steps > 0 {
+            let _ = writeln!(o, "# HELP stek_clock_steps_total Steps of the wall clock larger than P/4 (the monotonic clock disagreed).\n# TYPE stek_clock_steps_total counter\nstek_clock_steps_total {}", g.clock_steps);
+        }
+        if let Some(step) = g.last_clock_step {
+            let _ = writeln!(o, "# HELP stek_clock_last_step_seconds The last step of the wall clock, in seconds (negative: back).\n# TYPE stek_clock_last_step_seconds gauge\nstek_clock_last_step_seconds {step:.3}");
+        }
         if let Some(s) = &g.status {
             let l = format!("group=\"{}\"", s.group);
             let shared = s.keys.iter().filter(|k| k.origin == "shared").count();
@@ -181,13 +164,14 @@ impl Metrics {
                 |h| h.failures,
             ),
         ];
-        for (name, kind, help, field) in haproxy.iter().filter(|_| !g.haproxy.is_empty()) {
+        let sockets = g.status.as_ref().map_or(&[][..], |s| &s.haproxy[..]);
+        for (name, kind, help, field) in haproxy.iter().filter(|_| !sockets.is_empty()) {
             let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} {kind}");
-            for (socket, h) in &g.haproxy {
+            for h in sockets {
                 let _ = writeln!(
                     o,
                     "{name}{{socket=\"{}\"}} {}",
-                    label_value(socket),
+                    label_value(&h.socket),
                     field(h)
                 );
             }
@@ -327,11 +311,32 @@ mod tests {
     use super::*;
 
     #[test]
-    fn haproxy_sockets_in_metrics_and_status() {
+    fn haproxy_sockets_in_metrics() {
         let m = Metrics::new();
-        let rings = ["/run/stek/haproxy/tickets.keys".to_owned()];
-        m.haproxy_checked("/run/a \"b\".sock", Ok((&rings, 3)));
-        m.haproxy_checked("/run/a \"b\".sock", Err("cannot connect".into()));
+        let ring = {
+            let sched =
+                stek_core::Schedule::new(Duration::from_secs(4), Duration::from_secs(4)).unwrap();
+            stek_core::Ring::build(
+                &sched,
+                Duration::from_secs(400),
+                &Default::default(),
+                &mut stek_core::LocalKeys::new(),
+                1,
+            )
+            .unwrap()
+        };
+        let mut st = Status::of(&ring, "g", Duration::from_secs(400));
+        st.haproxy = vec![HaproxySocketStatus {
+            socket: "/run/a \"b\".sock".into(),
+            ok: false,
+            error: Some("cannot connect".into()),
+            rings: vec!["/run/stek/haproxy/tickets.keys".into()],
+            keys_pushed: 3,
+            failures: 1,
+        }];
+        m.set_status(st);
+        m.sink_failed("haproxy");
+        m.clock_stepped(-3600.0);
         let text = m.render(Duration::ZERO);
         let l = r#"socket="/run/a \"b\".sock""#;
         assert!(
@@ -340,7 +345,9 @@ mod tests {
         );
         assert!(text.contains(&format!("stek_haproxy_keys_pushed_total{{{l}}} 3")));
         assert!(text.contains(&format!("stek_haproxy_check_failures_total{{{l}}} 1")));
-        let h = &m.haproxy_sockets()[0];
-        assert!(!h.ok && h.error.as_deref() == Some("cannot connect") && h.rings == rings);
+        assert!(text.contains("stek_sink_failures_total{sink=\"haproxy\"} 1"));
+        assert!(text.contains("stek_clock_steps_total 1"));
+        assert!(text.contains("stek_clock_last_step_seconds -3600.000"));
+        assert_eq!(m.status().unwrap().sink_failures["haproxy"], 1);
     }
 }

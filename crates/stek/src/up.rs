@@ -8,13 +8,11 @@ use std::sync::Arc;
 use stek_core::{Record, Schedule, SlotKey};
 use tokio::sync::watch;
 
-use crate::agent::{Agent, PlainOpener};
+use crate::agent::{self, AgentConfig, HostOptions, PlainOpener};
 use crate::clock::Clock;
+use crate::generator::{generator_round, publish_margin, run_generator, GroupPlan};
 use crate::memcached::Listener;
 use crate::metrics::Metrics;
-use crate::service::{
-    generator_round, publish_margin, run_agent, run_generator, AgentOptions, GroupPlan,
-};
 use crate::store::MemoryStore;
 
 /// Runs until `shutdown` resolves. `listeners` are the memcached-protocol endpoints, already
@@ -22,7 +20,7 @@ use crate::store::MemoryStore;
 pub async fn run(
     schedule: Schedule,
     group: String,
-    opts: AgentOptions,
+    host: HostOptions,
     clock: Arc<dyn Clock>,
     listeners: Vec<Listener>,
     metrics: Arc<Metrics>,
@@ -55,8 +53,18 @@ pub async fn run(
             let _ = stop_rx.wait_for(|s| *s).await;
         },
     ));
-    let agent = Agent::new(store.clone(), PlainOpener, group, schedule, 1);
-    run_agent(agent, store, opts, clock, listeners, metrics, shutdown).await;
+    let config = AgentConfig::new(group, schedule);
+    agent::run_on_host(
+        store,
+        PlainOpener,
+        config,
+        host,
+        clock,
+        listeners,
+        metrics,
+        shutdown,
+    )
+    .await;
     let _ = stop_tx.send(true);
     let _ = generator.await;
 }

@@ -14,11 +14,11 @@ use rustls::{
     ClientConfig, ClientConnection, HandshakeKind, RootCertStore, ServerConfig, ServerConnection,
     StreamOwned,
 };
-use stek::agent::{Agent, PlainOpener};
+use stek::agent::{AgentConfig, PlainOpener};
 use stek::clock::{Clock, SystemClock};
 use stek::feed::{run_embedded_agent, RingFeed};
+use stek::generator::{generator_round, run_generator, GroupPlan};
 use stek::metrics::Metrics;
-use stek::service::{generator_round, run_generator, AgentOptions, GroupPlan};
 use stek::store::MemoryStore;
 use stek_core::{Record, Schedule, SlotKey};
 use stek_rustls::Ticketer;
@@ -220,13 +220,13 @@ impl EmbeddedStek {
             until_stopped(stopped.clone()),
         ));
         for feed in feeds {
-            let agent = Agent::new(store.clone(), PlainOpener, "demo".into(), schedule, 1);
             rt.spawn(run_embedded_agent(
-                agent,
                 store.clone(),
+                PlainOpener,
+                AgentConfig::new("demo", schedule),
                 clock.clone(),
                 feed,
-                AgentOptions::default_poll(&schedule),
+                Metrics::new(),
                 until_stopped(stopped.clone()),
             ));
         }

@@ -1,4 +1,4 @@
-//! The nginx, HAProxy and Apache key-file sinks.
+//! The nginx and Apache key-file sinks, and HAProxy's keys (written by [`super::haproxy`]).
 
 use std::collections::HashSet;
 use std::fs;
@@ -9,6 +9,7 @@ use base64::Engine as _;
 use stek_core::{Format, KeyBytes, KeyName, Ring};
 use zeroize::Zeroizing;
 
+use super::{Delivered, Sink};
 use crate::files::{ensure_private_dir, erase, write_atomic};
 
 fn check_len(format: Format, bytes: &[u8]) -> io::Result<()> {
@@ -145,33 +146,6 @@ impl std::fmt::Debug for HaproxyKeys {
 /// The length of one HAProxy key in base64 (80 bytes, padded).
 pub const HAPROXY_KEY_B64_LEN: usize = 108;
 
-/// HAProxy: `haproxy/tickets.keys`, three base64 80-byte keys, oldest first (previous,
-/// encrypting, next): HAProxy encrypts with the penultimate line.
-#[derive(Debug)]
-pub struct HaproxySink {
-    dir: PathBuf,
-}
-
-impl HaproxySink {
-    /// A sink writing under `dir` (`DIR/haproxy`).
-    pub fn new(dir: PathBuf) -> Self {
-        HaproxySink { dir }
-    }
-
-    /// The keys file HAProxy's `tls-ticket-keys` points at.
-    pub fn keys_path(&self) -> PathBuf {
-        self.dir.join("tickets.keys")
-    }
-
-    /// Writes the keys file.
-    pub fn write(&mut self, ring: &Ring) -> io::Result<PathBuf> {
-        ensure_private_dir(&self.dir)?;
-        let path = self.keys_path();
-        write_atomic(&path, HaproxyKeys::of(ring)?.file_text().as_bytes())?;
-        Ok(path)
-    }
-}
-
 /// Apache: `apache/ticket.key`, the encrypting key, 48 bytes.
 #[derive(Debug)]
 pub struct ApacheSink {
@@ -197,6 +171,26 @@ impl ApacheSink {
         let path = self.key_path();
         write_atomic(&path, &bytes)?;
         Ok(path)
+    }
+}
+
+impl Sink for NginxSink {
+    fn name(&self) -> &'static str {
+        "nginx"
+    }
+
+    fn deliver(&mut self, ring: &Ring) -> io::Result<Delivered> {
+        self.write(ring).map(|p| Delivered::Files(vec![p]))
+    }
+}
+
+impl Sink for ApacheSink {
+    fn name(&self) -> &'static str {
+        "apache"
+    }
+
+    fn deliver(&mut self, ring: &Ring) -> io::Result<Delivered> {
+        self.write(ring).map(|p| Delivered::Files(vec![p]))
     }
 }
 
@@ -262,7 +256,7 @@ mod tests {
             shared.insert(Slot(s), SlotKey::generate(Slot(s)).unwrap());
         }
         let r = ring_at(400, &shared, &mut LocalKeys::new());
-        let p = HaproxySink::new(d.path().join("haproxy"))
+        let p = crate::sink::HaproxySink::new(d.path().join("haproxy"), None)
             .write(&r)
             .unwrap();
         let text = fs::read_to_string(p).unwrap();

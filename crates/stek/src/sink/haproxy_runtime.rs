@@ -24,13 +24,14 @@
 //! Replies that hold keys and the commands that push them live in zeroizing buffers; logs name
 //! keys by their 16-byte public name only.
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use base64::Engine as _;
-use stek_core::KeyBytes;
+use stek_core::{Backoff, KeyBytes};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::UnixStream;
 use tokio::sync::watch;
@@ -38,7 +39,7 @@ use tracing::{debug, info, warn};
 use zeroize::Zeroizing;
 
 use super::files::{HaproxyKeys, HAPROXY_KEY_B64_LEN};
-use crate::metrics::Metrics;
+use crate::status::HaproxySocketStatus;
 
 /// The largest reply read; HAProxy's replies to these commands are well under 1 KiB per ring.
 const MAX_REPLY: usize = 64 * 1024;
@@ -131,34 +132,70 @@ impl std::error::Error for RuntimeError {}
 #[derive(Debug)]
 pub struct HaproxyRuntime {
     tx: watch::Sender<Option<Arc<HaproxyKeys>>>,
+    book: Arc<SocketBook>,
 }
 
 impl HaproxyRuntime {
     /// Starts following `sockets`, managing the rings whose file is `keys_file` (stek's keys
     /// file, written before every [`HaproxyRuntime::deliver`]). Retries back off up to
     /// `max_backoff`. Must be called within a tokio runtime.
-    pub fn spawn(
-        sockets: &[PathBuf],
-        keys_file: PathBuf,
-        max_backoff: Duration,
-        metrics: Arc<Metrics>,
-    ) -> HaproxyRuntime {
+    pub fn spawn(sockets: &[PathBuf], keys_file: PathBuf, max_backoff: Duration) -> HaproxyRuntime {
         let (tx, rx) = watch::channel(None);
+        let book = Arc::new(SocketBook::default());
         for socket in sockets {
             tokio::spawn(follow(
                 socket.clone(),
                 keys_file.clone(),
                 rx.clone(),
-                max_backoff.max(FIRST_RETRY),
-                metrics.clone(),
+                max_backoff,
+                book.clone(),
             ));
         }
-        HaproxyRuntime { tx }
+        HaproxyRuntime { tx, book }
     }
 
     /// The keys HAProxy should hold from now on (the keys file already holds them).
     pub fn deliver(&self, keys: HaproxyKeys) {
         self.tx.send_replace(Some(Arc::new(keys)));
+    }
+
+    /// Every socket's state after its last check, by path.
+    pub fn sockets(&self) -> Vec<HaproxySocketStatus> {
+        crate::lock(&self.book.0).values().cloned().collect()
+    }
+}
+
+/// The state of every socket, as the status reports it; the follow tasks write it.
+#[derive(Debug, Default)]
+struct SocketBook(Mutex<BTreeMap<String, HaproxySocketStatus>>);
+
+impl SocketBook {
+    /// Records one check of `socket`: the rings kept in step and the keys pushed, or the error.
+    fn checked(&self, socket: &str, result: Result<(&[String], usize), String>) {
+        let mut g = crate::lock(&self.0);
+        let h = g
+            .entry(socket.to_owned())
+            .or_insert_with(|| HaproxySocketStatus {
+                socket: socket.to_owned(),
+                ok: false,
+                error: None,
+                rings: Vec::new(),
+                keys_pushed: 0,
+                failures: 0,
+            });
+        match result {
+            Ok((rings, pushed)) => {
+                h.ok = true;
+                h.error = None;
+                h.rings = rings.to_vec();
+                h.keys_pushed += pushed as u64;
+            }
+            Err(e) => {
+                h.ok = false;
+                h.error = Some(e);
+                h.failures += 1;
+            }
+        }
     }
 }
 
@@ -194,11 +231,11 @@ async fn follow(
     keys_file: PathBuf,
     mut rx: watch::Receiver<Option<Arc<HaproxyKeys>>>,
     max_backoff: Duration,
-    metrics: Arc<Metrics>,
+    book: Arc<SocketBook>,
 ) {
     let label = socket.display().to_string();
     let mut state = State::Unknown;
-    let mut retry = FIRST_RETRY;
+    let mut retry = Backoff::new(FIRST_RETRY, max_backoff);
     loop {
         let keys = rx.borrow_and_update().clone();
         let wait = match keys {
@@ -206,14 +243,12 @@ async fn follow(
             Some(keys) => {
                 let result = converge(&socket, &keys_file, &keys).await;
                 let wait = if result.is_ok() {
-                    retry = FIRST_RETRY;
+                    retry.reset();
                     CHECK_EVERY
                 } else {
-                    let w = retry;
-                    retry = (retry * 2).min(max_backoff);
-                    w
+                    retry.next()
                 };
-                state = observe(&label, state, result, &keys, wait, &metrics);
+                state = observe(&label, state, result, &keys, wait, &book);
                 Some(wait)
             }
         };
@@ -236,14 +271,14 @@ fn observe(
     result: Result<Converged, RuntimeError>,
     keys: &HaproxyKeys,
     wait: Duration,
-    metrics: &Metrics,
+    book: &SocketBook,
 ) -> State {
     let [previous, current, next] = keys.names();
     match result {
         Ok(c) => {
             let rings: Vec<String> = c.rings.iter().map(|(file, _)| file.clone()).collect();
             let pushed: usize = c.rings.iter().map(|(_, n)| n).sum();
-            metrics.haproxy_checked(label, Ok((&rings, pushed)));
+            book.checked(label, Ok((&rings, pushed)));
             for (file, n) in c.rings.iter().filter(|(_, n)| *n > 0) {
                 let names: Vec<String> = keys.names()[3 - n..].iter().map(|k| k.to_hex()).collect();
                 info!(
@@ -275,7 +310,7 @@ fn observe(
             new
         }
         Err(e) => {
-            metrics.haproxy_checked(label, Err(e.to_string()));
+            book.checked(label, Err(e.to_string()));
             if old != State::Failing(e.clone()) {
                 warn!(
                     "HAProxy {label}: {e}; retrying with backoff (first in {} ms); the other sinks carry on",
@@ -845,20 +880,17 @@ mod tests {
         let file = d.path().join("tickets.keys");
         std::fs::write(&file, "").unwrap();
         let f = file.display().to_string();
-        let metrics = Metrics::new();
         let rt = HaproxyRuntime::spawn(
             std::slice::from_ref(&sock),
             file.clone(),
             Duration::from_secs(1),
-            metrics.clone(),
         );
         let first = keys_at(100);
         let want = wanted(&first);
         rt.deliver(first);
         // HAProxy is not up yet: the failure is recorded, then HAProxy comes up.
         until("a failed check", || {
-            metrics
-                .haproxy_sockets()
+            rt.sockets()
                 .first()
                 .is_some_and(|h| !h.ok && h.failures > 0)
         })
@@ -875,9 +907,21 @@ mod tests {
         // Someone changes HAProxy's ring: repaired by the next check.
         fake.set_ring(&f, vec![k(7), k(8), k(9)]);
         until("the repair", || fake.ring(&f) == want).await;
-        let h = &metrics.haproxy_sockets()[0];
+        let h = &rt.sockets()[0];
         assert!(h.ok && h.error.is_none() && h.rings == [f.clone()], "{h:?}");
         assert_eq!(h.keys_pushed, 3 + 3 + 3);
+    }
+
+    #[test]
+    fn socket_book_counts_checks_and_keeps_the_last_error() {
+        let book = SocketBook::default();
+        let rings = ["/run/stek/haproxy/tickets.keys".to_owned()];
+        book.checked("/run/a.sock", Ok((&rings, 3)));
+        book.checked("/run/a.sock", Err("cannot connect".into()));
+        let g = crate::lock(&book.0);
+        let h = &g["/run/a.sock"];
+        assert!(!h.ok && h.error.as_deref() == Some("cannot connect") && h.rings == rings);
+        assert_eq!((h.keys_pushed, h.failures), (3, 1));
     }
 
     #[test]

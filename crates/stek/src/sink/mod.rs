@@ -1,19 +1,77 @@
-//! Sinks hand a ring to TLS servers: key files for nginx, HAProxy and Apache (in memory-backed
-//! directories), HAProxy's runtime API ([`haproxy_runtime`]), and the table the
-//! memcached-protocol server answers from.
+//! Sinks hand a ring to TLS servers. Every way a key leaves the agent is one [`Sink`]:
 //!
-//! Files are written only when the ring changed, each atomically; a sink that fails leaves its
-//! previous files in place and is reported, the others carry on.
+//! | sink | module | what it does with a ring |
+//! |---|---|---|
+//! | `nginx` | [`files`] | `DIR/nginx/tickets.conf` and one 80-byte file per key |
+//! | `apache` | [`files`] | `DIR/apache/ticket.key`, the encrypting key |
+//! | `haproxy` | [`haproxy`] | `DIR/haproxy/tickets.keys`, then HAProxy's live rings over its runtime API |
+//! | `memcached` | [`table`] | the table the memcached-protocol server answers from |
+//! | `feed` | [`feed`] | in-process consumers (the rustls ticketer of `stek-rustls`) |
+//! | `on-change` | [`onchange`] | the operator's reload command, after the files changed |
+//!
+//! The agent calls [`Sink::deliver`] with every ring that differs from the last one, in the
+//! order the sinks were given (files first, the reload command last, so that it loads the new
+//! files). A sink that fails keeps its previous output in place (files are written atomically)
+//! and says why; the agent logs and counts the failure and carries on with the other sinks.
+//! Work that goes on after `deliver` returns (HAProxy's sockets, the reload command) reports
+//! through [`Sink::health`]. Sinks never touch metrics or the status: the agent does.
 
+pub mod feed;
 pub mod files;
+pub mod haproxy;
 pub mod haproxy_runtime;
+pub mod onchange;
+pub mod table;
 
 use std::path::{Path, PathBuf};
 
 use stek_core::Ring;
 
-pub use files::{ApacheSink, HaproxyKeys, HaproxySink, NginxSink};
+use crate::status::HaproxySocketStatus;
+
+pub use feed::RingFeed;
+pub use files::{ApacheSink, HaproxyKeys, NginxSink};
+pub use haproxy::HaproxySink;
 pub use haproxy_runtime::HaproxyRuntime;
+pub use onchange::OnChange;
+pub use table::TableSink;
+
+/// One way of handing rings to TLS servers. See the module documentation.
+pub trait Sink: Send {
+    /// The sink's name in logs, metrics (`sink="..."`) and the status.
+    fn name(&self) -> &'static str;
+
+    /// Hands `ring` over. Called once per changed ring, never concurrently. An error means
+    /// this sink's previous output is still in place.
+    fn deliver(&mut self, ring: &Ring) -> std::io::Result<Delivered>;
+
+    /// The state of work the sink does on its own time after `deliver` returned. Sinks that do
+    /// all their work in `deliver` keep the default: healthy, nothing to add.
+    fn health(&self) -> Health {
+        Health::default()
+    }
+}
+
+/// What one delivery did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Delivered {
+    /// These files were written (atomically).
+    Files(Vec<PathBuf>),
+    /// The ring was handed over in memory (or queued for a task of the sink).
+    Handed,
+}
+
+/// A sink's state between deliveries.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Health {
+    /// Why the sink is failing now, if it is.
+    pub failing: Option<String>,
+    /// Failures since the start that `deliver` did not return (a reload command that failed, a
+    /// HAProxy socket that refused).
+    pub failures: u64,
+    /// The HAProxy admin sockets the sink follows, for the status document.
+    pub haproxy: Vec<HaproxySocketStatus>,
+}
 
 /// Which file sinks `stek up` and `stek agent` write.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -37,61 +95,7 @@ impl SinkKind {
     }
 }
 
-fn haproxy_sink(dir: &Path) -> HaproxySink {
-    HaproxySink::new(dir.join("haproxy"))
-}
-
 /// The HAProxy keys file under the key directory `dir` (`DIR/haproxy/tickets.keys`).
 pub fn haproxy_keys_path(dir: &Path) -> PathBuf {
-    haproxy_sink(dir).keys_path()
-}
-
-/// A failed sink and why.
-#[derive(Debug)]
-pub struct SinkFailure {
-    /// Which sink.
-    pub sink: SinkKind,
-    /// What went wrong.
-    pub error: std::io::Error,
-}
-
-/// The file sinks of one key directory.
-#[derive(Debug)]
-pub struct FileSinks {
-    nginx: Option<NginxSink>,
-    haproxy: Option<HaproxySink>,
-    apache: Option<ApacheSink>,
-}
-
-impl FileSinks {
-    /// Sinks of the given kinds under `dir` (an absolute path on tmpfs or ramfs).
-    pub fn new(dir: &Path, kinds: &[SinkKind]) -> FileSinks {
-        let has = |k| kinds.contains(&k);
-        FileSinks {
-            nginx: has(SinkKind::Nginx).then(|| NginxSink::new(dir.join("nginx"))),
-            haproxy: has(SinkKind::Haproxy).then(|| haproxy_sink(dir)),
-            apache: has(SinkKind::Apache).then(|| ApacheSink::new(dir.join("apache"))),
-        }
-    }
-
-    /// Writes every enabled sink's files for `ring`. Returns the files written and the sinks
-    /// that failed.
-    pub fn deliver(&mut self, ring: &Ring) -> (Vec<PathBuf>, Vec<SinkFailure>) {
-        let mut written = Vec::new();
-        let mut failed = Vec::new();
-        let mut record = |sink, r: std::io::Result<PathBuf>| match r {
-            Ok(p) => written.push(p),
-            Err(error) => failed.push(SinkFailure { sink, error }),
-        };
-        if let Some(s) = &mut self.nginx {
-            record(SinkKind::Nginx, s.write(ring));
-        }
-        if let Some(s) = &mut self.haproxy {
-            record(SinkKind::Haproxy, s.write(ring));
-        }
-        if let Some(s) = &mut self.apache {
-            record(SinkKind::Apache, s.write(ring));
-        }
-        (written, failed)
-    }
+    haproxy::keys_path(&dir.join("haproxy"))
 }

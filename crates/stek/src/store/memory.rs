@@ -117,6 +117,12 @@ impl Store for MemoryStore {
                 .subscribe(),
         )
     }
+
+    /// The clock this store expires records by: in `stek up` the process's own, so the offset
+    /// reads 0; in tests another one, to see offsets.
+    async fn server_time(&self) -> Result<Option<Duration>, StoreError> {
+        Ok(Some(self.clock.now()))
+    }
 }
 
 #[cfg(test)]

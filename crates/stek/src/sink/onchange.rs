@@ -3,13 +3,23 @@
 //! A failing command is reported and retried with exponential backoff; it is never fatal, and
 //! the files it would have loaded stay valid meanwhile (they were written atomically). A change
 //! that arrives during the backoff cuts it short: the command runs for the newest files.
+//!
+//! As a [`Sink`] it comes last: every changed ring was already written by the file sinks when
+//! it asks for a run. Its failures happen after `deliver` returned, so they show in
+//! [`Sink::health`].
 
 use std::process::Stdio;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use stek_core::Ring;
+
+use stek_core::Backoff;
 use tokio::process::Command;
 use tokio::sync::watch;
 use tracing::{info, warn};
+
+use super::{Delivered, Health, Sink};
 
 /// The longest one run of the command may take before it is killed.
 const RUN_TIMEOUT: Duration = Duration::from_secs(60);
@@ -20,14 +30,16 @@ const FIRST_BACKOFF: Duration = Duration::from_millis(500);
 #[derive(Debug)]
 pub struct OnChange {
     tx: watch::Sender<u64>,
+    state: Arc<Mutex<Health>>,
 }
 
 impl OnChange {
     /// Starts the runner for `cmd` (run with `sh -c`), backing off up to `max_backoff`.
     pub fn spawn(cmd: String, max_backoff: Duration) -> OnChange {
         let (tx, rx) = watch::channel(0u64);
-        tokio::spawn(run(cmd, rx, max_backoff));
-        OnChange { tx }
+        let state = Arc::new(Mutex::new(Health::default()));
+        tokio::spawn(run(cmd, rx, max_backoff, state.clone()));
+        OnChange { tx, state }
     }
 
     /// Signals that the files changed.
@@ -36,14 +48,37 @@ impl OnChange {
     }
 }
 
-async fn run(cmd: String, mut rx: watch::Receiver<u64>, max_backoff: Duration) {
+impl Sink for OnChange {
+    fn name(&self) -> &'static str {
+        "on-change"
+    }
+
+    fn deliver(&mut self, _ring: &Ring) -> std::io::Result<Delivered> {
+        self.notify();
+        Ok(Delivered::Handed)
+    }
+
+    fn health(&self) -> Health {
+        crate::lock(&self.state).clone()
+    }
+}
+
+async fn run(
+    cmd: String,
+    mut rx: watch::Receiver<u64>,
+    max_backoff: Duration,
+    state: Arc<Mutex<Health>>,
+) {
     while rx.changed().await.is_ok() {
         rx.borrow_and_update();
-        let mut delay = FIRST_BACKOFF;
+        // The cap holds from the first retry on.
+        let mut backoff = Backoff::new(FIRST_BACKOFF.min(max_backoff), max_backoff);
         let mut attempt = 1u32;
+        let mut delay;
         loop {
             match run_once(&cmd).await {
                 Ok(took) => {
+                    crate::lock(&state).failing = None;
                     info!(
                         "on-change command succeeded in {} ms (reload ok): {cmd}",
                         took.as_millis()
@@ -51,6 +86,12 @@ async fn run(cmd: String, mut rx: watch::Receiver<u64>, max_backoff: Duration) {
                     break;
                 }
                 Err(why) => {
+                    delay = backoff.next();
+                    {
+                        let mut h = crate::lock(&state);
+                        h.failures += 1;
+                        h.failing = Some(why.clone());
+                    }
                     warn!("on-change command failed (reload failed; attempt {attempt}, retrying in {} ms; the previous keys stay in use): {cmd}: {why}", delay.as_millis());
                 }
             }
@@ -61,7 +102,6 @@ async fn run(cmd: String, mut rx: watch::Receiver<u64>, max_backoff: Duration) {
                     rx.borrow_and_update();
                 }
             }
-            delay = (delay * 2).min(max_backoff);
             attempt += 1;
         }
     }
@@ -123,8 +163,10 @@ mod tests {
             assert!(Instant::now() < deadline, "command ran only {n} times");
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        // It stops once it succeeded.
+        // It stops once it succeeded, and says it failed twice.
         tokio::time::sleep(Duration::from_millis(400)).await;
         assert_eq!(std::fs::read_to_string(&marker).unwrap().trim(), "3");
+        let health = h.health();
+        assert_eq!((health.failing, health.failures), (None, 2));
     }
 }

@@ -1,0 +1,337 @@
+//! The rotator: the half of the agent driven by the clock alone. It holds the group's keys that
+//! the syncer verified, builds the ring of the current slot, and erases keys that left the
+//! window, at the slot boundary whatever the store is doing (DESIGN.md §5: rotation and erasure
+//! are the security promise). Everything here takes `now`; the loop in [`super::run`] reads
+//! the clock.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use stek_core::{Encrypting, LocalKeys, RandomError, Ring, Schedule, Slot, SlotKey};
+use tracing::{info, warn};
+
+use super::syncer::{fetch_window, SyncReport};
+use crate::status::Status;
+
+/// What the rotator knows about the store, from the syncer's reports.
+#[derive(Debug, Default, Clone)]
+pub struct SyncState {
+    /// Whether the last read failed.
+    pub down: bool,
+    /// When the last successful read started.
+    pub last_sync: Option<Duration>,
+    /// Records rejected so far, by reason.
+    pub rejected: BTreeMap<&'static str, u64>,
+    /// The last measured offset of this host's clock to the store's, in seconds.
+    pub clock_offset: Option<f64>,
+}
+
+/// One group's keys, ring and store state on one host.
+#[derive(Debug)]
+pub struct Rotator {
+    group: String,
+    schedule: Schedule,
+    max_stale: u64,
+    shared: BTreeMap<Slot, SlotKey>,
+    local: LocalKeys,
+    ring: Option<Ring>,
+    sync: SyncState,
+}
+
+impl Rotator {
+    /// A rotator for `group` that lets an old shared key encrypt for at most `max_stale` periods
+    /// when the current one is missing.
+    pub fn new(group: String, schedule: Schedule, max_stale: u64) -> Self {
+        Rotator {
+            group,
+            schedule,
+            max_stale,
+            shared: BTreeMap::new(),
+            local: LocalKeys::new(),
+            ring: None,
+            sync: SyncState::default(),
+        }
+    }
+
+    /// Takes one report of the syncer at `now`: new keys of the slots the agent reads (a key
+    /// once held is kept), the store's state, rejections and the clock offset. Returns whether
+    /// the read failed. The ring changes at the next [`Rotator::rotate`].
+    pub fn take(&mut self, report: SyncReport, now: Duration) -> bool {
+        if let Some(off) = report.clock_offset {
+            self.sync.clock_offset = Some(off);
+        }
+        match report.result {
+            Ok(synced) => {
+                if self.sync.down {
+                    info!("group {}: the store is reachable again", self.group);
+                    self.sync.down = false;
+                }
+                self.sync.last_sync = Some(report.at);
+                for reason in synced.rejected {
+                    *self.sync.rejected.entry(reason).or_default() += 1;
+                }
+                let reads = fetch_window(&self.schedule, now);
+                for key in synced.keys {
+                    // A report made before a step of the clock may hold slots that are no longer
+                    // wanted: only what the agent reads now is taken.
+                    if reads.contains(key.slot()) {
+                        self.shared.entry(key.slot()).or_insert(key);
+                    }
+                }
+                false
+            }
+            Err(e) => {
+                if !self.sync.down {
+                    warn!(
+                        "group {}: store unreachable, serving the keys we have: {}",
+                        self.group,
+                        crate::error_chain(&e)
+                    );
+                    self.sync.down = true;
+                }
+                true
+            }
+        }
+    }
+
+    /// Erases the keys that left the window of `now` and rebuilds the ring. Returns the new ring
+    /// if it differs from the last one.
+    pub fn rotate(&mut self, now: Duration) -> Result<Option<&Ring>, RandomError> {
+        let first = self.schedule.window_at(now).first;
+        // Keys of slots before the window go now (dropping a key zeroizes it). Keys ahead of it
+        // (only after the clock was stepped back) stay: they are needed again soon.
+        let keep = self.shared.split_off(&first);
+        let gone = std::mem::replace(&mut self.shared, keep);
+        if !gone.is_empty() {
+            let names: Vec<String> = gone
+                .values()
+                .map(|k| format!("{} (slot {})", k.name(), k.slot()))
+                .collect();
+            info!(
+                "group {}: erased {} key(s) that left the window: {}",
+                self.group,
+                gone.len(),
+                names.join(", ")
+            );
+        }
+        drop(gone);
+        let ring = Ring::build(
+            &self.schedule,
+            now,
+            &self.shared,
+            &mut self.local,
+            self.max_stale,
+        )?;
+        if self.ring.as_ref().is_some_and(|old| old.same_as(&ring)) {
+            return Ok(None);
+        }
+        self.ring = Some(ring);
+        Ok(self.ring.as_ref())
+    }
+
+    /// The slots whose shared key is held (the syncer does not read them again).
+    pub fn held(&self) -> BTreeSet<Slot> {
+        self.shared.keys().copied().collect()
+    }
+
+    /// The ring last built.
+    pub fn ring(&self) -> Option<&Ring> {
+        self.ring.as_ref()
+    }
+
+    /// What the syncer's reports said so far.
+    pub fn sync_state(&self) -> &SyncState {
+        &self.sync
+    }
+
+    /// The group.
+    pub fn group(&self) -> &str {
+        &self.group
+    }
+
+    /// The schedule.
+    pub fn schedule(&self) -> &Schedule {
+        &self.schedule
+    }
+
+    /// The status at `now` (without the sinks' part), once there is a ring.
+    pub fn status(&self, now: Duration) -> Option<Status> {
+        let ring = self.ring.as_ref()?;
+        let mut st = Status::of(ring, &self.group, now);
+        st.last_sync = self.sync.last_sync.map(|t| t.as_secs_f64());
+        st.staleness = self
+            .sync
+            .last_sync
+            .map(|t| now.saturating_sub(t).as_secs_f64());
+        st.clock_offset = self.sync.clock_offset;
+        st.rejected = self
+            .sync
+            .rejected
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), *v))
+            .collect();
+        Some(st)
+    }
+}
+
+/// Logs a newly delivered ring in plain words: which key encrypts and why. `verb` says whether
+/// the slot changed ("rotated to") or only the ring ("updated the ring of"); `scope` says where
+/// a local fallback key is valid ("this host", "this process").
+pub(crate) fn log_ring(group: &str, ring: &Ring, verb: &str, scope: &str) {
+    let enc = ring.encrypting_entry().key.name();
+    match ring.encrypting() {
+        Encrypting::Current => info!(
+            "group {group}: {verb} slot {}: key {enc} encrypts, {} keys decrypt",
+            ring.current(),
+            ring.entries().len()
+        ),
+        Encrypting::Stale { behind } => warn!(
+            "group {group}: slot {} has no key yet: key {enc} of {behind} period(s) ago keeps encrypting",
+            ring.current()
+        ),
+        Encrypting::LocalFallback => warn!(
+            "group {group}: FALLBACK: no recent shared key for slot {}: local random key {enc} encrypts; resumption works on {scope} only until the store is back",
+            ring.current()
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::agent::{PlainOpener, SyncError, Synced, Syncer};
+    use crate::clock::manual::ManualClock;
+    use crate::clock::Clock;
+    use crate::generator::publish_upcoming;
+    use crate::store::MemoryStore;
+    use stek_core::{Origin, Record};
+
+    fn report(at: Duration, keys: Vec<SlotKey>) -> SyncReport {
+        SyncReport {
+            at,
+            result: Ok(Synced {
+                keys,
+                rejected: Vec::new(),
+            }),
+            clock_offset: None,
+        }
+    }
+
+    /// A whole day of 1-minute slots with injected time: the agent always holds the shared
+    /// current and next keys, its ring is always full, and nothing older than the window stays.
+    #[tokio::test]
+    async fn a_day_of_rotation_in_milliseconds() {
+        let clock = ManualClock::at(1_800_000_000);
+        let store = Arc::new(MemoryStore::new(Arc::new(clock.clone())));
+        let s = Schedule::new(Duration::from_secs(60), Duration::from_secs(600)).unwrap();
+        let seal = |k: &SlotKey| Ok(Record::plain(&s, "g", k).encode());
+        let mut syncer = Syncer::new(store.clone(), PlainOpener, "g".into(), s);
+        let mut rotator = Rotator::new("g".into(), s, 1);
+        let mut names = std::collections::HashSet::new();
+        for _ in 0..(24 * 60) {
+            let now = clock.now();
+            publish_upcoming(&*store, &s, "g", now, seal).await.unwrap();
+            let synced = syncer.sync(now, &rotator.held()).await.unwrap();
+            assert!(!rotator.take(report(now, synced.keys), now));
+            let ring = rotator
+                .rotate(now)
+                .unwrap()
+                .expect("every slot changes the ring")
+                .clone();
+            assert_eq!(ring.encrypting(), Encrypting::Current);
+            assert_eq!(ring.entries().len(), s.window_len());
+            assert_eq!(ring.entries()[1].origin, Origin::Shared, "next key present");
+            assert!(
+                names.insert(ring.encrypting_entry().key.name()),
+                "a fresh key every slot"
+            );
+            let held = rotator.held();
+            assert!(held.len() <= s.window_len());
+            assert!(*held.first().unwrap() >= s.window_at(now).first, "erased");
+            assert!(
+                rotator.rotate(now).unwrap().is_none(),
+                "no change within a slot"
+            );
+            clock.advance(Duration::from_secs(60));
+        }
+    }
+
+    /// With no report at all (the store hangs), keys still leave at the very boundary their
+    /// slot leaves the window, and the ring moves on: stale, then a local key.
+    #[test]
+    fn erasure_and_rotation_need_no_store() {
+        let s = Schedule::new(Duration::from_secs(4), Duration::from_secs(8)).unwrap();
+        let mut rotator = Rotator::new("g".into(), s, 1);
+        let at = |t: u64| Duration::from_secs(t);
+        let keys: Vec<SlotKey> = (98..=101)
+            .map(|e| SlotKey::generate(Slot(e)).unwrap())
+            .collect();
+        rotator.take(report(at(400), keys), at(400));
+        assert_eq!(rotator.held(), [98, 99, 100, 101].map(Slot).into());
+        rotator.rotate(at(400)).unwrap();
+        // Slot 98 leaves the window [e-2, e+1] when slot 101 begins, at 404, not before.
+        rotator
+            .rotate(at(403) + Duration::from_millis(999))
+            .unwrap();
+        assert!(rotator.held().contains(&Slot(98)));
+        let ring = rotator.rotate(at(404)).unwrap().unwrap();
+        assert_eq!(ring.encrypting(), Encrypting::Current);
+        assert_eq!(rotator.held(), [99, 100, 101].map(Slot).into());
+        let ring = rotator.rotate(at(408)).unwrap().unwrap();
+        assert_eq!(ring.encrypting(), Encrypting::Stale { behind: 1 });
+        let ring = rotator.rotate(at(412)).unwrap().unwrap();
+        assert_eq!(ring.encrypting(), Encrypting::LocalFallback);
+        assert_eq!(rotator.held(), [101].map(Slot).into());
+        rotator.rotate(at(416)).unwrap();
+        assert!(rotator.held().is_empty(), "every shared key erased");
+    }
+
+    #[test]
+    fn store_state_rejections_and_offset_come_from_reports() {
+        let s = Schedule::new(Duration::from_secs(4), Duration::from_secs(8)).unwrap();
+        let mut rotator = Rotator::new("g".into(), s, 1);
+        let now = Duration::from_secs(400);
+        assert!(rotator.take(
+            SyncReport {
+                at: now,
+                result: Err(SyncError::Timeout(Duration::from_secs(2))),
+                clock_offset: None,
+            },
+            now
+        ));
+        assert!(rotator.sync_state().down);
+        rotator.take(
+            SyncReport {
+                at: now,
+                result: Ok(Synced {
+                    keys: vec![SlotKey::generate(Slot(100)).unwrap()],
+                    rejected: vec!["bad_signature", "bad_signature"],
+                }),
+                clock_offset: Some(-0.25),
+            },
+            now,
+        );
+        rotator.rotate(now).unwrap();
+        let st = rotator.status(now + Duration::from_secs(3)).unwrap();
+        assert!(!rotator.sync_state().down);
+        assert_eq!(st.rejected["bad_signature"], 2);
+        assert_eq!(
+            (st.clock_offset, st.last_sync, st.staleness),
+            (Some(-0.25), Some(400.0), Some(3.0))
+        );
+        // A key of a slot the agent no longer reads (a report from before a clock step) is not
+        // taken; nor is a second key for a slot already held.
+        let late = SlotKey::generate(Slot(90)).unwrap();
+        let second = SlotKey::generate(Slot(100)).unwrap();
+        let first_name = rotator.ring().unwrap().encrypting_entry().key.name();
+        rotator.take(report(now, vec![late, second]), now);
+        assert_eq!(rotator.held(), [100].map(Slot).into());
+        rotator.rotate(now).unwrap();
+        assert_eq!(
+            rotator.ring().unwrap().encrypting_entry().key.name(),
+            first_name
+        );
+    }
+}

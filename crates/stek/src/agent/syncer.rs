@@ -1,0 +1,400 @@
+//! The syncer: the half of the agent that talks to the store. It reads its group's records
+//! (on the store's change notifications, at slot boundaries and on a jittered poll), checks and
+//! opens them, and hands the keys to the rotator over a channel together with what it learnt
+//! about the store (reachable or not, records rejected, the store's clock).
+//!
+//! Nothing here touches a sink, and nothing on the rotator's side waits for the store: a store
+//! that hangs stalls this task only (each read is bounded by a timeout, so the outage is seen).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use sha2::{Digest, Sha256};
+use stek_core::{jitter, KeyBytes, Record, RecordError, Schedule, Slot, SlotKey, Window};
+use tokio::sync::{mpsc, watch};
+use tokio::time::Instant;
+use tracing::{debug, warn};
+
+use crate::clock::{Clock, ClockWatch};
+use crate::store::{Store, StoreError};
+
+/// How an agent turns a record into a key.
+pub trait Opener: Send + Sync {
+    /// Opens `record` (already decoded) filed under `slot`: checks it against the agent's group
+    /// and schedule and returns the key, or the reason it is rejected.
+    fn open(
+        &self,
+        record: &Record,
+        schedule: &Schedule,
+        group: &str,
+        slot: Slot,
+    ) -> Result<SlotKey, RecordError>;
+}
+
+impl<O: Opener + ?Sized> Opener for std::sync::Arc<O> {
+    fn open(
+        &self,
+        record: &Record,
+        schedule: &Schedule,
+        group: &str,
+        slot: Slot,
+    ) -> Result<SlotKey, RecordError> {
+        (**self).open(record, schedule, group, slot)
+    }
+}
+
+/// Opens plain records: only for the embedded store of `stek up`, where generator and agent
+/// share one process and nothing crosses a trust boundary.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct PlainOpener;
+
+impl Opener for PlainOpener {
+    fn open(
+        &self,
+        record: &Record,
+        schedule: &Schedule,
+        group: &str,
+        slot: Slot,
+    ) -> Result<SlotKey, RecordError> {
+        record.open_plain(schedule, group, slot)
+    }
+}
+
+/// Opens sealed, signed records from a shared store: the agent's group identity opens them,
+/// and only generators in `trusted` may have signed them.
+#[derive(Debug)]
+pub struct SealedOpener {
+    /// This host's group identity.
+    pub identity: stek_core::GroupIdentity,
+    /// The generators whose records are accepted.
+    pub trusted: Vec<stek_core::GeneratorPublicKey>,
+}
+
+impl Opener for SealedOpener {
+    fn open(
+        &self,
+        record: &Record,
+        schedule: &Schedule,
+        group: &str,
+        slot: Slot,
+    ) -> Result<SlotKey, RecordError> {
+        record.open_sealed(schedule, group, slot, &self.identity, &self.trusted)
+    }
+}
+
+/// What one read of the store brought.
+#[derive(Debug, Default)]
+pub struct Synced {
+    /// Keys from records that passed every check, one per slot, for slots the rotator did not
+    /// hold yet.
+    pub keys: Vec<SlotKey>,
+    /// The reasons of the records rejected in this read (each distinct record counted once).
+    pub rejected: Vec<&'static str>,
+}
+
+/// Why a read of the store failed.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum SyncError {
+    /// The store answered with an error.
+    Store(StoreError),
+    /// The store did not answer in time (it may be hung, stopped or partitioned away).
+    Timeout(Duration),
+}
+
+impl fmt::Display for SyncError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SyncError::Store(_) => f.write_str("the store failed"),
+            SyncError::Timeout(d) => write!(f, "the store did not answer within {d:?}"),
+        }
+    }
+}
+
+impl std::error::Error for SyncError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            SyncError::Store(e) => Some(e),
+            SyncError::Timeout(_) => None,
+        }
+    }
+}
+
+/// What the syncer tells the rotator after each read of the store.
+#[derive(Debug)]
+pub struct SyncReport {
+    /// When the read started, by this host's clock.
+    pub at: Duration,
+    /// The read's outcome.
+    pub result: Result<Synced, SyncError>,
+    /// This host's clock minus the store's, in seconds, when it was measured with this read.
+    pub clock_offset: Option<f64>,
+}
+
+/// The slots an agent reads at `now`: the window plus the slot after next. Generators publish
+/// that one shortly before the boundary (see `generator::publish_margin`); fetching it on their
+/// notification means the rotation itself needs no store read. The rotator holds it, never
+/// installs it, until it enters the window.
+pub fn fetch_window(schedule: &Schedule, now: Duration) -> Window {
+    let mut w = schedule.window_at(now);
+    w.last = w.last.plus(1);
+    w
+}
+
+/// Reads one group's records from a store and opens them.
+pub struct Syncer<S, O> {
+    store: Arc<S>,
+    opener: O,
+    group: String,
+    schedule: Schedule,
+    /// The digest of the last rejected record of each slot read, so that a rejected record read
+    /// again at every poll is counted and logged once.
+    rejected_seen: BTreeMap<Slot, [u8; 32]>,
+}
+
+impl<S, O> fmt::Debug for Syncer<S, O> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Syncer")
+            .field("group", &self.group)
+            .field("schedule", &self.schedule)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<S: Store, O: Opener> Syncer<S, O> {
+    /// A syncer for `group` reading `store`, opening records with `opener`.
+    pub fn new(store: Arc<S>, opener: O, group: String, schedule: Schedule) -> Self {
+        Syncer {
+            store,
+            opener,
+            group,
+            schedule,
+            rejected_seen: BTreeMap::new(),
+        }
+    }
+
+    /// Reads the records of [`fetch_window`] at `now` and opens those of the slots not in
+    /// `held` (the rotator's slots). Rejected records are logged and counted, never returned.
+    /// One key per slot: the first record of a slot that passes wins.
+    pub async fn sync(
+        &mut self,
+        now: Duration,
+        held: &BTreeSet<Slot>,
+    ) -> Result<Synced, StoreError> {
+        let w = fetch_window(&self.schedule, now);
+        let records = self.store.read_window(&self.group, w.first, w.last).await?;
+        self.rejected_seen.retain(|slot, _| w.contains(*slot));
+        let mut out = Synced::default();
+        let mut taken = BTreeSet::new();
+        for (slot, bytes) in records {
+            if held.contains(&slot) || taken.contains(&slot) {
+                // Each slot has exactly one record; a key once accepted is kept. (A different
+                // record under the same slot can only come from a store that broke its
+                // contract; it is ignored.)
+                continue;
+            }
+            let digest: [u8; 32] = Sha256::digest(bytes.as_slice()).into();
+            if self.rejected_seen.get(&slot) == Some(&digest) {
+                continue;
+            }
+            match self.accept(slot, &bytes, &w) {
+                Ok(key) => {
+                    self.rejected_seen.remove(&slot);
+                    taken.insert(slot);
+                    out.keys.push(key);
+                }
+                Err(e) => {
+                    self.rejected_seen.insert(slot, digest);
+                    out.rejected.push(e.reason());
+                    warn!(
+                        reason = e.reason(),
+                        "group {}: rejected the record of slot {slot}: {e}", self.group
+                    );
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    fn accept(
+        &self,
+        slot: Slot,
+        bytes: &KeyBytes,
+        window: &Window,
+    ) -> Result<SlotKey, RecordError> {
+        // The store is untrusted: it may answer with slots we did not ask for.
+        if !window.contains(slot) {
+            return Err(RecordError::Mismatch("slot"));
+        }
+        let record = Record::decode(bytes)?;
+        self.opener.open(&record, &self.schedule, &self.group, slot)
+    }
+
+    /// This host's clock minus the store's, in seconds, if the store tells its time: the local
+    /// time is taken halfway through the request.
+    async fn clock_offset(&self, clock: &dyn Clock, timeout: Duration) -> Option<f64> {
+        let t0 = clock.now();
+        let server = match tokio::time::timeout(timeout, self.store.server_time()).await {
+            Ok(Ok(Some(t))) => t,
+            Ok(Ok(None)) => return None,
+            Ok(Err(e)) => {
+                debug!("group {}: cannot read the store's clock: {e}", self.group);
+                return None;
+            }
+            Err(_) => return None,
+        };
+        let local = (t0 + clock.now()) / 2;
+        Some(local.as_secs_f64() - server.as_secs_f64())
+    }
+
+    /// Runs until the rotator goes away (`reports` closed): a read at every slot boundary, on
+    /// the store's notifications and on a poll jittered around `poll`; the clock offset measured
+    /// once a period by the monotonic clock, and at once after the wall clock stepped.
+    pub async fn run(
+        mut self,
+        clock: Arc<dyn Clock>,
+        poll: Duration,
+        held: watch::Receiver<BTreeSet<Slot>>,
+        reports: mpsc::Sender<SyncReport>,
+    ) {
+        let mut changes = self.store.changes(&self.group);
+        let timeout = read_timeout(poll);
+        let period = self.schedule.period();
+        let mut steps = ClockWatch::new(period / 4);
+        let mut offset_due = Instant::now();
+        loop {
+            let now = clock.now();
+            if steps.observe(now, Instant::now()).is_some() {
+                offset_due = Instant::now();
+            }
+            let slots = held.borrow().clone();
+            let result = match tokio::time::timeout(timeout, self.sync(now, &slots)).await {
+                Ok(r) => r.map_err(SyncError::Store),
+                Err(_) => Err(SyncError::Timeout(timeout)),
+            };
+            let mut clock_offset = None;
+            if result.is_ok() && Instant::now() >= offset_due {
+                offset_due = Instant::now() + period;
+                clock_offset = self.clock_offset(&*clock, timeout).await;
+                if let Some(off) = clock_offset.filter(|o| o.abs() > period.as_secs_f64() / 4.0) {
+                    warn!("group {}: this host's clock is {off:+.3}s off the store's, more than P/4: fix NTP; tickets may fail to resume across hosts", self.group);
+                }
+            }
+            let report = SyncReport {
+                at: now,
+                result,
+                clock_offset,
+            };
+            if reports.send(report).await.is_err() {
+                return;
+            }
+            let to_boundary = self.schedule.next_rotation(now).saturating_sub(clock.now());
+            let nap = to_boundary.min(jitter(poll)) + Duration::from_millis(1);
+            tokio::select! {
+                _ = tokio::time::sleep(nap) => {}
+                _ = async {
+                    match &mut changes {
+                        Some(rx) => { if rx.changed().await.is_err() { std::future::pending::<()>().await } }
+                        None => std::future::pending::<()>().await,
+                    }
+                } => {}
+            }
+        }
+    }
+}
+
+/// How long one read of the store may take: the poll interval, between 2 and 10 s.
+fn read_timeout(poll: Duration) -> Duration {
+    poll.clamp(Duration::from_secs(2), Duration::from_secs(10))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::clock::manual::ManualClock;
+    use crate::generator::publish_upcoming;
+    use crate::store::MemoryStore;
+
+    fn plain(s: &Schedule, group: &str, k: &SlotKey) -> Vec<u8> {
+        Record::plain(s, group, k).encode().to_vec()
+    }
+
+    #[tokio::test]
+    async fn rejects_records_of_other_groups_and_slots_once() {
+        let clock = ManualClock::at(400);
+        let store = Arc::new(MemoryStore::new(Arc::new(clock.clone())));
+        let s = Schedule::new(Duration::from_secs(4), Duration::from_secs(12)).unwrap();
+        let now = clock.now();
+        let k = SlotKey::generate(Slot(100)).unwrap();
+        let put = |slot: u64, bytes: Vec<u8>| {
+            let store = store.clone();
+            async move {
+                store
+                    .create("g", Slot(slot), &bytes, Duration::from_secs(999))
+                    .await
+                    .unwrap()
+            }
+        };
+        // Filed under our group but made for another; a replay into the wrong slot; garbage.
+        put(100, plain(&s, "h", &k)).await;
+        put(101, plain(&s, "g", &k)).await;
+        put(99, b"garbage".to_vec()).await;
+        let mut syncer = Syncer::new(store, PlainOpener, "g".into(), s);
+        let held = BTreeSet::new();
+        let got = syncer.sync(now, &held).await.unwrap();
+        assert!(got.keys.is_empty());
+        let mut reasons = got.rejected.clone();
+        reasons.sort();
+        assert_eq!(reasons, ["bad_magic", "header_mismatch", "header_mismatch"]);
+        // Read again, the same records are not reported again.
+        let again = syncer.sync(now, &held).await.unwrap();
+        assert!(
+            again.keys.is_empty() && again.rejected.is_empty(),
+            "{again:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn opens_what_the_rotator_lacks_and_nothing_else() {
+        let clock = ManualClock::at(402);
+        let store = Arc::new(MemoryStore::new(Arc::new(clock.clone())));
+        let s = Schedule::new(Duration::from_secs(4), Duration::from_secs(12)).unwrap();
+        let seal = |k: &SlotKey| Ok(Record::plain(&s, "g", k).encode());
+        // Current, next and the one after next (published early by the generator).
+        for t in [402, 404] {
+            publish_upcoming(&*store, &s, "g", Duration::from_secs(t), seal)
+                .await
+                .unwrap();
+        }
+        let mut syncer = Syncer::new(store.clone(), PlainOpener, "g".into(), s);
+        let got = syncer.sync(clock.now(), &BTreeSet::new()).await.unwrap();
+        let slots: Vec<u64> = got.keys.iter().map(|k| k.slot().0).collect();
+        assert_eq!(slots, [100, 101, 102]);
+        let held: BTreeSet<Slot> = [Slot(100), Slot(102)].into();
+        let got = syncer.sync(clock.now(), &held).await.unwrap();
+        let slots: Vec<u64> = got.keys.iter().map(|k| k.slot().0).collect();
+        assert_eq!(slots, [101]);
+        // Nothing beyond the slot after next is read, however early it was published.
+        let far = SlotKey::generate(Slot(103)).unwrap();
+        store
+            .create(
+                "g",
+                Slot(103),
+                &plain(&s, "g", &far),
+                Duration::from_secs(999),
+            )
+            .await
+            .unwrap();
+        let got = syncer.sync(clock.now(), &BTreeSet::new()).await.unwrap();
+        assert!(got.keys.iter().all(|k| k.slot() <= Slot(102)));
+    }
+
+    #[test]
+    fn the_read_window_is_the_ring_window_and_the_slot_after_next() {
+        let s = Schedule::new(Duration::from_secs(4), Duration::from_secs(12)).unwrap();
+        let w = fetch_window(&s, Duration::from_secs(401));
+        assert_eq!((w.first, w.last), (Slot(97), Slot(102)));
+    }
+}

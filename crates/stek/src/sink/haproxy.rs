@@ -1,0 +1,84 @@
+//! HAProxy as one sink: the keys file `DIR/haproxy/tickets.keys` (read at start and reload), then,
+//! with `--haproxy-socket`, the same three keys pushed into the running HAProxy over its runtime
+//! API ([`super::haproxy_runtime`]).
+//!
+//! The live ring follows the file and never runs ahead of it: when the file cannot be written,
+//! nothing is pushed, so a reload always loads what HAProxy was running.
+
+use std::io;
+use std::path::{Path, PathBuf};
+
+use stek_core::Ring;
+
+use super::files::HaproxyKeys;
+use super::{Delivered, HaproxyRuntime, Health, Sink};
+use crate::files::{ensure_private_dir, write_atomic};
+
+/// The keys file under `dir` (`DIR/haproxy`).
+pub(crate) fn keys_path(dir: &Path) -> PathBuf {
+    dir.join("tickets.keys")
+}
+
+/// HAProxy: `haproxy/tickets.keys`, three base64 80-byte keys, oldest first (previous,
+/// encrypting, next: HAProxy encrypts with the penultimate line), and optionally the runtime API.
+#[derive(Debug)]
+pub struct HaproxySink {
+    dir: PathBuf,
+    runtime: Option<HaproxyRuntime>,
+}
+
+impl HaproxySink {
+    /// A sink writing under `dir` (`DIR/haproxy`) and, if given, pushing through `runtime`
+    /// (started on this sink's keys file, [`HaproxySink::keys_path`]).
+    pub fn new(dir: PathBuf, runtime: Option<HaproxyRuntime>) -> Self {
+        HaproxySink { dir, runtime }
+    }
+
+    /// The keys file HAProxy's `tls-ticket-keys` points at.
+    pub fn keys_path(&self) -> PathBuf {
+        keys_path(&self.dir)
+    }
+
+    /// Writes the keys file; returns its path and the keys written.
+    pub fn write(&mut self, ring: &Ring) -> io::Result<PathBuf> {
+        self.write_keys(ring).map(|(path, _)| path)
+    }
+
+    fn write_keys(&mut self, ring: &Ring) -> io::Result<(PathBuf, HaproxyKeys)> {
+        ensure_private_dir(&self.dir)?;
+        let path = self.keys_path();
+        let keys = HaproxyKeys::of(ring)?;
+        write_atomic(&path, keys.file_text().as_bytes())?;
+        Ok((path, keys))
+    }
+}
+
+impl Sink for HaproxySink {
+    fn name(&self) -> &'static str {
+        "haproxy"
+    }
+
+    fn deliver(&mut self, ring: &Ring) -> io::Result<Delivered> {
+        let (path, keys) = self.write_keys(ring)?;
+        if let Some(rt) = &self.runtime {
+            rt.deliver(keys);
+        }
+        Ok(Delivered::Files(vec![path]))
+    }
+
+    fn health(&self) -> Health {
+        let Some(rt) = &self.runtime else {
+            return Health::default();
+        };
+        let sockets = rt.sockets();
+        let failing: Vec<String> = sockets
+            .iter()
+            .filter_map(|h| h.error.as_ref().map(|e| format!("{}: {e}", h.socket)))
+            .collect();
+        Health {
+            failing: (!failing.is_empty()).then(|| failing.join("; ")),
+            failures: sockets.iter().map(|h| h.failures).sum(),
+            haproxy: sockets,
+        }
+    }
+}

@@ -1,0 +1,35 @@
+//! The memcached-protocol server's table as a sink: every ring becomes a new [`KeyTable`] that
+//! the server's connections read from (a `watch` channel: readers never wait on the agent).
+
+use std::sync::Arc;
+
+use stek_core::Ring;
+use tokio::sync::watch;
+
+use super::{Delivered, Sink};
+use crate::memcached::KeyTable;
+
+/// Publishes each ring as the table of keys the memcached-protocol server answers from.
+#[derive(Debug)]
+pub struct TableSink {
+    tx: watch::Sender<Arc<KeyTable>>,
+}
+
+impl TableSink {
+    /// A sink and the receiver to hand to `memcached::serve` (empty until the first ring).
+    pub fn new() -> (TableSink, watch::Receiver<Arc<KeyTable>>) {
+        let (tx, rx) = watch::channel(Arc::new(KeyTable::default()));
+        (TableSink { tx }, rx)
+    }
+}
+
+impl Sink for TableSink {
+    fn name(&self) -> &'static str {
+        "memcached"
+    }
+
+    fn deliver(&mut self, ring: &Ring) -> std::io::Result<Delivered> {
+        self.tx.send_replace(Arc::new(KeyTable::from_ring(ring)));
+        Ok(Delivered::Handed)
+    }
+}
