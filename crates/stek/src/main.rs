@@ -417,7 +417,15 @@ impl From<SinkArg> for SinkKind {
 }
 
 fn parse_period(s: &str) -> Result<Duration, String> {
-    let d = duration::parse(s).map_err(|e| e.to_string())?;
+    check_period(duration::parse(s).map_err(|e| e.to_string())?)
+}
+
+fn parse_lifetime(s: &str) -> Result<Duration, String> {
+    check_lifetime(duration::parse(s).map_err(|e| e.to_string())?)
+}
+
+/// The limits of a period, from a flag or the config file.
+fn check_period(d: Duration) -> Result<Duration, String> {
     if d.is_zero() {
         return Err("the period must be longer than zero".into());
     }
@@ -427,8 +435,8 @@ fn parse_period(s: &str) -> Result<Duration, String> {
     Ok(d)
 }
 
-fn parse_lifetime(s: &str) -> Result<Duration, String> {
-    let d = duration::parse(s).map_err(|e| e.to_string())?;
+/// The limits of a lifetime, from a flag or the config file.
+fn check_lifetime(d: Duration) -> Result<Duration, String> {
     if d.is_zero() {
         return Err("the lifetime must be longer than zero".into());
     }
@@ -510,35 +518,35 @@ fn load_config(path: Option<&Path>) -> anyhow::Result<FileConfig> {
 /// A duration from the command line, else the config file, else the default.
 fn pick_duration(
     flag: Option<Duration>,
-    file: Option<&str>,
+    file: Option<Duration>,
     what: &str,
-    parse: fn(&str) -> Result<Duration, String>,
+    check: fn(Duration) -> Result<Duration, String>,
     default: Duration,
 ) -> anyhow::Result<Duration> {
     match (flag, file) {
         (Some(d), _) => Ok(d),
-        (None, Some(text)) => parse(text).map_err(|e| anyhow::anyhow!("config file: {what}: {e}")),
+        (None, Some(d)) => check(d).map_err(|e| anyhow::anyhow!("config file: {what}: {e}")),
         (None, None) => Ok(default),
     }
 }
 
 fn schedule_from(
     args: &ScheduleArgs,
-    file_period: Option<&str>,
-    file_lifetime: Option<&str>,
+    file_period: Option<Duration>,
+    file_lifetime: Option<Duration>,
 ) -> anyhow::Result<Schedule> {
     let period = pick_duration(
         args.period,
         file_period,
         "period",
-        parse_period,
+        check_period,
         Duration::from_secs(3600),
     )?;
     let lifetime = pick_duration(
         args.lifetime,
         file_lifetime,
         "lifetime",
-        parse_lifetime,
+        check_lifetime,
         Duration::from_secs(18 * 3600),
     )?;
     Ok(Schedule::new(period, lifetime)?)
@@ -607,16 +615,8 @@ fn prepare_delivery(a: SinkArgs, c: &FileConfig, schedule: &Schedule) -> anyhow:
 
     let sinks: Vec<SinkKind> = if !a.sinks.is_empty() {
         a.sinks.iter().map(|s| SinkKind::from(*s)).collect()
-    } else if let Some(names) = &c.sinks {
-        names
-            .iter()
-            .map(|n| match n.as_str() {
-                "nginx" => Ok(SinkKind::Nginx),
-                "haproxy" => Ok(SinkKind::Haproxy),
-                "apache" => Ok(SinkKind::Apache),
-                other => bail!("config file: unknown sink {other:?} (nginx, haproxy, apache)"),
-            })
-            .collect::<anyhow::Result<_>>()?
+    } else if let Some(kinds) = &c.sinks {
+        kinds.clone()
     } else {
         vec![SinkKind::Nginx, SinkKind::Haproxy, SinkKind::Apache]
     };
@@ -724,7 +724,7 @@ fn log_schedule(what: &str, schedule: &Schedule) {
 
 fn run_up(args: UpArgs) -> anyhow::Result<()> {
     let c = load_config(args.process.config.as_deref())?;
-    let schedule = schedule_from(&args.schedule, c.period.as_deref(), c.lifetime.as_deref())?;
+    let schedule = schedule_from(&args.schedule, c.period, c.lifetime)?;
     let group = match args.group.or_else(|| c.group.clone()) {
         Some(g) => parse_group(&g).map_err(anyhow::Error::msg)?,
         None => "default".to_owned(),
@@ -821,7 +821,7 @@ fn run_generator(args: GeneratorArgs) -> anyhow::Result<()> {
         GeneratorKey::from_file_text(&read_secret_file(&key_path)?)
             .with_context(|| format!("{}", key_path.display()))?,
     );
-    let default = schedule_from(&args.schedule, c.period.as_deref(), c.lifetime.as_deref())?;
+    let default = schedule_from(&args.schedule, c.period, c.lifetime)?;
     let mut plans = Vec::new();
     let mut add = |name: String, schedule: Schedule, recipients: Vec<GroupPublicKey>| {
         let signer = signer.clone();
@@ -850,18 +850,12 @@ fn run_generator(args: GeneratorArgs) -> anyhow::Result<()> {
         for g in c.groups.iter().flatten() {
             let name = parse_group(&g.name).map_err(anyhow::Error::msg)?;
             let schedule = Schedule::new(
+                pick_duration(None, g.period, "period", check_period, default.period())?,
                 pick_duration(
                     None,
-                    g.period.as_deref(),
-                    "period",
-                    parse_period,
-                    default.period(),
-                )?,
-                pick_duration(
-                    None,
-                    g.lifetime.as_deref(),
+                    g.lifetime,
                     "lifetime",
-                    parse_lifetime,
+                    check_lifetime,
                     default.lifetime(),
                 )?,
             )?;
@@ -923,7 +917,7 @@ fn run_agent(args: AgentArgs) -> anyhow::Result<()> {
         bail!("--trust is required: the public key(s) of the generator(s) whose records to accept");
     }
     let max_stale = args.max_stale.or(c.max_stale).unwrap_or(1);
-    let schedule = schedule_from(&args.schedule, c.period.as_deref(), c.lifetime.as_deref())?;
+    let schedule = schedule_from(&args.schedule, c.period, c.lifetime)?;
     let d = prepare_delivery(args.sink, &c, &schedule)?;
     info!(
         "agent for group {group} with identity {}, trusting {} generator(s)",
