@@ -111,7 +111,7 @@ down, and past --max-stale periods without a current key encrypts with a local r
       --trust stek-generator1:CCCC... --on-change 'nginx -s reload'";
 
 /// The schedule flags shared by up, agent and generator.
-#[derive(Args, Debug)]
+#[derive(Args, Debug, Default)]
 pub(crate) struct ScheduleArgs {
     /// How long each key encrypts before the next takes over (e.g. 1h, 30m, 4s). Default 1h.
     #[arg(long, value_name = "DUR", value_parser = parse_period, allow_hyphen_values = true)]

@@ -1,12 +1,13 @@
-//! The `stek` command: parse, build a typed config, run. Exit codes: 0 ok, 1 runtime failure,
-//! 2 bad usage.
+//! The `stek` command: parse the command line ([`cli`]), load the config file, merge both over
+//! the defaults into typed settings ([`settings`], pure), then do each command's side effects
+//! once, in order, in its `run_*` function, and run the library's loop. Exit codes: 0 ok,
+//! 1 runtime failure, 2 bad usage.
 
 use std::path::Path;
 use std::process::ExitCode;
 use std::sync::Arc;
-use std::time::Duration;
 
-use anyhow::{bail, Context as _};
+use anyhow::Context as _;
 use stek::agent::{Agent, SealedOpener};
 use stek::clock::{Clock, SystemClock};
 use stek::config::FileConfig;
@@ -15,21 +16,19 @@ use stek::files::{self, DirCheck};
 use stek::memcached::{self, Limits, Listener};
 use stek::metrics::{self, Metrics};
 use stek::service::{self, AgentOptions, GroupPlan};
-use stek::sink::SinkKind;
 use stek::status::Status;
 use stek::store::AnyStore;
-use stek::up;
-use stek_core::{
-    GeneratorKey, GeneratorPublicKey, GroupIdentity, GroupPublicKey, Record, Schedule, SlotKey,
-};
+use stek_core::{GeneratorKey, GroupIdentity, Record, Schedule, SlotKey};
 use tracing::{info, warn};
 
 mod cli;
+mod settings;
 
 use cli::{
-    check_lifetime, check_period, parse_group, AgentArgs, Command, GeneratorArgs, KeyKind,
-    KeygenArgs, ScanArgs, ScheduleArgs, SinkArgs, StatusArgs, UpArgs,
+    AgentArgs, Command, GeneratorArgs, KeyKind, KeygenArgs, ProcessArgs, ScanArgs, StatusArgs,
+    UpArgs,
 };
+use settings::{DeliverySettings, GroupSettings, Place};
 
 fn main() -> ExitCode {
     let cli = match cli::parse() {
@@ -54,190 +53,166 @@ fn main() -> ExitCode {
     }
 }
 
-fn init_logging() {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("STEK_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_target(false)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+/// `stek up`: settings, then the key directory, memcached and metrics, then [`stek::up::run`].
+fn run_up(args: UpArgs) -> anyhow::Result<()> {
+    let s = settings::up(&args, &load_config(&args.process)?, &place())?;
+    prepare_key_dir(&s.delivery, &s.schedule)?;
+    runtime()?.block_on(async move {
+        let listeners = bind_memcached(&s.delivery).await?;
+        let (clock, m) = clock_and_metrics(s.clock_offset_ms);
+        start_metrics(s.delivery.metrics.as_deref(), &m, &clock).await?;
+        log_schedule("stek up", &s.schedule);
+        let opts = agent_options(&s.delivery, &s.schedule);
+        stek::up::run(
+            s.schedule,
+            s.group,
+            opts,
+            clock,
+            listeners,
+            m,
+            shutdown_signal(),
+        )
+        .await;
+        Ok(())
+    })
 }
 
-fn load_config(path: Option<&Path>) -> anyhow::Result<FileConfig> {
-    path.map(FileConfig::load)
+/// `stek agent`: settings, the identity, then the key directory, memcached, the store and
+/// metrics, then [`service::run_agent`].
+fn run_agent(args: AgentArgs) -> anyhow::Result<()> {
+    let s = settings::agent(&args, &load_config(&args.process)?, &place())?;
+    let identity = GroupIdentity::from_file_text(&read_secret_file(&s.identity)?)
+        .with_context(|| format!("{}", s.identity.display()))?;
+    prepare_key_dir(&s.delivery, &s.schedule)?;
+    info!(
+        "agent for group {} with identity {}, trusting {} generator(s)",
+        s.group,
+        identity.public(),
+        s.trusted.len()
+    );
+    runtime()?.block_on(async move {
+        let listeners = bind_memcached(&s.delivery).await?;
+        let store = Arc::new(
+            AnyStore::connect_lazy(&s.store)
+                .await
+                .with_context(|| format!("cannot use the store {}", s.store))?,
+        );
+        let (clock, m) = clock_and_metrics(s.clock_offset_ms);
+        start_metrics(s.delivery.metrics.as_deref(), &m, &clock).await?;
+        log_schedule("stek agent", &s.schedule);
+        let opts = agent_options(&s.delivery, &s.schedule);
+        let opener = SealedOpener {
+            identity,
+            trusted: s.trusted,
+        };
+        let agent = Agent::new(store.clone(), opener, s.group, s.schedule, s.max_stale);
+        service::run_agent(agent, store, opts, clock, listeners, m, shutdown_signal()).await;
+        Ok(())
+    })
+}
+
+/// `stek generator`: settings, the signing key, hardening, then the store and metrics, then
+/// [`service::run_generator`].
+fn run_generator(args: GeneratorArgs) -> anyhow::Result<()> {
+    let s = settings::generator(&args, &load_config(&args.process)?)?;
+    let signer = Arc::new(
+        GeneratorKey::from_file_text(&read_secret_file(&s.signing_key)?)
+            .with_context(|| format!("{}", s.signing_key.display()))?,
+    );
+    let plans: Vec<GroupPlan> = s
+        .groups
+        .into_iter()
+        .map(|g| group_plan(g, &signer))
+        .collect();
+    harden();
+    info!("generator {} publishing to {}", signer.public(), s.store);
+    runtime()?.block_on(async move {
+        let store = Arc::new(
+            AnyStore::connect(&s.store)
+                .await
+                .with_context(|| format!("cannot use the store {}", s.store))?,
+        );
+        let (clock, m) = clock_and_metrics(s.clock_offset_ms);
+        start_metrics(s.metrics.as_deref(), &m, &clock).await?;
+        service::run_generator(store, plans, clock, m, shutdown_signal()).await;
+        Ok(())
+    })
+}
+
+/// The library's agent options from the delivery settings: the one place that builds them.
+fn agent_options(d: &DeliverySettings, schedule: &Schedule) -> AgentOptions {
+    AgentOptions {
+        poll: AgentOptions::default_poll(schedule),
+        feed: Default::default(),
+        dir: d.dir.clone(),
+        sinks: d.sinks.clone(),
+        on_change: d.on_change.clone(),
+        haproxy_sockets: d.haproxy_sockets.clone(),
+        memcached_limits: Limits {
+            max_connections: d.memcached_max_connections,
+            ..Limits::default()
+        },
+    }
+}
+
+/// A generator's plan for one group: its records sealed to the group's recipients and signed.
+fn group_plan(g: GroupSettings, signer: &Arc<GeneratorKey>) -> GroupPlan {
+    info!(
+        "group {}: {} recipient key(s), period {}, lifetime {}",
+        g.name,
+        g.recipients.len(),
+        duration::format(g.schedule.period()),
+        duration::format(g.schedule.lifetime())
+    );
+    let (signer, schedule, name) = (signer.clone(), g.schedule, g.name.clone());
+    GroupPlan {
+        name: g.name,
+        schedule,
+        seal: Arc::new(move |k: &SlotKey| {
+            Record::seal(&schedule, &name, k, &g.recipients, &signer)
+                .map(|r| r.encode())
+                .map_err(|e| e.to_string())
+        }),
+    }
+}
+
+/// What the settings need from this machine: the working directory and the default key
+/// directory.
+fn place() -> Place {
+    Place {
+        cwd: std::env::current_dir().map_err(|e| e.to_string()),
+        default_dir: files::default_dir(),
+    }
+}
+
+fn load_config(p: &ProcessArgs) -> anyhow::Result<FileConfig> {
+    p.config
+        .as_deref()
+        .map(FileConfig::load)
         .transpose()
         .map(Option::unwrap_or_default)
 }
 
-/// A duration from the command line, else the config file, else the default.
-fn pick_duration(
-    flag: Option<Duration>,
-    file: Option<Duration>,
-    what: &str,
-    check: fn(Duration) -> Result<Duration, String>,
-    default: Duration,
-) -> anyhow::Result<Duration> {
-    match (flag, file) {
-        (Some(d), _) => Ok(d),
-        (None, Some(d)) => check(d).map_err(|e| anyhow::anyhow!("config file: {what}: {e}")),
-        (None, None) => Ok(default),
-    }
-}
-
-fn schedule_from(
-    args: &ScheduleArgs,
-    file_period: Option<Duration>,
-    file_lifetime: Option<Duration>,
-) -> anyhow::Result<Schedule> {
-    let period = pick_duration(
-        args.period,
-        file_period,
-        "period",
-        check_period,
-        Duration::from_secs(3600),
-    )?;
-    let lifetime = pick_duration(
-        args.lifetime,
-        file_lifetime,
-        "lifetime",
-        check_lifetime,
-        Duration::from_secs(18 * 3600),
-    )?;
-    Ok(Schedule::new(period, lifetime)?)
-}
-
-fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .context("cannot start the async runtime")
-}
-
-fn harden() {
-    let hygiene = stek::sys::harden();
-    if let Err(e) = &hygiene.no_core {
-        warn!("could not disable core dumps: {e}");
-    }
-    if let Err(e) = &hygiene.not_dumpable {
-        warn!("could not mark the process not dumpable: {e}");
-    }
-    match &hygiene.locked {
-        Ok(()) => info!("memory locked: keys are never swapped out"),
-        Err(e) => warn!("memory not locked, keys could be swapped to disk: {e}"),
-    }
-    match &hygiene.files {
-        Ok(n) if *n < 2048 => warn!("only {n} open files allowed: the memcached interface serves fewer clients (raise LimitNOFILE)"),
-        Ok(_) => {}
-        Err(e) => warn!("could not raise the open-file limit: {e}"),
-    }
-}
-
-/// Delivery settings after merging flags and config, checked, with the key directory made.
-struct Delivery {
-    opts: AgentOptions,
-    memcached: Vec<String>,
-    memcached_allow_remote: bool,
-    metrics: Option<String>,
-}
-
-fn prepare_delivery(a: SinkArgs, c: &FileConfig, schedule: &Schedule) -> anyhow::Result<Delivery> {
-    let dir = match a.dir.or_else(|| c.dir.clone()) {
-        Some(d) => d,
-        None => files::default_dir().context(
-            "none of /run/stek, $XDG_RUNTIME_DIR/stek, /dev/shm/stek is on tmpfs or ramfs; pass --dir on a memory-backed file system",
-        )?,
-    };
-    let dir = if dir.is_absolute() {
-        dir
-    } else {
-        std::env::current_dir()
-            .context("cannot read the current directory")?
-            .join(dir)
-    };
-    let allow_persistent = a.allow_persistent_dir || c.allow_persistent_dir.unwrap_or(false);
-    // Checked before anything is written.
-    match files::check_dir(&dir, allow_persistent)? {
-        DirCheck::Memory(fs) => info!("key directory {} is on {fs}", dir.display()),
+/// Before anything is written: checks that the key directory is memory-backed; then hardens
+/// the process, creates the directory (0700) and logs the settings' warnings.
+fn prepare_key_dir(d: &DeliverySettings, schedule: &Schedule) -> anyhow::Result<()> {
+    match files::check_dir(&d.dir, d.allow_persistent)? {
+        DirCheck::Memory(fs) => info!("key directory {} is on {fs}", d.dir.display()),
         DirCheck::PersistentAllowed(fs) => warn!(
             "DANGER: key directory {} is on {fs}, a persistent file system (--allow-persistent-dir): erased keys may be recovered from the disk, which defeats forward secrecy",
-            dir.display()
+            d.dir.display()
         ),
     }
     harden();
-    files::ensure_private_dir(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
-
-    let sinks: Vec<SinkKind> = if !a.sinks.is_empty() {
-        a.sinks.iter().map(|s| SinkKind::from(*s)).collect()
-    } else if let Some(kinds) = &c.sinks {
-        kinds.clone()
-    } else {
-        vec![SinkKind::Nginx, SinkKind::Haproxy, SinkKind::Apache]
-    };
-    if sinks.contains(&SinkKind::Apache) {
-        warn!(
-            "Apache holds one key: its tickets stop resuming at every rotation (every {}); use nginx, HAProxy or a longer period if that matters",
-            duration::format(schedule.period())
-        );
+    files::ensure_private_dir(&d.dir)
+        .with_context(|| format!("cannot create {}", d.dir.display()))?;
+    for w in settings::warnings(schedule, d) {
+        warn!("{w}");
     }
-    let haproxy_sockets = if a.haproxy_socket.is_empty() {
-        c.haproxy_socket.clone().unwrap_or_default()
-    } else {
-        a.haproxy_socket
-    };
-    if !haproxy_sockets.is_empty() {
-        let keys = stek::sink::haproxy_keys_path(&dir);
-        stek::sink::haproxy_runtime::check_cli_word(&keys.display().to_string()).map_err(|e| {
-            anyhow::anyhow!("--haproxy-socket: the keys file {e}; choose another --dir")
-        })?;
-    }
-    let haproxy = sinks.contains(&SinkKind::Haproxy) || !haproxy_sockets.is_empty();
-    if haproxy && schedule.lifetime() > schedule.period() {
-        warn!(
-            "HAProxy holds 3 keys: its tickets stop resuming 1 to 2 periods after they were issued ({} to {}), not after the lifetime of {}; on HAProxy hosts choose --lifetime <= --period",
-            duration::format(schedule.period()),
-            duration::format(schedule.period() * 2),
-            duration::format(schedule.lifetime())
-        );
-    }
-    let no_memcached = a.no_memcached || c.no_memcached.unwrap_or(false);
-    let mut memcached = if a.memcached.is_empty() {
-        c.memcached.clone().unwrap_or_default()
-    } else {
-        a.memcached
-    };
-    if memcached.is_empty() && !no_memcached {
-        memcached.push(dir.join("memcached.sock").display().to_string());
-    }
-    if no_memcached {
-        memcached.clear();
-    }
-    Ok(Delivery {
-        opts: AgentOptions {
-            poll: AgentOptions::default_poll(schedule),
-            feed: Default::default(),
-            dir,
-            sinks,
-            on_change: a.on_change.or_else(|| c.on_change.clone()),
-            haproxy_sockets,
-            memcached_limits: Limits {
-                max_connections: a
-                    .memcached_max_connections
-                    .or(c.memcached_max_connections)
-                    .unwrap_or(Limits::default().max_connections),
-                ..Limits::default()
-            },
-        },
-        memcached,
-        memcached_allow_remote: a.memcached_allow_remote
-            || c.memcached_allow_remote.unwrap_or(false),
-        metrics: a.metrics.or_else(|| c.metrics.clone()),
-    })
+    Ok(())
 }
 
-async fn bind_memcached(d: &Delivery) -> anyhow::Result<Vec<Listener>> {
+async fn bind_memcached(d: &DeliverySettings) -> anyhow::Result<Vec<Listener>> {
     let mut listeners = Vec::new();
     for a in &d.memcached {
         let l = memcached::bind(a, d.memcached_allow_remote)
@@ -247,6 +222,13 @@ async fn bind_memcached(d: &Delivery) -> anyhow::Result<Vec<Listener>> {
         listeners.push(l);
     }
     Ok(listeners)
+}
+
+fn clock_and_metrics(offset_ms: i64) -> (Arc<dyn Clock>, Arc<Metrics>) {
+    (
+        Arc::new(SystemClock::with_offset_ms(offset_ms)),
+        Metrics::new(),
+    )
 }
 
 async fn start_metrics(
@@ -278,33 +260,42 @@ fn log_schedule(what: &str, schedule: &Schedule) {
     );
 }
 
-fn run_up(args: UpArgs) -> anyhow::Result<()> {
-    let c = load_config(args.process.config.as_deref())?;
-    let schedule = schedule_from(&args.schedule, c.period, c.lifetime)?;
-    let group = match args.group.or_else(|| c.group.clone()) {
-        Some(g) => parse_group(&g).map_err(anyhow::Error::msg)?,
-        None => "default".to_owned(),
-    };
-    let d = prepare_delivery(args.sink, &c, &schedule)?;
-    runtime()?.block_on(async move {
-        let listeners = bind_memcached(&d).await?;
-        let clock: Arc<dyn Clock> =
-            Arc::new(SystemClock::with_offset_ms(args.process.clock_offset_ms));
-        let m = Metrics::new();
-        start_metrics(d.metrics.as_deref(), &m, &clock).await?;
-        log_schedule("stek up", &schedule);
-        up::run(
-            schedule,
-            group,
-            d.opts,
-            clock,
-            listeners,
-            m,
-            shutdown_signal(),
-        )
-        .await;
-        Ok(())
-    })
+fn harden() {
+    let hygiene = stek::sys::harden();
+    if let Err(e) = &hygiene.no_core {
+        warn!("could not disable core dumps: {e}");
+    }
+    if let Err(e) = &hygiene.not_dumpable {
+        warn!("could not mark the process not dumpable: {e}");
+    }
+    match &hygiene.locked {
+        Ok(()) => info!("memory locked: keys are never swapped out"),
+        Err(e) => warn!("memory not locked, keys could be swapped to disk: {e}"),
+    }
+    match &hygiene.files {
+        Ok(n) if *n < 2048 => warn!("only {n} open files allowed: the memcached interface serves fewer clients (raise LimitNOFILE)"),
+        Ok(_) => {}
+        Err(e) => warn!("could not raise the open-file limit: {e}"),
+    }
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")
+}
+
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("STEK_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
 }
 
 fn run_keygen(args: KeygenArgs) -> anyhow::Result<()> {
@@ -336,172 +327,6 @@ fn read_secret_file(path: &Path) -> anyhow::Result<zeroize::Zeroizing<String>> {
         .read_to_string(&mut text)
         .with_context(|| format!("cannot read {}", path.display()))?;
     Ok(text)
-}
-
-fn parse_group_spec(spec: &str) -> anyhow::Result<(String, Vec<GroupPublicKey>)> {
-    let (name, pubs) = spec
-        .split_once('=')
-        .with_context(|| format!("--group {spec:?}: expected NAME=PUB[,PUB...]"))?;
-    let name = parse_group(name).map_err(anyhow::Error::msg)?;
-    let keys = parse_recipients(&name, pubs.split(','))?;
-    Ok((name, keys))
-}
-
-fn parse_recipients<'a>(
-    group: &str,
-    pubs: impl Iterator<Item = &'a str>,
-) -> anyhow::Result<Vec<GroupPublicKey>> {
-    let keys = pubs
-        .filter(|p| !p.trim().is_empty())
-        .map(|p| {
-            GroupPublicKey::parse(p).with_context(|| format!("group {group}: bad recipient {p:?}"))
-        })
-        .collect::<anyhow::Result<Vec<_>>>()?;
-    if keys.is_empty() {
-        bail!("group {group}: no recipient public keys");
-    }
-    Ok(keys)
-}
-
-fn run_generator(args: GeneratorArgs) -> anyhow::Result<()> {
-    let c = load_config(args.process.config.as_deref())?;
-    let store_url = args
-        .store
-        .or_else(|| c.store.clone())
-        .context("--store is required")?;
-    let key_path = args
-        .signing_key
-        .or_else(|| c.signing_key.clone())
-        .context("--signing-key is required")?;
-    let signer = Arc::new(
-        GeneratorKey::from_file_text(&read_secret_file(&key_path)?)
-            .with_context(|| format!("{}", key_path.display()))?,
-    );
-    let default = schedule_from(&args.schedule, c.period, c.lifetime)?;
-    let mut plans = Vec::new();
-    let mut add = |name: String, schedule: Schedule, recipients: Vec<GroupPublicKey>| {
-        let signer = signer.clone();
-        let g = name.clone();
-        info!(
-            "group {name}: {} recipient key(s), period {}, lifetime {}",
-            recipients.len(),
-            duration::format(schedule.period()),
-            duration::format(schedule.lifetime())
-        );
-        plans.push(GroupPlan {
-            name,
-            schedule,
-            seal: Arc::new(move |k: &SlotKey| {
-                Record::seal(&schedule, &g, k, &recipients, &signer)
-                    .map(|r| r.encode())
-                    .map_err(|e| e.to_string())
-            }),
-        });
-    };
-    for spec in &args.groups {
-        let (name, keys) = parse_group_spec(spec)?;
-        add(name, default, keys);
-    }
-    if args.groups.is_empty() {
-        for g in c.groups.iter().flatten() {
-            let name = parse_group(&g.name).map_err(anyhow::Error::msg)?;
-            let schedule = Schedule::new(
-                pick_duration(None, g.period, "period", check_period, default.period())?,
-                pick_duration(
-                    None,
-                    g.lifetime,
-                    "lifetime",
-                    check_lifetime,
-                    default.lifetime(),
-                )?,
-            )?;
-            add(
-                name.clone(),
-                schedule,
-                parse_recipients(&name, g.recipients.iter().map(String::as_str))?,
-            );
-        }
-    }
-    if plans.is_empty() {
-        bail!("no group to serve: give --group NAME=PUB[,PUB...] (or [[groups]] in --config)");
-    }
-    harden();
-    info!("generator {} publishing to {store_url}", signer.public());
-    let metrics_addr = args.metrics.or_else(|| c.metrics.clone());
-    runtime()?.block_on(async move {
-        let store = Arc::new(
-            AnyStore::connect(&store_url)
-                .await
-                .with_context(|| format!("cannot use the store {store_url}"))?,
-        );
-        let clock: Arc<dyn Clock> =
-            Arc::new(SystemClock::with_offset_ms(args.process.clock_offset_ms));
-        let m = Metrics::new();
-        start_metrics(metrics_addr.as_deref(), &m, &clock).await?;
-        service::run_generator(store, plans, clock, m, shutdown_signal()).await;
-        Ok(())
-    })
-}
-
-fn run_agent(args: AgentArgs) -> anyhow::Result<()> {
-    let c = load_config(args.process.config.as_deref())?;
-    let store_url = args
-        .store
-        .or_else(|| c.store.clone())
-        .context("--store is required")?;
-    let group = args
-        .group
-        .or_else(|| c.group.clone())
-        .context("--group is required")?;
-    let group = parse_group(&group).map_err(anyhow::Error::msg)?;
-    let id_path = args
-        .identity
-        .or_else(|| c.identity.clone())
-        .context("--identity is required")?;
-    let identity = GroupIdentity::from_file_text(&read_secret_file(&id_path)?)
-        .with_context(|| format!("{}", id_path.display()))?;
-    let trust_text = if args.trust.is_empty() {
-        c.trust.clone().unwrap_or_default()
-    } else {
-        args.trust
-    };
-    let trusted = trust_text
-        .iter()
-        .map(|t| GeneratorPublicKey::parse(t).with_context(|| format!("--trust {t:?}")))
-        .collect::<anyhow::Result<Vec<_>>>()?;
-    if trusted.is_empty() {
-        bail!("--trust is required: the public key(s) of the generator(s) whose records to accept");
-    }
-    let max_stale = args.max_stale.or(c.max_stale).unwrap_or(1);
-    let schedule = schedule_from(&args.schedule, c.period, c.lifetime)?;
-    let d = prepare_delivery(args.sink, &c, &schedule)?;
-    info!(
-        "agent for group {group} with identity {}, trusting {} generator(s)",
-        identity.public(),
-        trusted.len()
-    );
-    runtime()?.block_on(async move {
-        let listeners = bind_memcached(&d).await?;
-        let store = Arc::new(
-            AnyStore::connect_lazy(&store_url)
-                .await
-                .with_context(|| format!("cannot use the store {store_url}"))?,
-        );
-        let clock: Arc<dyn Clock> =
-            Arc::new(SystemClock::with_offset_ms(args.process.clock_offset_ms));
-        let m = Metrics::new();
-        start_metrics(d.metrics.as_deref(), &m, &clock).await?;
-        log_schedule("stek agent", &schedule);
-        let agent = Agent::new(
-            store.clone(),
-            SealedOpener { identity, trusted },
-            group,
-            schedule,
-            max_stale,
-        );
-        service::run_agent(agent, store, d.opts, clock, listeners, m, shutdown_signal()).await;
-        Ok(())
-    })
 }
 
 fn run_status(args: StatusArgs) -> anyhow::Result<()> {
