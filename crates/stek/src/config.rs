@@ -27,20 +27,28 @@
 //! ```
 
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
-use serde::Deserialize;
+use serde::{Deserialize, Deserializer};
+
+use crate::duration;
+use crate::sink::SinkKind;
 
 /// The largest config file read.
 const MAX_CONFIG_LEN: u64 = 1 << 20;
 
 /// Everything a config file may hold; unknown keys are an error (a typo must not be ignored).
+/// Durations and sink names are checked as the file is read; an error names the key. Limits
+/// that flags share (a period of at most 7d, ...) are checked where flags and file are merged.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FileConfig {
     /// `--period`.
-    pub period: Option<String>,
+    #[serde(default, deserialize_with = "period")]
+    pub period: Option<Duration>,
     /// `--lifetime`.
-    pub lifetime: Option<String>,
+    #[serde(default, deserialize_with = "lifetime")]
+    pub lifetime: Option<Duration>,
     /// `--dir`.
     pub dir: Option<PathBuf>,
     /// `--allow-persistent-dir`.
@@ -56,7 +64,8 @@ pub struct FileConfig {
     /// `--on-change`.
     pub on_change: Option<String>,
     /// `--sinks`.
-    pub sinks: Option<Vec<String>>,
+    #[serde(default, deserialize_with = "sinks")]
+    pub sinks: Option<Vec<SinkKind>>,
     /// `--haproxy-socket` (several).
     pub haproxy_socket: Option<Vec<PathBuf>>,
     /// `--metrics`.
@@ -86,9 +95,46 @@ pub struct GroupConfig {
     /// The public keys (`stek-group1:...`) records are sealed to.
     pub recipients: Vec<String>,
     /// This group's period, if not the generator's.
-    pub period: Option<String>,
+    #[serde(default, deserialize_with = "period")]
+    pub period: Option<Duration>,
     /// This group's lifetime, if not the generator's.
-    pub lifetime: Option<String>,
+    #[serde(default, deserialize_with = "lifetime")]
+    pub lifetime: Option<Duration>,
+}
+
+/// A duration as [`duration::parse`] reads it; an error names `key`.
+fn duration_named<'de, D: Deserializer<'de>>(
+    d: D,
+    key: &str,
+) -> Result<Option<Duration>, D::Error> {
+    let text = String::deserialize(d)?;
+    duration::parse(&text)
+        .map(Some)
+        .map_err(|e| serde::de::Error::custom(format_args!("{key}: {e}")))
+}
+
+fn period<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+    duration_named(d, "period")
+}
+
+fn lifetime<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+    duration_named(d, "lifetime")
+}
+
+/// Sink names as `--sinks` takes them: `nginx`, `haproxy`, `apache`.
+fn sinks<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Vec<SinkKind>>, D::Error> {
+    Vec::<String>::deserialize(d)?
+        .iter()
+        .map(|n| match n.as_str() {
+            "nginx" => Ok(SinkKind::Nginx),
+            "haproxy" => Ok(SinkKind::Haproxy),
+            "apache" => Ok(SinkKind::Apache),
+            other => Err(serde::de::Error::custom(format_args!(
+                "sinks: unknown sink {other:?} (nginx, haproxy, apache)"
+            ))),
+        })
+        .collect::<Result<Vec<_>, _>>()
+        .map(Some)
 }
 
 impl FileConfig {
@@ -105,7 +151,12 @@ impl FileConfig {
         if text.len() as u64 > MAX_CONFIG_LEN {
             anyhow::bail!("config file {} is larger than 1 MiB", path.display());
         }
-        toml::from_str(&text).with_context(|| format!("invalid config file {}", path.display()))
+        FileConfig::parse(&text).with_context(|| format!("invalid config file {}", path.display()))
+    }
+
+    /// Parses the text of a config file.
+    pub fn parse(text: &str) -> Result<FileConfig, toml::de::Error> {
+        toml::from_str(text)
     }
 }
 
@@ -124,13 +175,72 @@ mod tests {
             .map(|l| l.trim_start_matches("//!").trim_start())
             .collect::<Vec<_>>()
             .join("\n");
-        let c: FileConfig = toml::from_str(&example).unwrap();
-        assert_eq!(c.period.as_deref(), Some("1h"));
-        assert_eq!(c.groups.unwrap()[0].recipients.len(), 1);
+        let c = FileConfig::parse(&example).unwrap();
+        assert_eq!(c.period, Some(Duration::from_secs(3600)));
+        assert_eq!(c.lifetime, Some(Duration::from_secs(18 * 3600)));
+        assert_eq!(c.sinks, Some(vec![SinkKind::Nginx, SinkKind::Haproxy]));
+        let groups = c.groups.unwrap();
+        assert_eq!(groups[0].recipients.len(), 1);
+        assert_eq!(groups[0].period, Some(Duration::from_secs(3600)));
         assert_eq!(
             c.haproxy_socket.unwrap(),
             [PathBuf::from("/run/haproxy/admin.sock")]
         );
-        assert!(toml::from_str::<FileConfig>("perod = \"1h\"").is_err());
+        assert!(FileConfig::parse("perod = \"1h\"").is_err());
+        assert!(
+            FileConfig::parse("[[groups]]\nname = \"a\"\nrecipients = []\nperod = \"1h\"").is_err()
+        );
+    }
+
+    #[test]
+    fn an_empty_file_sets_nothing() {
+        let c = FileConfig::parse("").unwrap();
+        assert_eq!((c.period, c.lifetime, c.sinks), (None, None, None));
+        assert!(c.groups.is_none());
+    }
+
+    #[test]
+    fn bad_values_name_their_key() {
+        for (text, needle) in [
+            ("period = \"x\"", "period: invalid duration \"x\""),
+            ("lifetime = \"4\"", "lifetime: invalid duration \"4\""),
+            ("period = 4", "invalid type"),
+            (
+                "sinks = [\"nginx\", \"iis\"]",
+                "sinks: unknown sink \"iis\" (nginx, haproxy, apache)",
+            ),
+            (
+                "[[groups]]\nname = \"web\"\nrecipients = []\nlifetime = \"1y\"",
+                "lifetime: invalid duration \"1y\"",
+            ),
+        ] {
+            let e = FileConfig::parse(text).unwrap_err().to_string();
+            assert!(e.contains(needle), "{text}: {e}");
+        }
+    }
+
+    #[test]
+    fn load_caps_the_size_and_names_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let big = dir.path().join("big.toml");
+        let mut text = String::from("period = \"1h\"\n");
+        while text.len() as u64 <= MAX_CONFIG_LEN {
+            text.push_str("# padding padding padding padding padding padding padding padding\n");
+        }
+        std::fs::write(&big, &text).unwrap();
+        let e = FileConfig::load(&big).unwrap_err().to_string();
+        assert!(e.contains("larger than 1 MiB"), "{e}");
+
+        let bad = dir.path().join("bad.toml");
+        std::fs::write(&bad, "period = \"x\"\n").unwrap();
+        let e = format!("{:#}", FileConfig::load(&bad).unwrap_err());
+        assert!(e.contains("invalid config file"), "{e}");
+        assert!(e.contains("period: invalid duration"), "{e}");
+
+        let e = format!(
+            "{:#}",
+            FileConfig::load(&dir.path().join("none.toml")).unwrap_err()
+        );
+        assert!(e.contains("cannot open config file"), "{e}");
     }
 }

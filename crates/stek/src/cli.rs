@@ -1,0 +1,466 @@
+//! The command line: every clap type, its help text and value parsers. Binary-side, so the
+//! library does not depend on clap; `settings` merges these flags over the config file.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use stek::duration;
+use stek::sink::SinkKind;
+use stek_core::schedule::MAX_LIFETIME;
+
+const ABOUT: &str =
+    "Rotating, fleet-wide TLS session ticket keys without giving up forward secrecy";
+
+const LONG_ABOUT: &str = "\
+Rotating, fleet-wide TLS session ticket keys without giving up forward secrecy.
+
+A session ticket is the session's secrets encrypted under a session ticket encryption key
+(STEK). Whoever obtains that key later can decrypt every recorded session it covered. stek
+makes a fresh key every period, keeps the next period's key ready (decrypt-only) and past
+keys for as long as tickets live, hands them to nginx, HAProxy, Apache and memcached-protocol
+clients, and erases each key once no ticket may still use it. Keys never touch persistent
+disk.
+
+One machine: `stek up`. A fleet: `stek keygen` once, `stek generator` next to the store's
+primary, `stek agent` on every TLS host.";
+
+#[derive(Parser, Debug)]
+#[command(name = "stek", version, about = ABOUT, long_about = LONG_ABOUT)]
+pub(crate) struct Cli {
+    #[command(subcommand)]
+    pub(crate) command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub(crate) enum Command {
+    /// Rotate ticket keys for the TLS servers of this machine (generator, agent and store in one
+    /// process).
+    #[command(long_about = UP_LONG_ABOUT)]
+    Up(UpArgs),
+    /// Make a key pair: a host group's (X25519) or a generator's signing key (Ed25519).
+    #[command(long_about = KEYGEN_LONG_ABOUT)]
+    Keygen(KeygenArgs),
+    /// Make, seal and sign every group's upcoming keys and publish them to a shared store.
+    #[command(long_about = GENERATOR_LONG_ABOUT)]
+    Generator(GeneratorArgs),
+    /// Read this host's group keys from the local store copy and hand them to its TLS servers.
+    #[command(long_about = AGENT_LONG_ABOUT)]
+    Agent(AgentArgs),
+    /// Print a running agent's ring by key name, slot and role.
+    Status(StatusArgs),
+    /// Audit any TLS server's session resumption from the outside: tickets, key names, how long
+    /// a key encrypts, how long old tickets are accepted, guessable keys.
+    #[command(long_about = SCAN_LONG_ABOUT)]
+    Scan(ScanArgs),
+}
+
+const UP_LONG_ABOUT: &str = "\
+Rotate ticket keys for the TLS servers of this machine: generator, agent and an embedded store
+in one process.
+
+Every PERIOD a new key starts encrypting; the next period's key is already installed
+(decrypt-only) and past keys stay for LIFETIME, so tickets resume for LIFETIME and a key is
+erased at most LIFETIME + 2*PERIOD after the last ticket it encrypted.
+
+Files written under DIR (0600, in 0700 directories, atomically):
+  nginx/tickets.conf     include it in a server block: one ssl_session_ticket_key line per key
+  nginx/keys/*.key       the 80-byte key files it references
+  haproxy/tickets.keys   for `bind ... tls-ticket-keys FILE` (previous, current, next)
+  apache/ticket.key      for `SSLSessionTicketKeyFile FILE` (the current key, 48 bytes)
+  status.json            the ring by key name, slot and role (no key bytes)
+and a read-only memcached-protocol server (ticket-key/<slot start> in Cloudflare's layout).
+
+With --haproxy-socket PATH (HAProxy's `stats socket PATH mode 600 level admin`), every rotation
+also reaches the running HAProxy through its runtime API (`set ssl tls-key`), with no reload:
+stek keeps the rings whose file is DIR/haproxy/tickets.keys identical to that file, checks them
+every second, and brings back a HAProxy that was restarted, started late or changed.
+
+Example:
+  stek up --period 1h --lifetime 18h --on-change 'nginx -s reload'";
+
+const KEYGEN_LONG_ABOUT: &str = "\
+Make a key pair. The private key goes to FILE (mode 0600; an existing file is never
+overwritten); the public key is printed on stdout as the last line, ready for the command line.
+
+  stek keygen --kind group --out web.identity        # every TLS host of group `web` gets this file
+  stek keygen --kind generator --out generator.key   # only generators hold this one
+
+Give the group's public key (stek-group1:...) to the generator with --group web=PUB, and the
+generator's public key (stek-generator1:...) to every agent with --trust PUB.";
+
+const GENERATOR_LONG_ABOUT: &str = "\
+Make each upcoming slot's key for every group, seal it to the group's public keys (HPKE),
+sign it, and publish it with create-if-absent: any number of generators may run, the store
+decides which key a slot gets. No key is kept after sealing; records expire when their key
+leaves every window.
+
+  stek generator --store redis://10.0.0.1:6379 --signing-key generator.key \\
+      --group web=stek-group1:AAAA...,stek-group1:BBBB... --period 1h --lifetime 18h";
+
+const AGENT_LONG_ABOUT: &str = "\
+Read this host's group records from the local store copy (a Redis read replica, or etcd),
+check the generator's signature, open them with the group identity, and deliver the ring to
+the TLS servers exactly like `stek up` (same files, memcached interface and --on-change).
+Follows the store by notification plus a jittered poll; serves what it has while the store is
+down, and past --max-stale periods without a current key encrypts with a local random key
+(resumption then works on this host only; forward secrecy holds) until the store is back.
+
+  stek agent --store redis://127.0.0.1:6379 --group web --identity web.identity \\
+      --trust stek-generator1:CCCC... --on-change 'nginx -s reload'";
+
+/// The schedule flags shared by up, agent and generator.
+#[derive(Args, Debug, Default)]
+pub(crate) struct ScheduleArgs {
+    /// How long each key encrypts before the next takes over (e.g. 1h, 30m, 4s). Default 1h.
+    #[arg(long, value_name = "DUR", value_parser = parse_period, allow_hyphen_values = true)]
+    pub(crate) period: Option<Duration>,
+
+    /// How long a ticket stays valid: past keys are kept this long, and servers are told this
+    /// lifetime. At most 7d (TLS 1.3). May be shorter than the period. Default 18h.
+    #[arg(long, value_name = "DUR", value_parser = parse_lifetime, allow_hyphen_values = true)]
+    pub(crate) lifetime: Option<Duration>,
+}
+
+/// The delivery flags shared by up and agent.
+#[derive(Args, Debug)]
+pub(crate) struct SinkArgs {
+    /// Directory for the key files. Must be on tmpfs or ramfs. Default: the first of /run/stek,
+    /// $XDG_RUNTIME_DIR/stek, /dev/shm/stek that is.
+    #[arg(long, value_name = "DIR")]
+    pub(crate) dir: Option<PathBuf>,
+
+    /// Allow DIR on a persistent file system. Keys written there can be recovered from the disk
+    /// long after they were erased, which defeats forward secrecy: use only for testing.
+    #[arg(long)]
+    pub(crate) allow_persistent_dir: bool,
+
+    /// Serve keys over the memcached text protocol on ADDR: 127.0.0.1:PORT, [::1]:PORT, or a
+    /// path for a unix socket (mode 0600). Repeatable. Default: DIR/memcached.sock.
+    #[arg(long = "memcached", value_name = "ADDR")]
+    pub(crate) memcached: Vec<String>,
+
+    /// Allow --memcached on a non-loopback address. Anyone who can reach it can read the keys.
+    #[arg(long)]
+    pub(crate) memcached_allow_remote: bool,
+
+    /// Do not serve the memcached protocol at all.
+    #[arg(long, conflicts_with = "memcached")]
+    pub(crate) no_memcached: bool,
+
+    /// Most concurrent memcached connections; more are refused with an error reply.
+    #[arg(long, value_name = "N")]
+    pub(crate) memcached_max_connections: Option<usize>,
+
+    /// Run CMD with `sh -c` after every change of the key files, e.g. 'nginx -s reload' or
+    /// 'apache2ctl graceful'. A failure is logged and retried with backoff; the previous files
+    /// stay valid meanwhile.
+    #[arg(long, value_name = "CMD")]
+    pub(crate) on_change: Option<String>,
+
+    /// Which key files to write (comma-separated: nginx, haproxy, apache). Default: all three.
+    #[arg(long, value_name = "LIST", value_delimiter = ',')]
+    pub(crate) sinks: Vec<SinkArg>,
+
+    /// HAProxy's admin socket (`stats socket PATH mode 600 level admin`): push every new key to
+    /// the running HAProxy with `set ssl tls-key`, no reload. Manages the rings whose file is
+    /// DIR/haproxy/tickets.keys (implies the haproxy sink). Repeatable, one per HAProxy process.
+    #[arg(long = "haproxy-socket", value_name = "PATH")]
+    pub(crate) haproxy_socket: Vec<PathBuf>,
+
+    /// Serve Prometheus metrics at http://ADDR/metrics and the status at /status (loopback only).
+    #[arg(long, value_name = "ADDR")]
+    pub(crate) metrics: Option<String>,
+}
+
+/// Flags every long-running command takes.
+#[derive(Args, Debug)]
+pub(crate) struct ProcessArgs {
+    /// Read settings from a TOML file; flags given on the command line win. The keys are the
+    /// flag names with `_` (e.g. `on_change`); a generator's `[[groups]]` may give a group its own
+    /// period and lifetime (see the README).
+    #[arg(long, value_name = "FILE")]
+    pub(crate) config: Option<PathBuf>,
+
+    /// Shift this process's clock by MS milliseconds (negative: behind). For testing how hosts
+    /// with skewed clocks interoperate.
+    #[arg(
+        long,
+        value_name = "MS",
+        default_value_t = 0,
+        allow_hyphen_values = true,
+        hide = true
+    )]
+    pub(crate) clock_offset_ms: i64,
+}
+
+#[derive(Args, Debug)]
+pub(crate) struct UpArgs {
+    #[command(flatten)]
+    pub(crate) schedule: ScheduleArgs,
+
+    #[command(flatten)]
+    pub(crate) sink: SinkArgs,
+
+    /// The group name recorded with each key (letters, digits, '.', '_', '-'). Default: default.
+    #[arg(long, value_name = "NAME", value_parser = parse_group)]
+    pub(crate) group: Option<String>,
+
+    #[command(flatten)]
+    pub(crate) process: ProcessArgs,
+}
+
+#[derive(Args, Debug)]
+pub(crate) struct KeygenArgs {
+    /// Which key pair: `group` (X25519, for the TLS hosts of a group) or `generator` (Ed25519
+    /// signing key).
+    #[arg(long, value_name = "KIND")]
+    pub(crate) kind: KeyKind,
+
+    /// Where to write the private key (mode 0600; never overwritten).
+    #[arg(long, value_name = "FILE")]
+    pub(crate) out: PathBuf,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub(crate) enum KeyKind {
+    Group,
+    Generator,
+}
+
+#[derive(Args, Debug)]
+pub(crate) struct GeneratorArgs {
+    /// The store: redis://HOST:PORT (the primary) or etcd://HOST:PORT[,HOST:PORT...].
+    #[arg(long, value_name = "URL")]
+    pub(crate) store: Option<String>,
+
+    /// A group and its recipients' public keys: NAME=PUB[,PUB...]. Repeat for several groups.
+    #[arg(long = "group", value_name = "NAME=PUB[,PUB...]")]
+    pub(crate) groups: Vec<String>,
+
+    /// The generator's signing key file (from `stek keygen --kind generator`).
+    #[arg(long, value_name = "FILE")]
+    pub(crate) signing_key: Option<PathBuf>,
+
+    #[command(flatten)]
+    pub(crate) schedule: ScheduleArgs,
+
+    /// Serve Prometheus metrics at http://ADDR/metrics (loopback only).
+    #[arg(long, value_name = "ADDR")]
+    pub(crate) metrics: Option<String>,
+
+    #[command(flatten)]
+    pub(crate) process: ProcessArgs,
+}
+
+#[derive(Args, Debug)]
+pub(crate) struct AgentArgs {
+    /// The store: redis://HOST:PORT (this site's read replica) or etcd://HOST:PORT[,HOST:PORT...].
+    #[arg(long, value_name = "URL")]
+    pub(crate) store: Option<String>,
+
+    /// This host's group.
+    #[arg(long, value_name = "NAME", value_parser = parse_group)]
+    pub(crate) group: Option<String>,
+
+    /// The group identity file (from `stek keygen --kind group`).
+    #[arg(long, value_name = "FILE")]
+    pub(crate) identity: Option<PathBuf>,
+
+    /// Public keys of the generators whose records are accepted (stek-generator1:...),
+    /// comma-separated or repeated.
+    #[arg(long, value_name = "PUB[,PUB...]", value_delimiter = ',')]
+    pub(crate) trust: Vec<String>,
+
+    /// How many periods an old shared key may keep encrypting when the current one is missing;
+    /// past that a local random key encrypts. Default 1.
+    #[arg(long, value_name = "N")]
+    pub(crate) max_stale: Option<u64>,
+
+    #[command(flatten)]
+    pub(crate) schedule: ScheduleArgs,
+
+    #[command(flatten)]
+    pub(crate) sink: SinkArgs,
+
+    #[command(flatten)]
+    pub(crate) process: ProcessArgs,
+}
+
+#[derive(Args, Debug)]
+pub(crate) struct StatusArgs {
+    /// The agent's key directory (reads DIR/status.json). Default: as for `stek up`.
+    #[arg(long, value_name = "DIR", conflicts_with = "endpoint")]
+    pub(crate) dir: Option<PathBuf>,
+
+    /// Ask a running agent's metrics endpoint instead (ADDR as given to --metrics).
+    #[arg(long, value_name = "ADDR")]
+    pub(crate) endpoint: Option<String>,
+
+    /// Print the status as JSON.
+    #[arg(long)]
+    pub(crate) json: bool,
+}
+
+const SCAN_LONG_ABOUT: &str = "\
+Audit any TLS server's session resumption from the outside.
+
+For each address of each TARGET and each of TLS 1.2 and 1.3, stek scan checks session-ID
+resumption, ticket issuance and resumption (a renewed ticket still counts), the lifetime hint
+(0 means unspecified, not \"no tickets\"), TLS 1.3 lifetimes above 7 days, single-use TLS 1.3
+tickets and psk_ke; reads the key name at the front of the tickets (confirmed on several
+tickets); and tries guessable keys (all zero, one repeated byte, counting, ASCII) on the ticket
+itself, for the 48- and 80-byte key files of nginx, Apache and HAProxy.
+
+A key's life and the acceptance window take time to see:
+  --observe 2h               sample for two hours; report every key name with first and last
+                             sight, the rotation period, and whether the first tickets still
+                             resume at the end
+  --state /var/lib/stek-scan/example.json
+                             keep names, times and a few tickets across runs: a daily cron run
+                             measures key life and acceptance over days and weeks
+
+Exit codes: 0 no finding of medium severity or worse, 1 findings, 2 the scan could not run.
+
+Examples:
+  stek scan example.com
+  stek scan 127.0.0.1:8443 --observe 6s --max-rotation 3s
+  stek scan 192.0.2.10 192.0.2.11 --sni www.example.com --json
+  stek scan example.com --expect http://127.0.0.1:9100/status";
+
+#[derive(Args, Debug)]
+pub(crate) struct ScanArgs {
+    /// host[:port] to audit (default port 443; IPv6 as [addr]:port). A name is scanned at each
+    /// of its addresses.
+    #[arg(value_name = "TARGET", required = true)]
+    pub(crate) targets: Vec<String>,
+
+    /// The server name to send (default: the target's host name; none for an IP address).
+    /// With several targets, one name for all: they are compared as one fleet.
+    #[arg(long, value_name = "NAME")]
+    pub(crate) sni: Option<String>,
+
+    /// Print one JSON document (stable field names and finding ids) instead of the report.
+    #[arg(long)]
+    pub(crate) json: bool,
+
+    /// Keep sampling for DUR (e.g. 6s, 2h) to measure key rotation and acceptance.
+    #[arg(long, value_name = "DUR", value_parser = parse_positive)]
+    pub(crate) observe: Option<Duration>,
+
+    /// Time between samples while observing (default: DUR/60, between 1s and 5m).
+    #[arg(long, value_name = "DUR", value_parser = parse_positive, requires = "observe")]
+    pub(crate) interval: Option<Duration>,
+
+    /// The longest acceptable life of one encrypting key (finding stek.not_rotated).
+    #[arg(long, value_name = "DUR", default_value = "24h", value_parser = parse_positive)]
+    pub(crate) max_rotation: Duration,
+
+    /// The oldest acceptable ticket that still resumes (finding stek.old_ticket_accepted).
+    #[arg(long, value_name = "DUR", default_value = "24h", value_parser = parse_positive)]
+    pub(crate) max_acceptance: Duration,
+
+    /// Keep observations (key names, times, a few tickets) in FILE across runs (written 0600).
+    #[arg(long, value_name = "FILE")]
+    pub(crate) state: Option<PathBuf>,
+
+    /// A stek agent's status to check the served key against: a file from `stek status --json`
+    /// (or DIR/status.json), or the agent's metrics endpoint (http://127.0.0.1:9100/status).
+    #[arg(long, value_name = "STATUS")]
+    pub(crate) expect: Option<String>,
+
+    /// Per-connection timeout.
+    #[arg(long, value_name = "DUR", default_value = "5s", value_parser = parse_positive)]
+    pub(crate) timeout: Duration,
+}
+
+fn parse_positive(s: &str) -> Result<Duration, String> {
+    let d = duration::parse(s).map_err(|e| e.to_string())?;
+    if d.is_zero() {
+        return Err("the duration must be longer than zero".into());
+    }
+    Ok(d)
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub(crate) enum SinkArg {
+    Nginx,
+    Haproxy,
+    Apache,
+}
+
+impl From<SinkArg> for SinkKind {
+    fn from(s: SinkArg) -> Self {
+        match s {
+            SinkArg::Nginx => SinkKind::Nginx,
+            SinkArg::Haproxy => SinkKind::Haproxy,
+            SinkArg::Apache => SinkKind::Apache,
+        }
+    }
+}
+
+fn parse_period(s: &str) -> Result<Duration, String> {
+    check_period(duration::parse(s).map_err(|e| e.to_string())?)
+}
+
+fn parse_lifetime(s: &str) -> Result<Duration, String> {
+    check_lifetime(duration::parse(s).map_err(|e| e.to_string())?)
+}
+
+/// The limits of a period, from a flag or the config file.
+pub(crate) fn check_period(d: Duration) -> Result<Duration, String> {
+    if d.is_zero() {
+        return Err("the period must be longer than zero".into());
+    }
+    if d > MAX_LIFETIME {
+        return Err("the period must be at most 7d: rotate at least weekly".into());
+    }
+    Ok(d)
+}
+
+/// The limits of a lifetime, from a flag or the config file.
+pub(crate) fn check_lifetime(d: Duration) -> Result<Duration, String> {
+    if d.is_zero() {
+        return Err("the lifetime must be longer than zero".into());
+    }
+    if d > MAX_LIFETIME {
+        return Err("the lifetime must be at most 7d, the longest ticket lifetime TLS 1.3 allows (RFC 8446 4.6.1)".into());
+    }
+    Ok(d)
+}
+
+pub(crate) fn parse_group(s: &str) -> Result<String, String> {
+    if stek_core::record::valid_group(s) {
+        Ok(s.to_owned())
+    } else {
+        Err(format!(
+            "invalid group name {s:?}: a group name is 1 to 64 letters, digits, '.', '_' or '-'"
+        ))
+    }
+}
+
+/// Parses the command line. On a bad one, prints one line (clap's first, plus where to look)
+/// and gives exit code 2; `--help` and `--version` print and give 0.
+pub(crate) fn parse() -> Result<Cli, ExitCode> {
+    Cli::try_parse().map_err(|e| {
+        use clap::error::ErrorKind;
+        match e.kind() {
+            ErrorKind::DisplayHelp | ErrorKind::DisplayVersion => {
+                let _ = e.print();
+                return ExitCode::SUCCESS;
+            }
+            ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => {
+                let _ = e.print();
+                return ExitCode::from(2);
+            }
+            _ => {}
+        }
+        // One line: clap's first line, plus where to look.
+        let text = e.render().to_string();
+        let first = text.lines().next().unwrap_or("invalid arguments");
+        let first = first.strip_prefix("error: ").unwrap_or(first);
+        eprintln!("stek: {first} (see stek --help)");
+        ExitCode::from(2)
+    })
+}

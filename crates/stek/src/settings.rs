@@ -1,0 +1,814 @@
+//! Flags over the config file over defaults, into typed settings. Pure: nothing here writes a
+//! file, hardens the process, binds a socket or logs; what the machine must tell (the working
+//! directory, the default key directory) comes in as a [`Place`], and warnings go out as values.
+//! `main` does the side effects once, from these settings.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{anyhow, bail, Context as _};
+use stek::config::FileConfig;
+use stek::duration;
+use stek::memcached::Limits;
+use stek::sink::{self, SinkKind};
+use stek_core::{GeneratorPublicKey, GroupPublicKey, Schedule};
+
+use crate::cli::{
+    check_lifetime, check_period, parse_group, AgentArgs, GeneratorArgs, ScheduleArgs, SinkArgs,
+    UpArgs,
+};
+
+/// The period when neither a flag nor the file gives one.
+const DEFAULT_PERIOD: Duration = Duration::from_secs(3600);
+/// The lifetime when neither a flag nor the file gives one.
+const DEFAULT_LIFETIME: Duration = Duration::from_secs(18 * 3600);
+/// The group of `stek up` when neither a flag nor the file gives one.
+const DEFAULT_GROUP: &str = "default";
+
+/// What the merge needs to know about the machine, read by the caller.
+#[derive(Debug, Clone)]
+pub(crate) struct Place {
+    /// The working directory a relative `--dir` is taken against, or why it could not be read.
+    pub(crate) cwd: Result<PathBuf, String>,
+    /// The default key directory (`files::default_dir()`), if a candidate is memory-backed.
+    pub(crate) default_dir: Option<PathBuf>,
+}
+
+/// How `stek up` and `stek agent` hand keys to TLS servers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct DeliverySettings {
+    /// The key directory, absolute (not yet checked to be memory-backed, nor created).
+    pub(crate) dir: PathBuf,
+    /// Whether `dir` may lie on a persistent file system.
+    pub(crate) allow_persistent: bool,
+    /// Which key files to write.
+    pub(crate) sinks: Vec<SinkKind>,
+    /// Memcached-protocol addresses to serve (empty: none).
+    pub(crate) memcached: Vec<String>,
+    /// Whether `memcached` may hold non-loopback addresses.
+    pub(crate) memcached_allow_remote: bool,
+    /// Most concurrent memcached connections.
+    pub(crate) memcached_max_connections: usize,
+    /// The command run after each change of the files.
+    pub(crate) on_change: Option<String>,
+    /// HAProxy admin sockets to push keys to.
+    pub(crate) haproxy_sockets: Vec<PathBuf>,
+    /// Where to serve metrics and status.
+    pub(crate) metrics: Option<String>,
+}
+
+/// `stek up`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct UpSettings {
+    pub(crate) schedule: Schedule,
+    pub(crate) group: String,
+    pub(crate) delivery: DeliverySettings,
+    pub(crate) clock_offset_ms: i64,
+}
+
+/// `stek agent`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct AgentSettings {
+    pub(crate) store: String,
+    pub(crate) group: String,
+    /// The group identity file (read when the agent starts).
+    pub(crate) identity: PathBuf,
+    pub(crate) trusted: Vec<GeneratorPublicKey>,
+    pub(crate) max_stale: u64,
+    pub(crate) schedule: Schedule,
+    pub(crate) delivery: DeliverySettings,
+    pub(crate) clock_offset_ms: i64,
+}
+
+/// `stek generator`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct GeneratorSettings {
+    pub(crate) store: String,
+    /// The signing key file (read when the generator starts).
+    pub(crate) signing_key: PathBuf,
+    /// At least one.
+    pub(crate) groups: Vec<GroupSettings>,
+    pub(crate) metrics: Option<String>,
+    pub(crate) clock_offset_ms: i64,
+}
+
+/// One group a generator serves.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct GroupSettings {
+    pub(crate) name: String,
+    pub(crate) schedule: Schedule,
+    /// At least one.
+    pub(crate) recipients: Vec<GroupPublicKey>,
+}
+
+/// A duration from the command line, else the config file (checked, naming `key`), else the
+/// default.
+fn pick_duration(
+    flag: Option<Duration>,
+    file: Option<Duration>,
+    key: &str,
+    check: fn(Duration) -> Result<Duration, String>,
+    default: Duration,
+) -> anyhow::Result<Duration> {
+    match (flag, file) {
+        (Some(d), _) => Ok(d),
+        (None, Some(d)) => check(d).map_err(|e| anyhow!("config file: {key}: {e}")),
+        (None, None) => Ok(default),
+    }
+}
+
+/// A schedule: the flags' period and lifetime, else the file's, else `default`'s.
+fn schedule_with(
+    flags: &ScheduleArgs,
+    file: (Option<Duration>, Option<Duration>),
+    default: &Schedule,
+) -> anyhow::Result<Schedule> {
+    let period = pick_duration(
+        flags.period,
+        file.0,
+        "period",
+        check_period,
+        default.period(),
+    )?;
+    let lifetime = pick_duration(
+        flags.lifetime,
+        file.1,
+        "lifetime",
+        check_lifetime,
+        default.lifetime(),
+    )?;
+    Ok(Schedule::new(period, lifetime)?)
+}
+
+/// The schedule of up, agent and generator: flags, else the file, else 1h and 18h.
+pub(crate) fn schedule(flags: &ScheduleArgs, file: &FileConfig) -> anyhow::Result<Schedule> {
+    let default = Schedule::new(DEFAULT_PERIOD, DEFAULT_LIFETIME)?;
+    schedule_with(flags, (file.period, file.lifetime), &default)
+}
+
+/// A group name from the file, checked.
+fn file_group(name: &str) -> anyhow::Result<String> {
+    parse_group(name).map_err(anyhow::Error::msg)
+}
+
+/// A list from the command line if it has any item, else the file's, else empty.
+fn pick_list<T: Clone>(flag: &[T], file: Option<&Vec<T>>) -> Vec<T> {
+    if flag.is_empty() {
+        file.cloned().unwrap_or_default()
+    } else {
+        flag.to_vec()
+    }
+}
+
+/// The delivery settings shared by up and agent.
+pub(crate) fn delivery(
+    a: &SinkArgs,
+    c: &FileConfig,
+    place: &Place,
+) -> anyhow::Result<DeliverySettings> {
+    let dir = match a.dir.as_ref().or(c.dir.as_ref()) {
+        Some(d) => d.clone(),
+        None => place.default_dir.clone().context(
+            "none of /run/stek, $XDG_RUNTIME_DIR/stek, /dev/shm/stek is on tmpfs or ramfs; pass --dir on a memory-backed file system",
+        )?,
+    };
+    let dir = if dir.is_absolute() {
+        dir
+    } else {
+        match &place.cwd {
+            Ok(cwd) => cwd.join(dir),
+            Err(e) => bail!("cannot read the current directory: {e}"),
+        }
+    };
+    let sinks = if !a.sinks.is_empty() {
+        a.sinks.iter().map(|s| SinkKind::from(*s)).collect()
+    } else if let Some(kinds) = &c.sinks {
+        kinds.clone()
+    } else {
+        vec![SinkKind::Nginx, SinkKind::Haproxy, SinkKind::Apache]
+    };
+    let haproxy_sockets = pick_list(&a.haproxy_socket, c.haproxy_socket.as_ref());
+    if !haproxy_sockets.is_empty() {
+        check_haproxy_keys_path(&dir)?;
+    }
+    // --memcached beats the file's no_memcached, --no-memcached the file's addresses.
+    let mut memcached = pick_list(&a.memcached, c.memcached.as_ref());
+    let no_memcached = a.no_memcached || (a.memcached.is_empty() && c.no_memcached == Some(true));
+    if no_memcached {
+        memcached.clear();
+    } else if memcached.is_empty() {
+        memcached.push(dir.join("memcached.sock").display().to_string());
+    }
+    Ok(DeliverySettings {
+        allow_persistent: a.allow_persistent_dir || c.allow_persistent_dir.unwrap_or(false),
+        sinks,
+        memcached,
+        memcached_allow_remote: a.memcached_allow_remote
+            || c.memcached_allow_remote.unwrap_or(false),
+        memcached_max_connections: a
+            .memcached_max_connections
+            .or(c.memcached_max_connections)
+            .unwrap_or(Limits::default().max_connections),
+        on_change: a.on_change.clone().or_else(|| c.on_change.clone()),
+        haproxy_sockets,
+        metrics: a.metrics.clone().or_else(|| c.metrics.clone()),
+        dir,
+    })
+}
+
+/// HAProxy's runtime API names the keys file on its command line: DIR must allow that.
+fn check_haproxy_keys_path(dir: &Path) -> anyhow::Result<()> {
+    let keys = sink::haproxy_keys_path(dir);
+    sink::haproxy_runtime::check_cli_word(&keys.display().to_string())
+        .map_err(|e| anyhow!("--haproxy-socket: the keys file {e}; choose another --dir"))
+}
+
+/// What the operator should know about these settings, to be logged as warnings.
+pub(crate) fn warnings(schedule: &Schedule, d: &DeliverySettings) -> Vec<String> {
+    let mut out = Vec::new();
+    if d.sinks.contains(&SinkKind::Apache) {
+        out.push(format!(
+            "Apache holds one key: its tickets stop resuming at every rotation (every {}); use nginx, HAProxy or a longer period if that matters",
+            duration::format(schedule.period())
+        ));
+    }
+    let haproxy = d.sinks.contains(&SinkKind::Haproxy) || !d.haproxy_sockets.is_empty();
+    if haproxy && schedule.lifetime() > schedule.period() {
+        out.push(format!(
+            "HAProxy holds 3 keys: its tickets stop resuming 1 to 2 periods after they were issued ({} to {}), not after the lifetime of {}; on HAProxy hosts choose --lifetime <= --period",
+            duration::format(schedule.period()),
+            duration::format(schedule.period() * 2),
+            duration::format(schedule.lifetime())
+        ));
+    }
+    out
+}
+
+/// `stek up`'s settings.
+pub(crate) fn up(a: &UpArgs, c: &FileConfig, place: &Place) -> anyhow::Result<UpSettings> {
+    let schedule = schedule(&a.schedule, c)?;
+    let group = match (&a.group, &c.group) {
+        (Some(g), _) => g.clone(),
+        (None, Some(g)) => file_group(g)?,
+        (None, None) => DEFAULT_GROUP.to_owned(),
+    };
+    Ok(UpSettings {
+        schedule,
+        group,
+        delivery: delivery(&a.sink, c, place)?,
+        clock_offset_ms: a.process.clock_offset_ms,
+    })
+}
+
+/// `stek agent`'s settings.
+pub(crate) fn agent(a: &AgentArgs, c: &FileConfig, place: &Place) -> anyhow::Result<AgentSettings> {
+    let store = a
+        .store
+        .clone()
+        .or_else(|| c.store.clone())
+        .context("--store is required")?;
+    let group = match (&a.group, &c.group) {
+        (Some(g), _) => g.clone(),
+        (None, Some(g)) => file_group(g)?,
+        (None, None) => bail!("--group is required"),
+    };
+    let identity = a
+        .identity
+        .clone()
+        .or_else(|| c.identity.clone())
+        .context("--identity is required")?;
+    let trusted = pick_list(&a.trust, c.trust.as_ref())
+        .iter()
+        .map(|t| GeneratorPublicKey::parse(t).with_context(|| format!("--trust {t:?}")))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    if trusted.is_empty() {
+        bail!("--trust is required: the public key(s) of the generator(s) whose records to accept");
+    }
+    let schedule = schedule(&a.schedule, c)?;
+    Ok(AgentSettings {
+        store,
+        group,
+        identity,
+        trusted,
+        max_stale: a.max_stale.or(c.max_stale).unwrap_or(1),
+        schedule,
+        delivery: delivery(&a.sink, c, place)?,
+        clock_offset_ms: a.process.clock_offset_ms,
+    })
+}
+
+/// `stek generator`'s settings. The groups are `--group NAME=PUB[,PUB...]` (with the schedule of
+/// the flags and file), else the file's `[[groups]]`, each with its own period and lifetime if
+/// it gives them.
+pub(crate) fn generator(a: &GeneratorArgs, c: &FileConfig) -> anyhow::Result<GeneratorSettings> {
+    let store = a
+        .store
+        .clone()
+        .or_else(|| c.store.clone())
+        .context("--store is required")?;
+    let signing_key = a
+        .signing_key
+        .clone()
+        .or_else(|| c.signing_key.clone())
+        .context("--signing-key is required")?;
+    let default = schedule(&a.schedule, c)?;
+    let mut groups = Vec::new();
+    for spec in &a.groups {
+        let (name, recipients) = parse_group_spec(spec)?;
+        groups.push(GroupSettings {
+            name,
+            schedule: default,
+            recipients,
+        });
+    }
+    if a.groups.is_empty() {
+        for g in c.groups.iter().flatten() {
+            let name = file_group(&g.name)?;
+            let none = ScheduleArgs::default();
+            let schedule = schedule_with(&none, (g.period, g.lifetime), &default)?;
+            let recipients = parse_recipients(&name, g.recipients.iter().map(String::as_str))?;
+            groups.push(GroupSettings {
+                name,
+                schedule,
+                recipients,
+            });
+        }
+    }
+    if groups.is_empty() {
+        bail!("no group to serve: give --group NAME=PUB[,PUB...] (or [[groups]] in --config)");
+    }
+    Ok(GeneratorSettings {
+        store,
+        signing_key,
+        groups,
+        metrics: a.metrics.clone().or_else(|| c.metrics.clone()),
+        clock_offset_ms: a.process.clock_offset_ms,
+    })
+}
+
+/// `--group NAME=PUB[,PUB...]` of the generator.
+fn parse_group_spec(spec: &str) -> anyhow::Result<(String, Vec<GroupPublicKey>)> {
+    let (name, pubs) = spec
+        .split_once('=')
+        .with_context(|| format!("--group {spec:?}: expected NAME=PUB[,PUB...]"))?;
+    let name = parse_group(name).map_err(anyhow::Error::msg)?;
+    let keys = parse_recipients(&name, pubs.split(','))?;
+    Ok((name, keys))
+}
+
+fn parse_recipients<'a>(
+    group: &str,
+    pubs: impl Iterator<Item = &'a str>,
+) -> anyhow::Result<Vec<GroupPublicKey>> {
+    let keys = pubs
+        .filter(|p| !p.trim().is_empty())
+        .map(|p| {
+            GroupPublicKey::parse(p).with_context(|| format!("group {group}: bad recipient {p:?}"))
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    if keys.is_empty() {
+        bail!("group {group}: no recipient public keys");
+    }
+    Ok(keys)
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser as _;
+    use stek_core::{GeneratorKey, GroupIdentity};
+
+    use super::*;
+    use crate::cli::{Cli, Command};
+
+    fn command(args: &[&str]) -> Command {
+        let argv = std::iter::once("stek").chain(args.iter().copied());
+        Cli::try_parse_from(argv).expect("valid flags").command
+    }
+
+    fn up_args(args: &[&str]) -> UpArgs {
+        match command(&[&["up"], args].concat()) {
+            Command::Up(a) => a,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    fn file(text: &str) -> FileConfig {
+        FileConfig::parse(text).expect("valid config")
+    }
+
+    fn place() -> Place {
+        Place {
+            cwd: Ok(PathBuf::from("/work")),
+            default_dir: Some(PathBuf::from("/run/stek")),
+        }
+    }
+
+    fn up(args: &[&str], config: &str) -> anyhow::Result<UpSettings> {
+        super::up(&up_args(args), &file(config), &place())
+    }
+
+    fn err<T: std::fmt::Debug>(r: anyhow::Result<T>) -> String {
+        format!("{:#}", r.unwrap_err())
+    }
+
+    const H: u64 = 3600;
+
+    #[test]
+    fn defaults() {
+        let s = up(&[], "").unwrap();
+        assert_eq!(
+            s.schedule,
+            Schedule::new(DEFAULT_PERIOD, DEFAULT_LIFETIME).unwrap()
+        );
+        assert_eq!(s.group, "default");
+        assert_eq!(s.clock_offset_ms, 0);
+        assert_eq!(
+            s.delivery,
+            DeliverySettings {
+                dir: PathBuf::from("/run/stek"),
+                allow_persistent: false,
+                sinks: vec![SinkKind::Nginx, SinkKind::Haproxy, SinkKind::Apache],
+                memcached: vec!["/run/stek/memcached.sock".to_owned()],
+                memcached_allow_remote: false,
+                memcached_max_connections: Limits::default().max_connections,
+                on_change: None,
+                haproxy_sockets: vec![],
+                metrics: None,
+            }
+        );
+    }
+
+    #[test]
+    fn durations_flag_beats_file_beats_default() {
+        let file = "period = \"2h\"\nlifetime = \"3h\"";
+        let s = up(&["--period", "30m"], file).unwrap().schedule;
+        assert_eq!(s.period(), Duration::from_secs(1800));
+        assert_eq!(s.lifetime(), Duration::from_secs(3 * H));
+        let s = up(&["--lifetime", "4s"], file).unwrap().schedule;
+        assert_eq!(s.period(), Duration::from_secs(2 * H));
+        assert_eq!(s.lifetime(), Duration::from_secs(4));
+        let s = up(&[], "period = \"2h\"").unwrap().schedule;
+        assert_eq!(s.period(), Duration::from_secs(2 * H));
+        assert_eq!(s.lifetime(), DEFAULT_LIFETIME);
+    }
+
+    #[test]
+    fn lists_flag_beats_file_beats_default() {
+        let file = "sinks = [\"apache\"]\nmemcached = [\"127.0.0.1:11211\"]\n\
+                    haproxy_socket = [\"/run/haproxy/a.sock\"]";
+        let d = up(&["--sinks", "nginx,haproxy"], file).unwrap().delivery;
+        assert_eq!(d.sinks, [SinkKind::Nginx, SinkKind::Haproxy]);
+        assert_eq!(d.memcached, ["127.0.0.1:11211"]);
+        assert_eq!(d.haproxy_sockets, [PathBuf::from("/run/haproxy/a.sock")]);
+        let d = up(
+            &["--memcached", "[::1]:11211", "--memcached", "m.sock"],
+            file,
+        )
+        .unwrap()
+        .delivery;
+        assert_eq!(d.sinks, [SinkKind::Apache]);
+        assert_eq!(d.memcached, ["[::1]:11211", "m.sock"]);
+        let d = up(&["--haproxy-socket", "/h.sock"], file).unwrap().delivery;
+        assert_eq!(d.haproxy_sockets, [PathBuf::from("/h.sock")]);
+    }
+
+    #[test]
+    fn bools_flag_or_file() {
+        let d = up(&[], "").unwrap().delivery;
+        assert!(!d.allow_persistent && !d.memcached_allow_remote);
+        let d = up(
+            &[],
+            "allow_persistent_dir = true\nmemcached_allow_remote = true",
+        )
+        .unwrap()
+        .delivery;
+        assert!(d.allow_persistent && d.memcached_allow_remote);
+        let d = up(
+            &["--allow-persistent-dir", "--memcached-allow-remote"],
+            "allow_persistent_dir = false\nmemcached_allow_remote = false",
+        )
+        .unwrap()
+        .delivery;
+        assert!(d.allow_persistent && d.memcached_allow_remote);
+    }
+
+    #[test]
+    fn scalars_flag_beats_file_beats_default() {
+        let file = "on_change = \"apache2ctl graceful\"\nmetrics = \"127.0.0.1:9155\"\n\
+                    memcached_max_connections = 10\ngroup = \"web\"";
+        let s = up(&[], file).unwrap();
+        assert_eq!(s.group, "web");
+        assert_eq!(s.delivery.on_change.as_deref(), Some("apache2ctl graceful"));
+        assert_eq!(s.delivery.metrics.as_deref(), Some("127.0.0.1:9155"));
+        assert_eq!(s.delivery.memcached_max_connections, 10);
+        let s = up(
+            &[
+                "--group",
+                "api",
+                "--on-change",
+                "nginx -s reload",
+                "--metrics",
+                "127.0.0.1:1",
+                "--memcached-max-connections",
+                "20",
+            ],
+            file,
+        )
+        .unwrap();
+        assert_eq!(s.group, "api");
+        assert_eq!(s.delivery.on_change.as_deref(), Some("nginx -s reload"));
+        assert_eq!(s.delivery.metrics.as_deref(), Some("127.0.0.1:1"));
+        assert_eq!(s.delivery.memcached_max_connections, 20);
+    }
+
+    #[test]
+    fn dir_flag_beats_file_beats_default_and_is_made_absolute() {
+        let file = "dir = \"/dev/shm/from-file\"";
+        assert_eq!(
+            up(&["--dir", "/dev/shm/flag"], file).unwrap().delivery.dir,
+            Path::new("/dev/shm/flag")
+        );
+        assert_eq!(
+            up(&[], file).unwrap().delivery.dir,
+            Path::new("/dev/shm/from-file")
+        );
+        assert_eq!(up(&[], "").unwrap().delivery.dir, Path::new("/run/stek"));
+        let d = up(&["--dir", "keys"], "").unwrap().delivery;
+        assert_eq!(d.dir, Path::new("/work/keys"));
+        assert_eq!(d.memcached, ["/work/keys/memcached.sock"]);
+        let d = up(&[], "dir = \"rel\"").unwrap().delivery;
+        assert_eq!(d.dir, Path::new("/work/rel"));
+    }
+
+    #[test]
+    fn the_machine_is_asked_only_when_needed() {
+        let lost = Place {
+            cwd: Err("No such file or directory (os error 2)".into()),
+            default_dir: None,
+        };
+        let a = up_args(&["--dir", "/dev/shm/k"]);
+        assert!(super::up(&a, &file(""), &lost).is_ok());
+        let e = err(super::up(&up_args(&["--dir", "k"]), &file(""), &lost));
+        assert_eq!(
+            e,
+            "cannot read the current directory: No such file or directory (os error 2)"
+        );
+        let e = err(super::up(&up_args(&[]), &file(""), &lost));
+        assert!(
+            e.starts_with(
+                "none of /run/stek, $XDG_RUNTIME_DIR/stek, /dev/shm/stek is on tmpfs or ramfs"
+            ),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn memcached_default_socket_and_no_memcached() {
+        let d = up(&["--dir", "/dev/shm/k"], "").unwrap().delivery;
+        assert_eq!(d.memcached, ["/dev/shm/k/memcached.sock"]);
+        // --no-memcached clears the file's addresses and the default.
+        let file = "memcached = [\"127.0.0.1:11211\"]";
+        assert!(up(&["--no-memcached"], file)
+            .unwrap()
+            .delivery
+            .memcached
+            .is_empty());
+        assert!(up(&["--no-memcached"], "")
+            .unwrap()
+            .delivery
+            .memcached
+            .is_empty());
+        // The file's no_memcached clears its own addresses and the default...
+        let file = "memcached = [\"127.0.0.1:11211\"]\nno_memcached = true";
+        assert!(up(&[], file).unwrap().delivery.memcached.is_empty());
+        // ...but not addresses given as flags.
+        let d = up(&["--memcached", "127.0.0.1:1"], file).unwrap().delivery;
+        assert_eq!(d.memcached, ["127.0.0.1:1"]);
+        let d = up(&[], "no_memcached = false").unwrap().delivery;
+        assert_eq!(d.memcached, ["/run/stek/memcached.sock"]);
+    }
+
+    #[test]
+    fn bad_values_in_the_file_name_the_key() {
+        for (config, want) in [
+            ("period = \"0s\"", "config file: period: the period must be longer than zero"),
+            ("period = \"8d\"", "config file: period: the period must be at most 7d: rotate at least weekly"),
+            ("lifetime = \"0s\"", "config file: lifetime: the lifetime must be longer than zero"),
+            ("lifetime = \"8d\"", "config file: lifetime: the lifetime must be at most 7d, the longest ticket lifetime TLS 1.3 allows (RFC 8446 4.6.1)"),
+            ("group = \"a b\"", "invalid group name \"a b\": a group name is 1 to 64 letters, digits, '.', '_' or '-'"),
+        ] {
+            assert_eq!(err(up(&[], config)), want, "{config}");
+        }
+        // A flag replaces a bad file value without looking at it.
+        assert!(up(&["--period", "1h"], "period = \"0s\"").is_ok());
+    }
+
+    #[test]
+    fn the_haproxy_keys_path_must_fit_haproxys_command_line() {
+        let e = err(up(
+            &["--dir", "/dev/shm/a b", "--haproxy-socket", "/h.sock"],
+            "",
+        ));
+        assert_eq!(
+            e,
+            "--haproxy-socket: the keys file \"/dev/shm/a b/haproxy/tickets.keys\" cannot be named on HAProxy's command line (spaces, ';', '\\' or non-ASCII characters); choose another --dir"
+        );
+        let e = err(up(
+            &["--dir", "/dev/shm/a;b"],
+            "haproxy_socket = [\"/h.sock\"]",
+        ));
+        assert!(e.starts_with("--haproxy-socket: the keys file"), "{e}");
+        // Without a socket, such a directory is fine.
+        assert!(up(&["--dir", "/dev/shm/a b"], "").is_ok());
+        assert!(up(&["--dir", "/dev/shm/ok", "--haproxy-socket", "/h.sock"], "").is_ok());
+    }
+
+    #[test]
+    fn warnings_depend_on_sinks_and_schedule() {
+        let w = |args: &[&str]| {
+            let s = up(args, "").unwrap();
+            warnings(&s.schedule, &s.delivery)
+        };
+        assert_eq!(
+            w(&["--sinks", "apache", "--period", "1h"]),
+            ["Apache holds one key: its tickets stop resuming at every rotation (every 1h); use nginx, HAProxy or a longer period if that matters"]
+        );
+        assert_eq!(
+            w(&["--sinks", "haproxy", "--period", "1h", "--lifetime", "18h"]),
+            ["HAProxy holds 3 keys: its tickets stop resuming 1 to 2 periods after they were issued (1h to 2h), not after the lifetime of 18h; on HAProxy hosts choose --lifetime <= --period"]
+        );
+        assert!(w(&["--sinks", "haproxy", "--period", "1h", "--lifetime", "1h"]).is_empty());
+        assert!(w(&["--sinks", "nginx"]).is_empty());
+        // A HAProxy socket implies the HAProxy keys file.
+        assert_eq!(
+            w(&["--sinks", "nginx", "--haproxy-socket", "/h.sock"]).len(),
+            1
+        );
+        assert_eq!(w(&[]).len(), 2);
+    }
+
+    fn agent(args: &[&str], config: &str) -> anyhow::Result<AgentSettings> {
+        let a = match command(&[&["agent"], args].concat()) {
+            Command::Agent(a) => a,
+            other => panic!("{other:?}"),
+        };
+        super::agent(&a, &file(config), &place())
+    }
+
+    #[test]
+    fn agent_settings() {
+        let g1 = GeneratorKey::generate().unwrap().public().to_string();
+        let g2 = GeneratorKey::generate().unwrap().public().to_string();
+        let file = format!(
+            "store = \"redis://127.0.0.1:6379\"\ngroup = \"web\"\nidentity = \"/etc/stek/web.identity\"\n\
+             trust = [\"{g1}\"]\nmax_stale = 3\nperiod = \"2h\""
+        );
+        let s = agent(&[], &file).unwrap();
+        assert_eq!(s.store, "redis://127.0.0.1:6379");
+        assert_eq!(s.group, "web");
+        assert_eq!(s.identity, Path::new("/etc/stek/web.identity"));
+        assert_eq!(s.trusted, [GeneratorPublicKey::parse(&g1).unwrap()]);
+        assert_eq!(s.max_stale, 3);
+        assert_eq!(s.schedule.period(), Duration::from_secs(2 * H));
+        assert_eq!(s.delivery.dir, Path::new("/run/stek"));
+        let s = agent(
+            &[
+                "--store",
+                "etcd://127.0.0.1:2379",
+                "--group",
+                "api",
+                "--identity",
+                "id",
+                "--trust",
+                &format!("{g1},{g2}"),
+                "--max-stale",
+                "0",
+            ],
+            &file,
+        )
+        .unwrap();
+        assert_eq!(s.store, "etcd://127.0.0.1:2379");
+        assert_eq!(s.group, "api");
+        assert_eq!(s.identity, Path::new("id"));
+        assert_eq!(s.trusted.len(), 2);
+        assert_eq!(s.max_stale, 0);
+
+        let minimal = ["--store", "redis://x", "--group", "web", "--identity", "id"];
+        assert_eq!(
+            agent(&minimal, &format!("trust = [\"{g1}\"]"))
+                .unwrap()
+                .max_stale,
+            1
+        );
+        assert_eq!(err(agent(&[], "")), "--store is required");
+        assert_eq!(err(agent(&minimal[..2], "")), "--group is required");
+        assert_eq!(err(agent(&minimal[..4], "")), "--identity is required");
+        assert_eq!(
+            err(agent(&minimal, "")),
+            "--trust is required: the public key(s) of the generator(s) whose records to accept"
+        );
+        assert!(err(agent(&minimal, "trust = [\"nope\"]")).starts_with("--trust \"nope\""));
+    }
+
+    fn generator(args: &[&str], config: &str) -> anyhow::Result<GeneratorSettings> {
+        let a = match command(&[&["generator"], args].concat()) {
+            Command::Generator(a) => a,
+            other => panic!("{other:?}"),
+        };
+        super::generator(&a, &file(config))
+    }
+
+    #[test]
+    fn generator_groups_from_flags_or_the_file_with_their_own_schedule() {
+        let p1 = GroupIdentity::generate().unwrap().public().to_string();
+        let p2 = GroupIdentity::generate().unwrap().public().to_string();
+        let file = format!(
+            "store = \"redis://127.0.0.1:6379\"\nsigning_key = \"/etc/stek/generator.key\"\n\
+             period = \"2h\"\nlifetime = \"6h\"\nmetrics = \"127.0.0.1:9155\"\n\
+             [[groups]]\nname = \"web\"\nrecipients = [\"{p1}\", \"{p2}\"]\n\
+             [[groups]]\nname = \"api\"\nrecipients = [\"{p1}\"]\nperiod = \"30m\"\n\
+             [[groups]]\nname = \"mail\"\nrecipients = [\"{p2}\"]\nperiod = \"1h\"\nlifetime = \"1h\"\n"
+        );
+        let sched =
+            |p: u64, l: u64| Schedule::new(Duration::from_secs(p), Duration::from_secs(l)).unwrap();
+        let s = generator(&[], &file).unwrap();
+        assert_eq!(s.store, "redis://127.0.0.1:6379");
+        assert_eq!(s.signing_key, Path::new("/etc/stek/generator.key"));
+        assert_eq!(s.metrics.as_deref(), Some("127.0.0.1:9155"));
+        let got: Vec<_> = s
+            .groups
+            .iter()
+            .map(|g| (g.name.as_str(), g.schedule, g.recipients.len()))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                ("web", sched(2 * H, 6 * H), 2),
+                ("api", sched(1800, 6 * H), 1),
+                ("mail", sched(H, H), 1),
+            ]
+        );
+        // The flags' schedule is every group's default; a group's own values still win.
+        let s = generator(&["--period", "4h", "--lifetime", "12h"], &file).unwrap();
+        let got: Vec<_> = s.groups.iter().map(|g| g.schedule).collect();
+        assert_eq!(
+            got,
+            [sched(4 * H, 12 * H), sched(1800, 12 * H), sched(H, H)]
+        );
+        // --group replaces the file's groups.
+        let spec = format!("edge={p1},{p2}");
+        let s = generator(&["--group", &spec, "--store", "etcd://e:2379"], &file).unwrap();
+        assert_eq!(s.store, "etcd://e:2379");
+        assert_eq!(s.groups.len(), 1);
+        assert_eq!(s.groups[0].name, "edge");
+        assert_eq!(s.groups[0].schedule, sched(2 * H, 6 * H));
+        assert_eq!(
+            s.groups[0].recipients,
+            [
+                GroupPublicKey::parse(&p1).unwrap(),
+                GroupPublicKey::parse(&p2).unwrap()
+            ]
+        );
+    }
+
+    #[test]
+    fn generator_errors() {
+        let p1 = GroupIdentity::generate().unwrap().public().to_string();
+        let base = "store = \"redis://x\"\nsigning_key = \"k\"\n";
+        assert_eq!(err(generator(&[], "")), "--store is required");
+        assert_eq!(
+            err(generator(&[], "store = \"redis://x\"")),
+            "--signing-key is required"
+        );
+        assert_eq!(
+            err(generator(&[], base)),
+            "no group to serve: give --group NAME=PUB[,PUB...] (or [[groups]] in --config)"
+        );
+        assert_eq!(
+            err(generator(&["--group", "web"], base)),
+            "--group \"web\": expected NAME=PUB[,PUB...]"
+        );
+        assert_eq!(
+            err(generator(&["--group", "web="], base)),
+            "group web: no recipient public keys"
+        );
+        assert!(err(generator(&["--group", "web=nope"], base))
+            .starts_with("group web: bad recipient \"nope\""));
+        let group = |extra: &str| {
+            format!("{base}[[groups]]\nname = \"web\"\nrecipients = [\"{p1}\"]\n{extra}")
+        };
+        assert_eq!(
+            err(generator(&[], &group("period = \"0s\""))),
+            "config file: period: the period must be longer than zero"
+        );
+        assert_eq!(
+            err(generator(&[], &group("lifetime = \"8d\""))),
+            "config file: lifetime: the lifetime must be at most 7d, the longest ticket lifetime TLS 1.3 allows (RFC 8446 4.6.1)"
+        );
+        assert!(err(generator(
+            &[],
+            &format!("{base}[[groups]]\nname = \"a b\"\nrecipients = []")
+        ))
+        .starts_with("invalid group name"));
+    }
+}
