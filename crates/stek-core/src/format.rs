@@ -5,7 +5,7 @@
 //! bytes (the AES key an nginx host gets is not the one HAProxy or Apache get). The 16-byte name
 //! is the same in every format.
 //!
-//! Layouts (DESIGN.md §4, notes/real-servers.md):
+//! Layouts (docs/DESIGN.md §4):
 //!
 //! | format | bytes | layout |
 //! |---|---|---|

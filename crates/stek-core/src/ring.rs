@@ -30,7 +30,7 @@ pub enum Encrypting {
         /// How many periods behind the current slot the encrypting key is.
         behind: u64,
     },
-    /// No shared key recent enough: a local random key encrypts (DESIGN.md §5).
+    /// No shared key recent enough: a local random key encrypts (docs/DESIGN.md §5).
     LocalFallback,
 }
 

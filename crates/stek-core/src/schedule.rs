@@ -1,4 +1,4 @@
-//! The key schedule of DESIGN.md §1.
+//! The key schedule of docs/DESIGN.md §1.
 //!
 //! Every host computes the same schedule from its clock alone: the slot of time `t` is
 //! `floor(t / P)`, a host in slot `e` encrypts with `K_e` and decrypts with `K_j` for

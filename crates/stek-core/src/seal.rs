@@ -1,4 +1,4 @@
-//! Sealed, signed records: what crosses a shared store (DESIGN.md §3).
+//! Sealed, signed records: what crosses a shared store (docs/DESIGN.md §3).
 //!
 //! A slot's 32-byte secret is sealed to every recipient key of its group with HPKE (RFC 9180,
 //! base mode, DHKEM(X25519, HKDF-SHA256), HKDF-SHA256, ChaCha20-Poly1305), with the encoded

@@ -15,7 +15,7 @@
 //! differs from the current one. If the agent stays unreachable (or stops rotating) for longer
 //! than a grace period past a slot boundary, the poller removes the keys: the ring it holds then
 //! contains a key every host must already have erased, and forward secrecy comes first
-//! (DESIGN.md §5). rustls falls back to its per-process session cache until the agent is back.
+//! (docs/DESIGN.md §5). rustls falls back to its per-process session cache until the agent is back.
 //!
 //! Only std is used: no async runtime, no memcached client crate. Poll the agent of your own
 //! host: the grace logic compares the agent's slot with this host's clock.

@@ -41,3 +41,10 @@ fn tickets_resume_across_hosts_with_skewed_clocks() {
     let mut store = RedisFleet::start(dir.path());
     fleet::clock_offsets_with_nginx(&mut store, dir.path());
 }
+
+#[test]
+fn a_stalled_store_never_delays_rotation_or_erasure() {
+    let dir = shm_dir();
+    let mut store = RedisFleet::start(dir.path());
+    fleet::stalled_store(&mut store, dir.path());
+}

@@ -1,6 +1,6 @@
 //! The rotator: the half of the agent driven by the clock alone. It holds the group's keys that
 //! the syncer verified, builds the ring of the current slot, and erases keys that left the
-//! window, at the slot boundary whatever the store is doing (DESIGN.md §5: rotation and erasure
+//! window, at the slot boundary whatever the store is doing (docs/DESIGN.md §5: rotation and erasure
 //! are the security promise). Everything here takes `now`; the loop in [`super::run`] reads
 //! the clock.
 
@@ -186,11 +186,11 @@ pub(crate) fn log_ring(group: &str, ring: &Ring, verb: &str, scope: &str) {
             ring.entries().len()
         ),
         Encrypting::Stale { behind } => warn!(
-            "group {group}: slot {} has no key yet: key {enc} of {behind} period(s) ago keeps encrypting",
+            "group {group}: {verb} slot {}: the slot has no key yet: key {enc} of {behind} period(s) ago keeps encrypting",
             ring.current()
         ),
         Encrypting::LocalFallback => warn!(
-            "group {group}: FALLBACK: no recent shared key for slot {}: local random key {enc} encrypts; resumption works on {scope} only until the store is back",
+            "group {group}: {verb} slot {}: FALLBACK: no recent shared key for the slot: local random key {enc} encrypts; resumption works on {scope} only until the store is back",
             ring.current()
         ),
     }

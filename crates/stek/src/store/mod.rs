@@ -21,7 +21,7 @@
 //!   when any record of a group appears; readers still poll, since notifications can be lost.
 //!
 //! Errors are [`StoreError`]: callers treat every error as "the store is unreachable for now"
-//! and follow the failure policy (DESIGN.md §5).
+//! and follow the failure policy (docs/DESIGN.md §5).
 
 pub mod any;
 pub mod etcd;

@@ -136,7 +136,7 @@ impl RedisStore {
 
     /// The server's clock (`TIME`), as time since the Unix epoch. Agents compare it with their
     /// own clock: the store's clock is the one that expires records, and every host's schedule
-    /// must agree with it to within `P/4` (DESIGN.md §5).
+    /// must agree with it to within `P/4` (docs/DESIGN.md §5).
     pub async fn server_time(&self) -> Result<Duration, StoreError> {
         let (secs, micros): (u64, u64) = redis::cmd("TIME")
             .query_async(&mut self.conn.clone())

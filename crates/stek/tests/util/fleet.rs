@@ -361,6 +361,8 @@ pub trait Backend {
     fn stop(&mut self);
     /// Starts it again on the same address.
     fn restart(&mut self);
+    /// The process id of the node the agents read (to SIGSTOP it).
+    fn agent_store_pid(&self) -> u32;
 }
 
 fn output_text(o: &Output) -> String {
@@ -634,6 +636,10 @@ impl Backend for RedisFleet {
     fn restart(&mut self) {
         self.replica.spawn();
     }
+
+    fn agent_store_pid(&self) -> u32 {
+        self.replica.proc.as_ref().expect("the replica runs").pid()
+    }
 }
 
 // ---- etcd -------------------------------------------------------------------------------------
@@ -884,6 +890,10 @@ impl Backend for EtcdNode {
 
     fn restart(&mut self) {
         self.spawn();
+    }
+
+    fn agent_store_pid(&self) -> u32 {
+        self.proc.as_ref().expect("etcd runs").pid()
     }
 }
 
@@ -1231,7 +1241,11 @@ pub struct Paused(Vec<u32>);
 
 impl Paused {
     pub fn new(agents: &[&Agent]) -> Paused {
-        let pids: Vec<u32> = agents.iter().map(|a| a.proc.pid()).collect();
+        Paused::pids(agents.iter().map(|a| a.proc.pid()).collect())
+    }
+
+    /// Any processes.
+    pub fn pids(pids: Vec<u32>) -> Paused {
         signal("-STOP", &pids);
         Paused(pids)
     }
@@ -1742,4 +1756,127 @@ pub fn clock_offsets_with_nginx(b: &mut dyn Backend, root: &Path) {
         b.kind(),
         seen.len()
     );
+}
+
+// ---- a stalled store --------------------------------------------------------------------------
+
+/// The time at the start of a log line (`2026-12-07T06:40:00.123456Z ...`, tracing's default),
+/// as time since the Unix epoch.
+pub fn log_time(line: &str) -> Option<Duration> {
+    let stamp = line.split_whitespace().next()?.strip_suffix('Z')?;
+    let (date, time) = stamp.split_once('T')?;
+    let mut d = date.splitn(3, '-').map(|x| x.parse::<i64>().ok());
+    let (y, m, day) = (d.next()??, d.next()??, d.next()??);
+    let (hms, frac) = time.split_once('.').unwrap_or((time, "0"));
+    let mut t = hms.splitn(3, ':').map(|x| x.parse::<u64>().ok());
+    let (hh, mm, ss) = (t.next()??, t.next()??, t.next()??);
+    // Days from 1970-01-01 to y-m-d in the proleptic Gregorian calendar.
+    let (y, m) = if m <= 2 { (y - 1, m + 9) } else { (y, m - 3) };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let doy = (153 * m + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = u64::try_from(era * 146_097 + doe - 719_468).ok()?;
+    let nanos: u64 = format!("{frac:0<9}")[..9].parse().ok()?;
+    Some(
+        Duration::from_secs(days * 86_400 + hh * 3600 + mm * 60 + ss) + Duration::from_nanos(nanos),
+    )
+}
+
+/// Done when (issue 10): the store the agent reads is SIGSTOPped for three periods (P = 2 s):
+/// the agent still rotates at every boundary within 100 ms of its clock and erases each key the
+/// moment it leaves the window (both read from its log's timestamps), and once the store resumes
+/// it takes the records it missed and encrypts with the group's key again.
+pub fn stalled_store(b: &mut dyn Backend, root: &Path) {
+    const P2: u64 = 2;
+    let (gk, gpub) = keygen(root, "generator", "gen.key");
+    let (id, idpub) = keygen(root, "group", "web.identity");
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_stek"));
+    cmd.args(["generator", "--store", &b.generator_url(), "--group"])
+        .arg(format!("{GROUP}={idpub}"))
+        .arg("--signing-key")
+        .arg(&gk)
+        .args(["--period", "2s", "--lifetime", "4s"]);
+    let gen = Proc::spawn("gen", &mut cmd, root.join("gen.log"));
+    let dir = root.join("agent");
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_stek"));
+    cmd.args([
+        "agent",
+        "--store",
+        &b.agent_url(),
+        "--group",
+        GROUP,
+        "--identity",
+    ])
+    .arg(&id)
+    .args(["--trust", &gpub, "--dir"])
+    .arg(&dir)
+    .args([
+        "--period",
+        "2s",
+        "--lifetime",
+        "4s",
+        "--no-memcached",
+        "--sinks",
+        "nginx",
+    ]);
+    let agent = Agent {
+        name: "agent".into(),
+        proc: Proc::spawn("agent", &mut cmd, root.join("agent.log")),
+        dir,
+    };
+    // A whole window of shared keys, so that a key leaves the window at each boundary.
+    wait_for("a window of shared keys", Duration::from_secs(15), || {
+        agent
+            .status()
+            .filter(|s| s.encrypting == "current" && s.keys.iter().all(|k| k.origin == "shared"))
+    });
+    let k = sleep_into_next_slot(P2, Duration::from_millis(300));
+    let frozen = Paused::pids(vec![b.agent_store_pid()]);
+    eprintln!("{}: SIGSTOP in slot {k}", b.kind());
+    sleep_until_slot(P2, k + 3, Duration::from_millis(300));
+    drop(frozen);
+    eprintln!("{}: SIGCONT in slot {}", b.kind(), current_slot_of(P2));
+    // The store is back: the agent takes what it missed and encrypts with the group's key.
+    let st = wait_for(
+        "the agent to encrypt with the group's key again",
+        Duration::from_secs(4 * P2),
+        || {
+            let st = agent.status()?;
+            let made = generated(&gen.log_text());
+            (st.encrypting == "current"
+                && st.slot == current_slot_of(P2)
+                && made.get(&st.slot) == Some(&st.encrypting_name))
+            .then_some(st)
+        },
+    );
+    eprintln!("{}: recovered:\n{}", b.kind(), st.render());
+
+    let log = agent.proc.log_text();
+    let at = |what: &str, slot: u64| -> Duration {
+        log.lines()
+            .find(|l| l.contains(&format!("{what}{slot}")))
+            .and_then(log_time)
+            .unwrap_or_else(|| panic!("no {what:?}{slot} in the log:\n{log}"))
+    };
+    // Boundaries k+1 ..= k+3 passed while the store was stopped, k+4 after it resumed.
+    for slot in k + 1..=k + 4 {
+        let start = Duration::from_secs(slot * P2);
+        let rotated = at("rotated to slot ", slot);
+        assert!(
+            rotated >= start && rotated - start < Duration::from_millis(100),
+            "slot {slot} began at {start:?}, the agent rotated at {rotated:?}:\n{log}"
+        );
+        // R = 2: the key of slot - 3 leaves the window at the start of `slot`.
+        let erased = at("(slot ", slot - 3);
+        assert!(
+            erased >= start && erased - start < Duration::from_millis(100),
+            "the key of slot {} had to go at {start:?}, it went at {erased:?}:\n{log}",
+            slot - 3
+        );
+    }
+}
+
+fn current_slot_of(period: u64) -> u64 {
+    unix_now().as_secs() / period
 }
