@@ -9,6 +9,7 @@ pub mod agent;
 pub mod clock;
 pub mod config;
 pub mod duration;
+pub mod error;
 pub mod feed;
 pub mod files;
 pub mod generator;
