@@ -956,7 +956,7 @@ fn run_agent(args: AgentArgs) -> anyhow::Result<()> {
 
 fn run_status(args: StatusArgs) -> anyhow::Result<()> {
     let status: Status = if let Some(addr) = &args.endpoint {
-        stek::status::fetch(addr).map_err(anyhow::Error::msg)?
+        stek::status::fetch(addr)?
     } else {
         let dir = match args.dir {
             Some(d) => d,

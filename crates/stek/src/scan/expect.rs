@@ -27,7 +27,7 @@ pub fn load(spec: &str) -> Result<Expected, String> {
     let path = std::path::Path::new(spec);
     let status = if let Some(addr) = spec.strip_prefix("http://") {
         let addr = addr.trim_end_matches("/status").trim_end_matches('/');
-        crate::status::fetch(addr)?
+        crate::status::fetch(addr).map_err(|e| crate::error::Chain(&e).to_string())?
     } else if path.exists() || !spec.contains(':') {
         let f = std::fs::File::open(path).map_err(|e| format!("--expect {spec}: {e}"))?;
         let mut text = Vec::new();
@@ -38,7 +38,7 @@ pub fn load(spec: &str) -> Result<Expected, String> {
             format!("--expect {spec}: not a stek status ({e}); make one with `stek status --json`")
         })?
     } else {
-        crate::status::fetch(spec)?
+        crate::status::fetch(spec).map_err(|e| crate::error::Chain(&e).to_string())?
     };
     if status.period == 0 {
         return Err(format!("--expect {spec}: the status has period 0"));
