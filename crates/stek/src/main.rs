@@ -997,7 +997,7 @@ fn run_scan(args: ScanArgs) -> ExitCode {
     let report = match stek::scan::run(&opts) {
         Ok(r) => r,
         Err(e) => {
-            eprintln!("stek scan: {e}");
+            eprintln!("stek scan: {}", stek::error::Chain(&e));
             return ExitCode::from(2);
         }
     };
