@@ -11,21 +11,22 @@ pub const NAME_LEN: usize = 16;
 /// Length of a slot secret in bytes.
 pub const SECRET_LEN: usize = 32;
 
-/// Why fresh randomness could not be had.
-#[derive(Debug)]
+/// Why fresh randomness could not be had: the operating system's error is the
+/// [`source`](std::error::Error::source).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RandomError(getrandom::Error);
 
 impl fmt::Display for RandomError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "the operating system's random generator failed: {}",
-            self.0
-        )
+        f.write_str("the operating system's random generator failed")
     }
 }
 
-impl std::error::Error for RandomError {}
+impl std::error::Error for RandomError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&self.0)
+    }
+}
 
 /// Fills `buf` from the operating system's random generator.
 pub fn fill_random(buf: &mut [u8]) -> Result<(), RandomError> {
@@ -185,8 +186,29 @@ impl fmt::Debug for SlotKey {
 pub type KeyBytes = Zeroizing<Vec<u8>>;
 
 #[cfg(test)]
+pub(crate) mod tests_support {
+    /// A `RandomError` for tests elsewhere in the crate (its field is private).
+    pub(crate) fn random_error() -> super::RandomError {
+        super::RandomError(getrandom::Error::UNSUPPORTED)
+    }
+}
+
+#[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn random_errors_keep_the_systems_error() {
+        use std::error::Error as _;
+        let e = RandomError(getrandom::Error::UNSUPPORTED);
+        assert_eq!(
+            e.to_string(),
+            "the operating system's random generator failed"
+        );
+        let cause = e.source().unwrap();
+        assert!(cause.is::<getrandom::Error>());
+        assert_eq!(cause.to_string(), getrandom::Error::UNSUPPORTED.to_string());
+    }
 
     #[test]
     fn debug_never_shows_secret_bytes() {

@@ -58,7 +58,7 @@ pub enum KeyError {
     /// No key line was found in an identity file.
     NoKey(&'static str),
     /// Randomness was unavailable.
-    Random(String),
+    Random(RandomError),
 }
 
 impl fmt::Display for KeyError {
@@ -67,16 +67,25 @@ impl fmt::Display for KeyError {
             KeyError::WrongKind(want) => write!(f, "not a {want}"),
             KeyError::Malformed => f.write_str("malformed key (bad base64 or length)"),
             KeyError::NoKey(want) => write!(f, "no {want} line found"),
-            KeyError::Random(e) => f.write_str(e),
+            // Says what failed itself; its source says why.
+            KeyError::Random(e) => e.fmt(f),
         }
     }
 }
 
-impl std::error::Error for KeyError {}
+impl std::error::Error for KeyError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            // Transparent: its Display is this one's, so its cause comes next.
+            KeyError::Random(e) => e.source(),
+            KeyError::WrongKind(_) | KeyError::Malformed | KeyError::NoKey(_) => None,
+        }
+    }
+}
 
 impl From<RandomError> for KeyError {
     fn from(e: RandomError) -> Self {
-        KeyError::Random(e.to_string())
+        KeyError::Random(e)
     }
 }
 
@@ -271,8 +280,8 @@ impl fmt::Debug for GeneratorKey {
 pub enum SealError {
     /// No recipients, or more than [`MAX_RECIPIENTS`].
     Recipients(usize),
-    /// HPKE failed (a malformed recipient key).
-    Hpke,
+    /// HPKE failed (a malformed recipient key); HPKE's error is the source.
+    Hpke(hpke::HpkeError),
 }
 
 impl fmt::Display for SealError {
@@ -284,12 +293,19 @@ impl fmt::Display for SealError {
                     "a record needs 1 to {MAX_RECIPIENTS} recipients, got {n}"
                 )
             }
-            SealError::Hpke => f.write_str("HPKE sealing failed"),
+            SealError::Hpke(_) => f.write_str("HPKE sealing failed"),
         }
     }
 }
 
-impl std::error::Error for SealError {}
+impl std::error::Error for SealError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            SealError::Hpke(e) => Some(e),
+            SealError::Recipients(_) => None,
+        }
+    }
+}
 
 impl Record {
     /// Seals `key` to every recipient of `group` and signs the record with `signer`.
@@ -313,8 +329,7 @@ impl Record {
                 .to_be_bytes(),
         );
         for r in recipients {
-            let pk =
-                <Kem as hpke::Kem>::PublicKey::from_bytes(&r.0).map_err(|_| SealError::Hpke)?;
+            let pk = <Kem as hpke::Kem>::PublicKey::from_bytes(&r.0).map_err(SealError::Hpke)?;
             let (enc, ct) = hpke::single_shot_seal::<Aead, Kdf, Kem>(
                 &OpModeS::Base,
                 &pk,
@@ -322,9 +337,9 @@ impl Record {
                 key.secret().expose(),
                 &aad,
             )
-            .map_err(|_| SealError::Hpke)?;
+            .map_err(SealError::Hpke)?;
             if ct.len() != CT_LEN {
-                return Err(SealError::Hpke);
+                return Err(SealError::Hpke(hpke::HpkeError::SealError));
             }
             body.extend_from_slice(&r.recipient_id());
             body.extend_from_slice(&enc.to_bytes());
@@ -415,6 +430,25 @@ impl Record {
 mod tests {
     use super::*;
     use core::time::Duration;
+    use std::error::Error as _;
+
+    #[test]
+    fn key_and_seal_errors_keep_their_causes() {
+        let random = crate::key::tests_support::random_error();
+        let e = KeyError::from(random);
+        assert_eq!(e.to_string(), random.to_string());
+        // Transparent: the cause after "the random generator failed" is the system's error.
+        assert!(e.source().unwrap().is::<getrandom::Error>());
+        assert!(KeyError::Malformed.source().is_none());
+
+        let e = SealError::Hpke(hpke::HpkeError::ValidationError);
+        assert_eq!(e.to_string(), "HPKE sealing failed");
+        assert_eq!(
+            e.source().unwrap().downcast_ref::<hpke::HpkeError>(),
+            Some(&hpke::HpkeError::ValidationError)
+        );
+        assert!(SealError::Recipients(0).source().is_none());
+    }
 
     struct World {
         s: Schedule,

@@ -82,7 +82,8 @@ impl fmt::Display for Endpoint {
     }
 }
 
-/// Why a fetch failed.
+/// Why a fetch failed. `Display` says what failed; the I/O or key error is the
+/// [`source`](std::error::Error::source).
 #[derive(Debug)]
 #[non_exhaustive]
 pub enum PollError {
@@ -101,7 +102,7 @@ pub enum PollError {
 impl fmt::Display for PollError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            PollError::Io(e) => write!(f, "talking to the agent failed: {e}"),
+            PollError::Io(_) => f.write_str("talking to the agent failed"),
             PollError::Protocol(why) => write!(f, "unexpected reply from the agent: {why}"),
             PollError::NotServed(key) => write!(
                 f,
@@ -110,7 +111,7 @@ impl fmt::Display for PollError {
             PollError::Inconsistent(what) => {
                 write!(f, "the agent's schedule and ring disagree on {what}")
             }
-            PollError::Keys(e) => write!(f, "the agent's ring is unusable: {e}"),
+            PollError::Keys(_) => f.write_str("the agent's ring is unusable"),
         }
     }
 }
@@ -386,7 +387,7 @@ pub struct PollStatus {
     pub installs: u64,
     /// When the last fetch succeeded (time since the Unix epoch, by the poller's clock).
     pub last_success: Option<Duration>,
-    /// Why the last fetch failed, if the last fetch failed.
+    /// Why the last fetch failed, with its causes, if the last fetch failed.
     pub last_error: Option<String>,
     /// The agent's slot at the last successful fetch.
     pub slot: Option<u64>,
@@ -533,6 +534,18 @@ fn plan(
     Plan { expire, nap }
 }
 
+/// An error and its causes on one line, joined by `": "`.
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut next = e.source();
+    while let Some(cause) = next {
+        out.push_str(": ");
+        out.push_str(&cause.to_string());
+        next = cause.source();
+    }
+    out
+}
+
 fn run(
     endpoint: &Endpoint,
     ticketer: &Ticketer,
@@ -561,7 +574,7 @@ fn run(
             }
             Err(e) => {
                 st.failures += 1;
-                st.last_error = Some(e.to_string());
+                st.last_error = Some(chain(&e));
                 None
             }
         };
@@ -729,7 +742,7 @@ mod tests {
             ),
         ];
         for (bytes, want) in cases {
-            let e = query(fake(bytes.clone())).unwrap_err().to_string();
+            let e = chain(&query(fake(bytes.clone())).unwrap_err());
             assert!(
                 e.contains(want),
                 "{want:?} not in {e:?} for {:?}",
@@ -842,5 +855,14 @@ mod tests {
             Duration::from_millis(100),
         );
         assert!(matches!(e, Err(PollError::Io(_))), "{e:?}");
+        let e = e.unwrap_err();
+        assert_eq!(e.to_string(), "talking to the agent failed");
+        let cause = std::error::Error::source(&e).unwrap();
+        assert!(cause.is::<io::Error>());
+        assert_eq!(chain(&e), format!("talking to the agent failed: {cause}"));
+        let keys = PollError::Keys(TicketKeysError::Empty);
+        assert!(std::error::Error::source(&keys)
+            .unwrap()
+            .is::<TicketKeysError>());
     }
 }

@@ -3,13 +3,60 @@
 use std::fmt;
 use std::time::Duration;
 
-/// Why a duration could not be read.
+/// Why a duration could not be read. Each variant carries the input as given.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct DurationError(String);
+#[non_exhaustive]
+pub enum DurationError {
+    /// Nothing but white space.
+    Empty {
+        /// The input.
+        input: String,
+    },
+    /// A leading `-`.
+    Negative {
+        /// The input.
+        input: String,
+    },
+    /// A part does not start with a digit (`h`, `1h-`).
+    ExpectedNumber {
+        /// The input.
+        input: String,
+    },
+    /// A number without a unit (`4`): the unit is never guessed.
+    MissingUnit {
+        /// The input.
+        input: String,
+    },
+    /// A unit other than `s`, `m`, `h` or `d`.
+    UnknownUnit {
+        /// The input.
+        input: String,
+        /// The unit found.
+        unit: char,
+    },
+    /// More seconds than fit in 64 bits.
+    TooLarge {
+        /// The input.
+        input: String,
+    },
+}
 
 impl fmt::Display for DurationError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
+        let (input, why) = match self {
+            DurationError::Empty { input } => (input, "empty".to_owned()),
+            DurationError::Negative { input } => (input, "negative".to_owned()),
+            DurationError::ExpectedNumber { input } => (input, "expected a number".to_owned()),
+            DurationError::MissingUnit { input } => (input, "missing unit".to_owned()),
+            DurationError::UnknownUnit { input, unit } => {
+                (input, format!("unknown unit {unit:?} (use s, m, h or d)"))
+            }
+            DurationError::TooLarge { input } => (input, "too large".to_owned()),
+        };
+        write!(
+            f,
+            "invalid duration {input:?}: {why} (examples: 4s, 90m, 1h30m, 18h, 2d)"
+        )
     }
 }
 
@@ -19,41 +66,46 @@ impl std::error::Error for DurationError {}
 /// (e.g. `4s`, `1h30m`). A bare number is refused: the unit is never guessed.
 pub fn parse(input: &str) -> Result<Duration, DurationError> {
     let s = input.trim();
-    let bad = |why: &str| {
-        DurationError(format!(
-            "invalid duration {input:?}: {why} (examples: 4s, 90m, 1h30m, 18h, 2d)"
-        ))
-    };
+    let input = || input.to_owned();
     if s.is_empty() {
-        return Err(bad("empty"));
+        return Err(DurationError::Empty { input: input() });
     }
     if s.starts_with('-') {
-        return Err(bad("negative"));
+        return Err(DurationError::Negative { input: input() });
     }
     let mut total: u64 = 0;
     let mut rest = s;
     while !rest.is_empty() {
         let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
         if digits == 0 {
-            return Err(bad("expected a number"));
+            return Err(DurationError::ExpectedNumber { input: input() });
         }
+        // Only digits: the parse fails only when the number exceeds 64 bits.
         let n: u64 = rest[..digits]
             .parse()
-            .map_err(|_| bad("number too large"))?;
+            .map_err(|_| DurationError::TooLarge { input: input() })?;
         rest = &rest[digits..];
-        let unit = rest.chars().next().ok_or_else(|| bad("missing unit"))?;
+        let unit = rest
+            .chars()
+            .next()
+            .ok_or_else(|| DurationError::MissingUnit { input: input() })?;
         let mult = match unit {
             's' => 1,
             'm' => 60,
             'h' => 3600,
             'd' => 86_400,
-            _ => return Err(bad("unknown unit")),
+            _ => {
+                return Err(DurationError::UnknownUnit {
+                    input: input(),
+                    unit,
+                })
+            }
         };
         rest = &rest[unit.len_utf8()..];
         total = n
             .checked_mul(mult)
             .and_then(|v| total.checked_add(v))
-            .ok_or_else(|| bad("too large"))?;
+            .ok_or_else(|| DurationError::TooLarge { input: input() })?;
     }
     Ok(Duration::from_secs(total))
 }
@@ -110,5 +162,31 @@ mod tests {
         ] {
             assert!(parse(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn errors_name_the_input_and_the_problem() {
+        assert_eq!(
+            parse("4").unwrap_err(),
+            DurationError::MissingUnit { input: "4".into() }
+        );
+        assert_eq!(
+            parse("4x").unwrap_err().to_string(),
+            "invalid duration \"4x\": unknown unit 'x' (use s, m, h or d) (examples: 4s, 90m, 1h30m, 18h, 2d)"
+        );
+        assert!(matches!(
+            parse("99999999999999999999s"),
+            Err(DurationError::TooLarge { .. })
+        ));
+        assert!(matches!(
+            parse("1h-"),
+            Err(DurationError::ExpectedNumber { .. })
+        ));
+        assert!(matches!(
+            parse("1.5h"),
+            Err(DurationError::UnknownUnit { unit: '.', .. })
+        ));
+        assert!(matches!(parse("-4s"), Err(DurationError::Negative { .. })));
+        assert!(matches!(parse(" "), Err(DurationError::Empty { .. })));
     }
 }

@@ -27,7 +27,8 @@ pub enum DirError {
         /// The file system's type, e.g. `ext4`.
         fs: String,
     },
-    /// The file system could not be examined.
+    /// The file system could not be examined (the directory, and the system's error as the
+    /// source).
     Io(PathBuf, io::Error),
 }
 
@@ -41,12 +42,19 @@ impl std::fmt::Display for DirError {
                  override)",
                 dir.display()
             ),
-            DirError::Io(dir, e) => write!(f, "cannot examine {}: {e}", dir.display()),
+            DirError::Io(dir, _) => write!(f, "cannot examine {}", dir.display()),
         }
     }
 }
 
-impl std::error::Error for DirError {}
+impl std::error::Error for DirError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            DirError::Io(_, e) => Some(e),
+            DirError::Persistent { .. } => None,
+        }
+    }
+}
 
 /// The nearest existing ancestor of `dir` (itself if it exists): it shares its file system
 /// with whatever would be created below it.
@@ -183,6 +191,14 @@ pub fn erase(path: &Path) -> io::Result<()> {
 mod tests {
     use super::*;
     use std::os::unix::fs::MetadataExt;
+
+    #[test]
+    fn dir_errors_keep_the_systems_error() {
+        use std::error::Error as _;
+        let e = DirError::Io(PathBuf::from("/x"), io::Error::other("EACCES"));
+        assert_eq!(e.to_string(), "cannot examine /x");
+        assert_eq!(e.source().unwrap().to_string(), "EACCES");
+    }
 
     #[test]
     fn atomic_write_is_private_and_complete() {

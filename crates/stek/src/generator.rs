@@ -142,7 +142,11 @@ pub async fn generator_round<S: Store>(
                 "group {}: removed {n} expired record(s) from the store",
                 g.name
             ),
-            Err(e) => warn!("group {}: could not remove expired records: {e}", g.name),
+            Err(e) => warn!(
+                "group {}: could not remove expired records: {}",
+                g.name,
+                crate::error::Chain(&e)
+            ),
         }
         match publish_upcoming(store, &g.schedule, &g.name, now, seal).await {
             Ok(done) => {
@@ -158,7 +162,7 @@ pub async fn generator_round<S: Store>(
                 error!(
                     "group {}: could not publish the upcoming keys: {}",
                     g.name,
-                    crate::error_chain(&e)
+                    crate::error::Chain(&e)
                 );
             }
         }

@@ -21,6 +21,7 @@ pub mod agent;
 pub mod clock;
 pub mod config;
 pub mod duration;
+pub mod error;
 pub mod feed;
 pub mod files;
 pub mod generator;
@@ -37,20 +38,4 @@ pub mod up;
 /// critical section is a single lookup, insert, remove or replace, so none is left half-done.
 pub(crate) fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
-}
-
-/// `e` and its causes, outermost first, joined by ": " (for one-line logs).
-pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut text = e.to_string();
-    let mut cause = e.source();
-    while let Some(c) = cause {
-        let more = c.to_string();
-        // Some errors repeat their cause in their own message: say it once.
-        if !text.ends_with(&more) {
-            text.push_str(": ");
-            text.push_str(&more);
-        }
-        cause = c.source();
-    }
-    text
 }

@@ -340,7 +340,7 @@ fn read_secret_file(path: &Path) -> anyhow::Result<zeroize::Zeroizing<String>> {
 
 fn run_status(args: StatusArgs) -> anyhow::Result<()> {
     let status: Status = if let Some(addr) = &args.endpoint {
-        stek::status::fetch(addr).map_err(anyhow::Error::msg)?
+        stek::status::fetch(addr)?
     } else {
         let dir = match args.dir {
             Some(d) => d,
@@ -381,7 +381,7 @@ fn run_scan(args: ScanArgs) -> ExitCode {
     let report = match stek::scan::run(&opts) {
         Ok(r) => r,
         Err(e) => {
-            eprintln!("stek scan: {e}");
+            eprintln!("stek scan: {}", stek::error::Chain(&e));
             return ExitCode::from(2);
         }
     };

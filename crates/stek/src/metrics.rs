@@ -202,29 +202,69 @@ fn label_value(s: &str) -> String {
 
 /// Why the metrics endpoint could not start.
 #[derive(Debug)]
-pub struct MetricsBindError(pub String);
+#[non_exhaustive]
+pub enum MetricsBindError {
+    /// The address is not `IP:PORT` (host names are not resolved).
+    NotAnAddress {
+        /// The address as given.
+        addr: String,
+        /// The parser's error.
+        source: std::net::AddrParseError,
+    },
+    /// The address is not a loopback address: the status names keys, so it stays on this host.
+    NotLoopback {
+        /// The address.
+        addr: SocketAddr,
+    },
+    /// Binding the address failed.
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// The system's error.
+        source: std::io::Error,
+    },
+}
 
 impl std::fmt::Display for MetricsBindError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0)
+        match self {
+            MetricsBindError::NotAnAddress { addr, .. } => {
+                write!(f, "{addr:?} is not an IP:PORT address")
+            }
+            MetricsBindError::NotLoopback { addr } => write!(
+                f,
+                "{addr} is not a loopback address: the metrics endpoint only listens on \
+                 127.0.0.0/8 or ::1"
+            ),
+            MetricsBindError::Bind { addr, .. } => write!(f, "cannot listen on {addr}"),
+        }
     }
 }
 
-impl std::error::Error for MetricsBindError {}
+impl std::error::Error for MetricsBindError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            MetricsBindError::NotAnAddress { source, .. } => Some(source),
+            MetricsBindError::Bind { source, .. } => Some(source),
+            MetricsBindError::NotLoopback { .. } => None,
+        }
+    }
+}
 
 /// Binds the metrics endpoint: loopback addresses only (the status names keys).
 pub async fn bind(addr: &str) -> Result<TcpListener, MetricsBindError> {
     let sa: SocketAddr = addr
         .parse()
-        .map_err(|_| MetricsBindError(format!("{addr:?} is not an IP:PORT address")))?;
+        .map_err(|source| MetricsBindError::NotAnAddress {
+            addr: addr.to_owned(),
+            source,
+        })?;
     if !sa.ip().is_loopback() {
-        return Err(MetricsBindError(format!(
-            "{addr} is not a loopback address: the metrics endpoint only listens on 127.0.0.0/8 or ::1"
-        )));
+        return Err(MetricsBindError::NotLoopback { addr: sa });
     }
     TcpListener::bind(sa)
         .await
-        .map_err(|e| MetricsBindError(format!("cannot listen on {addr}: {e}")))
+        .map_err(|source| MetricsBindError::Bind { addr: sa, source })
 }
 
 /// Serves `GET /metrics` and `GET /status` until `shutdown` resolves.
@@ -309,6 +349,23 @@ pub async fn serve(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn bind_errors_say_what_failed_and_keep_the_cause() {
+        use std::error::Error as _;
+        let e = bind("localhost:9100").await.unwrap_err();
+        assert!(matches!(e, MetricsBindError::NotAnAddress { .. }), "{e:?}");
+        assert!(e.source().unwrap().is::<std::net::AddrParseError>());
+        let e = bind("0.0.0.0:0").await.unwrap_err();
+        assert!(e.to_string().contains("not a loopback address"), "{e}");
+        assert!(e.source().is_none());
+        let taken = bind("127.0.0.1:0").await.unwrap();
+        let addr = taken.local_addr().unwrap().to_string();
+        let e = bind(&addr).await.unwrap_err();
+        assert!(matches!(e, MetricsBindError::Bind { .. }), "{e:?}");
+        assert_eq!(e.to_string(), format!("cannot listen on {addr}"));
+        assert!(e.source().unwrap().is::<std::io::Error>());
+    }
 
     #[test]
     fn haproxy_sockets_in_metrics() {

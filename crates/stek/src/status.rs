@@ -3,8 +3,8 @@
 //! `/status` on the metrics endpoint; `stek status` prints it.
 
 use std::collections::BTreeMap;
-use std::fmt::Write as _;
-use std::io::{Read as _, Write as _};
+use std::fmt::{self, Write as _};
+use std::io::{self, Read as _, Write as _};
 use std::net::TcpStream;
 use std::time::Duration;
 
@@ -14,28 +14,121 @@ use stek_core::{Encrypting, Origin, Ring};
 /// The largest status document read (file or endpoint).
 pub const MAX_STATUS: u64 = 4 << 20;
 
+/// Why [`fetch`] failed.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum FetchError {
+    /// The endpoint could not be connected to.
+    Connect {
+        /// The endpoint (`HOST:PORT`).
+        addr: String,
+        /// The system's error.
+        source: io::Error,
+    },
+    /// Sending the request or reading the reply failed or timed out.
+    Io {
+        /// The endpoint.
+        addr: String,
+        /// The system's error.
+        source: io::Error,
+    },
+    /// The reply is not HTTP: no blank line ends its head.
+    NotHttp {
+        /// The endpoint.
+        addr: String,
+    },
+    /// The endpoint answered with a status other than 200.
+    Status {
+        /// The endpoint.
+        addr: String,
+        /// The reply's status line (control characters replaced, at most 200 characters).
+        status_line: String,
+    },
+    /// The reply's body is not a stek status.
+    NotStatus {
+        /// The endpoint.
+        addr: String,
+        /// The JSON decoder's error.
+        source: serde_json::Error,
+    },
+}
+
+impl fmt::Display for FetchError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            FetchError::Connect { addr, .. } => {
+                write!(f, "cannot connect to the status endpoint {addr}")
+            }
+            FetchError::Io { addr, .. } => {
+                write!(f, "status endpoint {addr}: the request failed")
+            }
+            FetchError::NotHttp { addr } => {
+                write!(f, "status endpoint {addr}: malformed HTTP reply")
+            }
+            FetchError::Status { addr, status_line } => {
+                write!(f, "status endpoint {addr} answered {status_line:?}")
+            }
+            FetchError::NotStatus { addr, .. } => {
+                write!(f, "status endpoint {addr}: the reply is not a stek status")
+            }
+        }
+    }
+}
+
+impl std::error::Error for FetchError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            FetchError::Connect { source, .. } | FetchError::Io { source, .. } => Some(source),
+            FetchError::NotStatus { source, .. } => Some(source),
+            FetchError::NotHttp { .. } | FetchError::Status { .. } => None,
+        }
+    }
+}
+
 /// `GET /status` from a running agent's metrics endpoint (`HOST:PORT`).
-pub fn fetch(addr: &str) -> Result<Status, String> {
-    let fail = |e: &dyn std::fmt::Display| format!("status endpoint {addr}: {e}");
-    let mut s = TcpStream::connect(addr).map_err(|e| fail(&e))?;
+pub fn fetch(addr: &str) -> Result<Status, FetchError> {
+    let io = |source| FetchError::Io {
+        addr: addr.to_owned(),
+        source,
+    };
+    let mut s = TcpStream::connect(addr).map_err(|source| FetchError::Connect {
+        addr: addr.to_owned(),
+        source,
+    })?;
     s.set_read_timeout(Some(Duration::from_secs(5)))
-        .map_err(|e| fail(&e))?;
+        .map_err(io)?;
     s.write_all(
         format!("GET /status HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes(),
     )
-    .map_err(|e| fail(&e))?;
+    .map_err(io)?;
     let mut buf = Vec::new();
-    s.take(MAX_STATUS)
-        .read_to_end(&mut buf)
-        .map_err(|e| fail(&e))?;
-    let text = String::from_utf8_lossy(&buf);
+    s.take(MAX_STATUS).read_to_end(&mut buf).map_err(io)?;
+    parse_reply(addr, &buf)
+}
+
+/// The status in an HTTP reply from `addr`.
+fn parse_reply(addr: &str, reply: &[u8]) -> Result<Status, FetchError> {
+    let text = String::from_utf8_lossy(reply);
     let (head, body) = text
         .split_once("\r\n\r\n")
-        .ok_or_else(|| fail(&"malformed HTTP reply"))?;
+        .ok_or_else(|| FetchError::NotHttp {
+            addr: addr.to_owned(),
+        })?;
     if !head.starts_with("HTTP/1.1 200") {
-        return Err(fail(&head.lines().next().unwrap_or("")));
+        let line = head.lines().next().unwrap_or("");
+        return Err(FetchError::Status {
+            addr: addr.to_owned(),
+            status_line: line
+                .chars()
+                .map(|c| if c.is_control() { ' ' } else { c })
+                .take(200)
+                .collect(),
+        });
     }
-    serde_json::from_str(body).map_err(|e| fail(&format!("the reply is not a stek status ({e})")))
+    serde_json::from_str(body).map_err(|source| FetchError::NotStatus {
+        addr: addr.to_owned(),
+        source,
+    })
 }
 
 /// One key of the ring, as reported.
@@ -192,5 +285,45 @@ impl Status {
             );
         }
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::error::Error as _;
+
+    #[test]
+    fn fetch_errors_say_what_failed_and_keep_the_cause() {
+        // Nothing listens on port 1.
+        let e = fetch("127.0.0.1:1").unwrap_err();
+        assert!(matches!(e, FetchError::Connect { .. }), "{e:?}");
+        assert_eq!(
+            e.to_string(),
+            "cannot connect to the status endpoint 127.0.0.1:1"
+        );
+        assert!(e.source().unwrap().is::<io::Error>());
+
+        let e = parse_reply(
+            "h:1",
+            b"HTTP/1.1 503 Service Unavailable\r\n\r\nno ring yet\n",
+        )
+        .unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "status endpoint h:1 answered \"HTTP/1.1 503 Service Unavailable\""
+        );
+        assert!(e.source().is_none());
+        assert!(matches!(
+            parse_reply("h:1", b"garbage"),
+            Err(FetchError::NotHttp { .. })
+        ));
+        let e = parse_reply("h:1", b"HTTP/1.1 200 OK\r\n\r\n{\"group\": 1}").unwrap_err();
+        assert!(matches!(e, FetchError::NotStatus { .. }), "{e:?}");
+        assert!(e.source().unwrap().is::<serde_json::Error>());
+        assert_eq!(
+            e.to_string(),
+            "status endpoint h:1: the reply is not a stek status"
+        );
     }
 }

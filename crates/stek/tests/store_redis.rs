@@ -329,14 +329,16 @@ async fn untrusted_values_are_skipped_and_windows_are_capped() {
         .create("g", Slot(7), b"x", unix_now() + Duration::from_secs(60))
         .await
     {
-        Err(StoreError::Unavailable(why)) => assert!(why.contains("WRONGTYPE"), "{why}"),
+        Err(e @ StoreError::Refused { .. }) => assert!(e.to_string().contains("WRONGTYPE"), "{e}"),
         other => panic!("create over a list must fail, got {other:?}"),
     }
 
     // Windows are capped at 10,000 slots.
     assert_eq!(window(&store, "g", 0, 9_999).await.len(), 2);
     match store.read_window("g", Slot(0), Slot(10_000)).await {
-        Err(StoreError::Unavailable(why)) => assert!(why.contains("10000"), "{why}"),
+        Err(e @ StoreError::WindowTooLarge { .. }) => {
+            assert!(e.to_string().contains("10000"), "{e}")
+        }
         other => panic!("a window of 10,001 slots must fail, got {other:?}"),
     }
 }
@@ -407,7 +409,7 @@ async fn the_replica_serves_records_and_relays_notifications() {
 
     // Replicas are read-only: the error carries Redis's own message.
     match agent.create("fleet", Slot(10), b"x", expires).await {
-        Err(StoreError::Unavailable(why)) => assert!(why.contains("READONLY"), "{why}"),
+        Err(e @ StoreError::Refused { .. }) => assert!(e.to_string().contains("READONLY"), "{e}"),
         other => panic!("a create on a replica must fail, got {other:?}"),
     }
 
@@ -449,7 +451,7 @@ async fn notifications_and_reads_resume_after_the_replica_restarts() {
     .await
     .expect("read_window gives up while the replica is down");
     assert!(
-        matches!(outage, Err(StoreError::Unavailable(_))),
+        matches!(outage, Err(StoreError::Unavailable { .. })),
         "{outage:?}"
     );
 

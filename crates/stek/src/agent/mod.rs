@@ -168,7 +168,11 @@ pub async fn run<S: Store, O: Opener + 'static>(
             }
             Ok(None) => false,
             Err(e) => {
-                error!("group {}: could not make a local key: {e}", out.group);
+                error!(
+                    "group {}: could not make a local key: {}",
+                    out.group,
+                    crate::error::Chain(&e)
+                );
                 false
             }
         };

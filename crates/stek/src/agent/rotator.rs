@@ -85,7 +85,7 @@ impl Rotator {
                     warn!(
                         "group {}: store unreachable, serving the keys we have: {}",
                         self.group,
-                        crate::error_chain(&e)
+                        crate::error::Chain(&e)
                     );
                     self.sync.down = true;
                 }

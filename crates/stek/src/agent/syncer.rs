@@ -240,7 +240,11 @@ impl<S: Store, O: Opener> Syncer<S, O> {
             Ok(Ok(Some(t))) => t,
             Ok(Ok(None)) => return None,
             Ok(Err(e)) => {
-                debug!("group {}: cannot read the store's clock: {e}", self.group);
+                debug!(
+                    "group {}: cannot read the store's clock: {}",
+                    self.group,
+                    crate::error::Chain(&e)
+                );
                 return None;
             }
             Err(_) => return None,

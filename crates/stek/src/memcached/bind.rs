@@ -63,10 +63,11 @@ pub enum BindError {
 impl fmt::Display for BindError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            BindError::BadAddress { addr, source } => write!(
+            // The causes are the sources, not repeated here.
+            BindError::BadAddress { addr, .. } => write!(
                 f,
                 "{addr:?} is neither HOST:PORT (like 127.0.0.1:11211 or [::1]:11211) nor a unix \
-                 socket path (a path contains '/'): {source}"
+                 socket path (a path contains '/')"
             ),
             BindError::NotLoopback { addr, ip } => write!(
                 f,
@@ -89,11 +90,7 @@ impl fmt::Display for BindError {
                 "unix socket path {} is longer than the {MAX_SOCKET_PATH} bytes the kernel accepts",
                 path.display()
             ),
-            BindError::Io {
-                action,
-                target,
-                source,
-            } => write!(f, "cannot {action} {target}: {source}"),
+            BindError::Io { action, target, .. } => write!(f, "cannot {action} {target}"),
         }
     }
 }
@@ -275,6 +272,9 @@ mod tests {
             .await
             .unwrap_err();
         assert!(e.to_string().contains("/nonexistent-stek-dir/"), "{e}");
+        // The system's error is the source, not repeated in the message.
+        let cause = std::error::Error::source(&e).unwrap().to_string();
+        assert!(!e.to_string().contains(&cause), "{e}");
         // No temporary file left behind.
         let left: Vec<_> = std::fs::read_dir(dir.path())
             .unwrap()

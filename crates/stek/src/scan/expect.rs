@@ -3,11 +3,12 @@
 //! endpoint). A host whose served key is not the agent's current key is not fed by stek, is
 //! fed by a stale agent, or has a clock or reload problem.
 
-use std::io::Read as _;
+use std::fmt;
+use std::io::{self, Read as _};
 
 use super::probe::Version;
 use super::report::{Finding, Severity, TargetReport};
-use crate::status::Status;
+use crate::status::{FetchError, Status};
 
 /// The largest status document read.
 const MAX_STATUS: u64 = crate::status::MAX_STATUS;
@@ -21,27 +22,98 @@ pub struct Expected {
     pub source: String,
 }
 
+/// Why the `--expect` status could not be read.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum ExpectError {
+    /// The agent's metrics endpoint did not give its status.
+    Fetch {
+        /// `--expect` as given.
+        spec: String,
+        /// What went wrong with the endpoint.
+        source: FetchError,
+    },
+    /// The status file could not be read.
+    Read {
+        /// `--expect` as given.
+        spec: String,
+        /// The system's error.
+        source: io::Error,
+    },
+    /// The file is not a stek status.
+    NotStatus {
+        /// `--expect` as given.
+        spec: String,
+        /// The JSON decoder's error.
+        source: serde_json::Error,
+    },
+    /// The status has period 0, so it schedules nothing.
+    ZeroPeriod {
+        /// `--expect` as given.
+        spec: String,
+    },
+}
+
+impl fmt::Display for ExpectError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ExpectError::Fetch { spec, .. } => {
+                write!(f, "--expect {spec}: cannot fetch the agent's status")
+            }
+            ExpectError::Read { spec, .. } => write!(f, "--expect {spec}: cannot read the file"),
+            ExpectError::NotStatus { spec, .. } => write!(
+                f,
+                "--expect {spec}: not a stek status (make one with `stek status --json`)"
+            ),
+            ExpectError::ZeroPeriod { spec } => {
+                write!(f, "--expect {spec}: the status has period 0")
+            }
+        }
+    }
+}
+
+impl std::error::Error for ExpectError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            ExpectError::Fetch { source, .. } => Some(source),
+            ExpectError::Read { source, .. } => Some(source),
+            ExpectError::NotStatus { source, .. } => Some(source),
+            ExpectError::ZeroPeriod { .. } => None,
+        }
+    }
+}
+
 /// Read a status from a file, or from a metrics endpoint given as `http://HOST:PORT[/status]`
 /// or `HOST:PORT`.
-pub fn load(spec: &str) -> Result<Expected, String> {
+pub fn load(spec: &str) -> Result<Expected, ExpectError> {
     let path = std::path::Path::new(spec);
+    let fetch = |addr: &str| {
+        crate::status::fetch(addr).map_err(|source| ExpectError::Fetch {
+            spec: spec.to_owned(),
+            source,
+        })
+    };
     let status = if let Some(addr) = spec.strip_prefix("http://") {
-        let addr = addr.trim_end_matches("/status").trim_end_matches('/');
-        crate::status::fetch(addr)?
+        fetch(addr.trim_end_matches("/status").trim_end_matches('/'))?
     } else if path.exists() || !spec.contains(':') {
-        let f = std::fs::File::open(path).map_err(|e| format!("--expect {spec}: {e}"))?;
+        let read = |source| ExpectError::Read {
+            spec: spec.to_owned(),
+            source,
+        };
+        let f = std::fs::File::open(path).map_err(read)?;
         let mut text = Vec::new();
-        f.take(MAX_STATUS)
-            .read_to_end(&mut text)
-            .map_err(|e| format!("--expect {spec}: {e}"))?;
-        serde_json::from_slice(&text).map_err(|e| {
-            format!("--expect {spec}: not a stek status ({e}); make one with `stek status --json`")
+        f.take(MAX_STATUS).read_to_end(&mut text).map_err(read)?;
+        serde_json::from_slice(&text).map_err(|source| ExpectError::NotStatus {
+            spec: spec.to_owned(),
+            source,
         })?
     } else {
-        crate::status::fetch(spec)?
+        fetch(spec)?
     };
     if status.period == 0 {
-        return Err(format!("--expect {spec}: the status has period 0"));
+        return Err(ExpectError::ZeroPeriod {
+            spec: spec.to_owned(),
+        });
     }
     Ok(Expected {
         status,
@@ -123,4 +195,34 @@ pub fn check(exp: &Expected, t: &TargetReport, served: &[(Version, String, f64)]
         });
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::error::Error as _;
+
+    #[test]
+    fn load_errors_keep_their_causes() {
+        // Nothing listens on port 1.
+        let e = load("http://127.0.0.1:1/status").unwrap_err();
+        assert!(matches!(e, ExpectError::Fetch { .. }), "{e:?}");
+        assert!(e.source().unwrap().is::<FetchError>());
+        assert_eq!(
+            e.to_string(),
+            "--expect http://127.0.0.1:1/status: cannot fetch the agent's status"
+        );
+
+        let dir = tempfile::tempdir().unwrap();
+        let missing = dir.path().join("status.json");
+        let e = load(missing.to_str().unwrap()).unwrap_err();
+        assert!(matches!(e, ExpectError::Read { .. }), "{e:?}");
+        assert!(e.source().unwrap().is::<io::Error>());
+
+        std::fs::write(&missing, b"{}").unwrap();
+        let e = load(missing.to_str().unwrap()).unwrap_err();
+        assert!(matches!(e, ExpectError::NotStatus { .. }), "{e:?}");
+        assert!(e.source().unwrap().is::<serde_json::Error>());
+        assert!(e.to_string().contains("stek status --json"), "{e}");
+    }
 }

@@ -16,6 +16,7 @@ pub mod weak;
 pub mod wire;
 
 use std::collections::BTreeMap;
+use std::fmt;
 use std::io::{IsTerminal as _, Write as _};
 use std::net::{SocketAddr, ToSocketAddrs as _};
 use std::path::PathBuf;
@@ -23,11 +24,15 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use base64::Engine as _;
 
+use crate::error::Chain;
+
+pub use expect::ExpectError;
 use probe::{Connection, ProbeError, Prober, Version};
 use report::{
     AcceptanceCheck, CrossCheck, Finding, FleetReport, KeyReport, Report, Severity, TargetReport,
     VersionReport,
 };
+pub use state::StateError;
 use state::{EndpointState, State, StoredOffer};
 
 /// Tickets kept per endpoint and version during one run, to offer again.
@@ -78,22 +83,143 @@ impl Endpoint {
     }
 }
 
-/// Split `host[:port]`; IPv6 literals as `[::1]:443` or bare `::1`.
-pub fn parse_target(target: &str) -> Result<(String, u16), String> {
-    let bad = |why: &str| {
-        format!(
+/// Why a scan could not start. Endpoints that cannot be reached are not errors: they are
+/// reported in the [`Report`].
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum ScanError {
+    /// A target is not `host[:port]`.
+    Target(TargetError),
+    /// A target's host name could not be resolved.
+    Resolve {
+        /// The target as given.
+        target: String,
+        /// Its host name.
+        host: String,
+        /// The resolver's error.
+        source: std::io::Error,
+    },
+    /// A target's host name resolved to no address.
+    NoAddress {
+        /// The target as given.
+        target: String,
+        /// Its host name.
+        host: String,
+    },
+    /// The `--state` file could not be read or written.
+    State(StateError),
+    /// The `--expect` status could not be read.
+    Expect(ExpectError),
+}
+
+impl fmt::Display for ScanError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            // The wrapped errors say what failed themselves.
+            ScanError::Target(e) => e.fmt(f),
+            ScanError::State(e) => e.fmt(f),
+            ScanError::Expect(e) => e.fmt(f),
+            ScanError::Resolve { target, host, .. } => {
+                write!(f, "target {target:?}: cannot resolve {host}")
+            }
+            ScanError::NoAddress { target, host } => {
+                write!(f, "target {target:?}: {host} has no address")
+            }
+        }
+    }
+}
+
+impl std::error::Error for ScanError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            // Transparent: the wrapped error's Display is this one's, so its source comes next.
+            ScanError::Target(e) => e.source(),
+            ScanError::State(e) => e.source(),
+            ScanError::Expect(e) => e.source(),
+            ScanError::Resolve { source, .. } => Some(source),
+            ScanError::NoAddress { .. } => None,
+        }
+    }
+}
+
+impl From<TargetError> for ScanError {
+    fn from(e: TargetError) -> Self {
+        ScanError::Target(e)
+    }
+}
+
+impl From<StateError> for ScanError {
+    fn from(e: StateError) -> Self {
+        ScanError::State(e)
+    }
+}
+
+impl From<ExpectError> for ScanError {
+    fn from(e: ExpectError) -> Self {
+        ScanError::Expect(e)
+    }
+}
+
+/// Why a target is not `host[:port]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum TargetError {
+    /// The target is empty.
+    Empty,
+    /// An IPv6 literal opens `[` and never closes it.
+    NoClosingBracket {
+        /// The target as given.
+        target: String,
+    },
+    /// Something other than `:PORT` follows `]`.
+    JunkAfterBracket {
+        /// The target as given.
+        target: String,
+    },
+    /// The host is empty or holds `/` or white space.
+    NoHost {
+        /// The target as given.
+        target: String,
+    },
+    /// The port is not a number from 1 to 65535.
+    BadPort {
+        /// The target as given.
+        target: String,
+    },
+}
+
+impl fmt::Display for TargetError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let (target, why) = match self {
+            TargetError::Empty => ("", "empty"),
+            TargetError::NoClosingBracket { target } => (target.as_str(), "no closing ]"),
+            TargetError::JunkAfterBracket { target } => (target.as_str(), "junk after ]"),
+            TargetError::NoHost { target } => (target.as_str(), "no host name"),
+            TargetError::BadPort { target } => (target.as_str(), "bad port"),
+        };
+        write!(
+            f,
             "target {target:?}: {why} (expected host[:port], e.g. example.com:443 or [::1]:8443)"
         )
-    };
+    }
+}
+
+impl std::error::Error for TargetError {}
+
+/// Split `host[:port]`; IPv6 literals as `[::1]:443` or bare `::1`.
+pub fn parse_target(target: &str) -> Result<(String, u16), TargetError> {
+    let t = || target.to_owned();
     if target.is_empty() {
-        return Err(bad("empty"));
+        return Err(TargetError::Empty);
     }
     let (host, port) = if let Some(rest) = target.strip_prefix('[') {
-        let (host, after) = rest.split_once(']').ok_or_else(|| bad("no closing ]"))?;
+        let (host, after) = rest
+            .split_once(']')
+            .ok_or_else(|| TargetError::NoClosingBracket { target: t() })?;
         match after.strip_prefix(':') {
             Some(p) => (host, Some(p)),
             None if after.is_empty() => (host, None),
-            None => return Err(bad("junk after ]")),
+            None => return Err(TargetError::JunkAfterBracket { target: t() }),
         }
     } else if target.matches(':').count() == 1 {
         let (h, p) = target.split_once(':').unwrap_or((target, ""));
@@ -102,31 +228,38 @@ pub fn parse_target(target: &str) -> Result<(String, u16), String> {
         (target, None)
     };
     if host.is_empty() || host.contains('/') || host.contains(char::is_whitespace) {
-        return Err(bad("no host name"));
+        return Err(TargetError::NoHost { target: t() });
     }
     let port = match port {
         Some(p) => p
             .parse::<u16>()
             .ok()
             .filter(|&p| p != 0)
-            .ok_or_else(|| bad("bad port"))?,
+            .ok_or_else(|| TargetError::BadPort { target: t() })?,
         None => 443,
     };
     Ok((host.to_owned(), port))
 }
 
 /// Every address of every target (all A and AAAA records of a name).
-pub fn resolve(targets: &[String], sni: Option<&str>) -> Result<Vec<Endpoint>, String> {
+pub fn resolve(targets: &[String], sni: Option<&str>) -> Result<Vec<Endpoint>, ScanError> {
     let mut out: Vec<Endpoint> = Vec::new();
     for t in targets {
         let (host, port) = parse_target(t)?;
         let literal = host.parse::<std::net::IpAddr>().is_ok();
         let addrs: Vec<SocketAddr> = (host.as_str(), port)
             .to_socket_addrs()
-            .map_err(|e| format!("target {t:?}: cannot resolve {host}: {e}"))?
+            .map_err(|source| ScanError::Resolve {
+                target: t.clone(),
+                host: host.clone(),
+                source,
+            })?
             .collect();
         if addrs.is_empty() {
-            return Err(format!("target {t:?}: {host} has no address"));
+            return Err(ScanError::NoAddress {
+                target: t.clone(),
+                host,
+            });
         }
         let name = sni.map(str::to_owned).or((!literal).then(|| host.clone()));
         for addr in addrs {
@@ -235,7 +368,7 @@ fn audit(ep: &Endpoint, version: Version, timeout: Duration) -> Live {
     let prober = match Prober::new(version, ep.sni.as_deref(), ep.addr, timeout, false) {
         Ok(p) => p,
         Err(e) => {
-            live.report.error = Some(e.to_string());
+            live.report.error = Some(Chain(&e).to_string());
             return live;
         }
     };
@@ -244,7 +377,7 @@ fn audit(ep: &Endpoint, version: Version, timeout: Duration) -> Live {
         Ok(c) => c,
         Err(e) => {
             live.connect_error = matches!(e, ProbeError::Connect(_));
-            live.report.error = Some(e.to_string());
+            live.report.error = Some(Chain(&e).to_string());
             return live;
         }
     };
@@ -421,7 +554,7 @@ impl Progress {
 
 /// Run a scan. `Err` only when it cannot start (bad target, unreadable state or expectation);
 /// endpoints that cannot be reached are reported in the [`Report`] (exit code 2).
-pub fn run(opts: &Options) -> Result<Report, String> {
+pub fn run(opts: &Options) -> Result<Report, ScanError> {
     let endpoints = resolve(&opts.targets, opts.sni.as_deref())?;
     let mut state = match &opts.state {
         Some(p) => State::load(p)?,

@@ -61,28 +61,80 @@ impl Version {
     }
 }
 
-/// Why a probe failed.
+/// Why a probe failed. `Display` says what failed; the I/O, TLS or parse error is the
+/// [`source`](std::error::Error::source).
 #[derive(Debug)]
+#[non_exhaustive]
 pub enum ProbeError {
+    /// The TLS client could not be set up for this version.
+    Setup(rustls::Error),
+    /// The server name to send is not a valid DNS name (given).
+    ServerName(String),
     /// TCP connect failed.
     Connect(io::Error),
-    /// The server refused this TLS version (alert or rustls's verdict), with the reason.
-    Unsupported(String),
-    /// Any other failure, with the reason.
-    Failed(String),
+    /// Setting up the socket, or writing our ClientHello, failed.
+    Io {
+        /// What was being done.
+        what: &'static str,
+        /// The system's error.
+        source: io::Error,
+    },
+    /// The server answered the ClientHello with an alert (its description): it does not speak
+    /// this version, or refuses our offer.
+    Alert(u8),
+    /// rustls found the server incompatible with this version (the error says how).
+    Incompatible(io::Error),
+    /// The server's first bytes are not TLS (given, non-printable bytes as `.`).
+    NotTls(String),
+    /// The server sent nothing back.
+    NoAnswer(io::Error),
+    /// The handshake failed for another reason.
+    Handshake(io::Error),
+    /// What the server sent cannot be parsed.
+    Wire(wire::WireError),
+    /// rustls would not offer the session in a ClientHello.
+    NotOffered,
 }
 
 impl std::fmt::Display for ProbeError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            ProbeError::Connect(e) => write!(f, "cannot connect: {e}"),
-            ProbeError::Unsupported(why) => write!(f, "not supported: {why}"),
-            ProbeError::Failed(why) => f.write_str(why),
+            ProbeError::Setup(_) => f.write_str("cannot set up the TLS client"),
+            ProbeError::ServerName(s) => write!(f, "{s:?} is not a valid server name"),
+            ProbeError::Connect(_) => f.write_str("cannot connect"),
+            ProbeError::Io { what, .. } => write!(f, "{what} failed"),
+            ProbeError::Alert(desc) => write!(
+                f,
+                "not supported: the server answered with alert {}",
+                alert_name(*desc)
+            ),
+            ProbeError::Incompatible(_) => f.write_str("not supported"),
+            ProbeError::NotTls(text) => write!(f, "not a TLS server: it answered {text:?}"),
+            ProbeError::NoAnswer(_) => f.write_str("no answer to the ClientHello"),
+            ProbeError::Handshake(_) => f.write_str("handshake failed"),
+            ProbeError::Wire(_) => f.write_str("cannot read what the server sent"),
+            ProbeError::NotOffered => f.write_str("the session could not be offered"),
         }
     }
 }
 
-impl std::error::Error for ProbeError {}
+impl std::error::Error for ProbeError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            ProbeError::Setup(e) => Some(e),
+            ProbeError::Connect(e)
+            | ProbeError::Io { source: e, .. }
+            | ProbeError::Incompatible(e)
+            | ProbeError::NoAnswer(e)
+            | ProbeError::Handshake(e) => Some(e),
+            ProbeError::Wire(e) => Some(e),
+            ProbeError::ServerName(_)
+            | ProbeError::Alert(_)
+            | ProbeError::NotTls(_)
+            | ProbeError::NotOffered => None,
+        }
+    }
+}
 
 /// A session rustls made, to be offered again.
 #[derive(Debug)]
@@ -150,7 +202,7 @@ impl Prober {
         let keylog = Arc::new(Keys::default());
         let mut config = ClientConfig::builder_with_provider(provider.clone())
             .with_protocol_versions(versions)
-            .map_err(|e| ProbeError::Failed(format!("client configuration: {e}")))?
+            .map_err(ProbeError::Setup)?
             .dangerous()
             .with_custom_certificate_verifier(Arc::new(AnyCertificate(provider)))
             .with_no_client_auth();
@@ -162,7 +214,7 @@ impl Prober {
         config.key_log = keylog.clone();
         let name = match sni {
             Some(s) => ServerName::try_from(s.to_owned())
-                .map_err(|_| ProbeError::Failed(format!("{s:?} is not a valid server name")))?,
+                .map_err(|_| ProbeError::ServerName(s.to_owned()))?,
             None => ServerName::IpAddress(addr.ip().into()),
         };
         Ok(Prober {
@@ -195,7 +247,7 @@ impl Prober {
         set_timeouts(&tcp, self.timeout)?;
         let mut io = Recorder::new(tcp);
         let mut conn = ClientConnection::new(self.config.clone(), self.name.clone())
-            .map_err(|e| ProbeError::Failed(format!("client: {e}")))?;
+            .map_err(ProbeError::Setup)?;
         while conn.is_handshaking() {
             if let Err(e) = conn.complete_io(&mut io) {
                 return Err(self.explain(&io, e));
@@ -208,8 +260,7 @@ impl Prober {
         conn.send_close_notify();
         let _ = conn.write_tls(&mut io);
         let secrets = self.keylog.take();
-        let flight = wire::parse_server_flight(&io.read, &secrets)
-            .map_err(|e| ProbeError::Failed(format!("server sent {e}")))?;
+        let flight = wire::parse_server_flight(&io.read, &secrets).map_err(ProbeError::Wire)?;
         let (tickets, session_id_session) = self.store.take_issued();
         let mut sessions = tickets.into_iter();
         let issued = flight
@@ -236,17 +287,18 @@ impl Prober {
     pub fn offer(&self, session: Session) -> Result<Vec<u8>, ProbeError> {
         self.store.arm(Some(session));
         let mut conn = ClientConnection::new(self.config.clone(), self.name.clone())
-            .map_err(|e| ProbeError::Failed(format!("client: {e}")))?;
+            .map_err(ProbeError::Setup)?;
         let mut hello = Vec::new();
         while conn.wants_write() {
             conn.write_tls(&mut hello)
-                .map_err(|e| ProbeError::Failed(format!("client: {e}")))?;
+                .map_err(|source| ProbeError::Io {
+                    what: "writing the ClientHello",
+                    source,
+                })?;
         }
         match wire::offered_ticket(&hello) {
             Ok(Some(_)) => Ok(hello),
-            _ => Err(ProbeError::Failed(
-                "the session could not be offered".into(),
-            )),
+            _ => Err(ProbeError::NotOffered),
         }
     }
 
@@ -307,7 +359,7 @@ impl Prober {
                         }
                     })
                     .collect();
-                return ProbeError::Failed(format!("not a TLS server: it answered {text:?}"));
+                return ProbeError::NotTls(text);
             }
             Err(_) => None,
         };
@@ -315,20 +367,17 @@ impl Prober {
         let hello = flight.as_ref().and_then(|f| f.hello.clone());
         if hello.is_none() {
             if let Some((_, desc)) = alert {
-                return ProbeError::Unsupported(format!(
-                    "the server answered with alert {}",
-                    alert_name(desc)
-                ));
+                return ProbeError::Alert(desc);
             }
         }
         let msg = e.to_string();
         if msg.contains("PeerIncompatible") || msg.contains("protocol version") {
-            return ProbeError::Unsupported(msg);
+            return ProbeError::Incompatible(e);
         }
         if io.read.is_empty() && e.kind() != io::ErrorKind::InvalidData {
-            return ProbeError::Failed(format!("no answer to the ClientHello: {e}"));
+            return ProbeError::NoAnswer(e);
         }
-        ProbeError::Failed(format!("handshake failed: {msg}"))
+        ProbeError::Handshake(e)
     }
 }
 
@@ -344,13 +393,16 @@ pub fn replay(
     let _ = tcp.set_nodelay(true);
     set_timeouts(&tcp, timeout)?;
     tcp.write_all(client_hello)
-        .map_err(|e| ProbeError::Failed(format!("sending the ClientHello: {e}")))?;
+        .map_err(|source| ProbeError::Io {
+            what: "sending the ClientHello",
+            source,
+        })?;
     let deadline = Instant::now() + timeout;
     let mut got = Vec::new();
     let mut buf = [0u8; 8192];
     loop {
-        let flight = wire::parse_server_flight(&got, &Secrets::default())
-            .map_err(|e| ProbeError::Failed(format!("server sent {e}")))?;
+        let flight =
+            wire::parse_server_flight(&got, &Secrets::default()).map_err(ProbeError::Wire)?;
         if flight.resumed().is_some()
             || flight.alert.is_some()
             || flight.hello.as_ref().is_some_and(|h| h.retry_request)
@@ -364,7 +416,7 @@ pub fn replay(
             Ok(0) => return Ok(flight),
             Ok(n) => got.extend_from_slice(&buf[..n]),
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) if got.is_empty() => return Err(ProbeError::Failed(format!("no answer: {e}"))),
+            Err(e) if got.is_empty() => return Err(ProbeError::NoAnswer(e)),
             Err(_) => return Ok(flight),
         }
     }
@@ -373,7 +425,10 @@ pub fn replay(
 fn set_timeouts(tcp: &TcpStream, timeout: Duration) -> Result<(), ProbeError> {
     tcp.set_read_timeout(Some(timeout))
         .and_then(|()| tcp.set_write_timeout(Some(timeout)))
-        .map_err(|e| ProbeError::Failed(format!("socket: {e}")))
+        .map_err(|source| ProbeError::Io {
+            what: "setting the socket's timeouts",
+            source,
+        })
 }
 
 /// TLS alert descriptions by number (RFC 8446 §6).

@@ -6,9 +6,10 @@
 //! and is written 0600, atomically. It is untrusted input when read back: capped, validated.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::{Read as _, Write as _};
+use std::fmt;
+use std::io::{self, Read as _, Write as _};
 use std::os::unix::fs::OpenOptionsExt as _;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use base64::Engine as _;
 use serde::{Deserialize, Serialize};
@@ -25,6 +26,84 @@ const MAX_CHECKS: usize = 512;
 const MAX_KEYS: usize = 4096;
 /// The largest stored ClientHello.
 const MAX_HELLO: usize = 16 * 1024;
+
+/// Why the state file could not be read or written.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum StateError {
+    /// Opening or reading the file failed.
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The system's error.
+        source: io::Error,
+    },
+    /// The file is larger than [`MAX_STATE`].
+    TooLarge {
+        /// The file.
+        path: PathBuf,
+    },
+    /// The file is not a scan state.
+    NotState {
+        /// The file.
+        path: PathBuf,
+        /// The JSON decoder's error.
+        source: serde_json::Error,
+    },
+    /// The file is in a format version this stek does not read.
+    Version {
+        /// The file.
+        path: PathBuf,
+        /// Its version.
+        version: u32,
+    },
+    /// The state could not be encoded (a bug in stek).
+    Encode(serde_json::Error),
+    /// Writing the file failed.
+    Write {
+        /// The file.
+        path: PathBuf,
+        /// The system's error.
+        source: io::Error,
+    },
+}
+
+impl fmt::Display for StateError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            StateError::Read { path, .. } => {
+                write!(f, "state file {}: cannot read it", path.display())
+            }
+            StateError::TooLarge { path } => write!(
+                f,
+                "state file {}: larger than {MAX_STATE} bytes",
+                path.display()
+            ),
+            StateError::NotState { path, .. } => {
+                write!(f, "state file {}: not a stek scan state", path.display())
+            }
+            StateError::Version { path, version } => write!(
+                f,
+                "state file {}: format version {version} (this stek reads 1)",
+                path.display()
+            ),
+            StateError::Encode(_) => f.write_str("cannot encode the scan state"),
+            StateError::Write { path, .. } => {
+                write!(f, "state file {}: cannot write it", path.display())
+            }
+        }
+    }
+}
+
+impl std::error::Error for StateError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            StateError::Read { source, .. } | StateError::Write { source, .. } => Some(source),
+            StateError::NotState { source, .. } | StateError::Encode(source) => Some(source),
+            StateError::TooLarge { .. } | StateError::Version { .. } => None,
+        }
+    }
+}
 
 /// The whole file.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -88,7 +167,11 @@ impl StoredOffer {
 
 impl State {
     /// Read `path`; a missing file is an empty state.
-    pub fn load(path: &Path) -> Result<State, String> {
+    pub fn load(path: &Path) -> Result<State, StateError> {
+        let read = |source| StateError::Read {
+            path: path.to_owned(),
+            source,
+        };
         let f = match std::fs::File::open(path) {
             Ok(f) => f,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
@@ -97,36 +180,36 @@ impl State {
                     ..State::default()
                 })
             }
-            Err(e) => return Err(format!("state file {}: {e}", path.display())),
+            Err(e) => return Err(read(e)),
         };
         let mut text = String::new();
         f.take(MAX_STATE + 1)
             .read_to_string(&mut text)
-            .map_err(|e| format!("state file {}: {e}", path.display()))?;
+            .map_err(read)?;
         if text.len() as u64 > MAX_STATE {
-            return Err(format!(
-                "state file {}: larger than {MAX_STATE} bytes",
-                path.display()
-            ));
+            return Err(StateError::TooLarge {
+                path: path.to_owned(),
+            });
         }
-        let state: State = serde_json::from_str(&text)
-            .map_err(|e| format!("state file {}: not a stek scan state ({e})", path.display()))?;
+        let state: State = serde_json::from_str(&text).map_err(|source| StateError::NotState {
+            path: path.to_owned(),
+            source,
+        })?;
         if state.version != 1 {
-            return Err(format!(
-                "state file {}: format version {} (this stek reads 1)",
-                path.display(),
-                state.version
-            ));
+            return Err(StateError::Version {
+                path: path.to_owned(),
+                version: state.version,
+            });
         }
         Ok(state)
     }
 
     /// Write `path` atomically, mode 0600.
-    pub fn save(&mut self, path: &Path) -> Result<(), String> {
+    pub fn save(&mut self, path: &Path) -> Result<(), StateError> {
         for e in self.endpoints.values_mut() {
             e.trim();
         }
-        let text = serde_json::to_vec_pretty(self).map_err(|e| e.to_string())?;
+        let text = serde_json::to_vec_pretty(self).map_err(StateError::Encode)?;
         let tmp = path.with_extension(format!("tmp{}", std::process::id()));
         let write = || -> std::io::Result<()> {
             let mut f = std::fs::OpenOptions::new()
@@ -139,9 +222,12 @@ impl State {
             f.sync_all()?;
             std::fs::rename(&tmp, path)
         };
-        write().map_err(|e| {
+        write().map_err(|source| {
             let _ = std::fs::remove_file(&tmp);
-            format!("state file {}: {e}", path.display())
+            StateError::Write {
+                path: path.to_owned(),
+                source,
+            }
         })
     }
 }
@@ -233,10 +319,21 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("state.json");
         std::fs::write(&path, b"{\"version\": 7, \"endpoints\": {}}").unwrap();
-        assert!(State::load(&path).unwrap_err().contains("format version 7"));
+        let e = State::load(&path).unwrap_err();
+        assert!(matches!(e, StateError::Version { version: 7, .. }), "{e:?}");
+        assert!(e.to_string().contains("format version 7"), "{e}");
         std::fs::write(&path, b"garbage").unwrap();
-        assert!(State::load(&path)
-            .unwrap_err()
-            .contains("not a stek scan state"));
+        let e = State::load(&path).unwrap_err();
+        assert!(e.to_string().contains("not a stek scan state"), "{e}");
+        assert!(std::error::Error::source(&e)
+            .unwrap()
+            .is::<serde_json::Error>());
+        // A directory cannot be read as a file, nor written over.
+        let e = State::load(dir.path()).unwrap_err();
+        assert!(matches!(e, StateError::Read { .. }), "{e:?}");
+        assert!(std::error::Error::source(&e).unwrap().is::<io::Error>());
+        let e = State::default().save(dir.path()).unwrap_err();
+        assert!(matches!(e, StateError::Write { .. }), "{e:?}");
+        assert!(std::error::Error::source(&e).unwrap().is::<io::Error>());
     }
 }

@@ -203,3 +203,80 @@ fn targets_parse() {
 fn stamps_are_utc() {
     assert_eq!(stamp(0.0), "Thu, 01 Jan 1970 00:00:00 GMT");
 }
+
+#[test]
+fn scan_errors_say_what_failed_and_keep_their_causes() {
+    use std::error::Error as _;
+    let opts = |state: Option<PathBuf>, expect: Option<&str>| Options {
+        targets: Vec::new(),
+        sni: None,
+        observe: None,
+        interval: None,
+        max_rotation: Duration::from_secs(86_400),
+        max_acceptance: Duration::from_secs(86_400),
+        state,
+        expect: expect.map(str::to_owned),
+        timeout: Duration::from_secs(1),
+        progress: false,
+    };
+
+    let e = resolve(&["host:notaport".into()], None).unwrap_err();
+    assert!(
+        matches!(e, ScanError::Target(TargetError::BadPort { .. })),
+        "{e:?}"
+    );
+    assert!(e.to_string().contains("bad port"), "{e}");
+    assert!(e.source().is_none());
+
+    let e = ScanError::Resolve {
+        target: "example.invalid".into(),
+        host: "example.invalid".into(),
+        source: std::io::Error::other("failed to lookup address information"),
+    };
+    assert_eq!(
+        crate::error::Chain(&e).to_string(),
+        "target \"example.invalid\": cannot resolve example.invalid: failed to lookup address information"
+    );
+
+    // A state file that is not one: the state error speaks, the JSON error is its cause.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("state.json");
+    std::fs::write(&path, b"garbage").unwrap();
+    let e = run(&opts(Some(path), None)).unwrap_err();
+    assert!(
+        matches!(e, ScanError::State(StateError::NotState { .. })),
+        "{e:?}"
+    );
+    assert!(e.to_string().contains("not a stek scan state"), "{e}");
+    assert!(e.source().unwrap().is::<serde_json::Error>());
+
+    // An --expect endpoint that does not answer: the fetch error is the cause.
+    let e = run(&opts(None, Some("http://127.0.0.1:1/status"))).unwrap_err();
+    assert!(matches!(e, ScanError::Expect(_)), "{e:?}");
+    let fetch = e.source().unwrap();
+    assert!(fetch.is::<crate::status::FetchError>());
+    assert_eq!(
+        crate::error::Chain(&e)
+            .to_string()
+            .matches("127.0.0.1:1")
+            .count(),
+        2,
+        "the spec and the endpoint, each once: {}",
+        crate::error::Chain(&e)
+    );
+}
+
+#[test]
+fn probe_errors_keep_their_causes() {
+    use std::error::Error as _;
+    let refused = std::io::Error::from(std::io::ErrorKind::ConnectionRefused);
+    let e = probe::ProbeError::Connect(refused);
+    assert_eq!(e.to_string(), "cannot connect");
+    assert!(e.source().unwrap().is::<std::io::Error>());
+    let e = probe::ProbeError::Wire(wire::WireError::Truncated("ServerHello"));
+    assert_eq!(
+        crate::error::Chain(&e).to_string(),
+        "cannot read what the server sent: truncated ServerHello"
+    );
+    assert!(probe::ProbeError::Alert(70).source().is_none());
+}

@@ -35,9 +35,12 @@ impl AnyStore {
         } else if url.starts_with("etcd://") {
             Ok(AnyStore::Etcd(EtcdStore::connect(url)?))
         } else {
-            Err(StoreError::Unavailable(format!(
-                "unknown store URL {url:?}: use redis://HOST:PORT or etcd://HOST:PORT[,HOST:PORT...]"
-            )))
+            // The URL is left out: it may carry a password.
+            Err(StoreError::BadUrl {
+                reason: "unknown scheme: use redis://HOST:PORT or etcd://HOST:PORT[,HOST:PORT...]"
+                    .to_owned(),
+                source: None,
+            })
         }
     }
 }

@@ -56,6 +56,7 @@ use zeroize::{Zeroize, Zeroizing};
 
 use super::{Created, Store, StoreError};
 use crate::clock::{Clock, SystemClock};
+use crate::error::Chain;
 
 /// etcd's registered client port, used when a URL names a host without a port.
 const DEFAULT_PORT: u16 = 2379;
@@ -164,17 +165,17 @@ impl EtcdStore {
             .exchange(Method::GET, "/version", Bytes::new(), MAX_ERROR_BODY_LEN)
             .await?;
         if reply.status != StatusCode::OK {
-            return Err(StoreError::Unavailable(reply.error_message("/version")));
+            return Err(reply.refused("/version"));
         }
-        let date = reply.date.ok_or_else(|| {
-            StoreError::Unavailable(format!("etcd at {} sent no Date header", reply.endpoint))
-        })?;
-        let since_epoch = date.duration_since(UNIX_EPOCH).map_err(|_| {
-            StoreError::Unavailable(format!(
-                "etcd at {} dates its answer before 1970",
-                reply.endpoint
-            ))
-        })?;
+        let bad = |what: &str| StoreError::BadAnswer {
+            store: at(&reply.endpoint, "/version"),
+            what: what.to_owned(),
+            source: None,
+        };
+        let date = reply.date.ok_or_else(|| bad("no Date header"))?;
+        let since_epoch = date
+            .duration_since(UNIX_EPOCH)
+            .map_err(|_| bad("a Date before 1970"))?;
         Ok(since_epoch + Duration::from_millis(500))
     }
 
@@ -187,7 +188,10 @@ impl EtcdStore {
         let resp: RangeResponse = self.conn.call("/v3/kv/range", &req).await?;
         match resp.kvs.first() {
             None => Ok(None),
-            Some(kv) => kv.decode_value().map(Some).ok_or_else(|| oversized(key)),
+            Some(kv) => kv
+                .decode_value()
+                .map(Some)
+                .ok_or_else(|| oversized("/v3/kv/range", key)),
         }
     }
 
@@ -202,13 +206,17 @@ impl EtcdStore {
             )
             .await?;
         if !resp.error.is_empty() {
-            return Err(StoreError::Unavailable(format!(
-                "etcd refused a lease: {}",
-                sanitize(&resp.error)
-            )));
+            return Err(StoreError::Refused {
+                store: etcd("/v3/lease/grant"),
+                message: sanitize(&resp.error),
+            });
         }
         if resp.id == 0 {
-            return Err(StoreError::Unavailable("etcd granted lease 0".to_owned()));
+            return Err(StoreError::BadAnswer {
+                store: etcd("/v3/lease/grant"),
+                what: "lease 0".to_owned(),
+                source: None,
+            });
         }
         Ok(resp.id)
     }
@@ -224,7 +232,8 @@ impl EtcdStore {
             .await
         {
             tracing::debug!(
-                "An unused etcd lease could not be revoked and will expire by itself: {e}"
+                "An unused etcd lease could not be revoked and will expire by itself: {}",
+                Chain(&e)
             );
         }
     }
@@ -306,10 +315,10 @@ impl Store for EtcdStore {
             .filter_map(|r| r.response_range.as_ref())
             .flat_map(|r| r.kvs.first())
             .next()
-            .ok_or_else(|| {
-                StoreError::Unavailable(format!(
-                    "etcd's transaction on {key} failed its compare but returned no record"
-                ))
+            .ok_or_else(|| StoreError::BadAnswer {
+                store: etcd("/v3/kv/txn"),
+                what: format!("the transaction on {key} failed its compare but returned no record"),
+                source: None,
             })?;
         if winner.lease == lease {
             // Our own put, applied by an attempt whose answer was lost before a fail-over.
@@ -317,7 +326,9 @@ impl Store for EtcdStore {
         }
         let value = winner.decode_value();
         self.revoke(lease).await;
-        value.map(Created::Lost).ok_or_else(|| oversized(&key))
+        value
+            .map(Created::Lost)
+            .ok_or_else(|| oversized("/v3/kv/txn", &key))
     }
 
     async fn read_window(
@@ -410,15 +421,30 @@ impl Store for EtcdStore {
     }
 }
 
-fn oversized(key: &str) -> StoreError {
-    StoreError::Unavailable(format!(
-        "etcd holds a value at {key} that is not base64 or exceeds {MAX_RECORD_LEN} bytes"
-    ))
+/// How error messages name etcd when no single endpoint is meant (the request fails over).
+fn etcd(path: &str) -> String {
+    format!("etcd ({path})")
+}
+
+/// How error messages name one endpoint answering one request.
+fn at(endpoint: &Authority, path: &str) -> String {
+    format!("etcd at {endpoint} ({path})")
+}
+
+fn oversized(path: &str, key: &str) -> StoreError {
+    StoreError::BadAnswer {
+        store: etcd(path),
+        what: format!("the value at {key} is not base64 or exceeds {MAX_RECORD_LEN} bytes"),
+        source: None,
+    }
 }
 
 /// The endpoints of `etcd://HOST:PORT[,HOST:PORT...]`.
 fn parse_url(url: &str) -> Result<Vec<Authority>, StoreError> {
-    let bad = |why: &str| StoreError::Unavailable(format!("invalid etcd URL {url:?}: {why}"));
+    let bad = |why: &str| StoreError::BadUrl {
+        reason: format!("etcd URL {url:?}: {why}"),
+        source: None,
+    };
     let rest = url
         .strip_prefix("etcd://")
         .ok_or_else(|| bad("expected etcd://HOST:PORT[,HOST:PORT...]"))?;
@@ -428,9 +454,11 @@ fn parse_url(url: &str) -> Result<Vec<Authority>, StoreError> {
         if part.is_empty() || part.contains(['@', '/', '?', '#']) {
             return Err(bad(&format!("endpoint {part:?} is not HOST:PORT")));
         }
-        let authority: Authority = part
-            .parse()
-            .map_err(|_| bad(&format!("endpoint {part:?} is not HOST:PORT")))?;
+        let not_host_port = |e: hyper::http::uri::InvalidUri| StoreError::BadUrl {
+            reason: format!("etcd URL {url:?}: endpoint {part:?} is not HOST:PORT"),
+            source: Some(Arc::new(e)),
+        };
+        let authority: Authority = part.parse().map_err(not_host_port)?;
         if authority.host().is_empty() {
             return Err(bad(&format!("endpoint {part:?} has no host")));
         }
@@ -441,7 +469,7 @@ fn parse_url(url: &str) -> Result<Vec<Authority>, StoreError> {
             }
             None => format!("{part}:{DEFAULT_PORT}")
                 .parse()
-                .map_err(|_| bad(&format!("endpoint {part:?} is not HOST:PORT")))?,
+                .map_err(not_host_port)?,
         };
         endpoints.push(authority);
     }
@@ -498,19 +526,6 @@ fn sanitize(msg: &str) -> String {
     out
 }
 
-/// A transport failure's message with its causes ("client error (Connect): tcp connect error:
-/// Connection refused (os error 111)").
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut msg = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        msg.push_str(": ");
-        msg.push_str(&s.to_string());
-        source = s.source();
-    }
-    msg
-}
-
 // ---------------------------------------------------------------------------------------------
 // HTTP
 
@@ -532,10 +547,10 @@ struct Reply {
 }
 
 impl Reply {
-    /// What went wrong, in etcd's words if it sent an error body
-    /// (`{"error": ..., "message": ..., "code": ...}`).
-    fn error_message(&self, path: &str) -> String {
-        let etcd = serde_json::from_slice::<GatewayError>(&self.body)
+    /// What etcd said about a request it did not carry out: its message if it sent an error
+    /// body (`{"error": ..., "message": ..., "code": ...}`), else the HTTP status.
+    fn refusal(&self) -> Refusal {
+        let message = serde_json::from_slice::<GatewayError>(&self.body)
             .ok()
             .map(|e| {
                 if e.message.is_empty() {
@@ -544,13 +559,113 @@ impl Reply {
                     e.message
                 }
             })
-            .filter(|m| !m.is_empty());
-        match etcd {
-            Some(m) => format!("etcd at {} ({path}): {}", self.endpoint, sanitize(&m)),
-            None => format!(
-                "etcd at {} ({path}) answered HTTP {}",
-                self.endpoint, self.status
-            ),
+            .filter(|m| !m.is_empty())
+            .map(|m| sanitize(&m));
+        Refusal {
+            status: self.status,
+            message,
+        }
+    }
+
+    /// The error for an answer that refuses the request to `path`.
+    fn refused(&self, path: &str) -> StoreError {
+        StoreError::Refused {
+            store: at(&self.endpoint, path),
+            message: self.refusal().to_string(),
+        }
+    }
+}
+
+/// An error answer: etcd's message (sanitized), else the HTTP status. Data from etcd, not a Rust
+/// error: it becomes the message of [`StoreError::Refused`] or the reason of a failed attempt.
+#[derive(Debug)]
+struct Refusal {
+    status: StatusCode,
+    message: Option<String>,
+}
+
+impl fmt::Display for Refusal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.message {
+            Some(m) => f.write_str(m),
+            None => write!(f, "HTTP {}", self.status),
+        }
+    }
+}
+
+/// Why one attempt at one endpoint failed; the request then fails over to the next endpoint.
+#[derive(Debug)]
+enum AttemptError {
+    /// The HTTP library refused to build the request (a bug in stek).
+    Request(hyper::http::Error),
+    /// Connecting or sending the request failed.
+    Send(hyper_util::client::legacy::Error),
+    /// The connection broke while the answer was read.
+    Read(hyper::Error),
+    /// No complete answer (for a stream, no first answer) within [`REQUEST_TIMEOUT`].
+    Timeout,
+    /// The endpoint answered that it cannot serve for now (HTTP 503: no leader, stopping).
+    Unavailable(Refusal),
+    /// The endpoint refused to open a stream (the refusal, if it could be read).
+    StreamRefused(Option<Refusal>),
+}
+
+impl fmt::Display for AttemptError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            AttemptError::Request(_) => f.write_str("cannot build the request"),
+            AttemptError::Send(_) => f.write_str("the request failed"),
+            AttemptError::Read(_) => f.write_str("the answer broke off"),
+            AttemptError::Timeout => write!(f, "no answer within {REQUEST_TIMEOUT:?}"),
+            AttemptError::Unavailable(r) => write!(f, "unavailable: {r}"),
+            AttemptError::StreamRefused(Some(r)) => write!(f, "refused the stream: {r}"),
+            AttemptError::StreamRefused(None) => f.write_str("refused the stream"),
+        }
+    }
+}
+
+impl std::error::Error for AttemptError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            AttemptError::Request(e) => Some(e),
+            AttemptError::Send(e) => Some(e),
+            AttemptError::Read(e) => Some(e),
+            AttemptError::Timeout
+            | AttemptError::Unavailable(_)
+            | AttemptError::StreamRefused(_) => None,
+        }
+    }
+}
+
+/// Every endpoint failed: the cause of [`StoreError::Unavailable`]. With one endpoint it names
+/// it and chains its error; with several, each endpoint's whole chain is listed (an error has
+/// one source, and every endpoint's reason matters).
+#[derive(Debug)]
+struct Failover(Vec<(Authority, AttemptError)>);
+
+impl fmt::Display for Failover {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.0.as_slice() {
+            [] => f.write_str("no endpoint was tried"),
+            [(endpoint, _)] => write!(f, "etcd at {endpoint}"),
+            all => {
+                for (i, (endpoint, e)) in all.iter().enumerate() {
+                    if i > 0 {
+                        f.write_str("; ")?;
+                    }
+                    write!(f, "etcd at {endpoint}: {}", Chain(e))?;
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+impl std::error::Error for Failover {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self.0.as_slice() {
+            [(_, e)] => Some(e),
+            _ => None,
         }
     }
 }
@@ -562,19 +677,17 @@ impl Conn {
         method: &Method,
         path: &str,
         body: Bytes,
-    ) -> Result<Request<Full<Bytes>>, String> {
+    ) -> Result<Request<Full<Bytes>>, hyper::http::Error> {
         let uri = Uri::builder()
             .scheme("http")
             .authority(self.endpoints[i].clone())
             .path_and_query(path)
-            .build()
-            .map_err(|e| e.to_string())?;
+            .build()?;
         Request::builder()
             .method(method.clone())
             .uri(uri)
             .header(header::CONTENT_TYPE, "application/json")
             .body(Full::new(body))
-            .map_err(|e| e.to_string())
     }
 
     /// The endpoints in the order to try them: the last one that answered, then the rest in
@@ -596,38 +709,40 @@ impl Conn {
     ) -> Result<Reply, StoreError> {
         let mut failures = Vec::new();
         for i in self.order() {
+            let endpoint = self.endpoints[i].clone();
             let once = async {
-                let req = self.request(i, &method, path, body.clone())?;
-                let resp = self
-                    .client
-                    .request(req)
-                    .await
-                    .map_err(|e| error_chain(&e))?;
-                read_reply(self.endpoints[i].clone(), resp, cap).await
+                let req = self
+                    .request(i, &method, path, body.clone())
+                    .map_err(AttemptError::Request)?;
+                let resp = self.client.request(req).await.map_err(AttemptError::Send)?;
+                // Answers that cannot be read are told apart: an oversized one does not fail over.
+                Ok::<_, AttemptError>(read_reply(endpoint.clone(), resp, cap).await)
             };
             match tokio::time::timeout(REQUEST_TIMEOUT, once).await {
-                Ok(Ok(reply)) if reply.status != StatusCode::SERVICE_UNAVAILABLE => {
+                Ok(Ok(Ok(reply))) if reply.status != StatusCode::SERVICE_UNAVAILABLE => {
                     self.preferred.store(i, Ordering::Relaxed);
                     return Ok(reply);
                 }
-                Ok(Ok(reply)) => failures.push(reply.error_message(path)),
-                Ok(Err(ReadError::Transport(why))) => {
-                    failures.push(format!("etcd at {} ({path}): {why}", self.endpoints[i]));
+                Ok(Ok(Ok(reply))) => {
+                    failures.push((endpoint, AttemptError::Unavailable(reply.refusal())));
                 }
-                Ok(Err(ReadError::TooLarge)) => {
+                Ok(Ok(Err(ReadError::Body(e)))) => failures.push((endpoint, AttemptError::Read(e))),
+                Ok(Ok(Err(ReadError::TooLarge))) => {
                     // Another member would send the same data: no fail-over.
-                    return Err(StoreError::Unavailable(format!(
-                        "etcd at {} ({path}) sent an answer over {cap} bytes",
-                        self.endpoints[i]
-                    )));
+                    return Err(StoreError::BadAnswer {
+                        store: at(&endpoint, path),
+                        what: format!("an answer over {cap} bytes"),
+                        source: None,
+                    });
                 }
-                Err(_) => failures.push(format!(
-                    "etcd at {} ({path}): no answer within {REQUEST_TIMEOUT:?}",
-                    self.endpoints[i]
-                )),
+                Ok(Err(e)) => failures.push((endpoint, e)),
+                Err(_) => failures.push((endpoint, AttemptError::Timeout)),
             }
         }
-        Err(StoreError::Unavailable(failures.join("; ")))
+        Err(StoreError::Unavailable {
+            store: etcd(path),
+            source: Arc::new(Failover(failures)),
+        })
     }
 
     /// POSTs `req` as JSON and parses a successful answer as `R`.
@@ -646,7 +761,10 @@ impl Conn {
         req: &Q,
     ) -> Result<R, CallError> {
         let body = serde_json::to_vec(req).map_err(|e| CallError {
-            error: StoreError::Unavailable(format!("encoding the request to {path}: {e}")),
+            error: StoreError::Encode {
+                store: etcd(path),
+                source: Arc::new(e),
+            },
             refused: true,
         })?;
         let reply = self
@@ -660,68 +778,76 @@ impl Conn {
             // An error answer other than 503 (which `exchange` fails over on, and which etcd
             // also gives for a proposal that timed out but may still apply) refuses the request.
             return Err(CallError {
-                error: StoreError::Unavailable(reply.error_message(path)),
+                error: reply.refused(path),
                 refused: true,
             });
         }
         serde_json::from_slice(&reply.body).map_err(|e| CallError {
-            error: StoreError::Unavailable(format!(
-                "etcd at {} ({path}) sent malformed JSON: {e}",
-                reply.endpoint
-            )),
+            error: StoreError::BadAnswer {
+                store: at(&reply.endpoint, path),
+                what: "malformed JSON".to_owned(),
+                source: Some(Arc::new(e)),
+            },
             refused: false,
         })
     }
 
     /// Opens a streamed POST: the first endpoint that answers 200 within the timeout keeps the
     /// stream.
-    async fn open_stream(&self, path: &str, body: Bytes) -> Result<(Authority, Incoming), String> {
+    async fn open_stream(
+        &self,
+        path: &str,
+        body: Bytes,
+    ) -> Result<(Authority, Incoming), Failover> {
         let mut failures = Vec::new();
         for i in self.order() {
             let endpoint = self.endpoints[i].clone();
             let once = async {
-                let req = self.request(i, &Method::POST, path, body.clone())?;
-                self.client.request(req).await.map_err(|e| error_chain(&e))
+                let req = self
+                    .request(i, &Method::POST, path, body.clone())
+                    .map_err(AttemptError::Request)?;
+                self.client.request(req).await.map_err(AttemptError::Send)
             };
             match tokio::time::timeout(REQUEST_TIMEOUT, once).await {
                 Ok(Ok(resp)) if resp.status() == StatusCode::OK => {
                     self.preferred.store(i, Ordering::Relaxed);
                     return Ok((endpoint, resp.into_body()));
                 }
-                Ok(Ok(resp)) => match tokio::time::timeout(
-                    REQUEST_TIMEOUT,
-                    read_reply(endpoint.clone(), resp, MAX_ERROR_BODY_LEN),
-                )
-                .await
-                {
-                    Ok(Ok(reply)) => failures.push(reply.error_message(path)),
-                    _ => failures.push(format!("etcd at {endpoint} ({path}) refused the stream")),
-                },
-                Ok(Err(why)) => failures.push(format!("etcd at {endpoint} ({path}): {why}")),
-                Err(_) => failures.push(format!(
-                    "etcd at {endpoint} ({path}): no answer within {REQUEST_TIMEOUT:?}"
-                )),
+                Ok(Ok(resp)) => {
+                    let refusal = tokio::time::timeout(
+                        REQUEST_TIMEOUT,
+                        read_reply(endpoint.clone(), resp, MAX_ERROR_BODY_LEN),
+                    )
+                    .await;
+                    let refusal = match refusal {
+                        Ok(Ok(reply)) => Some(reply.refusal()),
+                        _ => None,
+                    };
+                    failures.push((endpoint, AttemptError::StreamRefused(refusal)));
+                }
+                Ok(Err(e)) => failures.push((endpoint, e)),
+                Err(_) => failures.push((endpoint, AttemptError::Timeout)),
             }
         }
-        Err(failures.join("; "))
+        Err(Failover(failures))
     }
 }
 
 /// A failed call, and whether etcd certainly did not apply it.
+#[derive(Debug)]
 struct CallError {
+    /// What failed, with its causes.
     error: StoreError,
     refused: bool,
 }
 
+/// Why an answer could not be read.
+#[derive(Debug)]
 enum ReadError {
-    Transport(String),
+    /// The connection broke while the answer was read.
+    Body(hyper::Error),
+    /// The answer is larger than the cap.
     TooLarge,
-}
-
-impl From<String> for ReadError {
-    fn from(why: String) -> Self {
-        ReadError::Transport(why)
-    }
 }
 
 async fn read_reply(
@@ -752,7 +878,7 @@ async fn read_reply(
     let mut body = resp.into_body();
     let mut buf = Zeroizing::new(Vec::new());
     while let Some(frame) = body.frame().await {
-        let frame = frame.map_err(|e| error_chain(&e))?;
+        let frame = frame.map_err(ReadError::Body)?;
         if let Ok(data) = frame.into_data() {
             if buf.len() + data.len() > cap {
                 return Err(ReadError::TooLarge);
@@ -858,7 +984,7 @@ async fn watch_stream(conn: &Conn, group: &str, tx: &watch::Sender<u64>) -> Stre
     };
     let (endpoint, mut stream) = match conn.open_stream("/v3/watch", body).await {
         Ok(s) => s,
-        Err(why) => return end(false, why),
+        Err(why) => return end(false, Chain(&why).to_string()),
     };
     // The gateway sends one JSON message per line.
     let mut buf = Zeroizing::new(Vec::new());
@@ -872,9 +998,7 @@ async fn watch_stream(conn: &Conn, group: &str, tx: &watch::Sender<u64>) -> Stre
                 )
             }
             Ok(None) => return end(established, format!("{endpoint} closed the stream")),
-            Ok(Some(Err(e))) => {
-                return end(established, format!("{endpoint}: {}", error_chain(&e)))
-            }
+            Ok(Some(Err(e))) => return end(established, format!("{endpoint}: {}", Chain(&e))),
             Ok(Some(Ok(frame))) => frame,
         };
         let Ok(data) = frame.into_data() else {
@@ -1310,17 +1434,72 @@ mod tests {
         };
         assert_eq!(
             reply(r#"{"error":"etcdserver: requested lease not found","message":"etcdserver: requested lease not found","code":5}"#)
-                .error_message("/v3/kv/txn"),
-            "etcd at 127.0.0.1:1 (/v3/kv/txn): etcdserver: requested lease not found"
+                .refused("/v3/kv/txn")
+                .to_string(),
+            "etcd at 127.0.0.1:1 (/v3/kv/txn) refused the request: etcdserver: requested lease not found"
         );
         assert_eq!(
-            reply("<html>").error_message("/x"),
-            "etcd at 127.0.0.1:1 (/x) answered HTTP 404 Not Found"
+            reply("<html>").refused("/x").to_string(),
+            "etcd at 127.0.0.1:1 (/x) refused the request: HTTP 404 Not Found"
         );
         let long = format!(r#"{{"message":"{}"}}"#, "a".repeat(1000));
-        let msg = reply(&long).error_message("/x");
-        assert!(msg.chars().count() < MAX_ERROR_MESSAGE_CHARS + 40, "{msg}");
+        let msg = reply(&long).refusal().to_string();
+        assert!(msg.chars().count() <= MAX_ERROR_MESSAGE_CHARS + 1, "{msg}");
         assert!(msg.ends_with('…'));
+    }
+
+    #[test]
+    fn failures_chain_each_endpoints_cause() {
+        use std::error::Error as _;
+        let one = Failover(vec![(
+            "127.0.0.1:1".parse().unwrap(),
+            AttemptError::Timeout,
+        )]);
+        assert_eq!(one.to_string(), "etcd at 127.0.0.1:1");
+        assert_eq!(
+            one.source().unwrap().to_string(),
+            format!("no answer within {REQUEST_TIMEOUT:?}")
+        );
+        let e = StoreError::Unavailable {
+            store: etcd("/v3/kv/range"),
+            source: Arc::new(one),
+        };
+        assert_eq!(e.source().unwrap().to_string(), "etcd at 127.0.0.1:1");
+        assert_eq!(
+            Chain(&e).to_string(),
+            format!("etcd (/v3/kv/range) is unavailable: etcd at 127.0.0.1:1: no answer within {REQUEST_TIMEOUT:?}")
+        );
+        let two = Failover(vec![
+            ("a:1".parse().unwrap(), AttemptError::Timeout),
+            (
+                "b:2".parse().unwrap(),
+                AttemptError::Unavailable(Refusal {
+                    status: StatusCode::SERVICE_UNAVAILABLE,
+                    message: Some("etcdserver: no leader".into()),
+                }),
+            ),
+        ]);
+        assert!(two.source().is_none());
+        assert_eq!(
+            two.to_string(),
+            format!("etcd at a:1: no answer within {REQUEST_TIMEOUT:?}; etcd at b:2: unavailable: etcdserver: no leader")
+        );
+    }
+
+    #[tokio::test]
+    async fn a_refused_connection_keeps_the_transport_error() {
+        use std::error::Error as _;
+        // Nothing listens on port 1.
+        let store = EtcdStore::connect("etcd://127.0.0.1:1").unwrap();
+        let e = store.read_window("g", Slot(1), Slot(2)).await.unwrap_err();
+        assert!(matches!(e, StoreError::Unavailable { .. }), "{e:?}");
+        let attempt = e.source().and_then(|f| f.source()).expect("the attempt");
+        assert_eq!(attempt.to_string(), "the request failed");
+        assert!(attempt.source().is_some(), "the HTTP client's error");
+        let chain = Chain(&e).to_string();
+        assert!(chain.contains("Connection refused"), "{chain}");
+        let bad = EtcdStore::connect("etcd://h:").unwrap_err();
+        assert!(matches!(bad, StoreError::BadUrl { .. }), "{bad:?}");
     }
 
     #[test]

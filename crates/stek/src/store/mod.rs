@@ -30,6 +30,7 @@ pub mod redis;
 
 use std::fmt;
 use std::future::Future;
+use std::sync::Arc;
 use std::time::Duration;
 
 use stek_core::{KeyBytes, Slot};
@@ -49,26 +50,105 @@ pub enum Created {
     Lost(KeyBytes),
 }
 
-/// Why a store operation failed.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// The cause of a [`StoreError`]: the client library's, the transport's or the decoder's error.
+/// Shared, so that a `StoreError` stays cheap to clone.
+pub type Cause = Arc<dyn std::error::Error + Send + Sync>;
+
+/// Why a store operation failed. `Display` says what failed; [`std::error::Error::source`] says
+/// why, where there is an underlying error (show the whole chain with
+/// [`Chain`](crate::error::Chain) or `anyhow`'s `{:#}`).
+#[derive(Debug, Clone)]
 #[non_exhaustive]
 pub enum StoreError {
-    /// The store could not be reached or answered with an error (the message says which).
-    Unavailable(String),
-    /// A record is larger than the store accepts.
+    /// The store URL is malformed or names no store stek knows.
+    BadUrl {
+        /// What is wrong with it (the URL itself only where it cannot carry a password).
+        reason: String,
+        /// The client library's verdict, if it gave one.
+        source: Option<Cause>,
+    },
+    /// The store could not be reached, did not answer in time, broke the connection or said it
+    /// is unavailable (no leader, loading). The request may or may not have been applied.
+    Unavailable {
+        /// The store (and, where known, the endpoint and request), e.g. `Redis` or
+        /// `etcd (/v3/kv/range)`.
+        store: String,
+        /// Why: the transport's error, or each endpoint's failure.
+        source: Cause,
+    },
+    /// The store refused the request and said why, e.g. `READONLY You can't write against a
+    /// read only replica.` or `etcdserver: request is too large`.
+    Refused {
+        /// The store, endpoint and request.
+        store: String,
+        /// The store's own message, made fit for a log line.
+        message: String,
+    },
+    /// The store answered something the protocol does not allow: a reply of the wrong type,
+    /// malformed JSON, an oversized or undecodable value.
+    BadAnswer {
+        /// The store, endpoint and request.
+        store: String,
+        /// What was wrong with the answer.
+        what: String,
+        /// The decoder's error, if there is one.
+        source: Option<Cause>,
+    },
+    /// stek could not encode its own request (a bug in stek, not a store problem).
+    Encode {
+        /// The store and request.
+        store: String,
+        /// The encoder's error.
+        source: Cause,
+    },
+    /// A record is larger than the store accepts (the length is given).
     TooLarge(usize),
+    /// A window read asks for more slots than the store reads at once.
+    WindowTooLarge {
+        /// The first slot asked for.
+        first: Slot,
+        /// The last slot asked for.
+        last: Slot,
+        /// The most slots one read may span.
+        max: u64,
+    },
 }
 
 impl fmt::Display for StoreError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            StoreError::Unavailable(why) => write!(f, "store unavailable: {why}"),
+            StoreError::BadUrl { reason, .. } => write!(f, "invalid store URL: {reason}"),
+            StoreError::Unavailable { store, .. } => write!(f, "{store} is unavailable"),
+            StoreError::Refused { store, message } => {
+                write!(f, "{store} refused the request: {message}")
+            }
+            StoreError::BadAnswer { store, what, .. } => {
+                write!(f, "{store} sent an unusable answer: {what}")
+            }
+            StoreError::Encode { store, .. } => write!(f, "cannot encode a request to {store}"),
             StoreError::TooLarge(n) => write!(f, "record of {n} bytes is too large for the store"),
+            StoreError::WindowTooLarge { first, last, max } => {
+                write!(f, "a window of slots {first}..={last} exceeds {max} slots")
+            }
         }
     }
 }
 
-impl std::error::Error for StoreError {}
+impl std::error::Error for StoreError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            StoreError::BadUrl { source, .. } | StoreError::BadAnswer { source, .. } => {
+                source.as_deref().map(|e| e as _)
+            }
+            StoreError::Unavailable { source, .. } | StoreError::Encode { source, .. } => {
+                Some(&**source)
+            }
+            StoreError::Refused { .. }
+            | StoreError::TooLarge(_)
+            | StoreError::WindowTooLarge { .. } => None,
+        }
+    }
+}
 
 /// A store of records, one per `(group, slot)`. See the module documentation for the contract.
 pub trait Store: Send + Sync + 'static {
@@ -111,6 +191,52 @@ pub trait Store: Send + Sync + 'static {
     /// their clock offset against it. `Ok(None)` when the store cannot tell.
     fn server_time(&self) -> impl Future<Output = Result<Option<Duration>, StoreError>> + Send {
         async { Ok(None) }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::error::Error as _;
+
+    #[test]
+    fn errors_keep_their_causes_and_say_them_once() {
+        let e = StoreError::Unavailable {
+            store: "Redis".into(),
+            source: Arc::new(std::io::Error::other("Connection refused")),
+        };
+        assert_eq!(e.to_string(), "Redis is unavailable");
+        assert_eq!(e.source().unwrap().to_string(), "Connection refused");
+        assert_eq!(
+            crate::error::Chain(&e).to_string(),
+            "Redis is unavailable: Connection refused"
+        );
+        let json = serde_json::from_str::<u8>("x").unwrap_err();
+        let e = StoreError::BadAnswer {
+            store: "etcd at h:1 (/v3/kv/range)".into(),
+            what: "malformed JSON".into(),
+            source: Some(Arc::new(json)),
+        };
+        assert!(e.source().unwrap().is::<serde_json::Error>());
+        assert_eq!(
+            e.to_string(),
+            "etcd at h:1 (/v3/kv/range) sent an unusable answer: malformed JSON"
+        );
+        let e = StoreError::Refused {
+            store: "Redis".into(),
+            message: "READONLY You can't write against a read only replica.".into(),
+        };
+        assert!(e.source().is_none());
+        assert!(e
+            .to_string()
+            .ends_with("READONLY You can't write against a read only replica."));
+        assert!(StoreError::TooLarge(70_000).source().is_none());
+        // Cheap to clone, causes included.
+        let e2 = StoreError::Encode {
+            store: "etcd (/v3/kv/txn)".into(),
+            source: Arc::new(std::io::Error::other("x")),
+        };
+        assert!(e2.clone().source().is_some());
     }
 }
 

@@ -19,12 +19,12 @@
 
 use std::collections::HashMap;
 use std::fmt;
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use futures_util::StreamExt;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use redis::{Client, RedisError, Value};
+use redis::{Client, ErrorKind, RedisError, ServerErrorKind, Value};
 use stek_core::record::MAX_RECORD_LEN;
 use stek_core::{jitter, Backoff, KeyBytes, Slot};
 use tokio::runtime::Handle;
@@ -108,7 +108,7 @@ impl RedisStore {
     /// store reconnects by itself after failures. Must be called inside a Tokio runtime, which
     /// then runs the store's background tasks.
     pub async fn connect(url: &str) -> Result<RedisStore, StoreError> {
-        let client = Client::open(url).map_err(|e| invalid_url(&e))?;
+        let client = Client::open(url).map_err(invalid_url)?;
         let conn = ConnectionManager::new_with_config(client.clone(), manager_config())
             .await
             .map_err(unavailable)?;
@@ -119,7 +119,7 @@ impl RedisStore {
     /// so a process can start while its store is down and follow the failure policy until it
     /// returns. Only an invalid URL fails. Must be called inside a Tokio runtime.
     pub fn connect_lazy(url: &str) -> Result<RedisStore, StoreError> {
-        let client = Client::open(url).map_err(|e| invalid_url(&e))?;
+        let client = Client::open(url).map_err(invalid_url)?;
         let conn = ConnectionManager::new_lazy_with_config(client.clone(), manager_config())
             .map_err(unavailable)?;
         Ok(Self::with(client, conn))
@@ -143,9 +143,7 @@ impl RedisStore {
             .await
             .map_err(unavailable)?;
         if micros >= 1_000_000 {
-            return Err(StoreError::Unavailable(format!(
-                "TIME answered {micros} microseconds"
-            )));
+            return Err(bad_answer(format!("TIME answered {micros} microseconds")));
         }
         Ok(Duration::from_secs(secs) + Duration::from_micros(micros))
     }
@@ -174,19 +172,84 @@ fn manager_config() -> ConnectionManagerConfig {
         .set_max_delay(Duration::from_secs(1))
 }
 
-/// Redis's own error message, which says what failed: an error reply exactly as the server
-/// sent it (`READONLY You can't write against a read only replica.`, `NOAUTH ...`), else the
-/// client's description (connection refused, timed out, ...).
+/// How error messages name the store.
+const REDIS: &str = "Redis";
+
+/// A failed connection or command. An error reply (`READONLY You can't write against a read only
+/// replica.`, `NOAUTH ...`) is a refusal and keeps Redis's own words, except the replies of a
+/// server that cannot serve for now (`LOADING`, `MASTERDOWN`, `TRYAGAIN`, `CLUSTERDOWN`), which
+/// are an outage like a refused connection or a timeout.
 fn unavailable(e: RedisError) -> StoreError {
-    StoreError::Unavailable(match (e.code(), e.detail()) {
-        (Some(code), Some(detail)) => format!("{code} {detail}"),
-        _ => e.to_string(),
-    })
+    let store = REDIS.to_owned();
+    match e.kind() {
+        ErrorKind::Server(
+            ServerErrorKind::BusyLoading
+            | ServerErrorKind::MasterDown
+            | ServerErrorKind::TryAgain
+            | ServerErrorKind::ClusterDown,
+        ) => StoreError::Unavailable {
+            store,
+            source: Arc::new(RedisCause(e)),
+        },
+        ErrorKind::Parse | ErrorKind::UnexpectedReturnType => StoreError::BadAnswer {
+            store,
+            what: "a reply the client cannot read".to_owned(),
+            source: Some(Arc::new(RedisCause(e))),
+        },
+        _ => match (e.code(), e.detail()) {
+            (Some(code), Some(detail)) => StoreError::Refused {
+                store,
+                message: format!("{code} {detail}"),
+            },
+            (Some(code), None) => StoreError::Refused {
+                store,
+                message: code.to_owned(),
+            },
+            _ => StoreError::Unavailable {
+                store,
+                source: Arc::new(RedisCause(e)),
+            },
+        },
+    }
 }
 
-fn invalid_url(e: &RedisError) -> StoreError {
+fn invalid_url(e: RedisError) -> StoreError {
     // The URL itself is left out: it may carry a password.
-    StoreError::Unavailable(format!("invalid Redis URL: {e}"))
+    StoreError::BadUrl {
+        reason: "not a Redis URL the client accepts".to_owned(),
+        source: Some(Arc::new(RedisCause(e))),
+    }
+}
+
+fn bad_answer(what: String) -> StoreError {
+    StoreError::BadAnswer {
+        store: REDIS.to_owned(),
+        what,
+        source: None,
+    }
+}
+
+/// A [`RedisError`] as the cause of a [`StoreError`]. A `RedisError` prints its inner error and
+/// also returns it from `source()`; this skips that repeated level, so that a chain reads
+/// `Redis is unavailable: Connection refused (os error 111)` with the OS error once.
+#[derive(Debug)]
+struct RedisCause(RedisError);
+
+impl fmt::Display for RedisCause {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl std::error::Error for RedisCause {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        let inner = self.0.source()?;
+        if inner.to_string() == self.0.to_string() {
+            inner.source()
+        } else {
+            Some(inner)
+        }
+    }
 }
 
 /// The kind of a reply, for error messages that must not echo untrusted content.
@@ -233,10 +296,7 @@ impl Store for RedisStore {
             return match existing {
                 Value::Nil => Ok(Created::Won),
                 Value::BulkString(v) => Ok(Created::Lost(Zeroizing::new(v))),
-                other => Err(StoreError::Unavailable(format!(
-                    "GET {key} answered {}",
-                    kind(&other)
-                ))),
+                other => Err(bad_answer(format!("GET {key} answered {}", kind(&other)))),
             };
         }
         // Milliseconds since the epoch fit an i64 for the next 292 million years; saturate
@@ -257,12 +317,7 @@ impl Store for RedisStore {
         match previous {
             Value::Nil => {}
             Value::BulkString(v) => return Ok(Created::Lost(Zeroizing::new(v))),
-            other => {
-                return Err(StoreError::Unavailable(format!(
-                    "SET {key} answered {}",
-                    kind(&other)
-                )))
-            }
+            other => return Err(bad_answer(format!("SET {key} answered {}", kind(&other)))),
         }
         // The record is stored; the announcement is only a hint (agents also poll), so a failure
         // here must not turn a won slot into an error the generator would retry.
@@ -290,9 +345,11 @@ impl Store for RedisStore {
             return Ok(Vec::new());
         }
         if last.0 - first.0 >= MAX_WINDOW_SLOTS {
-            return Err(StoreError::Unavailable(format!(
-                "a window of slots {first}..={last} exceeds {MAX_WINDOW_SLOTS} slots"
-            )));
+            return Err(StoreError::WindowTooLarge {
+                first,
+                last,
+                max: MAX_WINDOW_SLOTS,
+            });
         }
         let slots: Vec<Slot> = (first.0..=last.0).map(Slot).collect();
         let mut mget = redis::cmd("MGET");
@@ -304,13 +361,10 @@ impl Store for RedisStore {
             .await
             .map_err(unavailable)?;
         let Value::Array(values) = reply else {
-            return Err(StoreError::Unavailable(format!(
-                "MGET answered {}",
-                kind(&reply)
-            )));
+            return Err(bad_answer(format!("MGET answered {}", kind(&reply))));
         };
         if values.len() != slots.len() {
-            return Err(StoreError::Unavailable(format!(
+            return Err(bad_answer(format!(
                 "MGET answered {} values for {} keys",
                 values.len(),
                 slots.len()
@@ -464,34 +518,39 @@ mod tests {
 
     #[tokio::test]
     async fn invalid_urls_and_oversized_records_fail_without_a_server() {
-        assert!(matches!(
-            RedisStore::connect_lazy("http://example"),
-            Err(StoreError::Unavailable(_))
-        ));
+        let bad = RedisStore::connect_lazy("http://example").unwrap_err();
+        assert!(matches!(bad, StoreError::BadUrl { .. }), "{bad:?}");
+        assert!(std::error::Error::source(&bad).is_some(), "{bad:?}");
         // Nothing listens on port 1: the lazy store starts anyway and reports the outage per
         // command.
         let store = RedisStore::connect_lazy("redis://127.0.0.1:1").unwrap();
         let big = vec![0u8; MAX_RECORD_LEN + 1];
-        assert_eq!(
+        assert!(matches!(
+            store.create("g", Slot(1), &big, Duration::MAX).await,
+            Err(StoreError::TooLarge(n)) if n == MAX_RECORD_LEN + 1
+        ));
+        assert!(matches!(
             store
-                .create("g", Slot(1), &big, Duration::MAX)
-                .await
-                .unwrap_err(),
-            StoreError::TooLarge(MAX_RECORD_LEN + 1)
-        );
-        assert!(store
-            .read_window("g", Slot(0), Slot(MAX_WINDOW_SLOTS))
-            .await
-            .is_err());
+                .read_window("g", Slot(0), Slot(MAX_WINDOW_SLOTS))
+                .await,
+            Err(StoreError::WindowTooLarge { .. })
+        ));
         assert!(store
             .read_window("g", Slot(5), Slot(4))
             .await
             .unwrap()
             .is_empty());
-        assert!(matches!(
-            store.read_window("g", Slot(0), Slot(1)).await,
-            Err(StoreError::Unavailable(_))
-        ));
+        // The outage keeps the client's error as its cause, the OS error once.
+        let down = store.read_window("g", Slot(0), Slot(1)).await.unwrap_err();
+        assert!(matches!(down, StoreError::Unavailable { .. }), "{down:?}");
+        let why = std::error::Error::source(&down)
+            .expect("a cause")
+            .to_string();
+        assert!(!why.is_empty());
+        let chain = crate::error::Chain(&down).to_string();
+        assert!(chain.starts_with("Redis is unavailable: "), "{chain}");
+        assert!(chain.contains("refused"), "{chain}");
+        assert_eq!(chain.matches("os error").count(), 1, "{chain}");
         assert!(format!("{store:?}").contains("127.0.0.1:1"));
     }
 }
