@@ -1851,7 +1851,9 @@ pub fn stalled_store(b: &mut dyn Backend, root: &Path) {
         },
     );
     eprintln!("{}: recovered:\n{}", b.kind(), st.render());
-
+    if current_slot_of(P2) < k + 4 {
+        sleep_until_slot(P2, k + 4, Duration::from_millis(300));
+    }
     let log = agent.proc.log_text();
     let at = |what: &str, slot: u64| -> Duration {
         log.lines()
