@@ -21,6 +21,11 @@ use super::shutdown::Connections;
 use super::stats::ConnectionGuard;
 use super::table::KeyTable;
 
+/// The stack of a worker thread. Under `mlockall` every page of a thread's stack is resident, so
+/// the default 2 MiB would cost 2 MiB of locked memory per worker; a worker's deepest path (a
+/// `get` of many keys, `stats`) uses a few tens of KiB.
+const WORKER_STACK: usize = 256 * 1024;
+
 /// An accepted connection on its way to a worker: detached from the accepting runtime's
 /// event loop, so the worker's can take it.
 pub(crate) enum Detached {
@@ -65,6 +70,7 @@ impl Workers {
             // the caller's async context would panic.
             std::thread::Builder::new()
                 .name(format!("stek-mc-{i}"))
+                .stack_size(WORKER_STACK)
                 .spawn(move || {
                     let rt = match tokio::runtime::Builder::new_current_thread()
                         .enable_all()
