@@ -74,7 +74,7 @@ mod tests {
     use tokio::sync::watch;
 
     use super::*;
-    use crate::agent::tests::{recording_feed, start_generator};
+    use crate::agent::tests::{recording_feed, start_generator, until_set};
     use crate::agent::PlainOpener;
     use crate::clock::manual::TokioClock;
     use crate::store::MemoryStore;
@@ -92,7 +92,6 @@ mod tests {
         let (feed, seen) = recording_feed(&clock);
         let feed = feed.with(|_| {});
         assert_eq!(feed.len(), 2);
-        let mut stopped = stop.subscribe();
         let run = tokio::spawn(run_embedded_agent(
             store,
             PlainOpener,
@@ -100,9 +99,7 @@ mod tests {
             Arc::new(clock.clone()),
             feed,
             Metrics::new(),
-            async move {
-                let _ = stopped.wait_for(|s| *s).await;
-            },
+            until_set(&stop),
         ));
         tokio::time::sleep(Duration::from_secs(4 * 60 + 10)).await;
         stop.send_replace(true);
@@ -132,7 +129,6 @@ mod tests {
         let (stop, _) = watch::channel(false);
         start_generator(&store, s, &store_clock, &stop).await;
         let metrics = Metrics::new();
-        let mut stopped = stop.subscribe();
         let run = tokio::spawn(run_embedded_agent(
             store,
             PlainOpener,
@@ -140,9 +136,7 @@ mod tests {
             Arc::new(host.clone()),
             RingFeed::new(),
             metrics.clone(),
-            async move {
-                let _ = stopped.wait_for(|s| *s).await;
-            },
+            until_set(&stop),
         ));
         tokio::time::sleep(Duration::from_secs(90)).await;
         let st = metrics.status().expect("a status");

@@ -58,18 +58,15 @@ fn run_up(args: UpArgs) -> anyhow::Result<()> {
     let s = settings::up(&args, &load_config(&args.process)?, &place())?;
     prepare_key_dir(&s.delivery, &s.schedule)?;
     runtime()?.block_on(async move {
-        let listeners = bind_memcached(&s.delivery).await?;
-        let (clock, m) = clock_and_metrics(s.clock_offset_ms);
-        start_metrics(s.delivery.metrics.as_deref(), &m, &clock).await?;
+        let h = start_host(&s.delivery, s.clock_offset_ms).await?;
         log_schedule("stek up", &s.schedule);
-        let host = host_options(&s.delivery);
         stek::up::run(
             s.schedule,
             s.group,
-            host,
-            clock,
-            listeners,
-            m,
+            h.options,
+            h.clock,
+            h.listeners,
+            h.metrics,
             shutdown_signal(),
         )
         .await;
@@ -91,16 +88,13 @@ fn run_agent(args: AgentArgs) -> anyhow::Result<()> {
         s.trusted.len()
     );
     runtime()?.block_on(async move {
-        let listeners = bind_memcached(&s.delivery).await?;
+        let h = start_host(&s.delivery, s.clock_offset_ms).await?;
         let store = Arc::new(
             AnyStore::connect_lazy(&s.store)
                 .await
                 .with_context(|| format!("cannot use the store {}", s.store))?,
         );
-        let (clock, m) = clock_and_metrics(s.clock_offset_ms);
-        start_metrics(s.delivery.metrics.as_deref(), &m, &clock).await?;
         log_schedule("stek agent", &s.schedule);
-        let host = host_options(&s.delivery);
         let opener = SealedOpener {
             identity,
             trusted: s.trusted,
@@ -113,10 +107,10 @@ fn run_agent(args: AgentArgs) -> anyhow::Result<()> {
             store,
             opener,
             config,
-            host,
-            clock,
-            listeners,
-            m,
+            h.options,
+            h.clock,
+            h.listeners,
+            h.metrics,
             shutdown_signal(),
         )
         .await;
@@ -221,7 +215,17 @@ fn prepare_key_dir(d: &DeliverySettings, schedule: &Schedule) -> anyhow::Result<
     Ok(())
 }
 
-async fn bind_memcached(d: &DeliverySettings) -> anyhow::Result<Vec<Listener>> {
+/// What `stek up` and `stek agent` start on this host before their loop.
+struct Host {
+    /// The memcached endpoints, bound (so that address errors surface before anything runs).
+    listeners: Vec<Listener>,
+    clock: Arc<dyn Clock>,
+    /// Also served on the metrics endpoint, if asked.
+    metrics: Arc<Metrics>,
+    options: HostOptions,
+}
+
+async fn start_host(d: &DeliverySettings, clock_offset_ms: i64) -> anyhow::Result<Host> {
     let mut listeners = Vec::new();
     for a in &d.memcached {
         let l = memcached::bind(a, d.memcached_allow_remote)
@@ -230,7 +234,14 @@ async fn bind_memcached(d: &DeliverySettings) -> anyhow::Result<Vec<Listener>> {
         info!("serving ticket keys over the memcached protocol on {a}");
         listeners.push(l);
     }
-    Ok(listeners)
+    let (clock, metrics) = clock_and_metrics(clock_offset_ms);
+    start_metrics(d.metrics.as_deref(), &metrics, &clock).await?;
+    Ok(Host {
+        listeners,
+        clock,
+        metrics,
+        options: host_options(d),
+    })
 }
 
 fn clock_and_metrics(offset_ms: i64) -> (Arc<dyn Clock>, Arc<Metrics>) {

@@ -135,15 +135,10 @@ pub async fn run<S: Store, O: Opener + 'static>(
             .saturating_sub(clock.now()),
     );
     tokio::select! {
-        report = reports.recv() => match report {
-            Some(report) => {
-                if rotator.take(report, clock.now()) {
-                    out.metrics.store_error();
-                }
-                reported = true;
-            }
-            None => syncer_alive = false,
-        },
+        report = reports.recv() => {
+            reported = true;
+            syncer_alive = out.take(&mut rotator, report, clock.now());
+        }
         _ = tokio::time::sleep(first_wait) => {}
         _ = &mut shutdown => {
             syncing.abort();
@@ -197,19 +192,10 @@ pub async fn run<S: Store, O: Opener + 'static>(
             + Duration::from_millis(1);
         tokio::select! {
             _ = tokio::time::sleep(wake) => {}
-            report = reports.recv(), if syncer_alive => match report {
-                Some(report) => {
-                    if rotator.take(report, clock.now()) {
-                        out.metrics.store_error();
-                    }
-                    reported = true;
-                }
-                None => {
-                    // Only a panic ends the syncer early; keep rotating on the keys we hold.
-                    error!("group {}: the store reader stopped; rotating on the keys held (restart stek to read the store again)", out.group);
-                    syncer_alive = false;
-                }
-            },
+            report = reports.recv(), if syncer_alive => {
+                reported = true;
+                syncer_alive = out.take(&mut rotator, report, clock.now());
+            }
             _ = &mut shutdown => break,
         }
     }
@@ -231,6 +217,19 @@ struct Outlet {
 }
 
 impl Outlet {
+    /// Hands a syncer report to the rotator and counts a failed read. Returns whether the syncer
+    /// is still there (`None`: it ended, which only a panic does).
+    fn take(&self, rotator: &mut Rotator, report: Option<SyncReport>, now: Duration) -> bool {
+        let Some(report) = report else {
+            error!("group {}: the store reader stopped; rotating on the keys held (restart stek to read the store again)", self.group);
+            return false;
+        };
+        if rotator.take(report, now) {
+            self.metrics.store_error();
+        }
+        true
+    }
+
     fn deliver(&mut self, ring: &Ring) {
         let verb = if self.last_slot == Some(ring.current()) {
             "updated the ring of"
@@ -463,16 +462,21 @@ pub(crate) mod tests {
         let metrics = Metrics::new();
         let now = store_clock.now() + publish_margin(&plans);
         generator_round(&**store, &plans, now, &metrics).await;
-        let mut stopped = stop.subscribe();
         tokio::spawn(run_generator(
             store.clone(),
             plans,
             Arc::new(store_clock.clone()),
             metrics,
-            async move {
-                let _ = stopped.wait_for(|s| *s).await;
-            },
+            until_set(&stop),
         ));
+    }
+
+    /// Resolves once `stop` is set.
+    pub(crate) fn until_set(stop: &watch::Sender<bool>) -> impl Future<Output = ()> + 'static {
+        let mut rx = stop.subscribe();
+        async move {
+            let _ = rx.wait_for(|s| *s).await;
+        }
     }
 
     /// A store that stops answering reads while stalled, as a SIGSTOPped Redis does; writes
@@ -540,7 +544,6 @@ pub(crate) mod tests {
         });
         let (feed, seen) = recording_feed(&clock);
         let metrics = Metrics::new();
-        let mut stopped = stop.subscribe();
         let agent = tokio::spawn(run(
             store.clone(),
             PlainOpener,
@@ -549,9 +552,7 @@ pub(crate) mod tests {
             "this process",
             Arc::new(clock.clone()),
             metrics.clone(),
-            async move {
-                let _ = stopped.wait_for(|s| *s).await;
-            },
+            until_set(&stop),
         ));
         tokio::time::sleep(Duration::from_secs(6)).await;
         let before = seen.lock().unwrap().len();
@@ -643,7 +644,6 @@ pub(crate) mod tests {
         let (stop, _) = watch::channel(false);
         start_generator(&store, s, &store_clock, &stop).await;
         let metrics = Metrics::new();
-        let mut stopped = stop.subscribe();
         let agent = tokio::spawn(run(
             store,
             PlainOpener,
@@ -652,9 +652,7 @@ pub(crate) mod tests {
             "this process",
             Arc::new(host.clone()),
             metrics.clone(),
-            async move {
-                let _ = stopped.wait_for(|s| *s).await;
-            },
+            until_set(&stop),
         ));
         let check = |steps: u64, offset: f64, encrypting: &str| {
             let st = metrics.status().unwrap();

@@ -39,7 +39,7 @@ impl HaproxySink {
         keys_path(&self.dir)
     }
 
-    /// Writes the keys file; returns its path and the keys written.
+    /// Writes the keys file; returns its path.
     pub fn write(&mut self, ring: &Ring) -> io::Result<PathBuf> {
         self.write_keys(ring).map(|(path, _)| path)
     }
