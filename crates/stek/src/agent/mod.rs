@@ -467,7 +467,7 @@ pub(crate) mod tests {
             plans,
             Arc::new(store_clock.clone()),
             metrics,
-            until_set(&stop),
+            until_set(stop),
         ));
     }
 
