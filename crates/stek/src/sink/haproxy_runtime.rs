@@ -199,9 +199,25 @@ impl SocketBook {
     }
 }
 
+/// A file name HAProxy's command line cannot carry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NotACliWord(pub String);
+
+impl fmt::Display for NotACliWord {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{:?} cannot be named on HAProxy's command line (spaces, ';', '\\' or non-ASCII characters)",
+            self.0
+        )
+    }
+}
+
+impl std::error::Error for NotACliWord {}
+
 /// Whether `file` can be named on HAProxy's command line, which splits words at spaces and
 /// commands at `;` and treats `\` as an escape.
-pub fn check_cli_word(file: &str) -> Result<(), String> {
+pub fn check_cli_word(file: &str) -> Result<(), NotACliWord> {
     if !file.is_empty()
         && file
             .chars()
@@ -209,9 +225,7 @@ pub fn check_cli_word(file: &str) -> Result<(), String> {
     {
         Ok(())
     } else {
-        Err(format!(
-            "{file:?} cannot be named on HAProxy's command line (spaces, ';', '\\' or non-ASCII characters)"
-        ))
+        Err(NotACliWord(file.to_owned()))
     }
 }
 
@@ -354,7 +368,7 @@ async fn converge(
             file: file.clone(),
             why,
         };
-        check_cli_word(&file).map_err(incompatible)?;
+        check_cli_word(&file).map_err(|e| incompatible(e.to_string()))?;
         let n = plan(&show_ring(socket, &file).await?, keys.keys()).map_err(incompatible)?;
         for i in 3 - n..3 {
             push(socket, &file, keys, i).await?;
