@@ -230,6 +230,9 @@ async fn start_host(
     dir: KeyDir,
     clock_offset_ms: i64,
 ) -> anyhow::Result<Host> {
+    // Before memcached's socket or anything else is created in the directory.
+    let options = host_options(d, dir);
+    options.open_dirs()?;
     let mut listeners = Vec::new();
     for a in &d.memcached {
         let l = memcached::bind(a, d.memcached_allow_remote)
@@ -244,7 +247,7 @@ async fn start_host(
         listeners,
         clock,
         metrics,
-        options: host_options(d, dir),
+        options,
     })
 }
 

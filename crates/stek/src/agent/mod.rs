@@ -33,7 +33,7 @@ use tokio::time::Instant;
 use tracing::{error, info, warn};
 
 use crate::clock::{Clock, ClockWatch};
-use crate::files::KeyDir;
+use crate::files::{DirError, KeyDir};
 use crate::memcached::{self, Limits, Listener};
 use crate::metrics::Metrics;
 use crate::sink::{
@@ -326,6 +326,23 @@ impl HostOptions {
     /// between 1 and 5 s, so a HAProxy that comes back is in step well within a period.
     pub fn haproxy_max_backoff(schedule: &Schedule) -> Duration {
         (schedule.period() / 4).clamp(Duration::from_secs(1), Duration::from_secs(5))
+    }
+
+    /// Opens (creating them 0700 if absent) and checks the subdirectories of the key directory
+    /// that the host's file sinks write, so that an unsafe one (a symbolic link, another owner,
+    /// writable by others) stops `stek up` and `stek agent` at start instead of failing every
+    /// delivery. The sinks open and check them again at every write.
+    pub fn open_dirs(&self) -> Result<(), DirError> {
+        if self.sinks.contains(&SinkKind::Nginx) {
+            self.dir.subdir("nginx")?.subdir("keys")?;
+        }
+        if self.sinks.contains(&SinkKind::Haproxy) || !self.haproxy_sockets.is_empty() {
+            self.dir.subdir("haproxy")?;
+        }
+        if self.sinks.contains(&SinkKind::Apache) {
+            self.dir.subdir("apache")?;
+        }
+        Ok(())
     }
 
     /// The host's sinks in delivery order (files, the memcached table, the reload command last,
