@@ -372,6 +372,22 @@ impl KeyDir {
         Ok(out)
     }
 
+    /// Erases the temporary files a crashed or killed stek may have left here (names `.*.tmp`,
+    /// which only [`KeyDir::write_atomic`] makes, also as older versions named them): they may
+    /// hold key bytes that no rotation would otherwise erase. Returns how many were found. Call
+    /// it only while no other stek writes in this directory (at start).
+    pub fn erase_temporaries(&self) -> io::Result<usize> {
+        let mut found = 0;
+        for name in self.names()? {
+            let b = name.as_bytes();
+            if b.len() > ".x.tmp".len() && b.starts_with(b".") && b.ends_with(b".tmp") {
+                self.erase(&name)?;
+                found += 1;
+            }
+        }
+        Ok(found)
+    }
+
     /// Erases the file `name`: overwrites it with zeros, syncs it, then removes it. Missing
     /// files are fine. Only a regular file opened without following links, owned by us and
     /// with a single link is overwritten; a symbolic link is removed itself (its target is
@@ -671,6 +687,12 @@ mod tests {
         assert_eq!(fs::read(&victim).unwrap(), b"precious");
         let m = d.path().join("keys/ticket.key").symlink_metadata().unwrap();
         assert!(m.is_file() && m.mode() & 0o777 == 0o600);
+        // Temporary files left by a crash are erased at start; other names are not.
+        fs::write(d.path().join("keys/.ticket.key.1234.tmp"), [9; 48]).unwrap();
+        fs::write(d.path().join("keys/.tmp"), b"x").unwrap();
+        assert_eq!(k.erase_temporaries().unwrap(), 1);
+        assert!(!d.path().join("keys/.ticket.key.1234.tmp").exists());
+        assert!(d.path().join("keys/.tmp").exists() && d.path().join("keys/ticket.key").exists());
         // A directory is left alone.
         fs::create_dir(d.path().join("keys/sub")).unwrap();
         k.erase(OsStr::new("sub")).unwrap();

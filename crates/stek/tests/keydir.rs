@@ -50,8 +50,19 @@ fn wait_log(stek: &Proc, line: &str) {
 fn the_normal_case_writes_0600_files_in_0700_dirs() {
     let base = shm_dir();
     let dir = base.path().join("keys");
+    // A temporary file an earlier, killed stek left behind (key bytes no rotation would erase).
+    fs::create_dir_all(dir.join("apache")).expect("mkdir");
+    let stale = dir.join("apache/.ticket.key.4242.tmp");
+    fs::write(&stale, [7u8; 48]).expect("stale tmp");
     let stek = stek_up(base.path(), ARGS);
     let conf = wait_nginx_conf(base.path());
+    assert!(!stale.exists(), "erased at start");
+    assert!(
+        stek.log_text()
+            .contains("erased 1 temporary file(s) left in"),
+        "{}",
+        stek.log_text()
+    );
     // The files of a whole rotation, status.json included.
     let first = fs::read_to_string(&conf).expect("conf");
     next_conf(&conf, &first);

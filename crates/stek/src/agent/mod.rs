@@ -332,15 +332,31 @@ impl HostOptions {
     /// that the host's file sinks write, so that an unsafe one (a symbolic link, another owner,
     /// writable by others) stops `stek up` and `stek agent` at start instead of failing every
     /// delivery. The sinks open and check them again at every write.
+    ///
+    /// Then erases the temporary files a crashed stek may have left in them
+    /// ([`KeyDir::erase_temporaries`]).
     pub fn open_dirs(&self) -> Result<(), DirError> {
+        let mut dirs = vec![self.dir.clone()];
         if self.sinks.contains(&SinkKind::Nginx) {
-            self.dir.subdir("nginx")?.subdir("keys")?;
+            let nginx = self.dir.subdir("nginx")?;
+            dirs.push(nginx.subdir("keys")?);
+            dirs.push(nginx);
         }
         if self.sinks.contains(&SinkKind::Haproxy) || !self.haproxy_sockets.is_empty() {
-            self.dir.subdir("haproxy")?;
+            dirs.push(self.dir.subdir("haproxy")?);
         }
         if self.sinks.contains(&SinkKind::Apache) {
-            self.dir.subdir("apache")?;
+            dirs.push(self.dir.subdir("apache")?);
+        }
+        for d in &dirs {
+            match d.erase_temporaries() {
+                Ok(0) => {}
+                Ok(n) => info!(
+                    "erased {n} temporary file(s) left in {} by an earlier run",
+                    d.path().display()
+                ),
+                Err(e) => return Err(DirError::Io(d.path().to_owned(), e)),
+            }
         }
         Ok(())
     }
