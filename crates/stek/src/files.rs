@@ -1,10 +1,25 @@
-//! Key files: the one helper that writes them, the check that they live in memory only, and
-//! erasure.
+//! Key files: the key directory as an open handle ([`KeyDir`]), the check that it lives in
+//! memory only and belongs to us, atomic writes and erasure (docs/DESIGN.md §5, "Key
+//! directory").
+//!
+//! Every operation inside the key directory is relative to a directory handle opened once and
+//! checked through `fstat` of the handle, never by path: a path can be swapped for a symbolic
+//! link between a check and a use, a handle cannot. Symbolic links inside the directory are
+//! never followed: a subdirectory that is a link is refused, a key file name that is a link is
+//! unlinked itself (the link, never its target) and the log says so.
 
-use std::fs::{self, DirBuilder, OpenOptions};
+use std::ffi::{OsStr, OsString};
+use std::fs::{self, DirBuilder, File, OpenOptions};
 use std::io::{self, Write};
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use rustix::fs::{AtFlags, FileType, Mode, OFlags};
+use rustix::io::Errno;
+use tracing::warn;
 
 use crate::sys;
 
@@ -17,8 +32,9 @@ pub enum DirCheck {
     PersistentAllowed(String),
 }
 
-/// Why a directory was refused.
+/// Why a key directory (DIR or one of its subdirectories) was refused.
 #[derive(Debug)]
+#[non_exhaustive]
 pub enum DirError {
     /// The directory lies on a persistent file system.
     Persistent {
@@ -30,6 +46,30 @@ pub enum DirError {
     /// The file system could not be examined (the directory, and the system's error as the
     /// source).
     Io(PathBuf, io::Error),
+    /// The directory belongs to another user or others may write into it: whoever can write
+    /// there can plant links that make stek write keys where they can read them, or erase files
+    /// stek never wrote.
+    NotPrivate {
+        /// The directory.
+        dir: PathBuf,
+        /// Its owner.
+        uid: u32,
+        /// Its permission bits.
+        mode: u32,
+        /// The uid stek runs as, which must own it.
+        want_uid: u32,
+    },
+    /// The directory is a symbolic link (stek never follows one in its key directory).
+    Symlink {
+        /// The link.
+        dir: PathBuf,
+        /// Where it points, if readable.
+        target: Option<PathBuf>,
+        /// Whether the target exists.
+        dangling: bool,
+    },
+    /// Something other than a directory is in the way.
+    NotDir(PathBuf),
 }
 
 impl std::fmt::Display for DirError {
@@ -43,6 +83,45 @@ impl std::fmt::Display for DirError {
                 dir.display()
             ),
             DirError::Io(dir, _) => write!(f, "cannot examine {}", dir.display()),
+            DirError::NotPrivate {
+                dir,
+                uid,
+                mode,
+                want_uid,
+            } => write!(
+                f,
+                "refusing key directory {}: owner uid {uid}, mode {mode:04o}; it must be owned by \
+                 uid {want_uid} (stek's user) and not writable by group or others (chown it and \
+                 chmod 0700, or remove it and let stek create it)",
+                dir.display()
+            ),
+            DirError::Symlink {
+                dir,
+                target,
+                dangling,
+            } => {
+                write!(
+                    f,
+                    "refusing key directory {}: it is a symbolic link",
+                    dir.display()
+                )?;
+                if let Some(t) = target {
+                    write!(f, " to {}", t.display())?;
+                }
+                if *dangling {
+                    write!(f, " (which does not exist)")?;
+                }
+                write!(
+                    f,
+                    "; stek never follows symbolic links in its key directory: give the real \
+                     directory, or remove the link"
+                )
+            }
+            DirError::NotDir(dir) => write!(
+                f,
+                "refusing key directory {}: it exists and is not a directory",
+                dir.display()
+            ),
         }
     }
 }
@@ -51,37 +130,54 @@ impl std::error::Error for DirError {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
             DirError::Io(_, e) => Some(e),
-            DirError::Persistent { .. } => None,
+            _ => None,
         }
     }
 }
 
-/// The nearest existing ancestor of `dir` (itself if it exists): it shares its file system
-/// with whatever would be created below it.
+impl From<DirError> for io::Error {
+    fn from(e: DirError) -> io::Error {
+        io::Error::other(e)
+    }
+}
+
+/// The nearest existing ancestor of `dir` (itself if it exists, a symbolic link included): it
+/// shares its file system with whatever would be created below it.
 fn existing_ancestor(dir: &Path) -> &Path {
     dir.ancestors()
-        .find(|a| a.exists())
+        .find(|a| a.symlink_metadata().is_ok())
         .unwrap_or_else(|| Path::new("/"))
 }
 
-/// Checks, without creating anything, that `dir` lies (or would lie) on tmpfs or ramfs.
-pub fn check_dir(dir: &Path, allow_persistent: bool) -> Result<DirCheck, DirError> {
-    let anc = existing_ancestor(dir);
-    let magic = sys::fs_magic(anc).map_err(|e| DirError::Io(dir.to_owned(), e))?;
+fn classify(magic: i64, fs: impl FnOnce() -> Option<String>) -> Result<DirCheck, String> {
     match magic {
         sys::TMPFS_MAGIC => Ok(DirCheck::Memory("tmpfs")),
         sys::RAMFS_MAGIC => Ok(DirCheck::Memory("ramfs")),
-        other => {
-            let fs = fs_name(anc).unwrap_or_else(|| format!("file system type 0x{other:x}"));
-            if allow_persistent {
-                Ok(DirCheck::PersistentAllowed(fs))
-            } else {
-                Err(DirError::Persistent {
-                    dir: dir.to_owned(),
-                    fs,
-                })
-            }
-        }
+        other => Err(fs().unwrap_or_else(|| format!("file system type 0x{other:x}"))),
+    }
+}
+
+/// Checks, without creating anything, that `dir` lies (or would lie) on tmpfs or ramfs. A
+/// preliminary look by path (for choosing the default directory and before creating one);
+/// [`KeyDir::open`] decides on the opened handle.
+pub fn check_dir(dir: &Path, allow_persistent: bool) -> Result<DirCheck, DirError> {
+    let anc = existing_ancestor(dir);
+    let magic = sys::fs_magic(anc).map_err(|e| DirError::Io(dir.to_owned(), e))?;
+    persistent_policy(dir, classify(magic, || fs_name(anc)), allow_persistent)
+}
+
+fn persistent_policy(
+    dir: &Path,
+    found: Result<DirCheck, String>,
+    allow_persistent: bool,
+) -> Result<DirCheck, DirError> {
+    match found {
+        Ok(c) => Ok(c),
+        Err(fs) if allow_persistent => Ok(DirCheck::PersistentAllowed(fs)),
+        Err(fs) => Err(DirError::Persistent {
+            dir: dir.to_owned(),
+            fs,
+        }),
     }
 }
 
@@ -115,41 +211,329 @@ pub fn default_dir() -> Option<PathBuf> {
         .find(|c| matches!(check_dir(c, false), Ok(DirCheck::Memory(_))))
 }
 
-/// Creates `dir` (and parents) with mode 0700, and tightens an existing one to 0700.
-pub fn ensure_private_dir(dir: &Path) -> io::Result<()> {
-    DirBuilder::new().recursive(true).mode(0o700).create(dir)?;
-    fs::set_permissions(dir, fs::Permissions::from_mode(0o700))
+/// Flags of every directory handle: no link followed at the last component, not inherited by
+/// the reload command or other children.
+fn dir_flags() -> OFlags {
+    OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC
 }
 
-/// Writes `bytes` to `path` atomically with mode 0600: a temporary file in the same directory,
-/// written and synced, then renamed over `path`. Readers see the old file or the new one, never
-/// a partial key.
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
-    let dir = path.parent().unwrap_or_else(|| Path::new("."));
-    let name = path
-        .file_name()
-        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "no file name"))?;
-    let mut tmp_name = std::ffi::OsString::from(".");
-    tmp_name.push(name);
-    tmp_name.push(format!(".{}.tmp", std::process::id()));
-    let tmp = dir.join(tmp_name);
-    let result = (|| {
-        let mut f = OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&tmp)?;
-        // An older temporary file may have had other permissions.
-        f.set_permissions(fs::Permissions::from_mode(0o600))?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-        fs::rename(&tmp, path)
-    })();
-    if result.is_err() {
-        let _ = fs::remove_file(&tmp);
+/// The key directory (or one of its subdirectories) as an open, checked handle. Every file
+/// operation is relative to the handle; the path is kept for messages and for the paths handed
+/// to servers (nginx's include file, HAProxy's runtime API).
+#[derive(Debug, Clone)]
+pub struct KeyDir {
+    fd: Arc<OwnedFd>,
+    path: PathBuf,
+}
+
+impl KeyDir {
+    /// Opens the key directory `path` at start, creating it (and missing parents) with mode
+    /// 0700 if absent, and checks through the opened handle that it is a directory, owned by the
+    /// running uid, not writable by group or others (it is tightened to 0700 otherwise), and on
+    /// tmpfs or ramfs (or on a persistent file system when `allow_persistent`). `path` itself
+    /// must not be a symbolic link. Nothing is written before the checks pass, except the
+    /// creation of a missing directory.
+    pub fn open(path: &Path, allow_persistent: bool) -> Result<(KeyDir, DirCheck), DirError> {
+        match fs::symlink_metadata(path) {
+            Ok(m) if m.file_type().is_symlink() => return Err(symlink_error(path)),
+            Ok(m) if !m.is_dir() => return Err(DirError::NotDir(path.to_owned())),
+            Ok(_) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                // Never create anything on a persistent disk by mistake: look first.
+                check_dir(path, allow_persistent)?;
+                if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+                    DirBuilder::new()
+                        .recursive(true)
+                        .mode(0o700)
+                        .create(parent)
+                        .map_err(|e| DirError::Io(parent.to_owned(), e))?;
+                }
+                // In a shared directory (/dev/shm) another user may create the name first:
+                // mkdir does not follow or replace anything, and the handle opened next is
+                // what gets checked.
+                match rustix::fs::mkdir(path, Mode::from_raw_mode(0o700)) {
+                    Ok(()) | Err(Errno::EXIST) => {}
+                    Err(e) => return Err(DirError::Io(path.to_owned(), e.into())),
+                }
+            }
+            Err(e) => return Err(DirError::Io(path.to_owned(), e)),
+        }
+        let fd = match rustix::fs::open(path, dir_flags(), Mode::empty()) {
+            Ok(fd) => fd,
+            Err(Errno::LOOP) => return Err(symlink_error(path)),
+            Err(Errno::NOTDIR) => return Err(DirError::NotDir(path.to_owned())),
+            Err(e) => return Err(DirError::Io(path.to_owned(), e.into())),
+        };
+        // The file system first: a refused directory is not even tightened.
+        let st = rustix::fs::fstatfs(&fd).map_err(|e| DirError::Io(path.to_owned(), e.into()))?;
+        #[allow(clippy::unnecessary_cast)] // f_type's width differs between targets.
+        let check = persistent_policy(
+            path,
+            classify(st.f_type as i64, || fs_name(path)),
+            allow_persistent,
+        )?;
+        verify_private(&fd, path)?;
+        Ok((
+            KeyDir {
+                fd: Arc::new(fd),
+                path: path.to_owned(),
+            },
+            check,
+        ))
     }
-    result
+
+    /// The directory's path, for messages and for servers that read the files by path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Opens the subdirectory `name` (one path component), creating it with mode 0700 if
+    /// absent, with the same checks as [`KeyDir::open`]: a symbolic link, another owner or a
+    /// group- or world-writable mode is refused, nothing is written through it.
+    pub fn subdir(&self, name: &str) -> Result<KeyDir, DirError> {
+        let path = self.path.join(name);
+        if !is_component(OsStr::new(name)) {
+            return Err(DirError::Io(
+                path,
+                io::Error::new(io::ErrorKind::InvalidInput, "not a single path component"),
+            ));
+        }
+        match rustix::fs::mkdirat(&*self.fd, name, Mode::from_raw_mode(0o700)) {
+            Ok(()) | Err(Errno::EXIST) => {}
+            Err(e) => return Err(DirError::Io(path, e.into())),
+        }
+        let fd = match rustix::fs::openat(&*self.fd, name, dir_flags(), Mode::empty()) {
+            Ok(fd) => fd,
+            Err(e @ (Errno::LOOP | Errno::NOTDIR)) => {
+                return Err(match self.lstat(name) {
+                    Ok(Some(FileType::Symlink)) => self.symlink_error_at(name),
+                    Ok(Some(_)) => DirError::NotDir(path),
+                    _ => DirError::Io(path, e.into()),
+                })
+            }
+            Err(e) => return Err(DirError::Io(path, e.into())),
+        };
+        verify_private(&fd, &path)?;
+        Ok(KeyDir {
+            fd: Arc::new(fd),
+            path,
+        })
+    }
+
+    /// Writes `bytes` to the file `name` atomically with mode 0600: a new temporary file with an
+    /// unpredictable name (created exclusively, so a planted file or link at that name makes
+    /// the write fail instead of being written through), written and synced, then renamed over
+    /// `name`. Readers see the old file or the new one, never a partial key. A symbolic link at
+    /// `name` is replaced by the file (rename never follows it), and the log says so.
+    pub fn write_atomic(&self, name: &str, bytes: &[u8]) -> io::Result<()> {
+        if !is_component(OsStr::new(name)) {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("{name:?} is not a single path component"),
+            ));
+        }
+        let mut rand = [0u8; 16];
+        stek_core::key::fill_random(&mut rand).map_err(io::Error::other)?;
+        let tmp = format!(".{name}.{}.tmp", hex(&rand));
+        let fd = rustix::fs::openat(
+            &*self.fd,
+            tmp.as_str(),
+            OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::from_raw_mode(0o600),
+        )?;
+        let result = (|| {
+            let mut f = File::from(fd);
+            f.write_all(bytes)?;
+            f.sync_all()?;
+            if self.lstat(name)? == Some(FileType::Symlink) {
+                warn!(
+                    "{} was a symbolic link: replaced by the file, the link's target untouched",
+                    self.path.join(name).display()
+                );
+            }
+            rustix::fs::renameat(&*self.fd, tmp.as_str(), &*self.fd, name)?;
+            Ok(())
+        })();
+        if result.is_err() {
+            let _ = rustix::fs::unlinkat(&*self.fd, tmp.as_str(), AtFlags::empty());
+        }
+        result
+    }
+
+    /// The names in the directory (without `.` and `..`).
+    pub fn names(&self) -> io::Result<Vec<OsString>> {
+        let mut out = Vec::new();
+        for entry in rustix::fs::Dir::read_from(&*self.fd)? {
+            let name = entry?.file_name().to_bytes().to_vec();
+            if name != b"." && name != b".." {
+                out.push(OsString::from_vec(name));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Erases the temporary files a crashed or killed stek may have left here (names `.*.tmp`,
+    /// which only [`KeyDir::write_atomic`] makes, also as older versions named them): they may
+    /// hold key bytes that no rotation would otherwise erase. Returns how many were found. Call
+    /// it only while no other stek writes in this directory (at start).
+    pub fn erase_temporaries(&self) -> io::Result<usize> {
+        let mut found = 0;
+        for name in self.names()? {
+            let b = name.as_bytes();
+            if b.len() > ".x.tmp".len() && b.starts_with(b".") && b.ends_with(b".tmp") {
+                self.erase(&name)?;
+                found += 1;
+            }
+        }
+        Ok(found)
+    }
+
+    /// Erases the file `name`: overwrites it with zeros, syncs it, then removes it. Missing
+    /// files are fine. Only a regular file opened without following links, owned by us and
+    /// with a single link is overwritten; a symbolic link is removed itself (its target is
+    /// never opened); a file with other links or another owner is only unlinked (overwriting it
+    /// would change a file that is not only ours); anything else (a directory, a FIFO, a device)
+    /// is left alone. Each of these cases is logged.
+    pub fn erase(&self, name: &OsStr) -> io::Result<()> {
+        let shown = self.path.join(name);
+        if !is_component(name) {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("{} is not a single path component", shown.display()),
+            ));
+        }
+        match self.lstat(name)? {
+            None => return Ok(()),
+            Some(FileType::Symlink) => {
+                warn!(
+                    "{} is a symbolic link: removed the link, its target untouched",
+                    shown.display()
+                );
+                return self.unlink(name);
+            }
+            Some(FileType::RegularFile) => {}
+            Some(other) => {
+                warn!(
+                    "{} is not a regular file ({other:?}): left alone, not erased",
+                    shown.display()
+                );
+                return Ok(());
+            }
+        }
+        // NONBLOCK: a FIFO swapped in after the look above must not hang the loop.
+        let fd = match rustix::fs::openat(
+            &*self.fd,
+            name,
+            OFlags::WRONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::NOCTTY | OFlags::CLOEXEC,
+            Mode::empty(),
+        ) {
+            Ok(fd) => fd,
+            Err(Errno::NOENT) => return Ok(()),
+            Err(Errno::LOOP) => {
+                warn!(
+                    "{} became a symbolic link: removed the link, its target untouched",
+                    shown.display()
+                );
+                return self.unlink(name);
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let st = rustix::fs::fstat(&fd)?;
+        let me = rustix::process::geteuid().as_raw();
+        if FileType::from_raw_mode(st.st_mode) != FileType::RegularFile {
+            warn!(
+                "{} is not a regular file: left alone, not erased",
+                shown.display()
+            );
+            return Ok(());
+        }
+        if st.st_nlink != 1 || st.st_uid != me {
+            warn!(
+                "{} has {} links and owner uid {}: unlinked without overwriting (the content is \
+                 not only stek's)",
+                shown.display(),
+                st.st_nlink,
+                st.st_uid
+            );
+            return self.unlink(name);
+        }
+        let len = usize::try_from(st.st_size).unwrap_or(0).min(1 << 20);
+        let mut f = File::from(fd);
+        f.write_all(&vec![0u8; len])?;
+        f.sync_all()?;
+        self.unlink(name)
+    }
+
+    fn unlink(&self, name: &OsStr) -> io::Result<()> {
+        match rustix::fs::unlinkat(&*self.fd, name, AtFlags::empty()) {
+            Ok(()) | Err(Errno::NOENT) => Ok(()),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// The type of `name` without following a link; `None` if absent.
+    fn lstat(&self, name: impl rustix::path::Arg) -> io::Result<Option<FileType>> {
+        match rustix::fs::statat(&*self.fd, name, AtFlags::SYMLINK_NOFOLLOW) {
+            Ok(st) => Ok(Some(FileType::from_raw_mode(st.st_mode))),
+            Err(Errno::NOENT) => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    fn symlink_error_at(&self, name: &str) -> DirError {
+        let target = rustix::fs::readlinkat(&*self.fd, name, Vec::new())
+            .ok()
+            .map(|t| PathBuf::from(OsStr::from_bytes(t.as_bytes())));
+        let dangling = rustix::fs::statat(&*self.fd, name, AtFlags::empty()).is_err();
+        DirError::Symlink {
+            dir: self.path.join(name),
+            target,
+            dangling,
+        }
+    }
+}
+
+fn symlink_error(path: &Path) -> DirError {
+    DirError::Symlink {
+        dir: path.to_owned(),
+        target: fs::read_link(path).ok(),
+        dangling: fs::metadata(path).is_err(),
+    }
+}
+
+/// A name that stays inside its directory.
+fn is_component(name: &OsStr) -> bool {
+    let b = name.as_bytes();
+    !b.is_empty() && b != b"." && b != b".." && !b.contains(&b'/') && !b.contains(&0)
+}
+
+/// Checks an opened directory handle: a directory, owned by us, not writable by group or
+/// others; tightens other permission bits to 0700 (keys are for stek's user and the servers it
+/// feeds, which run as root at load).
+fn verify_private(fd: &impl AsFd, path: &Path) -> Result<(), DirError> {
+    let st = rustix::fs::fstat(fd).map_err(|e| DirError::Io(path.to_owned(), e.into()))?;
+    if FileType::from_raw_mode(st.st_mode) != FileType::Directory {
+        return Err(DirError::NotDir(path.to_owned()));
+    }
+    let me = rustix::process::geteuid().as_raw();
+    let mode = st.st_mode & 0o7777;
+    if st.st_uid != me || mode & 0o022 != 0 {
+        return Err(DirError::NotPrivate {
+            dir: path.to_owned(),
+            uid: st.st_uid,
+            mode,
+            want_uid: me,
+        });
+    }
+    if mode != 0o700 {
+        rustix::fs::fchmod(fd, Mode::from_raw_mode(0o700))
+            .map_err(|e| DirError::Io(path.to_owned(), e.into()))?;
+    }
+    Ok(())
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
 /// Creates `path` with mode 0600 and writes `bytes`, refusing to overwrite an existing file
@@ -171,26 +555,17 @@ pub fn create_new_private(path: &Path, bytes: &[u8]) -> io::Result<()> {
     f.sync_all()
 }
 
-/// Overwrites a key file with zeros, then removes it. Missing files are fine.
-pub fn erase(path: &Path) -> io::Result<()> {
-    match fs::metadata(path) {
-        Ok(m) => {
-            if let Ok(mut f) = OpenOptions::new().write(true).open(path) {
-                let len = usize::try_from(m.len()).unwrap_or(0).min(1 << 20);
-                f.write_all(&vec![0u8; len])?;
-                f.sync_all()?;
-            }
-            fs::remove_file(path)
-        }
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(e),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::os::unix::fs::MetadataExt;
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+
+    fn key_dir() -> (tempfile::TempDir, KeyDir) {
+        let d = tempfile::tempdir_in("/dev/shm").unwrap();
+        let (k, check) = KeyDir::open(&d.path().join("keys"), false).unwrap();
+        assert_eq!(check, DirCheck::Memory("tmpfs"));
+        (d, k)
+    }
 
     #[test]
     fn dir_errors_keep_the_systems_error() {
@@ -202,28 +577,165 @@ mod tests {
 
     #[test]
     fn atomic_write_is_private_and_complete() {
-        let d = tempfile::tempdir_in("/dev/shm").unwrap();
-        let p = d.path().join("k.key");
-        write_atomic(&p, &[1; 80]).unwrap();
-        write_atomic(&p, &[2; 80]).unwrap();
+        let (d, k) = key_dir();
+        let p = d.path().join("keys/k.key");
+        k.write_atomic("k.key", &[1; 80]).unwrap();
+        k.write_atomic("k.key", &[2; 80]).unwrap();
         assert_eq!(fs::read(&p).unwrap(), vec![2; 80]);
         assert_eq!(fs::metadata(&p).unwrap().mode() & 0o777, 0o600);
         assert_eq!(
-            fs::read_dir(d.path()).unwrap().count(),
-            1,
+            k.names().unwrap(),
+            vec![OsString::from("k.key")],
             "no temp file left"
         );
-        erase(&p).unwrap();
+        k.erase(OsStr::new("k.key")).unwrap();
         assert!(!p.exists());
-        erase(&p).unwrap();
+        k.erase(OsStr::new("k.key")).unwrap();
+        assert!(k.write_atomic("../k.key", b"x").is_err());
+        assert!(k.erase(OsStr::new("..")).is_err());
     }
 
     #[test]
-    fn private_dirs() {
+    fn private_dirs_are_created_and_tightened() {
         let d = tempfile::tempdir_in("/dev/shm").unwrap();
-        let sub = d.path().join("a/b");
-        ensure_private_dir(&sub).unwrap();
-        assert_eq!(fs::metadata(&sub).unwrap().mode() & 0o777, 0o700);
+        let top = d.path().join("a/b");
+        let (k, _) = KeyDir::open(&top, false).unwrap();
+        let sub = k.subdir("nginx").unwrap().subdir("keys").unwrap();
+        assert_eq!(sub.path(), top.join("nginx/keys"));
+        for p in [&top, &top.join("nginx"), &top.join("nginx/keys")] {
+            assert_eq!(fs::metadata(p).unwrap().mode() & 0o777, 0o700, "{p:?}");
+        }
+        // Our own directory, readable by others: tightened, not refused.
+        fs::set_permissions(top.join("nginx"), fs::Permissions::from_mode(0o755)).unwrap();
+        k.subdir("nginx").unwrap();
+        assert_eq!(
+            fs::metadata(top.join("nginx")).unwrap().mode() & 0o777,
+            0o700
+        );
+        assert!(k.subdir("a/b").is_err());
+    }
+
+    #[test]
+    fn writable_by_others_is_refused_naming_owner_and_mode() {
+        let d = tempfile::tempdir_in("/dev/shm").unwrap();
+        let top = d.path().join("open");
+        fs::create_dir(&top).unwrap();
+        fs::set_permissions(&top, fs::Permissions::from_mode(0o777)).unwrap();
+        let e = KeyDir::open(&top, false).unwrap_err();
+        let me = rustix::process::geteuid().as_raw();
+        assert!(
+            matches!(e, DirError::NotPrivate { mode: 0o777, .. }),
+            "{e:?}"
+        );
+        let msg = e.to_string();
+        assert!(
+            msg.contains(&top.display().to_string())
+                && msg.contains(&format!("owner uid {me}"))
+                && msg.contains("mode 0777"),
+            "{msg}"
+        );
+        // The same for a subdirectory opened later.
+        fs::set_permissions(&top, fs::Permissions::from_mode(0o700)).unwrap();
+        let (k, _) = KeyDir::open(&top, false).unwrap();
+        fs::create_dir(top.join("apache")).unwrap();
+        fs::set_permissions(top.join("apache"), fs::Permissions::from_mode(0o770)).unwrap();
+        assert!(matches!(
+            k.subdir("apache"),
+            Err(DirError::NotPrivate { mode: 0o770, .. })
+        ));
+    }
+
+    #[test]
+    fn another_owner_is_refused() {
+        if rustix::process::geteuid().as_raw() != 0 {
+            // Only root can give a directory away; CI and this machine run tests as root.
+            eprintln!("skipped: needs root to chown");
+            return;
+        }
+        let d = tempfile::tempdir_in("/dev/shm").unwrap();
+        let top = d.path().join("theirs");
+        fs::create_dir(&top).unwrap();
+        std::os::unix::fs::chown(&top, Some(65534), Some(65534)).unwrap();
+        fs::set_permissions(&top, fs::Permissions::from_mode(0o700)).unwrap();
+        let e = KeyDir::open(&top, false).unwrap_err();
+        assert!(
+            matches!(e, DirError::NotPrivate { uid: 65534, .. }),
+            "{e:?}"
+        );
+        assert!(e.to_string().contains("owner uid 65534"), "{e}");
+        assert_eq!(fs::read_dir(&top).unwrap().count(), 0, "nothing written");
+    }
+
+    #[test]
+    fn symlinks_are_never_followed() {
+        let (d, k) = key_dir();
+        // A file the link points at, outside the key directory: erasure removes the link only.
+        let victim = d.path().join("victim");
+        fs::write(&victim, b"precious").unwrap();
+        std::os::unix::fs::symlink(&victim, d.path().join("keys/1000.key")).unwrap();
+        k.erase(OsStr::new("1000.key")).unwrap();
+        assert_eq!(fs::read(&victim).unwrap(), b"precious");
+        assert!(d.path().join("keys/1000.key").symlink_metadata().is_err());
+        // A hard link: unlinked, the other name keeps its content.
+        fs::hard_link(&victim, d.path().join("keys/1004.key")).unwrap();
+        k.erase(OsStr::new("1004.key")).unwrap();
+        assert_eq!(fs::read(&victim).unwrap(), b"precious");
+        assert!(!d.path().join("keys/1004.key").exists());
+        // A link at a name being written: replaced, not written through.
+        std::os::unix::fs::symlink(&victim, d.path().join("keys/ticket.key")).unwrap();
+        k.write_atomic("ticket.key", &[7; 48]).unwrap();
+        assert_eq!(fs::read(&victim).unwrap(), b"precious");
+        let m = d.path().join("keys/ticket.key").symlink_metadata().unwrap();
+        assert!(m.is_file() && m.mode() & 0o777 == 0o600);
+        // Temporary files left by a crash are erased at start; other names are not.
+        fs::write(d.path().join("keys/.ticket.key.1234.tmp"), [9; 48]).unwrap();
+        fs::write(d.path().join("keys/.tmp"), b"x").unwrap();
+        assert_eq!(k.erase_temporaries().unwrap(), 1);
+        assert!(!d.path().join("keys/.ticket.key.1234.tmp").exists());
+        assert!(d.path().join("keys/.tmp").exists() && d.path().join("keys/ticket.key").exists());
+        // A directory is left alone.
+        fs::create_dir(d.path().join("keys/sub")).unwrap();
+        k.erase(OsStr::new("sub")).unwrap();
+        assert!(d.path().join("keys/sub").is_dir());
+    }
+
+    #[test]
+    fn symlinked_directories_are_refused() {
+        let (d, k) = key_dir();
+        let elsewhere = d.path().join("elsewhere");
+        fs::create_dir(&elsewhere).unwrap();
+        fs::set_permissions(&elsewhere, fs::Permissions::from_mode(0o755)).unwrap();
+        fs::write(elsewhere.join("f"), b"x").unwrap();
+        std::os::unix::fs::symlink(&elsewhere, d.path().join("keys/nginx")).unwrap();
+        let e = k.subdir("nginx").unwrap_err();
+        assert!(
+            matches!(
+                e,
+                DirError::Symlink {
+                    dangling: false,
+                    ..
+                }
+            ),
+            "{e:?}"
+        );
+        assert!(e.to_string().contains("symbolic link"), "{e}");
+        assert_eq!(fs::metadata(&elsewhere).unwrap().mode() & 0o777, 0o755);
+        assert_eq!(fs::read_dir(&elsewhere).unwrap().count(), 1);
+        // DIR itself: a link to a directory, and a dangling one.
+        let link = d.path().join("link");
+        std::os::unix::fs::symlink(&elsewhere, &link).unwrap();
+        assert!(matches!(
+            KeyDir::open(&link, false),
+            Err(DirError::Symlink {
+                dangling: false,
+                ..
+            })
+        ));
+        let dangling = d.path().join("dangling");
+        std::os::unix::fs::symlink(d.path().join("nowhere"), &dangling).unwrap();
+        let e = KeyDir::open(&dangling, false).unwrap_err();
+        assert!(e.to_string().contains("(which does not exist)"), "{e}");
+        assert!(!d.path().join("nowhere").exists());
     }
 
     #[test]
@@ -235,6 +747,11 @@ mod tests {
             other => panic!("unexpected {other:?}"),
         }
         assert!(!dir.exists(), "checking must not create anything");
+        match KeyDir::open(&dir, false) {
+            Err(DirError::Persistent { .. }) | Ok((_, DirCheck::Memory(_))) => {}
+            other => panic!("unexpected {other:?}"),
+        }
+        assert!(!dir.exists(), "a refused directory is not created");
         assert!(matches!(
             check_dir(Path::new("/dev/shm/stek-test/x"), false),
             Ok(DirCheck::Memory("tmpfs"))

@@ -12,7 +12,7 @@ use stek::agent::{self, AgentConfig, HostOptions, SealedOpener};
 use stek::clock::{Clock, SystemClock};
 use stek::config::FileConfig;
 use stek::duration;
-use stek::files::{self, DirCheck};
+use stek::files::{self, DirCheck, KeyDir};
 use stek::generator::{self, GroupPlan};
 use stek::memcached::{self, Limits, Listener};
 use stek::metrics::{self, Metrics};
@@ -56,9 +56,9 @@ fn main() -> ExitCode {
 /// `stek up`: settings, then the key directory, memcached and metrics, then [`stek::up::run`].
 fn run_up(args: UpArgs) -> anyhow::Result<()> {
     let s = settings::up(&args, &load_config(&args.process)?, &place())?;
-    prepare_key_dir(&s.delivery, &s.schedule)?;
+    let key_dir = prepare_key_dir(&s.delivery, &s.schedule)?;
     runtime()?.block_on(async move {
-        let h = start_host(&s.delivery, s.clock_offset_ms).await?;
+        let h = start_host(&s.delivery, key_dir, s.clock_offset_ms).await?;
         log_schedule("stek up", &s.schedule);
         stek::up::run(
             s.schedule,
@@ -80,7 +80,7 @@ fn run_agent(args: AgentArgs) -> anyhow::Result<()> {
     let s = settings::agent(&args, &load_config(&args.process)?, &place())?;
     let identity = GroupIdentity::from_file_text(&read_secret_file(&s.identity)?)
         .with_context(|| format!("{}", s.identity.display()))?;
-    prepare_key_dir(&s.delivery, &s.schedule)?;
+    let key_dir = prepare_key_dir(&s.delivery, &s.schedule)?;
     info!(
         "agent for group {} with identity {}, trusting {} generator(s)",
         s.group,
@@ -88,7 +88,7 @@ fn run_agent(args: AgentArgs) -> anyhow::Result<()> {
         s.trusted.len()
     );
     runtime()?.block_on(async move {
-        let h = start_host(&s.delivery, s.clock_offset_ms).await?;
+        let h = start_host(&s.delivery, key_dir, s.clock_offset_ms).await?;
         let store = Arc::new(
             AnyStore::connect_lazy(&s.store)
                 .await
@@ -147,9 +147,9 @@ fn run_generator(args: GeneratorArgs) -> anyhow::Result<()> {
 }
 
 /// How the agent delivers on this host, from the delivery settings: the one place that builds it.
-fn host_options(d: &DeliverySettings) -> HostOptions {
+fn host_options(d: &DeliverySettings, dir: KeyDir) -> HostOptions {
     HostOptions {
-        dir: d.dir.clone(),
+        dir,
         sinks: d.sinks.clone(),
         on_change: d.on_change.clone(),
         haproxy_sockets: d.haproxy_sockets.clone(),
@@ -196,10 +196,12 @@ fn load_config(p: &ProcessArgs) -> anyhow::Result<FileConfig> {
         .map(Option::unwrap_or_default)
 }
 
-/// Before anything is written: checks that the key directory is memory-backed; then hardens
-/// the process, creates the directory (0700) and logs the settings' warnings.
-fn prepare_key_dir(d: &DeliverySettings, schedule: &Schedule) -> anyhow::Result<()> {
-    match files::check_dir(&d.dir, d.allow_persistent)? {
+/// Before anything is written: opens the key directory (creating it 0700 if absent) and checks
+/// through the handle that it is memory-backed, ours and private (`KeyDir::open`); then hardens
+/// the process and logs the settings' warnings.
+fn prepare_key_dir(d: &DeliverySettings, schedule: &Schedule) -> anyhow::Result<KeyDir> {
+    let (dir, check) = KeyDir::open(&d.dir, d.allow_persistent)?;
+    match check {
         DirCheck::Memory(fs) => info!("key directory {} is on {fs}", d.dir.display()),
         DirCheck::PersistentAllowed(fs) => warn!(
             "DANGER: key directory {} is on {fs}, a persistent file system (--allow-persistent-dir): erased keys may be recovered from the disk, which defeats forward secrecy",
@@ -207,12 +209,10 @@ fn prepare_key_dir(d: &DeliverySettings, schedule: &Schedule) -> anyhow::Result<
         ),
     }
     harden();
-    files::ensure_private_dir(&d.dir)
-        .with_context(|| format!("cannot create {}", d.dir.display()))?;
     for w in settings::warnings(schedule, d) {
         warn!("{w}");
     }
-    Ok(())
+    Ok(dir)
 }
 
 /// What `stek up` and `stek agent` start on this host before their loop.
@@ -225,7 +225,14 @@ struct Host {
     options: HostOptions,
 }
 
-async fn start_host(d: &DeliverySettings, clock_offset_ms: i64) -> anyhow::Result<Host> {
+async fn start_host(
+    d: &DeliverySettings,
+    dir: KeyDir,
+    clock_offset_ms: i64,
+) -> anyhow::Result<Host> {
+    // Before memcached's socket or anything else is created in the directory.
+    let options = host_options(d, dir);
+    options.open_dirs()?;
     let mut listeners = Vec::new();
     for a in &d.memcached {
         let l = memcached::bind(a, d.memcached_allow_remote)
@@ -240,7 +247,7 @@ async fn start_host(d: &DeliverySettings, clock_offset_ms: i64) -> anyhow::Resul
         listeners,
         clock,
         metrics,
-        options: host_options(d),
+        options,
     })
 }
 

@@ -33,6 +33,7 @@ use tokio::time::Instant;
 use tracing::{error, info, warn};
 
 use crate::clock::{Clock, ClockWatch};
+use crate::files::{DirError, KeyDir};
 use crate::memcached::{self, Limits, Listener};
 use crate::metrics::Metrics;
 use crate::sink::{
@@ -52,6 +53,9 @@ pub use syncer::{
 const CLOCK_CHECK: Duration = Duration::from_secs(1);
 
 /// How long the first ring waits for the store's first answer at most.
+/// The status document in the key directory (read by `stek status`).
+const STATUS_FILE: &str = "status.json";
+
 const FIRST_READ_WAIT: Duration = Duration::from_secs(2);
 
 /// What an agent is: its group, schedule and failure policy.
@@ -65,8 +69,9 @@ pub struct AgentConfig {
     pub max_stale: u64,
     /// The safety-net poll interval of the syncer (jittered by ±20%).
     pub poll: Duration,
-    /// Where to write the status document after every change, if anywhere.
-    pub status_file: Option<PathBuf>,
+    /// The directory to write the status document (`status.json`) in after every change, if
+    /// any.
+    pub status_dir: Option<KeyDir>,
 }
 
 impl AgentConfig {
@@ -78,7 +83,7 @@ impl AgentConfig {
             schedule,
             max_stale: 1,
             poll: default_poll(&schedule),
-            status_file: None,
+            status_dir: None,
         }
     }
 }
@@ -106,7 +111,7 @@ pub async fn run<S: Store, O: Opener + 'static>(
         schedule,
         max_stale,
         poll,
-        status_file,
+        status_dir,
     } = config;
     let (reports_tx, mut reports) = mpsc::channel(4);
     let (held_tx, held_rx) = watch::channel(BTreeSet::<Slot>::new());
@@ -120,7 +125,7 @@ pub async fn run<S: Store, O: Opener + 'static>(
         last_slot: None,
         health: Vec::new(),
         metrics,
-        status_file,
+        status_dir,
     };
     let mut steps = ClockWatch::new(schedule.period() / 4);
     let mut reported = false;
@@ -213,7 +218,7 @@ struct Outlet {
     /// The sinks' health at the last look.
     health: Vec<Health>,
     metrics: Arc<Metrics>,
-    status_file: Option<PathBuf>,
+    status_dir: Option<KeyDir>,
 }
 
 impl Outlet {
@@ -282,11 +287,14 @@ impl Outlet {
             .iter()
             .flat_map(|h| h.haproxy.iter().cloned())
             .collect();
-        if let Some(path) = &self.status_file {
+        if let Some(dir) = &self.status_dir {
             match serde_json::to_vec_pretty(&status) {
                 Ok(bytes) => {
-                    if let Err(e) = crate::files::write_atomic(path, &bytes) {
-                        warn!("could not write {}: {e}", path.display());
+                    if let Err(e) = dir.write_atomic(STATUS_FILE, &bytes) {
+                        warn!(
+                            "could not write {}: {e}",
+                            dir.path().join(STATUS_FILE).display()
+                        );
                     }
                 }
                 Err(e) => warn!("could not encode the status: {e}"),
@@ -300,8 +308,8 @@ impl Outlet {
 /// table, HAProxy's runtime API, the reload command.
 #[derive(Debug, Clone)]
 pub struct HostOptions {
-    /// The key directory (absolute, memory-backed, created).
-    pub dir: PathBuf,
+    /// The key directory (absolute, memory-backed, created, opened and checked).
+    pub dir: KeyDir,
     /// Which file sinks to write.
     pub sinks: Vec<SinkKind>,
     /// The command to run after each change of the files.
@@ -320,29 +328,59 @@ impl HostOptions {
         (schedule.period() / 4).clamp(Duration::from_secs(1), Duration::from_secs(5))
     }
 
+    /// Opens (creating them 0700 if absent) and checks the subdirectories of the key directory
+    /// that the host's file sinks write, so that an unsafe one (a symbolic link, another owner,
+    /// writable by others) stops `stek up` and `stek agent` at start instead of failing every
+    /// delivery. The sinks open and check them again at every write.
+    ///
+    /// Then erases the temporary files a crashed stek may have left in them
+    /// ([`KeyDir::erase_temporaries`]).
+    pub fn open_dirs(&self) -> Result<(), DirError> {
+        let mut dirs = vec![self.dir.clone()];
+        if self.sinks.contains(&SinkKind::Nginx) {
+            let nginx = self.dir.subdir("nginx")?;
+            dirs.push(nginx.subdir("keys")?);
+            dirs.push(nginx);
+        }
+        if self.sinks.contains(&SinkKind::Haproxy) || !self.haproxy_sockets.is_empty() {
+            dirs.push(self.dir.subdir("haproxy")?);
+        }
+        if self.sinks.contains(&SinkKind::Apache) {
+            dirs.push(self.dir.subdir("apache")?);
+        }
+        for d in &dirs {
+            match d.erase_temporaries() {
+                Ok(0) => {}
+                Ok(n) => info!(
+                    "erased {n} temporary file(s) left in {} by an earlier run",
+                    d.path().display()
+                ),
+                Err(e) => return Err(DirError::Io(d.path().to_owned(), e)),
+            }
+        }
+        Ok(())
+    }
+
     /// The host's sinks in delivery order (files, the memcached table, the reload command last,
     /// once the files are written). Starts the HAProxy socket tasks: call within a runtime.
     pub fn sinks(&self, schedule: &Schedule, table: TableSink) -> Vec<Box<dyn Sink>> {
         let mut sinks: Vec<Box<dyn Sink>> = Vec::new();
         if self.sinks.contains(&SinkKind::Nginx) {
-            sinks.push(Box::new(NginxSink::new(self.dir.join("nginx"))));
+            sinks.push(Box::new(NginxSink::new(self.dir.clone())));
         }
         if self.sinks.contains(&SinkKind::Haproxy) || !self.haproxy_sockets.is_empty() {
             // The runtime API pushes what the keys file holds: the file comes with it.
             let runtime = (!self.haproxy_sockets.is_empty()).then(|| {
                 HaproxyRuntime::spawn(
                     &self.haproxy_sockets,
-                    haproxy_keys_path(&self.dir),
+                    haproxy_keys_path(self.dir.path()),
                     Self::haproxy_max_backoff(schedule),
                 )
             });
-            sinks.push(Box::new(HaproxySink::new(
-                self.dir.join("haproxy"),
-                runtime,
-            )));
+            sinks.push(Box::new(HaproxySink::new(self.dir.clone(), runtime)));
         }
         if self.sinks.contains(&SinkKind::Apache) {
-            sinks.push(Box::new(ApacheSink::new(self.dir.join("apache"))));
+            sinks.push(Box::new(ApacheSink::new(self.dir.clone())));
         }
         sinks.push(Box::new(table));
         if let Some(cmd) = &self.on_change {
@@ -386,7 +424,7 @@ pub async fn run_on_host<S: Store, O: Opener + 'static>(
         }));
     }
     let sinks = host.sinks(&config.schedule, table);
-    config.status_file = Some(host.dir.join("status.json"));
+    config.status_dir = Some(host.dir.clone());
     run(
         store,
         opener,

@@ -1,7 +1,7 @@
 //! The nginx and Apache key-file sinks, and HAProxy's keys (written by [`super::haproxy`]).
 
 use std::collections::HashSet;
-use std::fs;
+use std::ffi::OsString;
 use std::io;
 use std::path::PathBuf;
 
@@ -10,7 +10,7 @@ use stek_core::{Format, KeyBytes, KeyName, Ring};
 use zeroize::Zeroizing;
 
 use super::{Delivered, Sink};
-use crate::files::{ensure_private_dir, erase, write_atomic};
+use crate::files::KeyDir;
 
 fn check_len(format: Format, bytes: &[u8]) -> io::Result<()> {
     // Servers die or silently misbehave on short key files (Apache exits at graceful restart):
@@ -35,54 +35,51 @@ fn check_len(format: Format, bytes: &[u8]) -> io::Result<()> {
 /// first, then the next key, then past keys newest first.
 #[derive(Debug)]
 pub struct NginxSink {
-    dir: PathBuf,
+    dir: KeyDir,
 }
 
 impl NginxSink {
-    /// A sink writing under `dir` (`DIR/nginx`).
-    pub fn new(dir: PathBuf) -> Self {
+    /// A sink writing under `DIR/nginx`, `dir` being the key directory DIR. The subdirectories
+    /// are opened (and checked, [`KeyDir::subdir`]) at every write.
+    pub fn new(dir: KeyDir) -> Self {
         NginxSink { dir }
     }
 
     /// The include file nginx reads.
     pub fn conf_path(&self) -> PathBuf {
-        self.dir.join("tickets.conf")
+        self.dir.path().join("nginx/tickets.conf")
     }
 
-    /// Writes the key files, then the include file, then erases key files that left the window.
+    /// Writes the key files, then the include file, then erases key files that left the window
+    /// (and anything else found in `nginx/keys`, e.g. a temporary file left by a crash).
     pub fn write(&mut self, ring: &Ring) -> io::Result<PathBuf> {
-        let keys = self.dir.join("keys");
-        ensure_private_dir(&self.dir)?;
-        ensure_private_dir(&keys)?;
+        let nginx = self.dir.subdir("nginx")?;
+        let keys = nginx.subdir("keys")?;
         let mut conf = String::from(
             "# Written by stek: session ticket keys, the encrypting key first. Do not edit.\n",
         );
         let mut wanted = HashSet::new();
         for entry in ring.entries() {
             let file = format!("{}.key", ring.schedule().start(entry.slot()).as_secs());
-            let path = keys.join(&file);
             let bytes = Format::Nginx80.encode(&entry.key);
             check_len(Format::Nginx80, &bytes)?;
-            write_atomic(&path, &bytes)?;
+            keys.write_atomic(&file, &bytes)?;
             conf.push_str(&format!(
                 "ssl_session_ticket_key {}; # slot {} {} {}\n",
-                path.display(),
+                keys.path().join(&file).display(),
                 entry.slot(),
                 entry.role,
                 entry.key.name()
             ));
-            wanted.insert(file);
+            wanted.insert(OsString::from(file));
         }
-        let conf_path = self.conf_path();
-        write_atomic(&conf_path, conf.as_bytes())?;
-        for old in fs::read_dir(&keys)? {
-            let old = old?;
-            let name = old.file_name();
-            if !wanted.contains(name.to_string_lossy().as_ref()) {
-                erase(&old.path())?;
+        nginx.write_atomic("tickets.conf", conf.as_bytes())?;
+        for name in keys.names()? {
+            if !wanted.contains(&name) {
+                keys.erase(&name)?;
             }
         }
-        Ok(conf_path)
+        Ok(self.conf_path())
     }
 }
 
@@ -149,28 +146,27 @@ pub const HAPROXY_KEY_B64_LEN: usize = 108;
 /// Apache: `apache/ticket.key`, the encrypting key, 48 bytes.
 #[derive(Debug)]
 pub struct ApacheSink {
-    dir: PathBuf,
+    dir: KeyDir,
 }
 
 impl ApacheSink {
-    /// A sink writing under `dir` (`DIR/apache`).
-    pub fn new(dir: PathBuf) -> Self {
+    /// A sink writing under `DIR/apache`, `dir` being the key directory DIR.
+    pub fn new(dir: KeyDir) -> Self {
         ApacheSink { dir }
     }
 
     /// The file `SSLSessionTicketKeyFile` points at.
     pub fn key_path(&self) -> PathBuf {
-        self.dir.join("ticket.key")
+        self.dir.path().join("apache/ticket.key")
     }
 
     /// Writes the key file.
     pub fn write(&mut self, ring: &Ring) -> io::Result<PathBuf> {
-        ensure_private_dir(&self.dir)?;
+        let apache = self.dir.subdir("apache")?;
         let bytes = Format::Apache48.encode(&ring.encrypting_entry().key);
         check_len(Format::Apache48, &bytes)?;
-        let path = self.key_path();
-        write_atomic(&path, &bytes)?;
-        Ok(path)
+        apache.write_atomic("ticket.key", &bytes)?;
+        Ok(self.key_path())
     }
 }
 
@@ -197,7 +193,9 @@ impl Sink for ApacheSink {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::files::KeyDir;
     use std::collections::BTreeMap;
+    use std::fs;
     use std::path::Path;
     use std::time::Duration;
     use stek_core::{LocalKeys, Schedule, Slot, SlotKey};
@@ -210,7 +208,8 @@ mod tests {
     #[test]
     fn nginx_files_follow_the_window() {
         let d = tempfile::tempdir_in("/dev/shm").unwrap();
-        let mut sink = NginxSink::new(d.path().join("nginx"));
+        let (k, _) = KeyDir::open(d.path(), false).unwrap();
+        let mut sink = NginxSink::new(k);
         let mut shared = BTreeMap::new();
         for s in [100, 101] {
             shared.insert(Slot(s), SlotKey::generate(Slot(s)).unwrap());
@@ -256,7 +255,8 @@ mod tests {
             shared.insert(Slot(s), SlotKey::generate(Slot(s)).unwrap());
         }
         let r = ring_at(400, &shared, &mut LocalKeys::new());
-        let p = crate::sink::HaproxySink::new(d.path().join("haproxy"), None)
+        let (k, _) = KeyDir::open(d.path(), false).unwrap();
+        let p = crate::sink::HaproxySink::new(k.clone(), None)
             .write(&r)
             .unwrap();
         let text = fs::read_to_string(p).unwrap();
@@ -270,7 +270,7 @@ mod tests {
             assert_eq!(k.len(), 80);
             assert_eq!(&k[..16], &shared[&Slot(slot)].name().0);
         }
-        let p = ApacheSink::new(d.path().join("apache")).write(&r).unwrap();
+        let p = ApacheSink::new(k).write(&r).unwrap();
         let k = fs::read(p).unwrap();
         assert_eq!(k.len(), 48);
         assert_eq!(&k[..16], &shared[&Slot(100)].name().0);

@@ -12,31 +12,35 @@ use stek_core::Ring;
 
 use super::files::HaproxyKeys;
 use super::{Delivered, HaproxyRuntime, Health, Sink};
-use crate::files::{ensure_private_dir, write_atomic};
+use crate::files::KeyDir;
+
+/// The keys file's name in `DIR/haproxy`.
+const KEYS_FILE: &str = "tickets.keys";
 
 /// The keys file under `dir` (`DIR/haproxy`).
 pub(crate) fn keys_path(dir: &Path) -> PathBuf {
-    dir.join("tickets.keys")
+    dir.join(KEYS_FILE)
 }
 
 /// HAProxy: `haproxy/tickets.keys`, three base64 80-byte keys, oldest first (previous,
 /// encrypting, next: HAProxy encrypts with the penultimate line), and optionally the runtime API.
 #[derive(Debug)]
 pub struct HaproxySink {
-    dir: PathBuf,
+    /// The key directory DIR; `haproxy/` is opened (and checked) at every write.
+    dir: KeyDir,
     runtime: Option<HaproxyRuntime>,
 }
 
 impl HaproxySink {
-    /// A sink writing under `dir` (`DIR/haproxy`) and, if given, pushing through `runtime`
-    /// (started on this sink's keys file, [`HaproxySink::keys_path`]).
-    pub fn new(dir: PathBuf, runtime: Option<HaproxyRuntime>) -> Self {
+    /// A sink writing under `DIR/haproxy`, `dir` being the key directory DIR, and, if given,
+    /// pushing through `runtime` (started on this sink's keys file, [`HaproxySink::keys_path`]).
+    pub fn new(dir: KeyDir, runtime: Option<HaproxyRuntime>) -> Self {
         HaproxySink { dir, runtime }
     }
 
     /// The keys file HAProxy's `tls-ticket-keys` points at.
     pub fn keys_path(&self) -> PathBuf {
-        keys_path(&self.dir)
+        keys_path(&self.dir.path().join("haproxy"))
     }
 
     /// Writes the keys file; returns its path.
@@ -45,11 +49,10 @@ impl HaproxySink {
     }
 
     fn write_keys(&mut self, ring: &Ring) -> io::Result<(PathBuf, HaproxyKeys)> {
-        ensure_private_dir(&self.dir)?;
-        let path = self.keys_path();
+        let haproxy = self.dir.subdir("haproxy")?;
         let keys = HaproxyKeys::of(ring)?;
-        write_atomic(&path, keys.file_text().as_bytes())?;
-        Ok((path, keys))
+        haproxy.write_atomic(KEYS_FILE, keys.file_text().as_bytes())?;
+        Ok((self.keys_path(), keys))
     }
 }
 
