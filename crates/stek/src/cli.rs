@@ -121,6 +121,13 @@ pub(crate) struct ScheduleArgs {
     /// lifetime. At most 7d (TLS 1.3). May be shorter than the period. Default 18h.
     #[arg(long, value_name = "DUR", value_parser = parse_lifetime, allow_hyphen_values = true)]
     pub(crate) lifetime: Option<Duration>,
+
+    /// Allow a window of more than 1,000 keys (ceil(LIFETIME / PERIOD) past + current + next).
+    /// Every key of the window is held in locked memory and written to every key file at each
+    /// rotation, so e.g. --period 1s --lifetime 7d (604,802 keys) takes gigabytes of tmpfs and
+    /// locked memory; without this flag such a schedule is refused before anything is written.
+    #[arg(long)]
+    pub(crate) allow_large_window: bool,
 }
 
 /// The delivery flags shared by up and agent.

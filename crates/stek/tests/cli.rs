@@ -33,6 +33,7 @@ fn help_explains_every_flag() {
         "--group",
         "--memcached-max-connections",
         "--haproxy-socket",
+        "--allow-large-window",
     ] {
         assert!(out.contains(flag), "--help lacks {flag}");
     }
@@ -80,6 +81,8 @@ fn a_persistent_dir_is_refused_before_anything_is_written() {
         "up",
         "--period",
         "4s",
+        "--lifetime",
+        "8s",
         "--dir",
         dir.to_str().expect("utf-8"),
     ]);
@@ -96,4 +99,31 @@ fn a_persistent_dir_is_refused_before_anything_is_written() {
     } else {
         panic!("stek up on a persistent dir must exit 1, got {code}: {err}");
     }
+}
+
+#[test]
+fn a_large_window_is_refused_before_anything_is_written() {
+    let base = util::shm_dir();
+    let dir = base.path().join("keys");
+    let dir_arg = dir.to_str().expect("utf-8");
+    let (code, out, err) = stek(&["up", "--period", "1s", "--lifetime", "7d", "--dir", dir_arg]);
+    assert_eq!(code, 1, "{err}");
+    assert!(out.is_empty(), "{out}");
+    assert_eq!(err.trim_end().lines().count(), 1, "one line: {err:?}");
+    for needle in [
+        "604802 keys",
+        "1000 keys",
+        "KiB of locked memory",
+        "--allow-large-window",
+    ] {
+        assert!(err.contains(needle), "{err:?} should mention {needle:?}");
+    }
+    assert!(!dir.exists(), "nothing may be written");
+    // The same refusal from the config file's schedule.
+    let config = base.path().join("stek.toml");
+    std::fs::write(&config, "period = \"1s\"\nlifetime = \"2h\"\n").expect("config");
+    let (code, _, err) = stek(&["up", "--dir", dir_arg, "--config", config.to_str().unwrap()]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("7202 keys"), "{err}");
+    assert!(!dir.exists(), "nothing may be written");
 }
