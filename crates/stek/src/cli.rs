@@ -246,7 +246,8 @@ pub(crate) struct GeneratorArgs {
     #[arg(long = "group", value_name = "NAME=PUB[,PUB...]")]
     pub(crate) groups: Vec<String>,
 
-    /// The generator's signing key file (from `stek keygen --kind generator`).
+    /// The generator's signing key file (from `stek keygen --kind generator`). Must be a regular
+    /// file owned by this user (or root) with mode 0600 or stricter, like an ssh private key.
     #[arg(long, value_name = "FILE")]
     pub(crate) signing_key: Option<PathBuf>,
 
@@ -271,7 +272,8 @@ pub(crate) struct AgentArgs {
     #[arg(long, value_name = "NAME", value_parser = parse_group)]
     pub(crate) group: Option<String>,
 
-    /// The group identity file (from `stek keygen --kind group`).
+    /// The group identity file (from `stek keygen --kind group`). Must be a regular file owned
+    /// by this user (or root) with mode 0600 or stricter, like an ssh private key.
     #[arg(long, value_name = "FILE")]
     pub(crate) identity: Option<PathBuf>,
 

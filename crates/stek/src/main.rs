@@ -3,7 +3,6 @@
 //! once, in order, in its `run_*` function, and run the library's loop. Exit codes: 0 ok,
 //! 1 runtime failure, 2 bad usage.
 
-use std::path::Path;
 use std::process::ExitCode;
 use std::sync::Arc;
 
@@ -14,6 +13,7 @@ use stek::config::FileConfig;
 use stek::duration;
 use stek::files::{self, DirCheck};
 use stek::generator::{self, GroupPlan};
+use stek::keyfile;
 use stek::memcached::{self, Limits, Listener};
 use stek::metrics::{self, Metrics};
 use stek::status::Status;
@@ -78,7 +78,7 @@ fn run_up(args: UpArgs) -> anyhow::Result<()> {
 /// metrics, then [`agent::run_on_host`].
 fn run_agent(args: AgentArgs) -> anyhow::Result<()> {
     let s = settings::agent(&args, &load_config(&args.process)?, &place())?;
-    let identity = GroupIdentity::from_file_text(&read_secret_file(&s.identity)?)
+    let identity = GroupIdentity::from_file_text(&keyfile::read_private(&s.identity)?)
         .with_context(|| format!("{}", s.identity.display()))?;
     prepare_key_dir(&s.delivery, &s.schedule)?;
     info!(
@@ -123,7 +123,7 @@ fn run_agent(args: AgentArgs) -> anyhow::Result<()> {
 fn run_generator(args: GeneratorArgs) -> anyhow::Result<()> {
     let s = settings::generator(&args, &load_config(&args.process)?)?;
     let signer = Arc::new(
-        GeneratorKey::from_file_text(&read_secret_file(&s.signing_key)?)
+        GeneratorKey::from_file_text(&keyfile::read_private(&s.signing_key)?)
             .with_context(|| format!("{}", s.signing_key.display()))?,
     );
     let plans: Vec<GroupPlan> = s
@@ -343,16 +343,6 @@ fn run_keygen(args: KeygenArgs) -> anyhow::Result<()> {
     );
     println!("{public}");
     Ok(())
-}
-
-fn read_secret_file(path: &Path) -> anyhow::Result<zeroize::Zeroizing<String>> {
-    use std::io::Read as _;
-    let f = std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
-    let mut text = zeroize::Zeroizing::new(String::new());
-    f.take(64 * 1024)
-        .read_to_string(&mut text)
-        .with_context(|| format!("cannot read {}", path.display()))?;
-    Ok(text)
 }
 
 fn run_status(args: StatusArgs) -> anyhow::Result<()> {
