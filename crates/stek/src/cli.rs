@@ -77,6 +77,9 @@ also reaches the running HAProxy through its runtime API (`set ssl tls-key`), wi
 stek keeps the rings whose file is DIR/haproxy/tickets.keys identical to that file, checks them
 every second, and brings back a HAProxy that was restarted, started late or changed.
 
+SIGTERM or SIGINT stops stek. SIGHUP, SIGUSR1 and SIGUSR2 are logged and ignored: stek does not
+reload its configuration (restart it to apply a changed --config); rotation carries on.
+
 Example:
   stek up --period 1h --lifetime 18h --on-change 'nginx -s reload'";
 
@@ -106,6 +109,7 @@ the TLS servers exactly like `stek up` (same files, memcached interface and --on
 Follows the store by notification plus a jittered poll; serves what it has while the store is
 down, and past --max-stale periods without a current key encrypts with a local random key
 (resumption then works on this host only; forward secrecy holds) until the store is back.
+SIGHUP, SIGUSR1 and SIGUSR2 are logged and ignored (no reload: restart to apply changes).
 
   stek agent --store redis://127.0.0.1:6379 --group web --identity web.identity \\
       --trust stek-generator1:CCCC... --on-change 'nginx -s reload'";
