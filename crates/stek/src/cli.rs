@@ -383,7 +383,10 @@ pub(crate) struct ScanArgs {
     #[arg(long, value_name = "STATUS")]
     pub(crate) expect: Option<String>,
 
-    /// Per-connection timeout.
+    /// How long one connection may take as a whole: connect, handshake and reading the
+    /// server's flight. A server that stalls, or sends a byte now and then, is cut off at DUR
+    /// and reported as "timed out after DUR". Connections run one after another per endpoint
+    /// and version, so a scan takes a few DUR at most against servers that do not answer.
     #[arg(long, value_name = "DUR", default_value = "5s", value_parser = parse_positive)]
     pub(crate) timeout: Duration,
 }
