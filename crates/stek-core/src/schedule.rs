@@ -11,6 +11,13 @@ use core::time::Duration;
 /// The longest ticket lifetime TLS 1.3 allows (RFC 8446 §4.6.1: 604800 seconds).
 pub const MAX_LIFETIME: Duration = Duration::from_secs(7 * 24 * 3600);
 
+/// The most keys a window may hold unless the operator explicitly allows more
+/// ([`Schedule::check_window`]). Every key of the window is held in locked memory and written to
+/// every sink (an nginx file, a tmpfs page each) and rewritten at each rotation, so the cost grows
+/// linearly with `ceil(L / P)`: 1 s periods with a 7 d lifetime would be 604,802 keys. 1,000 keys
+/// allows 1 s periods for 16 minutes or 1 h periods for 41 days (more than the 7 d cap on `L`).
+pub const MAX_WINDOW_KEYS: usize = 1000;
+
 /// One period of the schedule, numbered from the Unix epoch: slot `e` starts at `e * P`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Slot(pub u64);
@@ -74,6 +81,13 @@ pub enum ScheduleError {
     PeriodTooLong(Duration),
     /// The lead is zero or longer than the past window.
     BadLead(u64),
+    /// The window holds more keys than [`MAX_WINDOW_KEYS`] (from [`Schedule::check_window`]).
+    WindowTooLarge {
+        /// The keys of the window: past + current + next.
+        keys: usize,
+        /// The bound it exceeds.
+        max: usize,
+    },
 }
 
 impl fmt::Display for ScheduleError {
@@ -103,6 +117,11 @@ impl fmt::Display for ScheduleError {
                     "lead must be between 1 and the number of past keys (got {a})"
                 )
             }
+            ScheduleError::WindowTooLarge { keys, max } => write!(
+                f,
+                "a window of {keys} keys ({} past + current + next) exceeds the bound of {max} keys",
+                keys.saturating_sub(2)
+            ),
         }
     }
 }
@@ -184,6 +203,20 @@ impl Schedule {
     pub fn window_len(&self) -> usize {
         // R <= 604800, so this always fits.
         usize::try_from(self.past_keys() + 2).unwrap_or(usize::MAX)
+    }
+
+    /// Whether the window stays within [`MAX_WINDOW_KEYS`]. Separate from [`Schedule::new`]:
+    /// any schedule is valid, but a window this large is almost always a mistake (a period in
+    /// seconds with a lifetime in days), which callers refuse unless the operator insists.
+    pub fn check_window(&self) -> Result<(), ScheduleError> {
+        let keys = self.window_len();
+        if keys > MAX_WINDOW_KEYS {
+            return Err(ScheduleError::WindowTooLarge {
+                keys,
+                max: MAX_WINDOW_KEYS,
+            });
+        }
+        Ok(())
     }
 
     /// The ticket lifetime hint to announce, in seconds: `L` (at most 7 days by construction).
@@ -343,6 +376,29 @@ mod tests {
         assert!(s.with_lead(0).is_err());
         assert!(s.with_lead(4).is_err());
         assert_eq!(s.with_lead(3).unwrap().lead(), 3);
+    }
+
+    #[test]
+    fn window_bound() {
+        let s = |p: u64, l: u64| Schedule::new(secs(p), secs(l)).unwrap();
+        // 998 past + current + next = 1000 keys: at the bound.
+        assert_eq!(s(1, 998).window_len(), MAX_WINDOW_KEYS);
+        assert_eq!(s(1, 998).check_window(), Ok(()));
+        assert_eq!(
+            s(1, 999).check_window(),
+            Err(ScheduleError::WindowTooLarge {
+                keys: 1001,
+                max: MAX_WINDOW_KEYS
+            })
+        );
+        let big = s(1, 7 * 24 * 3600).check_window().unwrap_err();
+        assert_eq!(
+            big.to_string(),
+            "a window of 604802 keys (604800 past + current + next) exceeds the bound of 1000 keys"
+        );
+        // 1 h periods fit any lifetime TLS 1.3 allows; so does the default.
+        assert_eq!(s(3600, 7 * 24 * 3600).check_window(), Ok(()));
+        assert_eq!(Schedule::default().check_window(), Ok(()));
     }
 
     #[test]

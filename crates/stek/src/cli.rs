@@ -77,6 +77,9 @@ also reaches the running HAProxy through its runtime API (`set ssl tls-key`), wi
 stek keeps the rings whose file is DIR/haproxy/tickets.keys identical to that file, checks them
 every second, and brings back a HAProxy that was restarted, started late or changed.
 
+SIGTERM or SIGINT stops stek. SIGHUP, SIGUSR1 and SIGUSR2 are logged and ignored: stek does not
+reload its configuration (restart it to apply a changed --config); rotation carries on.
+
 Example:
   stek up --period 1h --lifetime 18h --on-change 'nginx -s reload'";
 
@@ -106,6 +109,7 @@ the TLS servers exactly like `stek up` (same files, memcached interface and --on
 Follows the store by notification plus a jittered poll; serves what it has while the store is
 down, and past --max-stale periods without a current key encrypts with a local random key
 (resumption then works on this host only; forward secrecy holds) until the store is back.
+SIGHUP, SIGUSR1 and SIGUSR2 are logged and ignored (no reload: restart to apply changes).
 
   stek agent --store redis://127.0.0.1:6379 --group web --identity web.identity \\
       --trust stek-generator1:CCCC... --on-change 'nginx -s reload'";
@@ -121,6 +125,13 @@ pub(crate) struct ScheduleArgs {
     /// lifetime. At most 7d (TLS 1.3). May be shorter than the period. Default 18h.
     #[arg(long, value_name = "DUR", value_parser = parse_lifetime, allow_hyphen_values = true)]
     pub(crate) lifetime: Option<Duration>,
+
+    /// Allow a window of more than 1,000 keys (ceil(LIFETIME / PERIOD) past + current + next).
+    /// Every key of the window is held in locked memory and written to every key file at each
+    /// rotation, so e.g. --period 1s --lifetime 7d (604,802 keys) takes gigabytes of tmpfs and
+    /// locked memory; without this flag such a schedule is refused before anything is written.
+    #[arg(long)]
+    pub(crate) allow_large_window: bool,
 }
 
 /// The delivery flags shared by up and agent.
@@ -242,7 +253,8 @@ pub(crate) struct GeneratorArgs {
     #[arg(long = "group", value_name = "NAME=PUB[,PUB...]")]
     pub(crate) groups: Vec<String>,
 
-    /// The generator's signing key file (from `stek keygen --kind generator`).
+    /// The generator's signing key file (from `stek keygen --kind generator`). Must be a regular
+    /// file owned by this user (or root) with mode 0600 or stricter, like an ssh private key.
     #[arg(long, value_name = "FILE")]
     pub(crate) signing_key: Option<PathBuf>,
 
@@ -267,7 +279,8 @@ pub(crate) struct AgentArgs {
     #[arg(long, value_name = "NAME", value_parser = parse_group)]
     pub(crate) group: Option<String>,
 
-    /// The group identity file (from `stek keygen --kind group`).
+    /// The group identity file (from `stek keygen --kind group`). Must be a regular file owned
+    /// by this user (or root) with mode 0600 or stricter, like an ssh private key.
     #[arg(long, value_name = "FILE")]
     pub(crate) identity: Option<PathBuf>,
 
@@ -373,7 +386,10 @@ pub(crate) struct ScanArgs {
     #[arg(long, value_name = "STATUS")]
     pub(crate) expect: Option<String>,
 
-    /// Per-connection timeout.
+    /// How long one connection may take as a whole: connect, handshake and reading the
+    /// server's flight. A server that stalls, or sends a byte now and then, is cut off at DUR
+    /// and reported as "timed out after DUR". Connections run one after another per endpoint
+    /// and version, so a scan takes a few DUR at most against servers that do not answer.
     #[arg(long, value_name = "DUR", default_value = "5s", value_parser = parse_positive)]
     pub(crate) timeout: Duration,
 }

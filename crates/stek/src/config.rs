@@ -5,6 +5,7 @@
 //! # stek up / stek agent
 //! period = "1h"
 //! lifetime = "18h"
+//! allow_large_window = false   # true: allow more than 1,000 keys per window
 //! dir = "/run/stek"
 //! memcached = ["127.0.0.1:11211"]
 //! on_change = "nginx -s reload"
@@ -49,6 +50,8 @@ pub struct FileConfig {
     /// `--lifetime`.
     #[serde(default, deserialize_with = "lifetime")]
     pub lifetime: Option<Duration>,
+    /// `--allow-large-window`.
+    pub allow_large_window: Option<bool>,
     /// `--dir`.
     pub dir: Option<PathBuf>,
     /// `--allow-persistent-dir`.

@@ -13,7 +13,8 @@
 //!   the reload command; [`memcached`] is the protocol server the table feeds;
 //! - [`feed`]: the agent embedded in a Rust server; [`up`]: `stek up` in one process;
 //! - [`status`], [`metrics`]: what an agent reports; [`scan`]: the auditor;
-//! - [`clock`] (the one place that reads the wall clock), [`files`], [`sys`], [`config`].
+//! - [`clock`] (the one place that reads the wall clock), [`files`], [`sys`], [`config`];
+//!   [`keyfile`]: private key files, checked like OpenSSH checks its keys.
 //!
 //! The model itself (schedule, keys, formats, records) lives in `stek-core`.
 
@@ -25,6 +26,7 @@ pub mod error;
 pub mod feed;
 pub mod files;
 pub mod generator;
+pub mod keyfile;
 pub mod memcached;
 pub mod metrics;
 pub mod scan;

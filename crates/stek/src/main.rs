@@ -3,7 +3,6 @@
 //! once, in order, in its `run_*` function, and run the library's loop. Exit codes: 0 ok,
 //! 1 runtime failure, 2 bad usage.
 
-use std::path::Path;
 use std::process::ExitCode;
 use std::sync::Arc;
 
@@ -14,6 +13,7 @@ use stek::config::FileConfig;
 use stek::duration;
 use stek::files::{self, DirCheck, KeyDir};
 use stek::generator::{self, GroupPlan};
+use stek::keyfile;
 use stek::memcached::{self, Limits, Listener};
 use stek::metrics::{self, Metrics};
 use stek::status::Status;
@@ -58,6 +58,7 @@ fn run_up(args: UpArgs) -> anyhow::Result<()> {
     let s = settings::up(&args, &load_config(&args.process)?, &place())?;
     let key_dir = prepare_key_dir(&s.delivery, &s.schedule)?;
     runtime()?.block_on(async move {
+        let shutdown = shutdown_signal();
         let h = start_host(&s.delivery, key_dir, s.clock_offset_ms).await?;
         log_schedule("stek up", &s.schedule);
         stek::up::run(
@@ -67,7 +68,7 @@ fn run_up(args: UpArgs) -> anyhow::Result<()> {
             h.clock,
             h.listeners,
             h.metrics,
-            shutdown_signal(),
+            shutdown,
         )
         .await;
         Ok(())
@@ -78,7 +79,7 @@ fn run_up(args: UpArgs) -> anyhow::Result<()> {
 /// metrics, then [`agent::run_on_host`].
 fn run_agent(args: AgentArgs) -> anyhow::Result<()> {
     let s = settings::agent(&args, &load_config(&args.process)?, &place())?;
-    let identity = GroupIdentity::from_file_text(&read_secret_file(&s.identity)?)
+    let identity = GroupIdentity::from_file_text(&keyfile::read_private(&s.identity)?)
         .with_context(|| format!("{}", s.identity.display()))?;
     let key_dir = prepare_key_dir(&s.delivery, &s.schedule)?;
     info!(
@@ -88,6 +89,7 @@ fn run_agent(args: AgentArgs) -> anyhow::Result<()> {
         s.trusted.len()
     );
     runtime()?.block_on(async move {
+        let shutdown = shutdown_signal();
         let h = start_host(&s.delivery, key_dir, s.clock_offset_ms).await?;
         let store = Arc::new(
             AnyStore::connect_lazy(&s.store)
@@ -111,7 +113,7 @@ fn run_agent(args: AgentArgs) -> anyhow::Result<()> {
             h.clock,
             h.listeners,
             h.metrics,
-            shutdown_signal(),
+            shutdown,
         )
         .await;
         Ok(())
@@ -123,7 +125,7 @@ fn run_agent(args: AgentArgs) -> anyhow::Result<()> {
 fn run_generator(args: GeneratorArgs) -> anyhow::Result<()> {
     let s = settings::generator(&args, &load_config(&args.process)?)?;
     let signer = Arc::new(
-        GeneratorKey::from_file_text(&read_secret_file(&s.signing_key)?)
+        GeneratorKey::from_file_text(&keyfile::read_private(&s.signing_key)?)
             .with_context(|| format!("{}", s.signing_key.display()))?,
     );
     let plans: Vec<GroupPlan> = s
@@ -134,6 +136,7 @@ fn run_generator(args: GeneratorArgs) -> anyhow::Result<()> {
     harden();
     info!("generator {} publishing to {}", signer.public(), s.store);
     runtime()?.block_on(async move {
+        let shutdown = shutdown_signal();
         let store = Arc::new(
             AnyStore::connect(&s.store)
                 .await
@@ -141,7 +144,7 @@ fn run_generator(args: GeneratorArgs) -> anyhow::Result<()> {
         );
         let (clock, m) = clock_and_metrics(s.clock_offset_ms);
         start_metrics(s.metrics.as_deref(), &m, &clock).await?;
-        generator::run_generator(store, plans, clock, m, shutdown_signal()).await;
+        generator::run_generator(store, plans, clock, m, shutdown).await;
         Ok(())
     })
 }
@@ -352,16 +355,6 @@ fn run_keygen(args: KeygenArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn read_secret_file(path: &Path) -> anyhow::Result<zeroize::Zeroizing<String>> {
-    use std::io::Read as _;
-    let f = std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
-    let mut text = zeroize::Zeroizing::new(String::new());
-    f.take(64 * 1024)
-        .read_to_string(&mut text)
-        .with_context(|| format!("cannot read {}", path.display()))?;
-    Ok(text)
-}
-
 fn run_status(args: StatusArgs) -> anyhow::Result<()> {
     let status: Status = if let Some(addr) = &args.endpoint {
         stek::status::fetch(addr)?
@@ -423,18 +416,59 @@ fn run_scan(args: ScanArgs) -> ExitCode {
     ExitCode::from(report.exit_code)
 }
 
-async fn shutdown_signal() {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut term = match signal(SignalKind::terminate()) {
-        Ok(s) => s,
+/// Resolves when stek should shut down: SIGINT or SIGTERM. Registered when called (inside the
+/// runtime, before the command's loop starts), so the handlers are in place from then on.
+///
+/// SIGHUP, SIGUSR1 and SIGUSR2 end a process silently by default, and a stray `kill -HUP` (the
+/// usual "reload" of other daemons, or a closed terminal) must not stop key rotation without a
+/// word: they are caught and logged at WARN, and stek carries on. stek does not reload its
+/// configuration: a reload that applied only part of the settings would be harder to reason
+/// about than a restart. SIGPIPE needs nothing here: Rust's runtime ignores it at startup, so a
+/// peer that closed a socket is an EPIPE error on that socket only.
+fn shutdown_signal() -> impl std::future::Future<Output = ()> {
+    use tokio::signal::unix::{signal, Signal, SignalKind};
+    let listen = |kind: SignalKind, name: &str| match signal(kind) {
+        Ok(s) => Some(s),
         Err(e) => {
-            warn!("cannot listen for SIGTERM: {e}");
-            let _ = tokio::signal::ctrl_c().await;
-            return;
+            warn!("cannot listen for {name}: {e}");
+            None
         }
     };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => info!("interrupted"),
-        _ = term.recv() => info!("terminated"),
+    let mut int = listen(SignalKind::interrupt(), "SIGINT");
+    let mut term = listen(SignalKind::terminate(), "SIGTERM");
+    let mut hup = listen(SignalKind::hangup(), "SIGHUP");
+    let mut usr1 = listen(SignalKind::user_defined1(), "SIGUSR1");
+    let mut usr2 = listen(SignalKind::user_defined2(), "SIGUSR2");
+    // A signal that could not be registered never arrives (and keeps its default action).
+    async fn next(s: &mut Option<Signal>) {
+        match s {
+            Some(s) => {
+                s.recv().await;
+            }
+            None => std::future::pending().await,
+        }
+    }
+    async move {
+        loop {
+            tokio::select! {
+                () = next(&mut int) => {
+                    info!("interrupted");
+                    return;
+                }
+                () = next(&mut term) => {
+                    info!("terminated");
+                    return;
+                }
+                () = next(&mut hup) => warn!(
+                    "SIGHUP: stek does not reload its configuration; restart it to apply changes (keys and files are unchanged)"
+                ),
+                () = next(&mut usr1) => warn!(
+                    "SIGUSR1 ignored: stek has no use for it (keys and files are unchanged)"
+                ),
+                () = next(&mut usr2) => warn!(
+                    "SIGUSR2 ignored: stek has no use for it (keys and files are unchanged)"
+                ),
+            }
+        }
     }
 }

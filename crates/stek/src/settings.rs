@@ -146,6 +146,45 @@ pub(crate) fn schedule(flags: &ScheduleArgs, file: &FileConfig) -> anyhow::Resul
     schedule_with(flags, (file.period, file.lifetime), &default)
 }
 
+/// What one key of the window costs, measured with `stek up --period 1s` (every sink, the
+/// memcached socket) at lifetimes of 10s and 1000s, the difference over 990 keys (README,
+/// `stek up`): locked memory (`VmLck`, all resident: the key, its per-format
+/// derivations in the ring, the memcached table's values, which hold every key of the ring in
+/// five formats) and tmpfs written (`du`: an 80-byte nginx key file takes a whole page, plus
+/// its line in tickets.conf). Stated in the refusal so the operator can weigh the override.
+const KEY_LOCKED_BYTES: u64 = 1345;
+const KEY_TMPFS_BYTES: u64 = 4390;
+
+/// Whether the flags or the file allow a window above `MAX_WINDOW_KEYS`.
+fn allow_large_window(flags: &ScheduleArgs, file: &FileConfig) -> bool {
+    flags.allow_large_window || file.allow_large_window == Some(true)
+}
+
+/// `schedule` if its window is within `MAX_WINDOW_KEYS` or the operator allowed more; else the
+/// refusal, one line with the window, its cost and the way out. `group` names a generator's
+/// group.
+fn bounded(schedule: Schedule, allow: bool, group: Option<&str>) -> anyhow::Result<Schedule> {
+    let Err(e) = schedule.check_window() else {
+        return Ok(schedule);
+    };
+    if allow {
+        return Ok(schedule);
+    }
+    let keys = u64::try_from(schedule.window_len()).unwrap_or(u64::MAX);
+    let kib = |bytes: u64| bytes as f64 / 1024.0;
+    let mib = |per_key: u64| keys.saturating_mul(per_key).div_ceil(1 << 20);
+    let whose = group.map(|g| format!("group {g}: ")).unwrap_or_default();
+    bail!(
+        "{whose}period {} and lifetime {}: {e}; each key costs about {:.1} KiB of locked memory and {:.1} KiB of tmpfs (here about {} MiB and {} MiB); choose a longer --period or a shorter --lifetime, or pass --allow-large-window (allow_large_window = true in --config) to accept the cost",
+        duration::format(schedule.period()),
+        duration::format(schedule.lifetime()),
+        kib(KEY_LOCKED_BYTES),
+        kib(KEY_TMPFS_BYTES),
+        mib(KEY_LOCKED_BYTES),
+        mib(KEY_TMPFS_BYTES),
+    )
+}
+
 /// A group name from the file, checked.
 fn file_group(name: &str) -> anyhow::Result<String> {
     parse_group(name).map_err(anyhow::Error::msg)
@@ -246,7 +285,11 @@ pub(crate) fn warnings(schedule: &Schedule, d: &DeliverySettings) -> Vec<String>
 
 /// `stek up`'s settings.
 pub(crate) fn up(a: &UpArgs, c: &FileConfig, place: &Place) -> anyhow::Result<UpSettings> {
-    let schedule = schedule(&a.schedule, c)?;
+    let schedule = bounded(
+        schedule(&a.schedule, c)?,
+        allow_large_window(&a.schedule, c),
+        None,
+    )?;
     let group = match (&a.group, &c.group) {
         (Some(g), _) => g.clone(),
         (None, Some(g)) => file_group(g)?,
@@ -284,7 +327,11 @@ pub(crate) fn agent(a: &AgentArgs, c: &FileConfig, place: &Place) -> anyhow::Res
     if trusted.is_empty() {
         bail!("--trust is required: the public key(s) of the generator(s) whose records to accept");
     }
-    let schedule = schedule(&a.schedule, c)?;
+    let schedule = bounded(
+        schedule(&a.schedule, c)?,
+        allow_large_window(&a.schedule, c),
+        None,
+    )?;
     Ok(AgentSettings {
         store,
         group,
@@ -312,12 +359,14 @@ pub(crate) fn generator(a: &GeneratorArgs, c: &FileConfig) -> anyhow::Result<Gen
         .or_else(|| c.signing_key.clone())
         .context("--signing-key is required")?;
     let default = schedule(&a.schedule, c)?;
+    let allow = allow_large_window(&a.schedule, c);
     let mut groups = Vec::new();
     for spec in &a.groups {
         let (name, recipients) = parse_group_spec(spec)?;
+        let schedule = bounded(default, allow, Some(&name))?;
         groups.push(GroupSettings {
             name,
-            schedule: default,
+            schedule,
             recipients,
         });
     }
@@ -325,7 +374,11 @@ pub(crate) fn generator(a: &GeneratorArgs, c: &FileConfig) -> anyhow::Result<Gen
         for g in c.groups.iter().flatten() {
             let name = file_group(&g.name)?;
             let none = ScheduleArgs::default();
-            let schedule = schedule_with(&none, (g.period, g.lifetime), &default)?;
+            let schedule = bounded(
+                schedule_with(&none, (g.period, g.lifetime), &default)?,
+                allow,
+                Some(&name),
+            )?;
             let recipients = parse_recipients(&name, g.recipients.iter().map(String::as_str))?;
             groups.push(GroupSettings {
                 name,
@@ -589,6 +642,35 @@ mod tests {
     }
 
     #[test]
+    fn a_large_window_is_refused_unless_allowed() {
+        let e = err(up(&["--period", "1s", "--lifetime", "7d"], ""));
+        assert_eq!(
+            e,
+            "period 1s and lifetime 7d: a window of 604802 keys (604800 past + current + next) exceeds the bound of 1000 keys; each key costs about 1.3 KiB of locked memory and 4.3 KiB of tmpfs (here about 776 MiB and 2533 MiB); choose a longer --period or a shorter --lifetime, or pass --allow-large-window (allow_large_window = true in --config) to accept the cost"
+        );
+        // The bound itself: 998 past + current + next = 1000 keys pass, 1001 do not.
+        assert!(up(&["--period", "1s", "--lifetime", "998s"], "").is_ok());
+        assert!(err(up(&["--period", "1s", "--lifetime", "999s"], ""))
+            .starts_with("period 1s and lifetime 16m39s: a window of 1001 keys"));
+        // The same schedule from the file, refused the same way.
+        let file = "period = \"1s\"\nlifetime = \"7d\"";
+        assert!(err(up(&[], file)).contains("--allow-large-window"));
+        // The flag or the file's key allows it; the flag wins over the file's false.
+        let allowed = up(
+            &["--period", "1s", "--lifetime", "7d", "--allow-large-window"],
+            "",
+        );
+        assert_eq!(allowed.unwrap().schedule.window_len(), 604_802);
+        assert!(up(&[], &format!("{file}\nallow_large_window = true")).is_ok());
+        assert!(up(
+            &["--allow-large-window"],
+            &format!("{file}\nallow_large_window = false")
+        )
+        .is_ok());
+        assert!(up(&[], &format!("{file}\nallow_large_window = false")).is_err());
+    }
+
+    #[test]
     fn bad_values_in_the_file_name_the_key() {
         for (config, want) in [
             ("period = \"0s\"", "config file: period: the period must be longer than zero"),
@@ -769,6 +851,40 @@ mod tests {
                 GroupPublicKey::parse(&p2).unwrap()
             ]
         );
+    }
+
+    #[test]
+    fn agent_and_generator_bound_the_window_too() {
+        let g = GeneratorKey::generate().unwrap().public().to_string();
+        let minimal = ["--store", "redis://x", "--group", "web", "--identity", "id"];
+        let trust = format!("trust = [\"{g}\"]");
+        let big = [&minimal[..], &["--period", "1s", "--lifetime", "1h"]].concat();
+        assert!(err(agent(&big, &trust))
+            .starts_with("period 1s and lifetime 1h: a window of 3602 keys"));
+        let allowed = [&big[..], &["--allow-large-window"]].concat();
+        assert_eq!(agent(&allowed, &trust).unwrap().schedule.window_len(), 3602);
+
+        // The generator checks each group's own schedule and names the group.
+        let p = GroupIdentity::generate().unwrap().public().to_string();
+        let file = format!(
+            "store = \"redis://x\"\nsigning_key = \"k\"\n\
+             [[groups]]\nname = \"web\"\nrecipients = [\"{p}\"]\n\
+             [[groups]]\nname = \"fast\"\nrecipients = [\"{p}\"]\nperiod = \"1s\"\n"
+        );
+        assert!(err(generator(&[], &file))
+            .starts_with("group fast: period 1s and lifetime 18h: a window of 64802 keys"));
+        assert_eq!(
+            generator(&["--allow-large-window"], &file)
+                .unwrap()
+                .groups
+                .len(),
+            2
+        );
+        let allowed = format!("allow_large_window = true\n{file}");
+        assert_eq!(generator(&[], &allowed).unwrap().groups.len(), 2);
+        let spec = format!("edge={p}");
+        let flags = ["--group", &spec, "--period", "1s", "--lifetime", "7d"];
+        assert!(err(generator(&flags, &file)).starts_with("group edge: period 1s and lifetime 7d"));
     }
 
     #[test]

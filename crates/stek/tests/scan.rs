@@ -477,3 +477,51 @@ fn haproxy_rotated_by_stek_over_its_runtime_api_passes() {
     );
     assert_eq!(haproxy.info_pid(), pid, "no reload, no restart");
 }
+
+/// A server that accepts, sends a TLS record header announcing 16 KiB of handshake, then one
+/// byte per second (for at most a minute, so a failing scan cannot hold the test forever).
+/// Every read the scanner makes gets a byte well within a per-read timeout.
+fn slow_drip_server() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(mut conn) = conn else { continue };
+            std::thread::spawn(move || {
+                use std::io::Write as _;
+                if conn.write_all(&[0x16, 0x03, 0x03, 0x40, 0x00]).is_err() {
+                    return;
+                }
+                for _ in 0..60 {
+                    std::thread::sleep(Duration::from_secs(1));
+                    if conn.write_all(&[0x02]).is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    port
+}
+
+#[test]
+fn timeout_bounds_each_connection_not_each_read() {
+    let port = slow_drip_server();
+    let target = format!("127.0.0.1:{port}");
+    let started = std::time::Instant::now();
+    let out = Command::new(env!("CARGO_BIN_EXE_stek"))
+        .args(["scan", &target, "--timeout", "2s"])
+        .output()
+        .expect("run stek scan");
+    let took = started.elapsed();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(2), "{text}");
+    // Against an endpoint whose first connection fails, the scan makes one connection per
+    // version and runs the versions side by side: one timeout in all, two if they ran one after
+    // the other. 2 x 2 s + 4 s of margin for a loaded machine is still far below the minute
+    // the server would drip for.
+    assert!(took < Duration::from_secs(8), "took {took:?}:\n{text}");
+    for version in ["TLS 1.2: timed out after 2s", "TLS 1.3: timed out after 2s"] {
+        assert!(text.contains(version), "{version:?} in\n{text}");
+    }
+}

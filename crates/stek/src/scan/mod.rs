@@ -60,7 +60,7 @@ pub struct Options {
     pub state: Option<PathBuf>,
     /// A stek agent's status (file or metrics endpoint) to compare the served key with.
     pub expect: Option<String>,
-    /// Per-connection timeout.
+    /// How long one connection may take as a whole (connect, handshake, the server's flight).
     pub timeout: Duration,
     /// Show progress on stderr.
     pub progress: bool,
@@ -376,7 +376,8 @@ fn audit(ep: &Endpoint, version: Version, timeout: Duration) -> Live {
     let first = match prober.connect(ep.addr, None) {
         Ok(c) => c,
         Err(e) => {
-            live.connect_error = matches!(e, ProbeError::Connect(_));
+            live.connect_error =
+                matches!(e, ProbeError::Connect(_) | ProbeError::ConnectTimedOut(_));
             live.report.error = Some(Chain(&e).to_string());
             return live;
         }

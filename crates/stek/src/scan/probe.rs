@@ -24,7 +24,7 @@ use rustls::{KeyLog, SignatureScheme};
 use zeroize::Zeroizing;
 
 use super::wire::{self, Secrets, ServerFlight, Ticket, MAX_FLIGHT};
-use crate::lock;
+use crate::{duration, lock};
 
 /// The most bytes of our own first flight kept (the ClientHello).
 const MAX_HELLO: usize = 16 * 1024;
@@ -94,6 +94,11 @@ pub enum ProbeError {
     Wire(wire::WireError),
     /// rustls would not offer the session in a ClientHello.
     NotOffered,
+    /// The connection (connect, handshake and the server's flight together) took longer than
+    /// the scan's `--timeout` (given).
+    TimedOut(Duration),
+    /// The TCP connect alone did not finish within the `--timeout` (given).
+    ConnectTimedOut(Duration),
 }
 
 impl std::fmt::Display for ProbeError {
@@ -114,6 +119,14 @@ impl std::fmt::Display for ProbeError {
             ProbeError::Handshake(_) => f.write_str("handshake failed"),
             ProbeError::Wire(_) => f.write_str("cannot read what the server sent"),
             ProbeError::NotOffered => f.write_str("the session could not be offered"),
+            ProbeError::TimedOut(d) => write!(f, "timed out after {}", duration::format(*d)),
+            ProbeError::ConnectTimedOut(d) => {
+                write!(
+                    f,
+                    "cannot connect: timed out after {}",
+                    duration::format(*d)
+                )
+            }
         }
     }
 }
@@ -131,7 +144,9 @@ impl std::error::Error for ProbeError {
             ProbeError::ServerName(_)
             | ProbeError::Alert(_)
             | ProbeError::NotTls(_)
-            | ProbeError::NotOffered => None,
+            | ProbeError::NotOffered
+            | ProbeError::TimedOut(_)
+            | ProbeError::ConnectTimedOut(_) => None,
         }
     }
 }
@@ -240,16 +255,18 @@ impl Prober {
         offer: Option<Session>,
     ) -> Result<Connection, ProbeError> {
         let started = Instant::now();
+        let deadline = Deadline::new(started, self.timeout);
         self.store.arm(offer);
         self.keylog.clear();
-        let tcp = TcpStream::connect_timeout(&addr, self.timeout).map_err(ProbeError::Connect)?;
-        let _ = tcp.set_nodelay(true);
-        set_timeouts(&tcp, self.timeout)?;
-        let mut io = Recorder::new(tcp);
+        let tcp = connect(addr, &deadline)?;
+        let mut io = Recorder::new(tcp, deadline);
         let mut conn = ClientConnection::new(self.config.clone(), self.name.clone())
             .map_err(ProbeError::Setup)?;
         while conn.is_handshaking() {
             if let Err(e) = conn.complete_io(&mut io) {
+                if io.timed_out {
+                    return Err(ProbeError::TimedOut(self.timeout));
+                }
                 return Err(self.explain(&io, e));
             }
         }
@@ -313,6 +330,8 @@ impl Prober {
         let _ = conn.writer().write_all(request.as_bytes());
         let mut deadline = Instant::now() + self.ticket_wait;
         let mut buf = [0u8; 4096];
+        // The connection's own deadline still bounds every read (Recorder); this one only ends
+        // the wait for tickets early.
         loop {
             while conn.wants_write() {
                 if conn.write_tls(io).is_err() {
@@ -329,10 +348,13 @@ impl Prober {
                 // A second ticket usually follows in the same flight.
                 deadline = deadline.min(now + Duration::from_millis(20));
             }
-            if now >= deadline || io.inner.set_read_timeout(Some(deadline - now)).is_err() {
+            if now >= deadline {
                 return;
             }
-            match conn.read_tls(io) {
+            io.wait_until = Some(deadline);
+            let read = conn.read_tls(io);
+            io.wait_until = None;
+            match read {
                 Ok(0) | Err(_) => return,
                 Ok(_) => {
                     if conn.process_new_packets().is_err() {
@@ -389,15 +411,19 @@ pub fn replay(
     client_hello: &[u8],
     timeout: Duration,
 ) -> Result<ServerFlight, ProbeError> {
-    let mut tcp = TcpStream::connect_timeout(&addr, timeout).map_err(ProbeError::Connect)?;
-    let _ = tcp.set_nodelay(true);
-    set_timeouts(&tcp, timeout)?;
-    tcp.write_all(client_hello)
-        .map_err(|source| ProbeError::Io {
-            what: "sending the ClientHello",
-            source,
-        })?;
-    let deadline = Instant::now() + timeout;
+    let deadline = Deadline::new(Instant::now(), timeout);
+    let tcp = connect(addr, &deadline)?;
+    let mut io = Recorder::new(tcp, deadline);
+    io.write_all(client_hello).map_err(|source| {
+        if io.timed_out {
+            ProbeError::TimedOut(timeout)
+        } else {
+            ProbeError::Io {
+                what: "sending the ClientHello",
+                source,
+            }
+        }
+    })?;
     let mut got = Vec::new();
     let mut buf = [0u8; 8192];
     loop {
@@ -409,26 +435,60 @@ pub fn replay(
         {
             return Ok(flight);
         }
-        if Instant::now() >= deadline || got.len() >= MAX_FLIGHT {
+        if got.len() >= MAX_FLIGHT {
             return Ok(flight);
         }
-        match tcp.read(&mut buf) {
+        match io.read(&mut buf) {
             Ok(0) => return Ok(flight),
             Ok(n) => got.extend_from_slice(&buf[..n]),
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(_) if io.timed_out && got.is_empty() => return Err(ProbeError::TimedOut(timeout)),
             Err(e) if got.is_empty() => return Err(ProbeError::NoAnswer(e)),
+            // Part of a flight, then the deadline or an error: what came is the answer (the
+            // decision, if any, is in it).
             Err(_) => return Ok(flight),
         }
     }
 }
 
-fn set_timeouts(tcp: &TcpStream, timeout: Duration) -> Result<(), ProbeError> {
-    tcp.set_read_timeout(Some(timeout))
-        .and_then(|()| tcp.set_write_timeout(Some(timeout)))
-        .map_err(|source| ProbeError::Io {
-            what: "setting the socket's timeouts",
-            source,
-        })
+/// When a connection must be over: `--timeout` bounds each connection as a whole (connect,
+/// handshake, the server's flight), not each read, so a server that sends a byte now and then
+/// cannot hold the scan.
+#[derive(Debug, Clone, Copy)]
+struct Deadline {
+    at: Instant,
+    /// The timeout as given, for the error.
+    timeout: Duration,
+}
+
+impl Deadline {
+    fn new(start: Instant, timeout: Duration) -> Deadline {
+        Deadline {
+            at: start + timeout,
+            timeout,
+        }
+    }
+
+    /// The time left, if any.
+    fn left(&self) -> Option<Duration> {
+        self.at
+            .checked_duration_since(Instant::now())
+            .filter(|d| !d.is_zero())
+    }
+}
+
+/// TCP connect within what is left of `deadline`.
+fn connect(addr: SocketAddr, deadline: &Deadline) -> Result<TcpStream, ProbeError> {
+    let left = deadline.left().unwrap_or(Duration::from_millis(1));
+    let tcp = TcpStream::connect_timeout(&addr, left).map_err(|e| {
+        if e.kind() == io::ErrorKind::TimedOut {
+            ProbeError::ConnectTimedOut(deadline.timeout)
+        } else {
+            ProbeError::Connect(e)
+        }
+    })?;
+    let _ = tcp.set_nodelay(true);
+    Ok(tcp)
 }
 
 /// TLS alert descriptions by number (RFC 8446 §6).
@@ -455,26 +515,75 @@ pub fn alert_name(desc: u8) -> String {
     format!("{name} ({desc})")
 }
 
-/// The socket, recording what the server sent (capped) and our first flight.
+/// The socket, recording what the server sent (capped) and our first flight. Every read and
+/// write waits at most until the connection's deadline (the socket timeout is recomputed before
+/// each call); past it they fail with `TimedOut` and `timed_out` is set.
 struct Recorder {
     inner: TcpStream,
     read: Vec<u8>,
     hello: Vec<u8>,
+    deadline: Deadline,
+    /// An earlier end for reads only (the wait for TLS 1.3 tickets): past it a read fails with
+    /// `WouldBlock`, which is not a timeout of the connection.
+    wait_until: Option<Instant>,
+    /// The connection's deadline passed.
+    timed_out: bool,
 }
 
 impl Recorder {
-    fn new(inner: TcpStream) -> Recorder {
+    fn new(inner: TcpStream, deadline: Deadline) -> Recorder {
         Recorder {
             inner,
             read: Vec::new(),
             hello: Vec::new(),
+            deadline,
+            wait_until: None,
+            timed_out: false,
+        }
+    }
+
+    /// How long the next call may wait: an error once the deadline (or `soft`) passed.
+    fn budget(&mut self, soft: Option<Instant>) -> io::Result<Duration> {
+        let Some(left) = self.deadline.left() else {
+            return Err(self.elapsed());
+        };
+        match soft.map(|w| w.checked_duration_since(Instant::now())) {
+            Some(None | Some(Duration::ZERO)) => Err(io::ErrorKind::WouldBlock.into()),
+            Some(Some(w)) => Ok(w.min(left)),
+            None => Ok(left),
+        }
+    }
+
+    fn elapsed(&mut self) -> io::Error {
+        self.timed_out = true;
+        io::Error::new(
+            io::ErrorKind::TimedOut,
+            format!(
+                "the connection took longer than {}",
+                duration::format(self.deadline.timeout)
+            ),
+        )
+    }
+
+    /// A socket timeout that fired at (or after) the deadline is the connection's timeout.
+    fn check(&mut self, e: io::Error) -> io::Error {
+        let timeout = matches!(
+            e.kind(),
+            io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+        );
+        if timeout && self.deadline.left().is_none() {
+            self.elapsed()
+        } else {
+            e
         }
     }
 }
 
 impl Read for Recorder {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let n = self.inner.read(buf)?;
+        let wait = self.budget(self.wait_until)?;
+        self.inner.set_read_timeout(Some(wait))?;
+        let n = self.inner.read(buf).map_err(|e| self.check(e))?;
         let room = MAX_FLIGHT.saturating_sub(self.read.len());
         self.read.extend_from_slice(&buf[..n.min(room)]);
         Ok(n)
@@ -483,7 +592,9 @@ impl Read for Recorder {
 
 impl Write for Recorder {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        let n = self.inner.write(buf)?;
+        let wait = self.budget(None)?;
+        self.inner.set_write_timeout(Some(wait))?;
+        let n = self.inner.write(buf).map_err(|e| self.check(e))?;
         if self.read.is_empty() && self.hello.len() + n <= MAX_HELLO {
             self.hello.extend_from_slice(&buf[..n]);
         }
