@@ -86,8 +86,11 @@ const MAX_ERROR_BODY_LEN: usize = 64 * 1024;
 /// How much of etcd's error message is kept.
 const MAX_ERROR_MESSAGE_CHARS: usize = 300;
 /// The largest single message of a watch stream; a larger one ends the stream (it is then
-/// reopened, which costs one spurious tick).
-const MAX_WATCH_MESSAGE_LEN: usize = 8 * 1024 * 1024;
+/// reopened, which costs one spurious tick). A message carries the values put (etcd cannot
+/// watch keys only), so anyone who writes a huge value under the group's prefix sends it to
+/// every agent: the cap bounds what that costs. Honest messages hold a few records of at most
+/// 64 KiB (88 KiB in base64) each: a generator creates at most a couple per group and round.
+const MAX_WATCH_MESSAGE_LEN: usize = 1024 * 1024;
 /// A watch asks etcd for progress notifications, sent every 10 minutes by default; a stream
 /// silent for longer than this is presumed dead (a peer that vanished without closing TCP) and is
 /// reopened.
