@@ -50,8 +50,7 @@ use stek::clock::{Clock, SystemClock};
 use stek::generator::{publish_upcoming, Outcome};
 use stek::store::{Created, EtcdStore, RedisStore, Store, StoreError};
 use stek_core::{
-    GeneratorKey, GeneratorPublicKey, GroupIdentity, KeyBytes, Origin, Record, Schedule, Slot,
-    SlotKey,
+    GeneratorKey, GeneratorPublicKey, GroupIdentity, Origin, Record, Schedule, Slot, SlotKey,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::{watch, Semaphore};
@@ -192,7 +191,7 @@ impl<S: Store> Store for Probed<S> {
         group: &str,
         first: Slot,
         last: Slot,
-    ) -> Result<Vec<(Slot, KeyBytes)>, StoreError> {
+    ) -> Result<Vec<(Slot, stek::store::Found)>, StoreError> {
         self.requests.reads.fetch_add(1, Ordering::Relaxed);
         let r = self.inner.read_window(group, first, last).await;
         if r.is_err() {

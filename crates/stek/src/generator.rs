@@ -11,7 +11,7 @@ use tracing::{debug, error, info, warn};
 
 use crate::clock::Clock;
 use crate::metrics::Metrics;
-use crate::store::{Created, Store, StoreError};
+use crate::store::{Created, Found, Store, StoreError};
 
 /// Why publishing failed.
 #[derive(Debug)]
@@ -51,6 +51,17 @@ pub enum Outcome {
     Created(KeyName),
     /// Another generator was first; its record stands.
     AlreadyThere,
+    /// The slot holds a value larger than any record (someone else wrote to the store), which
+    /// create-if-absent cannot replace: the slot has no shared key.
+    Occupied,
+}
+
+/// "70000 bytes" or "more than 65536 bytes", for a log line about an oversize value.
+fn describe_len(len: Option<u64>) -> String {
+    match len {
+        Some(n) => format!("{n} bytes"),
+        None => format!("more than {} bytes", stek_core::record::MAX_RECORD_LEN),
+    }
 }
 
 /// Makes sure every slot from the current one up to `A` periods ahead has a record in `group`.
@@ -71,8 +82,19 @@ pub async fn publish_upcoming<S: Store>(
         .map_err(PublishError::Store)?;
     let mut out = Vec::new();
     for slot in (first.0..=last.0).map(Slot) {
-        if existing.iter().any(|(s, _)| *s == slot) {
-            continue;
+        match existing.iter().find(|(s, _)| *s == slot) {
+            Some((_, Found::Record(_))) => continue,
+            Some((_, Found::Oversize { len })) => {
+                // Not a record: agents will reject it and encrypt with stand-ins for this slot.
+                // create-if-absent cannot replace it; say so rather than skip it silently.
+                warn!(
+                    "group {group}: slot {slot} holds a value of {} in the store, too large to be a record: no key can be published there",
+                    describe_len(*len)
+                );
+                out.push((slot, Outcome::Occupied));
+                continue;
+            }
+            None => {}
         }
         // The key lives only until the store has decided; it is zeroized when dropped.
         let key = SlotKey::generate(slot).map_err(PublishError::Random)?;
@@ -93,6 +115,13 @@ pub async fn publish_upcoming<S: Store>(
             Created::Lost(_) => {
                 debug!("group {group}: slot {slot} already had a key from another generator");
                 Outcome::AlreadyThere
+            }
+            Created::Oversize { len } => {
+                warn!(
+                    "group {group}: slot {slot} was taken by a value of {} in the store, too large to be a record: no key can be published there",
+                    describe_len(len)
+                );
+                Outcome::Occupied
             }
         };
         out.push((slot, outcome));

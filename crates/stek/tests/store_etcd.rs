@@ -8,8 +8,10 @@ use std::process::{Child, Command, Output, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
+use base64::engine::general_purpose::STANDARD as BASE64;
+use base64::Engine as _;
 use serde_json::Value;
-use stek::store::{conformance, Created, EtcdStore, Store, StoreError};
+use stek::store::{conformance, Created, EtcdStore, Found, Store, StoreError};
 use stek_core::record::MAX_RECORD_LEN;
 use stek_core::Slot;
 use tokio::sync::{watch, Barrier};
@@ -218,6 +220,24 @@ fn http_get(port: u16, path: &str) -> Option<String> {
     Some(answer)
 }
 
+/// POSTs `body` to the JSON gateway and returns the status line and body of the answer.
+fn http_post(port: u16, path: &str, body: &[u8]) -> String {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connect to etcd");
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    s.write_all(
+        format!(
+            "POST {path} HTTP/1.0\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+            body.len()
+        )
+        .as_bytes(),
+    )
+    .unwrap();
+    s.write_all(body).unwrap();
+    let mut answer = String::new();
+    s.read_to_string(&mut answer).expect("etcd answers");
+    answer
+}
+
 /// etcd's `/health` says `true`.
 fn healthy(port: u16) -> bool {
     http_get(port, "/health").is_some_and(|a| a.contains("\"health\":\"true\""))
@@ -281,6 +301,59 @@ async fn conformance_suite_with_real_leases() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversize_values_are_not_downloaded_and_junk_keys_not_read() {
+    // etcd refuses requests over 1.5 MiB by default; an attacker's cluster need not.
+    let etcd = blocking(|| Etcd::start(&["--max-request-bytes", "16777216"]));
+    let store = etcd.store();
+    let port = etcd.client_port;
+    let put = |key: String, value: &[u8]| {
+        let body = serde_json::json!({"key": BASE64.encode(key), "value": BASE64.encode(value)});
+        let answer = http_post(port, "/v3/kv/put", body.to_string().as_bytes());
+        assert!(
+            answer.starts_with("HTTP/1.0 200"),
+            "{}",
+            &answer[..answer.len().min(300)]
+        );
+    };
+    conformance::run_oversize(&store, unix_now(), |g, slot, value, _| {
+        blocking(|| put(format!("stek/{g}/{:020}", slot.0), &value));
+        std::future::ready(())
+    })
+    .await;
+    // 4,000 keys of 10 KB between the keys of slots 1 and 2 (40 MB in the range a prefix read
+    // would cover): a read of the exact keys never sees them.
+    blocking(|| {
+        let junk = vec![b'j'; 10_000];
+        for batch in 0..40 {
+            let ops: Vec<_> = (0..100)
+                .map(|i| {
+                    serde_json::json!({"request_put": {
+                        "key": BASE64.encode(format!("stek/oversize/{:020}-junk-{batch}-{i}", 1)),
+                        "value": BASE64.encode(&junk)}})
+                })
+                .collect();
+            let body = serde_json::json!({"success": ops});
+            let answer = http_post(port, "/v3/kv/txn", body.to_string().as_bytes());
+            assert!(
+                answer.starts_with("HTTP/1.0 200"),
+                "{}",
+                &answer[..answer.len().min(300)]
+            );
+        }
+    });
+    let got = store
+        .read_window("oversize", Slot(0), Slot(5))
+        .await
+        .expect("junk keys outside the slots' keys do not fail the read");
+    let mut seen: Vec<(u64, bool)> = got
+        .iter()
+        .map(|(s, f)| (s.0, matches!(f, Found::Record(_))))
+        .collect();
+    seen.sort();
+    assert_eq!(seen, vec![(1, true), (2, false), (3, false), (4, true)]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sixteen_generators_race_and_exactly_one_wins() {
     let etcd = blocking(|| Etcd::start(&[]));
     let url = etcd.url();
@@ -307,6 +380,7 @@ async fn sixteen_generators_race_and_exactly_one_wins() {
             (mine, Ok(Created::Won)) => winners.push(mine),
             (_, Ok(Created::Lost(theirs))) => lost.push(theirs.to_vec()),
             (_, Err(e)) => panic!("create failed: {e}"),
+            (_, Ok(other)) => panic!("a racing create: {other:?}"),
         }
     }
     assert_eq!(winners.len(), 1, "exactly one generator wins");
@@ -321,7 +395,10 @@ async fn sixteen_generators_race_and_exactly_one_wins() {
         .await
         .unwrap();
     assert_eq!(stored.len(), 1);
-    assert_eq!(stored[0].1.as_slice(), winners[0].as_slice());
+    assert_eq!(
+        stored[0].1.record().expect("a record").as_slice(),
+        winners[0].as_slice()
+    );
 
     blocking(|| {
         assert_eq!(assert_written_once_with_lease(&etcd), 1);
@@ -397,17 +474,18 @@ async fn window_reads_skip_what_is_not_a_record() {
         etcd.etcdctl(&["put", "stek/g/0000000000000000007", "junk"], None);
     });
     let got = store.read_window("g", Slot(0), Slot(10)).await.unwrap();
-    let got: Vec<(u64, Vec<u8>)> = got.into_iter().map(|(s, r)| (s.0, r.to_vec())).collect();
-    assert_eq!(got, vec![(5, b"five".to_vec())]);
-    // The oversized value is the slot's record as far as create-if-absent goes: never replaced.
-    let err = store
-        .create("g", Slot(3), b"mine", expires)
-        .await
-        .unwrap_err();
-    assert!(
-        matches!(&err, StoreError::BadAnswer { .. }) && err.to_string().contains("exceeds"),
-        "{err}"
-    );
+    let mut got: Vec<(u64, Option<Vec<u8>>)> = got
+        .into_iter()
+        .map(|(s, r)| (s.0, r.record().map(|r| r.to_vec())))
+        .collect();
+    got.sort();
+    // The oversized value is reported as such, without its bytes.
+    assert_eq!(got, vec![(3, None), (5, Some(b"five".to_vec()))]);
+    // The oversized value occupies the slot as far as create-if-absent goes: never replaced.
+    match store.create("g", Slot(3), b"mine", expires).await {
+        Ok(Created::Oversize { len: None }) => {}
+        other => panic!("a create over an oversize value: {other:?}"),
+    }
     // Windows at the ends of the slot range and empty windows.
     assert!(store
         .read_window("g", Slot(u64::MAX - 1), Slot(u64::MAX))

@@ -8,7 +8,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use redis::aio::MultiplexedConnection;
-use stek::store::{conformance, Created, RedisStore, Store, StoreError};
+use stek::store::{conformance, Created, Found, RedisStore, Store, StoreError};
 use stek_core::record::MAX_RECORD_LEN;
 use stek_core::Slot;
 
@@ -209,14 +209,14 @@ impl Drop for Redis {
     }
 }
 
-/// The values of `store`'s window as `(slot, bytes)`, sorted.
+/// The records of `store`'s window as `(slot, bytes)`, sorted; oversize values are left out.
 async fn window(store: &RedisStore, group: &str, first: u64, last: u64) -> Vec<(u64, Vec<u8>)> {
     let mut got: Vec<_> = store
         .read_window(group, Slot(first), Slot(last))
         .await
         .expect("read_window")
         .into_iter()
-        .map(|(s, v)| (s.0, v.to_vec()))
+        .filter_map(|(s, v)| Some((s.0, v.record()?.to_vec())))
         .collect();
     got.sort();
     got
@@ -231,6 +231,65 @@ async fn conformance_on_the_primary() {
     let now = store.server_time().await.expect("TIME");
     conformance::run_scaled(&store, now, UNIT, tokio::time::sleep).await;
     assert!(primary.assert_every_key_expires().await >= 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversize_values_stay_in_redis_on_the_primary_and_the_replica() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let primary = Redis::primary(dir.path()).await;
+    let replica = Redis::replica(dir.path(), &primary).await;
+    let store = RedisStore::connect(&primary.url()).await.expect("connect");
+    let now = store.server_time().await.expect("TIME");
+    let p = &primary;
+    conformance::run_oversize(&store, now, |g, slot, value, expires_at| async move {
+        let key = format!("stek:{g}:{}", slot.0);
+        let _: () = p
+            .cmd(
+                redis::cmd("SET")
+                    .arg(&key)
+                    .arg(value)
+                    .arg("PXAT")
+                    .arg(expires_at.as_millis() as u64),
+            )
+            .await;
+    })
+    .await;
+    // Agents read replicas, which are read-only: the read script (EVAL_RO, no-writes) runs
+    // there too and reports the lengths without the values.
+    let agent = RedisStore::connect(&replica.url())
+        .await
+        .expect("connect replica");
+    let got = wait_for(
+        "the planted values on the replica",
+        Duration::from_secs(10),
+        || async {
+            let got = agent
+                .read_window("oversize", Slot(1), Slot(4))
+                .await
+                .expect("read the replica");
+            (got.len() == 4).then_some(got)
+        },
+    )
+    .await;
+    let mut lens: Vec<(u64, Option<u64>, Option<usize>)> = got
+        .iter()
+        .map(|(s, f)| match f {
+            Found::Record(r) => (s.0, None, Some(r.len())),
+            Found::Oversize { len } => (s.0, *len, None),
+        })
+        .collect();
+    lens.sort();
+    assert_eq!(
+        lens,
+        vec![
+            (1, None, Some(MAX_RECORD_LEN)),
+            (2, Some(MAX_RECORD_LEN as u64 + 1), None),
+            (3, Some(4 * 1024 * 1024), None),
+            (4, None, Some(6)),
+        ]
+    );
+    // The values stayed in Redis; they expire like records.
+    assert!(primary.assert_every_key_expires().await >= 4);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -259,6 +318,7 @@ async fn generators_racing_on_separate_connections_make_one_record() {
         match t.await.expect("task") {
             (record, Created::Won) => won.push(record),
             (_, Created::Lost(winner)) => lost.push(winner.to_vec()),
+            (_, other) => panic!("a racing create: {other:?}"),
         }
     }
     assert_eq!(won.len(), 1, "exactly one generator wins the slot");
@@ -323,6 +383,17 @@ async fn untrusted_values_are_skipped_and_windows_are_capped() {
         window(&store, "g", 0, 10).await,
         vec![(6, largest), (8, b"fine".to_vec())]
     );
+    let oversize: Vec<(Slot, Option<u64>)> = store
+        .read_window("g", Slot(0), Slot(10))
+        .await
+        .unwrap()
+        .into_iter()
+        .filter_map(|(s, f)| match f {
+            Found::Oversize { len } => Some((s, len)),
+            Found::Record(_) => None,
+        })
+        .collect();
+    assert_eq!(oversize, vec![(Slot(5), Some(MAX_RECORD_LEN as u64 + 1))]);
 
     // A slot holding a value of another type cannot be created; Redis says why.
     match store
@@ -477,7 +548,7 @@ async fn notifications_and_reads_resume_after_the_replica_restarts() {
         Duration::from_secs(10),
         || async {
             let got = agent.read_window("fleet", Slot(0), Slot(20)).await.ok()?;
-            (got.len() == 1 && got[0].1.as_slice() == b"after").then_some(())
+            (got.len() == 1 && got[0].1.record()?.as_slice() == b"after").then_some(())
         },
     )
     .await;

@@ -448,7 +448,7 @@ pub(crate) mod tests {
     use std::sync::atomic::{AtomicU64, Ordering};
     use std::sync::Mutex;
 
-    use stek_core::{Encrypting, KeyBytes, Origin, Record, SlotKey};
+    use stek_core::{Encrypting, Origin, Record, SlotKey};
 
     use super::*;
     use crate::clock::manual::TokioClock;
@@ -549,7 +549,7 @@ pub(crate) mod tests {
             group: &str,
             first: Slot,
             last: Slot,
-        ) -> Result<Vec<(Slot, KeyBytes)>, StoreError> {
+        ) -> Result<Vec<(Slot, crate::store::Found)>, StoreError> {
             self.gate().await;
             self.inner.read_window(group, first, last).await
         }

@@ -12,13 +12,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use sha2::{Digest, Sha256};
+use stek_core::record::MAX_RECORD_LEN;
 use stek_core::{jitter, KeyBytes, Record, RecordError, Schedule, Slot, SlotKey, Window};
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 use tracing::{debug, warn};
 
 use crate::clock::{Clock, ClockWatch};
-use crate::store::{Store, StoreError};
+use crate::store::{Found, Store, StoreError};
 
 /// How an agent turns a record into a key.
 pub trait Opener: Send + Sync {
@@ -83,6 +84,10 @@ impl Opener for SealedOpener {
         record.open_sealed(schedule, group, slot, &self.identity, &self.trusted)
     }
 }
+
+/// The rejection reason of a value larger than any record, which the store reports without
+/// sending it (`stek_records_rejected_total{reason="oversize"}`).
+pub const OVERSIZE: &str = "oversize";
 
 /// What one read of the store brought.
 #[derive(Debug, Default)]
@@ -188,7 +193,17 @@ impl<S: Store, O: Opener> Syncer<S, O> {
         self.rejected_seen.retain(|slot, _| w.contains(*slot));
         let mut out = Synced::default();
         let mut taken = BTreeSet::new();
-        for (slot, bytes) in records {
+        for (slot, found) in records {
+            let bytes = match found {
+                Found::Record(bytes) => bytes,
+                Found::Oversize { len } => {
+                    // Reported even for a held slot: the key already held stays (a key once
+                    // accepted is kept), but a value no generator writes where a record should
+                    // be means someone else writes to the store.
+                    self.oversize(slot, len, &w, &mut out);
+                    continue;
+                }
+            };
             if held.contains(&slot) || taken.contains(&slot) {
                 // Each slot has exactly one record; a key once accepted is kept. (A different
                 // record under the same slot can only come from a store that broke its
@@ -216,6 +231,33 @@ impl<S: Store, O: Opener> Syncer<S, O> {
             }
         }
         Ok(out)
+    }
+
+    /// Counts and logs an oversize value of `slot` once (until the slot's value changes).
+    fn oversize(&mut self, slot: Slot, len: Option<u64>, window: &Window, out: &mut Synced) {
+        if !window.contains(slot) {
+            return;
+        }
+        // A digest no record can have (a record is hashed whole; this is the hash of a label
+        // and the length), so a record that replaces the value later is examined afresh.
+        let mut h = Sha256::new();
+        h.update(b"stek oversize value ");
+        h.update(len.unwrap_or(u64::MAX).to_be_bytes());
+        let digest: [u8; 32] = h.finalize().into();
+        if self.rejected_seen.get(&slot) == Some(&digest) {
+            return;
+        }
+        self.rejected_seen.insert(slot, digest);
+        out.rejected.push(OVERSIZE);
+        let size = match len {
+            Some(n) => format!("{n} bytes"),
+            None => format!("more than {MAX_RECORD_LEN} bytes"),
+        };
+        warn!(
+            reason = OVERSIZE,
+            "group {}: rejected the value of slot {slot}: {size}, larger than any record (not downloaded); someone other than a generator writes to the store",
+            self.group
+        );
     }
 
     fn accept(
@@ -358,6 +400,39 @@ mod tests {
             again.keys.is_empty() && again.rejected.is_empty(),
             "{again:?}"
         );
+    }
+
+    #[tokio::test]
+    async fn oversize_values_are_rejected_once_held_keys_kept() {
+        let clock = ManualClock::at(400);
+        let store = Arc::new(MemoryStore::new(Arc::new(clock.clone())));
+        let s = Schedule::new(Duration::from_secs(4), Duration::from_secs(12)).unwrap();
+        let now = clock.now();
+        let exp = Duration::from_secs(999);
+        let big = || vec![0u8; stek_core::record::MAX_RECORD_LEN + 1];
+        // Slot 99 is held (its record was overwritten), slot 100 never had a record; slot 104
+        // lies outside the window read.
+        store.plant("g", Slot(99), big(), exp);
+        store.plant("g", Slot(100), big(), exp);
+        store.plant("g", Slot(104), big(), exp);
+        let mut syncer = Syncer::new(store.clone(), PlainOpener, "g".into(), s);
+        let held: BTreeSet<Slot> = [Slot(99)].into();
+        let got = syncer.sync(now, &held).await.unwrap();
+        assert!(got.keys.is_empty());
+        assert_eq!(got.rejected, [OVERSIZE, OVERSIZE]);
+        let again = syncer.sync(now, &held).await.unwrap();
+        assert!(again.rejected.is_empty(), "{again:?}");
+        // A record that replaces the value is examined afresh and accepted.
+        let k = SlotKey::generate(Slot(100)).unwrap();
+        store.plant("g", Slot(100), plain(&s, "g", &k), exp);
+        let got = syncer.sync(now, &held).await.unwrap();
+        assert!(got.rejected.is_empty(), "{got:?}");
+        assert_eq!(got.keys.len(), 1);
+        assert_eq!(got.keys[0].name(), k.name());
+        // And another oversize value there later is reported again.
+        store.plant("g", Slot(100), vec![0u8; 5_000_000], exp);
+        let got = syncer.sync(now, &held).await.unwrap();
+        assert_eq!(got.rejected, [OVERSIZE]);
     }
 
     #[tokio::test]

@@ -2,10 +2,10 @@
 
 use std::time::Duration;
 
-use stek_core::{KeyBytes, Slot};
+use stek_core::Slot;
 use tokio::sync::watch;
 
-use super::{Created, EtcdStore, RedisStore, Store, StoreError};
+use super::{Created, EtcdStore, Found, RedisStore, Store, StoreError};
 
 /// One of the shared stores.
 #[derive(Debug)]
@@ -64,7 +64,7 @@ impl Store for AnyStore {
         group: &str,
         first: Slot,
         last: Slot,
-    ) -> Result<Vec<(Slot, KeyBytes)>, StoreError> {
+    ) -> Result<Vec<(Slot, Found)>, StoreError> {
         match self {
             AnyStore::Redis(s) => s.read_window(group, first, last).await,
             AnyStore::Etcd(s) => s.read_window(group, first, last).await,

@@ -10,23 +10,27 @@
 //!
 //! Requests, all `POST` with a JSON body except the last:
 //! - `/v3/lease/grant`, `/v3/kv/txn`, `/v3/lease/revoke`: [`Store::create`];
-//! - `/v3/kv/range`: [`Store::read_window`];
+//! - `/v3/kv/range`: [`Store::read_window`], one request per slot of the window;
 //! - `/v3/watch`: [`Store::changes`], a response streamed as one JSON message per line;
 //! - `GET /version`: [`EtcdStore::server_time`] reads the `Date` header of the answer.
 //!
 //! # Layout
 //!
 //! The record of `(group, slot)` lives at `stek/<group>/<slot as 20 zero-padded digits>`, so the
-//! keys of a group sort in slot order and a window is one range request. Each record is written
+//! keys of a group sort in slot order (`remove_before` deletes the old ones with one range). A
+//! window is read key by key, never as a range: anyone who can write to etcd could fill a range
+//! with junk keys between the slots' keys and inflate its answer. Each record is written
 //! once, by a transaction that puts it only if the key has never been created
 //! (`create_revision == 0`): its etcd `version` stays 1 for its whole life. It is attached to a
 //! lease whose TTL ends at the record's expiry, so etcd deletes it by itself.
 //!
 //! # Untrusted answers
 //!
-//! etcd and the network are untrusted like every store: answers are read up to a size cap,
-//! values larger than [`MAX_RECORD_LEN`] and keys that are not exactly a slot of the group are
-//! skipped, and error messages from etcd are shortened and stripped of control characters before
+//! etcd and the network are untrusted like every store: answers are read up to a size cap. An
+//! answer about one slot is read only up to [`MAX_SLOT_ANSWER_LEN`], a little more than a record
+//! of [`MAX_RECORD_LEN`] bytes encodes to; past it the transfer is abandoned and the slot is
+//! reported as [`Found::Oversize`] (or [`Created::Oversize`]). Values that are not base64 and
+//! keys that are not exactly the slot asked for are skipped, and error messages from etcd are shortened and stripped of control characters before
 //! they reach a log line.
 
 use std::collections::HashMap;
@@ -38,6 +42,7 @@ use std::time::{Duration, UNIX_EPOCH};
 use base64::engine::general_purpose::STANDARD as BASE64;
 use base64::Engine as _;
 use bytes::Bytes;
+use futures_util::StreamExt as _;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::http::uri::Authority;
@@ -50,11 +55,11 @@ use serde::{Deserialize, Deserializer, Serialize};
 use stek_core::record::MAX_RECORD_LEN;
 
 use crate::lock;
-use stek_core::{jitter, Backoff, KeyBytes, Slot};
+use stek_core::{jitter, Backoff, Slot};
 use tokio::sync::watch;
 use zeroize::{Zeroize, Zeroizing};
 
-use super::{Created, Store, StoreError};
+use super::{Created, Found, Store, StoreError};
 use crate::clock::{Clock, SystemClock};
 use crate::error::Chain;
 
@@ -64,17 +69,28 @@ const DEFAULT_PORT: u16 = 2379;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 /// How long one endpoint gets to answer a request in full (or, for a watch, to start answering).
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
-/// The largest answer read from etcd. Honest answers are far smaller: a window of 20 records of at
-/// most 64 KiB is under 2 MiB of base64, and etcd refuses requests over 1.5 MiB by default, so no
-/// honest value is larger than that.
+/// The largest answer read from etcd where no tighter cap applies (slots are read with
+/// [`MAX_SLOT_ANSWER_LEN`]): lease and delete answers, a few hundred bytes when honest.
 const MAX_RESPONSE_LEN: usize = 32 * 1024 * 1024;
+/// The largest answer read about one slot (a range of one key, or a create's transaction): the
+/// base64 of a record of [`MAX_RECORD_LEN`] bytes plus room for the JSON around it (header, key,
+/// revisions, lease: a few hundred bytes). A longer answer holds a value that cannot be a record.
+const MAX_SLOT_ANSWER_LEN: usize = MAX_RECORD_LEN.div_ceil(3) * 4 + 4096;
+/// How many slots of a window are read at once: bounds the memory of a read to this many
+/// answers of [`MAX_SLOT_ANSWER_LEN`] and the connections opened to etcd.
+const WINDOW_READS_IN_FLIGHT: usize = 8;
+/// The most slots one [`Store::read_window`] reads (one request each), as for Redis.
+pub const MAX_WINDOW_SLOTS: u64 = super::redis::MAX_WINDOW_SLOTS;
 /// The largest answer read from an endpoint that is not answering a request successfully.
 const MAX_ERROR_BODY_LEN: usize = 64 * 1024;
 /// How much of etcd's error message is kept.
 const MAX_ERROR_MESSAGE_CHARS: usize = 300;
 /// The largest single message of a watch stream; a larger one ends the stream (it is then
-/// reopened, which costs one spurious tick).
-const MAX_WATCH_MESSAGE_LEN: usize = 8 * 1024 * 1024;
+/// reopened, which costs one spurious tick). A message carries the values put (etcd cannot
+/// watch keys only), so anyone who writes a huge value under the group's prefix sends it to
+/// every agent: the cap bounds what that costs. Honest messages hold a few records of at most
+/// 64 KiB (88 KiB in base64) each: a generator creates at most a couple per group and round.
+const MAX_WATCH_MESSAGE_LEN: usize = 1024 * 1024;
 /// A watch asks etcd for progress notifications, sent every 10 minutes by default; a stream
 /// silent for longer than this is presumed dead (a peer that vanished without closing TCP) and is
 /// reopened.
@@ -179,20 +195,37 @@ impl EtcdStore {
         Ok(since_epoch + Duration::from_millis(500))
     }
 
-    /// The record at `key`, if any.
-    async fn get(&self, key: &str) -> Result<Option<KeyBytes>, StoreError> {
+    /// The value of `(group, slot)`, if any, read only up to [`MAX_SLOT_ANSWER_LEN`].
+    /// `Ok(None)` also for a value that is not base64 (which etcd never sends) or a key other
+    /// than the one asked for.
+    async fn get(&self, group: &str, slot: Slot) -> Result<Option<Found>, StoreError> {
+        let key = slot_key(group, slot);
         let req = RangeRequest {
-            key: BASE64.encode(key),
+            key: BASE64.encode(&key),
             range_end: None,
         };
-        let resp: RangeResponse = self.conn.call("/v3/kv/range", &req).await?;
-        match resp.kvs.first() {
-            None => Ok(None),
-            Some(kv) => kv
-                .decode_value()
-                .map(Some)
-                .ok_or_else(|| oversized("/v3/kv/range", key)),
+        let Some(resp) = self
+            .conn
+            .call_capped::<_, RangeResponse>("/v3/kv/range", &req, MAX_SLOT_ANSWER_LEN)
+            .await?
+        else {
+            return Ok(Some(Found::Oversize { len: None }));
+        };
+        let Some(kv) = resp.kvs.first() else {
+            return Ok(None);
+        };
+        if parse_slot_key(group, &kv.key) != Some(slot) {
+            tracing::debug!(
+                "Skipped etcd key {} (base64): asked for {key}.",
+                sanitize(&kv.key)
+            );
+            return Ok(None);
         }
+        let found = kv.found();
+        if found.is_none() {
+            tracing::debug!("Skipped the value at {key} in etcd: not base64.");
+        }
+        Ok(found)
     }
 
     async fn grant(&self, ttl_secs: u64) -> Result<i64, StoreError> {
@@ -265,9 +298,13 @@ impl Store for EtcdStore {
             return Err(StoreError::TooLarge(record.len()));
         }
         let key = slot_key(group, slot);
+        let lost = |f: Found| match f {
+            Found::Record(r) => Created::Lost(r),
+            Found::Oversize { len } => Created::Oversize { len },
+        };
         let Some(ttl) = lease_ttl(expires_at, self.clock.now()) else {
-            return Ok(match self.get(&key).await? {
-                Some(winner) => Created::Lost(winner),
+            return Ok(match self.get(group, slot).await? {
+                Some(winner) => lost(winner),
                 None => Created::Won,
             });
         };
@@ -293,8 +330,20 @@ impl Store for EtcdStore {
                 range_end: None,
             })],
         };
-        let resp: TxnResponse = match self.conn.try_call("/v3/kv/txn", &txn).await {
-            Ok(resp) => resp,
+        // The answer is read only up to the size of a slot's answer: a success is tiny, and a
+        // failure carries the slot's value, which is not downloaded if it cannot be a record.
+        let resp: TxnResponse = match self
+            .conn
+            .try_call("/v3/kv/txn", &txn, MAX_SLOT_ANSWER_LEN)
+            .await
+        {
+            Ok(Some(resp)) => resp,
+            Ok(None) => {
+                // Only the failure branch can be that long: the slot holds an oversize value,
+                // certainly not written by us, so the lease is unused.
+                self.revoke(lease).await;
+                return Ok(Created::Oversize { len: None });
+            }
             Err(e) => {
                 // Revoke the lease only when etcd certainly did not apply the put: revoking it
                 // otherwise could delete a record we did write.
@@ -324,48 +373,45 @@ impl Store for EtcdStore {
             // Our own put, applied by an attempt whose answer was lost before a fail-over.
             return Ok(Created::Won);
         }
-        let value = winner.decode_value();
+        let value = winner.found();
         self.revoke(lease).await;
-        value
-            .map(Created::Lost)
-            .ok_or_else(|| oversized("/v3/kv/txn", &key))
+        value.map(lost).ok_or_else(|| StoreError::BadAnswer {
+            store: etcd("/v3/kv/txn"),
+            what: format!("the value at {key} is not base64"),
+            source: None,
+        })
     }
 
+    /// One range request per slot of `first..=last` (at most [`MAX_WINDOW_SLOTS`]), at most
+    /// [`WINDOW_READS_IN_FLIGHT`] at a time, each answer read up to [`MAX_SLOT_ANSWER_LEN`]: so
+    /// junk keys under the group's prefix are never read, and an oversize value costs one
+    /// abandoned transfer. Any failed request fails the read.
     async fn read_window(
         &self,
         group: &str,
         first: Slot,
         last: Slot,
-    ) -> Result<Vec<(Slot, KeyBytes)>, StoreError> {
+    ) -> Result<Vec<(Slot, Found)>, StoreError> {
         if first > last {
             return Ok(Vec::new());
         }
-        let range_end = match last.0.checked_add(1) {
-            Some(next) => slot_key(group, Slot(next)),
-            None => prefix_end(group),
-        };
-        let req = RangeRequest {
-            key: BASE64.encode(slot_key(group, first)),
-            range_end: Some(BASE64.encode(range_end)),
-        };
-        let resp: RangeResponse = self.conn.call("/v3/kv/range", &req).await?;
-        let mut out = Vec::with_capacity(resp.kvs.len());
-        for kv in &resp.kvs {
-            let Some(slot) = parse_slot_key(group, &kv.key).filter(|s| (first..=last).contains(s))
-            else {
-                tracing::debug!(
-                    "Skipped etcd key {} (base64): not a slot of group {group} in the window.",
-                    sanitize(&kv.key)
-                );
-                continue;
-            };
-            match kv.decode_value() {
-                Some(value) => out.push((slot, value)),
-                None => tracing::debug!(
-                    "Skipped the record of slot {} of group {group} in etcd: larger than {MAX_RECORD_LEN} bytes or not base64.",
-                    slot.0
-                ),
-            }
+        if last.0 - first.0 >= MAX_WINDOW_SLOTS {
+            return Err(StoreError::WindowTooLarge {
+                first,
+                last,
+                max: MAX_WINDOW_SLOTS,
+            });
+        }
+        let reads = futures_util::stream::iter(first.0..=last.0)
+            .map(|slot| async move {
+                let found = self.get(group, Slot(slot)).await?;
+                Ok::<_, StoreError>(found.map(|f| (Slot(slot), f)))
+            })
+            .buffered(WINDOW_READS_IN_FLIGHT);
+        let mut reads = std::pin::pin!(reads);
+        let mut out = Vec::new();
+        while let Some(r) = reads.next().await {
+            out.extend(r?);
         }
         Ok(out)
     }
@@ -429,14 +475,6 @@ fn etcd(path: &str) -> String {
 /// How error messages name one endpoint answering one request.
 fn at(endpoint: &Authority, path: &str) -> String {
     format!("etcd at {endpoint} ({path})")
-}
-
-fn oversized(path: &str, key: &str) -> StoreError {
-    StoreError::BadAnswer {
-        store: etcd(path),
-        what: format!("the value at {key} is not base64 or exceeds {MAX_RECORD_LEN} bytes"),
-        source: None,
-    }
 }
 
 /// The endpoints of `etcd://HOST:PORT[,HOST:PORT...]`.
@@ -707,6 +745,25 @@ impl Conn {
         body: Bytes,
         cap: usize,
     ) -> Result<Reply, StoreError> {
+        match self.exchange_capped(method, path, body, cap).await? {
+            Ok(reply) => Ok(reply),
+            Err(endpoint) => Err(StoreError::BadAnswer {
+                store: at(&endpoint, path),
+                what: format!("an answer over {cap} bytes"),
+                source: None,
+            }),
+        }
+    }
+
+    /// [`Conn::exchange`], with a successful answer longer than `cap` told apart: `Ok(Err(the
+    /// endpoint))`, its transfer abandoned at the cap.
+    async fn exchange_capped(
+        &self,
+        method: Method,
+        path: &str,
+        body: Bytes,
+        cap: usize,
+    ) -> Result<Result<Reply, Authority>, StoreError> {
         let mut failures = Vec::new();
         for i in self.order() {
             let endpoint = self.endpoints[i].clone();
@@ -721,7 +778,7 @@ impl Conn {
             match tokio::time::timeout(REQUEST_TIMEOUT, once).await {
                 Ok(Ok(Ok(reply))) if reply.status != StatusCode::SERVICE_UNAVAILABLE => {
                     self.preferred.store(i, Ordering::Relaxed);
-                    return Ok(reply);
+                    return Ok(Ok(reply));
                 }
                 Ok(Ok(Ok(reply))) => {
                     failures.push((endpoint, AttemptError::Unavailable(reply.refusal())));
@@ -729,11 +786,7 @@ impl Conn {
                 Ok(Ok(Err(ReadError::Body(e)))) => failures.push((endpoint, AttemptError::Read(e))),
                 Ok(Ok(Err(ReadError::TooLarge))) => {
                     // Another member would send the same data: no fail-over.
-                    return Err(StoreError::BadAnswer {
-                        store: at(&endpoint, path),
-                        what: format!("an answer over {cap} bytes"),
-                        source: None,
-                    });
+                    return Ok(Err(endpoint));
                 }
                 Ok(Err(e)) => failures.push((endpoint, e)),
                 Err(_) => failures.push((endpoint, AttemptError::Timeout)),
@@ -751,15 +804,36 @@ impl Conn {
         path: &str,
         req: &Q,
     ) -> Result<R, StoreError> {
-        self.try_call(path, req).await.map_err(|e| e.error)
+        match self.try_call(path, req, MAX_RESPONSE_LEN).await {
+            Ok(Some(r)) => Ok(r),
+            Ok(None) => Err(StoreError::BadAnswer {
+                store: etcd(path),
+                what: format!("an answer over {MAX_RESPONSE_LEN} bytes"),
+                source: None,
+            }),
+            Err(e) => Err(e.error),
+        }
     }
 
-    /// [`Conn::call`], telling apart the errors after which the request certainly did not apply.
+    /// [`Conn::call`] reading at most `cap` bytes of a successful answer: `Ok(None)` for a longer
+    /// one (its transfer abandoned).
+    async fn call_capped<Q: Serialize, R: DeserializeOwned>(
+        &self,
+        path: &str,
+        req: &Q,
+        cap: usize,
+    ) -> Result<Option<R>, StoreError> {
+        self.try_call(path, req, cap).await.map_err(|e| e.error)
+    }
+
+    /// [`Conn::call_capped`], telling apart the errors after which the request certainly did not
+    /// apply.
     async fn try_call<Q: Serialize, R: DeserializeOwned>(
         &self,
         path: &str,
         req: &Q,
-    ) -> Result<R, CallError> {
+        cap: usize,
+    ) -> Result<Option<R>, CallError> {
         let body = serde_json::to_vec(req).map_err(|e| CallError {
             error: StoreError::Encode {
                 store: etcd(path),
@@ -767,13 +841,19 @@ impl Conn {
             },
             refused: true,
         })?;
-        let reply = self
-            .exchange(Method::POST, path, Bytes::from(body), MAX_RESPONSE_LEN)
+        let reply = match self
+            .exchange_capped(Method::POST, path, Bytes::from(body), cap)
             .await
-            .map_err(|error| CallError {
-                error,
-                refused: false,
-            })?;
+        {
+            Ok(Ok(reply)) => reply,
+            Ok(Err(_)) => return Ok(None),
+            Err(error) => {
+                return Err(CallError {
+                    error,
+                    refused: false,
+                })
+            }
+        };
         if reply.status != StatusCode::OK {
             // An error answer other than 503 (which `exchange` fails over on, and which etcd
             // also gives for a proposal that timed out but may still apply) refuses the request.
@@ -782,14 +862,16 @@ impl Conn {
                 refused: true,
             });
         }
-        serde_json::from_slice(&reply.body).map_err(|e| CallError {
-            error: StoreError::BadAnswer {
-                store: at(&reply.endpoint, path),
-                what: "malformed JSON".to_owned(),
-                source: Some(Arc::new(e)),
-            },
-            refused: false,
-        })
+        serde_json::from_slice(&reply.body)
+            .map(Some)
+            .map_err(|e| CallError {
+                error: StoreError::BadAnswer {
+                    store: at(&reply.endpoint, path),
+                    what: "malformed JSON".to_owned(),
+                    source: Some(Arc::new(e)),
+                },
+                refused: false,
+            })
     }
 
     /// Opens a streamed POST: the first endpoint that answers 200 within the timeout keeps the
@@ -1188,17 +1270,34 @@ impl Drop for KeyValue {
 
 impl KeyValue {
     /// The record, or `None` if it is not base64 or exceeds `MAX_RECORD_LEN`.
-    fn decode_value(&self) -> Option<KeyBytes> {
+    #[cfg(test)]
+    fn decode_value(&self) -> Option<stek_core::KeyBytes> {
+        match self.found()? {
+            Found::Record(r) => Some(r),
+            Found::Oversize { .. } => None,
+        }
+    }
+
+    /// The value as the store contract returns it: a record, or the mark of a value too long to
+    /// be one (not decoded). `None` if it is not base64.
+    fn found(&self) -> Option<Found> {
         // Check the encoded length first: never decode a huge value only to throw it away.
         if self.value.len() > base64::encoded_len(MAX_RECORD_LEN, true)? {
-            return None;
+            return Some(Found::Oversize { len: None });
         }
         // Decoded into a buffer reserved in full up front, so no reallocation leaves a copy.
         let mut out = Zeroizing::new(Vec::with_capacity(base64::decoded_len_estimate(
             self.value.len(),
         )));
         BASE64.decode_vec(&self.value, &mut out).ok()?;
-        (out.len() <= MAX_RECORD_LEN).then_some(out)
+        // The base64 of up to two bytes more than the cap is no longer than the cap's.
+        Some(if out.len() > MAX_RECORD_LEN {
+            Found::Oversize {
+                len: Some(out.len() as u64),
+            }
+        } else {
+            Found::Record(out)
+        })
     }
 }
 
@@ -1346,6 +1445,15 @@ mod tests {
         assert!(kv(BASE64.encode(vec![1u8; MAX_RECORD_LEN + 1]))
             .decode_value()
             .is_none());
+        // The base64 of one byte over the cap is as long as the cap's: told apart once decoded.
+        assert!(matches!(
+            kv(BASE64.encode(vec![1u8; MAX_RECORD_LEN + 1])).found(),
+            Some(Found::Oversize { len: Some(n) }) if n == MAX_RECORD_LEN as u64 + 1
+        ));
+        assert!(matches!(
+            kv(BASE64.encode(vec![1u8; MAX_RECORD_LEN + 3])).found(),
+            Some(Found::Oversize { len: None })
+        ));
         assert!(kv("not base64!".to_owned()).decode_value().is_none());
         assert_eq!(kv(String::new()).decode_value().unwrap().len(), 0);
     }

@@ -9,7 +9,7 @@ use stek_core::{KeyBytes, Slot};
 use tokio::sync::watch;
 use zeroize::Zeroizing;
 
-use super::{Created, Store, StoreError};
+use super::{Created, Found, Store, StoreError};
 use crate::clock::Clock;
 
 struct Entry {
@@ -51,8 +51,37 @@ impl MemoryStore {
         self.groups.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// Stores `value` whatever its size and whatever the slot holds, as someone writing to a
+    /// shared store behind the generators' back would.
+    #[cfg(test)]
+    pub(crate) fn plant(&self, group: &str, slot: Slot, value: Vec<u8>, expires_at: Duration) {
+        self.lock()
+            .entry(group.to_owned())
+            .or_default()
+            .records
+            .insert(
+                slot,
+                Entry {
+                    record: Zeroizing::new(value),
+                    expires_at,
+                },
+            );
+    }
+
     fn expire(group: &mut Group, now: Duration) {
         group.records.retain(|_, e| e.expires_at > now);
+    }
+}
+
+/// A stored value as the contract returns it. Only a test can store a value over the cap here
+/// (`create` refuses one), but the embedded store keeps the contract like the shared ones.
+fn found(value: &KeyBytes) -> Found {
+    if value.len() > MAX_RECORD_LEN {
+        Found::Oversize {
+            len: Some(value.len() as u64),
+        }
+    } else {
+        Found::Record(value.clone())
     }
 }
 
@@ -72,7 +101,10 @@ impl Store for MemoryStore {
         let g = groups.entry(group.to_owned()).or_default();
         Self::expire(g, now);
         if let Some(e) = g.records.get(&slot) {
-            return Ok(Created::Lost(e.record.clone()));
+            return Ok(match found(&e.record) {
+                Found::Record(r) => Created::Lost(r),
+                Found::Oversize { len } => Created::Oversize { len },
+            });
         }
         g.records.insert(
             slot,
@@ -92,7 +124,7 @@ impl Store for MemoryStore {
         group: &str,
         first: Slot,
         last: Slot,
-    ) -> Result<Vec<(Slot, KeyBytes)>, StoreError> {
+    ) -> Result<Vec<(Slot, Found)>, StoreError> {
         let now = self.clock.now();
         let mut groups = self.lock();
         let Some(g) = groups.get_mut(group) else {
@@ -104,7 +136,7 @@ impl Store for MemoryStore {
         }
         Ok(g.records
             .range(first..=last)
-            .map(|(s, e)| (*s, e.record.clone()))
+            .map(|(s, e)| (*s, found(&e.record)))
             .collect())
     }
 
@@ -136,6 +168,12 @@ mod tests {
         let store = MemoryStore::new(Arc::new(clock.clone()));
         let now = clock.now();
         super::super::conformance::run(&store, now, |d| clock.advance(d)).await;
+        // Values over the cap can only be planted behind `create`'s back.
+        super::super::conformance::run_oversize(&store, now, |g, slot, value, expires_at| {
+            store.plant(g, slot, value, expires_at);
+            std::future::ready(())
+        })
+        .await;
     }
 
     #[tokio::test]

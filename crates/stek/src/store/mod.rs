@@ -8,8 +8,18 @@
 //!   atomic across every process that talks to the store, so any number of generators may race
 //!   and exactly one record per slot results. The caller learns whether it won and, if it lost,
 //!   gets the winner's record back: it must never publish a second key for the slot.
-//! - **Read a window.** [`Store::read_window`] returns the records of the slots `first..=last`
+//! - **Read a window.** [`Store::read_window`] returns the values of the slots `first..=last`
 //!   that exist and have not expired, in any order. Slots without a record are simply absent.
+//!   It reads exactly the keys of those slots (never a prefix or a range that others could fill
+//!   with junk keys between them).
+//! - **Size cap before transfer.** Anyone who can write to the store can put a value of any
+//!   size under a slot's key. A store never downloads a value larger than
+//!   [`MAX_RECORD_LEN`](stek_core::record::MAX_RECORD_LEN): it learns the size first (Redis) or
+//!   stops reading the answer just past the largest encoding of a record (etcd), and reports the
+//!   slot as [`Found::Oversize`] (from reads) or [`Created::Oversize`] (from a create that lost
+//!   to such a value). Such a value still occupies the slot for create-if-absent. A value of
+//!   exactly `MAX_RECORD_LEN` bytes is a record. So one read costs at most
+//!   `slots × MAX_RECORD_LEN` of memory, whatever the store holds.
 //! - **Expiry.** A record carries its expiry time (the moment its key leaves every window, see
 //!   `Schedule::erase_at`); past it the store must stop returning it and should delete it (TTL,
 //!   lease). Expiry may lag by the store's own granularity, never run early by more than clock
@@ -48,6 +58,37 @@ pub enum Created {
     Won,
     /// The slot already had a record; here it is.
     Lost(KeyBytes),
+    /// The slot already holds a value larger than
+    /// [`MAX_RECORD_LEN`](stek_core::record::MAX_RECORD_LEN), which no generator writes; it was
+    /// not downloaded, and ours was not stored.
+    Oversize {
+        /// Its length in bytes, where the store tells it without sending the value (Redis).
+        len: Option<u64>,
+    },
+}
+
+/// What [`Store::read_window`] found in one slot.
+#[derive(Debug)]
+pub enum Found {
+    /// A value of at most [`MAX_RECORD_LEN`](stek_core::record::MAX_RECORD_LEN) bytes:
+    /// untrusted, to be decoded and checked like every record.
+    Record(KeyBytes),
+    /// A value larger than `MAX_RECORD_LEN`, which cannot be a record: it was not downloaded.
+    /// Readers report it (an attacker or a confused writer has the store) and ignore it.
+    Oversize {
+        /// Its length in bytes, where the store tells it without sending the value (Redis).
+        len: Option<u64>,
+    },
+}
+
+impl Found {
+    /// The record, unless the value was oversize.
+    pub fn record(&self) -> Option<&KeyBytes> {
+        match self {
+            Found::Record(r) => Some(r),
+            Found::Oversize { .. } => None,
+        }
+    }
 }
 
 /// The cause of a [`StoreError`]: the client library's, the transport's or the decoder's error.
@@ -162,13 +203,14 @@ pub trait Store: Send + Sync + 'static {
         expires_at: Duration,
     ) -> impl Future<Output = Result<Created, StoreError>> + Send;
 
-    /// The unexpired records of `group` for slots `first..=last`.
+    /// The unexpired values of `group` for slots `first..=last`, each either a record or the
+    /// mark of an oversize value (never downloaded).
     fn read_window(
         &self,
         group: &str,
         first: Slot,
         last: Slot,
-    ) -> impl Future<Output = Result<Vec<(Slot, KeyBytes)>, StoreError>> + Send;
+    ) -> impl Future<Output = Result<Vec<(Slot, Found)>, StoreError>> + Send;
 
     /// A receiver that ticks whenever a record of `group` is created, if the store can notify.
     fn changes(&self, group: &str) -> Option<watch::Receiver<u64>>;
@@ -294,7 +336,7 @@ pub mod conformance {
         ));
         let mut got = store.read_window(g, Slot(6), Slot(9)).await.unwrap();
         got.sort_by_key(|(s, _)| *s);
-        let got: Vec<(u64, Vec<u8>)> = got.into_iter().map(|(s, r)| (s.0, r.to_vec())).collect();
+        let got: Vec<(u64, Vec<u8>)> = got.into_iter().map(|(s, r)| (s.0, bytes(&r))).collect();
         assert_eq!(got, vec![(7, a.clone()), (9, b.clone())]);
         assert!(store
             .read_window(g, Slot(10), Slot(20))
@@ -316,7 +358,7 @@ pub mod conformance {
         assert_eq!(stored.len(), 1);
         for r in results {
             if let Ok(Created::Lost(w)) = r {
-                assert_eq!(w.as_slice(), stored[0].1.as_slice());
+                assert_eq!(w.to_vec(), bytes(&stored[0].1));
             }
         }
 
@@ -336,6 +378,82 @@ pub mod conformance {
             store.create(g, Slot(7), &b, expires + unit * 60).await,
             Ok(Created::Won)
         ));
+    }
+
+    fn bytes(f: &Found) -> Vec<u8> {
+        match f {
+            Found::Record(r) => r.to_vec(),
+            Found::Oversize { .. } => panic!("an oversize value where a record was stored"),
+        }
+    }
+
+    /// Checks the size cap before transfer. `plant(group, slot, value, expires_at)` writes a
+    /// value of any size under a slot's key behind the store's back, as an attacker with write
+    /// access to the store would; `now` is the store's current time.
+    pub async fn run_oversize<S, F>(
+        store: &S,
+        now: Duration,
+        plant: impl Fn(&'static str, Slot, Vec<u8>, Duration) -> F,
+    ) where
+        S: Store,
+        F: Future<Output = ()>,
+    {
+        use stek_core::record::MAX_RECORD_LEN;
+        let g = "oversize";
+        let expires = now + Duration::from_secs(600);
+        // The largest record, one byte more, and a value far past the cap (a store that
+        // downloaded it would still pass a check made afterwards: the other tests measure the
+        // memory of an agent that reads such values).
+        plant(g, Slot(1), vec![1; MAX_RECORD_LEN], expires).await;
+        plant(g, Slot(2), vec![2; MAX_RECORD_LEN + 1], expires).await;
+        plant(g, Slot(3), vec![3; 4 * 1024 * 1024], expires).await;
+        assert!(matches!(
+            store.create(g, Slot(4), b"record", expires).await,
+            Ok(Created::Won)
+        ));
+        let mut got = store.read_window(g, Slot(0), Slot(5)).await.unwrap();
+        got.sort_by_key(|(s, _)| *s);
+        let seen: Vec<(u64, String)> = got
+            .iter()
+            .map(|(s, f)| {
+                let what = match f {
+                    Found::Record(r) => format!("record of {}", r.len()),
+                    Found::Oversize { len: Some(n) } => format!("oversize {n}"),
+                    Found::Oversize { len: None } => "oversize".to_owned(),
+                };
+                (s.0, what)
+            })
+            .collect();
+        assert_eq!(seen.len(), 4, "{seen:?}");
+        assert_eq!(seen[0], (1, format!("record of {MAX_RECORD_LEN}")));
+        assert_eq!(seen[3], (4, "record of 6".to_owned()));
+        for (i, slot, len) in [(1, 2, MAX_RECORD_LEN + 1), (2, 3, 4 * 1024 * 1024)] {
+            assert_eq!(got[i].0, Slot(slot), "{seen:?}");
+            match got[i].1 {
+                // A store that tells the length must tell the right one.
+                Found::Oversize { len: Some(n) } => assert_eq!(n, len as u64),
+                Found::Oversize { len: None } => {}
+                Found::Record(_) => panic!("slot {slot} returned an oversize value"),
+            }
+        }
+        // An oversize value occupies its slot: create-if-absent neither replaces it nor
+        // downloads it.
+        for slot in [2, 3] {
+            match store.create(g, Slot(slot), b"mine", expires).await {
+                Ok(Created::Oversize { len }) => {
+                    assert!(len.is_none_or(|n| n > MAX_RECORD_LEN as u64), "{len:?}")
+                }
+                other => panic!("create over an oversize value of slot {slot}: {other:?}"),
+            }
+        }
+        match store.create(g, Slot(1), b"mine", expires).await {
+            Ok(Created::Lost(r)) => assert_eq!(r.len(), MAX_RECORD_LEN),
+            other => panic!("create over the largest record: {other:?}"),
+        }
+        // A window made only of oversize values reads as marks, not as an error.
+        let marks = store.read_window(g, Slot(2), Slot(3)).await.unwrap();
+        assert_eq!(marks.len(), 2);
+        assert!(marks.iter().all(|(_, f)| f.record().is_none()));
     }
 
     async fn futures_join_all<F: Future>(futs: impl Iterator<Item = F>) -> Vec<F::Output> {

@@ -15,7 +15,16 @@
 //! The slot is the last `:`-separated field and is all digits, so two groups never share a key
 //! even when a group name contains `:`.
 //!
-//! Requires Redis 7.0 or newer (`SET` with both `NX` and `GET`).
+//! # Values are measured before they are sent
+//!
+//! Anyone who can write to Redis can put a value of any size (up to 512 MB) under a record's
+//! key. Reads and creates therefore run as Lua scripts that look at each value's type and
+//! length first and return the value only if it can be a record (at most [`MAX_RECORD_LEN`]
+//! bytes), else its length, in the same atomic step (a `STRLEN` followed by a separate `GET`
+//! could read a value swapped in between). Reads use `EVAL_RO` with the `no-writes` flag,
+//! which read-only replicas accept; creates use `EVAL` on the primary.
+//!
+//! Requires Redis 7.0 or newer (`EVAL_RO`, script flags).
 
 use std::collections::HashMap;
 use std::fmt;
@@ -26,14 +35,14 @@ use futures_util::StreamExt;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{Client, ErrorKind, RedisError, ServerErrorKind, Value};
 use stek_core::record::MAX_RECORD_LEN;
-use stek_core::{jitter, Backoff, KeyBytes, Slot};
+use stek_core::{jitter, Backoff, Slot};
 use tokio::runtime::Handle;
 use tokio::sync::watch;
 use tokio::task::AbortHandle;
 use tracing::{debug, info, warn};
 use zeroize::Zeroizing;
 
-use super::{Created, Store, StoreError};
+use super::{Created, Found, Store, StoreError};
 use crate::clock::{Clock, SystemClock};
 
 /// The most slots one [`Store::read_window`] reads. An agent's window is `R + 2` slots (20 with
@@ -58,6 +67,65 @@ const KEEPALIVE: Duration = Duration::from_secs(15);
 /// resubscribe at the same instant when it comes back.
 const RESUBSCRIBE_MIN: Duration = Duration::from_millis(100);
 const RESUBSCRIBE_MAX: Duration = Duration::from_secs(5);
+
+/// Reads the keys `KEYS` (one per slot, in order) and answers, for each, its value if it is a
+/// string of at most `ARGV[1]` bytes, its length (an integer) if it is longer, and nil if it is
+/// absent or not a string. The value of an oversize key never leaves Redis. `no-writes` lets a
+/// read-only replica run it (with `EVAL_RO`).
+const READ_SCRIPT: &str = r#"#!lua flags=no-writes
+local cap = tonumber(ARGV[1])
+local out = {}
+for i, key in ipairs(KEYS) do
+  if redis.call('TYPE', key)['ok'] == 'string' then
+    local n = redis.call('STRLEN', key)
+    if n > cap then out[i] = n else out[i] = redis.call('GET', key) end
+  else
+    out[i] = false
+  end
+end
+return out
+"#;
+
+/// Create-if-absent for `KEYS[1]`: if the key is absent, stores `ARGV[1]` expiring at `ARGV[2]`
+/// (Unix milliseconds) and answers nil; else answers what [`READ_SCRIPT`] would (the value if at
+/// most `ARGV[3]` bytes, else its length), or a `WRONGTYPE` error if it is not a string. One
+/// atomic step, so a loser always gets the winner back even if it expires a moment later.
+const CREATE_SCRIPT: &str = r#"
+local kind = redis.call('TYPE', KEYS[1])['ok']
+if kind == 'none' then
+  redis.call('SET', KEYS[1], ARGV[1], 'PXAT', ARGV[2])
+  return false
+end
+if kind ~= 'string' then
+  return redis.error_reply('WRONGTYPE the key holds a ' .. kind .. ', not a record')
+end
+local n = redis.call('STRLEN', KEYS[1])
+if n > tonumber(ARGV[3]) then return n end
+return redis.call('GET', KEYS[1])
+"#;
+
+/// One value answered by [`READ_SCRIPT`] or [`CREATE_SCRIPT`]: `None` for nil.
+fn found(value: Value, what: &str) -> Result<Option<Found>, StoreError> {
+    match value {
+        Value::Nil => Ok(None),
+        // Wrapped at once so that the copy is zeroized when dropped.
+        Value::BulkString(v) if v.len() <= MAX_RECORD_LEN => {
+            Ok(Some(Found::Record(Zeroizing::new(v))))
+        }
+        Value::BulkString(v) => {
+            // The script never sends such a value; a server that did is not Redis as we know it.
+            drop(Zeroizing::new(v));
+            Err(bad_answer(format!(
+                "{what} answered a value over {MAX_RECORD_LEN} bytes"
+            )))
+        }
+        Value::Int(n) => match u64::try_from(n) {
+            Ok(n) if n > MAX_RECORD_LEN as u64 => Ok(Some(Found::Oversize { len: Some(n) })),
+            _ => Err(bad_answer(format!("{what} answered the length {n}"))),
+        },
+        other => Err(bad_answer(format!("{what} answered {}", kind(&other)))),
+    }
+}
 
 /// The key of the record of `(group, slot)`.
 fn record_key(group: &str, slot: Slot) -> String {
@@ -265,10 +333,11 @@ fn kind(v: &Value) -> &'static str {
 }
 
 impl Store for RedisStore {
-    /// `SET key record NX GET PXAT expires_at`: Redis stores the record only if the key is
-    /// absent and, in the same atomic step, returns the value that was there. So a loser always
-    /// gets the winner back, even if the winner expires a moment later (a separate `GET` after a
-    /// failed `SET NX` could find nothing). The winner then announces the slot on `stek:<group>`.
+    /// [`CREATE_SCRIPT`]: Redis stores the record only if the key is absent and, in the same
+    /// atomic step, returns the value that was there, or only its length if it is over
+    /// [`MAX_RECORD_LEN`] (`Created::Oversize`). So a loser always gets the winner back, even if
+    /// the winner expires a moment later (a separate `GET` after a failed `SET NX` could find
+    /// nothing). The winner then announces the slot on `stek:<group>`.
     ///
     /// An `expires_at` already past (by this host's clock) writes nothing: such a record has
     /// left every window and must not be stored, not even for the instant before Redis would
@@ -287,37 +356,53 @@ impl Store for RedisStore {
         }
         let key = record_key(group, slot);
         let mut conn = self.conn.clone();
+        let lost = |f: Found| match f {
+            Found::Record(r) => Created::Lost(r),
+            Found::Oversize { len } => Created::Oversize { len },
+        };
         if expires_at <= SystemClock::new().now() {
-            let existing: Value = redis::cmd("GET")
+            let reply: Value = redis::cmd("EVAL_RO")
+                .arg(READ_SCRIPT)
+                .arg(1)
                 .arg(&key)
+                .arg(MAX_RECORD_LEN)
                 .query_async(&mut conn)
                 .await
                 .map_err(unavailable)?;
-            return match existing {
-                Value::Nil => Ok(Created::Won),
-                Value::BulkString(v) => Ok(Created::Lost(Zeroizing::new(v))),
-                other => Err(bad_answer(format!("GET {key} answered {}", kind(&other)))),
+            let Value::Array(mut values) = reply else {
+                return Err(bad_answer(format!(
+                    "the read of {key} answered {}",
+                    kind(&reply)
+                )));
             };
+            if values.len() != 1 {
+                return Err(bad_answer(format!(
+                    "the read of {key} answered {} values",
+                    values.len()
+                )));
+            }
+            return Ok(match found(values.remove(0), &key)? {
+                None => Created::Won,
+                Some(f) => lost(f),
+            });
         }
         // Milliseconds since the epoch fit an i64 for the next 292 million years; saturate
         // rather than wrap for an absurd expiry.
         let pxat = u64::try_from(expires_at.as_millis())
             .unwrap_or(u64::MAX)
             .min(i64::MAX as u64);
-        let previous: Value = redis::cmd("SET")
+        let previous: Value = redis::cmd("EVAL")
+            .arg(CREATE_SCRIPT)
+            .arg(1)
             .arg(&key)
             .arg(record)
-            .arg("NX")
-            .arg("GET")
-            .arg("PXAT")
             .arg(pxat)
+            .arg(MAX_RECORD_LEN)
             .query_async(&mut conn)
             .await
             .map_err(unavailable)?;
-        match previous {
-            Value::Nil => {}
-            Value::BulkString(v) => return Ok(Created::Lost(Zeroizing::new(v))),
-            other => return Err(bad_answer(format!("SET {key} answered {}", kind(&other)))),
+        if let Some(f) = found(previous, &format!("the create of {key}"))? {
+            return Ok(lost(f));
         }
         // The record is stored; the announcement is only a hint (agents also poll), so a failure
         // here must not turn a won slot into an error the generator would retry.
@@ -332,15 +417,16 @@ impl Store for RedisStore {
         Ok(Created::Won)
     }
 
-    /// One `MGET` of the keys of `first..=last` (at most [`MAX_WINDOW_SLOTS`] of them). Absent
-    /// keys, keys of another type and values longer than [`MAX_RECORD_LEN`] are skipped: the
-    /// store is untrusted and an agent would reject such a value anyway.
+    /// One [`READ_SCRIPT`] (`EVAL_RO`) over the keys of `first..=last` (at most
+    /// [`MAX_WINDOW_SLOTS`] of them): exact keys, so junk keys elsewhere under `stek:<group>:`
+    /// cost nothing. Absent keys and keys of another type are skipped; values longer than
+    /// [`MAX_RECORD_LEN`] come back as [`Found::Oversize`] with their length, never their bytes.
     async fn read_window(
         &self,
         group: &str,
         first: Slot,
         last: Slot,
-    ) -> Result<Vec<(Slot, KeyBytes)>, StoreError> {
+    ) -> Result<Vec<(Slot, Found)>, StoreError> {
         if first > last {
             return Ok(Vec::new());
         }
@@ -352,44 +438,33 @@ impl Store for RedisStore {
             });
         }
         let slots: Vec<Slot> = (first.0..=last.0).map(Slot).collect();
-        let mut mget = redis::cmd("MGET");
+        let mut read = redis::cmd("EVAL_RO");
+        read.arg(READ_SCRIPT).arg(slots.len());
         for &slot in &slots {
-            mget.arg(record_key(group, slot));
+            read.arg(record_key(group, slot));
         }
-        let reply: Value = mget
+        read.arg(MAX_RECORD_LEN);
+        let reply: Value = read
             .query_async(&mut self.conn.clone())
             .await
             .map_err(unavailable)?;
         let Value::Array(values) = reply else {
-            return Err(bad_answer(format!("MGET answered {}", kind(&reply))));
+            return Err(bad_answer(format!(
+                "the window read answered {}",
+                kind(&reply)
+            )));
         };
         if values.len() != slots.len() {
             return Err(bad_answer(format!(
-                "MGET answered {} values for {} keys",
+                "the window read answered {} values for {} keys",
                 values.len(),
                 slots.len()
             )));
         }
         let mut out = Vec::new();
         for (slot, value) in slots.into_iter().zip(values) {
-            match value {
-                Value::Nil => {}
-                Value::BulkString(v) => {
-                    // Wrapped first so that a skipped value is zeroized too.
-                    let v = Zeroizing::new(v);
-                    if v.len() > MAX_RECORD_LEN {
-                        debug!(
-                            "group {group}: skipped the value of slot {slot}: {} bytes exceed {MAX_RECORD_LEN}",
-                            v.len()
-                        );
-                    } else {
-                        out.push((slot, v));
-                    }
-                }
-                other => debug!(
-                    "group {group}: skipped slot {slot}: MGET answered {}",
-                    kind(&other)
-                ),
+            if let Some(f) = found(value, "the window read")? {
+                out.push((slot, f));
             }
         }
         Ok(out)

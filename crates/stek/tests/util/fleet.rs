@@ -114,9 +114,19 @@ pub fn generator(
         "--signing-key",
     ])
     .arg(key)
-    .args(["--period", "4s", "--lifetime", "8s"])
+    .args(["--period", "4s"])
+    .args(default_lifetime(extra))
     .args(extra);
     Proc::spawn(name, &mut cmd, root.join(format!("{name}.log")))
+}
+
+/// `--lifetime 8s` ([`L`]) unless `extra` sets its own.
+fn default_lifetime(extra: &[&str]) -> &'static [&'static str] {
+    if extra.contains(&"--lifetime") {
+        &[]
+    } else {
+        &["--lifetime", "8s"]
+    }
 }
 
 /// The keys a generator's log says it created: slot -> key name.
@@ -164,15 +174,8 @@ impl Agent {
             .arg(identity)
             .args(["--trust", trust, "--dir"])
             .arg(&dir)
-            .args([
-                "--period",
-                "4s",
-                "--lifetime",
-                "8s",
-                "--no-memcached",
-                "--sinks",
-                "nginx",
-            ])
+            .args(["--period", "4s", "--no-memcached", "--sinks", "nginx"])
+            .args(default_lifetime(extra))
             .args(extra);
         let proc = Proc::spawn(name, &mut cmd, root.join(format!("{name}.log")));
         let a = Agent {
@@ -348,6 +351,9 @@ pub trait Backend {
     fn live_slots(&self, group: &str) -> BTreeSet<u64>;
     /// Writes `value` under `(group, slot)`, replacing whatever is there, expiring at `expires_at`.
     fn put(&self, group: &str, slot: u64, value: &[u8], expires_at: Duration);
+    /// Writes `count` keys of `size` bytes under the group's prefix that are not slot keys, placed
+    /// where a prefix or range read of the window around `slot` would return them.
+    fn put_junk(&self, group: &str, slot: u64, count: usize, size: usize);
     /// Checks the record's store-side metadata (expiry, and for etcd version and lease) and
     /// returns how long it has left to live.
     fn check_record(&self, group: &str, slot: u64) -> Duration;
@@ -592,6 +598,22 @@ impl Backend for RedisFleet {
         assert_eq!(r, b"1\n", "PEXPIREAT {key}");
     }
 
+    fn put_junk(&self, group: &str, slot: u64, count: usize, size: usize) {
+        // One script on the primary writes them all (a command line could not carry 40 MB).
+        let script = "for i = 1, tonumber(ARGV[1]) do \
+            redis.call('SET', KEYS[1] .. i, string.rep('j', tonumber(ARGV[2])), 'EX', 600) end";
+        let prefix = format!("{}-junk-", redis_key(group, slot));
+        let r = self.primary.cli(&[
+            "EVAL",
+            script,
+            "1",
+            &prefix,
+            &count.to_string(),
+            &size.to_string(),
+        ]);
+        assert_eq!(r, b"\n", "the junk script: {}", String::from_utf8_lossy(&r));
+    }
+
     fn check_record(&self, group: &str, slot: u64) -> Duration {
         let key = redis_key(group, slot);
         let text = String::from_utf8_lossy(&self.primary.cli(&["PTTL", &key]))
@@ -685,7 +707,10 @@ impl EtcdNode {
                 "--initial-advertise-peer-urls",
                 &peer,
             ])
-            .args(["--initial-cluster", &format!("n1={peer}")]);
+            .args(["--initial-cluster", &format!("n1={peer}")])
+            // Requests up to 100 MiB (the default is 1.5 MiB): a hostile writer's cluster may be
+            // configured so, and the scenarios plant values of 50 MB.
+            .args(["--max-request-bytes", "104857600"]);
         let log = self
             .root
             .join(format!("etcd-{}.log", unix_now().as_millis()));
@@ -830,6 +855,22 @@ impl Backend for EtcdNode {
             "/v3/kv/put",
             serde_json::json!({"key": BASE64.encode(etcd_key(group, slot)), "value": BASE64.encode(value), "lease": id.to_string()}),
         );
+    }
+
+    fn put_junk(&self, group: &str, slot: u64, count: usize, size: usize) {
+        // Keys that sort right after the slot's own key, inside any range over the window.
+        // etcd takes at most 128 operations per transaction.
+        let junk = BASE64.encode(vec![b'j'; size]);
+        let keys: Vec<String> = (0..count)
+            .map(|i| format!("{}-junk-{i}", etcd_key(group, slot)))
+            .collect();
+        for batch in keys.chunks(100) {
+            let ops: Vec<serde_json::Value> = batch
+                .iter()
+                .map(|k| serde_json::json!({"request_put": {"key": BASE64.encode(k), "value": junk}}))
+                .collect();
+            self.call("/v3/kv/txn", serde_json::json!({ "success": ops }));
+        }
     }
 
     /// Every record is written once (version 1) and held by a lease that is still running.
@@ -1881,4 +1922,134 @@ pub fn stalled_store(b: &mut dyn Backend, root: &Path) {
 
 fn current_slot_of(period: u64) -> u64 {
     unix_now().as_secs() / period
+}
+
+/// The resident set of process `pid`, in KiB (`VmRSS` of /proc/PID/status).
+pub fn vm_rss_kib(pid: u32) -> u64 {
+    let status = fs::read_to_string(format!("/proc/{pid}/status")).expect("/proc/PID/status");
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("a VmRSS line")
+}
+
+/// How much an agent's resident set may grow while the store holds three 50 MB values in its
+/// window and 40 MB of junk keys under its prefix. A store client that downloaded one such value
+/// once would exceed it (50 MB); what the agent does hold meanwhile is a window of capped answers
+/// and, for etcd, a watch message cut off at 1 MiB (measured: +0 KiB on Redis, about +9 MiB on
+/// etcd, where the agent's mlocked heap keeps the pages of its aborted transfers).
+pub const RSS_GROWTH_BOUND_KIB: u64 = 16 * 1024;
+
+/// Done when (issue 11, part 4): with three 50 MB values planted over the records of three slots
+/// of the agents' window and 4,000 junk keys of 10 KB under the group's prefix, every agent keeps
+/// the same shared keys, encrypts with the current one, reports each value once as an
+/// `oversize` rejection, keeps reading the store (no "store unreachable": junk outside the exact
+/// slot keys is never read) and grows its resident set by less than [`RSS_GROWTH_BOUND_KIB`].
+///
+/// L = 60 s here (R = 15): etcd takes seconds to store a 50 MB value (over ten on a loaded
+/// machine, and it answers no reads meanwhile), and each value must still be in the window when
+/// it lands.
+pub fn hostile_values_and_junk_keys(b: &mut dyn Backend, root: &Path) {
+    let (gk, gpub) = keygen(root, "generator", "gen.key");
+    let (id, idpub) = keygen(root, "group", "web.identity");
+    let long = ["--lifetime", "60s"];
+    let gen = generator(root, "gen", &b.generator_url(), &idpub, &gk, &long);
+    let agents = Agent::start_many(2, root, &b.agent_url(), GROUP, &id, &gpub, &long);
+    let refs: Vec<&Agent> = agents.iter().collect();
+    let mut names = Names::default();
+    // Identical rings, encrypting with the shared key of the slot; slots from before the
+    // generator started have local stand-ins.
+    let check = |slot: u64, names: &mut Names| {
+        let st = statuses_at(&refs, slot);
+        for (a, s) in refs.iter().zip(&st) {
+            names.add(&a.name, s);
+            assert_eq!(s.encrypting, "current", "{}", describe(&refs, &st));
+            assert_eq!(shared(s), shared(&st[0]), "{}", describe(&refs, &st));
+            let staleness = s.staleness.expect("a successful read");
+            assert!(
+                staleness < P as f64,
+                "the store reads failed for {staleness}s:\n{}",
+                s.render()
+            );
+        }
+        st
+    };
+    // The generator's first records are those of the slot it started in and the next one.
+    let k = sleep_into_next_slot(P, MID) + 3;
+    sleep_until_slot(P, k, MID);
+    let st = check(k, &mut names);
+    let before: Vec<u64> = refs.iter().map(|a| vm_rss_kib(a.proc.pid())).collect();
+    let held = shared(&st[0]);
+    assert!(held.len() >= 3, "{}", st[0].render());
+
+    // Over the records of the three past slots k - 3, k - 2, k - 1 (the first to leave the
+    // window first): every agent holds their keys, and they stay in the window for R - 3 = 12
+    // more periods however long the store takes.
+    let big = vec![b'x'; 50 * 1024 * 1024];
+    for slot in [k - 3, k - 2, k - 1] {
+        assert!(held.contains_key(&slot), "slot {slot} has no shared key");
+        let t = Instant::now();
+        b.put(GROUP, slot, &big, unix_now() + Duration::from_secs(120));
+        eprintln!("{}: 50 MB over slot {slot} in {:?}", b.kind(), t.elapsed());
+    }
+    drop(big);
+    let t = Instant::now();
+    b.put_junk(GROUP, k, 4_000, 10_000);
+    eprintln!(
+        "{}: 4,000 junk keys of 10 KB in {:?}",
+        b.kind(),
+        t.elapsed()
+    );
+    let oversize = |a: &Agent| {
+        a.status()
+            .and_then(|s| s.rejected.get("oversize").copied())
+            .unwrap_or(0)
+    };
+    for a in &refs {
+        let deadline = Instant::now() + Duration::from_secs(2 * P);
+        while oversize(a) < 3 {
+            assert!(
+                Instant::now() < deadline,
+                "{} did not reject the three values as oversize:\n{}\n{}\ngenerator:\n{}",
+                a.name,
+                a.status().map(|s| s.render()).unwrap_or_default(),
+                a.proc.log_text(),
+                gen.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+    // Two more rotations: the agents keep reading (at least every P/4), so a client that
+    // downloaded the values would do it again and again. (One rotation is left out first: a
+    // generator that could not write while etcd stored the values retries with backoff.)
+    let now = current_slot();
+    for slot in [now + 2, now + 3] {
+        sleep_until_slot(P, slot, MID);
+        let st = check(slot, &mut names);
+        for x in &st[0].keys {
+            if let Some(name) = held.get(&x.slot) {
+                assert_eq!(&x.name, name, "{}", st[0].render());
+            }
+        }
+    }
+    for (a, before) in refs.iter().zip(before) {
+        assert_eq!(oversize(a), 3, "each value is reported once");
+        let after = vm_rss_kib(a.proc.pid());
+        eprintln!(
+            "{}: {} VmRSS {before} KiB before, {after} KiB after",
+            b.kind(),
+            a.name
+        );
+        assert!(
+            after <= before + RSS_GROWTH_BOUND_KIB,
+            "{}: VmRSS grew from {before} to {after} KiB",
+            a.name
+        );
+        let log = a.proc.log_text();
+        assert!(
+            log.contains("oversize") && log.contains("not downloaded"),
+            "{log}"
+        );
+    }
 }
