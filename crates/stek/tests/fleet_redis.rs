@@ -48,10 +48,3 @@ fn a_stalled_store_never_delays_rotation_or_erasure() {
     let mut store = RedisFleet::start(dir.path());
     fleet::stalled_store(&mut store, dir.path());
 }
-
-#[test]
-fn oversize_values_and_junk_keys_cost_the_agents_nothing() {
-    let dir = shm_dir();
-    let mut store = RedisFleet::start(dir.path());
-    fleet::hostile_values_and_junk_keys(&mut store, dir.path());
-}
