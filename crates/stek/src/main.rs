@@ -14,7 +14,7 @@ use stek::config::FileConfig;
 use stek::duration;
 use stek::files::{self, DirCheck};
 use stek::generator::{self, GroupPlan};
-use stek::memcached::{self, Limits, Listener};
+use stek::memcached::{self, Access, BindOptions, Limits, Listener};
 use stek::metrics::{self, Metrics};
 use stek::status::Status;
 use stek::store::AnyStore;
@@ -56,9 +56,10 @@ fn main() -> ExitCode {
 /// `stek up`: settings, then the key directory, memcached and metrics, then [`stek::up::run`].
 fn run_up(args: UpArgs) -> anyhow::Result<()> {
     let s = settings::up(&args, &load_config(&args.process)?, &place())?;
+    let access = memcached_access(&s.delivery)?;
     prepare_key_dir(&s.delivery, &s.schedule)?;
     runtime()?.block_on(async move {
-        let h = start_host(&s.delivery, s.clock_offset_ms).await?;
+        let h = start_host(&s.delivery, access, s.clock_offset_ms).await?;
         log_schedule("stek up", &s.schedule);
         stek::up::run(
             s.schedule,
@@ -80,6 +81,7 @@ fn run_agent(args: AgentArgs) -> anyhow::Result<()> {
     let s = settings::agent(&args, &load_config(&args.process)?, &place())?;
     let identity = GroupIdentity::from_file_text(&read_secret_file(&s.identity)?)
         .with_context(|| format!("{}", s.identity.display()))?;
+    let access = memcached_access(&s.delivery)?;
     prepare_key_dir(&s.delivery, &s.schedule)?;
     info!(
         "agent for group {} with identity {}, trusting {} generator(s)",
@@ -88,7 +90,7 @@ fn run_agent(args: AgentArgs) -> anyhow::Result<()> {
         s.trusted.len()
     );
     runtime()?.block_on(async move {
-        let h = start_host(&s.delivery, s.clock_offset_ms).await?;
+        let h = start_host(&s.delivery, access, s.clock_offset_ms).await?;
         let store = Arc::new(
             AnyStore::connect_lazy(&s.store)
                 .await
@@ -147,7 +149,7 @@ fn run_generator(args: GeneratorArgs) -> anyhow::Result<()> {
 }
 
 /// How the agent delivers on this host, from the delivery settings: the one place that builds it.
-fn host_options(d: &DeliverySettings) -> HostOptions {
+fn host_options(d: &DeliverySettings, memcached_access: Access) -> HostOptions {
     HostOptions {
         dir: d.dir.clone(),
         sinks: d.sinks.clone(),
@@ -155,8 +157,11 @@ fn host_options(d: &DeliverySettings) -> HostOptions {
         haproxy_sockets: d.haproxy_sockets.clone(),
         memcached_limits: Limits {
             max_connections: d.memcached_max_connections,
+            max_connections_per_peer: d.memcached_max_connections_per_peer,
+            request_timeout: d.memcached_request_timeout,
             ..Limits::default()
         },
+        memcached_access,
     }
 }
 
@@ -225,13 +230,37 @@ struct Host {
     options: HostOptions,
 }
 
-async fn start_host(d: &DeliverySettings, clock_offset_ms: i64) -> anyhow::Result<Host> {
+/// Who may use the memcached unix sockets. The group is resolved once, before anything is
+/// written: an unknown name stops the start.
+fn memcached_access(d: &DeliverySettings) -> anyhow::Result<Access> {
+    Ok(match &d.memcached_group {
+        Some(g) => Access::with_group(g).with_context(|| format!("--memcached-group {g}"))?,
+        None => Access::owner(),
+    })
+}
+
+async fn start_host(
+    d: &DeliverySettings,
+    access: Access,
+    clock_offset_ms: i64,
+) -> anyhow::Result<Host> {
+    if let (Some(dir), Some(gid)) = (&d.memcached_socket_dir, access.gid()) {
+        memcached::prepare_socket_dir(dir, gid)?;
+    }
+    let mut options = BindOptions::new();
+    options.allow_remote = d.memcached_allow_remote;
+    options.group = access.gid();
     let mut listeners = Vec::new();
     for a in &d.memcached {
-        let l = memcached::bind(a, d.memcached_allow_remote)
+        let l = memcached::bind_with(a, options)
             .await
             .with_context(|| format!("cannot serve memcached on {a}"))?;
-        info!("serving ticket keys over the memcached protocol on {a}");
+        match (&l, access.group_name()) {
+            (Listener::Unix(_), Some(g)) => info!(
+                "serving ticket keys over the memcached protocol on {a} to root, this uid and group {g}"
+            ),
+            _ => info!("serving ticket keys over the memcached protocol on {a}"),
+        }
         listeners.push(l);
     }
     let (clock, metrics) = clock_and_metrics(clock_offset_ms);
@@ -240,7 +269,7 @@ async fn start_host(d: &DeliverySettings, clock_offset_ms: i64) -> anyhow::Resul
         listeners,
         clock,
         metrics,
-        options: host_options(d),
+        options: host_options(d, access),
     })
 }
 

@@ -67,11 +67,14 @@
 //! # Ok(()) }
 //! ```
 
+mod access;
+pub mod binary;
 mod bind;
 mod cmd;
 mod connection;
 pub mod frame;
 pub mod parse;
+mod peers;
 mod server;
 pub mod session;
 mod shutdown;
@@ -79,6 +82,11 @@ pub mod stats;
 mod table;
 mod workers;
 
-pub use bind::{bind, BindError};
-pub use server::{serve, Limits, Listener, MIN_LINE, TOO_MANY_CONNECTIONS};
+pub use access::{Access, AccessError, PeerCred};
+pub use bind::{bind, bind_with, prepare_socket_dir, BindError, BindOptions};
+pub use server::{
+    serve, serve_with, Limits, LimitsError, Listener, ServeOptions, FORBIDDEN, MAX_CONNECTIONS,
+    MAX_LINE, MAX_REQUEST_TIMEOUT, MAX_THREADS, MIN_LINE, TOO_MANY_CONNECTIONS,
+};
+pub use stats::{Refusal, Stats};
 pub use table::{KeyTable, RingSummary, TICKET_KEY_PREFIX, TICKET_RING_PREFIX, TICKET_SCHEDULE};
