@@ -253,7 +253,9 @@ where
     if stream.shutdown().await.is_err() {
         return;
     }
-    let mut sink = [0u8; 4096];
+    // On the heap, made only now: an array here would sit in every connection's future (the
+    // largest state counts), 4 KiB more for each of thousands of idle connections.
+    let mut sink = vec![0u8; 4096];
     let mut left = LINGER_MAX;
     let _ = tokio::time::timeout(LINGER, async {
         while left > 0 {

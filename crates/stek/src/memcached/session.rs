@@ -102,7 +102,8 @@ impl Session {
     pub fn process(&mut self, input: &[u8], ctx: &Context<'_>, out: &mut Vec<u8>) -> Progress {
         let mut pos = 0;
         let stop = loop {
-            cmd::reserve(out, REPLY_MARGIN);
+            // Room for the reply is made before each one is written, and only then: a client
+            // trickling an incomplete request costs no reply buffer.
             if self.discard > 0 {
                 let chunk = &input[pos..pos + self.discard.min(input.len() - pos)];
                 self.swallow(chunk);
@@ -110,6 +111,7 @@ impl Session {
                 if self.discard > 0 {
                     break Stop::NeedInput;
                 }
+                cmd::reserve(out, REPLY_MARGIN);
                 if self.tail != *b"\r\n" {
                     // The client's length was wrong: what follows is not a request boundary.
                     self.counters.client_errors += 1;
@@ -131,6 +133,7 @@ impl Session {
                     break Stop::NeedInput;
                 };
                 self.counters.client_errors += 1;
+                cmd::reserve(out, REPLY_MARGIN);
                 binary::write_error(&h, binary::Status::UnknownCommand, BINARY_REFUSED, out);
                 pos += binary::HEADER_LEN;
                 break Stop::Close;
@@ -139,11 +142,13 @@ impl Session {
                 Frame::Incomplete => break Stop::NeedInput,
                 Frame::TooLong => {
                     self.counters.client_errors += 1;
+                    cmd::reserve(out, REPLY_MARGIN);
                     out.extend_from_slice(b"CLIENT_ERROR line too long\r\n");
                     break Stop::Close;
                 }
                 Frame::Line { line, len } => (line, len),
             };
+            cmd::reserve(out, REPLY_MARGIN);
             match parse_line(line) {
                 Err(e) => {
                     self.counters.client_errors += 1;
