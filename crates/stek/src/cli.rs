@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use stek::duration;
+use stek::memcached;
 use stek::sink::SinkKind;
 use stek_core::schedule::MAX_LIFETIME;
 
@@ -151,9 +152,23 @@ pub(crate) struct SinkArgs {
     pub(crate) allow_persistent_dir: bool,
 
     /// Serve keys over the memcached text protocol on ADDR: 127.0.0.1:PORT, [::1]:PORT, or a
-    /// path for a unix socket (mode 0600). Repeatable. Default: DIR/memcached.sock.
+    /// path for a unix socket (mode 0600; 0660 with --memcached-group). Repeatable. Default:
+    /// DIR/memcached.sock, or DIR-memcached/memcached.sock with --memcached-group. On TCP every
+    /// local user can connect and read the keys; a unix socket serves only root, stek's uid and
+    /// --memcached-group (checked by the peer's credentials).
     #[arg(long = "memcached", value_name = "ADDR")]
     pub(crate) memcached: Vec<String>,
+
+    /// Let the members of GROUP (name or gid) read the keys over the memcached unix socket,
+    /// e.g. the user your nginx workers run as (`www-data`). The default socket then moves to
+    /// its own directory next to DIR (DIR-memcached/, mode 0750, group GROUP; DIR stays 0700)
+    /// and gets mode 0660, group GROUP. A client is served if it is root, stek's uid, runs with
+    /// GROUP as its gid, or has GROUP as primary or supplementary group in /etc/passwd,
+    /// /etc/group; anyone else gets `SERVER_ERROR forbidden` (counted in
+    /// stek_memcached_refused_total{reason="forbidden"}). With --memcached PATH, the directory
+    /// of PATH must let GROUP through.
+    #[arg(long, value_name = "GROUP")]
+    pub(crate) memcached_group: Option<String>,
 
     /// Allow --memcached on a non-loopback address. Anyone who can reach it can read the keys.
     #[arg(long)]
@@ -163,9 +178,23 @@ pub(crate) struct SinkArgs {
     #[arg(long, conflicts_with = "memcached")]
     pub(crate) no_memcached: bool,
 
-    /// Most concurrent memcached connections; more are refused with an error reply.
-    #[arg(long, value_name = "N")]
+    /// Most concurrent memcached connections; more are refused with an error reply. Each
+    /// costs a file descriptor and 6 to 60 KiB of locked memory. Default 4096.
+    #[arg(long, value_name = "N", value_parser = parse_connections)]
     pub(crate) memcached_max_connections: Option<usize>,
+
+    /// Most concurrent memcached connections of one peer (a uid on the unix socket, an IP
+    /// address on TCP: all local users share 127.0.0.1), so that one user cannot take every
+    /// connection; more are refused with an error reply. Default: a quarter of
+    /// --memcached-max-connections, at least 16.
+    #[arg(long, value_name = "N", value_parser = parse_connections)]
+    pub(crate) memcached_max_connections_per_peer: Option<usize>,
+
+    /// A memcached request must arrive whole within DUR of its first byte, and its reply be
+    /// read within DUR, else the connection is closed (a client trickling bytes cannot hold a
+    /// connection). Connections that send nothing are closed after 5 minutes. Default 5s.
+    #[arg(long, value_name = "DUR", value_parser = parse_request_timeout)]
+    pub(crate) memcached_request_timeout: Option<Duration>,
 
     /// Run CMD with `sh -c` after every change of the key files, e.g. 'nginx -s reload' or
     /// 'apache2ctl graceful'. A failure is logged and retried with backoff; the previous files
@@ -392,6 +421,35 @@ pub(crate) struct ScanArgs {
     /// and version, so a scan takes a few DUR at most against servers that do not answer.
     #[arg(long, value_name = "DUR", default_value = "5s", value_parser = parse_positive)]
     pub(crate) timeout: Duration,
+}
+
+/// A connection count: at least 1 (0 would refuse every client), at most
+/// [`memcached::MAX_CONNECTIONS`].
+fn parse_connections(s: &str) -> Result<usize, String> {
+    let n: usize = s
+        .parse()
+        .map_err(|_| format!("{s:?} is not a number of connections"))?;
+    if !(1..=memcached::MAX_CONNECTIONS).contains(&n) {
+        return Err(format!(
+            "{n} connections: must be between 1 and {}",
+            memcached::MAX_CONNECTIONS
+        ));
+    }
+    Ok(n)
+}
+
+pub(crate) fn check_request_timeout(d: Duration) -> Result<Duration, String> {
+    if d.is_zero() || d > memcached::MAX_REQUEST_TIMEOUT {
+        return Err(format!(
+            "the request timeout must be longer than zero and at most {}",
+            duration::format(memcached::MAX_REQUEST_TIMEOUT)
+        ));
+    }
+    Ok(d)
+}
+
+fn parse_request_timeout(s: &str) -> Result<Duration, String> {
+    check_request_timeout(duration::parse(s).map_err(|e| e.to_string())?)
 }
 
 fn parse_positive(s: &str) -> Result<Duration, String> {

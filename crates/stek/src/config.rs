@@ -8,6 +8,10 @@
 //! allow_large_window = false   # true: allow more than 1,000 keys per window
 //! dir = "/run/stek"
 //! memcached = ["127.0.0.1:11211"]
+//! memcached_group = "www-data"
+//! memcached_max_connections = 4096
+//! memcached_max_connections_per_peer = 1024
+//! memcached_request_timeout = "5s"
 //! on_change = "nginx -s reload"
 //! sinks = ["nginx", "haproxy"]
 //! haproxy_socket = ["/run/haproxy/admin.sock"]
@@ -64,6 +68,13 @@ pub struct FileConfig {
     pub no_memcached: Option<bool>,
     /// `--memcached-max-connections`.
     pub memcached_max_connections: Option<usize>,
+    /// `--memcached-max-connections-per-peer`.
+    pub memcached_max_connections_per_peer: Option<usize>,
+    /// `--memcached-request-timeout`.
+    #[serde(default, deserialize_with = "request_timeout")]
+    pub memcached_request_timeout: Option<Duration>,
+    /// `--memcached-group`.
+    pub memcached_group: Option<String>,
     /// `--on-change`.
     pub on_change: Option<String>,
     /// `--sinks`.
@@ -122,6 +133,10 @@ fn period<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error>
 
 fn lifetime<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
     duration_named(d, "lifetime")
+}
+
+fn request_timeout<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+    duration_named(d, "memcached_request_timeout")
 }
 
 /// Sink names as `--sinks` takes them: `nginx`, `haproxy`, `apache`.

@@ -14,7 +14,7 @@ use stek::duration;
 use stek::files::{self, DirCheck, KeyDir};
 use stek::generator::{self, GroupPlan};
 use stek::keyfile;
-use stek::memcached::{self, Limits, Listener};
+use stek::memcached::{self, Access, BindOptions, Limits, Listener};
 use stek::metrics::{self, Metrics};
 use stek::status::Status;
 use stek::store::AnyStore;
@@ -56,10 +56,11 @@ fn main() -> ExitCode {
 /// `stek up`: settings, then the key directory, memcached and metrics, then [`stek::up::run`].
 fn run_up(args: UpArgs) -> anyhow::Result<()> {
     let s = settings::up(&args, &load_config(&args.process)?, &place())?;
+    let access = memcached_access(&s.delivery)?;
     let key_dir = prepare_key_dir(&s.delivery, &s.schedule)?;
     runtime()?.block_on(async move {
         let shutdown = shutdown_signal();
-        let h = start_host(&s.delivery, key_dir, s.clock_offset_ms).await?;
+        let h = start_host(&s.delivery, key_dir, access, s.clock_offset_ms).await?;
         log_schedule("stek up", &s.schedule);
         stek::up::run(
             s.schedule,
@@ -81,6 +82,7 @@ fn run_agent(args: AgentArgs) -> anyhow::Result<()> {
     let s = settings::agent(&args, &load_config(&args.process)?, &place())?;
     let identity = GroupIdentity::from_file_text(&keyfile::read_private(&s.identity)?)
         .with_context(|| format!("{}", s.identity.display()))?;
+    let access = memcached_access(&s.delivery)?;
     let key_dir = prepare_key_dir(&s.delivery, &s.schedule)?;
     info!(
         "agent for group {} with identity {}, trusting {} generator(s)",
@@ -90,7 +92,7 @@ fn run_agent(args: AgentArgs) -> anyhow::Result<()> {
     );
     runtime()?.block_on(async move {
         let shutdown = shutdown_signal();
-        let h = start_host(&s.delivery, key_dir, s.clock_offset_ms).await?;
+        let h = start_host(&s.delivery, key_dir, access, s.clock_offset_ms).await?;
         let store = Arc::new(
             AnyStore::connect_lazy(&s.store)
                 .await
@@ -150,7 +152,7 @@ fn run_generator(args: GeneratorArgs) -> anyhow::Result<()> {
 }
 
 /// How the agent delivers on this host, from the delivery settings: the one place that builds it.
-fn host_options(d: &DeliverySettings, dir: KeyDir) -> HostOptions {
+fn host_options(d: &DeliverySettings, dir: KeyDir, memcached_access: Access) -> HostOptions {
     HostOptions {
         dir,
         sinks: d.sinks.clone(),
@@ -158,8 +160,11 @@ fn host_options(d: &DeliverySettings, dir: KeyDir) -> HostOptions {
         haproxy_sockets: d.haproxy_sockets.clone(),
         memcached_limits: Limits {
             max_connections: d.memcached_max_connections,
+            max_connections_per_peer: d.memcached_max_connections_per_peer,
+            request_timeout: d.memcached_request_timeout,
             ..Limits::default()
         },
+        memcached_access,
     }
 }
 
@@ -228,20 +233,42 @@ struct Host {
     options: HostOptions,
 }
 
+/// Who may use the memcached unix sockets. The group is resolved once, before anything is
+/// written: an unknown name stops the start.
+fn memcached_access(d: &DeliverySettings) -> anyhow::Result<Access> {
+    Ok(match &d.memcached_group {
+        Some(g) => Access::with_group(g).with_context(|| format!("--memcached-group {g}"))?,
+        None => Access::owner(),
+    })
+}
+
 async fn start_host(
     d: &DeliverySettings,
     dir: KeyDir,
+    access: Access,
     clock_offset_ms: i64,
 ) -> anyhow::Result<Host> {
+    let (gid, group) = (access.gid(), access.group_name().map(str::to_owned));
     // Before memcached's socket or anything else is created in the directory.
-    let options = host_options(d, dir);
-    options.open_dirs()?;
+    let host = host_options(d, dir, access);
+    host.open_dirs()?;
+    if let (Some(dir), Some(gid)) = (&d.memcached_socket_dir, gid) {
+        memcached::prepare_socket_dir(dir, gid)?;
+    }
+    let mut options = BindOptions::new();
+    options.allow_remote = d.memcached_allow_remote;
+    options.group = gid;
     let mut listeners = Vec::new();
     for a in &d.memcached {
-        let l = memcached::bind(a, d.memcached_allow_remote)
+        let l = memcached::bind_with(a, options)
             .await
             .with_context(|| format!("cannot serve memcached on {a}"))?;
-        info!("serving ticket keys over the memcached protocol on {a}");
+        match (&l, group.as_deref()) {
+            (Listener::Unix(_), Some(g)) => info!(
+                "serving ticket keys over the memcached protocol on {a} to root, this uid and group {g}"
+            ),
+            _ => info!("serving ticket keys over the memcached protocol on {a}"),
+        }
         listeners.push(l);
     }
     let (clock, metrics) = clock_and_metrics(clock_offset_ms);
@@ -250,7 +277,7 @@ async fn start_host(
         listeners,
         clock,
         metrics,
-        options,
+        options: host,
     })
 }
 

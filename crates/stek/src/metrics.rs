@@ -12,6 +12,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tracing::debug;
 
+use crate::memcached::{Refusal, Stats as MemcachedStats};
 use crate::status::{HaproxySocketStatus, Status};
 
 /// The metrics of one process (agent, generator, or both for `stek up`).
@@ -30,6 +31,8 @@ struct Inner {
     last_publish: Option<f64>,
     clock_steps: u64,
     last_clock_step: Option<f64>,
+    /// The counters of this process's memcached servers, read when rendered.
+    memcached: Vec<Arc<MemcachedStats>>,
 }
 
 impl Metrics {
@@ -75,6 +78,12 @@ impl Metrics {
             .sink_failures
             .entry(sink.to_owned())
             .or_default() += 1;
+    }
+
+    /// Shows the counters of a memcached server (refused connections, request timeouts) in the
+    /// metrics, summed over every server added.
+    pub fn add_memcached(&self, stats: Arc<MemcachedStats>) {
+        self.lock().memcached.push(stats);
     }
 
     /// Counts a failed store operation.
@@ -175,6 +184,22 @@ impl Metrics {
                     field(h)
                 );
             }
+        }
+        if !g.memcached.is_empty() {
+            let snaps: Vec<_> = g.memcached.iter().map(|s| s.snapshot()).collect();
+            let _ = writeln!(o, "# HELP stek_memcached_refused_total Memcached connections refused, by reason: forbidden (a unix peer neither root, stek's uid nor in --memcached-group), peer_limit (--memcached-max-connections-per-peer), max_connections.\n# TYPE stek_memcached_refused_total counter");
+            for why in Refusal::ALL {
+                let n: u64 = snaps.iter().map(|s| s.refused(why)).sum();
+                let _ = writeln!(
+                    o,
+                    "stek_memcached_refused_total{{reason=\"{}\"}} {n}",
+                    why.label()
+                );
+            }
+            let timeouts: u64 = snaps.iter().map(|s| s.request_timeouts).sum();
+            let _ = writeln!(o, "# HELP stek_memcached_request_timeouts_total Memcached connections closed because a request, or the reading of its reply, took longer than --memcached-request-timeout.\n# TYPE stek_memcached_request_timeouts_total counter\nstek_memcached_request_timeouts_total {timeouts}");
+            let open: u64 = snaps.iter().map(|s| s.curr_connections).sum();
+            let _ = writeln!(o, "# HELP stek_memcached_connections Open memcached connections.\n# TYPE stek_memcached_connections gauge\nstek_memcached_connections {open}");
         }
         if !g.created.is_empty() || g.publish_errors > 0 || g.last_publish.is_some() {
             let _ = writeln!(o, "# HELP stek_generator_keys_created_total Keys this generator created (won the slot), by group.\n# TYPE stek_generator_keys_created_total counter");
@@ -365,6 +390,32 @@ mod tests {
         assert!(matches!(e, MetricsBindError::Bind { .. }), "{e:?}");
         assert_eq!(e.to_string(), format!("cannot listen on {addr}"));
         assert!(e.source().unwrap().is::<std::io::Error>());
+    }
+
+    #[test]
+    fn memcached_refusals_are_summed_by_reason() {
+        let m = Metrics::new();
+        assert!(!m.render(Duration::ZERO).contains("stek_memcached"));
+        let (a, b) = (
+            Arc::new(MemcachedStats::new()),
+            Arc::new(MemcachedStats::new()),
+        );
+        a.connection_refused(Refusal::Forbidden);
+        b.connection_refused(Refusal::Forbidden);
+        b.connection_refused(Refusal::PeerLimit);
+        b.request_timed_out();
+        m.add_memcached(a);
+        m.add_memcached(b);
+        let text = m.render(Duration::ZERO);
+        for want in [
+            "stek_memcached_refused_total{reason=\"forbidden\"} 2\n",
+            "stek_memcached_refused_total{reason=\"peer_limit\"} 1\n",
+            "stek_memcached_refused_total{reason=\"max_connections\"} 0\n",
+            "stek_memcached_request_timeouts_total 1\n",
+            "stek_memcached_connections 0\n",
+        ] {
+            assert!(text.contains(want), "{want} missing from {text}");
+        }
     }
 
     #[test]

@@ -14,8 +14,8 @@ use stek::sink::{self, SinkKind};
 use stek_core::{GeneratorPublicKey, GroupPublicKey, Schedule};
 
 use crate::cli::{
-    check_lifetime, check_period, parse_group, AgentArgs, GeneratorArgs, ScheduleArgs, SinkArgs,
-    UpArgs,
+    check_lifetime, check_period, check_request_timeout, parse_group, AgentArgs, GeneratorArgs,
+    ScheduleArgs, SinkArgs, UpArgs,
 };
 
 /// The period when neither a flag nor the file gives one.
@@ -49,6 +49,15 @@ pub(crate) struct DeliverySettings {
     pub(crate) memcached_allow_remote: bool,
     /// Most concurrent memcached connections.
     pub(crate) memcached_max_connections: usize,
+    /// Most concurrent memcached connections of one peer.
+    pub(crate) memcached_max_connections_per_peer: usize,
+    /// How long one memcached request (and the reading of its reply) may take.
+    pub(crate) memcached_request_timeout: Duration,
+    /// The group (name or gid, resolved at start) whose members may use the unix sockets.
+    pub(crate) memcached_group: Option<String>,
+    /// The directory stek makes for the default socket when a group is given (a sibling of
+    /// `dir`, which the group cannot traverse).
+    pub(crate) memcached_socket_dir: Option<PathBuf>,
     /// The command run after each change of the files.
     pub(crate) on_change: Option<String>,
     /// HAProxy admin sockets to push keys to.
@@ -233,26 +242,93 @@ pub(crate) fn delivery(
     // --memcached beats the file's no_memcached, --no-memcached the file's addresses.
     let mut memcached = pick_list(&a.memcached, c.memcached.as_ref());
     let no_memcached = a.no_memcached || (a.memcached.is_empty() && c.no_memcached == Some(true));
+    let memcached_group = a
+        .memcached_group
+        .clone()
+        .or_else(|| c.memcached_group.clone());
+    if memcached_group
+        .as_deref()
+        .is_some_and(|g| g.trim().is_empty())
+    {
+        bail!("--memcached-group: the group name is empty");
+    }
+    let mut memcached_socket_dir = None;
     if no_memcached {
         memcached.clear();
     } else if memcached.is_empty() {
-        memcached.push(dir.join("memcached.sock").display().to_string());
+        if memcached_group.is_some() {
+            let socket_dir = memcached_socket_dir_for(&dir)?;
+            memcached.push(socket_dir.join("memcached.sock").display().to_string());
+            memcached_socket_dir = Some(socket_dir);
+        } else {
+            memcached.push(dir.join("memcached.sock").display().to_string());
+        }
     }
+    let limits = memcached_limits(a, c)?;
     Ok(DeliverySettings {
         allow_persistent: a.allow_persistent_dir || c.allow_persistent_dir.unwrap_or(false),
         sinks,
         memcached,
         memcached_allow_remote: a.memcached_allow_remote
             || c.memcached_allow_remote.unwrap_or(false),
-        memcached_max_connections: a
-            .memcached_max_connections
-            .or(c.memcached_max_connections)
-            .unwrap_or(Limits::default().max_connections),
+        memcached_max_connections: limits.max_connections,
+        memcached_max_connections_per_peer: limits.max_connections_per_peer,
+        memcached_request_timeout: limits.request_timeout,
+        memcached_group,
+        memcached_socket_dir,
         on_change: a.on_change.clone().or_else(|| c.on_change.clone()),
         haproxy_sockets,
         metrics: a.metrics.clone().or_else(|| c.metrics.clone()),
         dir,
     })
+}
+
+/// The memcached limits from the flags, else the file, else the defaults; checked
+/// ([`Limits::validate`]) so that a nonsensical one stops the start with one line.
+fn memcached_limits(a: &SinkArgs, c: &FileConfig) -> anyhow::Result<Limits> {
+    let max_connections = a
+        .memcached_max_connections
+        .or(c.memcached_max_connections)
+        .unwrap_or(Limits::default().max_connections);
+    let per_peer = a
+        .memcached_max_connections_per_peer
+        .or(c.memcached_max_connections_per_peer);
+    if let Some(p) = per_peer.filter(|p| *p > max_connections) {
+        bail!(
+            "memcached max connections per peer ({p}) is more than max connections ({max_connections})"
+        );
+    }
+    let limits = Limits {
+        max_connections,
+        max_connections_per_peer: per_peer
+            .unwrap_or_else(|| Limits::default_per_peer(max_connections)),
+        request_timeout: pick_duration(
+            a.memcached_request_timeout,
+            c.memcached_request_timeout,
+            "memcached_request_timeout",
+            check_request_timeout,
+            Limits::default().request_timeout,
+        )?,
+        ..Limits::default()
+    };
+    limits.validate()?;
+    Ok(limits)
+}
+
+/// Where the default socket goes when a group must reach it: `DIR-memcached/` next to DIR
+/// (DIR is 0700; a path inside it cannot be reached by the group whatever its own mode).
+fn memcached_socket_dir_for(dir: &Path) -> anyhow::Result<PathBuf> {
+    match (dir.parent(), dir.file_name()) {
+        (Some(parent), Some(name)) => {
+            let mut name = name.to_os_string();
+            name.push("-memcached");
+            Ok(parent.join(name))
+        }
+        _ => bail!(
+            "--memcached-group: the key directory {} has no parent to put the socket directory in; pass --memcached PATH",
+            dir.display()
+        ),
+    }
 }
 
 /// HAProxy's runtime API names the keys file on its command line: DIR must allow that.
@@ -270,6 +346,25 @@ pub(crate) fn warnings(schedule: &Schedule, d: &DeliverySettings) -> Vec<String>
             "Apache holds one key: its tickets stop resuming at every rotation (every {}); use nginx, HAProxy or a longer period if that matters",
             duration::format(schedule.period())
         ));
+    }
+    for addr in &d.memcached {
+        if !addr.contains('/') {
+            out.push(format!(
+                "memcached on {addr} (TCP): every local user can connect and read the ticket keys; serve them on a unix socket with --memcached-group instead"
+            ));
+        } else if d.memcached_group.is_some() && Path::new(addr).starts_with(&d.dir) {
+            out.push(format!(
+                "memcached socket {addr} is inside {} (mode 0700): --memcached-group cannot reach it; leave --memcached out for the default socket directory",
+                d.dir.display()
+            ));
+        }
+    }
+    if let Some(g) = &d.memcached_group {
+        if !d.memcached.iter().any(|a| a.contains('/')) {
+            out.push(format!(
+                "--memcached-group {g} applies to unix sockets only, and no memcached unix socket is served"
+            ));
+        }
     }
     let haproxy = d.sinks.contains(&SinkKind::Haproxy) || !d.haproxy_sockets.is_empty();
     if haproxy && schedule.lifetime() > schedule.period() {
@@ -484,6 +579,10 @@ mod tests {
                 memcached: vec!["/run/stek/memcached.sock".to_owned()],
                 memcached_allow_remote: false,
                 memcached_max_connections: Limits::default().max_connections,
+                memcached_max_connections_per_peer: 1024,
+                memcached_request_timeout: Duration::from_secs(5),
+                memcached_group: None,
+                memcached_socket_dir: None,
                 on_change: None,
                 haproxy_sockets: vec![],
                 metrics: None,
@@ -727,6 +826,108 @@ mod tests {
             1
         );
         assert_eq!(w(&[]).len(), 2);
+    }
+
+    #[test]
+    fn memcached_group_moves_the_default_socket_out_of_dir() {
+        let d = up(&["--memcached-group", "www-data"], "").unwrap().delivery;
+        assert_eq!(d.memcached_group.as_deref(), Some("www-data"));
+        assert_eq!(d.memcached, ["/run/stek-memcached/memcached.sock"]);
+        assert_eq!(
+            d.memcached_socket_dir,
+            Some(PathBuf::from("/run/stek-memcached"))
+        );
+        // From the file; an explicit socket is the operator's: no directory made.
+        let d = up(
+            &["--memcached", "/run/web/mc.sock"],
+            "memcached_group = \"web\"",
+        )
+        .unwrap()
+        .delivery;
+        assert_eq!(d.memcached_group.as_deref(), Some("web"));
+        assert_eq!(d.memcached_socket_dir, None);
+        assert!(err(up(&["--memcached-group", " "], "")).contains("empty"));
+        assert!(err(up(&["--dir", "/", "--memcached-group", "web"], "")).contains("no parent"));
+    }
+
+    #[test]
+    fn memcached_warnings_name_what_others_can_reach() {
+        let w = |args: &[&str]| {
+            let s = up(&[&["--sinks", "nginx"], args].concat(), "").unwrap();
+            warnings(&s.schedule, &s.delivery)
+        };
+        assert!(w(&[]).is_empty());
+        assert!(w(&["--memcached-group", "web"]).is_empty());
+        let tcp = w(&["--memcached", "127.0.0.1:11211"]);
+        assert_eq!(tcp.len(), 1);
+        assert!(tcp[0].contains("every local user"), "{tcp:?}");
+        let tcp_group = w(&["--memcached", "127.0.0.1:11211", "--memcached-group", "web"]);
+        assert_eq!(tcp_group.len(), 2, "{tcp_group:?}");
+        assert!(tcp_group[1].contains("unix sockets only"), "{tcp_group:?}");
+        let inside = w(&[
+            "--memcached",
+            "/run/stek/mc.sock",
+            "--memcached-group",
+            "web",
+        ]);
+        assert_eq!(inside.len(), 1);
+        assert!(inside[0].contains("cannot reach it"), "{inside:?}");
+    }
+
+    #[test]
+    fn memcached_limits_flag_beats_file_and_nonsense_is_refused() {
+        let d = up(&["--memcached-max-connections", "100"], "")
+            .unwrap()
+            .delivery;
+        assert_eq!(d.memcached_max_connections_per_peer, 25, "a quarter");
+        let d = up(&["--memcached-max-connections", "20"], "")
+            .unwrap()
+            .delivery;
+        assert_eq!(d.memcached_max_connections_per_peer, 16, "at least 16");
+        let d = up(&["--memcached-max-connections", "10"], "")
+            .unwrap()
+            .delivery;
+        assert_eq!(d.memcached_max_connections_per_peer, 10, "at most the cap");
+        let file = "memcached_max_connections_per_peer = 7
+memcached_request_timeout = \"2s\"";
+        let d = up(&[], file).unwrap().delivery;
+        assert_eq!(d.memcached_max_connections_per_peer, 7);
+        assert_eq!(d.memcached_request_timeout, Duration::from_secs(2));
+        let d = up(
+            &[
+                "--memcached-max-connections-per-peer",
+                "9",
+                "--memcached-request-timeout",
+                "3s",
+            ],
+            file,
+        )
+        .unwrap()
+        .delivery;
+        assert_eq!(d.memcached_max_connections_per_peer, 9);
+        assert_eq!(d.memcached_request_timeout, Duration::from_secs(3));
+        // The file is checked as the flags are.
+        for (file, needle) in [
+            ("memcached_max_connections = 0", "between 1 and"),
+            ("memcached_max_connections = 2000000", "between 1 and"),
+            ("memcached_max_connections_per_peer = 0", "at least 1"),
+            ("memcached_max_connections_per_peer = 5000", "more than max"),
+            ("memcached_request_timeout = \"0s\"", "request timeout"),
+            ("memcached_request_timeout = \"2h\"", "request timeout"),
+        ] {
+            let e = err(up(&[], file));
+            assert!(e.contains(needle), "{file}: {e}");
+        }
+        let e = err(up(
+            &[
+                "--memcached-max-connections",
+                "64",
+                "--memcached-max-connections-per-peer",
+                "65",
+            ],
+            "",
+        ));
+        assert!(e.contains("more than max connections (64)"), "{e}");
     }
 
     fn agent(args: &[&str], config: &str) -> anyhow::Result<AgentSettings> {

@@ -34,6 +34,9 @@ fn help_explains_every_flag() {
         "--sinks",
         "--group",
         "--memcached-max-connections",
+        "--memcached-max-connections-per-peer",
+        "--memcached-request-timeout",
+        "--memcached-group",
         "--haproxy-socket",
         "--allow-large-window",
     ] {
@@ -57,6 +60,24 @@ fn bad_flags_give_one_line_and_exit_2() {
         (&["up", "--lifetime", "8d"], "7d"),
         (&["up", "--sinks", "iis"], "iis"),
         (&["up", "--group", "a b"], "group"),
+        (&["up", "--memcached-max-connections", "0"], "between 1 and"),
+        (
+            &["up", "--memcached-max-connections", "99999999"],
+            "between 1 and",
+        ),
+        (&["up", "--memcached-max-connections", "-1"], "-1"),
+        (
+            &["up", "--memcached-max-connections-per-peer", "0"],
+            "between 1 and",
+        ),
+        (
+            &["up", "--memcached-request-timeout", "0s"],
+            "request timeout",
+        ),
+        (
+            &["up", "--memcached-request-timeout", "2d"],
+            "request timeout",
+        ),
         (&["nope"], "nope"),
     ];
     for (args, needle) in cases {
@@ -71,6 +92,48 @@ fn bad_flags_give_one_line_and_exit_2() {
         assert!(
             err.contains(needle),
             "{args:?}: {err:?} should mention {needle:?}"
+        );
+    }
+}
+
+#[test]
+fn nonsensical_memcached_settings_stop_the_start_with_one_line() {
+    let dir = util::shm_dir();
+    let keys = dir.path().join("keys");
+    let keys = keys.to_str().expect("utf-8");
+    let config = dir.path().join("stek.toml");
+    let cases: &[(&[&str], &str, &str)] = &[
+        (&[], "memcached_max_connections = 0", "between 1 and"),
+        (&[], "memcached_max_connections_per_peer = 0", "at least 1"),
+        (
+            &["--memcached-max-connections", "100"],
+            "memcached_max_connections_per_peer = 200",
+            "more than max connections",
+        ),
+        (
+            &["--memcached-group", "no-such-group-stek"],
+            "",
+            "no group \"no-such-group-stek\"",
+        ),
+    ];
+    for (args, file, needle) in cases {
+        std::fs::write(&config, file).expect("config");
+        let mut all = vec![
+            "up",
+            "--dir",
+            keys,
+            "--config",
+            config.to_str().expect("utf-8"),
+        ];
+        all.extend_from_slice(args);
+        let (code, _, err) = stek(&all);
+        assert_eq!(code, 1, "{args:?} {file}: {err}");
+        let last = err.trim_end().lines().last().unwrap_or_default();
+        assert!(last.starts_with("stek: "), "{args:?} {file}: {err}");
+        assert!(last.contains(needle), "{args:?} {file}: {err}");
+        assert!(
+            !err.contains("memory locked") && !err.contains("serving ticket keys"),
+            "stopped before serving: {err}"
         );
     }
 }

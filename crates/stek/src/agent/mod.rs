@@ -34,7 +34,7 @@ use tracing::{error, info, warn};
 
 use crate::clock::{Clock, ClockWatch};
 use crate::files::{DirError, KeyDir};
-use crate::memcached::{self, Limits, Listener};
+use crate::memcached::{self, Access, Limits, Listener, ServeOptions};
 use crate::metrics::Metrics;
 use crate::sink::{
     haproxy_keys_path, ApacheSink, Delivered, HaproxyRuntime, HaproxySink, Health, NginxSink,
@@ -316,6 +316,8 @@ pub struct HostOptions {
     pub on_change: Option<String>,
     /// Limits of the memcached-protocol server.
     pub memcached_limits: Limits,
+    /// Who is served on the memcached unix sockets.
+    pub memcached_access: Access,
     /// HAProxy admin sockets whose rings follow the HAProxy keys file over the runtime API
     /// (implies the HAProxy file sink).
     pub haproxy_sockets: Vec<PathBuf>,
@@ -413,13 +415,15 @@ pub async fn run_on_host<S: Store, O: Opener + 'static>(
     for l in listeners {
         let rx = table_rx.clone();
         let mut stop = stop_rx.clone();
-        let limits = host.memcached_limits.clone();
+        let mut options = ServeOptions::new(host.memcached_limits.clone());
+        options.access = host.memcached_access.clone();
+        metrics.add_memcached(options.stats.clone());
         servers.push(tokio::spawn(async move {
             let shutdown = async move {
                 let _ = stop.wait_for(|s| *s).await;
             };
-            if let Err(e) = memcached::serve(l, rx, limits, shutdown).await {
-                error!("memcached server stopped: {e}");
+            if let Err(e) = memcached::serve_with(l, rx, options, shutdown).await {
+                error!("memcached server stopped: {}", crate::error::Chain(&e));
             }
         }));
     }

@@ -1,6 +1,12 @@
 //! Turning an address string into a bound [`Listener`], with the checks that keep the keys
-//! local: loopback TCP unless remote access is asked for, unix sockets readable by the owner
-//! only.
+//! local: loopback TCP unless remote access is asked for, unix sockets usable by the owner
+//! only (mode 0600), or by the owner and one group (mode 0660, the socket's group set).
+//!
+//! A socket inside stek's key directory (mode 0700) cannot be reached by anyone but its owner,
+//! whatever the socket's own mode: a group that must connect needs a directory it can
+//! traverse. [`prepare_socket_dir`] makes one (mode 0750, stek's uid, the group) for the
+//! default path, a sibling of the key directory (`/run/stek` -> `/run/stek-memcached/`); it
+//! holds the socket only, no key file.
 
 use std::fmt;
 use std::io;
@@ -49,6 +55,14 @@ pub enum BindError {
         /// The path.
         path: PathBuf,
     },
+    /// The socket directory exists and is not a directory stek owns (a symlink, another
+    /// user's directory): someone else could replace the socket in it.
+    UnsafeDir {
+        /// The directory.
+        path: PathBuf,
+        /// What is wrong with it.
+        why: String,
+    },
     /// Binding, or setting the socket file's mode, failed.
     Io {
         /// What was being done.
@@ -90,6 +104,11 @@ impl fmt::Display for BindError {
                 "unix socket path {} is longer than the {MAX_SOCKET_PATH} bytes the kernel accepts",
                 path.display()
             ),
+            BindError::UnsafeDir { path, why } => write!(
+                f,
+                "refusing the socket directory {}: {why}; remove it or choose another --dir or --memcached PATH",
+                path.display()
+            ),
             BindError::Io { action, target, .. } => write!(f, "cannot {action} {target}"),
         }
     }
@@ -104,6 +123,23 @@ impl std::error::Error for BindError {
     }
 }
 
+/// How [`bind_with`] binds.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct BindOptions {
+    /// Allow a TCP address that is not loopback.
+    pub allow_remote: bool,
+    /// Give unix sockets this group and mode 0660 (else mode 0600).
+    pub group: Option<u32>,
+}
+
+impl BindOptions {
+    /// Loopback TCP only, unix sockets 0600.
+    pub fn new() -> BindOptions {
+        BindOptions::default()
+    }
+}
+
 /// Binds `addr`: a unix socket path if it contains `/`, else `HOST:PORT`.
 ///
 /// - `HOST:PORT` must resolve to loopback addresses only (127.0.0.0/8, ::1) unless
@@ -113,8 +149,23 @@ impl std::error::Error for BindError {
 ///   permissions. A stale socket (nobody listening) at the path is replaced; a live one, or
 ///   anything that is not a socket (a symlink included), is refused.
 pub async fn bind(addr: &str, allow_remote: bool) -> Result<Listener, BindError> {
+    bind_with(
+        addr,
+        BindOptions {
+            allow_remote,
+            ..BindOptions::new()
+        },
+    )
+    .await
+}
+
+/// [`bind`], and with [`BindOptions::group`] a unix socket of mode 0660 in that group (set
+/// under the temporary name, before the socket is reachable at its path). Its directory is
+/// left as it is: the group must be able to traverse it (see [`prepare_socket_dir`]).
+pub async fn bind_with(addr: &str, options: BindOptions) -> Result<Listener, BindError> {
+    let allow_remote = options.allow_remote;
     if addr.contains('/') {
-        return bind_unix(Path::new(addr)).await;
+        return bind_unix(Path::new(addr), options.group).await;
     }
     let addrs: Vec<SocketAddr> = match addr.parse::<SocketAddr>() {
         Ok(a) => vec![a],
@@ -144,7 +195,88 @@ pub async fn bind(addr: &str, allow_remote: bool) -> Result<Listener, BindError>
     Ok(Listener::Tcp(l))
 }
 
-async fn bind_unix(path: &Path) -> Result<Listener, BindError> {
+/// Makes `dir` a directory for a socket the group `gid` may use: created if missing (mode
+/// 0750), then checked to be a real directory (not a symlink) owned by this process's uid, and
+/// given group `gid` and mode 0750 (only stek may create or replace files in it; the group may
+/// reach the socket). Its parent must exist. The checks and changes act on the open
+/// directory, not its path, so a directory swapped in meanwhile is not the one changed.
+pub fn prepare_socket_dir(dir: &Path, gid: u32) -> Result<(), BindError> {
+    use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
+    let io_err = |action| {
+        let target = dir.display().to_string();
+        move |source| BindError::Io {
+            action,
+            target,
+            source,
+        }
+    };
+    match std::fs::DirBuilder::new().mode(0o750).create(dir) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+        Err(e) => return Err(io_err("create the socket directory")(e)),
+    }
+    let unsafe_dir = |why: String| BindError::UnsafeDir {
+        path: dir.to_owned(),
+        why,
+    };
+    let opened = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_DIRECTORY | libc::O_NOFOLLOW)
+        .open(dir);
+    let d = match opened {
+        Ok(d) => d,
+        // O_NOFOLLOW on a symlink: ELOOP; O_DIRECTORY on anything else: ENOTDIR.
+        Err(e) if matches!(e.raw_os_error(), Some(libc::ELOOP | libc::ENOTDIR)) => {
+            return Err(unsafe_dir("it is not a directory (or is a symlink)".into()))
+        }
+        Err(e) => return Err(io_err("open the socket directory")(e)),
+    };
+    let m = d
+        .metadata()
+        .map_err(io_err("inspect the socket directory"))?;
+    let own = rustix::process::geteuid().as_raw();
+    if m.uid() != own {
+        return Err(unsafe_dir(format!(
+            "it belongs to uid {}, not to stek's uid {own}",
+            m.uid()
+        )));
+    }
+    if m.gid() != gid {
+        std::os::unix::fs::fchown(&d, None, Some(gid))
+            .map_err(io_err("give the group to the socket directory"))?;
+    }
+    if m.mode() & 0o7777 != 0o750 {
+        d.set_permissions(std::fs::Permissions::from_mode(0o750))
+            .map_err(io_err("set mode 0750 on the socket directory"))?;
+    }
+    Ok(())
+}
+
+/// Gives a freshly bound socket its mode, and its group when it has one.
+fn set_socket_access(path: &Path, group: Option<u32>) -> Result<(), BindError> {
+    let io_err = |action, source| BindError::Io {
+        action,
+        target: path.display().to_string(),
+        source,
+    };
+    if let Some(gid) = group {
+        std::os::unix::fs::chown(path, None, Some(gid))
+            .map_err(|e| io_err("give the group to", e))?;
+    }
+    let mode = if group.is_some() { 0o660 } else { 0o600 };
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).map_err(|e| {
+        io_err(
+            if group.is_some() {
+                "set mode 0660 on"
+            } else {
+                "set mode 0600 on"
+            },
+            e,
+        )
+    })
+}
+
+async fn bind_unix(path: &Path, group: Option<u32>) -> Result<Listener, BindError> {
     let io_err = |action, path: &Path| {
         let target = path.display().to_string();
         move |source| BindError::Io {
@@ -185,8 +317,7 @@ async fn bind_unix(path: &Path) -> Result<Listener, BindError> {
         // No room for a temporary name: bind in place; the directory's own mode (0700 for
         // stek's) then covers the moment before chmod.
         let l = UnixListener::bind(path).map_err(io_err("listen on", path))?;
-        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
-            .map_err(io_err("set mode 0600 on", path))?;
+        set_socket_access(path, group)?;
         return Ok(Listener::Unix(l));
     }
     // A leftover from a process that had our pid: ours to replace only if it is a socket.
@@ -197,8 +328,7 @@ async fn bind_unix(path: &Path) -> Result<Listener, BindError> {
         std::fs::remove_file(&tmp).map_err(io_err("remove", &tmp))?;
     }
     let l = UnixListener::bind(&tmp).map_err(io_err("listen on", &tmp))?;
-    let placed = std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o600))
-        .map_err(io_err("set mode 0600 on", &tmp))
+    let placed = set_socket_access(&tmp, group)
         .and_then(|()| std::fs::rename(&tmp, path).map_err(io_err("move the socket to", path)));
     if let Err(e) = placed {
         let _ = std::fs::remove_file(&tmp);
@@ -282,5 +412,70 @@ mod tests {
             .filter(|n| n.to_string_lossy().ends_with(".tmp"))
             .collect();
         assert!(left.is_empty(), "{left:?}");
+    }
+
+    /// A gid this process may give its files: its own, or (as root, as in CI) nogroup's.
+    fn other_gid() -> u32 {
+        if rustix::process::geteuid().is_root() {
+            65534
+        } else {
+            rustix::process::getegid().as_raw()
+        }
+    }
+
+    #[tokio::test]
+    async fn a_group_socket_is_0660_in_the_group() {
+        use std::os::unix::fs::MetadataExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("mc.sock");
+        let gid = other_gid();
+        let options = BindOptions {
+            group: Some(gid),
+            ..BindOptions::new()
+        };
+        let l = bind_with(path.to_str().unwrap(), options).await.unwrap();
+        let m = std::fs::symlink_metadata(&path).unwrap();
+        assert_eq!(m.mode() & 0o777, 0o660);
+        assert_eq!(m.gid(), gid);
+        drop(l);
+    }
+
+    #[test]
+    fn the_socket_dir_is_made_private_to_stek_and_the_group() {
+        use std::os::unix::fs::MetadataExt;
+        let base = tempfile::tempdir().unwrap();
+        let dir = base.path().join("stek-memcached");
+        let gid = other_gid();
+        prepare_socket_dir(&dir, gid).unwrap();
+        let m = std::fs::symlink_metadata(&dir).unwrap();
+        assert!(m.is_dir());
+        assert_eq!((m.mode() & 0o7777, m.gid()), (0o750, gid));
+        // An existing directory of ours with a looser mode is tightened.
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o777)).unwrap();
+        prepare_socket_dir(&dir, gid).unwrap();
+        assert_eq!(std::fs::metadata(&dir).unwrap().mode() & 0o7777, 0o750);
+        // A symlink (even to a good directory) and a file are refused.
+        let link = base.path().join("link");
+        std::os::unix::fs::symlink(&dir, &link).unwrap();
+        let e = prepare_socket_dir(&link, gid).unwrap_err();
+        assert!(matches!(e, BindError::UnsafeDir { .. }), "{e}");
+        let file = base.path().join("file");
+        std::fs::write(&file, b"").unwrap();
+        assert!(matches!(
+            prepare_socket_dir(&file, gid).unwrap_err(),
+            BindError::UnsafeDir { .. }
+        ));
+        // Another user's directory is refused, not taken over (root can make one to try).
+        if rustix::process::geteuid().is_root() {
+            let theirs = base.path().join("theirs");
+            std::fs::create_dir(&theirs).unwrap();
+            std::os::unix::fs::chown(&theirs, Some(65534), Some(65534)).unwrap();
+            let e = prepare_socket_dir(&theirs, gid).unwrap_err();
+            assert!(e.to_string().contains("belongs to uid 65534"), "{e}");
+            assert_eq!(std::fs::metadata(&theirs).unwrap().uid(), 65534);
+        }
+        // A missing parent: an I/O error naming the directory.
+        let e = prepare_socket_dir(&base.path().join("a/b"), gid).unwrap_err();
+        assert!(matches!(e, BindError::Io { .. }), "{e}");
     }
 }

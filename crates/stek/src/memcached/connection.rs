@@ -3,6 +3,13 @@
 //! memcached 1.6 answers pipelined text `get`s with one write per reply; here every request
 //! that one read brought is answered into one buffer and written with one call, so a client
 //! that pipelines pays one system call per batch on each side.
+//!
+//! Three clocks end a connection that holds its slot without being served: the idle timeout
+//! (nothing sent or read at all), the request timeout from a request's first byte to its last
+//! (a client that trickles a line a byte at a time, slowloris), and the request timeout again
+//! for each batch of replies to be taken (a client that reads a byte at a time). The request
+//! timer costs nothing for whole requests: it is armed only when a read leaves a request
+//! incomplete.
 
 use std::io;
 use std::sync::Arc;
@@ -14,7 +21,7 @@ use tokio::time::{sleep_until, Instant};
 use zeroize::{Zeroize, Zeroizing};
 
 use super::server::Limits;
-use super::session::{Context, Session, Stop, FLUSH_AT};
+use super::session::{Context, Session, Stop};
 use super::stats::Stats;
 use super::table::KeyTable;
 
@@ -22,8 +29,9 @@ use super::table::KeyTable;
 /// enough that thousands of idle connections cost little.
 const INITIAL_READ: usize = 4096;
 /// The reply buffer a connection keeps between batches; a larger one (after a big reply) is
-/// zeroed and given back.
-const KEEP_OUT: usize = 2 * FLUSH_AT;
+/// given back, so thousands of connections that once asked for a big reply do not keep it.
+/// Four times the usual reply (a whole ring, 1.6 KiB) and its margin.
+const KEEP_OUT: usize = 16 * 1024;
 
 /// Why a connection ended on its own terms (I/O errors are returned as errors).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -34,6 +42,8 @@ pub(crate) enum End {
     Closed,
     /// Nothing was received or sent for the idle timeout.
     Idle,
+    /// A request did not arrive whole within the request timeout of its first byte.
+    RequestTimeout,
 }
 
 /// What a connection shares with its server.
@@ -84,6 +94,50 @@ impl Idle {
     }
 }
 
+/// The request timer: armed when a read leaves a request incomplete, from the time of that
+/// read, and disarmed when the request completes. One timer per connection, made on first use
+/// and reset after.
+struct Deadline {
+    timeout: Duration,
+    armed: bool,
+    sleep: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl Deadline {
+    fn new(timeout: Duration) -> Deadline {
+        Deadline {
+            timeout,
+            armed: false,
+            sleep: None,
+        }
+    }
+
+    /// Starts the timer at `from` unless it runs already (the request started earlier).
+    fn arm(&mut self, from: Instant) {
+        if self.armed {
+            return;
+        }
+        self.armed = true;
+        let at = from + self.timeout;
+        match &mut self.sleep {
+            Some(s) => s.as_mut().reset(at),
+            None => self.sleep = Some(Box::pin(sleep_until(at))),
+        }
+    }
+
+    fn disarm(&mut self) {
+        self.armed = false;
+    }
+
+    /// Resolves when an armed timer runs out; poll only while armed.
+    async fn expired(&mut self) {
+        match &mut self.sleep {
+            Some(s) => s.as_mut().await,
+            None => std::future::pending().await,
+        }
+    }
+}
+
 /// Serves one client until it leaves, the protocol closes, or it idles out.
 pub(crate) async fn run<S>(
     mut stream: S,
@@ -103,6 +157,7 @@ where
     let mut out = Zeroizing::new(Vec::new());
     let mut session = Session::new();
     let mut idle = Idle::new(limits.idle_timeout);
+    let mut deadline = Deadline::new(limits.request_timeout);
     // The table a multi-get cut in pieces keeps answering from.
     let mut held: Option<Arc<KeyTable>> = None;
 
@@ -124,10 +179,15 @@ where
             biased;
             r = stream.read(&mut buf[end..]) => r?,
             () = idle.expired() => return Ok(End::Idle),
+            () = deadline.expired(), if deadline.armed => {
+                shared.stats.request_timed_out();
+                return Ok(End::RequestTimeout);
+            }
         };
         if n == 0 {
             return Ok(End::Eof);
         }
+        let read_at = Instant::now();
         end += n;
         idle.touch();
 
@@ -145,7 +205,7 @@ where
             start += p.consumed;
             held = session.mid_request().then(|| current.clone());
             if !out.is_empty() {
-                write_out(&mut stream, &mut out, &mut idle).await?;
+                write_out(&mut stream, &mut out, &mut idle, shared).await?;
             }
             match p.stop {
                 Stop::Flush => {}
@@ -157,6 +217,13 @@ where
             }
         }
         drop(current);
+        // Bytes of a request are left (or a data block is owed): its time runs from the read
+        // that brought its first byte.
+        if start < end || session.awaiting_data() {
+            deadline.arm(read_at);
+        } else {
+            deadline.disarm();
+        }
         if start == end {
             start = 0;
             end = 0;
@@ -186,7 +253,9 @@ where
     if stream.shutdown().await.is_err() {
         return;
     }
-    let mut sink = [0u8; 4096];
+    // On the heap, made only now: an array here would sit in every connection's future (the
+    // largest state counts), 4 KiB more for each of thousands of idle connections.
+    let mut sink = vec![0u8; 4096];
     let mut left = LINGER_MAX;
     let _ = tokio::time::timeout(LINGER, async {
         while left > 0 {
@@ -199,17 +268,22 @@ where
     .await;
 }
 
-/// Writes the whole reply buffer, then zeroes and empties it. A client that reads nothing for
-/// the idle timeout is dropped (it would otherwise hold its connection slot forever).
+/// Writes the whole reply buffer, then zeroes and empties it. A client that takes no byte for
+/// the idle timeout, or does not take the whole batch within the request timeout, is dropped
+/// (it would otherwise hold its connection slot, and the reply's memory, for ever).
 async fn write_out<S>(
     stream: &mut S,
     out: &mut Zeroizing<Vec<u8>>,
     idle: &mut Idle,
+    shared: &Shared,
 ) -> io::Result<()>
 where
     S: AsyncWrite + Unpin,
 {
     let mut written = 0;
+    // Made only when one write did not take everything: a batch the socket buffer takes at
+    // once (nearly all of them) costs no timer.
+    let mut limit: Option<std::pin::Pin<Box<tokio::time::Sleep>>> = None;
     while written < out.len() {
         let n = tokio::select! {
             biased;
@@ -217,12 +291,22 @@ where
             () = idle.expired() => {
                 return Err(io::Error::new(io::ErrorKind::TimedOut, "client stopped reading"));
             }
+            () = async { limit.as_mut().expect("polled only when set").as_mut().await }, if limit.is_some() => {
+                shared.stats.request_timed_out();
+                return Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    "client did not read its replies within the request timeout",
+                ));
+            }
         };
         if n == 0 {
             return Err(io::ErrorKind::WriteZero.into());
         }
         written += n;
         idle.touch();
+        if written < out.len() && limit.is_none() {
+            limit = Some(Box::pin(tokio::time::sleep(shared.limits.request_timeout)));
+        }
     }
     out.as_mut_slice().zeroize();
     out.clear();

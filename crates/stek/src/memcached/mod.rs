@@ -44,11 +44,24 @@
 //! `touch`, `gat`, `flush_all`, `verbosity`, ...) get the same reply. Unknown commands get
 //! `ERROR`, malformed ones `CLIENT_ERROR <why>`. See [`Limits`] for the caps.
 //!
+//! A binary-protocol request (first byte 0x80) gets one binary error response and a close
+//! ([`binary`]).
+//!
+//! # Who is served, and for how long
+//!
+//! On a unix socket: root, stek's uid and the members of one group ([`Access`], checked by the
+//! peer's credentials); others get `SERVER_ERROR forbidden`. On TCP: anyone who can connect.
+//! Each peer (uid, or IP address) holds at most [`Limits::max_connections_per_peer`]
+//! connections, the server [`Limits::max_connections`]. A request must arrive whole, and each
+//! batch of replies be read, within [`Limits::request_timeout`]. Refusals and timeouts are
+//! counted in [`Stats`]. [`Limits`] states the memory bound.
+//!
 //! # Layout
 //!
-//! [`frame`] cuts lines, [`parse`] turns one into a [`parse::Command`], `cmd` answers each
-//! command, [`session`] is the per-connection protocol state without I/O, `connection`, `server` and
-//! `workers` do the I/O, `shutdown` ends connections, [`bind`] makes a [`Listener`].
+//! [`frame`] cuts lines, [`parse`] turns one into a [`parse::Command`], [`binary`] frames
+//! binary requests, `cmd` answers each command, [`session`] is the per-connection protocol
+//! state without I/O, `connection`, `server` and `workers` do the I/O, `access` and `peers`
+//! decide who is admitted, `shutdown` ends connections, [`bind`] makes a [`Listener`].
 //!
 //! ```no_run
 //! use std::sync::Arc;
@@ -67,11 +80,14 @@
 //! # Ok(()) }
 //! ```
 
+mod access;
+pub mod binary;
 mod bind;
 mod cmd;
 mod connection;
 pub mod frame;
 pub mod parse;
+mod peers;
 mod server;
 pub mod session;
 mod shutdown;
@@ -79,6 +95,11 @@ pub mod stats;
 mod table;
 mod workers;
 
-pub use bind::{bind, BindError};
-pub use server::{serve, Limits, Listener, MIN_LINE, TOO_MANY_CONNECTIONS};
+pub use access::{Access, AccessError, PeerCred};
+pub use bind::{bind, bind_with, prepare_socket_dir, BindError, BindOptions};
+pub use server::{
+    serve, serve_with, Limits, LimitsError, Listener, ServeOptions, FORBIDDEN, MAX_CONNECTIONS,
+    MAX_LINE, MAX_REQUEST_TIMEOUT, MAX_THREADS, MIN_LINE, TOO_MANY_CONNECTIONS,
+};
+pub use stats::{Refusal, Stats};
 pub use table::{KeyTable, RingSummary, TICKET_KEY_PREFIX, TICKET_RING_PREFIX, TICKET_SCHEDULE};

@@ -5,6 +5,7 @@
 //! the fuzzer and the unit tests drive it with any input cut at any point, and lets the
 //! connection answer everything one read brought with one write.
 
+use super::binary;
 use super::cmd;
 use super::frame::{self, Frame};
 use super::parse::{parse_line, Command};
@@ -21,6 +22,9 @@ pub const FLUSH_AT: usize = 32 * 1024;
 /// values (which reserve their own), so no reply grows the buffer by reallocation, which
 /// would leave earlier key bytes in freed memory.
 const REPLY_MARGIN: usize = 4096;
+
+/// The body of the binary error reply (memcached puts a short text there too).
+const BINARY_REFUSED: &str = "Unknown command: stek serves the text protocol only";
 
 /// What a session answers from.
 #[derive(Debug, Clone, Copy)]
@@ -42,7 +46,7 @@ pub enum Stop {
     /// The reply buffer is full: write it out, then call again with the unconsumed input.
     Flush,
     /// Write the reply buffer out, then close the connection (`quit`, a line too long, a data
-    /// block that cannot be delimited).
+    /// block that cannot be delimited, a binary-protocol request).
     Close,
 }
 
@@ -88,11 +92,18 @@ impl Session {
         self.resume > 0
     }
 
+    /// Whether the session waits for the rest of a storage command's data block: the client
+    /// is in the middle of a request even when no input is buffered.
+    pub fn awaiting_data(&self) -> bool {
+        self.discard > 0
+    }
+
     /// Answers the complete requests at the front of `input`, appending replies to `out`.
     pub fn process(&mut self, input: &[u8], ctx: &Context<'_>, out: &mut Vec<u8>) -> Progress {
         let mut pos = 0;
         let stop = loop {
-            cmd::reserve(out, REPLY_MARGIN);
+            // Room for the reply is made before each one is written, and only then: a client
+            // trickling an incomplete request costs no reply buffer.
             if self.discard > 0 {
                 let chunk = &input[pos..pos + self.discard.min(input.len() - pos)];
                 self.swallow(chunk);
@@ -100,6 +111,7 @@ impl Session {
                 if self.discard > 0 {
                     break Stop::NeedInput;
                 }
+                cmd::reserve(out, REPLY_MARGIN);
                 if self.tail != *b"\r\n" {
                     // The client's length was wrong: what follows is not a request boundary.
                     self.counters.client_errors += 1;
@@ -114,15 +126,29 @@ impl Session {
             if out.len() >= FLUSH_AT {
                 break Stop::Flush;
             }
+            if input.get(pos) == Some(&binary::REQUEST_MAGIC) {
+                // A binary-protocol client: no text line will ever come. Answer in its
+                // protocol once its header is here, then close (see `binary`).
+                let Some(h) = binary::header(&input[pos..]) else {
+                    break Stop::NeedInput;
+                };
+                self.counters.client_errors += 1;
+                cmd::reserve(out, REPLY_MARGIN);
+                binary::write_error(&h, binary::Status::UnknownCommand, BINARY_REFUSED, out);
+                pos += binary::HEADER_LEN;
+                break Stop::Close;
+            }
             let (line, len) = match frame::next_line(&input[pos..], ctx.limits.max_line) {
                 Frame::Incomplete => break Stop::NeedInput,
                 Frame::TooLong => {
                     self.counters.client_errors += 1;
+                    cmd::reserve(out, REPLY_MARGIN);
                     out.extend_from_slice(b"CLIENT_ERROR line too long\r\n");
                     break Stop::Close;
                 }
                 Frame::Line { line, len } => (line, len),
             };
+            cmd::reserve(out, REPLY_MARGIN);
             match parse_line(line) {
                 Err(e) => {
                     self.counters.client_errors += 1;
@@ -351,6 +377,31 @@ mod tests {
         let (out, closed, _) = f.run(&mut Session::new(), b"set k 0 0 999999999\r\nversion\r\n");
         assert!(out.starts_with(b"CLIENT_ERROR data length"));
         assert!(closed);
+    }
+
+    #[test]
+    fn a_binary_request_gets_a_binary_error_and_closes() {
+        let f = Fixture::new();
+        // A text request, then a binary GET (opcode 0, opaque 7, key "k") and more after it.
+        let mut input = b"version\r\n".to_vec();
+        input.extend_from_slice(&[0x80, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 7]);
+        input.extend_from_slice(&[0; 8]);
+        input.extend_from_slice(b"kversion\r\n");
+        let (out, closed, used) = f.run(&mut Session::new(), &input);
+        assert!(closed);
+        assert_eq!(used, 9 + binary::HEADER_LEN);
+        let version = format!("VERSION {}\r\n", cmd::version::VERSION);
+        let (text, bin) = out.split_at(version.len());
+        assert_eq!(text, version.as_bytes());
+        assert_eq!(&bin[..8], &[0x81, 0, 0, 0, 0, 0, 0x00, 0x81]);
+        assert_eq!(&bin[12..16], &[0, 0, 0, 7]);
+        assert_eq!(&bin[binary::HEADER_LEN..], BINARY_REFUSED.as_bytes());
+        // Cut anywhere, the same reply once the header is complete, nothing before.
+        let (bytewise, closed) = f.run_bytewise(&mut Session::new(), &input);
+        assert!(closed);
+        assert_eq!(bytewise, out);
+        let (partial, closed, used) = f.run(&mut Session::new(), &input[9..9 + 23]);
+        assert!(partial.is_empty() && !closed && used == 0);
     }
 
     #[test]

@@ -13,6 +13,9 @@ pub struct Stats {
     curr_connections: AtomicU64,
     total_connections: AtomicU64,
     rejected_connections: AtomicU64,
+    refused_forbidden: AtomicU64,
+    refused_peer_limit: AtomicU64,
+    request_timeouts: AtomicU64,
     cmd_get: AtomicU64,
     get_hits: AtomicU64,
     get_misses: AtomicU64,
@@ -37,6 +40,15 @@ pub struct Snapshot {
     pub total_connections: u64,
     /// Connections refused because `max_connections` were open.
     pub rejected_connections: u64,
+    /// Unix socket connections refused because the peer is neither root, stek's uid nor in the
+    /// allowed group.
+    pub refused_forbidden: u64,
+    /// Connections refused because their peer (uid, or IP address for TCP) had
+    /// `max_connections_per_peer` open.
+    pub refused_peer_limit: u64,
+    /// Connections closed because a request was not complete within `request_timeout` of its
+    /// first byte, or its reply not read within it.
+    pub request_timeouts: u64,
     /// Keys requested by `get`/`gets` (memcached counts keys, not commands).
     pub cmd_get: u64,
     /// Requested keys that were served.
@@ -57,6 +69,9 @@ impl Stats {
             curr_connections: AtomicU64::new(0),
             total_connections: AtomicU64::new(0),
             rejected_connections: AtomicU64::new(0),
+            refused_forbidden: AtomicU64::new(0),
+            refused_peer_limit: AtomicU64::new(0),
+            request_timeouts: AtomicU64::new(0),
             cmd_get: AtomicU64::new(0),
             get_hits: AtomicU64::new(0),
             get_misses: AtomicU64::new(0),
@@ -73,6 +88,9 @@ impl Stats {
             curr_connections: load(&self.curr_connections),
             total_connections: load(&self.total_connections),
             rejected_connections: load(&self.rejected_connections),
+            refused_forbidden: load(&self.refused_forbidden),
+            refused_peer_limit: load(&self.refused_peer_limit),
+            request_timeouts: load(&self.request_timeouts),
             cmd_get: load(&self.cmd_get),
             get_hits: load(&self.get_hits),
             get_misses: load(&self.get_misses),
@@ -94,9 +112,60 @@ impl Stats {
         ConnectionGuard(self.clone())
     }
 
-    /// Counts a connection refused at the cap.
-    pub(crate) fn connection_rejected(&self) {
-        self.rejected_connections.fetch_add(1, Ordering::Relaxed);
+    /// Counts a refused connection.
+    pub(crate) fn connection_refused(&self, why: Refusal) {
+        let c = match why {
+            Refusal::MaxConnections => &self.rejected_connections,
+            Refusal::Forbidden => &self.refused_forbidden,
+            Refusal::PeerLimit => &self.refused_peer_limit,
+        };
+        c.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts a connection closed for a request or reply past `request_timeout`.
+    pub(crate) fn request_timed_out(&self) {
+        self.request_timeouts.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// Why a connection was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Refusal {
+    /// `max_connections` were open.
+    MaxConnections,
+    /// The unix socket peer is not allowed (see `Access`).
+    Forbidden,
+    /// The peer had `max_connections_per_peer` open.
+    PeerLimit,
+}
+
+impl Refusal {
+    /// Every reason, for metrics that show each one even at zero.
+    pub const ALL: [Refusal; 3] = [
+        Refusal::Forbidden,
+        Refusal::PeerLimit,
+        Refusal::MaxConnections,
+    ];
+
+    /// The reason's label in metrics (`stek_memcached_refused_total{reason}`).
+    pub fn label(self) -> &'static str {
+        match self {
+            Refusal::MaxConnections => "max_connections",
+            Refusal::Forbidden => "forbidden",
+            Refusal::PeerLimit => "peer_limit",
+        }
+    }
+}
+
+impl Snapshot {
+    /// Connections refused for `why`.
+    pub fn refused(&self, why: Refusal) -> u64 {
+        match why {
+            Refusal::MaxConnections => self.rejected_connections,
+            Refusal::Forbidden => self.refused_forbidden,
+            Refusal::PeerLimit => self.refused_peer_limit,
+        }
     }
 }
 
@@ -148,7 +217,11 @@ mod tests {
         let stats = Arc::new(Stats::new());
         let a = stats.connection_opened();
         let b = stats.connection_opened();
-        stats.connection_rejected();
+        stats.connection_refused(Refusal::MaxConnections);
+        stats.connection_refused(Refusal::Forbidden);
+        stats.connection_refused(Refusal::Forbidden);
+        stats.connection_refused(Refusal::PeerLimit);
+        stats.request_timed_out();
         drop(a);
         let mut c = Counters {
             cmd_get: 3,
@@ -172,6 +245,12 @@ mod tests {
         );
         assert_eq!((s.cmd_get, s.get_hits, s.get_misses), (4, 2, 1));
         assert_eq!((s.refused_writes, s.client_errors), (4, 5));
+        assert_eq!(
+            Refusal::ALL.map(|r| s.refused(r)),
+            [2, 1, 1],
+            "forbidden, peer_limit, max_connections"
+        );
+        assert_eq!(s.request_timeouts, 1);
         drop(b);
         assert_eq!(stats.open_connections(), 0);
     }

@@ -16,6 +16,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tracing::{debug, error};
 
 use super::connection::{self, Shared};
+use super::peers::PeerSlot;
 use super::server::Peer;
 use super::shutdown::Connections;
 use super::stats::ConnectionGuard;
@@ -39,6 +40,8 @@ pub(crate) struct Job {
     pub(crate) peer: Peer,
     /// Counts the connection open until it ends.
     pub(crate) guard: ConnectionGuard,
+    /// Counts it against its peer's cap until it ends.
+    pub(crate) slot: PeerSlot,
 }
 
 /// The worker threads of one server.
@@ -144,6 +147,7 @@ async fn serve_one(job: Job, table: watch::Receiver<Arc<KeyTable>>, shared: Arc<
         stream,
         peer,
         guard: _guard,
+        slot: _slot,
     } = job;
     let r = match stream {
         Detached::Tcp(s) => match TcpStream::from_std(s) {

@@ -31,6 +31,9 @@ pub(crate) fn execute(group: StatsGroup, ctx: &Context<'_>, out: &mut Vec<u8>) {
             stat("curr_connections", &snap.curr_connections);
             stat("total_connections", &snap.total_connections);
             stat("rejected_connections", &snap.rejected_connections);
+            stat("refused_forbidden", &snap.refused_forbidden);
+            stat("refused_peer_limit", &snap.refused_peer_limit);
+            stat("request_timeouts", &snap.request_timeouts);
             stat("cmd_get", &snap.cmd_get);
             stat("get_hits", &snap.get_hits);
             stat("get_misses", &snap.get_misses);
@@ -49,6 +52,11 @@ pub(crate) fn execute(group: StatsGroup, ctx: &Context<'_>, out: &mut Vec<u8>) {
             stat("maxconns", &ctx.limits.max_connections);
             stat("num_threads", &ctx.limits.threads);
             stat("idle_timeout", &ctx.limits.idle_timeout.as_secs());
+            stat("maxconns_per_peer", &ctx.limits.peer_cap());
+            stat(
+                "request_timeout_ms",
+                &ctx.limits.request_timeout.as_millis(),
+            );
             stat("max_line", &ctx.limits.max_line);
             stat("key_max_length", &MAX_KEY_LEN);
             stat("max_data_block", &MAX_DATA_BLOCK);
