@@ -7,15 +7,12 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use anyhow::Context as _;
-use stek::agent::{self, AgentConfig, HostOptions, SealedOpener};
-use stek::clock::{Clock, SystemClock};
+use stek::agent::{self, AgentConfig, SealedOpener};
 use stek::config::FileConfig;
 use stek::duration;
-use stek::files::{self, DirCheck, KeyDir};
+use stek::files;
 use stek::generator::{self, GroupPlan};
 use stek::keyfile;
-use stek::memcached::{self, Access, BindOptions, Limits, Listener};
-use stek::metrics::{self, Metrics};
 use stek::status::Status;
 use stek::store::AnyStore;
 use stek_core::{GeneratorKey, GroupIdentity, Record, Schedule, SlotKey};
@@ -23,12 +20,16 @@ use tracing::{info, warn};
 
 mod cli;
 mod settings;
+mod setup;
 
 use cli::{
     AgentArgs, Command, GeneratorArgs, KeyKind, KeygenArgs, ProcessArgs, ScanArgs, StatusArgs,
     UpArgs,
 };
-use settings::{DeliverySettings, GroupSettings, Place};
+use settings::{GroupSettings, Place};
+use setup::{
+    clock_and_metrics, harden, memcached_access, prepare_key_dir, start_host, start_metrics,
+};
 
 fn main() -> ExitCode {
     let cli = match cli::parse() {
@@ -151,23 +152,6 @@ fn run_generator(args: GeneratorArgs) -> anyhow::Result<()> {
     })
 }
 
-/// How the agent delivers on this host, from the delivery settings: the one place that builds it.
-fn host_options(d: &DeliverySettings, dir: KeyDir, memcached_access: Access) -> HostOptions {
-    HostOptions {
-        dir,
-        sinks: d.sinks.clone(),
-        on_change: d.on_change.clone(),
-        haproxy_sockets: d.haproxy_sockets.clone(),
-        memcached_limits: Limits {
-            max_connections: d.memcached_max_connections,
-            max_connections_per_peer: d.memcached_max_connections_per_peer,
-            request_timeout: d.memcached_request_timeout,
-            ..Limits::default()
-        },
-        memcached_access,
-    }
-}
-
 /// A generator's plan for one group: its records sealed to the group's recipients and signed.
 fn group_plan(g: GroupSettings, signer: &Arc<GeneratorKey>) -> GroupPlan {
     info!(
@@ -204,108 +188,6 @@ fn load_config(p: &ProcessArgs) -> anyhow::Result<FileConfig> {
         .map(Option::unwrap_or_default)
 }
 
-/// Before anything is written: opens the key directory (creating it 0700 if absent) and checks
-/// through the handle that it is memory-backed, ours and private (`KeyDir::open`); then hardens
-/// the process and logs the settings' warnings.
-fn prepare_key_dir(d: &DeliverySettings, schedule: &Schedule) -> anyhow::Result<KeyDir> {
-    let (dir, check) = KeyDir::open(&d.dir, d.allow_persistent)?;
-    match check {
-        DirCheck::Memory(fs) => info!("key directory {} is on {fs}", d.dir.display()),
-        DirCheck::PersistentAllowed(fs) => warn!(
-            "DANGER: key directory {} is on {fs}, a persistent file system (--allow-persistent-dir): erased keys may be recovered from the disk, which defeats forward secrecy",
-            d.dir.display()
-        ),
-    }
-    harden();
-    for w in settings::warnings(schedule, d) {
-        warn!("{w}");
-    }
-    Ok(dir)
-}
-
-/// What `stek up` and `stek agent` start on this host before their loop.
-struct Host {
-    /// The memcached endpoints, bound (so that address errors surface before anything runs).
-    listeners: Vec<Listener>,
-    clock: Arc<dyn Clock>,
-    /// Also served on the metrics endpoint, if asked.
-    metrics: Arc<Metrics>,
-    options: HostOptions,
-}
-
-/// Who may use the memcached unix sockets. The group is resolved once, before anything is
-/// written: an unknown name stops the start.
-fn memcached_access(d: &DeliverySettings) -> anyhow::Result<Access> {
-    Ok(match &d.memcached_group {
-        Some(g) => Access::with_group(g).with_context(|| format!("--memcached-group {g}"))?,
-        None => Access::owner(),
-    })
-}
-
-async fn start_host(
-    d: &DeliverySettings,
-    dir: KeyDir,
-    access: Access,
-    clock_offset_ms: i64,
-) -> anyhow::Result<Host> {
-    let (gid, group) = (access.gid(), access.group_name().map(str::to_owned));
-    // Before memcached's socket or anything else is created in the directory.
-    let host = host_options(d, dir, access);
-    host.open_dirs()?;
-    if let (Some(dir), Some(gid)) = (&d.memcached_socket_dir, gid) {
-        memcached::prepare_socket_dir(dir, gid)?;
-    }
-    let mut options = BindOptions::new();
-    options.allow_remote = d.memcached_allow_remote;
-    options.group = gid;
-    let mut listeners = Vec::new();
-    for a in &d.memcached {
-        let l = memcached::bind_with(a, options)
-            .await
-            .with_context(|| format!("cannot serve memcached on {a}"))?;
-        match (&l, group.as_deref()) {
-            (Listener::Unix(_), Some(g)) => info!(
-                "serving ticket keys over the memcached protocol on {a} to root, this uid and group {g}"
-            ),
-            _ => info!("serving ticket keys over the memcached protocol on {a}"),
-        }
-        listeners.push(l);
-    }
-    let (clock, metrics) = clock_and_metrics(clock_offset_ms);
-    start_metrics(d.metrics.as_deref(), &metrics, &clock).await?;
-    Ok(Host {
-        listeners,
-        clock,
-        metrics,
-        options: host,
-    })
-}
-
-fn clock_and_metrics(offset_ms: i64) -> (Arc<dyn Clock>, Arc<Metrics>) {
-    (
-        Arc::new(SystemClock::with_offset_ms(offset_ms)),
-        Metrics::new(),
-    )
-}
-
-async fn start_metrics(
-    addr: Option<&str>,
-    m: &Arc<Metrics>,
-    clock: &Arc<dyn Clock>,
-) -> anyhow::Result<()> {
-    if let Some(addr) = addr {
-        let l = metrics::bind(addr).await?;
-        info!("metrics on http://{addr}/metrics, status on http://{addr}/status");
-        tokio::spawn(metrics::serve(
-            l,
-            m.clone(),
-            clock.clone(),
-            std::future::pending(),
-        ));
-    }
-    Ok(())
-}
-
 fn log_schedule(what: &str, schedule: &Schedule) {
     info!(
         "{what}: period {}, lifetime {}: {} keys per window ({} past + current + next); a key is erased at most {} after its last ticket was made",
@@ -315,25 +197,6 @@ fn log_schedule(what: &str, schedule: &Schedule) {
         schedule.past_keys(),
         duration::format(schedule.exposure_bound())
     );
-}
-
-fn harden() {
-    let hygiene = stek::sys::harden();
-    if let Err(e) = &hygiene.no_core {
-        warn!("could not disable core dumps: {e}");
-    }
-    if let Err(e) = &hygiene.not_dumpable {
-        warn!("could not mark the process not dumpable: {e}");
-    }
-    match &hygiene.locked {
-        Ok(()) => info!("memory locked: keys are never swapped out"),
-        Err(e) => warn!("memory not locked, keys could be swapped to disk: {e}"),
-    }
-    match &hygiene.files {
-        Ok(n) if *n < 2048 => warn!("only {n} open files allowed: the memcached interface serves fewer clients (raise LimitNOFILE)"),
-        Ok(_) => {}
-        Err(e) => warn!("could not raise the open-file limit: {e}"),
-    }
 }
 
 /// The stack of each runtime thread. `mlockall` makes every page of every mapped stack resident,
