@@ -14,6 +14,10 @@ use tokio::net::TcpStream;
 use tokio::sync::{oneshot, watch};
 use tokio::task::JoinHandle;
 
+mod util;
+
+use util::read_to_close;
+
 const READ_ONLY: &[u8] = b"SERVER_ERROR read-only: stek serves ticket keys only\r\n";
 /// Every wait of these tests is bounded: a hung server fails the test instead of hanging CI.
 const PATIENCE: Duration = Duration::from_secs(20);
@@ -107,23 +111,6 @@ async fn read_until(s: &mut TcpStream, until: &[u8]) -> Vec<u8> {
     got
 }
 
-/// Reads until the server closes the connection; fails if it does not within PATIENCE.
-async fn read_to_close(s: &mut TcpStream) -> Vec<u8> {
-    let mut got = Vec::new();
-    let mut buf = [0u8; 4096];
-    tokio::time::timeout(PATIENCE, async {
-        loop {
-            match s.read(&mut buf).await {
-                Ok(0) | Err(_) => break,
-                Ok(n) => got.extend_from_slice(&buf[..n]),
-            }
-        }
-    })
-    .await
-    .expect("the server closes the connection");
-    got
-}
-
 fn value_reply(key: &str, value: &[u8]) -> Vec<u8> {
     let mut v = format!("VALUE {key} 0 {}\r\n", value.len()).into_bytes();
     v.extend_from_slice(value);
@@ -210,7 +197,7 @@ async fn survives_huge_lines_and_binary_junk() {
     let line = vec![b'g'; 200_000];
     // The server may close before all of it is sent: a write error is expected then.
     let _ = s.write_all(&line).await;
-    let got = read_to_close(&mut s).await;
+    let got = read_to_close(&mut s, PATIENCE).await;
     assert_eq!(got, b"CLIENT_ERROR line too long\r\n");
 
     // A 200 kB get line, with valid keys: the same.
@@ -222,7 +209,7 @@ async fn survives_huge_lines_and_binary_junk() {
     line.extend_from_slice(b"\r\n");
     let _ = s.write_all(&line).await;
     assert_eq!(
-        read_to_close(&mut s).await,
+        read_to_close(&mut s, PATIENCE).await,
         b"CLIENT_ERROR line too long\r\n"
     );
 
@@ -390,7 +377,7 @@ async fn writes_are_refused_and_nothing_changes() {
     // An absurd data length: CLIENT_ERROR and closed.
     let mut s = server.connect().await;
     s.write_all(b"set k 0 0 99999999999\r\n").await.unwrap();
-    let got = read_to_close(&mut s).await;
+    let got = read_to_close(&mut s, PATIENCE).await;
     assert!(got.starts_with(b"CLIENT_ERROR "), "{got:?}");
     server.shutdown().await;
 }
@@ -415,7 +402,7 @@ async fn the_connection_cap_refuses_with_a_reply() {
     let mut c = server.connect().await;
     let _ = c.write_all(b"version\r\n").await;
     assert_eq!(
-        read_to_close(&mut c).await,
+        read_to_close(&mut c, PATIENCE).await,
         b"SERVER_ERROR too many connections\r\n"
     );
     drop(a);
@@ -458,7 +445,7 @@ async fn idle_connections_are_closed() {
             .starts_with(b"VERSION "));
     }
     let t = std::time::Instant::now();
-    assert!(read_to_close(&mut s).await.is_empty());
+    assert!(read_to_close(&mut s, PATIENCE).await.is_empty());
     let waited = t.elapsed();
     assert!(waited >= Duration::from_millis(250), "{waited:?}");
     assert!(waited < Duration::from_secs(5), "{waited:?}");
@@ -515,7 +502,7 @@ async fn shutdown_closes_open_connections() {
         .starts_with(b"VERSION "));
     let addr = server.addr;
     server.shutdown().await;
-    assert!(read_to_close(&mut s).await.is_empty());
+    assert!(read_to_close(&mut s, PATIENCE).await.is_empty());
     assert!(
         TcpStream::connect(addr).await.is_err(),
         "no longer listening"

@@ -20,7 +20,7 @@ use stek_core::{LocalKeys, Ring, Schedule, Slot, SlotKey};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::{oneshot, watch};
-use util::{free_port, shm_dir, stek_up, wait_for};
+use util::{free_port, read_to_close, shm_dir, stek_up, wait_for};
 
 /// Every wait is bounded: a hung server fails the test instead of hanging CI.
 const PATIENCE: Duration = Duration::from_secs(20);
@@ -334,23 +334,6 @@ impl Server {
     }
 }
 
-/// Reads until the server closes; fails if it does not within PATIENCE.
-async fn read_to_close(s: &mut TcpStream) -> Vec<u8> {
-    let mut got = Vec::new();
-    let mut buf = [0u8; 4096];
-    tokio::time::timeout(PATIENCE, async {
-        loop {
-            match s.read(&mut buf).await {
-                Ok(0) | Err(_) => break,
-                Ok(n) => got.extend_from_slice(&buf[..n]),
-            }
-        }
-    })
-    .await
-    .expect("the server closes the connection");
-    got
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_trickled_request_is_closed_at_the_request_timeout() {
     let timeout = Duration::from_secs(1);
@@ -434,7 +417,7 @@ async fn a_client_that_does_not_read_is_closed_at_the_request_timeout() {
     .await
     .expect("the stalled reader is timed out");
     // What was written before is still readable, then the connection ends.
-    let got = read_to_close(&mut s).await;
+    let got = read_to_close(&mut s, PATIENCE).await;
     assert!(got.len() < 64 * 100 * 1700, "{} bytes", got.len());
     server.shutdown().await;
 }
@@ -459,7 +442,7 @@ async fn a_binary_request_gets_a_binary_error_and_the_connection_closes() {
     req.extend_from_slice(&[0; 8]);
     req.extend_from_slice(key);
     s.write_all(&req).await.unwrap();
-    let got = read_to_close(&mut s).await;
+    let got = read_to_close(&mut s, PATIENCE).await;
     assert!(got.len() > 24, "{got:?}");
     assert_eq!(got[0], 0x81, "response magic");
     assert_eq!(got[1], 0x00, "the request's opcode");

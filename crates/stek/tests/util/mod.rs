@@ -10,6 +10,28 @@ use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 /// Fails the test (never skips it) when a tool the test needs is missing.
+/// Reads `s` until the peer closes it (or a read fails); panics if that takes longer than
+/// `patience`. Returns what was read.
+pub async fn read_to_close<S: tokio::io::AsyncRead + Unpin>(
+    s: &mut S,
+    patience: Duration,
+) -> Vec<u8> {
+    use tokio::io::AsyncReadExt as _;
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    tokio::time::timeout(patience, async {
+        loop {
+            match s.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => got.extend_from_slice(&buf[..n]),
+            }
+        }
+    })
+    .await
+    .expect("the server closes the connection");
+    got
+}
+
 pub fn require(tool: &str) {
     let found = std::env::var_os("PATH")
         .map(|p| std::env::split_paths(&p).any(|d| d.join(tool).is_file()))
