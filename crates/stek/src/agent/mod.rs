@@ -548,6 +548,19 @@ pub(crate) mod tests {
             self.inner.create(group, slot, record, expires_at).await
         }
 
+        async fn replace(
+            &self,
+            group: &str,
+            slot: Slot,
+            seen: &crate::store::Seen,
+            record: &[u8],
+            expires_at: Duration,
+        ) -> Result<crate::store::Replaced, StoreError> {
+            self.inner
+                .replace(group, slot, seen, record, expires_at)
+                .await
+        }
+
         async fn read_window(
             &self,
             group: &str,
