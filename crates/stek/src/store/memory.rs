@@ -68,6 +68,14 @@ impl MemoryStore {
             );
     }
 
+    /// Deletes the value of a slot behind the generators' back, as an attacker would.
+    #[cfg(test)]
+    pub(crate) fn remove(&self, group: &str, slot: Slot) {
+        if let Some(g) = self.lock().get_mut(group) {
+            g.records.remove(&slot);
+        }
+    }
+
     fn expire(group: &mut Group, now: Duration) {
         group.records.retain(|_, e| e.expires_at > now);
     }
