@@ -286,7 +286,7 @@ async fn agent_loop<S: Store>(
             at: now,
             result: Ok(Synced {
                 keys,
-                rejected: Vec::new(),
+                ..Synced::default()
             }),
             clock_offset: None,
         };

@@ -152,6 +152,7 @@ impl Metrics {
             if let Some(off) = s.clock_offset {
                 let _ = writeln!(o, "# HELP stek_clock_offset_seconds This host's clock minus the store's.\n# TYPE stek_clock_offset_seconds gauge\nstek_clock_offset_seconds{{{l}}} {off:.3}");
             }
+            let _ = writeln!(o, "# HELP stek_slot_conflicts_total Held slots whose record in the store later changed to another valid key (the held key is kept; hosts disagree on the slot).\n# TYPE stek_slot_conflicts_total counter\nstek_slot_conflicts_total{{{l}}} {}", s.slot_conflicts);
             let _ = writeln!(o, "# HELP stek_records_rejected_total Records rejected, by reason.\n# TYPE stek_records_rejected_total counter");
             for (reason, n) in &s.rejected {
                 let _ = writeln!(

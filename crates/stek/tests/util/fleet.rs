@@ -2271,6 +2271,28 @@ pub fn slot_conflicts_repaired(b: &mut dyn Backend, root: &Path) {
     });
     assert_ne!(after, before, "slot {} was not recreated", k + 4);
     assert_eq!(total("vanished"), 1, "{}", explain());
+    // The agents had read the deleted record: they keep its key and report the new one.
+    for a in &refs {
+        wait_for(
+            &format!("{} to report the slot conflict", a.name),
+            Duration::from_secs(P),
+            || a.status().filter(|s| s.slot_conflicts == 1).map(|_| ()),
+        );
+        assert!(
+            a.proc
+                .log_text()
+                .contains(&format!("slot {} now holds another valid key", k + 4)),
+            "{}",
+            a.proc.log_text()
+        );
+    }
+    let st = check(k + 3);
+    assert_eq!(
+        shared(&st[0]).get(&(k + 4)),
+        made[owner].get(&(k + 4)),
+        "the agents switched to the recreated key:\n{}",
+        st[0].render()
+    );
 
     // (c) Both generators ran the same rounds over the same slots: whichever lost a slot found
     // the other's record, reported it and left it.
