@@ -186,6 +186,19 @@ impl<S: Store> Store for Probed<S> {
         r
     }
 
+    async fn replace(
+        &self,
+        group: &str,
+        slot: Slot,
+        seen: &stek::store::Seen,
+        record: &[u8],
+        expires_at: Duration,
+    ) -> Result<stek::store::Replaced, StoreError> {
+        self.inner
+            .replace(group, slot, seen, record, expires_at)
+            .await
+    }
+
     async fn read_window(
         &self,
         group: &str,
@@ -273,7 +286,7 @@ async fn agent_loop<S: Store>(
             at: now,
             result: Ok(Synced {
                 keys,
-                rejected: Vec::new(),
+                ..Synced::default()
             }),
             clock_offset: None,
         };

@@ -100,8 +100,16 @@ sign it, and publish it with create-if-absent: any number of generators may run,
 decides which key a slot gets. No key is kept after sealing; records expire when their key
 leaves every window.
 
+Each round it also checks the values already in its upcoming slots. Junk, oversize values and
+records with a wrong header or a bad signature are replaced (compare-and-set, so racing
+generators make one record); a slot it created that vanished is recreated, with a warning:
+hosts that read the old key disagree with the others until it leaves the window. Records
+correctly signed by a generator outside --trust are left alone and reported. All of these are
+counted in stek_generator_slot_conflicts_total{group,reason}.
+
   stek generator --store redis://10.0.0.1:6379 --signing-key generator.key \\
-      --group web=stek-group1:AAAA...,stek-group1:BBBB... --period 1h --lifetime 18h";
+      --group web=stek-group1:AAAA...,stek-group1:BBBB... --period 1h --lifetime 18h \\
+      --trust stek-generator1:DDDD...   # the fleet's other generator";
 
 const AGENT_LONG_ABOUT: &str = "\
 Read this host's group records from the local store copy (a Redis read replica, or etcd),
@@ -286,6 +294,15 @@ pub(crate) struct GeneratorArgs {
     /// file owned by this user (or root) with mode 0600 or stricter, like an ssh private key.
     #[arg(long, value_name = "FILE")]
     pub(crate) signing_key: Option<PathBuf>,
+
+    /// Public keys of the other generators of the fleet (stek-generator1:...), comma-separated
+    /// or repeated; this generator's own key is always trusted. Each round the generator checks
+    /// the records in its upcoming slots: a value no generator could have written (junk, a
+    /// misfiled or forged record, an oversize value) is replaced; a record correctly signed by a
+    /// generator not listed here is left in place and reported (reason foreign_signer), so that
+    /// generators with different lists never overwrite each other.
+    #[arg(long, value_name = "PUB[,PUB...]", value_delimiter = ',')]
+    pub(crate) trust: Vec<String>,
 
     #[command(flatten)]
     pub(crate) schedule: ScheduleArgs,

@@ -16,11 +16,12 @@
 //! sinks = ["nginx", "haproxy"]
 //! haproxy_socket = ["/run/haproxy/admin.sock"]
 //! metrics = "127.0.0.1:9155"
-//! # stek agent
+//! # stek agent (store and trust: stek generator too)
 //! store = "redis://127.0.0.1:6379"
 //! group = "web"
 //! identity = "/etc/stek/web.identity"
-//! trust = ["stek-generator1:..."]
+//! trust = ["stek-generator1:..."]   # agent: the generators whose records it accepts;
+//!                                   # generator: the other generators (its own key is implied)
 //! max_stale = 1
 //! # stek generator
 //! signing_key = "/etc/stek/generator.key"
@@ -90,7 +91,8 @@ pub struct FileConfig {
     pub group: Option<String>,
     /// `--identity`.
     pub identity: Option<PathBuf>,
-    /// `--trust` (several).
+    /// `--trust` (several): for an agent, the generators whose records it accepts; for a
+    /// generator, its peers, whose records it expects.
     pub trust: Option<Vec<String>>,
     /// `--max-stale`.
     pub max_stale: Option<u64>,

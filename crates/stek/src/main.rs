@@ -11,11 +11,11 @@ use stek::agent::{self, AgentConfig, SealedOpener};
 use stek::config::FileConfig;
 use stek::duration;
 use stek::files;
-use stek::generator::{self, GroupPlan};
+use stek::generator::{self, GroupPlan, RecordCheck};
 use stek::keyfile;
 use stek::status::Status;
 use stek::store::AnyStore;
-use stek_core::{GeneratorKey, GroupIdentity, Record, Schedule, SlotKey};
+use stek_core::{GeneratorKey, GeneratorPublicKey, GroupIdentity, Record, Schedule, SlotKey};
 use tracing::{info, warn};
 
 mod cli;
@@ -134,7 +134,7 @@ fn run_generator(args: GeneratorArgs) -> anyhow::Result<()> {
     let plans: Vec<GroupPlan> = s
         .groups
         .into_iter()
-        .map(|g| group_plan(g, &signer))
+        .map(|g| group_plan(g, &signer, &s.trusted))
         .collect();
     harden();
     info!("generator {} publishing to {}", signer.public(), s.store);
@@ -153,7 +153,11 @@ fn run_generator(args: GeneratorArgs) -> anyhow::Result<()> {
 }
 
 /// A generator's plan for one group: its records sealed to the group's recipients and signed.
-fn group_plan(g: GroupSettings, signer: &Arc<GeneratorKey>) -> GroupPlan {
+fn group_plan(
+    g: GroupSettings,
+    signer: &Arc<GeneratorKey>,
+    trusted: &[GeneratorPublicKey],
+) -> GroupPlan {
     info!(
         "group {}: {} recipient key(s), period {}, lifetime {}",
         g.name,
@@ -161,14 +165,20 @@ fn group_plan(g: GroupSettings, signer: &Arc<GeneratorKey>) -> GroupPlan {
         duration::format(g.schedule.period()),
         duration::format(g.schedule.lifetime())
     );
+    // Its own key is always trusted; the others are the peers named by --trust.
+    let mut trusted = trusted.to_vec();
+    if !trusted.contains(&signer.public()) {
+        trusted.push(signer.public());
+    }
     let (signer, schedule, name) = (signer.clone(), g.schedule, g.name.clone());
-    GroupPlan {
-        name: g.name,
+    GroupPlan::new(
+        g.name,
         schedule,
-        seal: Arc::new(move |k: &SlotKey| {
+        Arc::new(move |k: &SlotKey| {
             Record::seal(&schedule, &name, k, &g.recipients, &signer).map(|r| r.encode())
         }),
-    }
+        RecordCheck::Signed { trusted },
+    )
 }
 
 /// What the settings need from this machine: the working directory and the default key

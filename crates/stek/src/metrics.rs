@@ -27,6 +27,8 @@ struct Inner {
     sink_failures: BTreeMap<String, u64>,
     store_errors: u64,
     created: BTreeMap<String, u64>,
+    /// Generator slot conflicts by (group, reason).
+    slot_conflicts: BTreeMap<(String, &'static str), u64>,
     publish_errors: u64,
     last_publish: Option<f64>,
     clock_steps: u64,
@@ -98,6 +100,16 @@ impl Metrics {
         g.last_publish = Some(now.as_secs_f64());
     }
 
+    /// Counts a slot conflict a generator found in `group` (`reason` is
+    /// [`Conflict::reason`](crate::generator::Conflict::reason)).
+    pub fn slot_conflict(&self, group: &str, reason: &'static str) {
+        *self
+            .lock()
+            .slot_conflicts
+            .entry((group.to_owned(), reason))
+            .or_default() += 1;
+    }
+
     /// Records a successful publishing round.
     pub fn published(&self, now: Duration) {
         self.lock().last_publish = Some(now.as_secs_f64());
@@ -140,6 +152,7 @@ impl Metrics {
             if let Some(off) = s.clock_offset {
                 let _ = writeln!(o, "# HELP stek_clock_offset_seconds This host's clock minus the store's.\n# TYPE stek_clock_offset_seconds gauge\nstek_clock_offset_seconds{{{l}}} {off:.3}");
             }
+            let _ = writeln!(o, "# HELP stek_slot_conflicts_total Held slots whose record in the store later changed to another valid key (the held key is kept; hosts disagree on the slot).\n# TYPE stek_slot_conflicts_total counter\nstek_slot_conflicts_total{{{l}}} {}", s.slot_conflicts);
             let _ = writeln!(o, "# HELP stek_records_rejected_total Records rejected, by reason.\n# TYPE stek_records_rejected_total counter");
             for (reason, n) in &s.rejected {
                 let _ = writeln!(
@@ -201,12 +214,24 @@ impl Metrics {
             let open: u64 = snaps.iter().map(|s| s.curr_connections).sum();
             let _ = writeln!(o, "# HELP stek_memcached_connections Open memcached connections.\n# TYPE stek_memcached_connections gauge\nstek_memcached_connections {open}");
         }
-        if !g.created.is_empty() || g.publish_errors > 0 || g.last_publish.is_some() {
+        if !g.created.is_empty()
+            || g.publish_errors > 0
+            || g.last_publish.is_some()
+            || !g.slot_conflicts.is_empty()
+        {
             let _ = writeln!(o, "# HELP stek_generator_keys_created_total Keys this generator created (won the slot), by group.\n# TYPE stek_generator_keys_created_total counter");
             for (group, n) in &g.created {
                 let _ = writeln!(
                     o,
                     "stek_generator_keys_created_total{{group=\"{group}\"}} {n}"
+                );
+            }
+            let _ = writeln!(o, "# HELP stek_generator_slot_conflicts_total Slot values this generator found wrong, by group and reason: garbage, mismatch, bad_signature, oversize (each replaced), foreign_signer (left in place), vanished (a slot it won was gone: recreated).\n# TYPE stek_generator_slot_conflicts_total counter");
+            for ((group, reason), n) in &g.slot_conflicts {
+                let _ = writeln!(
+                    o,
+                    "stek_generator_slot_conflicts_total{{group=\"{}\",reason=\"{reason}\"}} {n}",
+                    label_value(group)
                 );
             }
             let _ = writeln!(o, "# HELP stek_generator_publish_errors_total Failed publishing rounds.\n# TYPE stek_generator_publish_errors_total counter\nstek_generator_publish_errors_total {}", g.publish_errors);

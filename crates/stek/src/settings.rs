@@ -97,6 +97,9 @@ pub(crate) struct GeneratorSettings {
     pub(crate) signing_key: PathBuf,
     /// At least one.
     pub(crate) groups: Vec<GroupSettings>,
+    /// The peer generators whose records it expects (`--trust`; its own key is added when the
+    /// plans are made). Records of other generators are reported, never replaced.
+    pub(crate) trusted: Vec<GeneratorPublicKey>,
     pub(crate) metrics: Option<String>,
     pub(crate) clock_offset_ms: i64,
 }
@@ -485,10 +488,15 @@ pub(crate) fn generator(a: &GeneratorArgs, c: &FileConfig) -> anyhow::Result<Gen
     if groups.is_empty() {
         bail!("no group to serve: give --group NAME=PUB[,PUB...] (or [[groups]] in --config)");
     }
+    let trusted = pick_list(&a.trust, c.trust.as_ref())
+        .iter()
+        .map(|t| GeneratorPublicKey::parse(t).with_context(|| format!("--trust {t:?}")))
+        .collect::<anyhow::Result<Vec<_>>>()?;
     Ok(GeneratorSettings {
         store,
         signing_key,
         groups,
+        trusted,
         metrics: a.metrics.clone().or_else(|| c.metrics.clone()),
         clock_offset_ms: a.process.clock_offset_ms,
     })
@@ -1051,6 +1059,40 @@ memcached_request_timeout = \"2s\"";
                 GroupPublicKey::parse(&p1).unwrap(),
                 GroupPublicKey::parse(&p2).unwrap()
             ]
+        );
+    }
+
+    #[test]
+    fn generator_trust_from_flags_or_the_file_and_optional() {
+        let p1 = GroupIdentity::generate().unwrap().public().to_string();
+        let (g1, g2) = (
+            GeneratorKey::generate().unwrap().public().to_string(),
+            GeneratorKey::generate().unwrap().public().to_string(),
+        );
+        let spec = format!("web={p1}");
+        let base = [
+            "--store",
+            "redis://x",
+            "--signing-key",
+            "k",
+            "--group",
+            &spec,
+        ];
+        // None by default: the generator trusts only itself.
+        assert!(generator(&base, "").unwrap().trusted.is_empty());
+        let s = generator(&base, &format!("trust = [\"{g1}\"]")).unwrap();
+        assert_eq!(s.trusted, [GeneratorPublicKey::parse(&g1).unwrap()]);
+        // The flags win over the file, comma-separated or repeated.
+        let both = format!("{g1},{g2}");
+        let s = generator(
+            &[&base[..], &["--trust", &both]].concat(),
+            &format!("trust = [\"{g2}\"]"),
+        )
+        .unwrap();
+        assert_eq!(s.trusted.len(), 2);
+        assert!(
+            err(generator(&[&base[..], &["--trust", "nope"]].concat(), ""))
+                .starts_with("--trust \"nope\"")
         );
     }
 

@@ -171,6 +171,10 @@ pub struct Status {
     pub clock_offset: Option<f64>,
     /// Records rejected, by reason.
     pub rejected: BTreeMap<String, u64>,
+    /// Held slots whose record in the store later changed to another valid key (the held key
+    /// was kept): the fleet disagrees on those slots. Absent from older status files.
+    #[serde(default)]
+    pub slot_conflicts: u64,
     /// Sink failures, by sink.
     pub sink_failures: BTreeMap<String, u64>,
     /// When this status was made, Unix seconds.
@@ -230,6 +234,7 @@ impl Status {
             staleness: None,
             clock_offset: None,
             rejected: BTreeMap::new(),
+            slot_conflicts: 0,
             sink_failures: BTreeMap::new(),
             updated_at: now.as_secs_f64(),
             haproxy: Vec::new(),
@@ -270,6 +275,13 @@ impl Status {
         for (reason, n) in &self.rejected {
             let _ = writeln!(out, "records rejected ({reason}): {n}");
         }
+        if self.slot_conflicts > 0 {
+            let _ = writeln!(
+                out,
+                "slot conflicts (a held slot's record changed to another key; held key kept): {}",
+                self.slot_conflicts
+            );
+        }
         for (sink, n) in &self.sink_failures {
             let _ = writeln!(out, "sink failures ({sink}): {n}");
         }
@@ -292,6 +304,20 @@ impl Status {
 mod tests {
     use super::*;
     use std::error::Error as _;
+
+    #[test]
+    fn status_files_without_slot_conflicts_still_parse_and_conflicts_are_shown() {
+        let old = r#"{"group":"web","period":4,"lifetime":8,"slot":7,"encrypting":"current",
+            "encrypting_name":"aa","keys":[],"last_sync":null,"staleness":null,
+            "clock_offset":null,"rejected":{},"sink_failures":{},"updated_at":1.0}"#;
+        let mut st: Status = serde_json::from_str(old).unwrap();
+        assert_eq!(st.slot_conflicts, 0);
+        assert!(!st.render().contains("slot conflicts"));
+        st.slot_conflicts = 2;
+        assert!(st.render().contains("slot conflicts"));
+        let back: Status = serde_json::from_str(&serde_json::to_string(&st).unwrap()).unwrap();
+        assert_eq!(back.slot_conflicts, 2);
+    }
 
     #[test]
     fn fetch_errors_say_what_failed_and_keep_the_cause() {

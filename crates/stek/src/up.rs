@@ -10,7 +10,7 @@ use tokio::sync::watch;
 
 use crate::agent::{self, AgentConfig, HostOptions, PlainOpener};
 use crate::clock::Clock;
-use crate::generator::{generator_round, publish_margin, run_generator, GroupPlan};
+use crate::generator::{generator_round, publish_margin, run_generator, GroupPlan, RecordCheck};
 use crate::memcached::Listener;
 use crate::metrics::Metrics;
 use crate::store::MemoryStore;
@@ -28,11 +28,12 @@ pub async fn run(
 ) {
     let store = Arc::new(MemoryStore::new(clock.clone()));
     let g = group.clone();
-    let plan = GroupPlan {
-        name: group.clone(),
+    let plan = GroupPlan::new(
+        group.clone(),
         schedule,
-        seal: Arc::new(move |k: &SlotKey| Ok(Record::plain(&schedule, &g, k).encode())),
-    };
+        Arc::new(move |k: &SlotKey| Ok(Record::plain(&schedule, &g, k).encode())),
+        RecordCheck::Plain,
+    );
     // The first keys exist before the agent's first look, so it never starts on a fallback.
     let plans = std::slice::from_ref(&plan);
     generator_round(

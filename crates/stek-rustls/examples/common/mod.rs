@@ -17,7 +17,7 @@ use rustls::{
 use stek::agent::{AgentConfig, PlainOpener};
 use stek::clock::{Clock, SystemClock};
 use stek::feed::{run_embedded_agent, RingFeed};
-use stek::generator::{generator_round, run_generator, GroupPlan};
+use stek::generator::{generator_round, run_generator, GroupPlan, RecordCheck};
 use stek::metrics::Metrics;
 use stek::store::MemoryStore;
 use stek_core::{Record, Schedule, SlotKey};
@@ -196,11 +196,12 @@ impl EmbeddedStek {
         let (stop, stopped) = watch::channel(false);
         let clock: Arc<dyn Clock> = Arc::new(SystemClock::new());
         let store = Arc::new(MemoryStore::new(clock.clone()));
-        let plan = GroupPlan {
-            name: "demo".into(),
+        let plan = GroupPlan::new(
+            "demo".into(),
             schedule,
-            seal: Arc::new(move |k: &SlotKey| Ok(Record::plain(&schedule, "demo", k).encode())),
-        };
+            Arc::new(move |k: &SlotKey| Ok(Record::plain(&schedule, "demo", k).encode())),
+            RecordCheck::Plain,
+        );
         let metrics = Metrics::new();
         // The first keys exist before any agent looks.
         rt.block_on(generator_round(

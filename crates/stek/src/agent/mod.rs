@@ -456,7 +456,9 @@ pub(crate) mod tests {
 
     use super::*;
     use crate::clock::manual::TokioClock;
-    use crate::generator::{generator_round, publish_margin, run_generator, GroupPlan};
+    use crate::generator::{
+        generator_round, publish_margin, run_generator, GroupPlan, RecordCheck,
+    };
     use crate::sink::RingFeed;
     use crate::store::{Created, MemoryStore, StoreError};
 
@@ -495,11 +497,12 @@ pub(crate) mod tests {
         store_clock: &TokioClock,
         stop: &watch::Sender<bool>,
     ) {
-        let plan = GroupPlan {
-            name: "g".into(),
+        let plan = GroupPlan::new(
+            "g".into(),
             schedule,
-            seal: Arc::new(move |k: &SlotKey| Ok(Record::plain(&schedule, "g", k).encode())),
-        };
+            Arc::new(move |k: &SlotKey| Ok(Record::plain(&schedule, "g", k).encode())),
+            RecordCheck::Plain,
+        );
         let plans = vec![plan];
         let metrics = Metrics::new();
         let now = store_clock.now() + publish_margin(&plans);
@@ -546,6 +549,19 @@ pub(crate) mod tests {
             expires_at: Duration,
         ) -> Result<Created, StoreError> {
             self.inner.create(group, slot, record, expires_at).await
+        }
+
+        async fn replace(
+            &self,
+            group: &str,
+            slot: Slot,
+            seen: &crate::store::Seen,
+            record: &[u8],
+            expires_at: Duration,
+        ) -> Result<crate::store::Replaced, StoreError> {
+            self.inner
+                .replace(group, slot, seen, record, expires_at)
+                .await
         }
 
         async fn read_window(

@@ -22,6 +22,8 @@ pub struct SyncState {
     pub last_sync: Option<Duration>,
     /// Records rejected so far, by reason.
     pub rejected: BTreeMap<&'static str, u64>,
+    /// Held slots whose record later changed to another valid key, so far.
+    pub slot_conflicts: u64,
     /// The last measured offset of this host's clock to the store's, in seconds.
     pub clock_offset: Option<f64>,
 }
@@ -70,6 +72,7 @@ impl Rotator {
                 for reason in synced.rejected {
                     *self.sync.rejected.entry(reason).or_default() += 1;
                 }
+                self.sync.slot_conflicts += synced.conflicts.len() as u64;
                 let reads = fetch_window(&self.schedule, now);
                 for key in synced.keys {
                     // A report made before a step of the clock may hold slots that are no longer
@@ -164,6 +167,7 @@ impl Rotator {
             .last_sync
             .map(|t| now.saturating_sub(t).as_secs_f64());
         st.clock_offset = self.sync.clock_offset;
+        st.slot_conflicts = self.sync.slot_conflicts;
         st.rejected = self
             .sync
             .rejected
@@ -213,7 +217,7 @@ mod tests {
             at,
             result: Ok(Synced {
                 keys,
-                rejected: Vec::new(),
+                ..Synced::default()
             }),
             clock_offset: None,
         }
@@ -308,6 +312,7 @@ mod tests {
                 result: Ok(Synced {
                     keys: vec![SlotKey::generate(Slot(100)).unwrap()],
                     rejected: vec!["bad_signature", "bad_signature"],
+                    conflicts: vec![Slot(100)],
                 }),
                 clock_offset: Some(-0.25),
             },
@@ -317,6 +322,7 @@ mod tests {
         let st = rotator.status(now + Duration::from_secs(3)).unwrap();
         assert!(!rotator.sync_state().down);
         assert_eq!(st.rejected["bad_signature"], 2);
+        assert_eq!(st.slot_conflicts, 1);
         assert_eq!(
             (st.clock_offset, st.last_sync, st.staleness),
             (Some(-0.25), Some(400.0), Some(3.0))

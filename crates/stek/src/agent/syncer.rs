@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use sha2::{Digest, Sha256};
 use stek_core::record::MAX_RECORD_LEN;
-use stek_core::{jitter, KeyBytes, Record, RecordError, Schedule, Slot, SlotKey, Window};
+use stek_core::{jitter, KeyBytes, KeyName, Record, RecordError, Schedule, Slot, SlotKey, Window};
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 use tracing::{debug, warn};
@@ -97,6 +97,9 @@ pub struct Synced {
     pub keys: Vec<SlotKey>,
     /// The reasons of the records rejected in this read (each distinct record counted once).
     pub rejected: Vec<&'static str>,
+    /// Held slots whose record in the store changed to another valid record with a different
+    /// key (each distinct record counted once). The held key stays: see [`Syncer::sync`].
+    pub conflicts: Vec<Slot>,
 }
 
 /// Why a read of the store failed.
@@ -157,6 +160,11 @@ pub struct Syncer<S, O> {
     /// The digest of the last rejected record of each slot read, so that a rejected record read
     /// again at every poll is counted and logged once.
     rejected_seen: BTreeMap<Slot, [u8; 32]>,
+    /// The digest and key name of the record accepted for each slot of the window, to notice
+    /// when the store later holds another record for a slot the rotator holds.
+    accepted: BTreeMap<Slot, ([u8; 32], KeyName)>,
+    /// The digest of the last record examined as a conflict for each held slot (examined once).
+    conflicts_seen: BTreeMap<Slot, [u8; 32]>,
 }
 
 impl<S, O> fmt::Debug for Syncer<S, O> {
@@ -177,6 +185,8 @@ impl<S: Store, O: Opener> Syncer<S, O> {
             group,
             schedule,
             rejected_seen: BTreeMap::new(),
+            accepted: BTreeMap::new(),
+            conflicts_seen: BTreeMap::new(),
         }
     }
 
@@ -191,6 +201,8 @@ impl<S: Store, O: Opener> Syncer<S, O> {
         let w = fetch_window(&self.schedule, now);
         let records = self.store.read_window(&self.group, w.first, w.last).await?;
         self.rejected_seen.retain(|slot, _| w.contains(*slot));
+        self.accepted.retain(|slot, _| w.contains(*slot));
+        self.conflicts_seen.retain(|slot, _| w.contains(*slot));
         let mut out = Synced::default();
         let mut taken = BTreeSet::new();
         for (slot, found) in records {
@@ -204,19 +216,21 @@ impl<S: Store, O: Opener> Syncer<S, O> {
                     continue;
                 }
             };
-            if held.contains(&slot) || taken.contains(&slot) {
-                // Each slot has exactly one record; a key once accepted is kept. (A different
-                // record under the same slot can only come from a store that broke its
-                // contract; it is ignored.)
+            let digest: [u8; 32] = Sha256::digest(bytes.as_slice()).into();
+            if held.contains(&slot) {
+                self.held_changed(slot, &bytes, digest, &w, &mut out);
                 continue;
             }
-            let digest: [u8; 32] = Sha256::digest(bytes.as_slice()).into();
+            if taken.contains(&slot) {
+                continue;
+            }
             if self.rejected_seen.get(&slot) == Some(&digest) {
                 continue;
             }
             match self.accept(slot, &bytes, &w) {
                 Ok(key) => {
                     self.rejected_seen.remove(&slot);
+                    self.accepted.insert(slot, (digest, key.name()));
                     taken.insert(slot);
                     out.keys.push(key);
                 }
@@ -231,6 +245,39 @@ impl<S: Store, O: Opener> Syncer<S, O> {
             }
         }
         Ok(out)
+    }
+
+    /// A held slot whose value in the store is not the record this syncer accepted for it: a
+    /// generator recreated a deleted record, or repaired one. If the new value is a valid record
+    /// with a different key, the fleet is split for this slot (hosts that read the old record
+    /// hold the old key); it is logged and counted once per value, and the held key stays:
+    /// switching a key that may already encrypt would strand the tickets it issued here, and
+    /// hosts that kept the old key would disagree with this one all the same.
+    fn held_changed(
+        &mut self,
+        slot: Slot,
+        bytes: &KeyBytes,
+        digest: [u8; 32],
+        window: &Window,
+        out: &mut Synced,
+    ) {
+        let Some((ours, held_name)) = self.accepted.get(&slot).copied() else {
+            return; // held since before this syncer read it (a stand-in, or another read)
+        };
+        if ours == digest || self.conflicts_seen.get(&slot) == Some(&digest) {
+            return;
+        }
+        self.conflicts_seen.insert(slot, digest);
+        if let Ok(key) = self.accept(slot, bytes, window) {
+            if key.name() != held_name {
+                out.conflicts.push(slot);
+                warn!(
+                    "group {}: slot {slot} now holds another valid key ({}) than the one this host holds ({held_name}): the store lost or replaced the record; keeping the held key, so hosts disagree on this slot until it leaves the window",
+                    self.group,
+                    key.name()
+                );
+            }
+        }
     }
 
     /// Counts and logs an oversize value of `slot` once (until the slot's value changes).
@@ -400,6 +447,43 @@ mod tests {
             again.keys.is_empty() && again.rejected.is_empty(),
             "{again:?}"
         );
+    }
+
+    /// A held slot whose record is replaced by another valid record (a generator recreated a
+    /// deleted one) is reported once, and no key is returned for it; the same record again, or
+    /// the one accepted, is not a conflict; an invalid replacement is not one either.
+    #[tokio::test]
+    async fn a_held_slot_that_changes_key_is_reported_once_and_kept() {
+        let clock = ManualClock::at(400);
+        let store = Arc::new(MemoryStore::new(Arc::new(clock.clone())));
+        let s = Schedule::new(Duration::from_secs(4), Duration::from_secs(12)).unwrap();
+        let now = clock.now();
+        let exp = Duration::from_secs(999);
+        let first = SlotKey::generate(Slot(100)).unwrap();
+        store.plant("g", Slot(100), plain(&s, "g", &first), exp);
+        let mut syncer = Syncer::new(store.clone(), PlainOpener, "g".into(), s);
+        let got = syncer.sync(now, &BTreeSet::new()).await.unwrap();
+        assert_eq!(got.keys.len(), 1);
+        let held: BTreeSet<Slot> = [Slot(100)].into();
+        // Unchanged: nothing to say.
+        let got = syncer.sync(now, &held).await.unwrap();
+        assert!(got.conflicts.is_empty() && got.keys.is_empty(), "{got:?}");
+        // Junk over the held slot is not a conflict of keys (the generators repair it).
+        store.plant("g", Slot(100), b"junk".to_vec(), exp);
+        let got = syncer.sync(now, &held).await.unwrap();
+        assert!(got.conflicts.is_empty() && got.keys.is_empty(), "{got:?}");
+        // Another valid key: reported once, never handed to the rotator.
+        let second = SlotKey::generate(Slot(100)).unwrap();
+        store.plant("g", Slot(100), plain(&s, "g", &second), exp);
+        let got = syncer.sync(now, &held).await.unwrap();
+        assert_eq!(got.conflicts, [Slot(100)]);
+        assert!(got.keys.is_empty(), "{got:?}");
+        let again = syncer.sync(now, &held).await.unwrap();
+        assert!(again.conflicts.is_empty(), "{again:?}");
+        // The original record back: the held key again, no conflict.
+        store.plant("g", Slot(100), plain(&s, "g", &first), exp);
+        let got = syncer.sync(now, &held).await.unwrap();
+        assert!(got.conflicts.is_empty(), "{got:?}");
     }
 
     #[tokio::test]

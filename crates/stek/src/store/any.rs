@@ -5,7 +5,7 @@ use std::time::Duration;
 use stek_core::Slot;
 use tokio::sync::watch;
 
-use super::{Created, EtcdStore, Found, RedisStore, Store, StoreError};
+use super::{Created, EtcdStore, Found, RedisStore, Replaced, Seen, Store, StoreError};
 
 /// One of the shared stores.
 #[derive(Debug)]
@@ -56,6 +56,20 @@ impl Store for AnyStore {
         match self {
             AnyStore::Redis(s) => s.create(group, slot, record, expires_at).await,
             AnyStore::Etcd(s) => s.create(group, slot, record, expires_at).await,
+        }
+    }
+
+    async fn replace(
+        &self,
+        group: &str,
+        slot: Slot,
+        seen: &Seen,
+        record: &[u8],
+        expires_at: Duration,
+    ) -> Result<Replaced, StoreError> {
+        match self {
+            AnyStore::Redis(s) => s.replace(group, slot, seen, record, expires_at).await,
+            AnyStore::Etcd(s) => s.replace(group, slot, seen, record, expires_at).await,
         }
     }
 

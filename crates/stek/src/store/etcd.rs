@@ -21,8 +21,10 @@
 //! window is read key by key, never as a range: anyone who can write to etcd could fill a range
 //! with junk keys between the slots' keys and inflate its answer. Each record is written
 //! once, by a transaction that puts it only if the key has never been created
-//! (`create_revision == 0`): its etcd `version` stays 1 for its whole life. It is attached to a
-//! lease whose TTL ends at the record's expiry, so etcd deletes it by itself.
+//! (`create_revision == 0`): its etcd `version` stays 1 unless a generator repairs the slot
+//! ([`Store::replace`]: a transaction on the key's `mod_revision`, for values no generator could
+//! have written). It is attached to a lease whose TTL ends at the record's expiry, so etcd
+//! deletes it by itself.
 //!
 //! # Untrusted answers
 //!
@@ -59,7 +61,7 @@ use stek_core::{jitter, Backoff, Slot};
 use tokio::sync::watch;
 use zeroize::{Zeroize, Zeroizing};
 
-use super::{Created, Found, Store, StoreError};
+use super::{Created, Found, Replaced, Seen, Store, StoreError};
 use crate::clock::{Clock, SystemClock};
 use crate::error::Chain;
 
@@ -199,10 +201,24 @@ impl EtcdStore {
     /// `Ok(None)` also for a value that is not base64 (which etcd never sends) or a key other
     /// than the one asked for.
     async fn get(&self, group: &str, slot: Slot) -> Result<Option<Found>, StoreError> {
+        self.get_at(group, slot, None).await
+    }
+
+    /// [`EtcdStore::get`], only if the key was last modified at `mod_revision` (if given):
+    /// `Ok(None)` if it was modified since or is gone.
+    async fn get_at(
+        &self,
+        group: &str,
+        slot: Slot,
+        mod_revision: Option<i64>,
+    ) -> Result<Option<Found>, StoreError> {
         let key = slot_key(group, slot);
         let req = RangeRequest {
             key: BASE64.encode(&key),
             range_end: None,
+            min_mod_revision: mod_revision.map(|r| r.to_string()),
+            max_mod_revision: mod_revision.map(|r| r.to_string()),
+            ..Default::default()
         };
         let Some(resp) = self
             .conn
@@ -318,7 +334,8 @@ impl Store for EtcdStore {
                 target: "CREATE",
                 result: "EQUAL",
                 key: key64.clone(),
-                create_revision: "0",
+                create_revision: Some("0"),
+                mod_revision: None,
             }],
             success: [RequestOp::Put(PutRequest {
                 key: key64.clone(),
@@ -328,6 +345,7 @@ impl Store for EtcdStore {
             failure: [RequestOp::Range(RangeRequest {
                 key: key64,
                 range_end: None,
+                ..Default::default()
             })],
         };
         // The answer is read only up to the size of a slot's answer: a success is tiny, and a
@@ -380,6 +398,130 @@ impl Store for EtcdStore {
             what: format!("the value at {key} is not base64"),
             source: None,
         })
+    }
+
+    /// Three steps, atomic where it matters: a keys-only range gives the slot's `mod_revision`
+    /// (whatever its value's size); a range filtered on exactly that revision gives the value
+    /// (capped like every read) to compare with `seen`; then a transaction puts the record under
+    /// a new lease only if `mod_revision` is still the same (`create_revision == 0` for a slot
+    /// seen empty). A value changed after the first step fails the second or the third.
+    ///
+    /// An expiry already past writes nothing (`Lost`). As for `create`, an outcome lost to a
+    /// broken connection leaves the lease to expire, and a retry that finds the slot written
+    /// under its own lease reports `Won`.
+    async fn replace(
+        &self,
+        group: &str,
+        slot: Slot,
+        seen: &Seen,
+        record: &[u8],
+        expires_at: Duration,
+    ) -> Result<Replaced, StoreError> {
+        if record.len() > MAX_RECORD_LEN {
+            return Err(StoreError::TooLarge(record.len()));
+        }
+        let Some(ttl) = lease_ttl(expires_at, self.clock.now()) else {
+            return Ok(Replaced::Lost);
+        };
+        let key = slot_key(group, slot);
+        let key64 = BASE64.encode(&key);
+        let head: RangeResponse = self
+            .conn
+            .call(
+                "/v3/kv/range",
+                &RangeRequest {
+                    key: key64.clone(),
+                    keys_only: true,
+                    ..Default::default()
+                },
+            )
+            .await?;
+        let revision = head
+            .kvs
+            .first()
+            .filter(|kv| parse_slot_key(group, &kv.key) == Some(slot))
+            .map(|kv| kv.mod_revision);
+        let compare = match revision {
+            None => {
+                if !seen.matches(None) {
+                    return Ok(Replaced::Lost);
+                }
+                Compare {
+                    target: "CREATE",
+                    result: "EQUAL",
+                    key: key64.clone(),
+                    create_revision: Some("0"),
+                    mod_revision: None,
+                }
+            }
+            Some(rev) => {
+                let current = self.get_at(group, slot, Some(rev)).await?;
+                // Gone or modified since the first step: not what was seen, whatever it is now.
+                if current.is_none() || !seen.matches(current.as_ref()) {
+                    return Ok(Replaced::Lost);
+                }
+                Compare {
+                    target: "MOD",
+                    result: "EQUAL",
+                    key: key64.clone(),
+                    create_revision: None,
+                    mod_revision: Some(rev.to_string()),
+                }
+            }
+        };
+        let lease = self.grant(ttl).await?;
+        // Ciphertext, as in `create`: the request body cannot be zeroized after sending.
+        let value64 = Zeroizing::new(BASE64.encode(record));
+        let txn = TxnRequest {
+            compare: [compare],
+            success: [RequestOp::Put(PutRequest {
+                key: key64.clone(),
+                value: &value64,
+                lease: lease.to_string(),
+            })],
+            // Who holds the slot now, without its value: our own lease means an earlier attempt
+            // of this very request was applied.
+            failure: [RequestOp::Range(RangeRequest {
+                key: key64,
+                keys_only: true,
+                ..Default::default()
+            })],
+        };
+        let resp: TxnResponse = match self
+            .conn
+            .try_call("/v3/kv/txn", &txn, MAX_RESPONSE_LEN)
+            .await
+        {
+            Ok(Some(resp)) => resp,
+            Ok(None) => {
+                return Err(StoreError::BadAnswer {
+                    store: etcd("/v3/kv/txn"),
+                    what: format!("an answer over {MAX_RESPONSE_LEN} bytes"),
+                    source: None,
+                })
+            }
+            Err(e) => {
+                if e.refused {
+                    self.revoke(lease).await;
+                }
+                return Err(e.error);
+            }
+        };
+        if resp.succeeded {
+            return Ok(Replaced::Won);
+        }
+        let holder = resp
+            .responses
+            .iter()
+            .filter_map(|r| r.response_range.as_ref())
+            .flat_map(|r| r.kvs.first())
+            .next()
+            .map(|kv| kv.lease);
+        if holder == Some(lease) {
+            return Ok(Replaced::Won);
+        }
+        self.revoke(lease).await;
+        Ok(Replaced::Lost)
     }
 
     /// One range request per slot of `first..=last` (at most [`MAX_WINDOW_SLOTS`]), at most
@@ -457,6 +599,7 @@ impl Store for EtcdStore {
         let req = RangeRequest {
             key: BASE64.encode(slot_key(group, Slot(0))),
             range_end: Some(BASE64.encode(slot_key(group, slot))),
+            ..Default::default()
         };
         let resp: DeleteRangeResponse = self.conn.call("/v3/kv/deleterange", &req).await?;
         Ok(resp.deleted)
@@ -1160,11 +1303,20 @@ fn watch_message(line: &[u8]) -> Result<WatchEvent, String> {
 // ---------------------------------------------------------------------------------------------
 // The gateway's JSON (etcdserverpb in proto3 JSON, original field names).
 
-#[derive(Serialize)]
+#[derive(Serialize, Default)]
 struct RangeRequest {
     key: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     range_end: Option<String>,
+    /// Keys and revisions only, no values: a cheap look at a slot whatever its value's size.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    keys_only: bool,
+    /// Only a key last modified exactly at this revision (min and max `mod_revision`), read at
+    /// the current revision so that compaction cannot make the read fail.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    min_mod_revision: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    max_mod_revision: Option<String>,
 }
 
 /// The gateway's answer to `/v3/kv/deleterange` (`deleted` is a 64-bit integer as a string, left
@@ -1192,7 +1344,10 @@ struct Compare {
     target: &'static str,
     result: &'static str,
     key: String,
-    create_revision: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    create_revision: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    mod_revision: Option<String>,
 }
 
 #[derive(Serialize)]
@@ -1260,6 +1415,8 @@ struct KeyValue {
     value: String,
     #[serde(default, deserialize_with = "int64")]
     lease: i64,
+    #[serde(default, deserialize_with = "int64")]
+    mod_revision: i64,
 }
 
 impl Drop for KeyValue {
@@ -1436,6 +1593,7 @@ mod tests {
             key: String::new(),
             value: v,
             lease: 0,
+            mod_revision: 0,
         };
         let ok = vec![1u8; MAX_RECORD_LEN];
         assert_eq!(
@@ -1488,7 +1646,8 @@ mod tests {
                 target: "CREATE",
                 result: "EQUAL",
                 key: "aw==".into(),
-                create_revision: "0",
+                create_revision: Some("0"),
+                mod_revision: None,
             }],
             success: [RequestOp::Put(PutRequest {
                 key: "aw==".into(),
@@ -1498,11 +1657,46 @@ mod tests {
             failure: [RequestOp::Range(RangeRequest {
                 key: "aw==".into(),
                 range_end: None,
+                ..Default::default()
             })],
         };
         assert_eq!(
             serde_json::to_string(&txn).unwrap(),
             r#"{"compare":[{"target":"CREATE","result":"EQUAL","key":"aw==","create_revision":"0"}],"success":[{"request_put":{"key":"aw==","value":"dg==","lease":"5"}}],"failure":[{"request_range":{"key":"aw=="}}]}"#
+        );
+    }
+
+    #[test]
+    fn replace_requests_are_written_as_the_gateway_reads_them() {
+        let cmp = Compare {
+            target: "MOD",
+            result: "EQUAL",
+            key: "aw==".into(),
+            create_revision: None,
+            mod_revision: Some("42".into()),
+        };
+        assert_eq!(
+            serde_json::to_string(&cmp).unwrap(),
+            r#"{"target":"MOD","result":"EQUAL","key":"aw==","mod_revision":"42"}"#
+        );
+        let head = RangeRequest {
+            key: "aw==".into(),
+            keys_only: true,
+            ..Default::default()
+        };
+        assert_eq!(
+            serde_json::to_string(&head).unwrap(),
+            r#"{"key":"aw==","keys_only":true}"#
+        );
+        let at = RangeRequest {
+            key: "aw==".into(),
+            min_mod_revision: Some("42".into()),
+            max_mod_revision: Some("42".into()),
+            ..Default::default()
+        };
+        assert_eq!(
+            serde_json::to_string(&at).unwrap(),
+            r#"{"key":"aw==","min_mod_revision":"42","max_mod_revision":"42"}"#
         );
     }
 

@@ -9,7 +9,7 @@ use stek_core::{KeyBytes, Slot};
 use tokio::sync::watch;
 use zeroize::Zeroizing;
 
-use super::{Created, Found, Store, StoreError};
+use super::{Created, Found, Replaced, Seen, Store, StoreError};
 use crate::clock::Clock;
 
 struct Entry {
@@ -68,6 +68,14 @@ impl MemoryStore {
             );
     }
 
+    /// Deletes the value of a slot behind the generators' back, as an attacker would.
+    #[cfg(test)]
+    pub(crate) fn remove(&self, group: &str, slot: Slot) {
+        if let Some(g) = self.lock().get_mut(group) {
+            g.records.remove(&slot);
+        }
+    }
+
     fn expire(group: &mut Group, now: Duration) {
         group.records.retain(|_, e| e.expires_at > now);
     }
@@ -117,6 +125,42 @@ impl Store for MemoryStore {
             tx.send_modify(|n| *n = n.wrapping_add(1));
         }
         Ok(Created::Won)
+    }
+
+    async fn replace(
+        &self,
+        group: &str,
+        slot: Slot,
+        seen: &Seen,
+        record: &[u8],
+        expires_at: Duration,
+    ) -> Result<Replaced, StoreError> {
+        if record.len() > MAX_RECORD_LEN {
+            return Err(StoreError::TooLarge(record.len()));
+        }
+        let now = self.clock.now();
+        if expires_at <= now {
+            return Ok(Replaced::Lost);
+        }
+        let mut groups = self.lock();
+        let g = groups.entry(group.to_owned()).or_default();
+        Self::expire(g, now);
+        let current = g.records.get(&slot).map(|e| found(&e.record));
+        if !seen.matches(current.as_ref()) {
+            return Ok(Replaced::Lost);
+        }
+        // The old entry is dropped here, which zeroizes it.
+        g.records.insert(
+            slot,
+            Entry {
+                record: Zeroizing::new(record.to_vec()),
+                expires_at,
+            },
+        );
+        if let Some(tx) = &g.changes {
+            tx.send_modify(|n| *n = n.wrapping_add(1));
+        }
+        Ok(Replaced::Won)
     }
 
     async fn read_window(

@@ -8,6 +8,18 @@
 //!   atomic across every process that talks to the store, so any number of generators may race
 //!   and exactly one record per slot results. The caller learns whether it won and, if it lost,
 //!   gets the winner's record back: it must never publish a second key for the slot.
+//! - **Compare-and-set repair.** [`Store::replace`] overwrites a slot's value only if it is
+//!   still the value the caller read ([`Seen`]: absent, these exact bytes, or an oversize value
+//!   of that length), in one atomic step, with the new record's expiry. If anyone changed the
+//!   slot in between (another generator repaired it first, an attacker swapped or deleted the
+//!   value) nothing is written and the caller learns [`Replaced::Lost`]: it reads the slot again
+//!   rather than assume its record is the slot's. So a repair never puts a second key in a slot
+//!   that already has a record the caller has not judged. It is meant for values no generator
+//!   could have written (junk, a forged or misfiled record, an oversize value); create-if-absent
+//!   stays the only way a record of a healthy slot is written. An oversize value is identified
+//!   only by its length (where the store tells it): one oversize value swapped for another of
+//!   the same length between the read and the replace goes unnoticed, which is harmless, since
+//!   neither can be a record.
 //! - **Read a window.** [`Store::read_window`] returns the values of the slots `first..=last`
 //!   that exist and have not expired, in any order. Slots without a record are simply absent.
 //!   It reads exactly the keys of those slots (never a prefix or a range that others could fill
@@ -65,6 +77,56 @@ pub enum Created {
         /// Its length in bytes, where the store tells it without sending the value (Redis).
         len: Option<u64>,
     },
+}
+
+/// The outcome of [`Store::replace`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Replaced {
+    /// The slot still held what the caller had seen; it now holds the new record.
+    Won,
+    /// The slot changed since the caller read it (or holds something the caller cannot have
+    /// seen, such as a key of another type): nothing was written. Read the slot again.
+    Lost,
+}
+
+/// What a caller read in a slot, for [`Store::replace`] to check that it is still there.
+#[derive(Debug, Clone)]
+pub enum Seen {
+    /// No value.
+    Absent,
+    /// A value of at most [`MAX_RECORD_LEN`](stek_core::record::MAX_RECORD_LEN) bytes, these
+    /// exact bytes (compared in full: values are capped, and a digest would need a hash the
+    /// store's scripting may lack, such as SHA-256 in Redis 7.0 Lua).
+    Value(KeyBytes),
+    /// A value over the cap, of this length where the store told it.
+    Oversize {
+        /// Its length in bytes, if known.
+        len: Option<u64>,
+    },
+}
+
+impl Seen {
+    /// What a read returned for one slot (`None`: the slot had no value).
+    pub fn of(found: Option<&Found>) -> Seen {
+        match found {
+            None => Seen::Absent,
+            Some(Found::Record(r)) => Seen::Value(r.clone()),
+            Some(Found::Oversize { len }) => Seen::Oversize { len: *len },
+        }
+    }
+
+    /// Whether the value `now` (as a store found it) is still what was seen.
+    pub fn matches(&self, now: Option<&Found>) -> bool {
+        match (self, now) {
+            (Seen::Absent, None) => true,
+            (Seen::Value(a), Some(Found::Record(b))) => a.as_slice() == b.as_slice(),
+            (Seen::Oversize { len: a }, Some(Found::Oversize { len: b })) => match (a, b) {
+                (Some(a), Some(b)) => a == b,
+                _ => true,
+            },
+            _ => false,
+        }
+    }
 }
 
 /// What [`Store::read_window`] found in one slot.
@@ -202,6 +264,20 @@ pub trait Store: Send + Sync + 'static {
         record: &[u8],
         expires_at: Duration,
     ) -> impl Future<Output = Result<Created, StoreError>> + Send;
+
+    /// Replaces the value of `(group, slot)` with `record`, expiring at `expires_at`, only if the
+    /// slot still holds what `seen` describes; atomic across every process that talks to the
+    /// store (see the module documentation). `record` must be at most `MAX_RECORD_LEN` bytes. An
+    /// `expires_at` already past writes nothing and answers [`Replaced::Lost`]: such a record
+    /// has left every window, so the slot needs no repair.
+    fn replace(
+        &self,
+        group: &str,
+        slot: Slot,
+        seen: &Seen,
+        record: &[u8],
+        expires_at: Duration,
+    ) -> impl Future<Output = Result<Replaced, StoreError>> + Send;
 
     /// The unexpired values of `group` for slots `first..=last`, each either a record or the
     /// mark of an oversize value (never downloaded).
@@ -362,7 +438,88 @@ pub mod conformance {
             }
         }
 
-        // Expiry: slot 7 expires at `expires`, slot 9 ten units later.
+        // Compare-and-set: a replace wins only over the value it saw, and a loser writes nothing.
+        let c = b"record-c".to_vec();
+        match store
+            .replace(g, Slot(9), &Seen::Value(a.clone().into()), &c, expires)
+            .await
+        {
+            Ok(Replaced::Lost) => {}
+            other => panic!("a replace of a value never seen must lose, got {other:?}"),
+        }
+        let nine = store.read_window(g, Slot(9), Slot(9)).await.unwrap();
+        assert_eq!(bytes(&nine[0].1), b, "a lost replace wrote");
+        // Two generators saw the same value: the first replace wins, the second finds it
+        // changed and leaves the winner's record alone (no second key in the slot).
+        let seen = Seen::of(Some(&nine[0].1));
+        assert!(seen.matches(Some(&nine[0].1)));
+        assert!(matches!(
+            store
+                .replace(g, Slot(9), &seen, &c, expires + unit * 10)
+                .await,
+            Ok(Replaced::Won)
+        ));
+        assert!(matches!(
+            store
+                .replace(g, Slot(9), &seen, &a, expires + unit * 10)
+                .await,
+            Ok(Replaced::Lost)
+        ));
+        let nine = store.read_window(g, Slot(9), Slot(9)).await.unwrap();
+        assert_eq!(bytes(&nine[0].1), c);
+        // Racing replacers of one seen value: exactly one wins.
+        let seen = Seen::Value(c.clone().into());
+        let results = futures_join_all((0..8u8).map(|i| {
+            let seen = &seen;
+            async move {
+                let r = store
+                    .replace(g, Slot(9), seen, &[b'r', i], expires + unit * 10)
+                    .await;
+                (i, r)
+            }
+        }))
+        .await;
+        let won: Vec<u8> = results
+            .iter()
+            .filter(|(_, r)| matches!(r, Ok(Replaced::Won)))
+            .map(|(i, _)| *i)
+            .collect();
+        assert_eq!(won.len(), 1, "{results:?}");
+        assert!(results.iter().all(|(_, r)| r.is_ok()), "{results:?}");
+        let nine = store.read_window(g, Slot(9), Slot(9)).await.unwrap();
+        assert_eq!(bytes(&nine[0].1), vec![b'r', won[0]]);
+        // Restore slot 9's record for the expiry checks below (its expiry stays the same).
+        let seen = Seen::of(Some(&nine[0].1));
+        assert!(matches!(
+            store
+                .replace(g, Slot(9), &seen, &b, expires + unit * 10)
+                .await,
+            Ok(Replaced::Won)
+        ));
+        // "Absent" is a seen state too: it loses once the slot is taken, and over a vanished
+        // slot it writes like create-if-absent.
+        assert!(matches!(
+            store.replace(g, Slot(9), &Seen::Absent, &c, expires).await,
+            Ok(Replaced::Lost)
+        ));
+        assert!(matches!(
+            store
+                .replace(g, Slot(8), &Seen::Value(a.clone().into()), &c, expires)
+                .await,
+            Ok(Replaced::Lost)
+        ));
+        assert!(store
+            .read_window(g, Slot(8), Slot(8))
+            .await
+            .unwrap()
+            .is_empty());
+        assert!(matches!(
+            store.replace(g, Slot(8), &Seen::Absent, &c, expires).await,
+            Ok(Replaced::Won)
+        ));
+
+        // Expiry: slots 7 and 8 expire at `expires`, slot 9 ten units later (its replaced
+        // record carries the new expiry).
         advance(unit * 11).await;
         let left: Vec<u64> = store
             .read_window(g, Slot(0), Slot(200))
@@ -450,6 +607,35 @@ pub mod conformance {
             Ok(Created::Lost(r)) => assert_eq!(r.len(), MAX_RECORD_LEN),
             other => panic!("create over the largest record: {other:?}"),
         }
+        // A repair replaces an oversize value it saw, by its length where known; a replace that
+        // saw a record there, or nothing, loses. (Slot 6, so the slots above keep their values
+        // for the callers' own checks.)
+        let big = MAX_RECORD_LEN + 100;
+        plant(g, Slot(6), vec![6; big], expires).await;
+        let got6 = store.read_window(g, Slot(6), Slot(6)).await.unwrap();
+        assert_eq!(got6.len(), 1);
+        assert!(got6[0].1.record().is_none(), "{:?}", got6[0].1);
+        let mut wrongs = vec![Seen::Value(b"mine".to_vec().into()), Seen::Absent];
+        // A store that tells lengths (Redis) tells an oversize value from another; one that
+        // does not (etcd stops reading) can only tell it is oversize.
+        if let Found::Oversize { len: Some(n) } = got6[0].1 {
+            assert_eq!(n, big as u64);
+            wrongs.push(Seen::Oversize { len: Some(n + 1) });
+        }
+        for wrong in wrongs {
+            match store.replace(g, Slot(6), &wrong, b"mine", expires).await {
+                Ok(Replaced::Lost) => {}
+                other => panic!("a replace that saw {wrong:?} over an oversize value: {other:?}"),
+            }
+        }
+        assert!(matches!(
+            store
+                .replace(g, Slot(6), &Seen::of(Some(&got6[0].1)), b"mine", expires)
+                .await,
+            Ok(Replaced::Won)
+        ));
+        let got6 = store.read_window(g, Slot(6), Slot(6)).await.unwrap();
+        assert_eq!(bytes(&got6[0].1), b"mine");
         // A window made only of oversize values reads as marks, not as an error.
         let marks = store.read_window(g, Slot(2), Slot(3)).await.unwrap();
         assert_eq!(marks.len(), 2);

@@ -42,7 +42,7 @@ use tokio::task::AbortHandle;
 use tracing::{debug, info, warn};
 use zeroize::Zeroizing;
 
-use super::{Created, Found, Store, StoreError};
+use super::{Created, Found, Replaced, Seen, Store, StoreError};
 use crate::clock::{Clock, SystemClock};
 
 /// The most slots one [`Store::read_window`] reads. An agent's window is `R + 2` slots (20 with
@@ -104,6 +104,31 @@ if n > tonumber(ARGV[3]) then return n end
 return redis.call('GET', KEYS[1])
 "#;
 
+/// Compare-and-set for `KEYS[1]`: stores `ARGV[1]` expiring at `ARGV[2]` (Unix milliseconds)
+/// only if the key still holds what the caller saw, described by `ARGV[3]`: `absent` (no key),
+/// `value` (a string equal to `ARGV[4]`) or `oversize` (a string longer than `ARGV[5]` bytes, of
+/// length `ARGV[4]` unless that is empty). Answers 1 if it wrote, 0 if not. The exact bytes are
+/// compared (Redis 7.0 Lua has no SHA-256); the length is compared first so a large value is not
+/// copied into Lua for nothing.
+const REPLACE_SCRIPT: &str = r#"
+local kind = redis.call('TYPE', KEYS[1])['ok']
+local mode = ARGV[3]
+local same = false
+if kind == 'none' then
+  same = (mode == 'absent')
+elseif kind == 'string' then
+  local n = redis.call('STRLEN', KEYS[1])
+  if mode == 'oversize' then
+    same = n > tonumber(ARGV[5]) and (ARGV[4] == '' or n == tonumber(ARGV[4]))
+  elseif mode == 'value' then
+    same = n == string.len(ARGV[4]) and redis.call('GET', KEYS[1]) == ARGV[4]
+  end
+end
+if not same then return 0 end
+redis.call('SET', KEYS[1], ARGV[1], 'PXAT', ARGV[2])
+return 1
+"#;
+
 /// One value answered by [`READ_SCRIPT`] or [`CREATE_SCRIPT`]: `None` for nil.
 fn found(value: Value, what: &str) -> Result<Option<Found>, StoreError> {
     match value {
@@ -124,6 +149,27 @@ fn found(value: Value, what: &str) -> Result<Option<Found>, StoreError> {
             _ => Err(bad_answer(format!("{what} answered the length {n}"))),
         },
         other => Err(bad_answer(format!("{what} answered {}", kind(&other)))),
+    }
+}
+
+/// `expires_at` in Unix milliseconds for `PXAT`. They fit an i64 for the next 292 million years;
+/// saturate rather than wrap for an absurd expiry.
+fn pxat(expires_at: Duration) -> u64 {
+    u64::try_from(expires_at.as_millis())
+        .unwrap_or(u64::MAX)
+        .min(i64::MAX as u64)
+}
+
+/// Announces a new record of `(group, slot)`. Only a hint (agents also poll), so a failure must
+/// not turn a stored record into an error the generator would retry.
+async fn announce(conn: &mut ConnectionManager, group: &str, slot: Slot) {
+    if let Err(e) = redis::cmd("PUBLISH")
+        .arg(channel(group))
+        .arg(slot.0)
+        .query_async::<Value>(conn)
+        .await
+    {
+        warn!("group {group}: stored slot {slot} but could not announce it: {e}");
     }
 }
 
@@ -386,11 +432,7 @@ impl Store for RedisStore {
                 Some(f) => lost(f),
             });
         }
-        // Milliseconds since the epoch fit an i64 for the next 292 million years; saturate
-        // rather than wrap for an absurd expiry.
-        let pxat = u64::try_from(expires_at.as_millis())
-            .unwrap_or(u64::MAX)
-            .min(i64::MAX as u64);
+        let pxat = pxat(expires_at);
         let previous: Value = redis::cmd("EVAL")
             .arg(CREATE_SCRIPT)
             .arg(1)
@@ -404,17 +446,55 @@ impl Store for RedisStore {
         if let Some(f) = found(previous, &format!("the create of {key}"))? {
             return Ok(lost(f));
         }
-        // The record is stored; the announcement is only a hint (agents also poll), so a failure
-        // here must not turn a won slot into an error the generator would retry.
-        if let Err(e) = redis::cmd("PUBLISH")
-            .arg(channel(group))
-            .arg(slot.0)
-            .query_async::<Value>(&mut conn)
-            .await
-        {
-            warn!("group {group}: stored slot {slot} but could not announce it: {e}");
-        }
+        announce(&mut conn, group, slot).await;
         Ok(Created::Won)
+    }
+
+    /// [`REPLACE_SCRIPT`] on the primary: the comparison with what the caller saw and the `SET`
+    /// are one atomic step. A won replace is announced like a created record.
+    async fn replace(
+        &self,
+        group: &str,
+        slot: Slot,
+        seen: &Seen,
+        record: &[u8],
+        expires_at: Duration,
+    ) -> Result<Replaced, StoreError> {
+        if record.len() > MAX_RECORD_LEN {
+            return Err(StoreError::TooLarge(record.len()));
+        }
+        // A record past its expiry has left every window: nothing to repair (and `SET PXAT` in
+        // the past would delete the value rather than store ours).
+        if expires_at <= SystemClock::new().now() {
+            return Ok(Replaced::Lost);
+        }
+        let key = record_key(group, slot);
+        let mut conn = self.conn.clone();
+        let mut cmd = redis::cmd("EVAL");
+        cmd.arg(REPLACE_SCRIPT)
+            .arg(1)
+            .arg(&key)
+            .arg(record)
+            .arg(pxat(expires_at));
+        match seen {
+            Seen::Absent => cmd.arg("absent").arg(""),
+            Seen::Value(v) => cmd.arg("value").arg(v.as_slice()),
+            Seen::Oversize { len: Some(n) } => cmd.arg("oversize").arg(*n),
+            Seen::Oversize { len: None } => cmd.arg("oversize").arg(""),
+        };
+        cmd.arg(MAX_RECORD_LEN);
+        let wrote: Value = cmd.query_async(&mut conn).await.map_err(unavailable)?;
+        match wrote {
+            Value::Int(1) => {
+                announce(&mut conn, group, slot).await;
+                Ok(Replaced::Won)
+            }
+            Value::Int(0) => Ok(Replaced::Lost),
+            other => Err(bad_answer(format!(
+                "the replace of {key} answered {}",
+                kind(&other)
+            ))),
+        }
     }
 
     /// One [`READ_SCRIPT`] (`EVAL_RO`) over the keys of `first..=last` (at most

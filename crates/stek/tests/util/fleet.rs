@@ -351,6 +351,11 @@ pub trait Backend {
     fn live_slots(&self, group: &str) -> BTreeSet<u64>;
     /// Writes `value` under `(group, slot)`, replacing whatever is there, expiring at `expires_at`.
     fn put(&self, group: &str, slot: u64, value: &[u8], expires_at: Duration);
+    /// Writes `value` under `(group, slot)` with no expiry at all (no TTL, no lease), replacing
+    /// whatever is there, as a careless or hostile writer would.
+    fn put_forever(&self, group: &str, slot: u64, value: &[u8]);
+    /// Deletes the value of `(group, slot)`, as an attacker who deletes records would.
+    fn delete(&self, group: &str, slot: u64);
     /// Writes `count` keys of `size` bytes under the group's prefix that are not slot keys, placed
     /// where a prefix or range read of the window around `slot` would return them.
     fn put_junk(&self, group: &str, slot: u64, count: usize, size: usize);
@@ -596,6 +601,18 @@ impl Backend for RedisFleet {
             .primary
             .cli(&["PEXPIREAT", &key, &expires_at.as_millis().to_string()]);
         assert_eq!(r, b"1\n", "PEXPIREAT {key}");
+    }
+
+    fn put_forever(&self, group: &str, slot: u64, value: &[u8]) {
+        let key = redis_key(group, slot);
+        let r = self.primary.cli_in(&["SET", &key], Some(value));
+        assert_eq!(r, b"OK\n", "SET {key}");
+    }
+
+    fn delete(&self, group: &str, slot: u64) {
+        let key = redis_key(group, slot);
+        let r = self.primary.cli(&["DEL", &key]);
+        assert_eq!(r, b"1\n", "DEL {key}");
     }
 
     fn put_junk(&self, group: &str, slot: u64, count: usize, size: usize) {
@@ -854,6 +871,26 @@ impl Backend for EtcdNode {
         self.call(
             "/v3/kv/put",
             serde_json::json!({"key": BASE64.encode(etcd_key(group, slot)), "value": BASE64.encode(value), "lease": id.to_string()}),
+        );
+    }
+
+    fn put_forever(&self, group: &str, slot: u64, value: &[u8]) {
+        self.call(
+            "/v3/kv/put",
+            serde_json::json!({"key": BASE64.encode(etcd_key(group, slot)), "value": BASE64.encode(value)}),
+        );
+    }
+
+    fn delete(&self, group: &str, slot: u64) {
+        let r = self.call(
+            "/v3/kv/deleterange",
+            serde_json::json!({"key": BASE64.encode(etcd_key(group, slot))}),
+        );
+        assert_eq!(
+            int_field(&r, "deleted"),
+            1,
+            "delete {}: {r}",
+            etcd_key(group, slot)
         );
     }
 
@@ -1317,7 +1354,7 @@ pub fn outsiders_and_forgeries_are_rejected(b: &mut dyn Backend, root: &Path) {
     let (outsider_id, _) = keygen(root, "group", "outsider.identity");
     // The generator runs 1.5 s ahead: it publishes the keys due at a boundary 2 s early, away
     // from the boundaries where the test samples.
-    let _gen = generator(
+    let gen = generator(
         root,
         "gen",
         &b.generator_url(),
@@ -1353,9 +1390,11 @@ pub fn outsiders_and_forgeries_are_rejected(b: &mut dyn Backend, root: &Path) {
             .and_then(|s| s.rejected.get(reason).copied())
             .unwrap_or(0)
     };
-    // Every check made at a sample: the outsiders never hold a group key, the good ones agree.
+    // Every check made at a sample: the outsiders never hold a group key, the good ones agree,
+    // and a forged slot holds, if anything, the key the generator repaired it with.
     let check = |slot: u64, names: &mut Names, forged: &BTreeSet<u64>| -> Vec<Status> {
         let st = statuses_at(&goods, slot);
+        let fixed = repaired(&gen.log_text());
         for (a, s) in goods.iter().zip(&st) {
             names.add(&a.name, s);
             assert!(
@@ -1373,7 +1412,9 @@ pub fn outsiders_and_forgeries_are_rejected(b: &mut dyn Backend, root: &Path) {
             );
             for k in &s.keys {
                 assert!(
-                    !(forged.contains(&k.slot) && k.origin == "shared"),
+                    !(forged.contains(&k.slot)
+                        && k.origin == "shared"
+                        && fixed.get(&k.slot) != Some(&k.name)),
                     "{} installed the forged slot {}:\n{}",
                     a.name,
                     k.slot,
@@ -1419,9 +1460,10 @@ pub fn outsiders_and_forgeries_are_rejected(b: &mut dyn Backend, root: &Path) {
     replay_into_api();
     check(e, &mut names, &forged);
     // 1. Garbage, then a truncated record, then a real record replayed from another slot, all
-    //    under slot e + 2 before the generator makes it (it makes it 2 s into slot e): its
-    //    create-if-absent then loses to the forgery. Agents read each at once (they fetch slot
-    //    e + 2 already, to hold it ready) and would install it when slot e + 1 starts.
+    //    under slot e + 2 before the generator makes it (it makes it 2 s into slot e). Agents
+    //    read each at once (they fetch slot e + 2 already, to hold it ready) and would install
+    //    it when slot e + 1 starts. The generator is paused meanwhile: it repairs forged slots
+    //    (issue 11), and the agents must see every variant first.
     let f1 = e + 2;
     assert!(
         !b.live_slots(GROUP).contains(&f1),
@@ -1440,6 +1482,7 @@ pub fn outsiders_and_forgeries_are_rejected(b: &mut dyn Backend, root: &Path) {
         ("truncated", real[..real.len() / 2].to_vec()),
         ("header_mismatch", real.clone()),
     ];
+    let paused_generator = Paused::pids(vec![gen.pid()]);
     for (reason, value) in &variants {
         let before: Vec<u64> = everyone.iter().map(|a| rejected(a, reason)).collect();
         b.put(GROUP, f1, value, erase_at(f1));
@@ -1458,12 +1501,15 @@ pub fn outsiders_and_forgeries_are_rejected(b: &mut dyn Backend, root: &Path) {
             b.kind()
         );
     }
-    // The forgery stands: the slot has no key, so the newest shared key keeps encrypting.
+    // Resumed, the generator finds the replayed record (a header for another slot) and
+    // replaces it: when slot e + 2 comes the agents encrypt with that new key, never a forgery.
+    drop(paused_generator);
     sleep_until_slot(P, e + 2, Duration::from_millis(1200));
     let st = check(e + 2, &mut names, &forged);
+    let fixed = repaired(&gen.log_text());
     for s in &st {
-        assert_eq!(s.encrypting, "stale", "{}", s.render());
-        assert_eq!(s.encrypting_name, names.0[&(e + 1)], "{}", s.render());
+        assert_eq!(s.encrypting, "current", "{}", s.render());
+        assert_eq!(Some(&s.encrypting_name), fixed.get(&f1), "{}", s.render());
     }
     replay_into_api();
     // 2. Corruption: one flipped byte (in the signature) of the genuine record of e + 4. Agents
@@ -1511,11 +1557,14 @@ pub fn outsiders_and_forgeries_are_rejected(b: &mut dyn Backend, root: &Path) {
     for s in &st {
         assert_eq!(s.encrypting, "current", "{}", s.render());
     }
+    // The generator's next round (2 s into slot e + 3) found the bad signature and replaced the
+    // record: slot e + 4 has a key after all.
     sleep_until_slot(P, e + 4, MID);
     let st = check(e + 4, &mut names, &forged);
+    let fixed = repaired(&gen.log_text());
     for s in &st {
-        assert_eq!(s.encrypting, "stale", "{}", s.render());
-        assert_eq!(s.encrypting_name, names.0[&(e + 3)], "{}", s.render());
+        assert_eq!(s.encrypting, "current", "{}", s.render());
+        assert_eq!(Some(&s.encrypting_name), fixed.get(&f2), "{}", s.render());
     }
     sleep_until_slot(P, e + 5, MID);
     let st = check(e + 5, &mut names, &forged);
@@ -2052,4 +2101,251 @@ pub fn hostile_values_and_junk_keys(b: &mut dyn Backend, root: &Path) {
             "{log}"
         );
     }
+}
+
+// ---- slot conflicts (issue 11) ----------------------------------------------------------------
+
+/// The slots a generator's log says it repaired: slot -> the new key's name.
+pub fn repaired(log: &str) -> BTreeMap<u64, String> {
+    let mut out = BTreeMap::new();
+    for line in log.lines() {
+        let Some((_, rest)) = line.split_once("replaced the value of slot ") else {
+            continue;
+        };
+        let mut words = rest.split_whitespace();
+        let (Some(slot), Some("with"), Some("key"), Some(name)) =
+            (words.next(), words.next(), words.next(), words.next())
+        else {
+            continue;
+        };
+        if let Ok(slot) = slot.parse() {
+            out.insert(slot, name.to_owned());
+        }
+    }
+    out
+}
+
+/// `stek_generator_slot_conflicts_total{group="web",reason=REASON}` at `http://ADDR/metrics`
+/// (0 while the series does not exist).
+pub fn conflicts_metric(addr: &str, reason: &str) -> u64 {
+    let mut s = TcpStream::connect(addr).expect("connect to the metrics endpoint");
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok();
+    write!(s, "GET /metrics HTTP/1.0\r\nHost: {addr}\r\n\r\n").expect("send");
+    let mut text = String::new();
+    s.read_to_string(&mut text).expect("read the metrics");
+    let series =
+        format!("stek_generator_slot_conflicts_total{{group=\"{GROUP}\",reason=\"{reason}\"}} ");
+    text.lines()
+        .find_map(|l| l.strip_prefix(&series))
+        .map(|n| n.trim().parse().expect("a counter"))
+        .unwrap_or(0)
+}
+
+/// Done when (issue 11): two generators that each trust only themselves, and two agents that
+/// trust both, share one store where
+/// (a) junk without expiry is planted on the next two future slots before the generators reach
+///     them: they are replaced with sound records (counted `garbage`), the agents hold shared
+///     keys for those slots when they come (no local fallback), and the junk's missing expiry
+///     does not outlive the record's erase time;
+/// (b) a record a generator created is deleted from the store: its creator recreates it, says so
+///     at WARN and counts `vanished`;
+/// (c) each generator finds records signed by the other, which it does not trust: it counts
+///     `foreign_signer` and leaves them, so every slot the test did not touch is written once.
+pub fn slot_conflicts_repaired(b: &mut dyn Backend, root: &Path) {
+    let (ka, pub_a) = keygen(root, "generator", "gen-a.key");
+    let (kb, pub_b) = keygen(root, "generator", "gen-b.key");
+    let (id, idpub) = keygen(root, "group", "web.identity");
+    let url = b.generator_url();
+    let (ma, mb) = (
+        format!("127.0.0.1:{}", free_port()),
+        format!("127.0.0.1:{}", free_port()),
+    );
+    let gens = [
+        generator(root, "gen-a", &url, &idpub, &ka, &["--metrics", &ma]),
+        generator(root, "gen-b", &url, &idpub, &kb, &["--metrics", &mb]),
+    ];
+    let addrs = [ma.as_str(), mb.as_str()];
+    let trust = format!("{pub_a},{pub_b}");
+    let agents = Agent::start_many(2, root, &b.agent_url(), GROUP, &id, &trust, &[]);
+    let refs: Vec<&Agent> = agents.iter().collect();
+    let total = |reason: &str| -> u64 { addrs.iter().map(|a| conflicts_metric(a, reason)).sum() };
+    let logs = || -> Vec<String> { gens.iter().map(|g| g.log_text()).collect() };
+    let explain = || -> String {
+        let l = logs();
+        format!("gen-a:\n{}\ngen-b:\n{}", l[0], l[1])
+    };
+    // Every agent holds the same ring of shared keys and encrypts with the slot's own.
+    let check = |slot: u64| {
+        let st = statuses_at(&refs, slot);
+        assert_identical_shared(&refs, &st);
+        st
+    };
+
+    // The generators' first records are those of the slot they started in and the next one; by
+    // k the whole window was made by them.
+    let k = sleep_into_next_slot(P, MID) + 3;
+    sleep_until_slot(P, k, MID);
+    check(k);
+    // (a) Slots k + 2 and k + 3 are made 3.5 s into slots k and k + 1: junk, no expiry, now.
+    let live = b.live_slots(GROUP);
+    assert!(
+        !live.contains(&(k + 2)) && !live.contains(&(k + 3)),
+        "slots {} and {} exist already: the test is late ({live:?})",
+        k + 2,
+        k + 3
+    );
+    for slot in [k + 2, k + 3] {
+        b.put_forever(
+            GROUP,
+            slot,
+            b"junk written by someone who is not a generator",
+        );
+    }
+    for slot in [k + 1, k + 2, k + 3] {
+        sleep_until_slot(P, slot, MID);
+        let st = check(slot);
+        assert!(
+            st.iter().all(|s| s.encrypting == "current"),
+            "{}",
+            st[0].render()
+        );
+    }
+    // Each junk slot was repaired once (a generator that lost the race found the winner's
+    // record), and the agents hold the repairing key.
+    let fixed: BTreeMap<u64, String> = logs().iter().flat_map(|l| repaired(l)).collect();
+    let count_fixed = |slot: u64| -> usize {
+        logs()
+            .iter()
+            .filter(|l| repaired(l).contains_key(&slot))
+            .count()
+    };
+    let st = check(k + 3);
+    for slot in [k + 2, k + 3] {
+        assert_eq!(count_fixed(slot), 1, "slot {slot}:\n{}", explain());
+        assert_eq!(
+            shared(&st[0]).get(&slot),
+            fixed.get(&slot),
+            "the agents hold another key for slot {slot}:\n{}\n{}",
+            st[0].render(),
+            explain()
+        );
+    }
+    let garbage = total("garbage");
+    assert!(
+        (2..=4).contains(&garbage),
+        "garbage {garbage}:\n{}",
+        explain()
+    );
+
+    // (b) Slot k + 4 was made 3.5 s into slot k + 2: delete it before the round of 3.5 s into
+    // slot k + 3, which finds it missing.
+    let before = b
+        .records(GROUP)
+        .remove(&(k + 4))
+        .expect("the record of slot k + 4");
+    let made: Vec<BTreeMap<u64, String>> = logs().iter().map(|l| generated(l)).collect();
+    let owner = made
+        .iter()
+        .position(|m| m.contains_key(&(k + 4)))
+        .unwrap_or_else(|| panic!("no generator says it made slot {}:\n{}", k + 4, explain()));
+    b.delete(GROUP, k + 4);
+    let vanished = format!("slot {} vanished from the store", k + 4);
+    wait_for(
+        "the creator of the deleted slot to notice",
+        Duration::from_secs(2 * P),
+        || gens[owner].log_text().contains(&vanished).then_some(()),
+    );
+    let line = gens[owner]
+        .log_text()
+        .lines()
+        .find(|l| l.contains(&vanished))
+        .expect("the line")
+        .to_owned();
+    assert!(line.contains("WARN"), "{line}");
+    assert!(
+        line.contains("hosts that read the old one disagree until it leaves the window"),
+        "{line}"
+    );
+    let after = wait_for("slot k + 4 to be recreated", Duration::from_secs(P), || {
+        b.records(GROUP).remove(&(k + 4))
+    });
+    assert_ne!(after, before, "slot {} was not recreated", k + 4);
+    assert_eq!(total("vanished"), 1, "{}", explain());
+    // The agents had read the deleted record: they keep its key and report the new one.
+    for a in &refs {
+        wait_for(
+            &format!("{} to report the slot conflict", a.name),
+            Duration::from_secs(P),
+            || a.status().filter(|s| s.slot_conflicts == 1).map(|_| ()),
+        );
+        assert!(
+            a.proc
+                .log_text()
+                .contains(&format!("slot {} now holds another valid key", k + 4)),
+            "{}",
+            a.proc.log_text()
+        );
+    }
+    let st = check(k + 3);
+    assert_eq!(
+        shared(&st[0]).get(&(k + 4)),
+        made[owner].get(&(k + 4)),
+        "the agents switched to the recreated key:\n{}",
+        st[0].render()
+    );
+
+    // (c) Both generators ran the same rounds over the same slots: whichever lost a slot found
+    // the other's record, reported it and left it.
+    assert!(total("foreign_signer") >= 1, "{}", explain());
+    // Written once: no slot but the junk ones was repaired, and no slot but the deleted one was
+    // created twice.
+    let fixed: BTreeSet<u64> = logs()
+        .iter()
+        .flat_map(|l| repaired(l).into_keys())
+        .collect();
+    assert_eq!(fixed, BTreeSet::from([k + 2, k + 3]), "{}", explain());
+    let made: Vec<BTreeMap<u64, String>> = logs().iter().map(|l| generated(l)).collect();
+    for (slot, name) in &made[0] {
+        if let Some(other) = made[1].get(slot) {
+            assert_eq!(
+                *slot,
+                k + 4,
+                "slot {slot} was created twice ({name}, {other})"
+            );
+        }
+    }
+    for reason in ["mismatch", "bad_signature", "oversize"] {
+        assert_eq!(total(reason), 0, "{reason}:\n{}", explain());
+    }
+
+    // The junk had no expiry; the record that replaced it has the slot's.
+    let gone = erase_at(k + 2) + b.expiry_slack();
+    wait_for(
+        "the repaired record of slot k + 2 to expire",
+        gone.saturating_sub(unix_now()) + Duration::from_secs(2),
+        || (!b.live_slots(GROUP).contains(&(k + 2))).then_some(()),
+    );
+    // Not long before either: the generators delete records as they leave the window of their
+    // clock, which runs MARGIN ahead (etcd), and Redis expires them at the erase time.
+    assert!(
+        unix_now() + MARGIN + Duration::from_millis(200) >= erase_at(k + 2),
+        "slot {} expired before its erase time",
+        k + 2
+    );
+    // The agents never fell back, and still agree.
+    let now = current_slot();
+    sleep_until_slot(P, now + 1, MID);
+    let st = check(now + 1);
+    for s in &st {
+        assert!(
+            !s.rejected.contains_key("untrusted_generator"),
+            "{}",
+            s.render()
+        );
+    }
+    eprintln!(
+        "{}: garbage {garbage}, vanished 1, foreign_signer {}",
+        b.kind(),
+        total("foreign_signer")
+    );
 }
