@@ -234,34 +234,7 @@ pub async fn publish_upcoming<S: Store>(
             }
             None => {}
         }
-        // The key lives only until the store has decided; it is zeroized when dropped.
-        let key = SlotKey::generate(slot).map_err(PublishError::Random)?;
-        let record = seal(&key).map_err(PublishError::Seal)?;
-        let expires_at = schedule.erase_at(slot);
-        let outcome = match store
-            .create(group, slot, &record, expires_at)
-            .await
-            .map_err(PublishError::Store)?
-        {
-            Created::Won => {
-                info!(
-                    "group {group}: generated key {} for slot {slot}",
-                    key.name()
-                );
-                Outcome::Created(key.name())
-            }
-            Created::Lost(_) => {
-                debug!("group {group}: slot {slot} already had a key from another generator");
-                Outcome::AlreadyThere
-            }
-            Created::Oversize { len } => {
-                warn!(
-                    "group {group}: slot {slot} was taken by a value of {} in the store, too large to be a record: no key can be published there",
-                    describe_len(len)
-                );
-                Outcome::Occupied
-            }
-        };
+        let outcome = create(store, group, schedule, slot, &seal).await?;
         out.push((slot, outcome));
     }
     Ok(out)
@@ -421,7 +394,7 @@ async fn create<S: Store>(
                 Outcome::AlreadyThere
             }
             Created::Oversize { len } => {
-                // Judged and replaced next round, like one found by a read.
+                // A checked round (`publish_checked`) judges and replaces it next round.
                 warn!(
                     "group {group}: slot {slot} was taken by a value of {} in the store, too large to be a record",
                     describe_len(len)
