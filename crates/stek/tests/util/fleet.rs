@@ -1719,6 +1719,21 @@ pub fn store_outage(b: &mut dyn Backend, root: &Path) {
     );
 }
 
+/// Sleeps until a clock `offset_ms` off the real one is at least 0.8 s away from a slot boundary.
+fn away_from_boundary(offset_ms: i64) {
+    let p = i64::try_from(P * 1000).expect("P fits");
+    let now = i64::try_from(unix_now().as_millis()).expect("now fits") + offset_ms;
+    let phase = now.rem_euclid(p);
+    let wait = if phase < 800 {
+        800 - phase
+    } else if phase > p - 800 {
+        p - phase + 800
+    } else {
+        0
+    };
+    std::thread::sleep(Duration::from_millis(u64::try_from(wait).unwrap_or(0)));
+}
+
 /// Done when: agents with clock offsets of -0.4 P, 0 and +0.4 P, each feeding a real nginx:
 /// a ticket minted on any host resumes on every host, through several rotations, TLS 1.2 and 1.3.
 pub fn clock_offsets_with_nginx(b: &mut dyn Backend, root: &Path) {
@@ -1733,9 +1748,9 @@ pub fn clock_offsets_with_nginx(b: &mut dyn Backend, root: &Path) {
     });
     let offsets = [-1600i64, 0, 1600];
     let mut hosts = Vec::new();
-    for (i, off) in offsets.iter().enumerate() {
+    for (i, off_ms) in offsets.iter().enumerate() {
         let prefix = root.join(format!("nginx{i}"));
-        let off = off.to_string();
+        let off = off_ms.to_string();
         let agent = Agent::start(
             root,
             &format!("agent{i}"),
@@ -1751,6 +1766,11 @@ pub fn clock_offsets_with_nginx(b: &mut dyn Backend, root: &Path) {
             ],
         );
         let conf = wait_nginx_conf_in(&agent.dir);
+        // nginx opens every key file the include names: started right at this agent's
+        // boundary, it could read the list before the rotation and open a file the rotation
+        // erased (as a real nginx would; the reload that follows every rotation reads the new
+        // list).
+        away_from_boundary(*off_ms);
         let nginx = Nginx::start(&prefix, &cert, &conf);
         hosts.push((agent, GracefulNginx(nginx)));
     }
