@@ -23,6 +23,23 @@ struct Group {
     changes: Option<watch::Sender<u64>>,
 }
 
+impl Group {
+    /// Stores `record` for `slot` (a previous entry is dropped, which zeroizes it) and tells the
+    /// watchers.
+    fn put(&mut self, slot: Slot, record: &[u8], expires_at: Duration) {
+        self.records.insert(
+            slot,
+            Entry {
+                record: Zeroizing::new(record.to_vec()),
+                expires_at,
+            },
+        );
+        if let Some(tx) = &self.changes {
+            tx.send_modify(|n| *n = n.wrapping_add(1));
+        }
+    }
+}
+
 /// An in-process store. Records (which may hold plain secrets here) are zeroized when they
 /// expire or the store is dropped. Expiry follows the injected clock.
 pub struct MemoryStore {
@@ -114,16 +131,7 @@ impl Store for MemoryStore {
                 Found::Oversize { len } => Created::Oversize { len },
             });
         }
-        g.records.insert(
-            slot,
-            Entry {
-                record: Zeroizing::new(record.to_vec()),
-                expires_at,
-            },
-        );
-        if let Some(tx) = &g.changes {
-            tx.send_modify(|n| *n = n.wrapping_add(1));
-        }
+        g.put(slot, record, expires_at);
         Ok(Created::Won)
     }
 
@@ -149,17 +157,7 @@ impl Store for MemoryStore {
         if !seen.matches(current.as_ref()) {
             return Ok(Replaced::Lost);
         }
-        // The old entry is dropped here, which zeroizes it.
-        g.records.insert(
-            slot,
-            Entry {
-                record: Zeroizing::new(record.to_vec()),
-                expires_at,
-            },
-        );
-        if let Some(tx) = &g.changes {
-            tx.send_modify(|n| *n = n.wrapping_add(1));
-        }
+        g.put(slot, record, expires_at);
         Ok(Replaced::Won)
     }
 
