@@ -2036,8 +2036,10 @@ pub fn hostile_values_and_junk_keys(b: &mut dyn Backend, root: &Path) {
             assert_eq!(s.encrypting, "current", "{}", describe(&refs, &st));
             assert_eq!(shared(s), shared(&st[0]), "{}", describe(&refs, &st));
             let staleness = s.staleness.expect("a successful read");
+            // Two periods: etcd itself answers no reads for seconds while it stores a 50 MB
+            // value; what must not happen is a lasting outage (junk read, values downloaded).
             assert!(
-                staleness < P as f64,
+                staleness < 2.0 * P as f64,
                 "the store reads failed for {staleness}s:\n{}",
                 s.render()
             );
