@@ -384,6 +384,7 @@ fn audit(ep: &Endpoint, version: Version, timeout: Duration) -> Live {
     };
     let r = &mut live.report;
     r.supported = true;
+    r.outcome = report::Outcome::Assessed;
     r.handshake_ms = Some(first.took.as_secs_f64() * 1000.0);
     r.cipher = first.flight.hello.as_ref().map(|h| cipher_name(h.cipher));
     r.tickets_issued = !first.issued.is_empty();
@@ -641,6 +642,7 @@ pub fn run(opts: &Options) -> Result<Report, ScanError> {
             target: ep.target.clone(),
             address: ep.addr.to_string(),
             sni: ep.sni.clone(),
+            server_family: report::ServerFamily::default(),
             error: None,
             tls12: VersionReport::default(),
             tls13: VersionReport::default(),
@@ -737,6 +739,7 @@ pub fn run(opts: &Options) -> Result<Report, ScanError> {
         targets,
         fleets,
         findings,
+        warnings: Vec::new(),
     };
     report.conclude();
     Ok(report)

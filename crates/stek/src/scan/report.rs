@@ -51,11 +51,86 @@ pub struct Finding {
     pub remediation: String,
 }
 
+/// How far the scan got with one TLS version of one endpoint. Only `assessed` says anything
+/// about tickets: a handshake that did not complete is never read as "no tickets".
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    /// A handshake completed; the fields below describe this version.
+    Assessed,
+    /// The server does not speak this version: it answered the ClientHello with
+    /// `protocol_version` or `handshake_failure`, or chose another version.
+    NotOffered,
+    /// The server refused the server name sent (`unrecognized_name`, or an alert that goes away
+    /// without the name).
+    NameRefused,
+    /// The handshake began but did not complete (e.g. an alert after the ServerHello: a client
+    /// certificate required); nothing is known of its tickets.
+    Failed,
+    /// No TLS handshake could start (connect failed or timed out, not TLS, no answer).
+    #[default]
+    Unreachable,
+}
+
+impl Outcome {
+    /// The snake_case word used in JSON.
+    pub fn word(self) -> &'static str {
+        match self {
+            Outcome::Assessed => "assessed",
+            Outcome::NotOffered => "not_offered",
+            Outcome::NameRefused => "name_refused",
+            Outcome::Failed => "failed",
+            Outcome::Unreachable => "unreachable",
+        }
+    }
+}
+
+/// What a server's tickets are.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TicketFormat {
+    /// Encrypted session state whose first 16 bytes name the key (OpenSSL, Go < 1.21, ...).
+    Named,
+    /// Encrypted session state without a stable key name (Go >= 1.21, rustls, ...).
+    Nameless,
+    /// Too short to hold encrypted session state: a key into the server's session cache
+    /// (OpenSSL's stateful TLS 1.3 tickets when tickets are off). No ticket key is involved.
+    CacheId,
+}
+
+/// The server software the scan believes it talked to, and why.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServerFamily {
+    /// Stable id: `nginx`, `apache`, `haproxy`, `go`, `caddy`, `lighttpd`, `h2o`, `rustls`,
+    /// `openssl` (another OpenSSL-based server, e.g. `openssl s_server`), or `unknown`.
+    pub id: String,
+    /// For people: "nginx", "Go crypto/tls", ...
+    pub name: String,
+    /// What pointed to it, one observation per entry (empty for `unknown`).
+    pub evidence: Vec<String>,
+}
+
+impl Default for ServerFamily {
+    fn default() -> Self {
+        ServerFamily {
+            id: "unknown".into(),
+            name: "unknown server".into(),
+            evidence: Vec::new(),
+        }
+    }
+}
+
 /// One TLS version's resumption behaviour on one endpoint.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct VersionReport {
-    /// A handshake at this version completed.
+    /// A handshake at this version completed (`outcome` is `assessed`).
     pub supported: bool,
+    /// How far the scan got.
+    #[serde(default)]
+    pub outcome: Outcome,
+    /// The alert the server ended the handshake with, by name (`certificate_required`, ...).
+    #[serde(default)]
+    pub alert: Option<String>,
     /// Why not, when not.
     pub error: Option<String>,
     /// The negotiated cipher suite.
@@ -88,6 +163,9 @@ pub struct VersionReport {
     pub tickets_seen: usize,
     /// Ticket length, bytes.
     pub ticket_len: Option<usize>,
+    /// What the tickets are, when any were issued.
+    #[serde(default)]
+    pub ticket_format: Option<TicketFormat>,
     /// A guessed key verified a ticket's MAC: how (see `stek.weak_key`, `stek.weak_mac_key`).
     pub weak_key: Option<String>,
     /// The guessed key also decrypted the ticket (`stek.weak_key`); false: only the MAC key.
@@ -135,6 +213,9 @@ pub struct TargetReport {
     pub address: String,
     /// The server name sent, if any.
     pub sni: Option<String>,
+    /// The server software, as far as the scan can tell (it picks the fix text).
+    #[serde(default)]
+    pub server_family: ServerFamily,
     /// Why this endpoint could not be scanned.
     pub error: Option<String>,
     /// TLS 1.2.
@@ -213,6 +294,9 @@ pub struct Report {
     pub fleets: Vec<FleetReport>,
     /// Findings, worst first.
     pub findings: Vec<Finding>,
+    /// Things about the scan itself a user should know (an option ignored, ...).
+    #[serde(default)]
+    pub warnings: Vec<String>,
 }
 
 impl Report {
@@ -505,6 +589,7 @@ mod tests {
             targets: vec![],
             fleets: vec![],
             findings,
+            warnings: vec![],
         }
     }
 

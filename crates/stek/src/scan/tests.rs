@@ -24,6 +24,7 @@ fn opts() -> Options {
 fn target() -> TargetReport {
     let v = VersionReport {
         supported: true,
+        outcome: super::report::Outcome::Assessed,
         tickets_issued: true,
         tickets_per_connection: 1,
         lifetime_hint: Some(300),
@@ -37,6 +38,7 @@ fn target() -> TargetReport {
         target: "127.0.0.1:443".into(),
         address: "127.0.0.1:443".into(),
         sni: None,
+        server_family: super::report::ServerFamily::default(),
         error: None,
         tls12: v.clone(),
         tls13: v,
