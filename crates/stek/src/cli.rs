@@ -383,12 +383,18 @@ A key's life and the acceptance window take time to see:
                              keep names, times and a few tickets across runs: a daily cron run
                              measures key life and acceptance over days and weeks
 
+A report to look at or pass on:
+  --html report.html         also write the report as one self-contained web page: verdict,
+                             findings with their fixes, each endpoint, and with --observe or
+                             --state a timeline of key names and old tickets accepted or refused
+
 Exit codes: 0 no finding of medium severity or worse, 1 findings, 2 the scan could not run.
 
 Examples:
   stek scan example.com
   stek scan 127.0.0.1:8443 --observe 6s --max-rotation 3s
   stek scan 192.0.2.10 192.0.2.11 --sni www.example.com --json
+  stek scan example.com --observe 10m --html report.html
   stek scan example.com --expect http://127.0.0.1:9100/status";
 
 #[derive(Args, Debug)]
@@ -406,6 +412,13 @@ pub(crate) struct ScanArgs {
     /// Print one JSON document (stable field names and finding ids) instead of the report.
     #[arg(long)]
     pub(crate) json: bool,
+
+    /// Also write the report as one HTML page to FILE: the verdict, the findings with their
+    /// fixes, each endpoint, and with --observe or --state a timeline of key names and of old
+    /// tickets accepted or refused. Self-contained: no script, nothing fetched, safe to open or
+    /// mail. FILE is replaced whole (a temporary file renamed over it). Works with --json.
+    #[arg(long, value_name = "FILE")]
+    pub(crate) html: Option<PathBuf>,
 
     /// Keep sampling for DUR (e.g. 6s, 2h) to measure key rotation and acceptance.
     #[arg(long, value_name = "DUR", value_parser = parse_positive)]

@@ -283,6 +283,12 @@ fn run_status(args: StatusArgs) -> anyhow::Result<()> {
 }
 
 fn run_scan(args: ScanArgs) -> ExitCode {
+    // Before the scan, which may observe for hours: a report that cannot be written is known now.
+    if let Some(path) = &args.html {
+        if let Err(e) = stek::scan::html::check_writable(path) {
+            return html_error(path, &e);
+        }
+    }
     let opts = stek::scan::Options {
         targets: args.targets,
         sni: args.sni,
@@ -313,7 +319,23 @@ fn run_scan(args: ScanArgs) -> ExitCode {
     } else {
         print!("{}", report.render());
     }
+    if let Some(path) = &args.html {
+        if let Err(e) = stek::scan::html::write(path, &stek::scan::html::render(&report)) {
+            return html_error(path, &e);
+        }
+        if !args.json {
+            println!("\nHTML report: {}", path.display());
+        }
+    }
     ExitCode::from(report.exit_code)
+}
+
+fn html_error(path: &std::path::Path, e: &std::io::Error) -> ExitCode {
+    eprintln!(
+        "stek scan: cannot write the HTML report to {}: {e}",
+        path.display()
+    );
+    ExitCode::from(2)
 }
 
 /// Resolves when stek should shut down: SIGINT or SIGTERM. Registered when called (inside the
