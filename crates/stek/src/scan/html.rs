@@ -106,12 +106,32 @@ pub fn render(report: &Report) -> String {
     verdict(&mut out, report);
     warnings(&mut out, report);
     findings(&mut out, report);
+    // Notes (findings of severity info) are facts about one endpoint: shown with it.
+    let labels: Vec<String> = report.targets.iter().map(TargetReport::label).collect();
+    let info = |f: &&Finding| f.severity == Severity::Info;
     let _ = writeln!(out, "<section id=\"endpoints\"><h2>Endpoints</h2>");
-    for (i, t) in report.targets.iter().enumerate() {
-        endpoint(&mut out, i, t);
+    for (i, (t, label)) in report.targets.iter().zip(&labels).enumerate() {
+        let notes: Vec<&Finding> = report
+            .findings
+            .iter()
+            .filter(info)
+            .filter(|f| f.target == *label)
+            .collect();
+        endpoint(&mut out, i, t, &notes);
     }
     out.push_str("</section>\n");
     fleets(&mut out, report);
+    let other: Vec<&Finding> = report
+        .findings
+        .iter()
+        .filter(info)
+        .filter(|f| !labels.contains(&f.target))
+        .collect();
+    if !other.is_empty() {
+        out.push_str("<section id=\"notes\"><h2>Other notes</h2>");
+        notes(&mut out, &other);
+        out.push_str("</section>\n");
+    }
     let _ = writeln!(
         out,
         "<footer><p>Written by {} from a scan started {}. This page is self-contained: it loads \
@@ -192,8 +212,11 @@ fn warnings(out: &mut String, r: &Report) {
 }
 
 fn findings(out: &mut String, r: &Report) {
-    let (shown, notes): (Vec<&Finding>, Vec<&Finding>) =
-        r.findings.iter().partition(|f| f.severity > Severity::Info);
+    let shown: Vec<&Finding> = r
+        .findings
+        .iter()
+        .filter(|f| f.severity > Severity::Info)
+        .collect();
     let _ = writeln!(
         out,
         "<section id=\"findings\"><h2>Findings <span class=\"count\">{}</span></h2>",
@@ -206,17 +229,6 @@ fn findings(out: &mut String, r: &Report) {
         finding(out, f);
     }
     out.push_str("</section>\n");
-    if !notes.is_empty() {
-        let _ = writeln!(
-            out,
-            "<section id=\"notes\"><h2>Notes <span class=\"count\">{}</span></h2>",
-            notes.len()
-        );
-        for f in notes {
-            finding(out, f);
-        }
-        out.push_str("</section>\n");
-    }
 }
 
 fn finding(out: &mut String, f: &Finding) {
@@ -245,7 +257,26 @@ fn finding(out: &mut String, f: &Finding) {
     out.push_str("</article>\n");
 }
 
-fn endpoint(out: &mut String, i: usize, t: &TargetReport) {
+/// Findings of severity info, one compact list item each.
+fn notes(out: &mut String, notes: &[&Finding]) {
+    out.push_str("<ul class=\"notes\">\n");
+    for f in notes {
+        let _ = writeln!(
+            out,
+            "<li class=\"finding sev-info\" data-id=\"{id}\" data-severity=\"info\" \
+             data-target=\"{target}\"><strong>{}</strong> <code>{id}</code><br><span \
+             class=\"evidence\">{}</span> <span class=\"note-fix\">{}</span></li>",
+            Esc(&f.title),
+            Esc(&f.evidence),
+            Esc(&f.remediation),
+            id = Esc(&f.id),
+            target = Esc(&f.target),
+        );
+    }
+    out.push_str("</ul>\n");
+}
+
+fn endpoint(out: &mut String, i: usize, t: &TargetReport, facts: &[&Finding]) {
     let _ = write!(
         out,
         "<section class=\"endpoint\" id=\"endpoint-{i}\" data-target=\"{}\" data-address=\"{}\">\n\
@@ -280,7 +311,6 @@ fn endpoint(out: &mut String, i: usize, t: &TargetReport) {
             Esc(e)
         );
     }
-    versions(out, t);
     if observed(t) {
         timeline(out, i, t);
     } else if t.error.is_none() {
@@ -300,6 +330,16 @@ fn endpoint(out: &mut String, i: usize, t: &TargetReport) {
             }
         );
     }
+    if !facts.is_empty() {
+        let _ = writeln!(
+            out,
+            "<h4>Notes <span class=\"count\">{}</span></h4>",
+            facts.len()
+        );
+        notes(out, facts);
+    }
+    out.push_str("<h4>Each TLS version</h4>\n");
+    versions(out, t);
     out.push_str("</section>\n");
 }
 
@@ -1018,7 +1058,11 @@ letter-spacing:.06em;color:#fff;background:var(--s);border-radius:4px;padding:2p
 .fix{background:var(--code);border-radius:6px;padding:8px 12px;margin-top:8px}
 .fix-label{margin:0 0 2px;font-weight:700;font-size:.8rem;text-transform:uppercase;letter-spacing:.05em;color:var(--muted)}
 .fix pre{margin:0;white-space:pre-wrap;overflow-wrap:anywhere}
-#notes .finding{padding:8px 14px}#notes .fix{display:none}
+.notes{list-style:none;padding:0;margin:0}
+.notes li.finding{background:none;border:0;border-left:3px solid var(--info);border-radius:0;
+padding:3px 0 3px 12px;margin:6px 0;font-size:.9rem;overflow-wrap:anywhere}
+.notes code{font-size:.78em;color:var(--muted)}
+.note-fix{white-space:pre-wrap;color:var(--muted)}
 .endpoint{background:var(--card);border:1px solid var(--line);border-radius:10px;padding:14px 18px;margin:12px 0}
 .facts{display:grid;grid-template-columns:max-content 1fr;gap:2px 14px;margin:6px 0 10px}
 .facts dt{color:var(--muted)}.facts dd{margin:0;overflow-wrap:anywhere}
@@ -1333,10 +1377,10 @@ mod tests {
             // The markup is the renderer's own: only its elements, no event handler.
             let allowed = [
                 "html", "head", "meta", "title", "style", "body", "main", "header", "p", "span",
-                "strong", "small", "nav", "ul", "li", "a", "section", "h2", "h3", "h4", "article",
-                "code", "div", "pre", "dl", "dt", "dd", "table", "thead", "tbody", "tr", "th",
-                "td", "details", "summary", "footer", "svg", "desc", "g", "text", "tspan", "rect",
-                "line", "path", "circle",
+                "strong", "small", "br", "nav", "ul", "li", "a", "section", "h2", "h3", "h4",
+                "article", "code", "div", "pre", "dl", "dt", "dd", "table", "thead", "tbody", "tr",
+                "th", "td", "details", "summary", "footer", "svg", "desc", "g", "text", "tspan",
+                "rect", "line", "path", "circle",
             ];
             for (tag, attrs) in tags(page) {
                 assert!(allowed.contains(&tag.as_str()), "element <{tag}>");
@@ -1421,6 +1465,24 @@ mod tests {
         assert!(page.contains("data-verdict=\"pass\" data-exit-code=\"0\""));
         assert!(page.contains("<li class=\"warning\">--sni 127.0.0.1: an IP address"));
         assert!(page.contains("No finding of low severity or worse."));
+    }
+
+    #[test]
+    fn notes_sit_with_their_endpoint_or_apart() {
+        let mut r = observed_report();
+        let mut fleet = finding("fleet.shared_key", Severity::Info, "Nothing to change.");
+        fleet.target = "fleet example.com".into();
+        r.findings.push(fleet);
+        let page = render(&r);
+        let endpoint = page.find("<section class=\"endpoint\"").unwrap();
+        let note = page.find("data-id=\"stek.rotation\"").unwrap();
+        let other = page
+            .find("<section id=\"notes\"><h2>Other notes</h2>")
+            .unwrap();
+        let fleet = page.find("data-id=\"fleet.shared_key\"").unwrap();
+        assert!(endpoint < note && note < other && other < fleet);
+        assert!(page.contains("<h4>Notes <span class=\"count\">1</span></h4>"));
+        assert!(!render(&observed_report()).contains("Other notes"));
     }
 
     #[test]
