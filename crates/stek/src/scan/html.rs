@@ -769,7 +769,7 @@ fn timeline(out: &mut String, i: usize, t: &TargetReport) {
         let (x0, x1) = (axis.x(k.first_seen), axis.x(k.last_seen));
         let width = (x1 - x0).max(3.0);
         let life = report::human(k.last_seen - k.first_seen);
-        let label = format!("{} · {life}", k.name);
+        let label = format!("{} · seen {life}", k.name);
         let (lx, anchor, inside) = place_label(x0, x0 + width, label.chars().count());
         let _ = writeln!(
             svg,
@@ -1079,7 +1079,7 @@ td.bad{color:var(--fail);font-weight:600}
 .measures dt{color:var(--muted);font-size:.78rem}
 .measures dd{margin:0;font-size:1.1rem;font-weight:650;overflow-wrap:anywhere}
 .measures small{display:block;font-size:.75rem;font-weight:400;color:var(--muted)}
-svg.timeline{display:block;width:100%;min-width:640px;height:auto;font-family:inherit}
+svg.timeline{display:block;width:100%;min-width:760px;height:auto;font-family:inherit}
 svg .lane{font-size:13px;font-weight:650;fill:var(--fg)}
 svg .note{font-size:12px;fill:var(--muted)}
 svg .key-name{font-size:11px;fill:var(--fg);font-family:ui-monospace,"DejaVu Sans Mono",monospace}
@@ -1109,7 +1109,8 @@ details{margin:8px 0}summary{cursor:pointer;color:var(--muted)}
 .fleet{background:var(--card);border:1px solid var(--line);border-radius:10px;padding:12px 16px;margin:10px 0}
 footer{margin:30px 0 10px;color:var(--muted);font-size:.85rem}
 @media (max-width:600px){main{padding:8px}.endpoint,.finding{padding:10px}
-#verdict-word{font-size:1.9rem}.facts{grid-template-columns:1fr}.facts dt{margin-top:4px}}
+#verdict-word{font-size:1.9rem}.facts{grid-template-columns:1fr}.facts dt{margin-top:4px}
+.versions{min-width:0}.versions tbody th{white-space:normal;width:auto}th,td{padding:4px 6px}}
 "#;
 
 #[cfg(test)]
