@@ -322,7 +322,7 @@ fn endpoint(out: &mut String, i: usize, t: &TargetReport, facts: &[&Finding]) {
                 "this scan saw a single moment. To see keys change and old tickets refused, \
                  observe for a while (<code>--observe DUR</code>, e.g. <code>--observe 2h</code>) \
                  or keep observations across runs (<code>--state FILE</code>, e.g. from a \
-                 daily cron job)."
+                 daily cron job: each run offers the tickets kept by the one before)."
             } else {
                 "the server issued no tickets, so there is no key to follow. \
                  (<code>--observe DUR</code> or <code>--state FILE</code> draw one when there \
@@ -1019,11 +1019,13 @@ const CSS: &str = r#"
 :root{--bg:#f6f7f9;--card:#fff;--fg:#1c2330;--muted:#5b6576;--line:#dde1e7;--code:#eef1f5;
 --pass:#1d7a46;--fail:#b42318;--error:#b54708;--acc:#1d7a46;--ref:#c0262d;--unk:#7a8394;
 --critical:#7a1010;--high:#c0262d;--medium:#c4530c;--low:#8a6d00;--info:#3d6fb6;
---k0:#3d6fb6;--k1:#7a4fb5;--k2:#1f8a8a;--k3:#b5651d;--k4:#5a7d1e;--k5:#a63d7a}
+--k0:#3d6fb6;--k1:#7a4fb5;--k2:#1f8a8a;--k3:#b5651d;--k4:#5a7d1e;--k5:#a63d7a;
+--badge:#fff;--warn-bg:#fff6db;--warn-fg:#4a3b00;--warn-line:#ecd27a}
 @media (prefers-color-scheme:dark){:root{--bg:#14181f;--card:#1c222b;--fg:#e6e9ee;
 --muted:#9aa4b2;--line:#323a46;--code:#262e39;--pass:#4cc38a;--fail:#ff6b60;--error:#f5a524;
 --acc:#4cc38a;--ref:#ff6b60;--unk:#9aa4b2;--critical:#ff8a80;--high:#ff6b60;--medium:#f5a524;
---low:#d6c14a;--info:#7fb0ff}}
+--low:#d6c14a;--info:#7fb0ff;--badge:#14181f;--warn-bg:#3a3113;--warn-fg:#f5e7b8;
+--warn-line:#7a6420}}
 *{box-sizing:border-box}
 body{margin:0;background:var(--bg);color:var(--fg);
 font:15px/1.5 system-ui,-apple-system,"Segoe UI",Roboto,"Helvetica Neue",Arial,sans-serif}
@@ -1046,13 +1048,13 @@ border-radius:10px;padding:14px 20px;margin-top:8px}
 .toc a{display:inline-block;padding:2px 10px;border:1px solid var(--line);border-radius:12px;
 color:inherit;text-decoration:none;font-size:.88rem}
 .warning{margin:4px 0}
-#warnings ul{background:#fff6db;color:#4a3b00;border:1px solid #ecd27a;border-radius:8px;padding:10px 10px 10px 30px}
+#warnings ul{background:var(--warn-bg);color:var(--warn-fg);border:1px solid var(--warn-line);border-radius:8px;padding:10px 10px 10px 30px}
 .finding{background:var(--card);border:1px solid var(--line);border-left:6px solid var(--s);
 border-radius:8px;padding:12px 16px;margin:10px 0}
 .sev-critical{--s:var(--critical)}.sev-high{--s:var(--high)}.sev-medium{--s:var(--medium)}
 .sev-low{--s:var(--low)}.sev-info{--s:var(--info)}
 .sev{display:inline-block;min-width:5.2em;text-align:center;font-size:.72rem;font-weight:700;
-letter-spacing:.06em;color:#fff;background:var(--s);border-radius:4px;padding:2px 6px;margin-right:6px;vertical-align:2px}
+letter-spacing:.06em;color:var(--badge);background:var(--s);border-radius:4px;padding:2px 6px;margin-right:6px;vertical-align:2px}
 .fid{margin:0 0 6px;color:var(--muted);font-size:.9rem;overflow-wrap:anywhere}
 .evidence{margin:6px 0;overflow-wrap:anywhere}
 .fix{background:var(--code);border-radius:6px;padding:8px 12px;margin-top:8px}
