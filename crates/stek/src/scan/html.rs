@@ -79,23 +79,23 @@ struct Esc<'a>(&'a str);
 
 impl fmt::Display for Esc<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let mut rest = self.0;
-        while let Some(i) = rest.find(|c: char| {
-            matches!(c, '&' | '<' | '>' | '"' | '\'') || (c.is_control() && c != '\n' && c != '\t')
-        }) {
-            f.write_str(&rest[..i])?;
-            let c = rest[i..].chars().next().unwrap_or('\u{FFFD}');
-            f.write_str(match c {
+        let mut start = 0;
+        for (i, c) in self.0.char_indices() {
+            let replacement = match c {
                 '&' => "&amp;",
                 '<' => "&lt;",
                 '>' => "&gt;",
                 '"' => "&quot;",
                 '\'' => "&#39;",
-                _ => "\u{FFFD}",
-            })?;
-            rest = &rest[i + c.len_utf8()..];
+                '\n' | '\t' => continue,
+                c if c.is_control() => "\u{FFFD}",
+                _ => continue,
+            };
+            f.write_str(&self.0[start..i])?;
+            f.write_str(replacement)?;
+            start = i + c.len_utf8();
         }
-        f.write_str(rest)
+        f.write_str(&self.0[start..])
     }
 }
 
@@ -170,6 +170,8 @@ fn verdict(out: &mut String, r: &Report) {
         "fail" => "findings of medium severity or worse",
         _ => "the scan could not assess every endpoint",
     };
+    // The summary of a pass says the same already.
+    let meaning = if r.summary == meaning { "" } else { meaning };
     let _ = writeln!(
         out,
         "<header id=\"verdict\" class=\"verdict v-{class}\" data-verdict=\"{}\" \
@@ -409,7 +411,7 @@ fn versions(out: &mut String, t: &TargetReport) {
         ("key-name", "Key name", |v| {
             match (&v.key_name, v.key_name_confirmed) {
                 (Some(n), true) => format!("{n} (confirmed on {} tickets)", v.tickets_seen),
-                (Some(n), false) => format!("{n} (seen once)"),
+                (Some(n), false) => format!("{n} (not confirmed on a second ticket)"),
                 (None, _) if v.tickets_issued => "none in the tickets".into(),
                 (None, _) => "—".into(),
             }
@@ -425,7 +427,8 @@ fn versions(out: &mut String, t: &TargetReport) {
         let _ = write!(out, "<tr><th scope=\"row\">{label}</th>");
         for (id, v) in both {
             let bad = match field {
-                "outcome" => v.outcome != Outcome::Assessed,
+                // A version the server does not speak is a fact, not a failure.
+                "outcome" => !matches!(v.outcome, Outcome::Assessed | Outcome::NotOffered),
                 "weak-key" => v.weak_key.is_some(),
                 "dhe" => v.resumption_with_dhe == Some(false),
                 _ => false,
