@@ -366,30 +366,49 @@ fn an_observing_scan_renders_its_verdict_findings_and_timeline_in_chromium() {
         .0;
     assert!(dom.text(title).starts_with("FAIL: "), "{}", dom.text(title));
 
-    // Every finding, in the JSON's order (worst first), with its fix.
-    let findings: Vec<(String, String)> = dom
+    // Every finding: the serious ones first, in the JSON's order (worst first); the notes
+    // (severity info) then sit with their endpoint.
+    let findings: Vec<(String, String, String)> = dom
         .by_class(0, "finding")
         .into_iter()
         .map(|f| {
             (
+                dom.attr(f, "data-severity").to_owned(),
                 dom.attr(f, "data-id").to_owned(),
                 dom.attr(f, "data-target").to_owned(),
             )
         })
         .collect();
-    let want: Vec<(String, String)> = json["findings"]
+    let want: Vec<(String, String, String)> = json["findings"]
         .as_array()
         .unwrap()
         .iter()
         .map(|f| {
             (
+                f["severity"].as_str().unwrap().to_owned(),
                 f["id"].as_str().unwrap().to_owned(),
                 f["target"].as_str().unwrap().to_owned(),
             )
         })
         .collect();
-    // Worst first: the JSON's order (notes, of severity info, come last in both).
-    assert_eq!(findings, want);
+    let serious = want.iter().filter(|f| f.0 != "info").count();
+    assert!(serious >= 1);
+    assert_eq!(findings[..serious], want[..serious]);
+    let (mut got_all, mut want_all) = (findings.clone(), want.clone());
+    got_all.sort();
+    want_all.sort();
+    assert_eq!(got_all, want_all);
+    for (section, t) in dom
+        .by_class(0, "endpoint")
+        .into_iter()
+        .zip(json["targets"].as_array().unwrap())
+    {
+        let label = t["target"].as_str().unwrap();
+        for f in dom.by_class(section, "finding") {
+            assert_eq!(dom.attr(f, "data-severity"), "info");
+            assert_eq!(dom.attr(f, "data-target"), label);
+        }
+    }
     let not_rotated = dom
         .by_class(0, "finding")
         .into_iter()
