@@ -1180,33 +1180,35 @@ mod tests {
 
     fn target(keys: Vec<KeyReport>, acceptance: Vec<AcceptanceCheck>) -> TargetReport {
         let name = keys.last().map(|k| k.name.clone());
-        TargetReport {
-            target: "example.com".into(),
-            address: "192.0.2.1:443".into(),
-            sni: Some("example.com".into()),
-            server_family: ServerFamily {
-                id: "nginx".into(),
-                name: "nginx".into(),
-                evidence: vec!["80-byte key layout verified".into()],
-            },
-            error: None,
-            tls12: version(name.as_deref()),
-            tls13: version(name.as_deref()),
-            rotation_observed_secs: (keys.len() >= 3).then_some(2.0),
-            observed_secs: 7.0,
-            oldest_accepted_secs: acceptance
-                .iter()
-                .filter(|c| c.accepted == Some(true))
-                .map(|c| c.age_secs)
-                .reduce(f64::max),
-            youngest_refused_secs: acceptance
-                .iter()
-                .filter(|c| c.accepted == Some(false))
-                .map(|c| c.age_secs)
-                .reduce(f64::min),
-            keys,
-            acceptance,
-        }
+        // From the JSON interface, whose new fields come with defaults: fields added to the
+        // report later need no change here.
+        let mut t: TargetReport = serde_json::from_value(serde_json::json!({
+            "target": "example.com", "address": "192.0.2.1:443", "sni": "example.com",
+            "tls12": version(name.as_deref()), "tls13": version(name.as_deref()),
+            "keys": [], "observed_secs": 7.0, "acceptance": [],
+        }))
+        .expect("a target report");
+        // Assigned, not through JSON: the times may be NaN or infinite (JSON has neither).
+        (t.keys, t.acceptance) = (keys, acceptance);
+        t.server_family = ServerFamily {
+            id: "nginx".into(),
+            name: "nginx".into(),
+            evidence: vec!["80-byte key layout verified".into()],
+        };
+        t.rotation_observed_secs = (t.keys.len() >= 3).then_some(2.0);
+        t.oldest_accepted_secs = t
+            .acceptance
+            .iter()
+            .filter(|c| c.accepted == Some(true))
+            .map(|c| c.age_secs)
+            .reduce(f64::max);
+        t.youngest_refused_secs = t
+            .acceptance
+            .iter()
+            .filter(|c| c.accepted == Some(false))
+            .map(|c| c.age_secs)
+            .reduce(f64::min);
+        t
     }
 
     fn finding(id: &str, severity: Severity, remediation: &str) -> Finding {
@@ -1221,17 +1223,18 @@ mod tests {
     }
 
     fn report(targets: Vec<TargetReport>, findings: Vec<Finding>) -> Report {
+        let base: Report = serde_json::from_value(serde_json::json!({
+            "scanner": "", "started_at": 0.0, "duration_secs": 0.0, "verdict": "",
+            "summary": "", "exit_code": 0, "targets": [], "fleets": [], "findings": [],
+        }))
+        .expect("a report");
         let mut r = Report {
             scanner: "stek 0.1.0".into(),
             started_at: T0,
             duration_secs: 7.3,
-            verdict: String::new(),
-            summary: String::new(),
-            exit_code: 0,
             targets,
-            fleets: vec![],
             findings,
-            warnings: vec![],
+            ..base
         };
         r.conclude();
         r
