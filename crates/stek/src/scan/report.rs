@@ -202,6 +202,9 @@ pub struct AcceptanceCheck {
     pub age_secs: f64,
     /// The server resumed with it; `None` when the answer did not tell.
     pub accepted: Option<bool>,
+    /// It was a session-cache ID (stateful TLS 1.3 ticket), not an encrypted ticket.
+    #[serde(default)]
+    pub cache_id: bool,
 }
 
 /// One endpoint: a target's address.
@@ -357,6 +360,9 @@ impl Report {
             self.targets.len(),
             self.duration_secs
         );
+        for w in &self.warnings {
+            let _ = writeln!(out, "warning: {w}");
+        }
         let shown: Vec<&Finding> = self
             .findings
             .iter()
@@ -386,16 +392,25 @@ impl Report {
         for t in &self.targets {
             let _ = writeln!(
                 out,
-                "\n{}{}",
+                "\n{}, {}",
                 t.label(),
                 t.sni
                     .as_ref()
-                    .map(|s| format!(", SNI {s}"))
-                    .unwrap_or_default()
+                    .map_or_else(|| "no SNI".to_owned(), |s| format!("SNI {s}"))
             );
             if let Some(e) = &t.error {
                 let _ = writeln!(out, "  error: {e}");
                 continue;
+            }
+            if t.server_family.evidence.is_empty() {
+                let _ = writeln!(out, "  server: {}", t.server_family.name);
+            } else {
+                let _ = writeln!(
+                    out,
+                    "  server: {} ({})",
+                    t.server_family.name,
+                    t.server_family.evidence.join("; ")
+                );
             }
             for (label, v) in [("TLS 1.2", &t.tls12), ("TLS 1.3", &t.tls13)] {
                 let _ = writeln!(out, "  {label}: {}", describe(v));
@@ -452,7 +467,8 @@ impl Report {
     }
 }
 
-fn yes(b: Option<bool>) -> &'static str {
+/// `yes`, `no`, `n/a`.
+pub fn yes(b: Option<bool>) -> &'static str {
     match b {
         Some(true) => "yes",
         Some(false) => "no",
@@ -461,10 +477,21 @@ fn yes(b: Option<bool>) -> &'static str {
 }
 
 fn describe(v: &VersionReport) -> String {
-    if !v.supported {
+    let why = v.error.as_deref().unwrap_or("no handshake");
+    match v.outcome {
+        Outcome::Assessed => {}
+        Outcome::NotOffered => return format!("not offered ({why})"),
+        Outcome::NameRefused => return format!("not assessed: {why}"),
+        Outcome::Failed | Outcome::Unreachable => return format!("not assessed: {why}"),
+    }
+    if v.ticket_format == Some(TicketFormat::CacheId) {
         return format!(
-            "not offered ({})",
-            v.error.as_deref().unwrap_or("no handshake")
+            "{}session-cache IDs of {} bytes as tickets (no ticket key), {}/connection, lifetime {}; resumption {}",
+            v.cipher.as_ref().map(|c| format!("{c}; ")).unwrap_or_default(),
+            v.ticket_len.unwrap_or(0),
+            v.tickets_per_connection,
+            v.lifetime_hint.map_or_else(|| "?".to_owned(), |l| human(f64::from(l))),
+            yes(v.ticket_resumption)
         );
     }
     let mut s = String::new();
