@@ -314,8 +314,10 @@ fn nameless_rotation_is_measured_through_acceptance() {
     o.max_rotation = Duration::from_secs(2);
     o.max_acceptance = Duration::from_secs(2);
     // Tickets 1..6 s old all resume: the key that made the 6 s ticket lived 6 s > 2 + 2.
-    let mut hist = EndpointState::default();
-    hist.checks = (1..=6).map(|a| check(f64::from(a), true, false)).collect();
+    let mut hist = EndpointState {
+        checks: (1..=6).map(|a| check(f64::from(a), true, false)).collect(),
+        ..EndpointState::default()
+    };
     let mut t = nameless();
     let f = analyze(&mut t, &hist, &o, T0 + 6.0);
     assert_eq!(
@@ -369,8 +371,10 @@ fn session_cache_ids_are_not_ticket_keys() {
     t.tls12.key_name = None;
     let mut o = opts();
     o.max_acceptance = Duration::from_secs(2);
-    let mut hist = EndpointState::default();
-    hist.checks = vec![check(6.0, true, true)];
+    let hist = EndpointState {
+        checks: vec![check(6.0, true, true)],
+        ..EndpointState::default()
+    };
     let f = analyze(&mut t, &hist, &o, T0 + 6.0);
     let ids = ids(&f);
     assert!(ids.contains(&"session_cache.tls13"), "{ids:?}");
