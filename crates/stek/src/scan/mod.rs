@@ -411,6 +411,9 @@ impl Live {
                         .and_then(|p| p.connect(ep.addr, None))
                     {
                         Ok(_) => "without a name the handshake completes".to_owned(),
+                        Err(ProbeError::Alert(d2)) if d2 == *d => {
+                            "without a name it sends the same alert; scan with a name it serves (--sni NAME)".to_owned()
+                        }
                         Err(e2) => format!("without a name: {e2}"),
                     };
                     r.error = Some(format!(
@@ -732,16 +735,19 @@ pub fn run(opts: &Options) -> Result<Report, ScanError> {
             youngest_refused_secs: None,
         };
         if versions.iter().all(|l| !l.report.supported) {
+            // One line per distinct reason: "TLS 1.2 and TLS 1.3: ..." when both agree.
+            let mut reasons: Vec<(Vec<Version>, &str)> = Vec::new();
+            for l in versions.iter() {
+                let why = l.report.error.as_deref().unwrap_or("no handshake");
+                match reasons.iter_mut().find(|(_, w)| *w == why) {
+                    Some((vs, _)) => vs.push(l.version),
+                    None => reasons.push((vec![l.version], why)),
+                }
+            }
             t.error = Some(
-                versions
+                reasons
                     .iter()
-                    .map(|l| {
-                        format!(
-                            "{}: {}",
-                            l.version.label(),
-                            l.report.error.as_deref().unwrap_or("no handshake")
-                        )
-                    })
+                    .map(|(vs, why)| format!("{}: {why}", labels(vs)))
                     .collect::<Vec<_>>()
                     .join("; "),
             );

@@ -606,7 +606,7 @@ pub fn alert_meaning(desc: u8) -> &'static str {
         49 => "the server refuses this client (access control)",
         70 => "the server does not speak this TLS version",
         71 => "the server wants stronger parameters than offered",
-        80 => "the server failed to answer; Go servers (Caddy among them) send this for a server name they hold no certificate for",
+        80 => "an internal error; Go servers (Caddy among them) send it for a server name they have no certificate for",
         86 => "the server saw a version downgrade",
         109 | 110 | 47 | 50 | 51 | 10 => "the server did not accept something in the handshake",
         112 => "the server does not serve this server name",
