@@ -466,13 +466,15 @@ fn identify(
             continue;
         }
         checked.push(n);
-        if let Some(w) = weak::check(t) {
-            live.report.weak_key_decrypts = w.session_len.is_some();
+        let weak = weak::check(t);
+        // The first match is the best: one that decrypts, if any does.
+        if let Some((w, m)) = weak.as_ref().and_then(|w| Some((w, w.matches.first()?))) {
+            live.report.weak_key_decrypts = w.decrypts();
             live.report.weak_key = Some(format!(
                 "{} ({}; HMAC key guessed{})",
                 w.pattern,
-                w.layout,
-                match (w.aes_bits, w.session_len) {
+                m.layout,
+                match (m.aes_bits, m.session_len) {
                     (Some(bits), Some(len)) => format!(
                         ", AES-{bits} key guessed too: the ticket decrypts to a {len}-byte session"
                     ),
