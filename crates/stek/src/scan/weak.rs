@@ -900,7 +900,8 @@ mod tests {
 
     #[test]
     fn go_ticket_that_is_no_go_state_only_verifies_the_mac() {
-        // The MAC is Go's, but the plaintext is not a session state of either version.
+        // The MAC is Go's, but the plaintext is not a session state of either version. (The
+        // named ticket is 144 bytes, the shape of an OpenSSL ticket too: only Go's key fits.)
         let garbage = vec![0x99u8; 80];
         for named in [true, false] {
             let w = check(&go_ticket(&[0; 32], named, &garbage)).unwrap();
@@ -980,6 +981,43 @@ mod tests {
         }
         assert_eq!(check(&hex(GO119_RANDOM)), None);
         assert_eq!(check(&hex(GO123_RANDOM)), None);
+    }
+
+    /// Tickets from real OpenSSL-based servers on loopback (OpenSSL 3.0 on Debian 12), taken
+    /// with `openssl s_client -tls1_2|-tls1_3 -sess_out F -ign_eof` and `openssl sess_id -text`.
+    /// lighttpd 1.4.69 with `ssl.stek-file` = i32 0, i32 now - 60, i32 now + 86400 (host order),
+    /// then the bytes 0, 1, ..., 79: the name on the wire is 000102...0f.
+    const LIGHTTPD_TLS12: &str = "000102030405060708090a0b0c0d0e0fbbc44d0f4ba366c58725bcc66cb38593f068bc5da0eb0d34153220b091bfa28307b664f6780caf5a379ccf2b1880da0c05a952a327172823183fafeb6319a81745a609fa54d73b4a51f15990432fcd5e8a0bfdda829ea489b0a521c3dfc159a47560c92020de17b88f213c4a2ce93ee2df74c3483cb9a1b994bee7f7364670d1811e26fe4a1e9686a5cfe7fa940263e62e97e33d1fdcb21dd123edd2a7ac16f5";
+    const LIGHTTPD_TLS13: &str = "000102030405060708090a0b0c0d0e0f450de25798568934e8ac66c33563f0b90f1ab98ea9c896b0a4b16e4ad228a714bcbcdb0df12b29bcebdeb8d39d37df9581a850f1a595a3ee61e2e966875b0eca5df69cf0b4e3411e95153b2f2c0cb5f2f66c7156853096f081cc60ab01199250be6f16dabb6a09c80329ab6acebddb70891a29b7682962c7d3b8717506cfbdb71c9e536fba82e47e24ad9eba1fc6e792a7bb32b00d43c07d3bb4ce6b0f0fdb9e647b8e4d68828ca801d2df1970e42c0c5b527158c30b08663b94ce5707ab15b7";
+    /// h2o 2.2.5 with `ssl-session-resumption: {mode: ticket, ticket-store: file}` and one
+    /// entry `name: 00112233445566778899aabbccddeeff`, `cipher: aes-256-cbc`, `hash: sha256`,
+    /// `key:` the bytes 0, 1, ..., 95 in hex, valid from now - 60 for an hour.
+    const H2O_TLS12: &str = "00112233445566778899aabbccddeeff3399c3dae01cc86e368865ea22cb598a633aecb03ef12169f362784b100ae42c61c1ebbfb8e81da06c6392a2489feb6e3f465d541e5a92a92576440b8aa558c30bc29b32004028760a59007c7e597f999e050c3fb4e1a69b28425f7b820be24f2ea028dbd732abb657944aae7c68b4bb86ce30859bb840b49468f52f731afc39b598e50e8fb120077f0ac47a35ee0004";
+    const H2O_TLS13: &str = "00112233445566778899aabbccddeeff5a8bc448cfba394e95db32b488641ab0432825ef247464318f78fe341d54b202501d043fb4a45b0e0cf946c899323efacd55ead4dea3fb3fa97812ccfe2551d3d30093a1fb40955c20872c3312bafaaa744917ca362e63fc0687990903b1fcb35cd9d92338f7db1366ebe16e24cf0b278d9e3b3ca2944b4564b572dbc4709f0510d4b85762fedd2aa0fc6dddfe6d95647faf26190b35f244544f62f5a81b585b62b0b49be635c521827c41927e4410e437b4ec9ad1524fd4ccbf9e95cc2603d6";
+
+    #[test]
+    fn real_lighttpd_and_h2o_tickets_open_under_their_layouts() {
+        for (v, i, family) in [
+            (LIGHTTPD_TLS12, 0, "lighttpd"),
+            (LIGHTTPD_TLS13, 0, "lighttpd"),
+            (H2O_TLS12, 4, "h2o"),
+            (H2O_TLS13, 4, "h2o"),
+        ] {
+            let t = hex(v);
+            let w = check(&t).unwrap_or_else(|| panic!("{v}"));
+            assert_eq!(w.pattern, "counting 0, 1, 2, ...");
+            assert_eq!(w.matches.len(), 1, "{:?}", w.matches);
+            let m = &w.matches[0];
+            assert_eq!(m.layout, FILE_LAYOUTS[i].name);
+            assert!(m.families.contains(&family));
+            assert_eq!(m.aes_bits, Some(256));
+            // name, IV and MAC around a body of whole blocks, at most one block of padding.
+            let session = m.session_len.unwrap();
+            assert!(
+                session < t.len() - 64 && session + 16 >= t.len() - 64,
+                "{session}"
+            );
+        }
     }
 
     #[test]
