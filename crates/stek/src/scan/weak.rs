@@ -15,9 +15,9 @@
 //! | Go <= 1.20 | name, IV, AES-128-CTR, MAC | 32 bytes, SHA-512 -> name, AES, HMAC | go, caddy |
 //! | Go >= 1.21 | IV, AES-128-CTR, MAC (no name) | the same 32 bytes | go, caddy |
 //!
-//! Sources: nginx `ngx_ssl_session_ticket_keys` (48 = name, AES, HMAC; 80 = name, HMAC, AES);
-//! HAProxy `ssl_tlsext_ticket_key_cb` (`struct tls_sess_key_128/256`: name, aes, hmac); Apache
-//! `ssl_init_ticket_key` (name, hmac, aes, 48 bytes); lighttpd 1.4.69
+//! Sources: nginx src/event/ngx_event_openssl.c `ngx_ssl_session_ticket_keys` (48 = name, AES,
+//! HMAC; 80 = name, HMAC, AES); HAProxy `struct tls_sess_key_128/256` (name, aes_key,
+//! hmac_key); Apache mod_ssl `ssl_init_ticket_key` (name, hmac, aes, 48 bytes); lighttpd 1.4.69
 //! `mod_openssl_session_ticket_key_file` (12-byte header, then these 80 bytes copied onto
 //! name, HMAC, AES); nghttpx `read_tls_ticket_key_file` (name, enc key, HMAC key; the HMAC key is
 //! 16 bytes with aes-128-cbc "as a legacy of using same file format with nginx and apache");
@@ -395,18 +395,20 @@ pub fn check(ticket: &[u8]) -> Option<WeakKey> {
 /// name is Go <= 1.20's (a name-less ticket starts with a random IV, equal to the name with
 /// probability 2^-128); decrypt and parse it as that version's state.
 fn go_match(ticket: &[u8], name: &[u8; NAME], aes: &[u8; 16]) -> Match {
+    // `check` lets only tickets longer than an IV and a MAC through.
     let body = &ticket[..ticket.len() - MAC];
     let named = ticket.starts_with(name);
-    let session = if named {
-        let rest = &body[NAME..];
-        (rest.len() >= IV)
-            .then(|| ctr(aes, &rest[..IV], &rest[IV..]))
-            .filter(|p| go_legacy_state(p))
-            .map(|p| p.len())
+    let (from, parse): (usize, fn(&[u8]) -> bool) = if named {
+        (NAME, go_legacy_state)
     } else {
-        let p = ctr(aes, &body[..IV], &body[IV..]);
-        go_state(&p).then_some(p.len())
+        (0, go_state)
     };
+    let session = body
+        .get(from..)
+        .and_then(|b| b.split_first_chunk::<IV>())
+        .map(|(iv, state)| ctr(aes, iv, state))
+        .filter(|p| parse(p))
+        .map(|p| p.len());
     Match {
         layout: if named { GO_NAMED } else { GO_NAMELESS },
         families: GO_FAMILIES,
@@ -418,9 +420,9 @@ fn go_match(ticket: &[u8], name: &[u8; NAME], aes: &[u8; 16]) -> Match {
 
 /// AES-128-CTR as Go's `cipher.NewCTR` runs it: the IV is the first counter block, incremented
 /// as one 128-bit big-endian number (crypto/cipher/ctr.go, `refill`).
-fn ctr(key: &[u8; 16], iv: &[u8], data: &[u8]) -> Zeroizing<Vec<u8>> {
+fn ctr(key: &[u8; 16], iv: &[u8; IV], data: &[u8]) -> Zeroizing<Vec<u8>> {
     let cipher = aes::Aes128::new(GenericArray::from_slice(key));
-    let mut counter = u128::from_be_bytes(iv.try_into().unwrap_or([0; 16]));
+    let mut counter = u128::from_be_bytes(*iv);
     let mut out = Zeroizing::new(data.to_vec());
     let mut stream = Zeroizing::new([0u8; BLOCK]);
     for chunk in out.chunks_mut(BLOCK) {
