@@ -260,6 +260,7 @@ impl Guesses {
                 (Origin::File { layout: a, aes: x }, Origin::File { layout: b, aes: y }) => {
                     std::ptr::eq(*a, *b) && x == y
                 }
+                (Origin::Go { name: a, .. }, Origin::Go { name: b, .. }) => a == b,
                 _ => false,
             });
             if !known {
