@@ -868,27 +868,50 @@ fn identify_family(versions: &mut [Live]) -> (Family, report::ServerFamily) {
 
 /// The families whose key layout the guessed key matched.
 fn weak_families(w: &weak::WeakKey) -> Vec<&'static str> {
-    let _ = w;
-    Vec::new()
+    w.families()
 }
 
-/// The weak key in words, with the layout of `family` when it is one that matched; and
-/// whether the ticket decrypted.
+/// The weak key in words, with the layout of `family` when it is one that matched (a zero
+/// HMAC key fits every layout: the server tells which file it came from); and whether the
+/// ticket decrypted.
 fn weak_text(w: &weak::WeakKey, family: Family) -> (String, bool) {
-    let _ = family;
+    let fits = |m: &&weak::Match| m.families.contains(&family.id());
+    // A layout that decrypts is proof; among equals, the identified server's layout.
+    let decrypts = |m: &&weak::Match| m.session_len.is_some();
+    let best = w
+        .matches
+        .iter()
+        .find(|m| decrypts(m) && fits(m))
+        .or_else(|| w.matches.iter().find(decrypts))
+        .or_else(|| w.matches.iter().find(fits))
+        .or(w.matches.first());
+    let Some(m) = best else {
+        return (w.pattern.clone(), false);
+    };
+    let others: Vec<&str> = w
+        .matches
+        .iter()
+        .filter(|o| o.layout != m.layout)
+        .map(|o| o.layout)
+        .collect();
     (
         format!(
-            "{} ({}; HMAC key guessed{})",
+            "{} ({}; HMAC key guessed{}{})",
             w.pattern,
-            w.layout,
-            match (w.aes_bits, w.session_len) {
+            m.layout,
+            match (m.aes_bits, m.session_len) {
                 (Some(bits), Some(len)) => format!(
                     ", AES-{bits} key guessed too: the ticket decrypts to a {len}-byte session"
                 ),
                 _ => String::new(),
+            },
+            if others.is_empty() || m.session_len.is_some() {
+                String::new()
+            } else {
+                format!("; the same MAC key also fits: {}", others.join(", "))
             }
         ),
-        w.session_len.is_some(),
+        m.session_len.is_some(),
     )
 }
 
