@@ -9,6 +9,7 @@
 //! schedule. [`analyze`] turns observations into findings and takes the time as an argument.
 
 pub mod expect;
+pub mod family;
 pub mod probe;
 pub mod report;
 pub mod state;
