@@ -463,6 +463,8 @@ struct HttpView {
     notes: Vec<String>,
     /// The port answered with HTTP.
     spoke_http: bool,
+    /// A hint too weak to name a family alone, weighed with the tickets.
+    clue: Option<Clue>,
 }
 
 /// The product a `Server` header names, from its first token (`nginx/1.22.1` -> nginx).
@@ -569,13 +571,16 @@ fn read_http(raw: Option<&[u8]>) -> HttpView {
             ),
         ));
     } else if lower {
-        view.family = Some((
-            Family::Haproxy,
-            format!(
-                "`{status}` with every header name in lowercase and no Server header, as \
-                 HAProxy 2.x writes them"
+        // Not decisive: HAProxy 2.x writes names this way, and so do Rust servers on hyper (the
+        // `http` crate keeps header names in lowercase and hyper writes them as they are) or
+        // hand-written ones (stek-rustls's example server).
+        view.clue = Some(Clue {
+            fits: Set::of(&[Family::Haproxy, Family::Rustls]),
+            why: format!(
+                "`{status}` with every header name in lowercase and no Server header (HAProxy 2.x, \
+                 or a Rust server)"
             ),
-        ));
+        });
     } else {
         view.notes.push(format!(
             "the HTTP answer (`{status}`) has no Server header and no page stek knows"
@@ -593,6 +598,7 @@ pub fn identify(s: &Signals<'_>) -> (Family, ServerFamily) {
     let (mut clues, rest) = ticket_clues(s);
     clues.extend(weak_clue(s.weak_families));
     clues.extend(rest);
+    clues.extend(view.clue);
     let mut candidates = Set::known();
     let mut fits = Vec::new();
     let mut misfits = Vec::new();
@@ -624,13 +630,15 @@ pub fn identify(s: &Signals<'_>) -> (Family, ServerFamily) {
         (f, ev)
     } else {
         let mut ev = Vec::new();
-        if !view.spoke_http {
+        let go = told && candidates.minus(go_like()).is_empty();
+        if !view.spoke_http && !go {
             let not_http = candidates.minus(http_only());
             if !not_http.is_empty() && not_http != candidates {
                 candidates = not_http;
             }
         }
-        let family = if candidates == go_like() {
+        let family = if go {
+            // Only the Server header tells Caddy from another Go program.
             ev.push(
                 "Go crypto/tls (Caddy or another Go server; Caddy would say `Server: Caddy`)"
                     .into(),
@@ -1143,5 +1151,458 @@ fn text(family: Family, fix: Fix) -> &'static str {
              host installs the same key set), or accept full handshakes when clients move between\n\
              addresses"
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    // Answers to `HEAD / HTTP/1.1` (Host, Connection: close) over TLS, captured on loopback from
+    // Debian 12's packages with Python's ssl module (`sock.sendall(request); sock.recv(8192)`
+    // until EOF), each server in its default configuration with a self-signed certificate.
+    const NGINX: &[u8] = b"HTTP/1.1 403 Forbidden\r\nServer: nginx/1.22.1\r\nDate: Mon, 07 Dec 2026 09:37:33 GMT\r\nContent-Type: text/html\r\nContent-Length: 153\r\nConnection: close\r\n\r\n";
+    const APACHE: &[u8] = b"HTTP/1.1 404 Not Found\r\nDate: Mon, 07 Dec 2026 09:37:44 GMT\r\nServer: Apache/2.4.71 (Debian) OpenSSL/3.0.19\r\nConnection: close\r\nContent-Type: text/html; charset=iso-8859-1\r\n\r\n";
+    // HAProxy 2.6.12, a frontend whose backend has no server.
+    const HAPROXY_503: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\ncontent-length: 107\r\ncache-control: no-cache\r\ncontent-type: text/html\r\nconnection: close\r\n\r\n";
+    // The same HAProxy with nginx 1.22.1 (plain HTTP) as its backend.
+    const HAPROXY_NGINX: &[u8] = b"HTTP/1.1 403 Forbidden\r\nserver: nginx/1.22.1\r\ndate: Mon, 07 Dec 2026 09:43:31 GMT\r\ncontent-type: text/html\r\ncontent-length: 153\r\nconnection: close\r\n\r\n";
+    // Caddy 2.6.2 from a Caddyfile with a site and no handler.
+    const CADDY: &[u8] = b"HTTP/1.1 200 OK\r\nAlt-Svc: h3=\":53909\"; ma=2592000\r\nServer: Caddy\r\nDate: Mon, 07 Dec 2026 09:38:00 GMT\r\nConnection: close\r\n\r\n";
+    // `http.ServeTLS(ln, nil, cert, key)` built with Go 1.19.8 (Go 1.23.5 answered the same).
+    const GO: &[u8] = b"HTTP/1.1 404 Not Found\r\nContent-Type: text/plain; charset=utf-8\r\nX-Content-Type-Options: nosniff\r\nDate: Mon, 07 Dec 2026 09:38:22 GMT\r\nContent-Length: 19\r\nConnection: close\r\n\r\n";
+    const LIGHTTPD: &[u8] = b"HTTP/1.1 403 Forbidden\r\nContent-Type: text/html\r\nContent-Length: 341\r\nConnection: close\r\nDate: Mon, 07 Dec 2026 09:38:34 GMT\r\nServer: lighttpd/1.4.69\r\n\r\n";
+    const H2O: &[u8] = b"HTTP/1.1 404 File Not Found\r\nDate: Mon, 07 Dec 2026 09:38:41 GMT\r\nConnection: close\r\nContent-Length: 9\r\nServer: h2o/2.2.5\r\ncontent-type: text/plain; charset=utf-8\r\n\r\n";
+    // `openssl s_server -www` never answers HEAD; this is its answer to `GET / HTTP/1.1`, cut.
+    const S_SERVER_GET: &[u8] = b"HTTP/1.0 200 ok\r\nContent-type: text/html\r\n\r\n<HTML><BODY BGCOLOR=\"#ffffff\">\n<pre>\n\ns_server -accept 127.0.0.1:47223 -cert cert.pem -key key.pem -www -quiet \nSecure Renegotiation IS supported\n";
+
+    fn tickets(format: TicketFormat, len: usize, per_conn: usize, life: u32) -> VersionReport {
+        VersionReport {
+            supported: true,
+            outcome: Outcome::Assessed,
+            tickets_issued: true,
+            tickets_per_connection: per_conn,
+            lifetime_hint: Some(life),
+            ticket_len: Some(len),
+            ticket_format: Some(format),
+            ticket_resumption: Some(true),
+            ..VersionReport::default()
+        }
+    }
+
+    fn no_tickets() -> VersionReport {
+        VersionReport {
+            supported: true,
+            outcome: Outcome::Assessed,
+            ..VersionReport::default()
+        }
+    }
+
+    use TicketFormat::{CacheId, Named, Nameless};
+
+    // Ticket facts seen with `openssl s_client -tls1_2` / `-tls1_3` against the same servers:
+    // (TLS 1.2, TLS 1.3) as (format, length, tickets per connection, lifetime).
+    fn nginx() -> (VersionReport, VersionReport) {
+        (tickets(Named, 192, 1, 300), tickets(Named, 240, 2, 300))
+    }
+    fn apache() -> (VersionReport, VersionReport) {
+        (tickets(Named, 208, 1, 300), tickets(Named, 240, 2, 300))
+    }
+    fn haproxy() -> (VersionReport, VersionReport) {
+        (tickets(Named, 192, 1, 7200), tickets(Named, 224, 2, 7200))
+    }
+    fn lighttpd() -> (VersionReport, VersionReport) {
+        (tickets(Named, 176, 1, 7200), tickets(Named, 208, 2, 7200))
+    }
+    fn h2o() -> (VersionReport, VersionReport) {
+        (tickets(Named, 160, 1, 3600), tickets(Named, 208, 2, 3600))
+    }
+    fn s_server() -> (VersionReport, VersionReport) {
+        (tickets(Named, 176, 1, 7200), tickets(Named, 208, 2, 7200))
+    }
+    fn s_server_no_ticket() -> (VersionReport, VersionReport) {
+        (no_tickets(), tickets(CacheId, 32, 2, 7200))
+    }
+    // Go 1.19 and Caddy 2.6 (built with Go 1.19): TLS 1.2 hint 0 (s_client prints none).
+    fn go119() -> (VersionReport, VersionReport) {
+        (tickets(Named, 129, 1, 0), tickets(Named, 113, 1, 604_800))
+    }
+    fn go123() -> (VersionReport, VersionReport) {
+        (
+            tickets(Nameless, 121, 1, 0),
+            tickets(Nameless, 105, 1, 604_800),
+        )
+    }
+
+    fn id(
+        http: Option<&[u8]>,
+        (t12, t13): (VersionReport, VersionReport),
+        weak: &[&str],
+    ) -> (Family, ServerFamily) {
+        let (f, sf) = identify(&Signals {
+            http,
+            tls12: &t12,
+            tls13: &t13,
+            weak_families: weak,
+        });
+        assert_eq!(sf.id, f.id());
+        assert_eq!(sf.name, f.name());
+        for e in &sf.evidence {
+            assert!(
+                !e.chars().any(char::is_control),
+                "control character in {e:?}"
+            );
+            assert!(e.len() < 600, "evidence too long: {e}");
+        }
+        (f, sf)
+    }
+
+    /// What, the HTTP answer, the tickets, the family expected, words of its evidence.
+    type Case = (
+        &'static str,
+        &'static [u8],
+        (VersionReport, VersionReport),
+        Family,
+        &'static str,
+    );
+
+    fn has(sf: &ServerFamily, needle: &str) -> bool {
+        sf.evidence.iter().any(|e| e.contains(needle))
+    }
+
+    #[test]
+    fn ids_round_trip_and_match_the_report() {
+        let ids: Vec<&str> = Family::ALL.iter().map(|f| f.id()).collect();
+        assert_eq!(
+            ids,
+            [
+                "nginx", "apache", "haproxy", "go", "caddy", "lighttpd", "h2o", "rustls",
+                "openssl", "unknown"
+            ]
+        );
+        for f in Family::ALL {
+            assert_eq!(Family::from_id(f.id()), Some(f));
+        }
+        assert_eq!(Family::from_id("nghttpx"), None);
+        assert_eq!(Family::from_id("NGINX"), None);
+        assert_eq!(Family::Unknown.name(), ServerFamily::default().name);
+        assert_eq!(Family::Go.name(), "Go crypto/tls");
+    }
+
+    #[test]
+    fn each_server_from_its_own_answer_and_tickets() {
+        let cases: [Case; 11] = [
+            ("nginx", NGINX, nginx(), Family::Nginx, "`nginx/1.22.1`"),
+            ("apache", APACHE, apache(), Family::Apache, "Apache/2.4.71"),
+            (
+                "haproxy",
+                HAPROXY_503,
+                haproxy(),
+                Family::Haproxy,
+                "error page",
+            ),
+            (
+                "haproxy+nginx",
+                HAPROXY_NGINX,
+                haproxy(),
+                Family::Haproxy,
+                "in front of nginx",
+            ),
+            ("caddy", CADDY, go119(), Family::Caddy, "`Caddy`"),
+            ("go 1.19", GO, go119(), Family::Go, "404 page not found"),
+            ("go 1.23", GO, go123(), Family::Go, "nosniff"),
+            (
+                "lighttpd",
+                LIGHTTPD,
+                lighttpd(),
+                Family::Lighttpd,
+                "lighttpd/1.4.69",
+            ),
+            ("h2o", H2O, h2o(), Family::H2o, "h2o/2.2.5"),
+            (
+                "s_server",
+                S_SERVER_GET,
+                s_server(),
+                Family::Openssl,
+                "s_server -www",
+            ),
+            (
+                "s_server -no_ticket",
+                S_SERVER_GET,
+                s_server_no_ticket(),
+                Family::Openssl,
+                "s_server",
+            ),
+        ];
+        for (what, http, t, want, why) in cases {
+            let (f, sf) = id(Some(http), t, &[]);
+            assert_eq!(f, want, "{what}: {sf:?}");
+            assert!(has(&sf, why), "{what}: {why:?} not in {sf:?}");
+            assert!(has(&sf, "the tickets agree"), "{what}: {sf:?}");
+        }
+    }
+
+    #[test]
+    fn tickets_alone() {
+        // No HTTP answer at all: the tickets decide.
+        let (f, sf) = id(None, go123(), &[]);
+        assert_eq!(f, Family::Go);
+        assert!(has(&sf, "Caddy or another Go server"), "{sf:?}");
+        assert!(has(&sf, "no key name"), "{sf:?}");
+        let (f, sf) = id(None, go119(), &[]);
+        assert_eq!(f, Family::Go, "{sf:?}");
+        assert!(has(&sf, "1 TLS 1.3 ticket per connection"), "{sf:?}");
+        // `openssl s_server` without -www, with and without tickets.
+        let (f, sf) = id(None, s_server(), &[]);
+        assert_eq!(f, Family::Openssl, "{sf:?}");
+        assert!(has(&sf, "does not answer HTTP"), "{sf:?}");
+        let (f, sf) = id(None, s_server_no_ticket(), &[]);
+        assert_eq!(f, Family::Openssl, "{sf:?}");
+        assert!(has(&sf, "session-cache ids"), "{sf:?}");
+        // h2o's 3600 s is its own.
+        assert_eq!(id(None, h2o(), &[]).0, Family::H2o);
+        // 300 s over HTTP with a Server header stek does not know: nginx or Apache.
+        let cdn = b"HTTP/1.1 200 OK\r\nServer: cloudflare\r\nDate: x\r\n\r\n";
+        let (f, sf) = id(Some(cdn), nginx(), &[]);
+        assert_eq!(f, Family::Unknown);
+        assert!(
+            has(&sf, "could be nginx or Apache httpd (mod_ssl)"),
+            "{sf:?}"
+        );
+        assert!(has(&sf, "`cloudflare` names no server"), "{sf:?}");
+        // rustls without a ticketer: 2 x 32-byte ids announced for 24 h (server/tls13.rs).
+        let stateful = (no_tickets(), tickets(CacheId, 32, 2, 86_400));
+        assert_eq!(id(None, stateful, &[]).0, Family::Rustls);
+        // rustls's aws-lc-rs Ticketer: RFC 5077 layout, 12 h (crypto/aws_lc_rs/ticketer.rs).
+        let ticketer = (
+            tickets(Named, 176, 1, 43_200),
+            tickets(Named, 208, 2, 43_200),
+        );
+        assert_eq!(id(None, ticketer, &[]).0, Family::Rustls);
+    }
+
+    #[test]
+    fn the_weak_key_layout_narrows() {
+        // nginx and Apache share 300 s; only Apache's layout matched the guessed key.
+        let cdn = b"HTTP/1.1 200 OK\r\nServer: cloudflare\r\nDate: x\r\n\r\n";
+        let (f, sf) = id(Some(cdn), apache(), &["apache"]);
+        assert_eq!(f, Family::Apache, "{sf:?}");
+        assert!(has(&sf, "key layout of Apache"), "{sf:?}");
+        // Go's derivation matched: Go, and nghttpx (no family here) is ignored.
+        assert_eq!(id(None, go119(), &["go", "caddy", "nghttpx"]).0, Family::Go);
+        assert_eq!(
+            id(None, (no_tickets(), no_tickets()), &["nghttpx"]).0,
+            Family::Unknown
+        );
+    }
+
+    #[test]
+    fn conflicts_are_stated_and_the_server_header_wins() {
+        let (f, sf) = id(Some(NGINX), go119(), &[]);
+        assert_eq!(f, Family::Nginx);
+        assert!(
+            has(&sf, "but the tickets look like Go crypto/tls or Caddy's"),
+            "{sf:?}"
+        );
+        assert!(has(&sf, "the fix given is nginx's"), "{sf:?}");
+        // Caddy is a Go program: no conflict.
+        let (f, sf) = id(Some(CADDY), go123(), &[]);
+        assert_eq!(f, Family::Caddy);
+        assert!(!has(&sf, "but the tickets"), "{sf:?}");
+        // A lifetime that contradicts the ticket shape is set aside and said.
+        let odd = (no_tickets(), tickets(Named, 240, 2, 604_800));
+        let (f, sf) = id(Some(NGINX), odd, &[]);
+        assert_eq!(f, Family::Nginx);
+        assert!(
+            has(&sf, "does not fit: TLS 1.3 lifetime 604800 s"),
+            "{sf:?}"
+        );
+    }
+
+    #[test]
+    fn unknown_when_nothing_points_anywhere() {
+        let (f, sf) = id(None, (no_tickets(), no_tickets()), &[]);
+        assert_eq!((f, sf.evidence.len()), (Family::Unknown, 0), "{sf:?}");
+        // Versions that were not assessed say nothing, whatever their fields hold.
+        let mut failed = go123().1;
+        failed.outcome = Outcome::Failed;
+        let (f, _) = id(Some(b""), (no_tickets(), failed), &[]);
+        assert_eq!(f, Family::Unknown);
+        // A configured lifetime and a shape many servers share: unknown, with the candidates.
+        let (f, sf) = id(None, (no_tickets(), tickets(Named, 240, 2, 64_800)), &[]);
+        assert_eq!(f, Family::Unknown);
+        assert!(has(&sf, "could be"), "{sf:?}");
+    }
+
+    #[test]
+    fn lowercase_names_alone_are_only_a_hint() {
+        // What stek-rustls's example server writes (examples/common): lowercase, no Server.
+        let rust = b"HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ncontent-length: 3\r\nconnection: close\r\n\r\n";
+        // With rustls-shaped tickets (name, nonce, AEAD: not whole AES blocks; 2 per connection).
+        let stek_rustls = (
+            tickets(Named, 150, 1, 64_800),
+            tickets(Named, 190, 2, 64_800),
+        );
+        assert_eq!(id(Some(rust), stek_rustls, &[]).0, Family::Rustls);
+        // With OpenSSL-default tickets it is HAProxy's way of writing headers.
+        assert_eq!(id(Some(rust), haproxy(), &[]).0, Family::Haproxy);
+    }
+
+    #[test]
+    fn garbage_answers() {
+        let go = || go119();
+        // Binary junk, 8 KiB and more.
+        let junk: Vec<u8> = (0..20_000u32).map(|i| (i * 7 % 256) as u8).collect();
+        let (f, sf) = id(Some(&junk), go(), &[]);
+        assert_eq!(f, Family::Go);
+        assert!(has(&sf, "not HTTP"), "{sf:?}");
+        // An 8 KiB Server header: cut, cleaned, never echoed in full.
+        let mut long = b"HTTP/1.1 200 OK\r\nServer: ".to_vec();
+        long.extend(std::iter::repeat_n(b'A', 9000));
+        long.extend_from_slice(b"\r\n\r\n");
+        let (f, sf) = id(Some(&long), go(), &[]);
+        assert_eq!(f, Family::Go);
+        assert!(
+            has(&sf, &format!("`{}...`", "A".repeat(MAX_EXCERPT))),
+            "{sf:?}"
+        );
+        // Control characters and non-ASCII bytes in a header value.
+        let evil = b"HTTP/1.1 200 OK\r\nServer: \x1b[31mnginx\x07\xff\xfe\r\nDate: x\r\n\r\n";
+        let (f, sf) = id(Some(evil), go(), &[]);
+        assert_eq!(f, Family::Go, "{sf:?}");
+        assert!(has(&sf, "`[31mnginx??`"), "{sf:?}");
+        // No line break at all: a status line, no headers.
+        let (f, _) = id(Some(b"HTTP/1.1 200 OK Server: nginx/1.22.1"), go(), &[]);
+        assert_eq!(f, Family::Go);
+        // Bare LF line ends are read too.
+        let lf = b"HTTP/1.1 200 OK\nServer: nginx/1.22.1\nDate: x\n\n";
+        assert_eq!(id(Some(lf), nginx(), &[]).0, Family::Nginx);
+        // Cut off in the middle of a header name.
+        assert_eq!(id(Some(&HAPROXY_503[..40]), go(), &[]).0, Family::Go);
+        // A Server header beyond the first 8 KiB is not looked at.
+        let mut late = b"HTTP/1.1 200 OK\r\n".to_vec();
+        for i in 0..400 {
+            late.extend_from_slice(format!("X-Pad-{i}: {}\r\n", "p".repeat(20)).as_bytes());
+        }
+        late.extend_from_slice(b"Server: nginx/1.22.1\r\n\r\n");
+        assert!(late.len() > MAX_HTTP);
+        assert_eq!(id(Some(&late), go(), &[]).0, Family::Go);
+        // Headers whose names are not tokens are not headers.
+        let bad = b"HTTP/1.1 200 OK\r\nSer ver: nginx\r\n: nginx\r\nDate: x\r\n\r\n";
+        assert_eq!(id(Some(bad), go(), &[]).0, Family::Go);
+    }
+
+    #[test]
+    fn no_input_panics_or_leaks_control_characters() {
+        // A small deterministic generator: HTTP-looking prefixes followed by random bytes.
+        let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+        let mut next = || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        let prefixes: [&[u8]; 4] = [b"HTTP/1.1 ", b"HTTP/1.0 200 ok\r\n", b"HTTP/", b""];
+        for round in 0..2000 {
+            let mut buf = prefixes[round % prefixes.len()].to_vec();
+            let n = (next() % 300) as usize;
+            for _ in 0..n {
+                let r = next();
+                buf.push(match r % 8 {
+                    0 => b'\r',
+                    1 => b'\n',
+                    2 => b':',
+                    _ => (r >> 8) as u8,
+                });
+            }
+            let t = if round % 2 == 0 { haproxy() } else { go123() };
+            id(Some(&buf), t, &["apache"]);
+        }
+    }
+
+    /// Words that belong to one family's configuration: a fix for another family must not
+    /// contain them, and a family's own fixes contain at least one of them.
+    fn own_words(f: Family) -> &'static [&'static str] {
+        match f {
+            Family::Nginx => &[
+                "nginx",
+                "ssl_session_t",
+                "ssl_early_data",
+                "ssl_conf_command",
+            ],
+            Family::Apache => &[
+                "Apache",
+                "SSLSession",
+                "SSLOpenSSLConfCmd",
+                "mod_ssl",
+                "apachectl",
+            ],
+            Family::Haproxy => &[
+                "HAProxy",
+                "tls-ticket-keys",
+                "tune.ssl",
+                "no-tls-tickets",
+                "allow-0rtt",
+            ],
+            Family::Go => &[
+                "Go crypto/tls",
+                "SetSessionTicketKeys",
+                "SessionTicketsDisabled",
+            ],
+            Family::Caddy => &["Caddy", "apps.tls", "rotation_interval"],
+            Family::Lighttpd => &["lighttpd", "ssl.stek-file", "ssl.openssl.ssl-conf-cmd"],
+            Family::H2o => &["h2o", "ssl-session-resumption", "ticket-file"],
+            Family::Rustls => &["rustls", "ProducesTickets", "ServerConfig"],
+            Family::Openssl => &["OpenSSL server", "s_server", "SSL_CTX_", "SSL_OP_"],
+            Family::Unknown => &[],
+        }
+    }
+
+    #[test]
+    fn every_fix_speaks_its_own_server_and_no_other() {
+        for f in Family::ALL {
+            for x in Fix::ALL {
+                let t = fix(f, x);
+                assert!(!t.trim().is_empty(), "{f:?} {x:?}");
+                for line in t.lines() {
+                    assert!(
+                        line.chars().count() <= 100,
+                        "{f:?} {x:?}: long line {line:?}"
+                    );
+                }
+                if f != Family::Unknown {
+                    assert!(
+                        own_words(f).iter().any(|w| t.contains(w)),
+                        "{f:?} {x:?} names nothing of its own: {t}"
+                    );
+                }
+                for other in Family::ALL {
+                    // Caddy is a Go program: its texts may say "Go crypto/tls".
+                    if other == f || (f == Family::Caddy && other == Family::Go) {
+                        continue;
+                    }
+                    for w in own_words(other) {
+                        if f == Family::Caddy && *w == "Go crypto/tls" {
+                            continue;
+                        }
+                        assert!(
+                            !t.contains(w),
+                            "{f:?} {x:?} mentions {other:?}'s {w:?}: {t}"
+                        );
+                    }
+                }
+            }
+        }
+        let caddy = fix(Family::Caddy, Fix::Rotate);
+        assert!(caddy.contains("session_tickets") && caddy.contains("rotation_interval"));
+        assert!(fix(Family::Go, Fix::Rotate).contains("SetSessionTicketKeys"));
+        assert!(fix(Family::Go, Fix::Rotate).contains("SessionTicketsDisabled: true"));
+        assert!(fix(Family::Lighttpd, Fix::Rotate).contains("ssl.stek-file"));
+        assert!(fix(Family::H2o, Fix::Rotate).contains("ticket-store: file"));
+        assert!(fix(Family::Rustls, Fix::Rotate).contains("stek_rustls::Ticketer"));
+        assert!(fix(Family::Openssl, Fix::Rotate).contains("-no_ticket"));
+        assert!(fix(Family::Nginx, Fix::CacheLifetime).contains("ssl_session_timeout"));
+        assert!(fix(Family::Apache, Fix::CacheLifetime).contains("SSLSessionCacheTimeout"));
+        assert!(fix(Family::Haproxy, Fix::CacheLifetime).contains("tune.ssl.lifetime"));
     }
 }
