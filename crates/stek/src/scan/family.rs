@@ -826,7 +826,8 @@ fn text(family: Family, fix: Fix) -> &'static str {
 
         // HAProxy 2.6: https://docs.haproxy.org/2.6/configuration.html (tls-ticket-keys,
         // no-tls-tickets, allow-0rtt, tune.ssl.lifetime, tune.ssl.cachesize), all accepted by
-        // `haproxy -c`; `tune.ssl.lifetime 600` gave 600 s hints on loopback, without it 7200 s.
+        // `haproxy -c`; `tune.ssl.lifetime 600` gave 600 s hints on loopback, without it 7200 s;
+        // with `tune.ssl.cachesize 0` a TLS 1.2 session ID no longer resumed (it did without).
         // The 2.6 binary holds no keyword about (EC)DHE-less resumption. Runtime rotation:
         // README, "HAProxy 2.6".
         (F::Haproxy, X::Rotate) => {
@@ -954,7 +955,8 @@ fn text(family: Family, fix: Fix) -> &'static str {
         // the key name read back from tickets on loopback; `Options -SessionTicket` turned
         // tickets off on loopback; the session cache is the feature flag "ssl.session-cache",
         // off by default (mod_openssl.c `config_feature_bool(srv, "ssl.session-cache", 0)`).
-        // Debian's mod_openssl.so imports no OpenSSL early-data function.
+        // Debian's mod_openssl.so imports neither OpenSSL's early-data functions nor
+        // SSL_CTX_set_timeout (`strings`): no 0-RTT, and OpenSSL's 7200 s session timeout.
         (F::Lighttpd, X::Rotate) => {
             "lighttpd: `ssl.stek-file = \"/dev/shm/lighttpd/stek\"`, 92 bytes: int32 version 0, int32\n\
              activation, int32 expiry (host byte order, Unix seconds), key name 16, HMAC key 32, AES\n\
@@ -973,9 +975,9 @@ fn text(family: Family, fix: Fix) -> &'static str {
              `ssl.openssl.ssl-conf-cmd = (\"Options\" => \"-SessionTicket\")`"
         }
         (F::Lighttpd, X::Hint7Days) => {
-            "lighttpd 1.4.69 announces OpenSSL's default 7200 s: a longer lifetime comes from another\n\
-             server terminating TLS in front of lighttpd, or from `ssl.openssl.ssl-conf-cmd`; fix it\n\
-             there"
+            "lighttpd 1.4.69 announces OpenSSL's default 7200 s and never sets a session timeout of\n\
+             its own: a longer lifetime comes from another server terminating TLS in front of\n\
+             lighttpd; fix it there"
         }
         (F::Lighttpd, X::EarlyData) => {
             "lighttpd 1.4.69 (mod_openssl) never enables 0-RTT: another server terminates TLS in front\n\
