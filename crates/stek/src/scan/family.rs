@@ -911,6 +911,8 @@ fn text(family: Family, fix: Fix) -> &'static str {
         // (`rotation_interval` default 12h, `max_keys` default 4, `disabled`, `key_source`
         // with modules `tls.stek.standard` / `tls.stek.distributed`, both in `caddy
         // list-modules`); Caddy rejects unknown JSON fields, and accepted these on loopback.
+        // caddytls/sessiontickets.go `RotateSTEKs`: each rotation prepends a new key and drops
+        // the oldest past `max_keys`, so a ticket resumes for about interval x max_keys.
         // The Caddyfile has no session_tickets option (shared/notes/real-servers.md).
         (F::Caddy, X::Rotate) => {
             "Caddy: in the JSON config, `\"apps\": {\"tls\": {\"session_tickets\": {\"rotation_interval\":\n\
