@@ -20,7 +20,8 @@
 //! | `openssl s_server` | 7200 | 2 x 7200 | RFC 5077 | none to `HEAD` (`-www` answers `GET` only) |
 //! | Go 1.19 / Caddy | 0 | 1 x 604800 | name, IV, AES-CTR, MAC | Caddy: `Server: Caddy`; Go: none |
 //! | Go 1.23 | 0 | 1 x 604800 | IV, AES-CTR, MAC (no name) | none |
-//! | rustls 0.23 | 43200 | 2 x 43200 | name, then AEAD or RFC 5077 | (the application's) |
+//! | rustls 0.23 `Ticketer` (source) | 43200 | 2 x 43200 | RFC 5077 (aws-lc-rs), AEAD (ring) | the application's |
+//! | stek-rustls example | stek's L | 2 x L | name, nonce, AES-GCM-SIV | lowercase names, no `Server` |
 //!
 //! With tickets off, OpenSSL servers send two 32-byte session-cache ids as TLS 1.3 tickets,
 //! with the session timeout as lifetime (nginx, Apache 300; HAProxy, lighttpd, s_server 7200;
