@@ -1066,7 +1066,7 @@ pub fn analyze(
     if t.error.is_some() {
         return out;
     }
-    let fam = Family::from_id(&t.server_family.id);
+    let fam = Family::from_id(&t.server_family.id).unwrap_or(Family::Unknown);
     let fix = |f: Fix| family::fix(fam, f);
     let max_rot = opts.max_rotation.as_secs_f64();
     let max_acc = opts.max_acceptance.as_secs_f64();

@@ -556,40 +556,6 @@ pub fn human(secs: f64) -> String {
     }
 }
 
-/// The fix for a finding that says "this key lives too long or can be guessed": rotate with
-/// stek, or turn tickets off, per server.
-pub const ROTATE: &str = "\
-Rotate the ticket key (or turn tickets off) on every server behind this name:
-nginx:   stek up, then in the server block `include /run/stek/nginx/tickets.conf;` and
-         `stek up --on-change 'nginx -s reload'`; or `ssl_session_tickets off;`
-Apache:  `SSLSessionTicketKeyFile /run/stek/apache/ticket.key` (stek's 48-byte key) with
-         `stek up --on-change 'apachectl graceful'`; or `SSLSessionTickets off`
-         (`SSLOpenSSLConfCmd Options -SessionTicket` on builds without it)
-HAProxy: `bind ... tls-ticket-keys /run/stek/haproxy/tickets.keys` with
-         `stek up --haproxy-socket /run/haproxy/admin.sock` (runtime rotation, no reload);
-         or `no-tls-tickets` on the bind line";
-
-/// The fix when only the MAC key is guessable.
-pub const WEAK_MAC: &str = "\
-Give the server a random key file and rotate it; if the MAC key stays guessable with a random
-file, the server ignores that half of the file (seen with Apache 2.4 mod_ssl on OpenSSL 3:
-tickets MAC'd with an all-zero key): there, keep keys rotating so each AES key lives briefly,
-or turn tickets off: `SSLSessionTickets off`
-nginx: `ssl_session_ticket_key` with stek's 80-byte keys   HAProxy: stek's `tls-ticket-keys`";
-
-/// The fix when an old ticket is accepted: shorten the session lifetime.
-pub const SHORTEN: &str = "\
-Make tickets expire sooner, and rotate the key so old keys are erased:
-nginx:   `ssl_session_timeout 18h;` (or less), keys rotated by stek
-Apache:  `SSLSessionCacheTimeout 64800` (or less), keys rotated by stek
-HAProxy: `tune.ssl.lifetime 18h` (or less); stek's runtime rotation drops keys after 2 periods";
-
-/// The fix when TLS 1.3 tickets claim more than 7 days.
-pub const HINT_7_DAYS: &str = "\
-RFC 8446 §4.6.1 caps ticket_lifetime at 604800 s (7 days); clients ignore longer tickets.
-nginx: `ssl_session_timeout 18h;`   Apache: `SSLSessionCacheTimeout 64800`
-HAProxy: `tune.ssl.lifetime 18h`";
-
 #[cfg(test)]
 mod tests {
     use super::*;
