@@ -2,11 +2,13 @@
 //! inside TLS 1.3 records protected under the scan's own traffic secrets (so the fuzzer reaches
 //! the handshake messages past the AEAD: EncryptedExtensions, Finished, NewSessionTicket, ...);
 //! our own resumption ClientHello as read back from a state file; tickets given to the
-//! weak-key check. Never a panic, never a runaway allocation.
+//! weak-key check; the server's answer to `HEAD /` given to the family check. Never a panic,
+//! never a runaway allocation.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use stek::scan::{weak, wire};
+use stek::scan::report::VersionReport;
+use stek::scan::{family, weak, wire};
 use zeroize::Zeroizing;
 
 const HANDSHAKE: [u8; 32] = [1; 32];
@@ -38,7 +40,7 @@ fuzz_target!(|data: &[u8]| {
         handshake: Some(Zeroizing::new(HANDSHAKE.to_vec())),
         application: Some(Zeroizing::new(APPLICATION.to_vec())),
     };
-    match mode % 4 {
+    match mode % 5 {
         // Raw server bytes: records, plaintext handshake messages, alerts.
         0 => {
             let _ = wire::parse_server_flight(rest, &secrets);
@@ -62,6 +64,24 @@ fuzz_target!(|data: &[u8]| {
                     assert!(f.finished, "the Finished was read");
                 }
             }
+        }
+        // The server's answer to `HEAD /`, with ticket facts taken from the input too.
+        4 => {
+            let v = VersionReport {
+                supported: true,
+                tickets_issued: rest.len() > 3,
+                ticket_len: rest.first().map(|&b| usize::from(b)),
+                lifetime_hint: rest.get(1).map(|&b| u32::from(b) * 300),
+                tickets_per_connection: rest.get(2).map_or(0, |&b| usize::from(b % 4)),
+                ..VersionReport::default()
+            };
+            let (f, found) = family::identify(&family::Signals {
+                http: Some(rest),
+                tls12: &v,
+                tls13: &v,
+                weak_families: &["go", "apache"][..usize::from(mode >> 6).min(2)],
+            });
+            assert_eq!(f.id(), found.id);
         }
         // Our ClientHello as stored, and tickets for the weak-key check.
         _ => {

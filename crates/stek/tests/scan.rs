@@ -253,7 +253,8 @@ fn json_is_stable() {
             "started_at",
             "summary",
             "targets",
-            "verdict"
+            "verdict",
+            "warnings"
         ]
     );
     for f in r["findings"].as_array().unwrap() {
@@ -277,8 +278,14 @@ fn json_is_stable() {
         .unwrap()
         .keys()
         .collect();
+    assert_eq!(r["targets"][0]["server_family"]["id"], "nginx", "{r:#}");
+    assert_eq!(r["targets"][0]["tls12"]["outcome"], "assessed");
+    assert_eq!(r["targets"][0]["tls13"]["ticket_format"], "named");
     for field in [
         "supported",
+        "outcome",
+        "alert",
+        "ticket_format",
         "session_id_resumption",
         "tickets_issued",
         "lifetime_hint",

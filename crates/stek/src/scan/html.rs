@@ -498,6 +498,16 @@ fn answer(c: &AcceptanceCheck) -> (&'static str, &'static str) {
     }
 }
 
+/// What was offered again: an encrypted ticket, or a key into the server's session cache
+/// (stateful TLS 1.3 tickets, no ticket key involved).
+fn kind(c: &AcceptanceCheck) -> &'static str {
+    if c.cache_id {
+        "session-cache ID"
+    } else {
+        "ticket"
+    }
+}
+
 fn version_label(v: &str) -> &str {
     match v {
         "tls12" => "TLS 1.2",
@@ -668,7 +678,8 @@ fn checks_to_draw(all: &[AcceptanceCheck]) -> Vec<&AcceptanceCheck> {
         .collect();
     let pick = |want: Option<bool>, oldest: bool| {
         (0..n)
-            .filter(|&i| sorted[i].accepted == want)
+            // The figures (oldest accepted, youngest refused) are about tickets only.
+            .filter(|&i| sorted[i].accepted == want && !sorted[i].cache_id)
             .reduce(|a, b| {
                 let older = sorted[b].age_secs > sorted[a].age_secs;
                 if older == oldest {
@@ -728,7 +739,7 @@ fn timeline(out: &mut String, i: usize, t: &TargetReport) {
          <div><dt>Oldest ticket accepted</dt><dd class=\"oldest-accepted\">{}</dd></div>\
          <div><dt>Youngest ticket refused</dt><dd class=\"youngest-refused\">{}</dd></div>\
          <div><dt>Old tickets offered again</dt><dd>{} <small>{acc} accepted, {refd} refused, \
-         {unk} no answer</small></dd></div></dl>",
+         {unk} no answer{}</small></dd></div></dl>",
         Esc(&rotation),
         if nameless {
             "none (no name in the tickets)".to_owned()
@@ -739,6 +750,10 @@ fn timeline(out: &mut String, i: usize, t: &TargetReport) {
         Esc(&oldest),
         Esc(&youngest),
         t.acceptance.len(),
+        match t.acceptance.iter().filter(|c| c.cache_id).count() {
+            0 => String::new(),
+            n => format!("; {n} of them session-cache IDs (no ticket key)"),
+        },
     );
 
     let Some(axis) = Axis::new(
@@ -840,15 +855,17 @@ fn timeline(out: &mut String, i: usize, t: &TargetReport) {
         let _ = writeln!(
             svg,
             "<g class=\"acceptance\" data-accepted=\"{data}\" data-version=\"{}\" \
-             data-age=\"{:.1}\"><title>{} ticket{} issued {}, offered again {} ({age} old): \
-             {word}</title>\
+             data-age=\"{:.1}\" data-cache-id=\"{}\"><title>{} {}{} issued {}, offered again {} \
+             ({age} old): {word}</title>\
              <text class=\"ver\" x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"end\">{}</text>\
              <line class=\"l-{data}\" x1=\"{x0:.1}\" y1=\"{cy:.1}\" x2=\"{x1:.1}\" y2=\"{cy:.1}\"/>\
              <line class=\"issue\" x1=\"{x0:.1}\" y1=\"{:.1}\" x2=\"{x0:.1}\" y2=\"{:.1}\"/>{mark}\
-             <text class=\"answer a-{data}\" x=\"{:.1}\" y=\"{:.1}\">{word} · {age} old</text></g>",
+             <text class=\"answer a-{data}\" x=\"{:.1}\" y=\"{:.1}\">{word} · {age} old{}</text></g>",
             Esc(&c.version),
             c.age_secs,
+            c.cache_id,
             Esc(version_label(&c.version)),
+            kind(c),
             c.name
                 .as_ref()
                 .map(|n| format!(" of key {}", Esc(n)))
@@ -862,6 +879,7 @@ fn timeline(out: &mut String, i: usize, t: &TargetReport) {
             cy + 4.0,
             x1 + 9.0,
             cy + 3.5,
+            if c.cache_id { " · cache ID" } else { "" },
         );
         y += CHECK_ROW;
     }
@@ -965,7 +983,7 @@ fn tables(out: &mut String, t: &TargetReport) {
             out,
             "<details class=\"checks\"><summary>{} old ticket(s) offered again</summary>\
              <div class=\"scroll\"><table><thead><tr><th scope=\"col\">Version</th><th \
-             scope=\"col\">Key name</th><th scope=\"col\">Issued</th><th scope=\"col\">Offered \
+             scope=\"col\">Offered</th><th scope=\"col\">Key name</th><th scope=\"col\">Issued</th><th scope=\"col\">Offered \
              again</th><th scope=\"col\">Age</th><th scope=\"col\">Answer</th></tr></thead>\
              <tbody>",
             t.acceptance.len()
@@ -974,9 +992,10 @@ fn tables(out: &mut String, t: &TargetReport) {
             let (data, word) = answer(c);
             let _ = writeln!(
                 out,
-                "<tr><td>{}</td><td class=\"mono\">{}</td><td>{}</td><td>{}</td><td>{}</td>\
-                 <td class=\"a-{data}\">{word}</td></tr>",
+                "<tr><td>{}</td><td>{}</td><td class=\"mono\">{}</td><td>{}</td><td>{}</td>\
+                 <td>{}</td><td class=\"a-{data}\">{word}</td></tr>",
                 Esc(version_label(&c.version)),
+                kind(c),
                 Esc(c.name.as_deref().unwrap_or("none")),
                 stamp(c.issued_at),
                 stamp(c.checked_at),
@@ -1126,6 +1145,12 @@ mod tests {
     /// 2027-01-15 08:00:00 UTC.
     const T0: f64 = 1_800_000_000.0;
 
+    /// A fix in lines, indented as the real ones are.
+    const FIX: &str =
+        "Rotate the ticket key (or turn tickets off) on every server behind this name:
+nginx:   stek up, then in the server block `include /run/stek/nginx/tickets.conf;` and
+         `stek up --on-change 'nginx -s reload'`; or `ssl_session_tickets off;`";
+
     /// Everything a server or a state file can put in a report, at once.
     const HOSTILE: &str =
         "<script>alert(1)</script>\"'><img src=x onerror=alert(2)>&amp;\u{1b}[31m";
@@ -1168,14 +1193,14 @@ mod tests {
         checked: f64,
         accepted: Option<bool>,
     ) -> AcceptanceCheck {
-        AcceptanceCheck {
-            version: "tls13".into(),
-            name: name.map(str::to_owned),
-            issued_at: issued,
-            checked_at: checked,
-            age_secs: checked - issued,
-            accepted,
-        }
+        let mut c: AcceptanceCheck = serde_json::from_value(serde_json::json!({
+            "version": "tls13", "name": name, "issued_at": 0.0, "checked_at": 0.0,
+            "age_secs": 0.0, "accepted": accepted,
+        }))
+        .expect("an acceptance check");
+        // Assigned, not through JSON: the times may be NaN or infinite.
+        (c.issued_at, c.checked_at, c.age_secs) = (issued, checked, checked - issued);
+        c
     }
 
     fn target(keys: Vec<KeyReport>, acceptance: Vec<AcceptanceCheck>) -> TargetReport {
@@ -1196,16 +1221,17 @@ mod tests {
             evidence: vec!["80-byte key layout verified".into()],
         };
         t.rotation_observed_secs = (t.keys.len() >= 3).then_some(2.0);
+        // The figures as `analyze` makes them: of tickets, not of session-cache IDs.
         t.oldest_accepted_secs = t
             .acceptance
             .iter()
-            .filter(|c| c.accepted == Some(true))
+            .filter(|c| c.accepted == Some(true) && !c.cache_id)
             .map(|c| c.age_secs)
             .reduce(f64::max);
         t.youngest_refused_secs = t
             .acceptance
             .iter()
-            .filter(|c| c.accepted == Some(false))
+            .filter(|c| c.accepted == Some(false) && !c.cache_id)
             .map(|c| c.age_secs)
             .reduce(f64::min);
         t
@@ -1256,8 +1282,8 @@ mod tests {
             vec![target(keys, checks)],
             vec![
                 finding("stek.rotation", Severity::Info, "Nothing to change."),
-                finding("stek.not_rotated", Severity::High, report::ROTATE),
-                finding("stek.weak_key", Severity::Critical, report::ROTATE),
+                finding("stek.not_rotated", Severity::High, FIX),
+                finding("stek.weak_key", Severity::Critical, FIX),
             ],
         )
     }
@@ -1465,7 +1491,7 @@ mod tests {
         assert!(at("critical") < at("high") && at("high") < at("info"));
         assert!(page.contains("data-id=\"stek.weak_key\" data-severity=\"critical\""));
         // Every line of the fix, in order, with its indentation.
-        let fix = format!("<pre>{}</pre>", Esc(report::ROTATE));
+        let fix = format!("<pre>{}</pre>", Esc(FIX));
         assert!(fix.contains("\n         `stek up --on-change"));
         assert_eq!(count(&page, &fix), 2);
         let mut pass = report(vec![target(vec![], vec![])], vec![]);
@@ -1632,6 +1658,28 @@ mod tests {
         // The axis spans the checks: from the oldest issue to the last offer.
         assert!(page.contains("time (UTC): 2027-01-15 07:59:30 UTC to 2027-01-15 08:00:20 UTC"));
         assert!(page.contains("<td class=\"mono\">none</td>"));
+    }
+
+    #[test]
+    fn session_cache_ids_are_told_apart_from_tickets() {
+        let mut cached = check(None, T0, T0 + 30.0, Some(true));
+        cached.cache_id = true;
+        let r = report(
+            vec![target(
+                vec![],
+                vec![cached, check(None, T0 + 10.0, T0 + 30.0, Some(false))],
+            )],
+            vec![],
+        );
+        let page = render(&r);
+        assert_eq!(count(&page, "data-cache-id=\"true\""), 1);
+        assert_eq!(count(&page, "data-cache-id=\"false\""), 1);
+        assert!(page.contains("accepted · 30.0 s old · cache ID</text>"));
+        assert!(page.contains("<title>TLS 1.3 session-cache ID issued "));
+        assert!(page.contains("1 of them session-cache IDs (no ticket key)"));
+        assert!(page.contains("<td>session-cache ID</td>") && page.contains("<td>ticket</td>"));
+        // The figures are the report's: no ticket was accepted.
+        assert!(page.contains("<dd class=\"oldest-accepted\">none accepted</dd>"));
     }
 
     #[test]

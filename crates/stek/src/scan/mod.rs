@@ -9,6 +9,7 @@
 //! schedule. [`analyze`] turns observations into findings and takes the time as an argument.
 
 pub mod expect;
+pub mod family;
 pub mod html;
 pub mod probe;
 pub mod report;
@@ -28,10 +29,11 @@ use base64::Engine as _;
 use crate::error::Chain;
 
 pub use expect::ExpectError;
+use family::{Family, Fix};
 use probe::{Connection, ProbeError, Prober, Version};
 use report::{
-    AcceptanceCheck, CrossCheck, Finding, FleetReport, KeyReport, Report, Severity, TargetReport,
-    VersionReport,
+    AcceptanceCheck, CrossCheck, Finding, FleetReport, KeyReport, Outcome, Report, Severity,
+    TargetReport, TicketFormat, VersionReport,
 };
 pub use state::StateError;
 use state::{EndpointState, State, StoredOffer};
@@ -41,6 +43,11 @@ const MAX_RUN_OFFERS: usize = 32;
 
 /// RFC 8446 §4.6.1: the longest TLS 1.3 ticket lifetime.
 const SEVEN_DAYS: u32 = 604_800;
+
+/// The shortest ticket that can carry session state: a resumption secret (32 bytes for
+/// SHA-256 suites) and an authentication tag (16 bytes at least). Shorter "tickets" are keys
+/// into the server's session cache (OpenSSL's stateful TLS 1.3 tickets are 32-byte session IDs).
+const MIN_ENCRYPTED_TICKET: usize = 48;
 
 /// What to scan and how.
 #[derive(Debug, Clone)]
@@ -242,8 +249,27 @@ pub fn parse_target(target: &str) -> Result<(String, u16), TargetError> {
     Ok((host.to_owned(), port))
 }
 
-/// Every address of every target (all A and AAAA records of a name).
-pub fn resolve(targets: &[String], sni: Option<&str>) -> Result<Vec<Endpoint>, ScanError> {
+/// Every address of every target (all A and AAAA records of a name), and warnings about the
+/// options (an IP address given as `--sni` is not sent: RFC 6066 §3 allows only host names).
+pub fn resolve(
+    targets: &[String],
+    sni: Option<&str>,
+) -> Result<(Vec<Endpoint>, Vec<String>), ScanError> {
+    let mut warnings = Vec::new();
+    let sni = match sni {
+        Some(s)
+            if s.trim_start_matches('[')
+                .trim_end_matches(']')
+                .parse::<std::net::IpAddr>()
+                .is_ok() =>
+        {
+            warnings.push(format!(
+                "--sni {s}: an IP address is not a server name (RFC 6066 §3 forbids IP literals in SNI); no SNI was sent"
+            ));
+            None
+        }
+        other => other,
+    };
     let mut out: Vec<Endpoint> = Vec::new();
     for t in targets {
         let (host, port) = parse_target(t)?;
@@ -274,7 +300,7 @@ pub fn resolve(targets: &[String], sni: Option<&str>) -> Result<Vec<Endpoint>, S
             }
         }
     }
-    Ok(out)
+    Ok((out, warnings))
 }
 
 fn unix(t: SystemTime) -> f64 {
@@ -306,10 +332,30 @@ struct Live {
     sightings: Vec<(String, f64)>,
     offers: Vec<StoredOffer>,
     connect_error: bool,
+    /// The start of the server's answer to `HEAD /` (untrusted).
+    http: Option<Vec<u8>>,
+    /// A guessed key that opened one of the tickets.
+    weak: Option<weak::WeakKey>,
 }
 
 impl Live {
+    fn new(version: Version) -> Live {
+        Live {
+            version,
+            report: VersionReport::default(),
+            named: false,
+            prober: None,
+            sightings: Vec::new(),
+            offers: Vec::new(),
+            connect_error: false,
+            http: None,
+            weak: None,
+        }
+    }
+
     /// Keep a ClientHello offering the ticket of `conn`'s last session, for acceptance checks.
+    /// Offers are kept from every sample and thinned evenly, so the ages offered at the end
+    /// bracket the oldest ticket the server still accepts.
     fn keep_offer(&mut self, conn: Connection, at: f64) {
         let Some(prober) = &self.prober else { return };
         let Some(issued) = conn.issued.into_iter().rev().find(|i| i.session.is_some()) else {
@@ -320,72 +366,103 @@ impl Live {
         } else {
             None
         };
+        let cache_id = issued.ticket.bytes.len() < MIN_ENCRYPTED_TICKET;
         if let Some(Ok(hello)) = issued.session.map(|s| prober.offer(s)) {
-            // Bounded: the first offer (the oldest ticket) and the newest ones.
-            if self.offers.len() >= MAX_RUN_OFFERS {
-                self.offers.remove(1);
-            }
             self.offers.push(StoredOffer {
                 version: self.version.id().into(),
                 name,
                 issued_at: at,
                 client_hello: base64::engine::general_purpose::STANDARD.encode(hello),
                 spent: false,
+                cache_id,
             });
+            state::thin(&mut self.offers, MAX_RUN_OFFERS);
         }
     }
 
-    /// One fresh full handshake: note the key name; keep an offer for each new name.
+    /// One fresh full handshake: note the key name; keep an offer.
     fn sample(&mut self, ep: &Endpoint) {
         let Some(prober) = &self.prober else { return };
         let at = unix(SystemTime::now());
         let Ok(conn) = prober.connect(ep.addr, None) else {
             return;
         };
-        let name = conn.issued.first().and_then(|i| name_of(&i.ticket.bytes));
-        if let (true, Some(n)) = (self.named, name) {
-            let new = !self.sightings.iter().any(|(s, _)| *s == n);
-            self.sightings.push((n, at));
-            if new {
-                self.keep_offer(conn, at);
+        if self.named {
+            if let Some(n) = conn.issued.first().and_then(|i| name_of(&i.ticket.bytes)) {
+                self.sightings.push((n, at));
             }
-        } else if !self.named && self.offers.is_empty() {
-            self.keep_offer(conn, at);
+        }
+        self.keep_offer(conn, at);
+    }
+
+    /// Record why the first handshake failed, and how far it got.
+    fn refused(&mut self, ep: &Endpoint, e: &ProbeError, timeout: Duration) {
+        let r = &mut self.report;
+        r.error = Some(Chain(e).to_string());
+        self.connect_error = matches!(e, ProbeError::Connect(_) | ProbeError::ConnectTimedOut(_));
+        r.outcome = match e {
+            ProbeError::Alert(d) if probe::is_version_alert(*d) => Outcome::NotOffered,
+            ProbeError::Incompatible(_) => Outcome::NotOffered,
+            ProbeError::Alert(d) => match &ep.sni {
+                // An alert in answer to a ClientHello that carried a name, other than "not this
+                // version": the name is what the server refuses (Go servers such as Caddy answer
+                // internal_error for a name they have no certificate for).
+                Some(name) => {
+                    let without = match Prober::new(self.version, None, ep.addr, timeout, false)
+                        .and_then(|p| p.connect(ep.addr, None))
+                    {
+                        Ok(_) => "without a name the handshake completes".to_owned(),
+                        Err(ProbeError::Alert(d2)) if d2 == *d => {
+                            "without a name it sends the same alert; scan with a name it serves (--sni NAME)".to_owned()
+                        }
+                        Err(e2) => format!("without a name: {e2}"),
+                    };
+                    r.error = Some(format!(
+                        "the server refused the name {name:?}: it answered the ClientHello with alert {}: {}; {without}",
+                        probe::alert_name(*d),
+                        probe::alert_meaning(*d)
+                    ));
+                    Outcome::NameRefused
+                }
+                None => Outcome::Failed,
+            },
+            ProbeError::Ended(_) => Outcome::Failed,
+            ProbeError::Connect(_)
+            | ProbeError::ConnectTimedOut(_)
+            | ProbeError::NotTls(_)
+            | ProbeError::NoAnswer(_)
+            | ProbeError::TimedOut(_) => Outcome::Unreachable,
+            _ => Outcome::Failed,
+        };
+        if let ProbeError::Alert(d) | ProbeError::Ended(d) = e {
+            r.alert = Some(probe::alert_id(*d));
         }
     }
 }
 
 /// The plain audit of one endpoint at one version.
 fn audit(ep: &Endpoint, version: Version, timeout: Duration) -> Live {
-    let mut live = Live {
-        version,
-        report: VersionReport::default(),
-        named: false,
-        prober: None,
-        sightings: Vec::new(),
-        offers: Vec::new(),
-        connect_error: false,
-    };
+    let mut live = Live::new(version);
     let prober = match Prober::new(version, ep.sni.as_deref(), ep.addr, timeout, false) {
         Ok(p) => p,
         Err(e) => {
+            live.report.outcome = Outcome::Failed;
             live.report.error = Some(Chain(&e).to_string());
             return live;
         }
     };
     let at = unix(SystemTime::now());
-    let first = match prober.connect(ep.addr, None) {
+    let mut first = match prober.connect_asking_http(ep.addr) {
         Ok(c) => c,
         Err(e) => {
-            live.connect_error =
-                matches!(e, ProbeError::Connect(_) | ProbeError::ConnectTimedOut(_));
-            live.report.error = Some(Chain(&e).to_string());
+            live.refused(ep, &e, timeout);
             return live;
         }
     };
+    live.http = first.http.take();
     let r = &mut live.report;
     r.supported = true;
-    r.outcome = report::Outcome::Assessed;
+    r.outcome = Outcome::Assessed;
     r.handshake_ms = Some(first.took.as_secs_f64() * 1000.0);
     r.cipher = first.flight.hello.as_ref().map(|h| cipher_name(h.cipher));
     r.tickets_issued = !first.issued.is_empty();
@@ -394,6 +471,11 @@ fn audit(ep: &Endpoint, version: Version, timeout: Duration) -> Live {
         r.lifetime_hint = Some(t.ticket.lifetime);
         r.ticket_len = Some(t.ticket.bytes.len());
         r.max_early_data = t.ticket.max_early_data;
+        r.ticket_format = Some(if t.ticket.bytes.len() < MIN_ENCRYPTED_TICKET {
+            TicketFormat::CacheId
+        } else {
+            TicketFormat::Nameless
+        });
     }
     if version == Version::Tls12 {
         r.session_id_resumption = Some(session_id_resumes(ep, timeout));
@@ -413,7 +495,7 @@ fn audit(ep: &Endpoint, version: Version, timeout: Duration) -> Live {
 }
 
 /// Confirm the key name from several tickets: the same 16 bytes on tickets of separate
-/// connections while the tickets themselves differ. Check each name for a guessable key.
+/// connections while the tickets themselves differ. Check each ticket for a guessable key.
 fn identify(
     live: &mut Live,
     prober: &Prober,
@@ -454,32 +536,29 @@ fn identify(
     r.tickets_seen = tickets.len();
     r.key_name_confirmed = confirmed;
     r.key_name = name.clone();
+    if confirmed {
+        r.ticket_format = Some(TicketFormat::Named);
+    }
     live.named = confirmed;
     if confirmed {
         if let Some(n) = name {
             live.sightings.push((n, at));
         }
     }
+    if r.ticket_format == Some(TicketFormat::CacheId) {
+        return; // a cache ID holds no key to guess
+    }
+    // A name-less format changes the first bytes on every ticket: check each ticket; a named
+    // one only once per name.
     let mut checked = Vec::new();
     for t in tickets {
-        let n = name_of(t);
-        if checked.contains(&n) {
+        let n = name_of(t).filter(|_| confirmed);
+        if n.is_some() && checked.contains(&n) {
             continue;
         }
         checked.push(n);
         if let Some(w) = weak::check(t) {
-            live.report.weak_key_decrypts = w.session_len.is_some();
-            live.report.weak_key = Some(format!(
-                "{} ({}; HMAC key guessed{})",
-                w.pattern,
-                w.layout,
-                match (w.aes_bits, w.session_len) {
-                    (Some(bits), Some(len)) => format!(
-                        ", AES-{bits} key guessed too: the ticket decrypts to a {len}-byte session"
-                    ),
-                    _ => String::new(),
-                }
-            ));
+            live.weak = Some(w);
             break;
         }
     }
@@ -558,7 +637,7 @@ impl Progress {
 /// Run a scan. `Err` only when it cannot start (bad target, unreadable state or expectation);
 /// endpoints that cannot be reached are reported in the [`Report`] (exit code 2).
 pub fn run(opts: &Options) -> Result<Report, ScanError> {
-    let endpoints = resolve(&opts.targets, opts.sni.as_deref())?;
+    let (endpoints, warnings) = resolve(&opts.targets, opts.sni.as_deref())?;
     let mut state = match &opts.state {
         Some(p) => State::load(p)?,
         None => State {
@@ -593,6 +672,8 @@ pub fn run(opts: &Options) -> Result<Report, ScanError> {
             })
             .collect()
     });
+    let families: Vec<(Family, report::ServerFamily)> =
+        lives.iter_mut().map(|v| identify_family(v)).collect();
 
     if let Some(observe) = opts.observe {
         let interval = opts.interval.unwrap_or_else(|| {
@@ -643,7 +724,7 @@ pub fn run(opts: &Options) -> Result<Report, ScanError> {
             target: ep.target.clone(),
             address: ep.addr.to_string(),
             sni: ep.sni.clone(),
-            server_family: report::ServerFamily::default(),
+            server_family: families[targets.len()].1.clone(),
             error: None,
             tls12: VersionReport::default(),
             tls13: VersionReport::default(),
@@ -655,16 +736,19 @@ pub fn run(opts: &Options) -> Result<Report, ScanError> {
             youngest_refused_secs: None,
         };
         if versions.iter().all(|l| !l.report.supported) {
+            // One line per distinct reason: "TLS 1.2 and TLS 1.3: ..." when both agree.
+            let mut reasons: Vec<(Vec<Version>, &str)> = Vec::new();
+            for l in versions.iter() {
+                let why = l.report.error.as_deref().unwrap_or("no handshake");
+                match reasons.iter_mut().find(|(_, w)| *w == why) {
+                    Some((vs, _)) => vs.push(l.version),
+                    None => reasons.push((vec![l.version], why)),
+                }
+            }
             t.error = Some(
-                versions
+                reasons
                     .iter()
-                    .map(|l| {
-                        format!(
-                            "{}: {}",
-                            l.version.label(),
-                            l.report.error.as_deref().unwrap_or("no handshake")
-                        )
-                    })
+                    .map(|(vs, why)| format!("{}: {why}", labels(vs)))
                     .collect::<Vec<_>>()
                     .join("; "),
             );
@@ -699,6 +783,7 @@ pub fn run(opts: &Options) -> Result<Report, ScanError> {
                     checked_at,
                     age_secs: checked_at - o.issued_at,
                     accepted,
+                    cache_id: o.cache_id,
                 });
             }
             hist.offers.extend(live.offers.drain(..).take(1));
@@ -724,7 +809,14 @@ pub fn run(opts: &Options) -> Result<Report, ScanError> {
     }
 
     progress.show("checking addresses that share a name");
-    let fleets = fleets(&endpoints, &lives, opts.timeout, &mut findings);
+    let fleet_families: Vec<Family> = families.iter().map(|f| f.0).collect();
+    let fleets = fleets(
+        &endpoints,
+        &lives,
+        &fleet_families,
+        opts.timeout,
+        &mut findings,
+    );
     progress.done();
 
     if let Some(p) = &opts.state {
@@ -740,10 +832,88 @@ pub fn run(opts: &Options) -> Result<Report, ScanError> {
         targets,
         fleets,
         findings,
-        warnings: Vec::new(),
+        warnings,
     };
     report.conclude();
     Ok(report)
+}
+
+/// Which software answered one endpoint (from its HTTP answer and its tickets); fill in the
+/// weak-key evidence with the layout of that software, when one matched.
+fn identify_family(versions: &mut [Live]) -> (Family, report::ServerFamily) {
+    let http = versions.iter().find_map(|l| l.http.clone());
+    let weak_families: Vec<&str> = versions
+        .iter()
+        .filter_map(|l| l.weak.as_ref())
+        .flat_map(weak_families)
+        .collect();
+    let (tls12, tls13) = match versions {
+        [a, b] => (&a.report, &b.report),
+        _ => return (Family::Unknown, report::ServerFamily::default()),
+    };
+    let found = family::identify(&family::Signals {
+        http: http.as_deref(),
+        tls12,
+        tls13,
+        weak_families: &weak_families,
+    });
+    for l in versions.iter_mut() {
+        if let Some(w) = &l.weak {
+            let (text, decrypts) = weak_text(w, found.0);
+            l.report.weak_key = Some(text);
+            l.report.weak_key_decrypts = decrypts;
+        }
+    }
+    found
+}
+
+/// The families whose key layout the guessed key matched.
+fn weak_families(w: &weak::WeakKey) -> Vec<&'static str> {
+    w.families()
+}
+
+/// The weak key in words, with the layout of `family` when it is one that matched (a zero
+/// HMAC key fits every layout: the server tells which file it came from); and whether the
+/// ticket decrypted.
+fn weak_text(w: &weak::WeakKey, family: Family) -> (String, bool) {
+    let fits = |m: &&weak::Match| m.families.contains(&family.id());
+    // A layout that decrypts is proof; among equals, the identified server's layout.
+    let decrypts = |m: &&weak::Match| m.session_len.is_some();
+    let best = w
+        .matches
+        .iter()
+        .find(|m| decrypts(m) && fits(m))
+        .or_else(|| w.matches.iter().find(decrypts))
+        .or_else(|| w.matches.iter().find(fits))
+        .or(w.matches.first());
+    let Some(m) = best else {
+        return (w.pattern.clone(), false);
+    };
+    let others: Vec<&str> = w
+        .matches
+        .iter()
+        .filter(|o| o.layout != m.layout)
+        .map(|o| o.layout)
+        .collect();
+    (
+        format!(
+            "{} ({}; HMAC key guessed{}{})",
+            w.pattern,
+            m.layout,
+            match (m.aes_bits, m.session_len) {
+                (Some(bits), Some(len)) => format!(
+                    ", AES-{bits} key guessed too: the ticket decrypts to a {len}-byte session"
+                ),
+                _ => String::new(),
+            },
+            if others.is_empty() || m.session_len.is_some() {
+                String::new()
+            } else {
+                format!("; the same MAC key also fits: {}", others.join(", "))
+            }
+        ),
+        m.session_len.is_some(),
+    )
 }
 
 /// Endpoints that share a server name: does a ticket from one resume on the others, and do
@@ -751,6 +921,7 @@ pub fn run(opts: &Options) -> Result<Report, ScanError> {
 fn fleets(
     endpoints: &[Endpoint],
     lives: &[Vec<Live>],
+    families: &[Family],
     timeout: Duration,
     findings: &mut Vec<Finding>,
 ) -> Vec<FleetReport> {
@@ -840,10 +1011,10 @@ fn fleets(
                         None => "unknown".into(),
                     }
                 ),
-                remediation:
-                    "Clients moving between addresses do full handshakes. Share one rotating key: \
-                              `stek generator` + `stek agent` on every host (see README, fleet)."
-                        .into(),
+                remediation: format!(
+                    "Clients moving between addresses do full handshakes.\n{}",
+                    family::fix(families[members[0]], Fix::ShareKey)
+                ),
             });
         }
         out.push(FleetReport {
@@ -874,8 +1045,18 @@ fn finding(
     }
 }
 
+/// "TLS 1.2", "TLS 1.2 and TLS 1.3".
+fn labels(versions: &[Version]) -> String {
+    versions
+        .iter()
+        .map(|v| v.label())
+        .collect::<Vec<_>>()
+        .join(" and ")
+}
+
 /// Findings for one endpoint from this run's reports and the history (which includes this run),
-/// as of `now` (Unix seconds). Fills the report's keys, rotation and acceptance fields.
+/// as of `now` (Unix seconds). Fills the report's keys, rotation and acceptance fields. Each
+/// finding id appears once per endpoint; the fix is that of the server family identified.
 pub fn analyze(
     t: &mut TargetReport,
     hist: &EndpointState,
@@ -886,15 +1067,54 @@ pub fn analyze(
     if t.error.is_some() {
         return out;
     }
+    let fam = Family::from_id(&t.server_family.id).unwrap_or(Family::Unknown);
+    let fix = |f: Fix| family::fix(fam, f);
     let max_rot = opts.max_rotation.as_secs_f64();
     let max_acc = opts.max_acceptance.as_secs_f64();
+    let versions = [(Version::Tls12, &t.tls12), (Version::Tls13, &t.tls13)];
 
-    for (v, r) in [(Version::Tls12, &t.tls12), (Version::Tls13, &t.tls13)] {
+    for (v, r) in versions {
         let id = format!("tickets.{}", v.id());
-        if !r.supported {
-            continue;
+        match r.outcome {
+            Outcome::Assessed => {}
+            Outcome::NotOffered => continue,
+            Outcome::NameRefused | Outcome::Failed | Outcome::Unreachable => {
+                // The other version was assessed (else the endpoint is an error): say which
+                // part of the report is missing.
+                out.push(finding(
+                    t,
+                    "scan.incomplete",
+                    Severity::Low,
+                    format!("{} was not assessed", v.label()),
+                    format!(
+                        "{}: {}; nothing is known of its tickets",
+                        v.label(),
+                        r.error
+                            .as_deref()
+                            .unwrap_or("the handshake did not complete")
+                    ),
+                    "Scan again with what the server expects (`--sni NAME` for a name it serves); \
+                     a server that requires client certificates cannot be assessed by stek scan.",
+                ));
+                continue;
+            }
         }
-        if !r.tickets_issued {
+        if r.ticket_format == Some(TicketFormat::CacheId) {
+            out.push(finding(
+                t,
+                &format!("session_cache.{}", v.id()),
+                Severity::Info,
+                format!("{} tickets are session-cache IDs, not encrypted tickets", v.label()),
+                format!(
+                    "{} ticket(s) per connection of {} bytes: too short to carry encrypted session state, so they name sessions the server keeps in memory (OpenSSL does this when tickets are off); lifetime {} s, resumption {}. No ticket key is involved: session secrets live as long as the cache keeps them.",
+                    r.tickets_per_connection,
+                    r.ticket_len.unwrap_or(0),
+                    r.lifetime_hint.unwrap_or(0),
+                    report::yes(r.ticket_resumption)
+                ),
+                &format!("Nothing to change. To bound how long session secrets stay in memory:\n{}", fix(Fix::CacheLifetime)),
+            ));
+        } else if !r.tickets_issued {
             out.push(finding(
                 t,
                 &id,
@@ -909,7 +1129,7 @@ pub fn analyze(
         } else if r.ticket_resumption == Some(false) {
             out.push(finding(t, &id, Severity::Low, format!("{} tickets are issued but never accepted", v.label()),
                 format!("a ticket offered a moment after it was issued did not resume (lifetime hint {} s)", r.lifetime_hint.unwrap_or(0)),
-                "Every reconnect costs a full handshake: give all servers of this name the same ticket keys (stek), or turn tickets off."));
+                &format!("Every reconnect costs a full handshake: give all servers of this name the same ticket keys, or turn tickets off.\n{}", fix(Fix::ShareKey))));
         } else {
             out.push(finding(
                 t,
@@ -939,19 +1159,6 @@ pub fn analyze(
                 "Nothing to change if the key rotates (see stek.* findings).",
             ));
         }
-        match (&r.weak_key, r.weak_key_decrypts) {
-            (Some(w), true) => out.push(finding(t, "stek.weak_key", Severity::Critical,
-                "the session ticket key is guessable".into(),
-                format!("a {} ticket (key name {}) opens under a guessed key: {w}. Anyone with a recording of this server's traffic can decrypt it.",
-                    v.label(), r.key_name.as_deref().unwrap_or("unknown")),
-                report::ROTATE)),
-            (Some(w), false) => out.push(finding(t, "stek.weak_mac_key", Severity::Medium,
-                "tickets are authenticated with a guessable HMAC key".into(),
-                format!("the HMAC-SHA256 of a {} ticket (key name {}) verifies under a guessed key: {w}; the AES key was not guessed. Anyone can forge the MAC, so the ticket's integrity rests on AES-CBC alone (unauthenticated, open to padding-oracle and bit-flipping attempts).",
-                    v.label(), r.key_name.as_deref().unwrap_or("unknown")),
-                report::WEAK_MAC)),
-            (None, _) => {}
-        }
         if v == Version::Tls12 && r.tickets_issued && r.lifetime_hint == Some(0) {
             out.push(finding(t, "hint.unspecified", Severity::Info, "TLS 1.2 lifetime hint is 0 (unspecified)".into(),
                 "RFC 5077 §3.3: 0 means the lifetime is unspecified, not that tickets are off; the hint says nothing about key rotation".into(),
@@ -968,14 +1175,14 @@ pub fn analyze(
                         "ticket_lifetime {} s > 604800 s: RFC 8446 §4.6.1 violation",
                         r.lifetime_hint.unwrap_or(0)
                     ),
-                    report::HINT_7_DAYS,
+                    &fix(Fix::Hint7Days),
                 ));
             }
             if r.resumption_with_dhe == Some(false) {
                 out.push(finding(t, "tls13.psk_ke", Severity::High,
                     "TLS 1.3 resumption without (EC)DHE".into(),
                     "the resumed ServerHello had no key_share: the session keys derive from the ticket alone, so a leaked ticket key decrypts resumed traffic too".into(),
-                    "Allow only psk_dhe_ke (OpenSSL: do not set SSL_OP_ALLOW_NO_DHE_KEX; nginx/Apache/HAProxy defaults are correct)."));
+                    &fix(Fix::PskKe)));
             }
             if let Some(single) = r.single_use {
                 out.push(finding(
@@ -999,16 +1206,61 @@ pub fn analyze(
                 ));
             }
             if r.max_early_data.is_some_and(|m| m > 0) {
-                out.push(finding(t, "tls13.early_data", Severity::Low, "TLS 1.3 0-RTT is enabled".into(),
-                    format!("tickets allow {} bytes of early data, which an attacker can replay", r.max_early_data.unwrap_or(0)),
-                    "nginx: `ssl_early_data off;`  HAProxy: remove `allow-0rtt`  Apache: 0-RTT is off by default"));
+                out.push(finding(
+                    t,
+                    "tls13.early_data",
+                    Severity::Low,
+                    "TLS 1.3 0-RTT is enabled".into(),
+                    format!(
+                        "tickets allow {} bytes of early data, which an attacker can replay",
+                        r.max_early_data.unwrap_or(0)
+                    ),
+                    &fix(Fix::EarlyData),
+                ));
             }
         }
-        if r.ticket_resumption == Some(true) && r.key_name.is_none() && r.tickets_seen >= 2 {
-            out.push(finding(t, "stek.no_key_name", Severity::Info, format!("{} tickets carry no stable key name", v.label()),
-                "the first 16 bytes differ on every ticket (Go >= 1.21, or a format without a name): rotation is measured by acceptance only".into(),
-                "Nothing to change."));
+    }
+
+    // Per endpoint, once: a guessable key, tickets without a name.
+    let weak: Vec<(Version, &VersionReport)> = versions
+        .iter()
+        .filter(|(_, r)| r.outcome == Outcome::Assessed && r.weak_key.is_some())
+        .map(|&(v, r)| (v, r))
+        .collect();
+    if let Some((_, r)) = weak
+        .iter()
+        .find(|(_, r)| r.weak_key_decrypts)
+        .or(weak.first())
+    {
+        let which = labels(&weak.iter().map(|(v, _)| *v).collect::<Vec<_>>());
+        let w = r.weak_key.as_deref().unwrap_or_default();
+        let name = r.key_name.as_deref().unwrap_or("none in the ticket");
+        if r.weak_key_decrypts {
+            out.push(finding(t, "stek.weak_key", Severity::Critical,
+                "the session ticket key is guessable".into(),
+                format!("{which} tickets (key name {name}) open under a guessed key: {w}. Anyone with a recording of this server's traffic can decrypt it."),
+                &fix(Fix::Rotate)));
+        } else {
+            out.push(finding(t, "stek.weak_mac_key", Severity::Medium,
+                "tickets are authenticated with a guessable HMAC key".into(),
+                format!("the HMAC-SHA256 of {which} tickets (key name {name}) verifies under a guessed key: {w}; the AES key was not guessed. Anyone can forge the MAC, so the ticket's integrity rests on AES-CBC alone (unauthenticated, open to padding-oracle and bit-flipping attempts)."),
+                &fix(Fix::WeakMac)));
         }
+    }
+    let nameless: Vec<Version> = versions
+        .iter()
+        .filter(|(_, r)| {
+            r.outcome == Outcome::Assessed
+                && r.ticket_format == Some(TicketFormat::Nameless)
+                && r.ticket_resumption == Some(true)
+                && r.tickets_seen >= 2
+        })
+        .map(|(v, _)| *v)
+        .collect();
+    if !nameless.is_empty() {
+        out.push(finding(t, "stek.no_key_name", Severity::Info, format!("{} tickets carry no stable key name", labels(&nameless)),
+            "the first 16 bytes differ on every ticket (Go >= 1.21, rustls, or another format without a name): rotation is measured by acceptance only (how old a ticket still resumes)".into(),
+            "Nothing to change."));
     }
     if let Some(sid) = t.tls12.session_id_resumption {
         out.push(finding(
@@ -1054,15 +1306,15 @@ pub fn analyze(
     } else {
         0.0
     };
-    for k in &keys {
-        let span = k.last_seen - k.first_seen;
-        if span > max_rot {
-            out.push(finding(t, "stek.not_rotated", Severity::High,
-                "the session ticket key is not rotated".into(),
-                format!("key {} made every fresh ticket from {} to {} ({} over {} sample(s), {}); the longest acceptable is {}: whoever obtains this key decrypts every session of that span",
-                    k.name, stamp(k.first_seen), stamp(k.last_seen), report::human(span), k.samples, k.versions.join("+"), report::human(max_rot)),
-                report::ROTATE));
-        }
+    let span = |k: &KeyReport| k.last_seen - k.first_seen;
+    let stale: Vec<&KeyReport> = keys.iter().filter(|k| span(k) > max_rot).collect();
+    if let Some(k) = stale.iter().max_by(|a, b| span(a).total_cmp(&span(b))) {
+        out.push(finding(t, "stek.not_rotated", Severity::High,
+            "the session ticket key is not rotated".into(),
+            format!("key {} made every fresh ticket from {} to {} ({} over {} sample(s), {}); the longest acceptable is {}: whoever obtains this key decrypts every session of that span{}",
+                k.name, stamp(k.first_seen), stamp(k.last_seen), report::human(span(k)), k.samples, k.versions.join("+"), report::human(max_rot),
+                if stale.len() > 1 { format!(" ({} keys lived too long)", stale.len()) } else { String::new() }),
+            &fix(Fix::Rotate)));
     }
     let longest = keys
         .iter()
@@ -1093,23 +1345,18 @@ pub fn analyze(
     }
     t.keys = keys;
 
-    // Acceptance: old tickets offered again.
+    // Acceptance: old tickets offered again. Session-cache IDs are judged apart: no key.
     t.acceptance = hist.checks.clone();
-    t.oldest_accepted_secs = hist
-        .checks
-        .iter()
+    let tickets = || hist.checks.iter().filter(|c| !c.cache_id);
+    t.oldest_accepted_secs = tickets()
         .filter(|c| c.accepted == Some(true))
         .map(|c| c.age_secs)
         .reduce(f64::max);
-    t.youngest_refused_secs = hist
-        .checks
-        .iter()
+    t.youngest_refused_secs = tickets()
         .filter(|c| c.accepted == Some(false))
         .map(|c| c.age_secs)
         .reduce(f64::min);
-    if let Some(old) = hist
-        .checks
-        .iter()
+    if let Some(old) = tickets()
         .filter(|c| c.accepted == Some(true) && c.age_secs > max_acc)
         .max_by(|a, b| a.age_secs.total_cmp(&b.age_secs))
     {
@@ -1117,9 +1364,77 @@ pub fn analyze(
             "old session tickets are still accepted".into(),
             format!("a {} ticket issued {} (key {}) resumed at {}, {} old; the longest acceptable is {}",
                 old.version, stamp(old.issued_at), old.name.as_deref().unwrap_or("unnamed"), stamp(old.checked_at), report::human(old.age_secs), report::human(max_acc)),
-            report::SHORTEN));
+            &fix(Fix::Shorten)));
+    }
+    if !nameless.is_empty() && t.keys.is_empty() {
+        out.extend(nameless_rotation(
+            t,
+            hist,
+            max_rot,
+            max_acc,
+            &fix(Fix::Rotate),
+        ));
+    }
+    if let Some(old) = hist
+        .checks
+        .iter()
+        .filter(|c| c.cache_id && c.accepted == Some(true) && c.age_secs > max_acc)
+        .max_by(|a, b| a.age_secs.total_cmp(&b.age_secs))
+    {
+        out.push(finding(t, "session_cache.old_session_accepted", Severity::Low,
+            "old cached sessions are still resumed".into(),
+            format!("a {} session-cache ID issued {} resumed at {}, {} old; the longest acceptable is {}. The session's secrets stayed in the server's memory that long (no ticket key is involved).",
+                old.version, stamp(old.issued_at), stamp(old.checked_at), report::human(old.age_secs), report::human(max_acc)),
+            &fix(Fix::CacheLifetime)));
     }
     out
+}
+
+/// Rotation of a server whose tickets carry no key name, measured through acceptance: a ticket
+/// that resumes at age A was decrypted by the key that made it, so that key lived at least A.
+/// A key within policy encrypts at most `max_rot` and decrypts at most `max_acc` after its last
+/// ticket, so A > max_rot + max_acc proves a key outlived the policy.
+fn nameless_rotation(
+    t: &TargetReport,
+    hist: &EndpointState,
+    max_rot: f64,
+    max_acc: f64,
+    rotate: &str,
+) -> Vec<Finding> {
+    let checks = || {
+        hist.checks
+            .iter()
+            .filter(|c| !c.cache_id && c.name.is_none())
+    };
+    let Some(oldest) = checks()
+        .filter(|c| c.accepted == Some(true))
+        .max_by(|a, b| a.age_secs.total_cmp(&b.age_secs))
+    else {
+        return Vec::new();
+    };
+    let refused = checks()
+        .filter(|c| c.accepted == Some(false) && c.age_secs > oldest.age_secs)
+        .map(|c| c.age_secs)
+        .reduce(f64::min);
+    let a = oldest.age_secs;
+    let offered = checks().count();
+    if a > max_rot + max_acc {
+        return vec![finding(t, "stek.not_rotated", Severity::High,
+            "the session ticket key is not rotated".into(),
+            format!("the tickets carry no key name, so rotation is measured through acceptance: a {} ticket issued {} still resumed {} later, so the key that made it has lived at least {}, more than the longest acceptable encrypting ({}) plus decrypting ({}) life; {} of {} old tickets offered, none refused older than that",
+                oldest.version, stamp(oldest.issued_at), report::human(a), report::human(a), report::human(max_rot), report::human(max_acc),
+                checks().filter(|c| c.accepted == Some(true)).count(), offered),
+            rotate)];
+    }
+    match refused {
+        Some(r) => vec![finding(t, "stek.rotation", Severity::Info, "old tickets stop resuming".into(),
+            format!("tickets carry no key name; measured through acceptance: tickets up to {} old resume, one {} old was refused: keys (or sessions) retire between those ages", report::human(a), report::human(r)),
+            "Nothing to change.")],
+        None => vec![finding(t, "stek.rotation_unmeasured", Severity::Info, "key rotation not measured yet".into(),
+            format!("tickets carry no key name; measured through acceptance: every ticket offered resumed, the oldest {} old; a key is shown to outlive the policy once a ticket older than {} resumes: observe longer (--observe {}) or run daily with --state FILE",
+                report::human(a), report::human(max_rot + max_acc), report::human((max_rot + max_acc) * 1.2)),
+            "Nothing to change yet.")],
+    }
 }
 
 /// Unix seconds as an HTTP date (UTC).

@@ -30,6 +30,8 @@ use crate::{duration, lock};
 const MAX_HELLO: usize = 16 * 1024;
 /// The most TLS 1.3 tickets kept from one connection.
 const MAX_TICKETS: usize = 8;
+/// The most bytes kept of the server's answer to our `HEAD /` (enough for its headers).
+pub const MAX_HTTP: usize = 8 * 1024;
 
 /// A TLS version the scanner speaks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -79,9 +81,13 @@ pub enum ProbeError {
         /// The system's error.
         source: io::Error,
     },
-    /// The server answered the ClientHello with an alert (its description): it does not speak
-    /// this version, or refuses our offer.
+    /// The server answered the ClientHello with an alert (its description), before any
+    /// ServerHello: it does not speak this version, refuses our offer, or refuses the name.
     Alert(u8),
+    /// The server ended the handshake with an alert (its description) after its ServerHello,
+    /// before any ticket: e.g. it requires a client certificate. The version is spoken, but the
+    /// handshake did not complete.
+    Ended(u8),
     /// rustls found the server incompatible with this version (the error says how).
     Incompatible(io::Error),
     /// The server's first bytes are not TLS (given, non-printable bytes as `.`).
@@ -110,8 +116,15 @@ impl std::fmt::Display for ProbeError {
             ProbeError::Io { what, .. } => write!(f, "{what} failed"),
             ProbeError::Alert(desc) => write!(
                 f,
-                "not supported: the server answered with alert {}",
-                alert_name(*desc)
+                "the server answered the ClientHello with alert {}: {}",
+                alert_name(*desc),
+                alert_meaning(*desc)
+            ),
+            ProbeError::Ended(desc) => write!(
+                f,
+                "the handshake did not complete: after its ServerHello the server sent alert {}: {}",
+                alert_name(*desc),
+                alert_meaning(*desc)
             ),
             ProbeError::Incompatible(_) => f.write_str("not supported"),
             ProbeError::NotTls(text) => write!(f, "not a TLS server: it answered {text:?}"),
@@ -143,6 +156,7 @@ impl std::error::Error for ProbeError {
             ProbeError::Wire(e) => Some(e),
             ProbeError::ServerName(_)
             | ProbeError::Alert(_)
+            | ProbeError::Ended(_)
             | ProbeError::NotTls(_)
             | ProbeError::NotOffered
             | ProbeError::TimedOut(_)
@@ -184,6 +198,9 @@ pub struct Connection {
     pub client_hello: Vec<u8>,
     /// Wall time of the connection.
     pub took: Duration,
+    /// The start of the server's answer to `HEAD /` (at most [`MAX_HTTP`] bytes), when asked
+    /// for and received. Untrusted.
+    pub http: Option<Vec<u8>>,
 }
 
 /// A TLS client for one target, one version and one resumption mode, used sequentially.
@@ -254,6 +271,21 @@ impl Prober {
         addr: SocketAddr,
         offer: Option<Session>,
     ) -> Result<Connection, ProbeError> {
+        self.connect_as(addr, offer, false)
+    }
+
+    /// A fresh full handshake that also keeps the start of the server's answer to `HEAD /`
+    /// (its `Server` header tells the software), waiting for it a little longer.
+    pub fn connect_asking_http(&self, addr: SocketAddr) -> Result<Connection, ProbeError> {
+        self.connect_as(addr, None, true)
+    }
+
+    fn connect_as(
+        &self,
+        addr: SocketAddr,
+        offer: Option<Session>,
+        ask_http: bool,
+    ) -> Result<Connection, ProbeError> {
         let started = Instant::now();
         let deadline = Deadline::new(started, self.timeout);
         self.store.arm(offer);
@@ -270,14 +302,23 @@ impl Prober {
                 return Err(self.explain(&io, e));
             }
         }
-        if self.version == Version::Tls13 {
-            self.await_tickets(&mut conn, &mut io);
+        let mut http = Vec::new();
+        if self.version == Version::Tls13 || ask_http {
+            self.await_tickets(&mut conn, &mut io, ask_http.then_some(&mut http));
         }
         let resumed = conn.handshake_kind() == Some(HandshakeKind::Resumed);
         conn.send_close_notify();
         let _ = conn.write_tls(&mut io);
         let secrets = self.keylog.take();
         let flight = wire::parse_server_flight(&io.read, &secrets).map_err(ProbeError::Wire)?;
+        // rustls completes a TLS 1.3 handshake on its side before the server has read our
+        // Finished; a server that then refuses us (no client certificate, ...) sends a fatal
+        // alert instead of tickets. That handshake did not complete: never "no tickets".
+        if let Some((2, desc)) = flight.alert {
+            if flight.tickets.is_empty() && !flight.application_data && http.is_empty() {
+                return Err(ProbeError::Ended(desc));
+            }
+        }
         let (tickets, session_id_session) = self.store.take_issued();
         let mut sessions = tickets.into_iter();
         let issued = flight
@@ -295,6 +336,7 @@ impl Prober {
             client_hello: io.hello,
             flight,
             took: started.elapsed(),
+            http: (!http.is_empty()).then_some(http),
         })
     }
 
@@ -321,7 +363,13 @@ impl Prober {
 
     /// TLS 1.3 tickets come after the handshake: ask for `/` so the server has a reason to
     /// write, and read until the answer (tickets precede it), the close, or a short wait.
-    fn await_tickets(&self, conn: &mut ClientConnection, io: &mut Recorder) {
+    /// With `http`, keep the answer's start there (up to its headers' end or [`MAX_HTTP`]).
+    fn await_tickets(
+        &self,
+        conn: &mut ClientConnection,
+        io: &mut Recorder,
+        mut http: Option<&mut Vec<u8>>,
+    ) {
         let host = match &self.name {
             ServerName::DnsName(d) => d.as_ref().to_owned(),
             _ => "localhost".to_owned(),
@@ -339,12 +387,22 @@ impl Prober {
                 }
             }
             match conn.reader().read(&mut buf) {
-                Ok(_) => return, // the answer or the close: every ticket came before it
+                // The answer or the close: every ticket came before it.
+                Ok(0) => return,
+                Ok(n) => {
+                    let Some(h) = http.as_deref_mut() else { return };
+                    let room = MAX_HTTP.saturating_sub(h.len());
+                    h.extend_from_slice(&buf[..n.min(room)]);
+                    if h.len() >= MAX_HTTP || h.windows(4).any(|w| w == b"\r\n\r\n") {
+                        return;
+                    }
+                    continue;
+                }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
                 Err(_) => return,
             }
             let now = Instant::now();
-            if self.store.tls13_count() > 0 {
+            if self.store.tls13_count() > 0 && http.is_none() {
                 // A second ticket usually follows in the same flight.
                 deadline = deadline.min(now + Duration::from_millis(20));
             }
@@ -387,10 +445,12 @@ impl Prober {
         };
         let alert = flight.as_ref().and_then(|f| f.alert);
         let hello = flight.as_ref().and_then(|f| f.hello.clone());
-        if hello.is_none() {
-            if let Some((_, desc)) = alert {
-                return ProbeError::Alert(desc);
-            }
+        match (hello, alert) {
+            (None, Some((_, desc))) => return ProbeError::Alert(desc),
+            // A TLS 1.2 server that wants a client certificate alerts after our (empty)
+            // Certificate: the version is spoken, the handshake did not complete.
+            (Some(h), Some((_, desc))) if !h.retry_request => return ProbeError::Ended(desc),
+            _ => {}
         }
         let msg = e.to_string();
         if msg.contains("PeerIncompatible") || msg.contains("protocol version") {
@@ -491,28 +551,74 @@ fn connect(addr: SocketAddr, deadline: &Deadline) -> Result<TcpStream, ProbeErro
     Ok(tcp)
 }
 
-/// TLS alert descriptions by number (RFC 8446 §6).
-pub fn alert_name(desc: u8) -> String {
+/// A TLS alert's name (RFC 8446 §6, RFC 5246 §7.2), or its number when unknown.
+pub fn alert_id(desc: u8) -> String {
     let name = match desc {
         0 => "close_notify",
         10 => "unexpected_message",
         20 => "bad_record_mac",
+        21 => "decryption_failed",
+        22 => "record_overflow",
+        30 => "decompression_failure",
         40 => "handshake_failure",
+        41 => "no_certificate",
         42 => "bad_certificate",
+        43 => "unsupported_certificate",
+        44 => "certificate_revoked",
+        45 => "certificate_expired",
+        46 => "certificate_unknown",
         47 => "illegal_parameter",
+        48 => "unknown_ca",
+        49 => "access_denied",
         50 => "decode_error",
         51 => "decrypt_error",
         70 => "protocol_version",
         71 => "insufficient_security",
         80 => "internal_error",
         86 => "inappropriate_fallback",
+        90 => "user_canceled",
+        100 => "no_renegotiation",
         109 => "missing_extension",
         110 => "unsupported_extension",
+        111 => "certificate_unobtainable",
         112 => "unrecognized_name",
+        113 => "bad_certificate_status_response",
+        114 => "bad_certificate_hash_value",
+        115 => "unknown_psk_identity",
+        116 => "certificate_required",
         120 => "no_application_protocol",
         _ => return format!("{desc}"),
     };
-    format!("{name} ({desc})")
+    name.to_owned()
+}
+
+/// A TLS alert's name with its number: `internal_error (80)`.
+pub fn alert_name(desc: u8) -> String {
+    format!("{} ({desc})", alert_id(desc))
+}
+
+/// What an alert usually means when a server sends it during the handshake, for people.
+pub fn alert_meaning(desc: u8) -> &'static str {
+    match desc {
+        40 => "no parameters in common, or the server wants something the client did not send (a client certificate)",
+        41 | 42 | 116 => "the server requires a client certificate, which the scanner does not present",
+        43..=46 | 48 => "the server rejected the client certificate",
+        49 => "the server refuses this client (access control)",
+        70 => "the server does not speak this TLS version",
+        71 => "the server wants stronger parameters than offered",
+        80 => "an internal error; Go servers (Caddy among them) send it for a server name they have no certificate for",
+        86 => "the server saw a version downgrade",
+        109 | 110 | 47 | 50 | 51 | 10 => "the server did not accept something in the handshake",
+        112 => "the server does not serve this server name",
+        120 => "the server requires an ALPN protocol the scanner did not offer",
+        0 | 90 => "the server closed the connection",
+        _ => "the server ended the handshake",
+    }
+}
+
+/// Alerts that, in answer to a ClientHello, mean "not this version" (or no common suite).
+pub fn is_version_alert(desc: u8) -> bool {
+    matches!(desc, 40 | 70 | 71)
 }
 
 /// The socket, recording what the server sent (capped) and our first flight. Every read and

@@ -202,6 +202,9 @@ pub struct AcceptanceCheck {
     pub age_secs: f64,
     /// The server resumed with it; `None` when the answer did not tell.
     pub accepted: Option<bool>,
+    /// It was a session-cache ID (stateful TLS 1.3 ticket), not an encrypted ticket.
+    #[serde(default)]
+    pub cache_id: bool,
 }
 
 /// One endpoint: a target's address.
@@ -357,6 +360,9 @@ impl Report {
             self.targets.len(),
             self.duration_secs
         );
+        for w in &self.warnings {
+            let _ = writeln!(out, "warning: {w}");
+        }
         let shown: Vec<&Finding> = self
             .findings
             .iter()
@@ -386,16 +392,25 @@ impl Report {
         for t in &self.targets {
             let _ = writeln!(
                 out,
-                "\n{}{}",
+                "\n{}, {}",
                 t.label(),
                 t.sni
                     .as_ref()
-                    .map(|s| format!(", SNI {s}"))
-                    .unwrap_or_default()
+                    .map_or_else(|| "no SNI".to_owned(), |s| format!("SNI {s}"))
             );
             if let Some(e) = &t.error {
                 let _ = writeln!(out, "  error: {e}");
                 continue;
+            }
+            if t.server_family.evidence.is_empty() {
+                let _ = writeln!(out, "  server: {}", t.server_family.name);
+            } else {
+                let _ = writeln!(
+                    out,
+                    "  server: {} ({})",
+                    t.server_family.name,
+                    t.server_family.evidence.join("; ")
+                );
             }
             for (label, v) in [("TLS 1.2", &t.tls12), ("TLS 1.3", &t.tls13)] {
                 let _ = writeln!(out, "  {label}: {}", describe(v));
@@ -452,7 +467,8 @@ impl Report {
     }
 }
 
-fn yes(b: Option<bool>) -> &'static str {
+/// `yes`, `no`, `n/a`.
+pub fn yes(b: Option<bool>) -> &'static str {
     match b {
         Some(true) => "yes",
         Some(false) => "no",
@@ -461,10 +477,21 @@ fn yes(b: Option<bool>) -> &'static str {
 }
 
 fn describe(v: &VersionReport) -> String {
-    if !v.supported {
+    let why = v.error.as_deref().unwrap_or("no handshake");
+    match v.outcome {
+        Outcome::Assessed => {}
+        Outcome::NotOffered => return format!("not offered ({why})"),
+        Outcome::NameRefused => return format!("not assessed: {why}"),
+        Outcome::Failed | Outcome::Unreachable => return format!("not assessed: {why}"),
+    }
+    if v.ticket_format == Some(TicketFormat::CacheId) {
         return format!(
-            "not offered ({})",
-            v.error.as_deref().unwrap_or("no handshake")
+            "{}session-cache IDs of {} bytes as tickets (no ticket key), {}/connection, lifetime {}; resumption {}",
+            v.cipher.as_ref().map(|c| format!("{c}; ")).unwrap_or_default(),
+            v.ticket_len.unwrap_or(0),
+            v.tickets_per_connection,
+            v.lifetime_hint.map_or_else(|| "?".to_owned(), |l| human(f64::from(l))),
+            yes(v.ticket_resumption)
         );
     }
     let mut s = String::new();
@@ -528,40 +555,6 @@ pub fn human(secs: f64) -> String {
         format!("{:.1} d", secs / 86400.0)
     }
 }
-
-/// The fix for a finding that says "this key lives too long or can be guessed": rotate with
-/// stek, or turn tickets off, per server.
-pub const ROTATE: &str = "\
-Rotate the ticket key (or turn tickets off) on every server behind this name:
-nginx:   stek up, then in the server block `include /run/stek/nginx/tickets.conf;` and
-         `stek up --on-change 'nginx -s reload'`; or `ssl_session_tickets off;`
-Apache:  `SSLSessionTicketKeyFile /run/stek/apache/ticket.key` (stek's 48-byte key) with
-         `stek up --on-change 'apachectl graceful'`; or `SSLSessionTickets off`
-         (`SSLOpenSSLConfCmd Options -SessionTicket` on builds without it)
-HAProxy: `bind ... tls-ticket-keys /run/stek/haproxy/tickets.keys` with
-         `stek up --haproxy-socket /run/haproxy/admin.sock` (runtime rotation, no reload);
-         or `no-tls-tickets` on the bind line";
-
-/// The fix when only the MAC key is guessable.
-pub const WEAK_MAC: &str = "\
-Give the server a random key file and rotate it; if the MAC key stays guessable with a random
-file, the server ignores that half of the file (seen with Apache 2.4 mod_ssl on OpenSSL 3:
-tickets MAC'd with an all-zero key): there, keep keys rotating so each AES key lives briefly,
-or turn tickets off: `SSLSessionTickets off`
-nginx: `ssl_session_ticket_key` with stek's 80-byte keys   HAProxy: stek's `tls-ticket-keys`";
-
-/// The fix when an old ticket is accepted: shorten the session lifetime.
-pub const SHORTEN: &str = "\
-Make tickets expire sooner, and rotate the key so old keys are erased:
-nginx:   `ssl_session_timeout 18h;` (or less), keys rotated by stek
-Apache:  `SSLSessionCacheTimeout 64800` (or less), keys rotated by stek
-HAProxy: `tune.ssl.lifetime 18h` (or less); stek's runtime rotation drops keys after 2 periods";
-
-/// The fix when TLS 1.3 tickets claim more than 7 days.
-pub const HINT_7_DAYS: &str = "\
-RFC 8446 §4.6.1 caps ticket_lifetime at 604800 s (7 days); clients ignore longer tickets.
-nginx: `ssl_session_timeout 18h;`   Apache: `SSLSessionCacheTimeout 64800`
-HAProxy: `tune.ssl.lifetime 18h`";
 
 #[cfg(test)]
 mod tests {

@@ -153,6 +153,26 @@ pub struct StoredOffer {
     pub client_hello: String,
     /// Already offered to a server whose tickets are single-use.
     pub spent: bool,
+    /// The "ticket" is a session-cache ID (stateful), not an encrypted ticket.
+    #[serde(default)]
+    pub cache_id: bool,
+}
+
+/// Drop offers until at most `max` remain, keeping the oldest and the newest and the spread
+/// between: each step drops the inner offer closest in time to its older neighbour. The
+/// remaining ages then bracket the oldest ticket a server accepts at any scale (seconds within
+/// one run, days across runs).
+pub fn thin(offers: &mut Vec<StoredOffer>, max: usize) {
+    offers.sort_by(|a, b| a.issued_at.total_cmp(&b.issued_at));
+    while offers.len() > max.max(2) {
+        let drop = (1..offers.len() - 1)
+            .min_by(|&a, &b| {
+                let gap = |i: usize| offers[i].issued_at - offers[i - 1].issued_at;
+                gap(a).total_cmp(&gap(b))
+            })
+            .unwrap_or(1);
+        offers.remove(drop);
+    }
 }
 
 impl StoredOffer {
@@ -251,12 +271,7 @@ impl EndpointState {
     /// acceptance window).
     fn trim(&mut self) {
         self.offers.retain(|o| o.hello().is_some());
-        self.offers
-            .sort_by(|a, b| a.issued_at.total_cmp(&b.issued_at));
-        if self.offers.len() > MAX_OFFERS {
-            let drop = self.offers.len() - MAX_OFFERS;
-            self.offers.drain(1..=drop);
-        }
+        thin(&mut self.offers, MAX_OFFERS);
         if self.checks.len() > MAX_CHECKS {
             let drop = self.checks.len() - MAX_CHECKS;
             self.checks.drain(..drop);
@@ -298,6 +313,7 @@ mod tests {
                 issued_at: f64::from(i),
                 client_hello: "AAAA".into(),
                 spent: false,
+                cache_id: false,
             });
         }
         s.save(&path).unwrap();
@@ -307,6 +323,16 @@ mod tests {
         assert_eq!(e.keys["00"].samples, 2);
         assert_eq!(e.offers.len(), MAX_OFFERS);
         assert_eq!(e.offers[0].issued_at, 0.0, "the oldest offer stays");
+        assert_eq!(
+            e.offers[MAX_OFFERS - 1].issued_at,
+            99.0,
+            "the newest offer stays"
+        );
+        // Spread evenly: no two kept offers more than 2 apart (100 over 64).
+        assert!(e
+            .offers
+            .windows(2)
+            .all(|w| w[1].issued_at - w[0].issued_at <= 2.0));
         use std::os::unix::fs::PermissionsExt as _;
         assert_eq!(
             std::fs::metadata(&path).unwrap().permissions().mode() & 0o777,
