@@ -151,6 +151,7 @@ fn head(out: &mut String, r: &Report) {
          <meta http-equiv=\"Content-Security-Policy\" content=\"default-src 'none'; \
          style-src 'unsafe-inline'; base-uri 'none'; form-action 'none'\">\n\
          <meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\n\
+         <meta name=\"color-scheme\" content=\"light dark\">\n\
          <meta name=\"generator\" content=\"{}\">\n\
          <title>{}: {} (stek scan)</title>\n<style>{CSS}</style>\n</head>\n<body>\n<main>",
         Esc(&r.scanner),
