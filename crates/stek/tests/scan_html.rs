@@ -444,6 +444,21 @@ fn an_observing_scan_renders_its_verdict_findings_and_timeline_in_chromium() {
         );
         let sni = dom.by_class(section, "sni");
         assert_eq!(dom.text(sni[0]), "no SNI");
+        // The server family the scan settled on, with its evidence.
+        let family = dom.by_class(section, "family");
+        assert_eq!(
+            dom.attr(family[0], "data-family"),
+            t["server_family"]["id"].as_str().unwrap()
+        );
+        for e in t["server_family"]["evidence"].as_array().unwrap() {
+            let e: String = e
+                .as_str()
+                .unwrap()
+                .split_whitespace()
+                .collect::<Vec<_>>()
+                .join(" ");
+            assert!(dom.text(family[0]).contains(&e), "{e}");
+        }
         let outcomes = dom.find(section, |n| {
             n.tag == "td" && n.attrs.get("data-field").is_some_and(|f| f == "outcome")
         });
