@@ -244,7 +244,7 @@ fn cbc_shaped(len: usize) -> bool {
 }
 
 /// What each version's tickets say: their shape, then the rest (count, lifetime).
-fn ticket_clues(s: &Signals<'_>) -> (Vec<Clue>, Vec<Clue>) {
+fn ticket_clues(s: &Signals<'_>) -> (Vec<Clue>, Vec<Clue>, Vec<Clue>) {
     let mut shape = Vec::new();
     let mut count = Vec::new();
     let mut life = Vec::new();
@@ -337,8 +337,7 @@ fn ticket_clues(s: &Signals<'_>) -> (Vec<Clue>, Vec<Clue>) {
             });
         }
     }
-    count.extend(life);
-    (shape, count)
+    (shape, count, life)
 }
 
 /// The weak-key check's families as a clue.
@@ -606,9 +605,17 @@ pub fn identify(s: &Signals<'_>) -> (Family, ServerFamily) {
     let view = read_http(s.http);
     // Strongest first: a later clue that contradicts the earlier ones is set aside, not
     // allowed to override them. The weak-key layout is as telling as the ticket shape.
-    let (mut clues, rest) = ticket_clues(s);
+    let (mut clues, rest, life) = ticket_clues(s);
     clues.extend(weak_clue(s.weak_families));
     clues.extend(rest);
+    // A lifetime is one setting away from any value: it can name a server that sent nothing
+    // else, but it never contradicts a Server header (nginx with `ssl_session_timeout 1h` is
+    // still nginx).
+    let header = view.family.as_ref().map(|(f, _)| *f);
+    clues.extend(
+        life.into_iter()
+            .filter(|c| header.is_none_or(|f| c.fits.contains(f))),
+    );
     clues.extend(view.clue);
     let mut candidates = Set::known();
     let mut fits = Vec::new();
@@ -1424,10 +1431,18 @@ mod tests {
         let (f, sf) = id(Some(CADDY), go123(), &[]);
         assert_eq!(f, Family::Caddy);
         assert!(!has(&sf, "but the tickets"), "{sf:?}");
-        // A lifetime that contradicts the ticket shape is set aside and said.
+        // A lifetime is a setting: with a Server header it never makes a conflict (nginx with
+        // `ssl_session_timeout 1h` hints 3600 s, h2o's default).
+        for life in [604_800, 3600, 7200] {
+            let odd = (no_tickets(), tickets(Named, 240, 2, life));
+            let (f, sf) = id(Some(NGINX), odd, &[]);
+            assert_eq!(f, Family::Nginx);
+            assert!(!has(&sf, "but the tickets"), "{sf:?}");
+            assert!(!has(&sf, "does not fit"), "{sf:?}");
+        }
+        // Without a header, a lifetime that contradicts the ticket shape is set aside and said.
         let odd = (no_tickets(), tickets(Named, 240, 2, 604_800));
-        let (f, sf) = id(Some(NGINX), odd, &[]);
-        assert_eq!(f, Family::Nginx);
+        let (_, sf) = id(None, odd, &[]);
         assert!(
             has(&sf, "does not fit: TLS 1.3 lifetime 604800 s"),
             "{sf:?}"
