@@ -300,10 +300,12 @@ fn go123_previous_key_accepts_tickets_older_than_allowed() {
 // ---- Caddy 2.6 ----------------------------------------------------------------------------
 //
 // Ground truth: Caddy's JSON documentation of apps.tls.session_tickets
-// (https://caddyserver.com/docs/json/apps/tls/session_tickets/: `rotation_interval`, default
-// 12h; `max_keys`, default 4; `disabled`) and modules/caddytls/sessiontickets.go, which hands the
-// keys to Go's SetSessionTicketKeys. The Caddyfile has no option for them
-// (https://caddyserver.com/docs/caddyfile/options): Caddy then rotates per its JSON defaults.
+// (https://caddyserver.com/docs/json/apps/tls/session_tickets/) and its source,
+// modules/caddytls/sessiontickets.go: `rotation_interval` (default 12h), `max_keys` (default 4;
+// RotateSTEKs prepends a new key and drops the oldest), `disabled`; `register` hands the keys to
+// Go's SetSessionTicketKeys, and connpolicy.go sets Go's SessionTicketsDisabled from `disabled`.
+// The Caddyfile has no option for them (https://caddyserver.com/docs/caddyfile/options): a
+// Caddyfile site rotates by those defaults or Go's (24 h), well inside stek's 24 h default.
 
 #[test]
 fn caddy_caddyfile_defaults_pass() {
