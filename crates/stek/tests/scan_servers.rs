@@ -122,6 +122,22 @@ fn no_stek_finding(r: &Value) {
     );
 }
 
+/// A scratch directory and a certificate for `localhost` and 127.0.0.1. The first call also
+/// starts building the Go fixture with both toolchains in the background, so that the Go tests
+/// (which wait for those builds) find them ready instead of building while the others idle.
+fn setup() -> (tempfile::TempDir, Cert) {
+    static BUILDS: std::sync::Once = std::sync::Once::new();
+    BUILDS.call_once(|| {
+        for go in [Go::V119, Go::V123] {
+            // A failed build panics here unseen; the Go tests then build again and fail with why.
+            std::thread::spawn(move || goticket(go));
+        }
+    });
+    let dir = shm_dir();
+    let cert = make_cert_ip(dir.path());
+    (dir, cert)
+}
+
 fn target(port: u16) -> String {
     format!("127.0.0.1:{port}")
 }
@@ -157,8 +173,7 @@ fn go_family_format(r: &Value, go: Go) {
 }
 
 fn go_default_keys_pass(go: Go) {
-    let dir = shm_dir();
-    let cert = make_cert_ip(dir.path());
+    let (dir, cert) = setup();
     let server = GoServer::start(go, dir.path(), &cert, "default", None);
     let (code, r) = scan(&[&target(server.port)]);
     // Go's own keys rotate daily and live 7 days: nothing to flag against the 24 h defaults.
@@ -169,8 +184,7 @@ fn go_default_keys_pass(go: Go) {
 }
 
 fn go_static_key_is_not_rotated(go: Go) {
-    let dir = shm_dir();
-    let cert = make_cert_ip(dir.path());
+    let (dir, cert) = setup();
     let server = GoServer::start(go, dir.path(), &cert, "static", None);
     let (code, r) = scan(&[
         &target(server.port),
@@ -194,8 +208,7 @@ fn go_static_key_is_not_rotated(go: Go) {
 }
 
 fn go_zero_key_is_weak(go: Go) {
-    let dir = shm_dir();
-    let cert = make_cert_ip(dir.path());
+    let (dir, cert) = setup();
     let server = GoServer::start(go, dir.path(), &cert, "zero", None);
     let (code, r) = scan(&[&target(server.port)]);
     // SetSessionTicketKeys([zero]): the MAC key is SHA-512(32 zero bytes)[32..64], anyone can
@@ -208,8 +221,7 @@ fn go_zero_key_is_weak(go: Go) {
 }
 
 fn go_rotating_keys_pass(go: Go) {
-    let dir = shm_dir();
-    let cert = make_cert_ip(dir.path());
+    let (dir, cert) = setup();
     // A new key every 2 s, the previous one still decrypting: tickets live at most 4 s.
     let server = GoServer::start(go, dir.path(), &cert, "rotate", Some("2s"));
     let (code, r) = scan(&[
@@ -278,8 +290,7 @@ fn go123_rotating_keys_pass() {
 /// to 16 s old resume; offering only the oldest ticket once is not enough to see it.
 #[test]
 fn go123_previous_key_accepts_tickets_older_than_allowed() {
-    let dir = shm_dir();
-    let cert = make_cert_ip(dir.path());
+    let (dir, cert) = setup();
     let server = GoServer::start(Go::V123, dir.path(), &cert, "rotate", Some("8s"));
     let (code, r) = scan(&[
         &target(server.port),
@@ -309,8 +320,7 @@ fn go123_previous_key_accepts_tickets_older_than_allowed() {
 
 #[test]
 fn caddy_caddyfile_defaults_pass() {
-    let dir = shm_dir();
-    let cert = make_cert_ip(dir.path());
+    let (dir, cert) = setup();
     let caddy = Caddy::caddyfile(&dir.path().join("caddy"), &cert);
     let (code, r) = scan(&[&target(caddy.port)]);
     assert_verdict(code, &r, "pass", 0);
@@ -321,8 +331,7 @@ fn caddy_caddyfile_defaults_pass() {
 
 #[test]
 fn caddy_json_daily_rotation_is_not_rotated_with_caddys_fix() {
-    let dir = shm_dir();
-    let cert = make_cert_ip(dir.path());
+    let (dir, cert) = setup();
     let caddy = Caddy::json(
         &dir.path().join("caddy"),
         &cert,
@@ -351,8 +360,7 @@ fn caddy_json_daily_rotation_is_not_rotated_with_caddys_fix() {
 
 #[test]
 fn caddy_json_two_second_rotation_is_seen() {
-    let dir = shm_dir();
-    let cert = make_cert_ip(dir.path());
+    let (dir, cert) = setup();
     let caddy = Caddy::json(
         &dir.path().join("caddy"),
         &cert,
@@ -382,8 +390,7 @@ fn caddy_json_two_second_rotation_is_seen() {
 
 #[test]
 fn caddy_json_tickets_disabled_pass_with_no_tickets() {
-    let dir = shm_dir();
-    let cert = make_cert_ip(dir.path());
+    let (dir, cert) = setup();
     // `disabled: true` sets Go's SessionTicketsDisabled: no NewSessionTicket in either version.
     let caddy = Caddy::json(&dir.path().join("caddy"), &cert, json!({"disabled": true}));
     let (code, r) = scan(&[&target(caddy.port)]);
@@ -406,8 +413,7 @@ fn caddy_json_tickets_disabled_pass_with_no_tickets() {
 /// (certmagic's GetCertificate fails: "no certificate available for 'other.example'").
 #[test]
 fn caddy_refusing_the_name_is_not_unsupported() {
-    let dir = shm_dir();
-    let cert = make_cert_ip(dir.path());
+    let (dir, cert) = setup();
     let caddy = Caddy::caddyfile(&dir.path().join("caddy"), &cert);
     let (code, r) = scan(&[&target(caddy.port), "--sni", "other.example"]);
     assert_verdict(code, &r, "error", 2);
@@ -428,8 +434,7 @@ fn caddy_refusing_the_name_is_not_unsupported() {
 
 #[test]
 fn lighttpd_defaults_pass() {
-    let dir = shm_dir();
-    let cert = make_cert_ip(dir.path());
+    let (dir, cert) = setup();
     let server = Lighttpd::start(&dir.path().join("lighttpd"), &cert, None);
     let (code, r) = scan(&[&target(server.port)]);
     assert_verdict(code, &r, "pass", 0);
@@ -440,8 +445,7 @@ fn lighttpd_defaults_pass() {
 
 #[test]
 fn lighttpd_static_stek_file_is_not_rotated_with_its_fix() {
-    let dir = shm_dir();
-    let cert = make_cert_ip(dir.path());
+    let (dir, cert) = setup();
     let key = random_bytes(80);
     let file = dir.path().join("stek.bin");
     lighttpd_stek_file(&file, &key);
@@ -476,8 +480,7 @@ fn lighttpd_static_stek_file_is_not_rotated_with_its_fix() {
 
 #[test]
 fn h2o_defaults_pass() {
-    let dir = shm_dir();
-    let cert = make_cert_ip(dir.path());
+    let (dir, cert) = setup();
     let server = H2o::start(&dir.path().join("h2o"), &cert, None);
     let (code, r) = scan(&[&target(server.port)]);
     assert_verdict(code, &r, "pass", 0);
@@ -488,8 +491,7 @@ fn h2o_defaults_pass() {
 
 #[test]
 fn h2o_static_ticket_file_is_not_rotated_with_its_fix() {
-    let dir = shm_dir();
-    let cert = make_cert_ip(dir.path());
+    let (dir, cert) = setup();
     let name = random_bytes(16);
     let file = dir.path().join("tickets.yaml");
     h2o_ticket_file(&file, &name, &random_bytes(96));
@@ -521,8 +523,7 @@ fn h2o_static_ticket_file_is_not_rotated_with_its_fix() {
 
 #[test]
 fn s_server_with_tickets_is_openssl() {
-    let dir = shm_dir();
-    let cert = make_cert_ip(dir.path());
+    let (dir, cert) = setup();
     let server = SServer::start(dir.path(), &cert, &[]);
     let (code, r) = scan(&[&target(server.port)]);
     // One random key per process, made at start: nothing to flag in a short scan.
@@ -537,8 +538,7 @@ fn s_server_with_tickets_is_openssl() {
 /// Issue 12, rule 4: session-cache ids are not ticket-key tickets; their lifetime is the cache's.
 #[test]
 fn s_server_no_ticket_cache_ids_are_not_stek_tickets() {
-    let dir = shm_dir();
-    let cert = make_cert_ip(dir.path());
+    let (dir, cert) = setup();
     let server = SServer::start(dir.path(), &cert, &["-no_ticket"]);
     let (code, r) = scan(&[
         &target(server.port),
@@ -569,8 +569,7 @@ fn s_server_no_ticket_cache_ids_are_not_stek_tickets() {
 /// version completes, so the scan cannot say anything about tickets: exit 2, never "no tickets".
 #[test]
 fn s_server_requiring_a_client_certificate_is_not_no_tickets() {
-    let dir = shm_dir();
-    let cert = make_cert_ip(dir.path());
+    let (dir, cert) = setup();
     let server = SServer::start(dir.path(), &cert, &["-Verify", "1"]);
     // The ground truth, checked: a client with a certificate receives tickets on both versions.
     let client_dir = dir.path().join("client");
@@ -639,8 +638,7 @@ fn s_server_requiring_a_client_certificate_is_not_no_tickets() {
 /// "HostName"": asked for `--sni 127.0.0.1`, stek sends none, and says so.
 #[test]
 fn an_ip_literal_sni_is_not_sent_and_the_scan_says_so() {
-    let dir = shm_dir();
-    let cert = make_cert(dir.path());
+    let (dir, cert) = setup();
     let key = dir.path().join("ticket.key");
     std::fs::write(&key, random_bytes(80)).unwrap();
     let nginx = Nginx::start_with(
@@ -671,8 +669,7 @@ fn an_ip_literal_sni_is_not_sent_and_the_scan_says_so() {
 /// into that cache. An old one resuming is the cache's timeout (1 h here), not a ticket key.
 #[test]
 fn nginx_tickets_off_cache_ids_are_not_old_tickets() {
-    let dir = shm_dir();
-    let cert = make_cert(dir.path());
+    let (dir, cert) = setup();
     let nginx = Nginx::start_with_cache(
         &dir.path().join("nginx"),
         &cert,
