@@ -418,9 +418,15 @@ impl H2o {
         fs::create_dir_all(dir.join("www")).expect("h2o dir");
         let (port, proc) = start_on_free_port(|port| {
             let conf = dir.join("h2o.conf");
-            // As root h2o would switch to `nobody`, who cannot read the test's files.
+            // Started as root, h2o switches to `nobody` unless told otherwise, and nobody cannot
+            // read the test's files.
+            let user = if rustix::process::geteuid().is_root() {
+                "user: root\n"
+            } else {
+                ""
+            };
             let mut text = format!(
-                "user: root\npid-file: {}\nlisten:\n  host: 127.0.0.1\n  port: {port}\n  ssl:\n    \
+                "{user}pid-file: {}\nlisten:\n  host: 127.0.0.1\n  port: {port}\n  ssl:\n    \
                  certificate-file: {}\n    key-file: {}\nhosts:\n  default:\n    paths:\n      /:\n        \
                  file.dir: {}\n",
                 dir.join("h2o.pid").display(),
