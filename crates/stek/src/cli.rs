@@ -373,7 +373,14 @@ resumption, ticket issuance and resumption (a renewed ticket still counts), the 
 (0 means unspecified, not \"no tickets\"), TLS 1.3 lifetimes above 7 days, single-use TLS 1.3
 tickets and psk_ke; reads the key name at the front of the tickets (confirmed on several
 tickets); and tries guessable keys (all zero, one repeated byte, counting, ASCII) on the ticket
-itself, for the 48- and 80-byte key files of nginx, Apache and HAProxy.
+itself, in the key layouts of nginx, Apache, HAProxy, nghttpx, lighttpd, h2o, OpenSSL and Go
+(with or without a key name).
+
+A version whose handshake did not complete is never read as \"no tickets\": the report says what
+happened (the alert by name, a refused server name) and the scan exits 2 unless another version
+was assessed. Tickets shorter than 48 bytes are session-cache IDs, not encrypted tickets
+(session_cache.* findings). Tickets without a key name (Go >= 1.21) are measured through
+acceptance. The server family (from its answer to GET / and its tickets) picks the fix text.
 
 A key's life and the acceptance window take time to see:
   --observe 2h               sample for two hours; report every key name with first and last
