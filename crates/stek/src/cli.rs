@@ -55,6 +55,48 @@ pub(crate) enum Command {
     /// a key encrypts, how long old tickets are accepted, guessable keys.
     #[command(long_about = SCAN_LONG_ABOUT)]
     Scan(ScanArgs),
+    /// Print a shell completion script for stek.
+    #[command(long_about = COMPLETIONS_LONG_ABOUT)]
+    Completions(CompletionsArgs),
+    /// Print stek's manual page (roff), or one subcommand's, for `man -l -` or a man directory.
+    #[command(long_about = MAN_LONG_ABOUT)]
+    Man(ManArgs),
+}
+
+const COMPLETIONS_LONG_ABOUT: &str = "\
+Print a shell completion script for stek, generated from the same definitions as --help.
+
+Install:
+  bash  stek completions bash > /etc/bash_completion.d/stek
+        (or ~/.local/share/bash-completion/completions/stek)
+  zsh   stek completions zsh > \"${fpath[1]}/_stek\"
+  fish  stek completions fish > ~/.config/fish/completions/stek.fish";
+
+const MAN_LONG_ABOUT: &str = "\
+Print stek's manual page in roff, generated from the same definitions as --help: the command, its
+subcommands and every flag.
+
+Read it now:   stek man | man -l -          stek man scan | man -l -
+Install them:  for c in \"\" up keygen generator agent status scan; do
+                 stek man $c > /usr/local/share/man/man1/stek${c:+-$c}.1
+               done; mandb";
+
+#[derive(Args, Debug)]
+pub(crate) struct ManArgs {
+    /// A subcommand (up, keygen, generator, agent, status, scan, ...): its own page, stek-NAME(1).
+    pub(crate) command: Option<String>,
+}
+
+#[derive(Args, Debug)]
+pub(crate) struct CompletionsArgs {
+    /// The shell to complete for.
+    #[arg(value_enum)]
+    pub(crate) shell: clap_complete::Shell,
+}
+
+/// The whole command line as clap sees it (for completions and the manual page).
+pub(crate) fn command() -> clap::Command {
+    <Cli as clap::CommandFactory>::command()
 }
 
 const UP_LONG_ABOUT: &str = "\

@@ -44,6 +44,12 @@ fn main() -> ExitCode {
         Command::Agent(a) => run_agent(a),
         Command::Status(a) => run_status(a),
         Command::Scan(a) => return run_scan(a),
+        Command::Completions(a) => {
+            let mut script = Vec::new();
+            clap_complete::generate(a.shell, &mut cli::command(), "stek", &mut script);
+            print_out(&script)
+        }
+        Command::Man(a) => run_man(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -52,6 +58,41 @@ fn main() -> ExitCode {
             ExitCode::from(1)
         }
     }
+}
+
+/// Write `bytes` to stdout; a reader that went away (`stek man | head`) is not an error.
+fn print_out(bytes: &[u8]) -> anyhow::Result<()> {
+    use std::io::Write as _;
+    match std::io::stdout().lock().write_all(bytes) {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
+            Err(anyhow::anyhow!("cannot write to standard output: {e}"))
+        }
+        _ => Ok(()),
+    }
+}
+
+/// `stek man [COMMAND]`: the manual page of stek or of one subcommand, from the clap types.
+fn run_man(args: cli::ManArgs) -> anyhow::Result<()> {
+    let stek = cli::command();
+    let cmd = match &args.command {
+        None => stek,
+        Some(name) => {
+            let Some(sub) = stek.find_subcommand(name) else {
+                let names: Vec<&str> = stek.get_subcommands().map(|c| c.get_name()).collect();
+                anyhow::bail!("no subcommand {name:?}: one of {}", names.join(", "));
+            };
+            let page = format!("stek-{name}");
+            sub.clone()
+                .name(page)
+                .bin_name(format!("stek {name}"))
+                .version(env!("CARGO_PKG_VERSION"))
+        }
+    };
+    let mut page = Vec::new();
+    clap_mangen::Man::new(cmd)
+        .render(&mut page)
+        .map_err(|e| anyhow::anyhow!("cannot render the manual page: {e}"))?;
+    print_out(&page)
 }
 
 /// `stek up`: settings, then the key directory, memcached and metrics, then [`stek::up::run`].

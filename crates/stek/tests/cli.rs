@@ -338,3 +338,46 @@ fn private_keys_must_be_private_regular_files_of_this_user() {
         },
     );
 }
+
+/// Completion scripts and manual pages come from the same clap definitions as --help: every
+/// subcommand and flag is in them, and the shells accept the scripts.
+#[test]
+fn completions_and_man_pages_cover_every_subcommand() {
+    for shell in ["bash", "zsh", "fish"] {
+        let (code, out, err) = stek(&["completions", shell]);
+        assert_eq!(code, 0, "{shell}: {err}");
+        for word in ["scan", "agent", "generator", "observe", "haproxy-socket"] {
+            assert!(out.contains(word), "{shell} completions lack {word}");
+        }
+    }
+    // bash reads its script without a syntax error (bash is on every Debian machine).
+    let (_, script, _) = stek(&["completions", "bash"]);
+    let status = Command::new("bash")
+        .args(["-n", "-c", &script])
+        .status()
+        .expect("run bash");
+    assert!(status.success(), "bash -n rejects the completion script");
+    let (code, _, err) = stek(&["completions", "ksh"]);
+    assert_eq!(code, 2, "an unknown shell is a usage error: {err}");
+    assert!(err.contains("ksh"), "{err}");
+
+    let (code, page, _) = stek(&["man"]);
+    assert_eq!(code, 0);
+    assert!(page.contains(".TH stek 1"), "{page}");
+    for sub in ["up", "keygen", "generator", "agent", "status", "scan"] {
+        assert!(page.contains(sub), "the main page lists {sub}");
+        let (code, page, err) = stek(&["man", sub]);
+        assert_eq!(code, 0, "{sub}: {err}");
+        assert!(
+            page.contains(&format!(".TH stek-{sub} 1")),
+            "{sub}: {page}"
+        );
+    }
+    let (_, scan, _) = stek(&["man", "scan"]);
+    for flag in ["observe", "max\\-rotation", "html"] {
+        assert!(scan.contains(flag), "stek-scan(1) lacks {flag}");
+    }
+    let (code, _, err) = stek(&["man", "nope"]);
+    assert_ne!(code, 0);
+    assert!(err.contains("no subcommand \"nope\""), "{err}");
+}
