@@ -13,7 +13,6 @@ use stek::duration;
 use stek::files;
 use stek::generator::{self, GroupPlan, RecordCheck};
 use stek::keyfile;
-use stek::status::Status;
 use stek::store::AnyStore;
 use stek_core::{GeneratorKey, GeneratorPublicKey, GroupIdentity, Record, Schedule, SlotKey};
 use tracing::{info, warn};
@@ -42,7 +41,7 @@ fn main() -> ExitCode {
         Command::Keygen(a) => run_keygen(a),
         Command::Generator(a) => run_generator(a),
         Command::Agent(a) => run_agent(a),
-        Command::Status(a) => run_status(a),
+        Command::Status(a) => return run_status(a),
         Command::Scan(a) => return run_scan(a),
         Command::Completions(a) => {
             let mut script = Vec::new();
@@ -296,31 +295,69 @@ fn run_keygen(args: KeygenArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn run_status(args: StatusArgs) -> anyhow::Result<()> {
-    let status: Status = if let Some(addr) = &args.endpoint {
-        stek::status::fetch(addr)?
-    } else {
-        let dir = match args.dir {
-            Some(d) => d,
-            None => files::default_dir().context("no default key directory found; pass --dir")?,
-        };
-        let path = dir.join("status.json");
-        let text = std::fs::read(&path).with_context(|| {
+/// `stek status`: the agent's status with a verdict first; exits like a monitoring plugin
+/// (0 ok, 1 warning, 2 critical: the agent is down or cannot be read, or encrypts alone).
+fn run_status(args: StatusArgs) -> ExitCode {
+    match read_status(&args) {
+        Ok(status) => {
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap_or_default()
+                .as_secs_f64();
+            let verdict = status.verdict(now);
+            if args.json {
+                match serde_json::to_string_pretty(&status) {
+                    Ok(j) => println!("{j}"),
+                    Err(e) => {
+                        eprintln!("stek status: {e}");
+                        return ExitCode::from(2);
+                    }
+                }
+                for (level, what) in &verdict.problems {
+                    eprintln!("stek status: {}: {what}", level.word());
+                }
+            } else {
+                print!("{}", status.render_at(now));
+            }
+            ExitCode::from(verdict.level.exit_code())
+        }
+        Err(e) => {
+            println!("CRITICAL: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn read_status(args: &StatusArgs) -> anyhow::Result<stek::status::Status> {
+    if let Some(addr) = &args.endpoint {
+        return Ok(stek::status::fetch(addr)?);
+    }
+    let dir = match &args.dir {
+        Some(d) => d.clone(),
+        None => files::default_dir().context("no default key directory found; pass --dir")?,
+    };
+    let path = dir.join("status.json");
+    let mut text = Vec::new();
+    std::fs::File::open(&path)
+        .and_then(|f| {
+            use std::io::Read as _;
+            f.take(stek::status::MAX_STATUS + 1).read_to_end(&mut text)
+        })
+        .with_context(|| {
             format!(
                 "cannot read {} (is an agent running with --dir {}?)",
                 path.display(),
                 dir.display()
             )
         })?;
-        serde_json::from_slice(&text)
-            .with_context(|| format!("{} is not a stek status", path.display()))?
-    };
-    if args.json {
-        println!("{}", serde_json::to_string_pretty(&status)?);
-    } else {
-        print!("{}", status.render());
-    }
-    Ok(())
+    anyhow::ensure!(
+        text.len() as u64 <= stek::status::MAX_STATUS,
+        "{} is larger than {} bytes: not a stek status",
+        path.display(),
+        stek::status::MAX_STATUS
+    );
+    serde_json::from_slice(&text)
+        .with_context(|| format!("{} is not a stek status", path.display()))
 }
 
 fn run_scan(args: ScanArgs) -> ExitCode {

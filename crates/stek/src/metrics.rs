@@ -1,4 +1,5 @@
-//! A Prometheus text endpoint (`GET /metrics`) and the status document (`GET /status`) on a
+//! A Prometheus text endpoint (`GET /metrics`), the status document (`GET /status`) and a
+//! health verdict (`GET /healthz`, as `stek status` judges) on a
 //! loopback address. Nothing secret is ever exposed: key names, slots and counters only.
 
 use std::collections::BTreeMap;
@@ -378,10 +379,32 @@ pub async fn serve(
                         "no ring yet\n".into(),
                     ),
                 },
+                // The same verdict as `stek status`: 503 when critical (including a loop that
+                // stopped rewriting its status), 200 otherwise, the problems in the body.
+                ("GET", "/healthz") => match metrics.status() {
+                    Some(s) => {
+                        let v = s.verdict(clock.now().as_secs_f64());
+                        let mut body = format!("{}\n", v.level.word());
+                        for (level, what) in &v.problems {
+                            body.push_str(&format!("{}: {what}\n", level.word()));
+                        }
+                        let code = if v.level == crate::status::Level::Critical {
+                            "503 Service Unavailable"
+                        } else {
+                            "200 OK"
+                        };
+                        (code, "text/plain", body)
+                    }
+                    None => (
+                        "503 Service Unavailable",
+                        "text/plain",
+                        "CRITICAL\nno ring yet\n".into(),
+                    ),
+                },
                 ("GET", _) => (
                     "404 Not Found",
                     "text/plain",
-                    "try /metrics or /status\n".into(),
+                    "try /metrics, /status or /healthz\n".into(),
                 ),
                 _ => ("405 Method Not Allowed", "text/plain", "GET only\n".into()),
             };

@@ -368,10 +368,7 @@ fn completions_and_man_pages_cover_every_subcommand() {
         assert!(page.contains(sub), "the main page lists {sub}");
         let (code, page, err) = stek(&["man", sub]);
         assert_eq!(code, 0, "{sub}: {err}");
-        assert!(
-            page.contains(&format!(".TH stek-{sub} 1")),
-            "{sub}: {page}"
-        );
+        assert!(page.contains(&format!(".TH stek-{sub} 1")), "{sub}: {page}");
     }
     let (_, scan, _) = stek(&["man", "scan"]);
     for flag in ["observe", "max\\-rotation", "html"] {

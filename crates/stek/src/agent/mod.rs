@@ -129,6 +129,9 @@ pub async fn run<S: Store, O: Opener + 'static>(
     };
     let mut steps = ClockWatch::new(schedule.period() / 4);
     let mut reported = false;
+    let heartbeat = crate::status::heartbeat(schedule.period());
+    // Monotonic: a wall clock stepped back must not stop the heartbeat.
+    let mut last_status: Option<Instant> = None;
     let mut syncer_alive = true;
     tokio::pin!(shutdown);
     // The first ring waits for the first read of the store, briefly: a store that answers at
@@ -183,9 +186,13 @@ pub async fn run<S: Store, O: Opener + 'static>(
             differs
         });
         let health_changed = out.poll_health();
-        if changed || reported || health_changed {
+        // A heartbeat even when nothing changed: `stek status` tells a live agent from a dead
+        // one by the age of what it reads.
+        let beat = last_status.is_none_or(|t| t.elapsed() >= heartbeat);
+        if changed || reported || health_changed || beat {
             if let Some(status) = rotator.status(now) {
                 out.report(status);
+                last_status = Some(Instant::now());
             }
         }
         reported = false;
