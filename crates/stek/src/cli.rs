@@ -189,7 +189,8 @@ pub(crate) struct ScheduleArgs {
 #[derive(Args, Debug)]
 pub(crate) struct SinkArgs {
     /// Directory for the key files. Must be on tmpfs or ramfs. Default: the first of /run/stek,
-    /// $XDG_RUNTIME_DIR/stek, /dev/shm/stek that is. Created 0700 if absent. DIR and its
+    /// $XDG_RUNTIME_DIR/stek and /dev/shm/stek whose file system is tmpfs or ramfs (the log
+    /// names the one chosen: "key directory DIR is on tmpfs"). Created 0700 if absent. DIR and its
     /// subdirectories must be owned by stek's user and not writable by group or others, and
     /// must not be symbolic links (give the real directory): stek refuses to start otherwise,
     /// naming the path, its owner and mode. Links found inside DIR are never followed.
