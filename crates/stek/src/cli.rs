@@ -55,12 +55,44 @@ pub(crate) enum Command {
     /// a key encrypts, how long old tickets are accepted, guessable keys.
     #[command(long_about = SCAN_LONG_ABOUT)]
     Scan(ScanArgs),
+    /// Check a command's flags and config file as it would, without starting anything.
+    #[command(long_about = CHECK_LONG_ABOUT)]
+    Check(CheckArgs),
     /// Print a shell completion script for stek.
     #[command(long_about = COMPLETIONS_LONG_ABOUT)]
     Completions(CompletionsArgs),
     /// Print stek's manual page (roff), or one subcommand's, for `man -l -` or a man directory.
     #[command(long_about = MAN_LONG_ABOUT)]
     Man(ManArgs),
+}
+
+const CHECK_LONG_ABOUT: &str = "\
+Check the flags and the config file of `stek up`, `stek agent` or `stek generator` exactly as
+that command reads them, without starting anything: TOML keys and types, durations, the schedule,
+private key files (owner, mode, contents), the key directory (tmpfs or ramfs), the store URL's
+syntax, memcached addresses and group. Prints one line per problem and exits 2, or a one-line
+summary and exits 0. Warnings (e.g. a lifetime above the period with HAProxy) do not fail.
+
+Examples:
+  stek check agent --config /etc/stek/agent.toml
+  stek check generator --config /etc/stek/generator.toml
+  stek check up --period 1h --lifetime 18h --dir /run/stek";
+
+#[derive(Args, Debug)]
+pub(crate) struct CheckArgs {
+    #[command(subcommand)]
+    pub(crate) command: CheckCommand,
+}
+
+/// The command whose settings `stek check` checks.
+#[derive(Subcommand, Debug)]
+pub(crate) enum CheckCommand {
+    /// Check `stek up`'s flags and config.
+    Up(UpArgs),
+    /// Check `stek agent`'s flags and config.
+    Agent(AgentArgs),
+    /// Check `stek generator`'s flags and config.
+    Generator(GeneratorArgs),
 }
 
 const COMPLETIONS_LONG_ABOUT: &str = "\

@@ -49,6 +49,7 @@ fn main() -> ExitCode {
             print_out(&script)
         }
         Command::Man(a) => run_man(a),
+        Command::Check(a) => return run_check(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -68,6 +69,148 @@ fn print_out(bytes: &[u8]) -> anyhow::Result<()> {
         }
         _ => Ok(()),
     }
+}
+
+/// `stek check up|agent|generator ...`: every check the command makes before it starts, none of
+/// its effects (no directory created, no socket bound, no store contacted).
+fn run_check(args: cli::CheckArgs) -> ExitCode {
+    let (what, problems, warnings) = match &args.command {
+        cli::CheckCommand::Up(a) => check_up(a),
+        cli::CheckCommand::Agent(a) => check_agent(a),
+        cli::CheckCommand::Generator(a) => check_generator(a),
+    };
+    for w in &warnings {
+        println!("warning: {w}");
+    }
+    if problems.is_empty() {
+        println!("ok: {what}");
+        ExitCode::SUCCESS
+    } else {
+        for p in &problems {
+            println!("problem: {p}");
+        }
+        ExitCode::from(2)
+    }
+}
+
+/// The key directory and memcached settings of `up` and `agent`, checked without side effects.
+fn check_delivery(
+    d: &settings::DeliverySettings,
+    schedule: &stek_core::Schedule,
+    problems: &mut Vec<String>,
+    warnings: &mut Vec<String>,
+) {
+    if let Err(e) = files::check_dir(&d.dir, d.allow_persistent) {
+        problems.push(format!("key directory: {e}"));
+    }
+    if let Err(e) = memcached_access(d) {
+        problems.push(format!("{e:#}"));
+    }
+    warnings.extend(settings::warnings(schedule, d));
+}
+
+/// The store URL's syntax (nothing is contacted).
+fn check_store(url: &str, problems: &mut Vec<String>) {
+    let parsed = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(anyhow::Error::from)
+        .and_then(|rt| {
+            rt.block_on(async {
+                if url.starts_with("redis://") || url.starts_with("etcd://") {
+                    AnyStore::connect_lazy(url).await.map(drop)?;
+                    Ok(())
+                } else {
+                    anyhow::bail!(
+                        "unknown scheme: use redis://HOST:PORT or etcd://HOST:PORT[,HOST:PORT...]"
+                    )
+                }
+            })
+        });
+    if let Err(e) = parsed {
+        problems.push(format!("store: {e:#}"));
+    }
+}
+
+type Checked = (String, Vec<String>, Vec<String>);
+
+fn check_up(a: &UpArgs) -> Checked {
+    let mut problems = Vec::new();
+    let mut warnings = Vec::new();
+    let what = match load_config(&a.process).and_then(|c| settings::up(a, &c, &place())) {
+        Ok(s) => {
+            check_delivery(&s.delivery, &s.schedule, &mut problems, &mut warnings);
+            format!(
+                "stek up: period {}, lifetime {}, key directory {}",
+                duration::format(s.schedule.period()),
+                duration::format(s.schedule.lifetime()),
+                s.delivery.dir.display()
+            )
+        }
+        Err(e) => {
+            problems.push(format!("{e:#}"));
+            String::new()
+        }
+    };
+    (what, problems, warnings)
+}
+
+fn check_agent(a: &AgentArgs) -> Checked {
+    let mut problems = Vec::new();
+    let mut warnings = Vec::new();
+    let what = match load_config(&a.process).and_then(|c| settings::agent(a, &c, &place())) {
+        Ok(s) => {
+            match keyfile::read_private(&s.identity)
+                .map_err(anyhow::Error::from)
+                .and_then(|t| {
+                    GroupIdentity::from_file_text(&t)
+                        .with_context(|| format!("{}", s.identity.display()))
+                }) {
+                Ok(_) => {}
+                Err(e) => problems.push(format!("identity: {e:#}")),
+            }
+            check_store(&s.store, &mut problems);
+            check_delivery(&s.delivery, &s.schedule, &mut problems, &mut warnings);
+            format!(
+                "stek agent: group {}, period {}, lifetime {}, {} trusted generator(s), key directory {}",
+                s.group,
+                duration::format(s.schedule.period()),
+                duration::format(s.schedule.lifetime()),
+                s.trusted.len(),
+                s.delivery.dir.display()
+            )
+        }
+        Err(e) => {
+            problems.push(format!("{e:#}"));
+            String::new()
+        }
+    };
+    (what, problems, warnings)
+}
+
+fn check_generator(a: &GeneratorArgs) -> Checked {
+    let mut problems = Vec::new();
+    let what = match load_config(&a.process).and_then(|c| settings::generator(a, &c)) {
+        Ok(s) => {
+            match keyfile::read_private(&s.signing_key)
+                .map_err(anyhow::Error::from)
+                .and_then(|t| {
+                    GeneratorKey::from_file_text(&t)
+                        .with_context(|| format!("{}", s.signing_key.display()))
+                }) {
+                Ok(_) => {}
+                Err(e) => problems.push(format!("signing key: {e:#}")),
+            }
+            check_store(&s.store, &mut problems);
+            let groups: Vec<&str> = s.groups.iter().map(|g| g.name.as_str()).collect();
+            format!("stek generator: groups {}", groups.join(", "))
+        }
+        Err(e) => {
+            problems.push(format!("{e:#}"));
+            String::new()
+        }
+    };
+    (what, problems, Vec::new())
 }
 
 /// `stek man [COMMAND]`: the manual page of stek or of one subcommand, from the clap types.
@@ -96,6 +239,7 @@ fn run_man(args: cli::ManArgs) -> anyhow::Result<()> {
 
 /// `stek up`: settings, then the key directory, memcached and metrics, then [`stek::up::run`].
 fn run_up(args: UpArgs) -> anyhow::Result<()> {
+    stek::notify::enable();
     let s = settings::up(&args, &load_config(&args.process)?, &place())?;
     let access = memcached_access(&s.delivery)?;
     let key_dir = prepare_key_dir(&s.delivery, &s.schedule)?;
@@ -120,6 +264,7 @@ fn run_up(args: UpArgs) -> anyhow::Result<()> {
 /// `stek agent`: settings, the identity, then the key directory, memcached, the store and
 /// metrics, then [`agent::run_on_host`].
 fn run_agent(args: AgentArgs) -> anyhow::Result<()> {
+    stek::notify::enable();
     let s = settings::agent(&args, &load_config(&args.process)?, &place())?;
     let identity = GroupIdentity::from_file_text(&keyfile::read_private(&s.identity)?)
         .with_context(|| format!("{}", s.identity.display()))?;

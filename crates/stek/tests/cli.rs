@@ -378,3 +378,124 @@ fn completions_and_man_pages_cover_every_subcommand() {
     assert_ne!(code, 0);
     assert!(err.contains("no subcommand \"nope\""), "{err}");
 }
+
+/// The example configs in contrib/ pass `stek check` once their placeholders hold real keys and
+/// paths; broken variants fail with exit 2 and one line naming the problem (and the config line).
+#[test]
+fn stek_check_accepts_the_examples_and_names_each_problem() {
+    let dir = util::shm_dir();
+    let d = dir.path();
+    let contrib = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../contrib");
+    let keygen = |kind: &str, out: &str| -> String {
+        let (code, stdout, err) = stek(&[
+            "keygen",
+            "--kind",
+            kind,
+            "--out",
+            &d.join(out).to_string_lossy(),
+        ]);
+        assert_eq!(code, 0, "{err}");
+        stdout.lines().last().unwrap().trim().to_owned()
+    };
+    let generator_pub = keygen("generator", "generator.key");
+    let group_pub = keygen("group", "web.identity");
+    let keys = d.join("keys");
+    let fill = |name: &str| -> String {
+        fs::read_to_string(contrib.join(name))
+            .unwrap()
+            .replace(
+                "stek-generator1:REPLACE-WITH-YOUR-GENERATOR-PUBLIC-KEY",
+                &generator_pub,
+            )
+            .replace("stek-group1:REPLACE-WITH-YOUR-GROUP-PUBLIC-KEY", &group_pub)
+            .replace(
+                "/etc/stek/generator.key",
+                &d.join("generator.key").to_string_lossy(),
+            )
+            .replace(
+                "/etc/stek/web.identity",
+                &d.join("web.identity").to_string_lossy(),
+            )
+            .replace("/run/stek", &keys.to_string_lossy())
+    };
+    let check = |cmd: &str, text: &str| -> (i32, String) {
+        let f = d.join(format!("{cmd}.toml"));
+        fs::write(&f, text).unwrap();
+        let (code, out, err) = stek(&["check", cmd, "--config", &f.to_string_lossy()]);
+        (code, format!("{out}{err}"))
+    };
+    for cmd in ["up", "agent", "generator"] {
+        let (code, out) = check(cmd, &fill(&format!("{cmd}.toml")));
+        assert_eq!(code, 0, "contrib/{cmd}.toml: {out}");
+        assert!(out.contains(&format!("ok: stek {cmd}")), "{out}");
+        assert!(
+            !keys.exists(),
+            "stek check must not create the key directory"
+        );
+    }
+    // The placeholders themselves are refused with the reason.
+    let (code, out) = check(
+        "agent",
+        &fs::read_to_string(contrib.join("agent.toml")).unwrap(),
+    );
+    assert_eq!(code, 2, "{out}");
+    assert!(
+        out.contains("REPLACE-WITH-YOUR-GENERATOR-PUBLIC-KEY"),
+        "{out}"
+    );
+
+    let agent = fill("agent.toml");
+    let period_line = agent.lines().position(|l| l.starts_with("period")).unwrap() + 1;
+    let at_line = format!("line {period_line} (`period = 3600");
+    let broken: Vec<(&str, String, &str)> = vec![
+        (
+            "agent",
+            agent.replace("period = \"1h\"", "period = 3600"),
+            &at_line,
+        ),
+        (
+            "agent",
+            agent.replace("sinks = [\"nginx\"]", "sinks = \"nginx\""),
+            "expected a sequence",
+        ),
+        (
+            "agent",
+            agent.replace("group = \"web\"", "groop = \"web\""),
+            "unknown field `groop`",
+        ),
+        (
+            "agent",
+            agent.replace("lifetime = \"18h\"", "lifetime = \"8d\""),
+            "lifetime",
+        ),
+        (
+            "agent",
+            agent.replace("redis://127.0.0.1:6379", "http://127.0.0.1:6379"),
+            "store: unknown scheme",
+        ),
+        (
+            "agent",
+            agent.replace("sinks = [\"nginx\"]", "sinks = [\"ngnix\"]"),
+            "unknown sink \"ngnix\"",
+        ),
+        (
+            "generator",
+            fill("generator.toml")
+                .replace("[[groups]]\nname = \"web\"", "[[groups]]\nname = \"w b\""),
+            "w b",
+        ),
+    ];
+    for (cmd, text, says) in broken {
+        let (code, out) = check(cmd, &text);
+        assert_eq!(code, 2, "{says}: {out}");
+        let problems: Vec<&str> = out.lines().filter(|l| l.starts_with("problem: ")).collect();
+        assert_eq!(problems.len(), 1, "one line per problem: {out}");
+        assert!(problems[0].contains(says), "{says:?} not in {out}");
+    }
+    // A private key others can read is refused with the fix.
+    use std::os::unix::fs::PermissionsExt as _;
+    fs::set_permissions(d.join("web.identity"), fs::Permissions::from_mode(0o644)).unwrap();
+    let (code, out) = check("agent", &agent);
+    assert_eq!(code, 2, "{out}");
+    assert!(out.contains("identity: ") && out.contains("chmod"), "{out}");
+}

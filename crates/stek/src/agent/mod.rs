@@ -251,11 +251,13 @@ impl Outlet {
         self.last_slot = Some(ring.current());
         rotator::log_ring(&self.group, ring, verb, &self.scope);
         let mut written = Vec::new();
+        let mut complete = true;
         for sink in &mut self.sinks {
             match sink.deliver(ring) {
                 Ok(Delivered::Files(files)) => written.extend(files),
                 Ok(Delivered::Handed) => {}
                 Err(e) => {
+                    complete = false;
                     self.metrics.sink_failed(sink.name());
                     error!(
                         "could not write the {} files (the previous ones stay valid): {e}",
@@ -267,6 +269,10 @@ impl Outlet {
         if !written.is_empty() {
             let files: Vec<String> = written.iter().map(|p| p.display().to_string()).collect();
             info!("files written: {}", files.join(", "));
+        }
+        if complete {
+            // The first complete set of files: servers ordered after this service may start.
+            crate::notify::ready();
         }
     }
 
