@@ -127,6 +127,12 @@ impl Metrics {
         let mut o = String::new();
         let _ = writeln!(
             o,
+            "# HELP stek_build_info The stek build: version and commit.\n# TYPE stek_build_info gauge\nstek_build_info{{version=\"{}\",commit=\"{}\"}} 1",
+            env!("CARGO_PKG_VERSION"),
+            env!("STEK_COMMIT")
+        );
+        let _ = writeln!(
+            o,
             "# HELP stek_store_errors_total Failed store operations.\n# TYPE stek_store_errors_total counter\nstek_store_errors_total {}",
             g.store_errors
         );
