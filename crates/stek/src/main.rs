@@ -408,15 +408,22 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
         .context("cannot start the async runtime")
 }
 
+/// Logs on stderr, one line per event: `STEK_LOG` sets the level (`debug`, `info`, ...);
+/// `STEK_LOG_FORMAT=json` makes each line one JSON object (timestamp, level, fields, message).
 fn init_logging() {
     let filter = tracing_subscriber::EnvFilter::try_from_env("STEK_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt()
+    let json = std::env::var("STEK_LOG_FORMAT").is_ok_and(|f| f.eq_ignore_ascii_case("json"));
+    let log = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
-        .with_target(false)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+        .with_target(false);
+    if json {
+        log.json().flatten_event(true).init();
+    } else {
+        log.with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .init();
+    }
 }
 
 fn run_keygen(args: KeygenArgs) -> anyhow::Result<()> {

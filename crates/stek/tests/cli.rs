@@ -499,3 +499,38 @@ fn stek_check_accepts_the_examples_and_names_each_problem() {
     assert_eq!(code, 2, "{out}");
     assert!(out.contains("identity: ") && out.contains("chmod"), "{out}");
 }
+
+/// `STEK_LOG_FORMAT=json`: every log line is one JSON object with a level and a message.
+#[test]
+fn json_logs_are_one_object_per_line() {
+    let dir = util::shm_dir();
+    let child = Command::new(env!("CARGO_BIN_EXE_stek"))
+        .args([
+            "up",
+            "--period",
+            "2s",
+            "--lifetime",
+            "2s",
+            "--no-memcached",
+            "--dir",
+        ])
+        .arg(dir.path().join("keys"))
+        .env("STEK_LOG_FORMAT", "json")
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run stek up");
+    std::thread::sleep(Duration::from_secs(3));
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    let out = child.wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&out.stderr);
+    let lines: Vec<&str> = text.lines().collect();
+    assert!(lines.len() >= 3, "{text}");
+    for line in &lines {
+        let v: serde_json::Value =
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line:?}"));
+        assert!(v["level"].is_string() && v["message"].is_string(), "{line}");
+    }
+    assert!(text.contains("rotated to slot"), "{text}");
+}
