@@ -151,6 +151,16 @@ impl Metrics {
             let fallback = u8::from(s.encrypting == "local_fallback");
             let stale = u8::from(s.encrypting == "stale");
             let _ = writeln!(o, "# HELP stek_encrypting_local_fallback 1 when a local random key encrypts (no recent shared key).\n# TYPE stek_encrypting_local_fallback gauge\nstek_encrypting_local_fallback{{{l}}} {fallback}");
+            let _ = writeln!(o, "# HELP stek_forward_secrecy_at_risk 1 when a server may still encrypt with a key that has left the window (its reload fails): see stek status.\n# TYPE stek_forward_secrecy_at_risk gauge\nstek_forward_secrecy_at_risk{{{l}}} {}", u8::from(s.forward_secrecy_at_risk.is_some()));
+            for sink in &s.sinks {
+                if let Some(slot) = sink.applied_slot {
+                    let _ = writeln!(
+                        o,
+                        "stek_sink_applied_slot{{{l},sink=\"{}\"}} {slot}",
+                        sink.name
+                    );
+                }
+            }
             let _ = writeln!(o, "# HELP stek_encrypting_stale 1 when an older shared key encrypts because the current one is missing.\n# TYPE stek_encrypting_stale gauge\nstek_encrypting_stale{{{l}}} {stale}");
             if let Some(t) = s.last_sync {
                 let _ = writeln!(o, "# HELP stek_last_sync_timestamp_seconds Last successful store read.\n# TYPE stek_last_sync_timestamp_seconds gauge\nstek_last_sync_timestamp_seconds{{{l}}} {t:.3}");

@@ -187,6 +187,50 @@ pub struct Status {
     /// Absent (0) from older status files.
     #[serde(default)]
     pub heartbeat: f64,
+    /// The sinks that report on their own (the reload command): failing or not, and the key
+    /// their server took.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub sinks: Vec<SinkStatus>,
+    /// Why a server may still encrypt with a key that has left the window (erased here, so
+    /// forward secrecy no longer holds for its tickets), if one may.
+    #[serde(default)]
+    pub forward_secrecy_at_risk: Option<String>,
+}
+
+/// One sink's own report.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SinkStatus {
+    /// The sink (`on-change`, ...).
+    pub name: String,
+    /// Why it fails now, if it does.
+    pub failing: Option<String>,
+    /// The slot of the encrypting key its server took, if known.
+    pub applied_slot: Option<u64>,
+    /// That key's public name.
+    pub applied_name: Option<String>,
+    /// When the server took it, Unix seconds.
+    pub applied_since: Option<f64>,
+}
+
+impl SinkStatus {
+    /// If this sink's server took a key that is not among `window` (slots): why forward
+    /// secrecy is at risk, in words.
+    pub fn at_risk(&self, window: &[u64]) -> Option<String> {
+        let slot = self.applied_slot?;
+        if window.contains(&slot) {
+            return None;
+        }
+        Some(format!(
+            "the server behind the {} sink took key {} (slot {slot}) at {} and no newer key since{}: that key has left the window and was erased here, yet the server may still encrypt with it",
+            self.name,
+            self.applied_name.as_deref().unwrap_or("?"),
+            self.applied_since.map_or_else(|| "?".to_owned(), stamp),
+            self.failing
+                .as_deref()
+                .map(|w| format!(" (failing: {w})"))
+                .unwrap_or_default()
+        ))
+    }
 }
 
 /// How often a running agent rewrites its status, for a period of `period`: a quarter period,
@@ -290,6 +334,8 @@ impl Status {
             updated_at: now.as_secs_f64(),
             haproxy: Vec::new(),
             heartbeat: heartbeat(s.period()).as_secs_f64(),
+            sinks: Vec::new(),
+            forward_secrecy_at_risk: None,
         }
     }
 
@@ -318,6 +364,17 @@ impl Status {
                     secs(self.heartbeat.max(1.0))
                 ),
             ));
+        }
+        if let Some(why) = &self.forward_secrecy_at_risk {
+            problems.push((Level::Critical, format!("forward secrecy at risk: {why}")));
+        }
+        for sink in &self.sinks {
+            if let Some(why) = &sink.failing {
+                problems.push((
+                    Level::Warning,
+                    format!("the {} sink fails: {why}", sink.name),
+                ));
+            }
         }
         match self.encrypting.as_str() {
             "local_fallback" => problems.push((
@@ -435,6 +492,19 @@ impl Status {
         }
         for (sink, n) in &self.sink_failures {
             let _ = writeln!(out, "sink failures ({sink}): {n}");
+        }
+        for sink in &self.sinks {
+            let applied = match (&sink.applied_name, sink.applied_slot, sink.applied_since) {
+                (Some(n), Some(slot), Some(at)) => {
+                    format!("server took {n} (slot {slot}) at {}", stamp(at))
+                }
+                _ => "server's key unknown (not applied yet)".to_owned(),
+            };
+            let state = match &sink.failing {
+                Some(w) => format!("FAILING: {w}"),
+                None => "ok".to_owned(),
+            };
+            let _ = writeln!(out, "sink {}: {state}; {applied}", sink.name);
         }
         for h in &self.haproxy {
             let state = match &h.error {

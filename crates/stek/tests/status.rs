@@ -106,3 +106,99 @@ fn a_killed_agent_is_critical_within_two_periods() {
     assert_eq!(code, 2, "{text}");
     assert!(text.starts_with("CRITICAL: cannot read"), "{text}");
 }
+
+fn metric(port: u16, name: &str) -> Option<String> {
+    get(port, "/metrics")
+        .lines()
+        .find(|l| l.starts_with(name))
+        .and_then(|l| l.rsplit(' ').next())
+        .map(str::to_owned)
+}
+
+/// A reload that keeps failing leaves nginx encrypting with a key stek has erased: `stek status`
+/// says so (exit 2, the sink named) and `stek_forward_secrecy_at_risk` is 1 as soon as that key
+/// leaves the window; a reload that works again clears both.
+#[test]
+fn a_failing_reload_puts_forward_secrecy_at_risk_visibly() {
+    const PERIOD: u64 = 2;
+    let dir = shm_dir();
+    let cert = make_cert(dir.path());
+    let prefix = dir.path().join("nginx");
+    let port = free_port();
+    let _stek = stek_up(
+        dir.path(),
+        &[
+            "--period",
+            &format!("{PERIOD}s"),
+            "--lifetime",
+            &format!("{PERIOD}s"),
+            "--no-memcached",
+            "--sinks",
+            "nginx",
+            "--on-change",
+            &Nginx::reload_cmd(&prefix),
+            "--metrics",
+            &format!("127.0.0.1:{port}"),
+        ],
+    );
+    let include = wait_nginx_conf(dir.path());
+    let nginx = Nginx::start(&prefix, &cert, &include);
+    let keys = dir.path().join("keys");
+    // nginx took a key: a reload succeeded after it started.
+    wait_for("a reload nginx took", Duration::from_secs(20), || {
+        let (code, text) = status(&keys);
+        (code == 0 && text.contains("sink on-change: ok; server took")).then_some(())
+    });
+    assert_eq!(
+        metric(port, "stek_forward_secrecy_at_risk").as_deref(),
+        Some("0")
+    );
+
+    // Break nginx's config: every reload fails from now on; nginx keeps its old keys.
+    let good = std::fs::read_to_string(&nginx.conf).unwrap();
+    std::fs::write(&nginx.conf, format!("{good}\nbogus_directive on;\n")).unwrap();
+    let broken_at = Instant::now();
+    // The key nginx took leaves the window (past + current + next = 3 slots) within three
+    // periods; the status says so at once.
+    let text = wait_for(
+        "stek status to report forward secrecy at risk",
+        Duration::from_secs(4 * PERIOD + 4),
+        || {
+            let (code, text) = status(&keys);
+            (code == 2).then_some(text)
+        },
+    );
+    assert!(
+        broken_at.elapsed() <= Duration::from_secs(3 * PERIOD + 3),
+        "took {:?}:\n{text}",
+        broken_at.elapsed()
+    );
+    assert!(text.contains("CRITICAL: forward secrecy at risk"), "{text}");
+    assert!(text.contains("on-change sink"), "{text}");
+    assert!(
+        text.contains("bogus_directive"),
+        "nginx's own error is shown: {text}"
+    );
+    assert_eq!(
+        metric(port, "stek_forward_secrecy_at_risk").as_deref(),
+        Some("1")
+    );
+    let failures: u64 = get(port, "/metrics")
+        .lines()
+        .find(|l| l.starts_with("stek_sink_failures_total{sink=\"on-change\"}"))
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+        .unwrap_or(0);
+    assert!(failures >= 1, "on-change failures are counted");
+
+    // Repaired: the next retry reloads, and both clear.
+    std::fs::write(&nginx.conf, good).unwrap();
+    wait_for(
+        "the risk to clear",
+        Duration::from_secs(4 * PERIOD + 4),
+        || {
+            let (code, _) = status(&keys);
+            (code == 0 && metric(port, "stek_forward_secrecy_at_risk").as_deref() == Some("0"))
+                .then_some(())
+        },
+    );
+}

@@ -126,6 +126,7 @@ pub async fn run<S: Store, O: Opener + 'static>(
         health: Vec::new(),
         metrics,
         status_dir,
+        last_risk: std::cell::RefCell::new(None),
     };
     let mut steps = ClockWatch::new(schedule.period() / 4);
     let mut reported = false;
@@ -226,6 +227,8 @@ struct Outlet {
     health: Vec<Health>,
     metrics: Arc<Metrics>,
     status_dir: Option<KeyDir>,
+    /// The forward-secrecy risk last reported (logged once per change).
+    last_risk: std::cell::RefCell<Option<String>>,
 }
 
 impl Outlet {
@@ -295,6 +298,32 @@ impl Outlet {
 
     fn report(&self, mut status: Status) {
         status.sink_failures = self.metrics.sink_failures();
+        status.sinks = self
+            .sinks
+            .iter()
+            .zip(&self.health)
+            // HAProxy's sockets have their own section.
+            .filter(|(_, h)| h.haproxy.is_empty() && (h.failing.is_some() || h.applied.is_some()))
+            .map(|(sink, h)| crate::status::SinkStatus {
+                name: sink.name().to_owned(),
+                failing: h.failing.clone(),
+                applied_slot: h.applied.as_ref().map(|a| a.slot),
+                applied_name: h.applied.as_ref().map(|a| a.name.clone()),
+                applied_since: h.applied.as_ref().map(|a| a.since as f64),
+            })
+            .collect();
+        let window: Vec<u64> = status.keys.iter().map(|k| k.slot).collect();
+        status.forward_secrecy_at_risk = status.sinks.iter().find_map(|s| s.at_risk(&window));
+        if let Some(why) = &status.forward_secrecy_at_risk {
+            // Logged at every status while it lasts would flood: once per change of text.
+            if self.last_risk.borrow().as_deref() != Some(why.as_str()) {
+                error!("group {}: forward secrecy at risk: {why}", self.group);
+            }
+        } else if self.last_risk.borrow().is_some() {
+            info!("group {}: forward secrecy no longer at risk: every server took a key in the window", self.group);
+        }
+        self.last_risk
+            .replace(status.forward_secrecy_at_risk.clone());
         status.haproxy = self
             .health
             .iter()

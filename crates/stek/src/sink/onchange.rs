@@ -22,32 +22,47 @@ use tokio::process::Command;
 use tokio::sync::watch;
 use tracing::{debug, info, warn};
 
-use super::{Delivered, Health, Sink};
+use super::{Applied, Delivered, Health, Sink};
 
 /// The longest one run of the command may take before it is killed.
 const RUN_TIMEOUT: Duration = Duration::from_secs(60);
 /// The first retry delay; doubled after each failure up to the caller's maximum.
 const FIRST_BACKOFF: Duration = Duration::from_millis(500);
 
+/// What the runner is asked to make the server take: the encrypting key of the newest ring
+/// (slot, public name). A new value means the files changed.
+type Wanted = Option<(u64, String)>;
+
 /// The handle that tells the runner the files changed.
 #[derive(Debug)]
 pub struct OnChange {
-    tx: watch::Sender<u64>,
+    tx: watch::Sender<(u64, Wanted)>,
     state: Arc<Mutex<Health>>,
 }
 
 impl OnChange {
     /// Starts the runner for `cmd` (run with `sh -c`), backing off up to `max_backoff`.
     pub fn spawn(cmd: String, max_backoff: Duration) -> OnChange {
-        let (tx, rx) = watch::channel(0u64);
+        let (tx, rx) = watch::channel((0u64, None));
         let state = Arc::new(Mutex::new(Health::default()));
         tokio::spawn(run(cmd, rx, max_backoff, state.clone()));
         OnChange { tx, state }
     }
 
-    /// Signals that the files changed.
+    /// Signals that the files changed (with no ring to name: the applied key stays unknown).
     pub fn notify(&self) {
-        self.tx.send_modify(|n| *n = n.wrapping_add(1));
+        self.tx.send_modify(|(n, _)| *n = n.wrapping_add(1));
+    }
+
+    /// Signals that the files changed to `ring`: once the command succeeds, its encrypting key
+    /// is the one the server took.
+    fn notify_ring(&self, ring: &Ring) {
+        let key = ring.encrypting_entry();
+        let wanted = Some((key.slot().0, key.key.name().to_hex()));
+        self.tx.send_modify(|(n, w)| {
+            *n = n.wrapping_add(1);
+            *w = wanted;
+        });
     }
 }
 
@@ -56,8 +71,8 @@ impl Sink for OnChange {
         "on-change"
     }
 
-    fn deliver(&mut self, _ring: &Ring) -> std::io::Result<Delivered> {
-        self.notify();
+    fn deliver(&mut self, ring: &Ring) -> std::io::Result<Delivered> {
+        self.notify_ring(ring);
         Ok(Delivered::Handed)
     }
 
@@ -68,21 +83,32 @@ impl Sink for OnChange {
 
 async fn run(
     cmd: String,
-    mut rx: watch::Receiver<u64>,
+    mut rx: watch::Receiver<(u64, Wanted)>,
     max_backoff: Duration,
     state: Arc<Mutex<Health>>,
 ) {
     // Since when, and how many runs, the command has been failing (across changes).
     let mut failing: Option<(Instant, u32)> = None;
     while rx.changed().await.is_ok() {
-        rx.borrow_and_update();
+        let mut wanted = rx.borrow_and_update().1.clone();
         // The cap holds from the first retry on.
         let mut backoff = Backoff::new(FIRST_BACKOFF.min(max_backoff), max_backoff);
         let mut delay;
         loop {
             match run_once(&cmd).await {
                 Ok(took) => {
-                    crate::lock(&state).failing = None;
+                    {
+                        let mut h = crate::lock(&state);
+                        h.failing = None;
+                        // The command ran after the files of `wanted` were written.
+                        if let Some((slot, name)) = wanted.clone() {
+                            h.applied = Some(Applied {
+                                slot,
+                                name,
+                                since: unix_now(),
+                            });
+                        }
+                    }
                     match failing.take() {
                         Some((since, runs)) => info!(
                             "on-change command works again after {runs} failed run(s) over {}: reload ok in {} ms: {cmd}",
@@ -119,7 +145,7 @@ async fn run(
                 _ = tokio::time::sleep(delay) => {}
                 changed = rx.changed() => {
                     if changed.is_err() { return; }
-                    rx.borrow_and_update();
+                    wanted = rx.borrow_and_update().1.clone();
                 }
             }
         }
@@ -153,6 +179,12 @@ async fn run_once(cmd: &str) -> Result<Duration, String> {
         Some(code) => format!("exit status {code}: {text}"),
         None => format!("killed by a signal: {text}"),
     })
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
 }
 
 /// A command's output on one line: its lines trimmed and joined with ` / `, at most 500
