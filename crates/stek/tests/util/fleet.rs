@@ -2025,7 +2025,10 @@ pub const RSS_GROWTH_BOUND_KIB: u64 = 16 * 1024;
 pub fn hostile_values_and_junk_keys(b: &mut dyn Backend, root: &Path) {
     let (gk, gpub) = keygen(root, "generator", "gen.key");
     let (id, idpub) = keygen(root, "group", "web.identity");
-    let long = ["--lifetime", "60s"];
+    // A long window (R = 45 periods): the three values go over past slots, which must still be
+    // in the window when the agents read them, however long etcd takes to store 150 MB on a
+    // loaded machine (seen: 66 s for the values and the junk together).
+    let long = ["--lifetime", "180s"];
     let gen = generator(root, "gen", &b.generator_url(), &idpub, &gk, &long);
     let agents = Agent::start_many(2, root, &b.agent_url(), GROUP, &id, &gpub, &long);
     let refs: Vec<&Agent> = agents.iter().collect();
@@ -2058,7 +2061,7 @@ pub fn hostile_values_and_junk_keys(b: &mut dyn Backend, root: &Path) {
     assert!(held.len() >= 3, "{}", st[0].render());
 
     // Over the records of the three past slots k - 3, k - 2, k - 1 (the first to leave the
-    // window first): every agent holds their keys, and they stay in the window for R - 3 = 12
+    // window first): every agent holds their keys, and they stay in the window for R - 3 = 42
     // more periods however long the store takes.
     let big = vec![b'x'; 50 * 1024 * 1024];
     for slot in [k - 3, k - 2, k - 1] {
