@@ -326,10 +326,8 @@ pub(crate) mod tests {
         let t = KeyTable::from_ring(&ring);
         let ahead = &ring.ahead()[0];
         assert_eq!(ahead.slot(), Slot(102));
-        assert_eq!(
-            value(&t, "ticket-key/408"),
-            &Format::Memcached48.encode(ahead)[..]
-        );
+        // assert!, not assert_eq!: a failure must not print key bytes.
+        assert!(value(&t, "ticket-key/408") == &Format::Memcached48.encode(ahead)[..]);
         for f in Format::ALL {
             let ring_value = value(&t, &format!("ticket-ring/{}", f.id()));
             assert!(
@@ -359,7 +357,7 @@ pub(crate) mod tests {
         .unwrap();
         let later = KeyTable::from_ring(&next);
         assert!(next.ahead().is_empty());
-        assert_eq!(value(&later, "ticket-key/408"), value(&t, "ticket-key/408"));
+        assert!(value(&later, "ticket-key/408") == value(&t, "ticket-key/408"));
         assert_eq!(
             later.get(b"ticket-key/408").unwrap().tail(true),
             t.get(b"ticket-key/408").unwrap().tail(true)
