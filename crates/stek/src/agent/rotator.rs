@@ -228,12 +228,12 @@ pub(crate) fn log_ahead(group: &str, ring: &Ring, served: bool) {
         .iter()
         .map(|k| {
             let start = ring.schedule().start(k.slot()).as_secs();
-            format!("{} (slot {}, ticket-key/{start})", k.name(), k.slot())
+            format!("key {} of slot {} (ticket-key/{start})", k.name(), k.slot())
         })
         .collect();
     let names = names.join(", ");
     if served && !names.is_empty() {
-        info!("group {group}: serving {names} by slot ahead of its turn; servers get it once its slot is next");
+        info!("group {group}: serving {names} before its slot comes; TLS servers get it once its slot is next");
     } else {
         debug!(
             "group {group}: keys held ahead of slot {}: [{names}]",
