@@ -55,6 +55,80 @@ pub(crate) enum Command {
     /// a key encrypts, how long old tickets are accepted, guessable keys.
     #[command(long_about = SCAN_LONG_ABOUT)]
     Scan(ScanArgs),
+    /// Check a command's flags and config file as it would, without starting anything.
+    #[command(long_about = CHECK_LONG_ABOUT)]
+    Check(CheckArgs),
+    /// Print a shell completion script for stek.
+    #[command(long_about = COMPLETIONS_LONG_ABOUT)]
+    Completions(CompletionsArgs),
+    /// Print stek's manual page (roff), or one subcommand's, for `man -l -` or a man directory.
+    #[command(long_about = MAN_LONG_ABOUT)]
+    Man(ManArgs),
+}
+
+const CHECK_LONG_ABOUT: &str = "\
+Check the flags and the config file of `stek up`, `stek agent` or `stek generator` exactly as
+that command reads them, without starting anything: TOML keys and types, durations, the schedule,
+private key files (owner, mode, contents), the key directory (tmpfs or ramfs), the store URL's
+syntax, memcached addresses and group. Prints one line per problem and exits 2, or a one-line
+summary and exits 0. Warnings (e.g. a lifetime above the period with HAProxy) do not fail.
+
+Examples:
+  stek check agent --config /etc/stek/agent.toml
+  stek check generator --config /etc/stek/generator.toml
+  stek check up --period 1h --lifetime 18h --dir /run/stek";
+
+#[derive(Args, Debug)]
+pub(crate) struct CheckArgs {
+    #[command(subcommand)]
+    pub(crate) command: CheckCommand,
+}
+
+/// The command whose settings `stek check` checks.
+#[derive(Subcommand, Debug)]
+pub(crate) enum CheckCommand {
+    /// Check `stek up`'s flags and config.
+    Up(UpArgs),
+    /// Check `stek agent`'s flags and config.
+    Agent(AgentArgs),
+    /// Check `stek generator`'s flags and config.
+    Generator(GeneratorArgs),
+}
+
+const COMPLETIONS_LONG_ABOUT: &str = "\
+Print a shell completion script for stek, generated from the same definitions as --help.
+
+Install:
+  bash  stek completions bash > /etc/bash_completion.d/stek
+        (or ~/.local/share/bash-completion/completions/stek)
+  zsh   stek completions zsh > \"${fpath[1]}/_stek\"
+  fish  stek completions fish > ~/.config/fish/completions/stek.fish";
+
+const MAN_LONG_ABOUT: &str = "\
+Print stek's manual page in roff, generated from the same definitions as --help: the command, its
+subcommands and every flag.
+
+Read it now:   stek man | man -l -          stek man scan | man -l -
+Install them:  for c in \"\" up keygen generator agent status scan; do
+                 stek man $c > /usr/local/share/man/man1/stek${c:+-$c}.1
+               done; mandb";
+
+#[derive(Args, Debug)]
+pub(crate) struct ManArgs {
+    /// A subcommand (up, keygen, generator, agent, status, scan, ...): its own page, stek-NAME(1).
+    pub(crate) command: Option<String>,
+}
+
+#[derive(Args, Debug)]
+pub(crate) struct CompletionsArgs {
+    /// The shell to complete for.
+    #[arg(value_enum)]
+    pub(crate) shell: clap_complete::Shell,
+}
+
+/// The whole command line as clap sees it (for completions and the manual page).
+pub(crate) fn command() -> clap::Command {
+    <Cli as clap::CommandFactory>::command()
 }
 
 const UP_LONG_ABOUT: &str = "\
@@ -148,7 +222,8 @@ pub(crate) struct ScheduleArgs {
 #[derive(Args, Debug)]
 pub(crate) struct SinkArgs {
     /// Directory for the key files. Must be on tmpfs or ramfs. Default: the first of /run/stek,
-    /// $XDG_RUNTIME_DIR/stek, /dev/shm/stek that is. Created 0700 if absent. DIR and its
+    /// $XDG_RUNTIME_DIR/stek and /dev/shm/stek whose file system is tmpfs or ramfs (the log
+    /// names the one chosen: "key directory DIR is on tmpfs"). Created 0700 if absent. DIR and its
     /// subdirectories must be owned by stek's user and not writable by group or others, and
     /// must not be symbolic links (give the real directory): stek refuses to start otherwise,
     /// naming the path, its owner and mode. Links found inside DIR are never followed.
@@ -385,7 +460,14 @@ resumption, ticket issuance and resumption (a renewed ticket still counts), the 
 (0 means unspecified, not \"no tickets\"), TLS 1.3 lifetimes above 7 days, single-use TLS 1.3
 tickets and psk_ke; reads the key name at the front of the tickets (confirmed on several
 tickets); and tries guessable keys (all zero, one repeated byte, counting, ASCII) on the ticket
-itself, for the 48- and 80-byte key files of nginx, Apache and HAProxy.
+itself, in the key layouts of nginx, Apache, HAProxy, nghttpx, lighttpd, h2o, OpenSSL and Go
+(with or without a key name).
+
+A version whose handshake did not complete is never read as \"no tickets\": the report says what
+happened (the alert by name, a refused server name) and the scan exits 2 unless another version
+was assessed. Tickets shorter than 48 bytes are session-cache IDs, not encrypted tickets
+(session_cache.* findings). Tickets without a key name (Go >= 1.21) are measured through
+acceptance. The server family (from its answer to GET / and its tickets) picks the fix text.
 
 A key's life and the acceptance window take time to see:
   --observe 2h               sample for two hours; report every key name with first and last

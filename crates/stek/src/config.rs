@@ -185,13 +185,33 @@ impl FileConfig {
         if text.len() as u64 > MAX_CONFIG_LEN {
             anyhow::bail!("config file {} is larger than 1 MiB", path.display());
         }
-        FileConfig::parse(&text).with_context(|| format!("invalid config file {}", path.display()))
+        FileConfig::parse(&text).map_err(|e| {
+            anyhow::anyhow!(
+                "config file {}{}: {}",
+                path.display(),
+                where_in(&text, &e),
+                e.message().trim()
+            )
+        })
     }
 
     /// Parses the text of a config file.
     pub fn parse(text: &str) -> Result<FileConfig, toml::de::Error> {
         toml::from_str(text)
     }
+}
+
+/// `, line N (`the line`)` for a parse error, on one line: operators' logs and `stek check`
+/// print one line per problem.
+fn where_in(text: &str, e: &toml::de::Error) -> String {
+    let Some(span) = e.span() else {
+        return String::new();
+    };
+    let start = span.start.min(text.len());
+    let line_no = text[..start].bytes().filter(|&b| b == b'\n').count() + 1;
+    let line = text.lines().nth(line_no - 1).unwrap_or("").trim();
+    let line: String = line.chars().take(80).collect();
+    format!(", line {line_no} (`{line}`)")
 }
 
 #[cfg(test)]
@@ -274,8 +294,9 @@ mod tests {
         let bad = dir.path().join("bad.toml");
         std::fs::write(&bad, "period = \"x\"\n").unwrap();
         let e = format!("{:#}", FileConfig::load(&bad).unwrap_err());
-        assert!(e.contains("invalid config file"), "{e}");
+        assert!(e.contains("bad.toml, line 1 (`period = \"x\"`)"), "{e}");
         assert!(e.contains("period: invalid duration"), "{e}");
+        assert!(!e.contains('\n'), "one line: {e}");
 
         let e = format!(
             "{:#}",

@@ -29,6 +29,7 @@ pub mod generator;
 pub mod keyfile;
 pub mod memcached;
 pub mod metrics;
+pub mod notify;
 pub mod scan;
 pub mod sink;
 pub mod status;

@@ -13,7 +13,6 @@ use stek::duration;
 use stek::files;
 use stek::generator::{self, GroupPlan, RecordCheck};
 use stek::keyfile;
-use stek::status::Status;
 use stek::store::AnyStore;
 use stek_core::{GeneratorKey, GeneratorPublicKey, GroupIdentity, Record, Schedule, SlotKey};
 use tracing::{info, warn};
@@ -42,8 +41,15 @@ fn main() -> ExitCode {
         Command::Keygen(a) => run_keygen(a),
         Command::Generator(a) => run_generator(a),
         Command::Agent(a) => run_agent(a),
-        Command::Status(a) => run_status(a),
+        Command::Status(a) => return run_status(a),
         Command::Scan(a) => return run_scan(a),
+        Command::Completions(a) => {
+            let mut script = Vec::new();
+            clap_complete::generate(a.shell, &mut cli::command(), "stek", &mut script);
+            print_out(&script)
+        }
+        Command::Man(a) => run_man(a),
+        Command::Check(a) => return run_check(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -54,8 +60,186 @@ fn main() -> ExitCode {
     }
 }
 
+/// Write `bytes` to stdout; a reader that went away (`stek man | head`) is not an error.
+fn print_out(bytes: &[u8]) -> anyhow::Result<()> {
+    use std::io::Write as _;
+    match std::io::stdout().lock().write_all(bytes) {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
+            Err(anyhow::anyhow!("cannot write to standard output: {e}"))
+        }
+        _ => Ok(()),
+    }
+}
+
+/// `stek check up|agent|generator ...`: every check the command makes before it starts, none of
+/// its effects (no directory created, no socket bound, no store contacted).
+fn run_check(args: cli::CheckArgs) -> ExitCode {
+    let (what, problems, warnings) = match &args.command {
+        cli::CheckCommand::Up(a) => check_up(a),
+        cli::CheckCommand::Agent(a) => check_agent(a),
+        cli::CheckCommand::Generator(a) => check_generator(a),
+    };
+    for w in &warnings {
+        println!("warning: {w}");
+    }
+    if problems.is_empty() {
+        println!("ok: {what}");
+        ExitCode::SUCCESS
+    } else {
+        for p in &problems {
+            println!("problem: {p}");
+        }
+        ExitCode::from(2)
+    }
+}
+
+/// The key directory and memcached settings of `up` and `agent`, checked without side effects.
+fn check_delivery(
+    d: &settings::DeliverySettings,
+    schedule: &stek_core::Schedule,
+    problems: &mut Vec<String>,
+    warnings: &mut Vec<String>,
+) {
+    if let Err(e) = files::check_dir(&d.dir, d.allow_persistent) {
+        problems.push(format!("key directory: {e}"));
+    }
+    if let Err(e) = memcached_access(d) {
+        problems.push(format!("{e:#}"));
+    }
+    warnings.extend(settings::warnings(schedule, d));
+}
+
+/// The store URL's syntax (nothing is contacted).
+fn check_store(url: &str, problems: &mut Vec<String>) {
+    let parsed = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(anyhow::Error::from)
+        .and_then(|rt| {
+            rt.block_on(async {
+                if url.starts_with("redis://") || url.starts_with("etcd://") {
+                    AnyStore::connect_lazy(url).await.map(drop)?;
+                    Ok(())
+                } else {
+                    anyhow::bail!(
+                        "unknown scheme: use redis://HOST:PORT or etcd://HOST:PORT[,HOST:PORT...]"
+                    )
+                }
+            })
+        });
+    if let Err(e) = parsed {
+        problems.push(format!("store: {e:#}"));
+    }
+}
+
+type Checked = (String, Vec<String>, Vec<String>);
+
+fn check_up(a: &UpArgs) -> Checked {
+    let mut problems = Vec::new();
+    let mut warnings = Vec::new();
+    let what = match load_config(&a.process).and_then(|c| settings::up(a, &c, &place())) {
+        Ok(s) => {
+            check_delivery(&s.delivery, &s.schedule, &mut problems, &mut warnings);
+            format!(
+                "stek up: period {}, lifetime {}, key directory {}",
+                duration::format(s.schedule.period()),
+                duration::format(s.schedule.lifetime()),
+                s.delivery.dir.display()
+            )
+        }
+        Err(e) => {
+            problems.push(format!("{e:#}"));
+            String::new()
+        }
+    };
+    (what, problems, warnings)
+}
+
+fn check_agent(a: &AgentArgs) -> Checked {
+    let mut problems = Vec::new();
+    let mut warnings = Vec::new();
+    let what = match load_config(&a.process).and_then(|c| settings::agent(a, &c, &place())) {
+        Ok(s) => {
+            match keyfile::read_private(&s.identity)
+                .map_err(anyhow::Error::from)
+                .and_then(|t| {
+                    GroupIdentity::from_file_text(&t)
+                        .with_context(|| format!("{}", s.identity.display()))
+                }) {
+                Ok(_) => {}
+                Err(e) => problems.push(format!("identity: {e:#}")),
+            }
+            check_store(&s.store, &mut problems);
+            check_delivery(&s.delivery, &s.schedule, &mut problems, &mut warnings);
+            format!(
+                "stek agent: group {}, period {}, lifetime {}, {} trusted generator(s), key directory {}",
+                s.group,
+                duration::format(s.schedule.period()),
+                duration::format(s.schedule.lifetime()),
+                s.trusted.len(),
+                s.delivery.dir.display()
+            )
+        }
+        Err(e) => {
+            problems.push(format!("{e:#}"));
+            String::new()
+        }
+    };
+    (what, problems, warnings)
+}
+
+fn check_generator(a: &GeneratorArgs) -> Checked {
+    let mut problems = Vec::new();
+    let what = match load_config(&a.process).and_then(|c| settings::generator(a, &c)) {
+        Ok(s) => {
+            match keyfile::read_private(&s.signing_key)
+                .map_err(anyhow::Error::from)
+                .and_then(|t| {
+                    GeneratorKey::from_file_text(&t)
+                        .with_context(|| format!("{}", s.signing_key.display()))
+                }) {
+                Ok(_) => {}
+                Err(e) => problems.push(format!("signing key: {e:#}")),
+            }
+            check_store(&s.store, &mut problems);
+            let groups: Vec<&str> = s.groups.iter().map(|g| g.name.as_str()).collect();
+            format!("stek generator: groups {}", groups.join(", "))
+        }
+        Err(e) => {
+            problems.push(format!("{e:#}"));
+            String::new()
+        }
+    };
+    (what, problems, Vec::new())
+}
+
+/// `stek man [COMMAND]`: the manual page of stek or of one subcommand, from the clap types.
+fn run_man(args: cli::ManArgs) -> anyhow::Result<()> {
+    let stek = cli::command();
+    let cmd = match &args.command {
+        None => stek,
+        Some(name) => {
+            let Some(sub) = stek.find_subcommand(name) else {
+                let names: Vec<&str> = stek.get_subcommands().map(|c| c.get_name()).collect();
+                anyhow::bail!("no subcommand {name:?}: one of {}", names.join(", "));
+            };
+            let page = format!("stek-{name}");
+            sub.clone()
+                .name(page)
+                .bin_name(format!("stek {name}"))
+                .version(env!("CARGO_PKG_VERSION"))
+        }
+    };
+    let mut page = Vec::new();
+    clap_mangen::Man::new(cmd)
+        .render(&mut page)
+        .map_err(|e| anyhow::anyhow!("cannot render the manual page: {e}"))?;
+    print_out(&page)
+}
+
 /// `stek up`: settings, then the key directory, memcached and metrics, then [`stek::up::run`].
 fn run_up(args: UpArgs) -> anyhow::Result<()> {
+    stek::notify::enable();
     let s = settings::up(&args, &load_config(&args.process)?, &place())?;
     let access = memcached_access(&s.delivery)?;
     let key_dir = prepare_key_dir(&s.delivery, &s.schedule)?;
@@ -80,6 +264,7 @@ fn run_up(args: UpArgs) -> anyhow::Result<()> {
 /// `stek agent`: settings, the identity, then the key directory, memcached, the store and
 /// metrics, then [`agent::run_on_host`].
 fn run_agent(args: AgentArgs) -> anyhow::Result<()> {
+    stek::notify::enable();
     let s = settings::agent(&args, &load_config(&args.process)?, &place())?;
     let identity = GroupIdentity::from_file_text(&keyfile::read_private(&s.identity)?)
         .with_context(|| format!("{}", s.identity.display()))?;
@@ -223,15 +408,22 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
         .context("cannot start the async runtime")
 }
 
+/// Logs on stderr, one line per event: `STEK_LOG` sets the level (`debug`, `info`, ...);
+/// `STEK_LOG_FORMAT=json` makes each line one JSON object (timestamp, level, fields, message).
 fn init_logging() {
     let filter = tracing_subscriber::EnvFilter::try_from_env("STEK_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt()
+    let json = std::env::var("STEK_LOG_FORMAT").is_ok_and(|f| f.eq_ignore_ascii_case("json"));
+    let log = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
-        .with_target(false)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+        .with_target(false);
+    if json {
+        log.json().flatten_event(true).init();
+    } else {
+        log.with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .init();
+    }
 }
 
 fn run_keygen(args: KeygenArgs) -> anyhow::Result<()> {
@@ -255,31 +447,69 @@ fn run_keygen(args: KeygenArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn run_status(args: StatusArgs) -> anyhow::Result<()> {
-    let status: Status = if let Some(addr) = &args.endpoint {
-        stek::status::fetch(addr)?
-    } else {
-        let dir = match args.dir {
-            Some(d) => d,
-            None => files::default_dir().context("no default key directory found; pass --dir")?,
-        };
-        let path = dir.join("status.json");
-        let text = std::fs::read(&path).with_context(|| {
+/// `stek status`: the agent's status with a verdict first; exits like a monitoring plugin
+/// (0 ok, 1 warning, 2 critical: the agent is down or cannot be read, or encrypts alone).
+fn run_status(args: StatusArgs) -> ExitCode {
+    match read_status(&args) {
+        Ok(status) => {
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap_or_default()
+                .as_secs_f64();
+            let verdict = status.verdict(now);
+            if args.json {
+                match serde_json::to_string_pretty(&status) {
+                    Ok(j) => println!("{j}"),
+                    Err(e) => {
+                        eprintln!("stek status: {e}");
+                        return ExitCode::from(2);
+                    }
+                }
+                for (level, what) in &verdict.problems {
+                    eprintln!("stek status: {}: {what}", level.word());
+                }
+            } else {
+                print!("{}", status.render_at(now));
+            }
+            ExitCode::from(verdict.level.exit_code())
+        }
+        Err(e) => {
+            println!("CRITICAL: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn read_status(args: &StatusArgs) -> anyhow::Result<stek::status::Status> {
+    if let Some(addr) = &args.endpoint {
+        return Ok(stek::status::fetch(addr)?);
+    }
+    let dir = match &args.dir {
+        Some(d) => d.clone(),
+        None => files::default_dir().context("no default key directory found; pass --dir")?,
+    };
+    let path = dir.join("status.json");
+    let mut text = Vec::new();
+    std::fs::File::open(&path)
+        .and_then(|f| {
+            use std::io::Read as _;
+            f.take(stek::status::MAX_STATUS + 1).read_to_end(&mut text)
+        })
+        .with_context(|| {
             format!(
                 "cannot read {} (is an agent running with --dir {}?)",
                 path.display(),
                 dir.display()
             )
         })?;
-        serde_json::from_slice(&text)
-            .with_context(|| format!("{} is not a stek status", path.display()))?
-    };
-    if args.json {
-        println!("{}", serde_json::to_string_pretty(&status)?);
-    } else {
-        print!("{}", status.render());
-    }
-    Ok(())
+    anyhow::ensure!(
+        text.len() as u64 <= stek::status::MAX_STATUS,
+        "{} is larger than {} bytes: not a stek status",
+        path.display(),
+        stek::status::MAX_STATUS
+    );
+    serde_json::from_slice(&text)
+        .with_context(|| format!("{} is not a stek status", path.display()))
 }
 
 fn run_scan(args: ScanArgs) -> ExitCode {

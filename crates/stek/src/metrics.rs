@@ -1,4 +1,5 @@
-//! A Prometheus text endpoint (`GET /metrics`) and the status document (`GET /status`) on a
+//! A Prometheus text endpoint (`GET /metrics`), the status document (`GET /status`) and a
+//! health verdict (`GET /healthz`, as `stek status` judges) on a
 //! loopback address. Nothing secret is ever exposed: key names, slots and counters only.
 
 use std::collections::BTreeMap;
@@ -126,6 +127,12 @@ impl Metrics {
         let mut o = String::new();
         let _ = writeln!(
             o,
+            "# HELP stek_build_info The stek build: version and commit.\n# TYPE stek_build_info gauge\nstek_build_info{{version=\"{}\",commit=\"{}\"}} 1",
+            env!("CARGO_PKG_VERSION"),
+            env!("STEK_COMMIT")
+        );
+        let _ = writeln!(
+            o,
             "# HELP stek_store_errors_total Failed store operations.\n# TYPE stek_store_errors_total counter\nstek_store_errors_total {}",
             g.store_errors
         );
@@ -144,6 +151,16 @@ impl Metrics {
             let fallback = u8::from(s.encrypting == "local_fallback");
             let stale = u8::from(s.encrypting == "stale");
             let _ = writeln!(o, "# HELP stek_encrypting_local_fallback 1 when a local random key encrypts (no recent shared key).\n# TYPE stek_encrypting_local_fallback gauge\nstek_encrypting_local_fallback{{{l}}} {fallback}");
+            let _ = writeln!(o, "# HELP stek_forward_secrecy_at_risk 1 when a server may still encrypt with a key that has left the window (its reload fails): see stek status.\n# TYPE stek_forward_secrecy_at_risk gauge\nstek_forward_secrecy_at_risk{{{l}}} {}", u8::from(s.forward_secrecy_at_risk.is_some()));
+            for sink in &s.sinks {
+                if let Some(slot) = sink.applied_slot {
+                    let _ = writeln!(
+                        o,
+                        "stek_sink_applied_slot{{{l},sink=\"{}\"}} {slot}",
+                        sink.name
+                    );
+                }
+            }
             let _ = writeln!(o, "# HELP stek_encrypting_stale 1 when an older shared key encrypts because the current one is missing.\n# TYPE stek_encrypting_stale gauge\nstek_encrypting_stale{{{l}}} {stale}");
             if let Some(t) = s.last_sync {
                 let _ = writeln!(o, "# HELP stek_last_sync_timestamp_seconds Last successful store read.\n# TYPE stek_last_sync_timestamp_seconds gauge\nstek_last_sync_timestamp_seconds{{{l}}} {t:.3}");
@@ -378,10 +395,32 @@ pub async fn serve(
                         "no ring yet\n".into(),
                     ),
                 },
+                // The same verdict as `stek status`: 503 when critical (including a loop that
+                // stopped rewriting its status), 200 otherwise, the problems in the body.
+                ("GET", "/healthz") => match metrics.status() {
+                    Some(s) => {
+                        let v = s.verdict(clock.now().as_secs_f64());
+                        let mut body = format!("{}\n", v.level.word());
+                        for (level, what) in &v.problems {
+                            body.push_str(&format!("{}: {what}\n", level.word()));
+                        }
+                        let code = if v.level == crate::status::Level::Critical {
+                            "503 Service Unavailable"
+                        } else {
+                            "200 OK"
+                        };
+                        (code, "text/plain", body)
+                    }
+                    None => (
+                        "503 Service Unavailable",
+                        "text/plain",
+                        "CRITICAL\nno ring yet\n".into(),
+                    ),
+                },
                 ("GET", _) => (
                     "404 Not Found",
                     "text/plain",
-                    "try /metrics or /status\n".into(),
+                    "try /metrics, /status or /healthz\n".into(),
                 ),
                 _ => ("405 Method Not Allowed", "text/plain", "GET only\n".into()),
             };

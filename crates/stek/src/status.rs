@@ -182,6 +182,101 @@ pub struct Status {
     /// HAProxy admin sockets (`--haproxy-socket`), by path.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub haproxy: Vec<HaproxySocketStatus>,
+    /// The agent rewrites its status at least this often (seconds), even when nothing changed:
+    /// a status older than [`Status::dead_after`] means the agent is not running or stuck.
+    /// Absent (0) from older status files.
+    #[serde(default)]
+    pub heartbeat: f64,
+    /// The sinks that report on their own (the reload command): failing or not, and the key
+    /// their server took.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub sinks: Vec<SinkStatus>,
+    /// Why a server may still encrypt with a key that has left the window (erased here, so
+    /// forward secrecy no longer holds for its tickets), if one may.
+    #[serde(default)]
+    pub forward_secrecy_at_risk: Option<String>,
+}
+
+/// One sink's own report.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SinkStatus {
+    /// The sink (`on-change`, ...).
+    pub name: String,
+    /// Why it fails now, if it does.
+    pub failing: Option<String>,
+    /// The slot of the encrypting key its server took, if known.
+    pub applied_slot: Option<u64>,
+    /// That key's public name.
+    pub applied_name: Option<String>,
+    /// When the server took it, Unix seconds.
+    pub applied_since: Option<f64>,
+}
+
+impl SinkStatus {
+    /// If this sink's server took a key that is not among `window` (slots): why forward
+    /// secrecy is at risk, in words.
+    pub fn at_risk(&self, window: &[u64]) -> Option<String> {
+        let slot = self.applied_slot?;
+        if window.contains(&slot) {
+            return None;
+        }
+        Some(format!(
+            "the server behind the {} sink took key {} (slot {slot}) at {} and no newer key since{}: that key has left the window and was erased here, yet the server may still encrypt with it",
+            self.name,
+            self.applied_name.as_deref().unwrap_or("?"),
+            self.applied_since.map_or_else(|| "?".to_owned(), stamp),
+            self.failing
+                .as_deref()
+                .map(|w| format!(" (failing: {w})"))
+                .unwrap_or_default()
+        ))
+    }
+}
+
+/// How often a running agent rewrites its status, for a period of `period`: a quarter period,
+/// between 1 and 10 seconds.
+pub fn heartbeat(period: Duration) -> Duration {
+    (period / 4).clamp(Duration::from_secs(1), Duration::from_secs(10))
+}
+
+/// How an agent is doing, as a monitoring plugin says it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Level {
+    /// Nothing to do.
+    Ok,
+    /// Look soon: stale keys, a failing sink, a clock that disagrees with the store.
+    Warning,
+    /// Act now: the agent is down, or the host encrypts with a key no other host has.
+    Critical,
+}
+
+impl Level {
+    /// `OK`, `WARNING`, `CRITICAL`.
+    pub fn word(self) -> &'static str {
+        match self {
+            Level::Ok => "OK",
+            Level::Warning => "WARNING",
+            Level::Critical => "CRITICAL",
+        }
+    }
+
+    /// The exit code of a monitoring plugin: 0, 1, 2.
+    pub fn exit_code(self) -> u8 {
+        match self {
+            Level::Ok => 0,
+            Level::Warning => 1,
+            Level::Critical => 2,
+        }
+    }
+}
+
+/// A status's verdict: the worst level and one sentence per problem.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Verdict {
+    /// The worst level found.
+    pub level: Level,
+    /// What is wrong, worst first; empty when all is well.
+    pub problems: Vec<(Level, String)>,
 }
 
 /// One HAProxy admin socket, as reported.
@@ -238,7 +333,120 @@ impl Status {
             sink_failures: BTreeMap::new(),
             updated_at: now.as_secs_f64(),
             haproxy: Vec::new(),
+            heartbeat: heartbeat(s.period()).as_secs_f64(),
+            sinks: Vec::new(),
+            forward_secrecy_at_risk: None,
         }
+    }
+
+    /// How old this status may grow before its agent counts as down: three heartbeats and
+    /// two seconds of slack (older files without a heartbeat: a period and two seconds).
+    pub fn dead_after(&self) -> f64 {
+        if self.heartbeat > 0.0 {
+            3.0 * self.heartbeat + 2.0
+        } else {
+            self.period as f64 + 2.0
+        }
+    }
+
+    /// Judge this status at `now` (Unix seconds): is the agent alive, does the host encrypt with
+    /// the group's key, are its sinks and clock in order.
+    pub fn verdict(&self, now: f64) -> Verdict {
+        let mut problems = Vec::new();
+        let age = now - self.updated_at;
+        if age > self.dead_after() {
+            problems.push((
+                Level::Critical,
+                format!(
+                    "agent not running or stuck: its status was last written {} ago ({}); a running agent rewrites it every {}",
+                    secs(age),
+                    stamp(self.updated_at),
+                    secs(self.heartbeat.max(1.0))
+                ),
+            ));
+        }
+        if let Some(why) = &self.forward_secrecy_at_risk {
+            problems.push((Level::Critical, format!("forward secrecy at risk: {why}")));
+        }
+        for sink in &self.sinks {
+            if let Some(why) = &sink.failing {
+                problems.push((
+                    Level::Warning,
+                    format!("the {} sink fails: {why}", sink.name),
+                ));
+            }
+        }
+        match self.encrypting.as_str() {
+            "local_fallback" => problems.push((
+                Level::Critical,
+                "encrypting with a local key no other host has (no shared key for this slot): tickets do not resume across hosts".into(),
+            )),
+            "stale" => problems.push((
+                Level::Warning,
+                format!(
+                    "encrypting with a stale shared key (no record for the current slot yet; last store sync {})",
+                    self.staleness.map_or_else(|| "never".to_owned(), |s| format!("{} ago", secs(s)))
+                ),
+            )),
+            _ => {}
+        }
+        for h in self.haproxy.iter().filter(|h| !h.ok) {
+            problems.push((
+                Level::Warning,
+                format!(
+                    "HAProxy {} is not in step: {}",
+                    h.socket,
+                    h.error.as_deref().unwrap_or("unknown error")
+                ),
+            ));
+        }
+        if let Some(o) = self.clock_offset {
+            // Clocks further apart than a quarter period make hosts switch keys visibly apart.
+            if o.abs() > (self.period as f64 / 4.0).max(1.0) {
+                problems.push((
+                    Level::Warning,
+                    format!("this host's clock is {o:+.1} s off the store's"),
+                ));
+            }
+        }
+        problems.sort_by_key(|p| std::cmp::Reverse(p.0));
+        Verdict {
+            level: problems.first().map_or(Level::Ok, |p| p.0),
+            problems,
+        }
+    }
+
+    /// The verdict first, then the times in words, then the table (see [`Status::render`]).
+    pub fn render_at(&self, now: f64) -> String {
+        let v = self.verdict(now);
+        let mut out = String::new();
+        match v.problems.as_slice() {
+            [] => {
+                let _ = writeln!(out, "OK: group {} rotating on the shared key", self.group);
+            }
+            problems => {
+                for (level, what) in problems {
+                    let _ = writeln!(out, "{}: {what}", level.word());
+                }
+            }
+        }
+        let next = (self.slot + 1) * self.period;
+        let _ = writeln!(
+            out,
+            "status written {} ago ({}); next rotation {}",
+            secs(now - self.updated_at),
+            stamp(self.updated_at),
+            if (next as f64) >= now {
+                format!("in {} ({})", secs(next as f64 - now), stamp(next as f64))
+            } else {
+                format!(
+                    "was due {} (the agent has not rotated since)",
+                    stamp(next as f64)
+                )
+            }
+        );
+        out.push_str(&self.render());
+        out
     }
 
     /// A human-readable table.
@@ -285,6 +493,19 @@ impl Status {
         for (sink, n) in &self.sink_failures {
             let _ = writeln!(out, "sink failures ({sink}): {n}");
         }
+        for sink in &self.sinks {
+            let applied = match (&sink.applied_name, sink.applied_slot, sink.applied_since) {
+                (Some(n), Some(slot), Some(at)) => {
+                    format!("server took {n} (slot {slot}) at {}", stamp(at))
+                }
+                _ => "server's key unknown (not applied yet)".to_owned(),
+            };
+            let state = match &sink.failing {
+                Some(w) => format!("FAILING: {w}"),
+                None => "ok".to_owned(),
+            };
+            let _ = writeln!(out, "sink {}: {state}; {applied}", sink.name);
+        }
         for h in &self.haproxy {
             let state = match &h.error {
                 None => format!("in step (rings {})", h.rings.join(", ")),
@@ -300,10 +521,72 @@ impl Status {
     }
 }
 
+/// Seconds in words: `4.0 s`, `12 min`, `3.5 h`.
+fn secs(s: f64) -> String {
+    crate::duration::format(Duration::from_secs_f64(s.max(0.0)))
+}
+
+/// Unix seconds as a UTC date.
+fn stamp(at: f64) -> String {
+    httpdate::fmt_http_date(std::time::UNIX_EPOCH + Duration::from_secs_f64(at.max(0.0)))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::error::Error as _;
+
+    fn status(updated_at: f64) -> Status {
+        serde_json::from_str::<Status>(&format!(
+            r#"{{"group":"web","period":4,"lifetime":8,"slot":7,"encrypting":"current",
+            "encrypting_name":"aa","keys":[],"last_sync":null,"staleness":null,
+            "clock_offset":null,"rejected":{{}},"sink_failures":{{}},"updated_at":{updated_at},
+            "heartbeat":1.0}}"#
+        ))
+        .unwrap()
+    }
+
+    #[test]
+    fn the_verdict_tells_a_dead_agent_a_fallback_and_a_stale_key() {
+        let st = status(28.0);
+        assert_eq!(st.verdict(29.0).level, Level::Ok);
+        assert!(
+            st.render_at(29.0).starts_with("OK: group web"),
+            "{}",
+            st.render_at(29.0)
+        );
+        // Three heartbeats and 2 s later the agent is down: within two periods (8 s).
+        assert_eq!(st.dead_after(), 5.0);
+        let v = st.verdict(28.0 + 5.1);
+        assert_eq!(v.level, Level::Critical);
+        assert!(
+            v.problems[0].1.contains("agent not running or stuck"),
+            "{v:?}"
+        );
+        assert_eq!(v.level.exit_code(), 2);
+        let mut fb = status(28.0);
+        fb.encrypting = "local_fallback".into();
+        assert_eq!(fb.verdict(29.0).level, Level::Critical);
+        let mut stale = status(28.0);
+        stale.encrypting = "stale".into();
+        stale.staleness = Some(12.0);
+        let v = stale.verdict(29.0);
+        assert_eq!((v.level, v.level.exit_code()), (Level::Warning, 1));
+        assert!(v.problems[0].1.contains("12s ago"), "{v:?}");
+        let mut off = status(28.0);
+        off.clock_offset = Some(-3.0);
+        assert_eq!(off.verdict(29.0).level, Level::Warning);
+        // Worst first.
+        let mut both = stale.clone();
+        both.encrypting = "local_fallback".into();
+        let v = both.verdict(40.0);
+        assert_eq!(v.problems.len(), 2);
+        assert!(v.problems.iter().all(|p| p.0 == Level::Critical));
+        // An old file without a heartbeat: a period and 2 s.
+        let mut old = status(28.0);
+        old.heartbeat = 0.0;
+        assert_eq!(old.dead_after(), 6.0);
+    }
 
     #[test]
     fn status_files_without_slot_conflicts_still_parse_and_conflicts_are_shown() {

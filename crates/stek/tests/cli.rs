@@ -348,3 +348,199 @@ fn private_keys_must_be_private_regular_files_of_this_user() {
         },
     );
 }
+
+/// Completion scripts and manual pages come from the same clap definitions as --help: every
+/// subcommand and flag is in them, and the shells accept the scripts.
+#[test]
+fn completions_and_man_pages_cover_every_subcommand() {
+    for shell in ["bash", "zsh", "fish"] {
+        let (code, out, err) = stek(&["completions", shell]);
+        assert_eq!(code, 0, "{shell}: {err}");
+        for word in ["scan", "agent", "generator", "observe", "haproxy-socket"] {
+            assert!(out.contains(word), "{shell} completions lack {word}");
+        }
+    }
+    // bash reads its script without a syntax error (bash is on every Debian machine).
+    let (_, script, _) = stek(&["completions", "bash"]);
+    let status = Command::new("bash")
+        .args(["-n", "-c", &script])
+        .status()
+        .expect("run bash");
+    assert!(status.success(), "bash -n rejects the completion script");
+    let (code, _, err) = stek(&["completions", "ksh"]);
+    assert_eq!(code, 2, "an unknown shell is a usage error: {err}");
+    assert!(err.contains("ksh"), "{err}");
+
+    let (code, page, _) = stek(&["man"]);
+    assert_eq!(code, 0);
+    assert!(page.contains(".TH stek 1"), "{page}");
+    for sub in ["up", "keygen", "generator", "agent", "status", "scan"] {
+        assert!(page.contains(sub), "the main page lists {sub}");
+        let (code, page, err) = stek(&["man", sub]);
+        assert_eq!(code, 0, "{sub}: {err}");
+        assert!(page.contains(&format!(".TH stek-{sub} 1")), "{sub}: {page}");
+    }
+    let (_, scan, _) = stek(&["man", "scan"]);
+    for flag in ["observe", "max\\-rotation", "html"] {
+        assert!(scan.contains(flag), "stek-scan(1) lacks {flag}");
+    }
+    let (code, _, err) = stek(&["man", "nope"]);
+    assert_ne!(code, 0);
+    assert!(err.contains("no subcommand \"nope\""), "{err}");
+}
+
+/// The example configs in contrib/ pass `stek check` once their placeholders hold real keys and
+/// paths; broken variants fail with exit 2 and one line naming the problem (and the config line).
+#[test]
+fn stek_check_accepts_the_examples_and_names_each_problem() {
+    let dir = util::shm_dir();
+    let d = dir.path();
+    let contrib = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../contrib");
+    let keygen = |kind: &str, out: &str| -> String {
+        let (code, stdout, err) = stek(&[
+            "keygen",
+            "--kind",
+            kind,
+            "--out",
+            &d.join(out).to_string_lossy(),
+        ]);
+        assert_eq!(code, 0, "{err}");
+        stdout.lines().last().unwrap().trim().to_owned()
+    };
+    let generator_pub = keygen("generator", "generator.key");
+    let group_pub = keygen("group", "web.identity");
+    let keys = d.join("keys");
+    let fill = |name: &str| -> String {
+        fs::read_to_string(contrib.join(name))
+            .unwrap()
+            .replace(
+                "stek-generator1:REPLACE-WITH-YOUR-GENERATOR-PUBLIC-KEY",
+                &generator_pub,
+            )
+            .replace("stek-group1:REPLACE-WITH-YOUR-GROUP-PUBLIC-KEY", &group_pub)
+            .replace(
+                "/etc/stek/generator.key",
+                &d.join("generator.key").to_string_lossy(),
+            )
+            .replace(
+                "/etc/stek/web.identity",
+                &d.join("web.identity").to_string_lossy(),
+            )
+            .replace("/run/stek", &keys.to_string_lossy())
+    };
+    let check = |cmd: &str, text: &str| -> (i32, String) {
+        let f = d.join(format!("{cmd}.toml"));
+        fs::write(&f, text).unwrap();
+        let (code, out, err) = stek(&["check", cmd, "--config", &f.to_string_lossy()]);
+        (code, format!("{out}{err}"))
+    };
+    for cmd in ["up", "agent", "generator"] {
+        let (code, out) = check(cmd, &fill(&format!("{cmd}.toml")));
+        assert_eq!(code, 0, "contrib/{cmd}.toml: {out}");
+        assert!(out.contains(&format!("ok: stek {cmd}")), "{out}");
+        assert!(
+            !keys.exists(),
+            "stek check must not create the key directory"
+        );
+    }
+    // The placeholders themselves are refused with the reason.
+    let (code, out) = check(
+        "agent",
+        &fs::read_to_string(contrib.join("agent.toml")).unwrap(),
+    );
+    assert_eq!(code, 2, "{out}");
+    assert!(
+        out.contains("REPLACE-WITH-YOUR-GENERATOR-PUBLIC-KEY"),
+        "{out}"
+    );
+
+    let agent = fill("agent.toml");
+    let period_line = agent.lines().position(|l| l.starts_with("period")).unwrap() + 1;
+    let at_line = format!("line {period_line} (`period = 3600");
+    let broken: Vec<(&str, String, &str)> = vec![
+        (
+            "agent",
+            agent.replace("period = \"1h\"", "period = 3600"),
+            &at_line,
+        ),
+        (
+            "agent",
+            agent.replace("sinks = [\"nginx\"]", "sinks = \"nginx\""),
+            "expected a sequence",
+        ),
+        (
+            "agent",
+            agent.replace("group = \"web\"", "groop = \"web\""),
+            "unknown field `groop`",
+        ),
+        (
+            "agent",
+            agent.replace("lifetime = \"18h\"", "lifetime = \"8d\""),
+            "lifetime",
+        ),
+        (
+            "agent",
+            agent.replace("redis://127.0.0.1:6379", "http://127.0.0.1:6379"),
+            "store: unknown scheme",
+        ),
+        (
+            "agent",
+            agent.replace("sinks = [\"nginx\"]", "sinks = [\"ngnix\"]"),
+            "unknown sink \"ngnix\"",
+        ),
+        (
+            "generator",
+            fill("generator.toml")
+                .replace("[[groups]]\nname = \"web\"", "[[groups]]\nname = \"w b\""),
+            "w b",
+        ),
+    ];
+    for (cmd, text, says) in broken {
+        let (code, out) = check(cmd, &text);
+        assert_eq!(code, 2, "{says}: {out}");
+        let problems: Vec<&str> = out.lines().filter(|l| l.starts_with("problem: ")).collect();
+        assert_eq!(problems.len(), 1, "one line per problem: {out}");
+        assert!(problems[0].contains(says), "{says:?} not in {out}");
+    }
+    // A private key others can read is refused with the fix.
+    use std::os::unix::fs::PermissionsExt as _;
+    fs::set_permissions(d.join("web.identity"), fs::Permissions::from_mode(0o644)).unwrap();
+    let (code, out) = check("agent", &agent);
+    assert_eq!(code, 2, "{out}");
+    assert!(out.contains("identity: ") && out.contains("chmod"), "{out}");
+}
+
+/// `STEK_LOG_FORMAT=json`: every log line is one JSON object with a level and a message.
+#[test]
+fn json_logs_are_one_object_per_line() {
+    let dir = util::shm_dir();
+    let child = Command::new(env!("CARGO_BIN_EXE_stek"))
+        .args([
+            "up",
+            "--period",
+            "2s",
+            "--lifetime",
+            "2s",
+            "--no-memcached",
+            "--dir",
+        ])
+        .arg(dir.path().join("keys"))
+        .env("STEK_LOG_FORMAT", "json")
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run stek up");
+    std::thread::sleep(Duration::from_secs(3));
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    let out = child.wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&out.stderr);
+    let lines: Vec<&str> = text.lines().collect();
+    assert!(lines.len() >= 3, "{text}");
+    for line in &lines {
+        let v: serde_json::Value =
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line:?}"));
+        assert!(v["level"].is_string() && v["message"].is_string(), "{line}");
+    }
+    assert!(text.contains("rotated to slot"), "{text}");
+}

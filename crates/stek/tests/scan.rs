@@ -528,7 +528,9 @@ fn timeout_bounds_each_connection_not_each_read() {
     // the other. 2 x 2 s + 4 s of margin for a loaded machine is still far below the minute
     // the server would drip for.
     assert!(took < Duration::from_secs(8), "took {took:?}:\n{text}");
-    for version in ["TLS 1.2: timed out after 2s", "TLS 1.3: timed out after 2s"] {
-        assert!(text.contains(version), "{version:?} in\n{text}");
-    }
+    // Both versions timed out: one reason, said once for both.
+    assert!(
+        text.contains("TLS 1.2 and TLS 1.3: timed out after 2s"),
+        "{text}"
+    );
 }

@@ -126,9 +126,13 @@ pub async fn run<S: Store, O: Opener + 'static>(
         health: Vec::new(),
         metrics,
         status_dir,
+        last_risk: std::cell::RefCell::new(None),
     };
     let mut steps = ClockWatch::new(schedule.period() / 4);
     let mut reported = false;
+    let heartbeat = crate::status::heartbeat(schedule.period());
+    // Monotonic: a wall clock stepped back must not stop the heartbeat.
+    let mut last_status: Option<Instant> = None;
     let mut syncer_alive = true;
     tokio::pin!(shutdown);
     // The first ring waits for the first read of the store, briefly: a store that answers at
@@ -183,9 +187,13 @@ pub async fn run<S: Store, O: Opener + 'static>(
             differs
         });
         let health_changed = out.poll_health();
-        if changed || reported || health_changed {
+        // A heartbeat even when nothing changed: `stek status` tells a live agent from a dead
+        // one by the age of what it reads.
+        let beat = last_status.is_none_or(|t| t.elapsed() >= heartbeat);
+        if changed || reported || health_changed || beat {
             if let Some(status) = rotator.status(now) {
                 out.report(status);
+                last_status = Some(Instant::now());
             }
         }
         reported = false;
@@ -219,6 +227,8 @@ struct Outlet {
     health: Vec<Health>,
     metrics: Arc<Metrics>,
     status_dir: Option<KeyDir>,
+    /// The forward-secrecy risk last reported (logged once per change).
+    last_risk: std::cell::RefCell<Option<String>>,
 }
 
 impl Outlet {
@@ -252,6 +262,7 @@ impl Outlet {
             }
         }
         let mut written = Vec::new();
+        let mut complete = true;
         // A change of the keys ahead alone is nothing to install: only the sinks that serve
         // those keys hear of it (the others would rewrite the same files and reload for it).
         let sinks = self
@@ -263,6 +274,7 @@ impl Outlet {
                 Ok(Delivered::Files(files)) => written.extend(files),
                 Ok(Delivered::Handed) => {}
                 Err(e) => {
+                    complete = false;
                     self.metrics.sink_failed(sink.name());
                     error!(
                         "could not write the {} files (the previous ones stay valid): {e}",
@@ -274,6 +286,11 @@ impl Outlet {
         if !written.is_empty() {
             let files: Vec<String> = written.iter().map(|p| p.display().to_string()).collect();
             info!("files written: {}", files.join(", "));
+        }
+        if complete && change == Change::Ring {
+            // The first complete set of files: servers ordered after this service may start.
+            // (A change of the keys ahead reaches no file sink: it completes no set of files.)
+            crate::notify::ready();
         }
     }
 
@@ -296,6 +313,32 @@ impl Outlet {
 
     fn report(&self, mut status: Status) {
         status.sink_failures = self.metrics.sink_failures();
+        status.sinks = self
+            .sinks
+            .iter()
+            .zip(&self.health)
+            // HAProxy's sockets have their own section.
+            .filter(|(_, h)| h.haproxy.is_empty() && (h.failing.is_some() || h.applied.is_some()))
+            .map(|(sink, h)| crate::status::SinkStatus {
+                name: sink.name().to_owned(),
+                failing: h.failing.clone(),
+                applied_slot: h.applied.as_ref().map(|a| a.slot),
+                applied_name: h.applied.as_ref().map(|a| a.name.clone()),
+                applied_since: h.applied.as_ref().map(|a| a.since as f64),
+            })
+            .collect();
+        let window: Vec<u64> = status.keys.iter().map(|k| k.slot).collect();
+        status.forward_secrecy_at_risk = status.sinks.iter().find_map(|s| s.at_risk(&window));
+        if let Some(why) = &status.forward_secrecy_at_risk {
+            // Logged at every status while it lasts would flood: once per change of text.
+            if self.last_risk.borrow().as_deref() != Some(why.as_str()) {
+                error!("group {}: forward secrecy at risk: {why}", self.group);
+            }
+        } else if self.last_risk.borrow().is_some() {
+            info!("group {}: forward secrecy no longer at risk: every server took a key in the window", self.group);
+        }
+        self.last_risk
+            .replace(status.forward_secrecy_at_risk.clone());
         status.haproxy = self
             .health
             .iter()

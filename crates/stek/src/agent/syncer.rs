@@ -240,7 +240,9 @@ impl<S: Store, O: Opener> Syncer<S, O> {
                     out.rejected.push(e.reason());
                     warn!(
                         reason = e.reason(),
-                        "group {}: rejected the record of slot {slot}: {e}", self.group
+                        "group {}: rejected the record of slot {slot}: {e}{}",
+                        self.group,
+                        self.explain(&e, &bytes)
                     );
                 }
             }
@@ -306,6 +308,26 @@ impl<S: Store, O: Opener> Syncer<S, O> {
             "group {}: rejected the value of slot {slot}: {size}, larger than any record (not downloaded); someone other than a generator writes to the store",
             self.group
         );
+    }
+
+    /// For a schedule mismatch, both schedules in words: the record's and this reader's (the
+    /// usual cause: an agent started without the generator's --period or --lifetime).
+    fn explain(&self, e: &RecordError, bytes: &KeyBytes) -> String {
+        let RecordError::Mismatch("period" | "lifetime" | "not_before" | "not_after") = e else {
+            return String::new();
+        };
+        let Ok(record) = Record::decode(bytes) else {
+            return String::new();
+        };
+        let h = &record.header;
+        let fmt = |s: u64| crate::duration::format(Duration::from_secs(s));
+        format!(
+            " (the record: period {}, lifetime {}; this agent: period {}, lifetime {}): an agent's --period and --lifetime must equal its generator's",
+            fmt(u64::from(h.period)),
+            fmt(u64::from(h.lifetime)),
+            fmt(self.schedule.period().as_secs()),
+            fmt(u64::from(self.schedule.lifetime_hint()))
+        )
     }
 
     fn accept(
@@ -448,6 +470,28 @@ mod tests {
             again.keys.is_empty() && again.rejected.is_empty(),
             "{again:?}"
         );
+    }
+
+    /// A record made under another lifetime is rejected with both schedules in words.
+    #[test]
+    fn a_schedule_mismatch_names_both_schedules() {
+        let clock = ManualClock::at(400);
+        let store = Arc::new(MemoryStore::new(Arc::new(clock)));
+        let ours = Schedule::new(Duration::from_secs(4), Duration::from_secs(12)).unwrap();
+        let theirs = Schedule::new(Duration::from_secs(4), Duration::from_secs(40)).unwrap();
+        let k = SlotKey::generate(Slot(100)).unwrap();
+        let syncer = Syncer::new(store, PlainOpener, "g".into(), ours);
+        let bytes = KeyBytes::from(plain(&theirs, "g", &k));
+        let e = syncer
+            .accept(Slot(100), &bytes, &ours.window(Slot(100)))
+            .unwrap_err();
+        assert_eq!(e, RecordError::Mismatch("lifetime"));
+        let why = syncer.explain(&e, &bytes);
+        assert!(why.contains("the record: period 4s, lifetime 40s"), "{why}");
+        assert!(why.contains("this agent: period 4s, lifetime 12s"), "{why}");
+        assert!(why.contains("must equal its generator's"), "{why}");
+        // Other reasons need no schedule.
+        assert_eq!(syncer.explain(&RecordError::BadMagic, &bytes), "");
     }
 
     /// A held slot whose record is replaced by another valid record (a generator recreated a

@@ -1,6 +1,6 @@
 //! Which server software a scan talked to, and the fix written in that server's own terms.
 //!
-//! [`identify`] weighs what the scan saw (no I/O here): the server's answer to `HEAD / HTTP/1.1`
+//! [`identify`] weighs what the scan saw (no I/O here): the server's answer to `GET / HTTP/1.1`
 //! when the port speaks HTTP, the shape of its tickets, how many it sends, the lifetime it
 //! announces, and which servers' key layouts a guessed key matched. [`fix`] gives the exact
 //! configuration for one family and one kind of finding.
@@ -142,7 +142,7 @@ impl Family {
 /// What the scan saw of one endpoint.
 #[derive(Debug, Clone, Copy)]
 pub struct Signals<'a> {
-    /// The raw start of the server's answer to `HEAD / HTTP/1.1` sent over TLS (at most
+    /// The raw start of the server's answer to `GET / HTTP/1.1` sent over TLS (at most
     /// [`MAX_HTTP`] bytes are looked at; maybe truncated, maybe not HTTP at all); `None` or empty
     /// when nothing came back.
     pub http: Option<&'a [u8]>,
@@ -357,7 +357,7 @@ fn weak_clue(weak: &[&str]) -> Option<Clue> {
     })
 }
 
-/// The answer to `HEAD /`, as far as it parsed.
+/// The answer to `GET /`, as far as it parsed.
 #[derive(Debug)]
 struct Http<'a> {
     status: &'a [u8],
@@ -502,12 +502,12 @@ fn server_product(value: &[u8]) -> Option<Family> {
 fn read_http(raw: Option<&[u8]>) -> HttpView {
     let mut view = HttpView::default();
     let Some(raw) = raw.filter(|r| !r.is_empty()) else {
-        view.notes.push("no answer to HEAD / over TLS".into());
+        view.notes.push("no HTTP answer to GET / over TLS".into());
         return view;
     };
     let Some(http) = Http::parse(raw) else {
         view.notes.push(format!(
-            "the answer to HEAD / is not HTTP ({} bytes)",
+            "the answer to GET / is not HTTP ({} bytes)",
             raw.len()
         ));
         return view;

@@ -332,7 +332,7 @@ struct Live {
     sightings: Vec<(String, f64)>,
     offers: Vec<StoredOffer>,
     connect_error: bool,
-    /// The start of the server's answer to `HEAD /` (untrusted).
+    /// The start of the server's answer to `GET /` (untrusted).
     http: Option<Vec<u8>>,
     /// A guessed key that opened one of the tickets.
     weak: Option<weak::WeakKey>,

@@ -5,10 +5,12 @@
 //! accepted?" from the ServerHello.
 //!
 //! The scanner authenticates nobody: any certificate is accepted. It only talks; it never sends
-//! application data beyond one `HEAD /` (so a TLS 1.3 server's tickets arrive without waiting).
+//! application data beyond one `HEAD /` (so a TLS 1.3 server's tickets arrive without waiting), or
+//! on the first connection of each version `GET /`, whose answer's head tells the software.
 
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpStream};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -30,7 +32,7 @@ use crate::{duration, lock};
 const MAX_HELLO: usize = 16 * 1024;
 /// The most TLS 1.3 tickets kept from one connection.
 const MAX_TICKETS: usize = 8;
-/// The most bytes kept of the server's answer to our `HEAD /` (enough for its headers).
+/// The most bytes kept of the server's answer to our `GET /` (enough for its headers).
 pub const MAX_HTTP: usize = 8 * 1024;
 
 /// A TLS version the scanner speaks.
@@ -198,7 +200,7 @@ pub struct Connection {
     pub client_hello: Vec<u8>,
     /// Wall time of the connection.
     pub took: Duration,
-    /// The start of the server's answer to `HEAD /` (at most [`MAX_HTTP`] bytes), when asked
+    /// The start of the server's answer to `GET /` (at most [`MAX_HTTP`] bytes), when asked
     /// for and received. Untrusted.
     pub http: Option<Vec<u8>>,
 }
@@ -213,6 +215,9 @@ pub struct Prober {
     version: Version,
     timeout: Duration,
     ticket_wait: Duration,
+    /// TLS 1.3 tickets the server sent on the first full handshake (0 until known): later
+    /// connections stop waiting once that many arrived.
+    tickets_expected: AtomicUsize,
 }
 
 impl Prober {
@@ -257,6 +262,7 @@ impl Prober {
             version,
             timeout,
             ticket_wait: timeout.min(Duration::from_millis(500)),
+            tickets_expected: AtomicUsize::new(0),
         })
     }
 
@@ -274,7 +280,7 @@ impl Prober {
         self.connect_as(addr, offer, false)
     }
 
-    /// A fresh full handshake that also keeps the start of the server's answer to `HEAD /`
+    /// A fresh full handshake that also keeps the start of the server's answer to `GET /`
     /// (its `Server` header tells the software), waiting for it a little longer.
     pub fn connect_asking_http(&self, addr: SocketAddr) -> Result<Connection, ProbeError> {
         self.connect_as(addr, None, true)
@@ -304,7 +310,15 @@ impl Prober {
         }
         let mut http = Vec::new();
         if self.version == Version::Tls13 || ask_http {
-            self.await_tickets(&mut conn, &mut io, ask_http.then_some(&mut http));
+            // An HTTP server answers `GET /` about one round trip after the handshake: wait
+            // for it a few handshakes' time, not the whole ticket wait (a server that does not
+            // speak HTTP never will).
+            let patience = (started.elapsed() * 3).max(Duration::from_millis(50));
+            self.await_tickets(&mut conn, &mut io, ask_http.then_some(&mut http), patience);
+            if ask_http {
+                let n = self.store.tls13_count();
+                self.tickets_expected.store(n, Ordering::Relaxed);
+            }
         }
         let resumed = conn.handshake_kind() == Some(HandshakeKind::Resumed);
         conn.send_close_notify();
@@ -369,14 +383,22 @@ impl Prober {
         conn: &mut ClientConnection,
         io: &mut Recorder,
         mut http: Option<&mut Vec<u8>>,
+        patience: Duration,
     ) {
         let host = match &self.name {
             ServerName::DnsName(d) => d.as_ref().to_owned(),
             _ => "localhost".to_owned(),
         };
-        let request = format!("HEAD / HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
+        // `GET` when the answer is wanted: some servers answer only GET (`openssl s_server
+        // -www`); only the answer's head is read.
+        let method = if http.is_some() { "GET" } else { "HEAD" };
+        let request = format!("{method} / HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
         let _ = conn.writer().write_all(request.as_bytes());
         let mut deadline = Instant::now() + self.ticket_wait;
+        if http.is_some() {
+            deadline = deadline.min(Instant::now() + patience);
+        }
+        let expected = self.tickets_expected.load(Ordering::Relaxed);
         let mut buf = [0u8; 4096];
         // The connection's own deadline still bounds every read (Recorder); this one only ends
         // the wait for tickets early.
@@ -402,7 +424,11 @@ impl Prober {
                 Err(_) => return,
             }
             let now = Instant::now();
-            if self.store.tls13_count() > 0 && http.is_none() {
+            let got = self.store.tls13_count();
+            if http.is_none() && expected > 0 && got >= expected {
+                return; // as many as the server sent on the first handshake
+            }
+            if got > 0 && http.is_none() {
                 // A second ticket usually follows in the same flight.
                 deadline = deadline.min(now + Duration::from_millis(20));
             }

@@ -82,6 +82,8 @@ impl Sink for HaproxySink {
             failing: (!failing.is_empty()).then(|| failing.join("; ")),
             failures: sockets.iter().map(|h| h.failures).sum(),
             haproxy: sockets,
+            // The runtime API keeps HAProxy's ring equal to the file: its state is in `haproxy`.
+            applied: None,
         }
     }
 }

@@ -84,6 +84,20 @@ pub struct Health {
     pub failures: u64,
     /// The HAProxy admin sockets the sink follows, for the status document.
     pub haproxy: Vec<HaproxySocketStatus>,
+    /// The encrypting key the server has taken, for sinks that know (the reload command: the
+    /// ring's encrypting key when the command last succeeded). `None`: unknown, or not yet.
+    pub applied: Option<Applied>,
+}
+
+/// A key a server has taken, by public name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Applied {
+    /// Its slot.
+    pub slot: u64,
+    /// Its public name (hex).
+    pub name: String,
+    /// When the server took it, Unix seconds.
+    pub since: u64,
 }
 
 /// Which file sinks `stek up` and `stek agent` write.

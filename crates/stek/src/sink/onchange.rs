@@ -1,8 +1,11 @@
 //! Runs the operator's `--on-change` command (e.g. `nginx -s reload`) after the files change.
 //!
-//! A failing command is reported and retried with exponential backoff; it is never fatal, and
-//! the files it would have loaded stay valid meanwhile (they were written atomically). A change
-//! that arrives during the backoff cuts it short: the command runs for the newest files.
+//! A failing command is retried with exponential backoff; it is never fatal, and the files it
+//! would have loaded stay valid meanwhile (they were written atomically). A change that arrives
+//! during the backoff cuts it short: the command runs for the newest files. Failures are logged
+//! once when they start (the command's output folded to one line) and once when they end, and
+//! counted in between (`stek_sink_failures_total{sink="on-change"}`): a broken reload does not
+//! flood the log, nor stay silent.
 //!
 //! As a [`Sink`] it comes last: every changed ring was already written by the file sinks when
 //! it asks for a run. Its failures happen after `deliver` returned, so they show in
@@ -17,34 +20,49 @@ use stek_core::Ring;
 use stek_core::Backoff;
 use tokio::process::Command;
 use tokio::sync::watch;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
-use super::{Delivered, Health, Sink};
+use super::{Applied, Delivered, Health, Sink};
 
 /// The longest one run of the command may take before it is killed.
 const RUN_TIMEOUT: Duration = Duration::from_secs(60);
 /// The first retry delay; doubled after each failure up to the caller's maximum.
 const FIRST_BACKOFF: Duration = Duration::from_millis(500);
 
+/// What the runner is asked to make the server take: the encrypting key of the newest ring
+/// (slot, public name). A new value means the files changed.
+type Wanted = Option<(u64, String)>;
+
 /// The handle that tells the runner the files changed.
 #[derive(Debug)]
 pub struct OnChange {
-    tx: watch::Sender<u64>,
+    tx: watch::Sender<(u64, Wanted)>,
     state: Arc<Mutex<Health>>,
 }
 
 impl OnChange {
     /// Starts the runner for `cmd` (run with `sh -c`), backing off up to `max_backoff`.
     pub fn spawn(cmd: String, max_backoff: Duration) -> OnChange {
-        let (tx, rx) = watch::channel(0u64);
+        let (tx, rx) = watch::channel((0u64, None));
         let state = Arc::new(Mutex::new(Health::default()));
         tokio::spawn(run(cmd, rx, max_backoff, state.clone()));
         OnChange { tx, state }
     }
 
-    /// Signals that the files changed.
+    /// Signals that the files changed (with no ring to name: the applied key stays unknown).
     pub fn notify(&self) {
-        self.tx.send_modify(|n| *n = n.wrapping_add(1));
+        self.tx.send_modify(|(n, _)| *n = n.wrapping_add(1));
+    }
+
+    /// Signals that the files changed to `ring`: once the command succeeds, its encrypting key
+    /// is the one the server took.
+    fn notify_ring(&self, ring: &Ring) {
+        let key = ring.encrypting_entry();
+        let wanted = Some((key.slot().0, key.key.name().to_hex()));
+        self.tx.send_modify(|(n, w)| {
+            *n = n.wrapping_add(1);
+            *w = wanted;
+        });
     }
 }
 
@@ -53,8 +71,8 @@ impl Sink for OnChange {
         "on-change"
     }
 
-    fn deliver(&mut self, _ring: &Ring) -> std::io::Result<Delivered> {
-        self.notify();
+    fn deliver(&mut self, ring: &Ring) -> std::io::Result<Delivered> {
+        self.notify_ring(ring);
         Ok(Delivered::Handed)
     }
 
@@ -65,24 +83,43 @@ impl Sink for OnChange {
 
 async fn run(
     cmd: String,
-    mut rx: watch::Receiver<u64>,
+    mut rx: watch::Receiver<(u64, Wanted)>,
     max_backoff: Duration,
     state: Arc<Mutex<Health>>,
 ) {
+    // Since when, and how many runs, the command has been failing (across changes).
+    let mut failing: Option<(Instant, u32)> = None;
     while rx.changed().await.is_ok() {
-        rx.borrow_and_update();
+        let mut wanted = rx.borrow_and_update().1.clone();
         // The cap holds from the first retry on.
         let mut backoff = Backoff::new(FIRST_BACKOFF.min(max_backoff), max_backoff);
-        let mut attempt = 1u32;
         let mut delay;
         loop {
             match run_once(&cmd).await {
                 Ok(took) => {
-                    crate::lock(&state).failing = None;
-                    info!(
-                        "on-change command succeeded in {} ms (reload ok): {cmd}",
-                        took.as_millis()
-                    );
+                    {
+                        let mut h = crate::lock(&state);
+                        h.failing = None;
+                        // The command ran after the files of `wanted` were written.
+                        if let Some((slot, name)) = wanted.clone() {
+                            h.applied = Some(Applied {
+                                slot,
+                                name,
+                                since: unix_now(),
+                            });
+                        }
+                    }
+                    match failing.take() {
+                        Some((since, runs)) => info!(
+                            "on-change command works again after {runs} failed run(s) over {}: reload ok in {} ms: {cmd}",
+                            crate::duration::format(since.elapsed()),
+                            took.as_millis()
+                        ),
+                        None => info!(
+                            "on-change command succeeded in {} ms (reload ok): {cmd}",
+                            took.as_millis()
+                        ),
+                    }
                     break;
                 }
                 Err(why) => {
@@ -92,17 +129,25 @@ async fn run(
                         h.failures += 1;
                         h.failing = Some(why.clone());
                     }
-                    warn!("on-change command failed (reload failed; attempt {attempt}, retrying in {} ms; the previous keys stay in use): {cmd}: {why}", delay.as_millis());
+                    match &mut failing {
+                        None => {
+                            failing = Some((Instant::now(), 1));
+                            warn!("on-change command failing (reload failed; the server keeps its previous keys, which stek erases on schedule: retrying with backoff up to {} s, further failures counted in stek_sink_failures_total{{sink=\"on-change\"}}, logged again when it works): {cmd}: {why}", max_backoff.as_secs());
+                        }
+                        Some((_, runs)) => {
+                            *runs += 1;
+                            debug!("on-change command failed again (run {runs}, retrying in {} ms): {cmd}: {why}", delay.as_millis());
+                        }
+                    }
                 }
             }
             tokio::select! {
                 _ = tokio::time::sleep(delay) => {}
                 changed = rx.changed() => {
                     if changed.is_err() { return; }
-                    rx.borrow_and_update();
+                    wanted = rx.borrow_and_update().1.clone();
                 }
             }
-            attempt += 1;
         }
     }
 }
@@ -129,16 +174,50 @@ async fn run_once(cmd: &str) -> Result<Duration, String> {
     if text.trim().is_empty() {
         text = String::from_utf8_lossy(&out.stdout).into_owned();
     }
-    let text: String = text.trim().chars().take(500).collect();
+    let text = fold(&text);
     Err(match out.status.code() {
         Some(code) => format!("exit status {code}: {text}"),
         None => format!("killed by a signal: {text}"),
     })
 }
 
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// A command's output on one line: its lines trimmed and joined with ` / `, at most 500
+/// characters (nginx's errors span several lines; logs are one line per event).
+fn fold(text: &str) -> String {
+    let one: String = text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect::<Vec<_>>()
+        .join(" / ");
+    // Tabs become spaces; other control characters (terminal escapes) go.
+    one.chars()
+        .map(|c| if c == '\t' { ' ' } else { c })
+        .filter(|c| !c.is_control())
+        .take(500)
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn output_is_folded_to_one_line() {
+        let nginx = "nginx: [emerg] unknown directive \"bogus\" in /etc/nginx/nginx.conf:12\n\nnginx: configuration file /etc/nginx/nginx.conf test failed\n";
+        assert_eq!(
+            fold(nginx),
+            "nginx: [emerg] unknown directive \"bogus\" in /etc/nginx/nginx.conf:12 / nginx: configuration file /etc/nginx/nginx.conf test failed"
+        );
+        assert_eq!(fold("a\tb\r\n\x1b[31mc"), "a b / [31mc");
+        assert_eq!(fold(&"x".repeat(900)).len(), 500);
+    }
 
     #[tokio::test]
     async fn retries_until_it_succeeds() {

@@ -746,7 +746,10 @@ impl EtcdNode {
         body: Option<&serde_json::Value>,
     ) -> Option<(u16, String)> {
         let mut s = TcpStream::connect(("127.0.0.1", self.client_port)).ok()?;
-        s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+        // Generous: etcd takes seconds to store a 50 MB value, longer on a loaded machine (seen:
+        // 7.7 s for one put, then no answer within 5 s for the next). A call that never answers
+        // still fails the test, after a minute.
+        s.set_read_timeout(Some(Duration::from_secs(60))).ok()?;
         let body = body.map(|b| b.to_string()).unwrap_or_default();
         let req = format!(
             "{method} {path} HTTP/1.0\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",

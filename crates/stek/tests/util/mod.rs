@@ -251,6 +251,17 @@ impl Nginx {
     }
 
     pub fn start_with(prefix: &Path, cert: &Cert, tickets: &str, protocols: &str) -> Nginx {
+        Self::start_with_cache(prefix, cert, tickets, protocols, "off")
+    }
+
+    /// As [`Nginx::start_with`], with `ssl_session_cache CACHE;` (e.g. `shared:SSL:1m`).
+    pub fn start_with_cache(
+        prefix: &Path,
+        cert: &Cert,
+        tickets: &str,
+        protocols: &str,
+        cache: &str,
+    ) -> Nginx {
         require("nginx");
         fs::create_dir_all(prefix.join("tmp")).expect("nginx prefix");
         let port = free_port();
@@ -262,7 +273,7 @@ impl Nginx {
              http {{\n  access_log off;\n  client_body_temp_path {p}/tmp/body;\n  proxy_temp_path {p}/tmp/proxy;\n  \
              fastcgi_temp_path {p}/tmp/fastcgi;\n  uwsgi_temp_path {p}/tmp/uwsgi;\n  scgi_temp_path {p}/tmp/scgi;\n  \
              server {{\n    listen 127.0.0.1:{port} ssl;\n    ssl_certificate {};\n    ssl_certificate_key {};\n    \
-             ssl_protocols {protocols};\n    ssl_session_cache off;\n    ssl_session_timeout 1h;\n    {tickets}\n    \
+             ssl_protocols {protocols};\n    ssl_session_cache {cache};\n    ssl_session_timeout 1h;\n    {tickets}\n    \
              location / {{ return 200 \"ok\\n\"; }}\n  }}\n}}\n",
             cert.cert.display(),
             cert.key.display()
@@ -418,6 +429,7 @@ impl Apache {
     }
 }
 pub mod fleet;
+pub mod servers;
 
 /// A real HAProxy on a loopback port in the foreground (`-db`), with an admin socket and one
 /// `tls-ticket-keys` ring. Its own session cache is off, so resumption comes from tickets only.
