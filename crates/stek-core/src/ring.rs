@@ -90,22 +90,26 @@ impl LocalKeys {
 }
 
 /// A host's keys at one moment: one per slot of the window, in nginx order (the encrypting key
-/// first, then the next key, then past keys newest first).
+/// first, then the next key, then past keys newest first), and apart from them the shared keys
+/// the host already holds for slots after the window ([`Ring::ahead`]).
 #[derive(Clone, Debug)]
 pub struct Ring {
     schedule: Schedule,
     window: Window,
     encrypting: Encrypting,
     entries: Vec<RingEntry>,
+    /// Shared keys of slots after the window, oldest first. Never installed: see [`Ring::ahead`].
+    ahead: Vec<SlotKey>,
 }
 
 impl Ring {
     /// Builds the ring of a host whose clock reads `now` from the shared keys it holds.
     ///
-    /// Shared keys outside the window are ignored (the caller should drop them: see
-    /// [`Ring::retain_window`]). Slots without a shared key get a key from `local`. When the
-    /// current slot has no shared key, the newest shared past key encrypts if it is at most
-    /// `max_stale` periods old, otherwise the local key of the current slot does.
+    /// Shared keys before the window are ignored (the caller should drop them, as the agent's
+    /// rotator does at every boundary); those after it are kept apart as [`Ring::ahead`], never
+    /// among the entries. Slots without a shared key get a key from `local`. When the current
+    /// slot has no shared key, the newest shared past key encrypts if it is at most `max_stale`
+    /// periods old, otherwise the local key of the current slot does.
     pub fn build(
         schedule: &Schedule,
         now: Duration,
@@ -141,11 +145,16 @@ impl Ring {
             let role = schedule.role(e, slot).unwrap_or(Role::Encrypt);
             entries.push(RingEntry { role, origin, key });
         }
+        let ahead = shared
+            .range(window.last.plus(1)..)
+            .map(|(_, k)| k.clone())
+            .collect();
         Ok(Ring {
             schedule: *schedule,
             window,
             encrypting,
             entries,
+            ahead,
         })
     }
 
@@ -194,6 +203,20 @@ impl Ring {
         &self.entries
     }
 
+    /// The shared keys this host already holds for slots after the window, oldest first: the
+    /// slot after next from the moment its key arrives (generators publish it shortly before
+    /// the next slot begins), and more only after the clock was stepped back.
+    ///
+    /// They are in no entry and no format a TLS server installs: the window is what the
+    /// schedule lets a server hold (docs/DESIGN.md §1), and a key handed over earlier would sit
+    /// in its files and memory a period longer than the design's figures say. They exist for
+    /// clients that fetch a key by its slot around the boundary and cache the answer, a miss
+    /// included (Cloudflare's client asks for the new next key within 100 ms after each
+    /// boundary, possibly before this host rotated).
+    pub fn ahead(&self) -> &[SlotKey] {
+        &self.ahead
+    }
+
     /// The entry of `slot`, if it is in the window.
     pub fn get(&self, slot: Slot) -> Option<&RingEntry> {
         self.entries.iter().find(|e| e.slot() == slot)
@@ -228,14 +251,24 @@ impl Ring {
         [previous, enc, next]
     }
 
-    /// Whether `other` holds the same keys in the same order with the same roles: if so, no sink
-    /// needs to change.
+    /// Whether `other` holds the same keys in the same order with the same roles: if so, no
+    /// server needs to install anything (the keys held ahead aside: [`Ring::same_ahead`]).
     pub fn same_as(&self, other: &Ring) -> bool {
         self.encrypting == other.encrypting
             && self.entries.len() == other.entries.len()
             && self.entries.iter().zip(&other.entries).all(|(a, b)| {
                 a.role == b.role && a.origin == b.origin && a.key.name() == b.key.name()
             })
+    }
+
+    /// Whether `other` holds the same keys ahead of its window ([`Ring::ahead`]).
+    pub fn same_ahead(&self, other: &Ring) -> bool {
+        self.ahead.len() == other.ahead.len()
+            && self
+                .ahead
+                .iter()
+                .zip(&other.ahead)
+                .all(|(a, b)| a.slot() == b.slot() && a.name() == b.name())
     }
 }
 
@@ -308,6 +341,45 @@ mod tests {
         assert_eq!(r.encrypting_entry().slot(), Slot(101));
         assert_eq!(r.encrypting_entry().origin, Origin::Local);
         assert_eq!(r.entries().len(), 5);
+    }
+
+    #[test]
+    fn keys_after_the_window_are_held_apart() {
+        let s = sched();
+        // Window of 400: 97..=101. 102 is the slot after next; 104 only after a clock step.
+        let shared = shared_for([99, 100, 101, 102, 104]);
+        let mut local = LocalKeys::new();
+        let r = Ring::build(&s, secs(400), &shared, &mut local, 1).unwrap();
+        let ahead: Vec<u64> = r.ahead().iter().map(|k| k.slot().0).collect();
+        assert_eq!(ahead, [102, 104]);
+        assert!(r.entries().iter().all(|e| e.slot() <= Slot(101)));
+        assert!(r.get(Slot(102)).is_none() && r.shared(Slot(102)).is_none());
+        // The same installed keys without the key ahead: same_as, not same_ahead.
+        let without = shared_for([]);
+        let mut fewer = shared.clone();
+        fewer.remove(&Slot(102));
+        fewer.remove(&Slot(104));
+        let q = Ring::build(&s, secs(400), &fewer, &mut local, 1).unwrap();
+        assert!(r.same_as(&q) && q.same_as(&r));
+        assert!(!r.same_ahead(&q));
+        assert!(r.same_ahead(&r.clone()));
+        // Another key for the same slot ahead is a change too.
+        let mut other = shared.clone();
+        other.insert(Slot(102), SlotKey::generate(Slot(102)).unwrap());
+        let o = Ring::build(&s, secs(400), &other, &mut local, 1).unwrap();
+        assert!(r.same_as(&o) && !r.same_ahead(&o));
+        // At the boundary the slot after next becomes the next key: an entry, no longer ahead.
+        let n = Ring::build(&s, secs(404), &shared, &mut local, 1).unwrap();
+        assert_eq!(
+            n.shared(Slot(102)).unwrap().name(),
+            shared[&Slot(102)].name()
+        );
+        let ahead: Vec<u64> = n.ahead().iter().map(|k| k.slot().0).collect();
+        assert_eq!(ahead, [104]);
+        assert!(Ring::build(&s, secs(400), &without, &mut local, 1)
+            .unwrap()
+            .ahead()
+            .is_empty());
     }
 
     #[test]

@@ -7,8 +7,8 @@
 //! - `ticket-ring/rustls-48`: the ring's keys in the rustls-48 layout (name16 aead32), 48 bytes
 //!   each, encrypting key first;
 //! - `ticket-schedule`: `period=<s> lifetime=<s> slot=<n> start=<unix s> encrypting=<name hex>
-//!   keys=<n> shared=<n>` (no secrets), which gives the lifetime and tells when the ring goes
-//!   out of date.
+//!   keys=<n> shared=<n> ahead=<n>` (no secrets), which gives the lifetime and tells when the
+//!   ring goes out of date.
 //!
 //! [`Poller`] does that on a plain thread: right after every slot boundary, every `interval`
 //! otherwise, and with backoff while the agent does not answer. It installs a ring only when it

@@ -8,7 +8,7 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use stek::duration;
 use stek::memcached;
-use stek::sink::SinkKind;
+use stek::sink::{NginxKeySize, SinkKind};
 use stek_core::schedule::MAX_LIFETIME;
 
 const ABOUT: &str =
@@ -141,11 +141,12 @@ erased at most LIFETIME + 2*PERIOD after the last ticket it encrypted.
 
 Files written under DIR (0600, in 0700 directories, atomically):
   nginx/tickets.conf     include it in a server block: one ssl_session_ticket_key line per key
-  nginx/keys/*.key       the 80-byte key files it references
+  nginx/keys/*.key       the key files it references (80 bytes; 48 with --nginx-key-size 48)
   haproxy/tickets.keys   for `bind ... tls-ticket-keys FILE` (previous, current, next)
   apache/ticket.key      for `SSLSessionTicketKeyFile FILE` (the current key, 48 bytes)
   status.json            the ring by key name, slot and role (no key bytes)
-and a read-only memcached-protocol server (ticket-key/<slot start> in Cloudflare's layout).
+and a read-only memcached-protocol server (ticket-key/<slot start> in Cloudflare's layout, the
+slot after next included as soon as its key is held, for clients that fetch it at the boundary).
 
 With --haproxy-socket PATH (HAProxy's `stats socket PATH mode 600 level admin`), every rotation
 also reaches the running HAProxy through its runtime API (`set ssl tls-key`), with no reload:
@@ -288,6 +289,17 @@ pub(crate) struct SinkArgs {
     /// Which key files to write (comma-separated: nginx, haproxy, apache). Default: all three.
     #[arg(long, value_name = "LIST", value_delimiter = ',')]
     pub(crate) sinks: Vec<SinkArg>,
+
+    /// The size of the nginx key files: 80 or 48 bytes. 80 (name16 hmac32 aes32) gives
+    /// AES-256-CBC tickets. 48 (name16 aes16 hmac16, AES-128-CBC) writes in every file exactly
+    /// the bytes served over memcached at ticket-key/<slot start>: pick it when nginx hosts that
+    /// read these files share a group with hosts that fetch that key themselves, such as nginx
+    /// with Cloudflare's lua-ssl-nginx-module, which installs those 48 bytes as they are. Both
+    /// kinds of host then resume each other's tickets; with 80 they share key names, not key
+    /// bytes, and never do. 48 bytes is also the layout of nghttpx's default keys
+    /// (aes-128-cbc). Default 80.
+    #[arg(long, value_name = "BYTES", value_parser = parse_nginx_key_size)]
+    pub(crate) nginx_key_size: Option<NginxKeySize>,
 
     /// HAProxy's admin socket (`stats socket PATH mode 600 level admin`): push every new key to
     /// the running HAProxy with `set ssl tls-key`, no reload. Manages the rings whose file is
@@ -562,6 +574,13 @@ pub(crate) fn check_request_timeout(d: Duration) -> Result<Duration, String> {
 
 fn parse_request_timeout(s: &str) -> Result<Duration, String> {
     check_request_timeout(duration::parse(s).map_err(|e| e.to_string())?)
+}
+
+fn parse_nginx_key_size(s: &str) -> Result<NginxKeySize, String> {
+    s.parse()
+        .ok()
+        .and_then(NginxKeySize::from_bytes)
+        .ok_or_else(|| format!("{s:?}: nginx key files are 48 or 80 bytes"))
 }
 
 fn parse_positive(s: &str) -> Result<Duration, String> {

@@ -14,6 +14,7 @@
 //! memcached_request_timeout = "5s"
 //! on_change = "nginx -s reload"
 //! sinks = ["nginx", "haproxy"]
+//! nginx_key_size = 80          # 48: the bytes of memcached ticket-key/<slot> (mixed fleets)
 //! haproxy_socket = ["/run/haproxy/admin.sock"]
 //! metrics = "127.0.0.1:9155"
 //! # stek agent (store and trust: stek generator too)
@@ -38,7 +39,7 @@ use std::time::Duration;
 use serde::{Deserialize, Deserializer};
 
 use crate::duration;
-use crate::sink::SinkKind;
+use crate::sink::{NginxKeySize, SinkKind};
 
 /// The largest config file read.
 const MAX_CONFIG_LEN: u64 = 1 << 20;
@@ -81,6 +82,9 @@ pub struct FileConfig {
     /// `--sinks`.
     #[serde(default, deserialize_with = "sinks")]
     pub sinks: Option<Vec<SinkKind>>,
+    /// `--nginx-key-size`: 48 or 80.
+    #[serde(default, deserialize_with = "nginx_key_size")]
+    pub nginx_key_size: Option<NginxKeySize>,
     /// `--haproxy-socket` (several).
     pub haproxy_socket: Option<Vec<PathBuf>>,
     /// `--metrics`.
@@ -157,6 +161,16 @@ fn sinks<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Vec<SinkKind>>, D::Er
         .map(Some)
 }
 
+/// `nginx_key_size`: the two sizes nginx takes.
+fn nginx_key_size<'de, D: Deserializer<'de>>(d: D) -> Result<Option<NginxKeySize>, D::Error> {
+    let n = u64::deserialize(d)?;
+    NginxKeySize::from_bytes(n).map(Some).ok_or_else(|| {
+        serde::de::Error::custom(format_args!(
+            "nginx_key_size: {n} bytes: nginx takes 48 or 80"
+        ))
+    })
+}
+
 impl FileConfig {
     /// Reads and parses `path` (at most 1 MiB).
     pub fn load(path: &Path) -> anyhow::Result<FileConfig> {
@@ -219,6 +233,7 @@ mod tests {
         assert_eq!(c.period, Some(Duration::from_secs(3600)));
         assert_eq!(c.lifetime, Some(Duration::from_secs(18 * 3600)));
         assert_eq!(c.sinks, Some(vec![SinkKind::Nginx, SinkKind::Haproxy]));
+        assert_eq!(c.nginx_key_size, Some(NginxKeySize::Bytes80));
         let groups = c.groups.unwrap();
         assert_eq!(groups[0].recipients.len(), 1);
         assert_eq!(groups[0].period, Some(Duration::from_secs(3600)));
@@ -249,6 +264,11 @@ mod tests {
                 "sinks = [\"nginx\", \"iis\"]",
                 "sinks: unknown sink \"iis\" (nginx, haproxy, apache)",
             ),
+            (
+                "nginx_key_size = 64",
+                "nginx_key_size: 64 bytes: nginx takes 48 or 80",
+            ),
+            ("nginx_key_size = \"48\"", "invalid type"),
             (
                 "[[groups]]\nname = \"web\"\nrecipients = []\nlifetime = \"1y\"",
                 "lifetime: invalid duration \"1y\"",

@@ -10,7 +10,7 @@ use anyhow::{anyhow, bail, Context as _};
 use stek::config::FileConfig;
 use stek::duration;
 use stek::memcached::Limits;
-use stek::sink::{self, SinkKind};
+use stek::sink::{self, NginxKeySize, SinkKind};
 use stek_core::{GeneratorPublicKey, GroupPublicKey, Schedule};
 
 use crate::cli::{
@@ -43,6 +43,8 @@ pub(crate) struct DeliverySettings {
     pub(crate) allow_persistent: bool,
     /// Which key files to write.
     pub(crate) sinks: Vec<SinkKind>,
+    /// The size (and bytes) of the nginx key files.
+    pub(crate) nginx_key_size: NginxKeySize,
     /// Memcached-protocol addresses to serve (empty: none).
     pub(crate) memcached: Vec<String>,
     /// Whether `memcached` may hold non-loopback addresses.
@@ -271,6 +273,7 @@ pub(crate) fn delivery(
     Ok(DeliverySettings {
         allow_persistent: a.allow_persistent_dir || c.allow_persistent_dir.unwrap_or(false),
         sinks,
+        nginx_key_size: a.nginx_key_size.or(c.nginx_key_size).unwrap_or_default(),
         memcached,
         memcached_allow_remote: a.memcached_allow_remote
             || c.memcached_allow_remote.unwrap_or(false),
@@ -584,6 +587,7 @@ mod tests {
                 dir: PathBuf::from("/run/stek"),
                 allow_persistent: false,
                 sinks: vec![SinkKind::Nginx, SinkKind::Haproxy, SinkKind::Apache],
+                nginx_key_size: NginxKeySize::Bytes80,
                 memcached: vec!["/run/stek/memcached.sock".to_owned()],
                 memcached_allow_remote: false,
                 memcached_max_connections: Limits::default().max_connections,
@@ -630,6 +634,31 @@ mod tests {
         assert_eq!(d.memcached, ["[::1]:11211", "m.sock"]);
         let d = up(&["--haproxy-socket", "/h.sock"], file).unwrap().delivery;
         assert_eq!(d.haproxy_sockets, [PathBuf::from("/h.sock")]);
+    }
+
+    #[test]
+    fn nginx_key_size_flag_beats_file_beats_80() {
+        let size = |args: &[&str], file: &str| up(args, file).unwrap().delivery.nginx_key_size;
+        assert_eq!(size(&[], ""), NginxKeySize::Bytes80);
+        assert_eq!(size(&[], "nginx_key_size = 48"), NginxKeySize::Bytes48);
+        assert_eq!(
+            size(&["--nginx-key-size", "80"], "nginx_key_size = 48"),
+            NginxKeySize::Bytes80
+        );
+        assert_eq!(size(&["--nginx-key-size", "48"], ""), NginxKeySize::Bytes48);
+        let g = GeneratorKey::generate().unwrap().public().to_string();
+        let minimal = ["--store", "redis://x", "--group", "web", "--identity", "id"];
+        let a = agent(
+            &[&minimal[..], &["--nginx-key-size", "48"]].concat(),
+            &format!("trust = [\"{g}\"]"),
+        )
+        .unwrap();
+        assert_eq!(a.delivery.nginx_key_size, NginxKeySize::Bytes48);
+        for bad in ["64", "0", "x", "480"] {
+            let argv = ["stek", "up", "--nginx-key-size", bad];
+            let e = Cli::try_parse_from(argv).unwrap_err().to_string();
+            assert!(e.contains("48 or 80"), "{bad}: {e}");
+        }
     }
 
     #[test]

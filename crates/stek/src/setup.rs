@@ -21,6 +21,7 @@ fn host_options(d: &DeliverySettings, dir: KeyDir, memcached_access: Access) -> 
     HostOptions {
         dir,
         sinks: d.sinks.clone(),
+        nginx_key_size: d.nginx_key_size,
         on_change: d.on_change.clone(),
         haproxy_sockets: d.haproxy_sockets.clone(),
         memcached_limits: Limits {

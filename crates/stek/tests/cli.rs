@@ -39,8 +39,17 @@ fn help_explains_every_flag() {
         "--memcached-group",
         "--haproxy-socket",
         "--allow-large-window",
+        "--nginx-key-size",
     ] {
         assert!(out.contains(flag), "--help lacks {flag}");
+    }
+    // Why one would pick 48: the bytes of ticket-key/<slot>, which Cloudflare's client installs.
+    for help in [out.clone(), stek(&["agent", "--help"]).1] {
+        let flat = help.split_whitespace().collect::<Vec<_>>().join(" ");
+        assert!(
+            flat.contains("ticket-key/<slot start>") && flat.contains("lua-ssl-nginx-module"),
+            "--help explains --nginx-key-size 48: {help}"
+        );
     }
     assert!(out.contains("tmpfs"), "--help says where keys may live");
     assert!(out.contains("nginx/tickets.conf"), "--help names the files");
@@ -59,6 +68,7 @@ fn bad_flags_give_one_line_and_exit_2() {
         (&["up", "--period", "4"], "unit"),
         (&["up", "--lifetime", "8d"], "7d"),
         (&["up", "--sinks", "iis"], "iis"),
+        (&["up", "--nginx-key-size", "64"], "48 or 80"),
         (&["up", "--group", "a b"], "group"),
         (&["up", "--memcached-max-connections", "0"], "between 1 and"),
         (

@@ -550,3 +550,92 @@ async fn a_unix_socket_serves_the_same() {
     let _ = stop.send(());
     task.await.unwrap().unwrap();
 }
+
+/// `stek up` serves `ticket-key/<start of the slot after next>` over memcached, on TCP and on
+/// the unix socket, from the moment the generator published it, before the boundary after
+/// which Cloudflare's client asks for it (at that boundary + 0-100 ms, caching a miss); a fetch
+/// after the boundary gets the same bytes. Meanwhile the nginx files hold the window only: the
+/// key arrives in them at the boundary, as the next key. P = 4 s, so generators publish 0.5 s
+/// ahead (P/8); three boundaries are watched.
+#[test]
+fn the_slot_after_next_is_served_before_its_predecessor_begins() {
+    use std::os::unix::net::UnixStream;
+    use util::{memcached_get, nginx_conf_keys, unix_now, wait_for, wait_port};
+
+    const P: u64 = 4;
+    let dir = util::shm_dir();
+    let port = util::free_port();
+    let sock = dir.path().join("mc.sock");
+    let _stek = util::stek_up(
+        dir.path(),
+        &[
+            "--period",
+            "4s",
+            "--lifetime",
+            "8s",
+            "--sinks",
+            "nginx",
+            "--memcached",
+            &format!("127.0.0.1:{port}"),
+            "--memcached",
+            sock.to_str().unwrap(),
+        ],
+    );
+    wait_port(port);
+    let conf = util::wait_nginx_conf(dir.path());
+    let mut tcp = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    let mut unix = wait_for("the unix socket", PATIENCE, || {
+        UnixStream::connect(&sock).ok()
+    });
+    let mut leads = Vec::new();
+    while leads.len() < 3 {
+        // The next boundary at least a second away, so that stek ran through the publication.
+        let boundary =
+            Duration::from_secs(((unix_now() + Duration::from_secs(1)).as_secs() / P + 1) * P);
+        let after_next = boundary.as_secs() + P;
+        let key = format!("ticket-key/{after_next}");
+        let early = loop {
+            let asked = unix_now();
+            assert!(
+                asked < boundary,
+                "{key} not served before the boundary at {boundary:?}"
+            );
+            if let Some(v) = memcached_get(&mut tcp, &key) {
+                assert!(unix_now() < boundary, "the answer came after the boundary");
+                leads.push(boundary - asked);
+                break v;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        };
+        assert_eq!(early.len(), 48);
+        // assert!, not assert_eq!: a failure must not print key bytes.
+        let same = |got: Option<Vec<u8>>| got.as_deref() == Some(&early[..]);
+        assert!(same(memcached_get(&mut unix, &key)), "{key}: unix socket");
+        // Still before the boundary: the files hold the window, not the key ahead.
+        let files = nginx_conf_keys(&conf);
+        assert!(unix_now() < boundary, "checked the files too late");
+        assert!(
+            files
+                .iter()
+                .all(|(p, k)| k[..16] != early[..16] && !p.ends_with(format!("{after_next}.key"))),
+            "the key of the slot after next is in the nginx files before its time"
+        );
+        std::thread::sleep((boundary + Duration::from_millis(500)).saturating_sub(unix_now()));
+        assert!(
+            same(memcached_get(&mut tcp, &key)),
+            "{key} after the boundary, TCP"
+        );
+        assert!(
+            same(memcached_get(&mut unix, &key)),
+            "{key} after the boundary, unix"
+        );
+        // Now it is the next key: the second line of nginx's include file.
+        let files = nginx_conf_keys(&conf);
+        assert!(
+            files[1].0.ends_with(format!("{after_next}.key")),
+            "{files:?}"
+        );
+        assert_eq!(files[1].1[..16], early[..16]);
+    }
+    eprintln!("ticket-key/<slot after next> first served {leads:?} before the boundary");
+}

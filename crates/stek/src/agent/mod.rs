@@ -37,13 +37,13 @@ use crate::files::{DirError, KeyDir};
 use crate::memcached::{self, Access, Limits, Listener, ServeOptions};
 use crate::metrics::Metrics;
 use crate::sink::{
-    haproxy_keys_path, ApacheSink, Delivered, HaproxyRuntime, HaproxySink, Health, NginxSink,
-    OnChange, Sink, SinkKind, TableSink,
+    haproxy_keys_path, ApacheSink, Delivered, HaproxyRuntime, HaproxySink, Health, NginxKeySize,
+    NginxSink, OnChange, Sink, SinkKind, TableSink,
 };
 use crate::status::Status;
 use crate::store::Store;
 
-pub use rotator::Rotator;
+pub use rotator::{Change, Rotator};
 pub use syncer::{
     fetch_window, Opener, PlainOpener, SealedOpener, SyncError, SyncReport, Synced, Syncer,
 };
@@ -166,8 +166,8 @@ pub async fn run<S: Store, O: Opener + 'static>(
             );
         }
         let changed = match rotator.rotate(now) {
-            Ok(Some(ring)) => {
-                out.deliver(ring);
+            Ok(Some((change, ring))) => {
+                out.deliver(ring, change);
                 true
             }
             Ok(None) => false,
@@ -245,17 +245,31 @@ impl Outlet {
         true
     }
 
-    fn deliver(&mut self, ring: &Ring) {
-        let verb = if self.last_slot == Some(ring.current()) {
-            "updated the ring of"
-        } else {
-            "rotated to"
-        };
-        self.last_slot = Some(ring.current());
-        rotator::log_ring(&self.group, ring, verb, &self.scope);
+    fn deliver(&mut self, ring: &Ring, change: Change) {
+        match change {
+            Change::Ring => {
+                let verb = if self.last_slot == Some(ring.current()) {
+                    "updated the ring of"
+                } else {
+                    "rotated to"
+                };
+                self.last_slot = Some(ring.current());
+                rotator::log_ring(&self.group, ring, verb, &self.scope);
+            }
+            Change::Ahead => {
+                let served = self.sinks.iter().any(|s| s.serves_ahead());
+                rotator::log_ahead(&self.group, ring, served);
+            }
+        }
         let mut written = Vec::new();
         let mut complete = true;
-        for sink in &mut self.sinks {
+        // A change of the keys ahead alone is nothing to install: only the sinks that serve
+        // those keys hear of it (the others would rewrite the same files and reload for it).
+        let sinks = self
+            .sinks
+            .iter_mut()
+            .filter(|s| change == Change::Ring || s.serves_ahead());
+        for sink in sinks {
             match sink.deliver(ring) {
                 Ok(Delivered::Files(files)) => written.extend(files),
                 Ok(Delivered::Handed) => {}
@@ -273,8 +287,9 @@ impl Outlet {
             let files: Vec<String> = written.iter().map(|p| p.display().to_string()).collect();
             info!("files written: {}", files.join(", "));
         }
-        if complete {
+        if complete && change == Change::Ring {
             // The first complete set of files: servers ordered after this service may start.
+            // (A change of the keys ahead reaches no file sink: it completes no set of files.)
             crate::notify::ready();
         }
     }
@@ -354,6 +369,8 @@ pub struct HostOptions {
     pub dir: KeyDir,
     /// Which file sinks to write.
     pub sinks: Vec<SinkKind>,
+    /// The size (and so the bytes) of the nginx key files.
+    pub nginx_key_size: NginxKeySize,
     /// The command to run after each change of the files.
     pub on_change: Option<String>,
     /// Limits of the memcached-protocol server.
@@ -410,7 +427,10 @@ impl HostOptions {
     pub fn sinks(&self, schedule: &Schedule, table: TableSink) -> Vec<Box<dyn Sink>> {
         let mut sinks: Vec<Box<dyn Sink>> = Vec::new();
         if self.sinks.contains(&SinkKind::Nginx) {
-            sinks.push(Box::new(NginxSink::new(self.dir.clone())));
+            sinks.push(Box::new(NginxSink::new(
+                self.dir.clone(),
+                self.nginx_key_size,
+            )));
         }
         if self.sinks.contains(&SinkKind::Haproxy) || !self.haproxy_sockets.is_empty() {
             // The runtime API pushes what the keys file holds: the file comes with it.
@@ -695,6 +715,77 @@ pub(crate) mod tests {
         );
         let text = metrics.render(clock.now());
         assert!(!text.contains("stek_store_errors_total 0"), "{text}");
+    }
+
+    /// With the generator's timing (each key published 2 s before the boundary of the slot
+    /// before its own), the memcached table serves the key of the slot after next 100 ms before
+    /// that boundary, with the bytes it serves after it; the feed, which installs keys, still
+    /// gets exactly one ring per slot and never a key ahead of the window.
+    #[tokio::test(start_paused = true)]
+    async fn the_table_serves_the_slot_after_next_before_the_boundary() {
+        let clock = TokioClock::at(1_800_000_030);
+        let s = Schedule::new(Duration::from_secs(60), Duration::from_secs(300)).unwrap();
+        let store = Arc::new(MemoryStore::new(Arc::new(clock.clone())));
+        let (stop, _) = watch::channel(false);
+        start_generator(&store, s, &clock, &stop).await;
+        let (feed, seen) = recording_feed(&clock);
+        let installed = Arc::new(Mutex::new(Vec::new()));
+        let log = installed.clone();
+        let feed = feed.with(move |ring| {
+            let window = ring.window();
+            log.lock()
+                .unwrap()
+                .extend(ring.entries().iter().map(|e| (window, e.slot())));
+        });
+        let (table, tables) = crate::sink::TableSink::new();
+        let agent = tokio::spawn(run(
+            store,
+            PlainOpener,
+            AgentConfig::new("g", s),
+            vec![Box::new(feed), Box::new(table)],
+            "this host",
+            Arc::new(clock.clone()),
+            Metrics::new(),
+            until_set(&stop),
+        ));
+        let first = s.slot_at(clock.now());
+        let sleep_until = |t: Duration| tokio::time::sleep(t.saturating_sub(clock.now()));
+        for e in (first.0..first.0 + 4).map(Slot) {
+            let boundary = s.start(e.plus(1));
+            let key = format!("ticket-key/{}", s.start(e.plus(2)).as_secs());
+            sleep_until(boundary - Duration::from_millis(100)).await;
+            let before = tables.borrow().clone();
+            assert_eq!(before.ring().unwrap().slot, e);
+            assert_eq!(before.ring().unwrap().ahead, 1);
+            let early = before
+                .get(key.as_bytes())
+                .unwrap_or_else(|| panic!("{key} not served 100 ms before slot {}", e.plus(1)))
+                .value()
+                .to_vec();
+            sleep_until(boundary + Duration::from_millis(100)).await;
+            let after = tables.borrow().clone();
+            assert_eq!(after.ring().unwrap().slot, e.plus(1));
+            // assert!, not assert_eq!: a failure must not print key bytes.
+            assert!(
+                after.get(key.as_bytes()).unwrap().value() == &early[..],
+                "{key}: other bytes after the boundary"
+            );
+        }
+        stop.send_replace(true);
+        agent.await.unwrap();
+        let seen = seen.lock().unwrap().clone();
+        let slots: Vec<u64> = seen.iter().map(|x| x.slot.0).collect();
+        assert_eq!(
+            slots,
+            (first.0..=first.0 + 4).collect::<Vec<_>>(),
+            "{seen:?}"
+        );
+        for (window, slot) in installed.lock().unwrap().iter() {
+            assert!(
+                window.contains(*slot),
+                "slot {slot} installed outside {window:?}"
+            );
+        }
     }
 
     /// A log sink for tests: every line the subscriber prints.

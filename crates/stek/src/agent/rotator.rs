@@ -8,7 +8,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use stek_core::{Encrypting, LocalKeys, RandomError, Ring, Schedule, Slot, SlotKey};
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use super::syncer::{fetch_window, SyncReport};
 use crate::status::Status;
@@ -26,6 +26,19 @@ pub struct SyncState {
     pub slot_conflicts: u64,
     /// The last measured offset of this host's clock to the store's, in seconds.
     pub clock_offset: Option<f64>,
+}
+
+/// What a [`Rotator::rotate`] changed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Change {
+    /// The keys TLS servers install: a new slot, a key that arrived for a slot of the window, a
+    /// fallback. Every sink gets the ring.
+    Ring,
+    /// Only the keys held ahead of the window ([`Ring::ahead`]): the key of the slot after next
+    /// arrived. Only the sinks that serve such keys get the ring
+    /// ([`crate::sink::Sink::serves_ahead`]); for the others nothing changed (no file to
+    /// rewrite, no server to reload).
+    Ahead,
 }
 
 /// One group's keys, ring and store state on one host.
@@ -98,11 +111,16 @@ impl Rotator {
     }
 
     /// Erases the keys that left the window of `now` and rebuilds the ring. Returns the new ring
-    /// if it differs from the last one.
-    pub fn rotate(&mut self, now: Duration) -> Result<Option<&Ring>, RandomError> {
+    /// and what changed, if it differs from the last one.
+    ///
+    /// The keys held for slots after the window (the slot after next, fetched early so that the
+    /// rotation needs no store read) go into the ring apart from its entries, as
+    /// [`Ring::ahead`]: a change of those alone is a [`Change::Ahead`].
+    pub fn rotate(&mut self, now: Duration) -> Result<Option<(Change, &Ring)>, RandomError> {
         let first = self.schedule.window_at(now).first;
-        // Keys of slots before the window go now (dropping a key zeroizes it). Keys ahead of it
-        // (only after the clock was stepped back) stay: they are needed again soon.
+        // Keys of slots before the window go now (dropping a key zeroizes it). Keys after it stay:
+        // the slot after next, fetched early, is needed at the next boundary (and after a step
+        // of the clock back, the slots it had reached are needed again soon).
         let keep = self.shared.split_off(&first);
         let gone = std::mem::replace(&mut self.shared, keep);
         if !gone.is_empty() {
@@ -125,11 +143,13 @@ impl Rotator {
             &mut self.local,
             self.max_stale,
         )?;
-        if self.ring.as_ref().is_some_and(|old| old.same_as(&ring)) {
-            return Ok(None);
-        }
-        self.ring = Some(ring);
-        Ok(self.ring.as_ref())
+        let change = match &self.ring {
+            Some(old) if old.same_as(&ring) && old.same_ahead(&ring) => return Ok(None),
+            Some(old) if old.same_as(&ring) => Change::Ahead,
+            _ => Change::Ring,
+        };
+        let ring: &Ring = self.ring.insert(ring);
+        Ok(Some((change, ring)))
     }
 
     /// The slots whose shared key is held (the syncer does not read them again).
@@ -200,6 +220,28 @@ pub(crate) fn log_ring(group: &str, ring: &Ring, verb: &str, scope: &str) {
     }
 }
 
+/// Logs the keys now held ahead of the ring's window, by name; `served` says whether a sink
+/// hands them out by slot (the memcached table) or they only wait for their slot.
+pub(crate) fn log_ahead(group: &str, ring: &Ring, served: bool) {
+    let names: Vec<String> = ring
+        .ahead()
+        .iter()
+        .map(|k| {
+            let start = ring.schedule().start(k.slot()).as_secs();
+            format!("key {} of slot {} (ticket-key/{start})", k.name(), k.slot())
+        })
+        .collect();
+    let names = names.join(", ");
+    if served && !names.is_empty() {
+        info!("group {group}: serving {names} before its slot comes; TLS servers get it once its slot is next");
+    } else {
+        debug!(
+            "group {group}: keys held ahead of slot {}: [{names}]",
+            ring.current()
+        );
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::sync::Arc;
@@ -239,11 +281,12 @@ mod tests {
             publish_upcoming(&*store, &s, "g", now, seal).await.unwrap();
             let synced = syncer.sync(now, &rotator.held()).await.unwrap();
             assert!(!rotator.take(report(now, synced.keys), now));
-            let ring = rotator
+            let (change, ring) = rotator
                 .rotate(now)
                 .unwrap()
-                .expect("every slot changes the ring")
-                .clone();
+                .expect("every slot changes the ring");
+            assert_eq!(change, Change::Ring);
+            let ring = ring.clone();
             assert_eq!(ring.encrypting(), Encrypting::Current);
             assert_eq!(ring.entries().len(), s.window_len());
             assert_eq!(ring.entries()[1].origin, Origin::Shared, "next key present");
@@ -259,6 +302,91 @@ mod tests {
                 "no change within a slot"
             );
             clock.advance(Duration::from_secs(60));
+        }
+    }
+
+    /// A whole day of the default schedule (P = 1 h, L = 18 h) with the generator's timing
+    /// (each key published `publish_margin` before the boundary of the slot before its own): the
+    /// key of the slot after next is served at `ticket-key/<its start>` from the moment it is
+    /// held, before its predecessor's slot begins, with the bytes served once it is the next
+    /// key. It is never installed early: that change alone is a `Change::Ahead` (which reaches
+    /// only the sinks that serve keys ahead), and the ring's entries stay the window.
+    #[tokio::test]
+    async fn the_slot_after_next_is_served_as_soon_as_it_is_held() {
+        use crate::memcached::KeyTable;
+        use stek_core::Format;
+
+        let clock = ManualClock::at(1_800_000_000);
+        let store = Arc::new(MemoryStore::new(Arc::new(clock.clone())));
+        let s = Schedule::default();
+        // The generator's lead for one group of this schedule: P/8 capped at 2 s.
+        let margin = Duration::from_secs(2);
+        let seal = |k: &SlotKey| Ok(Record::plain(&s, "g", k).encode());
+        let mut syncer = Syncer::new(store.clone(), PlainOpener, "g".into(), s);
+        let mut rotator = Rotator::new("g".into(), s, 1);
+        let served = |ring: &Ring, slot: Slot| {
+            let key = format!("ticket-key/{}", s.start(slot).as_secs());
+            KeyTable::from_ring(ring)
+                .get(key.as_bytes())
+                .map(|item| item.value().to_vec())
+        };
+        let mut early: Option<(Slot, Vec<u8>)> = None;
+        for _ in 0..24 {
+            // The boundary: the generator's round a margin earlier made the new next key.
+            let now = clock.now();
+            let e = s.slot_at(now);
+            publish_upcoming(&*store, &s, "g", now, seal).await.unwrap();
+            let synced = syncer.sync(now, &rotator.held()).await.unwrap();
+            rotator.take(report(now, synced.keys), now);
+            let (change, ring) = rotator.rotate(now).unwrap().expect("a new slot");
+            assert_eq!(change, Change::Ring);
+            assert_eq!(ring.current(), e);
+            assert_eq!(ring.window().last, e.plus(1));
+            if let Some((slot, bytes)) = early.take() {
+                // What was served early is what is served now that it is the next key.
+                assert_eq!(slot, e.plus(1));
+                // (assert!, not assert_eq!: a failure must not print key bytes)
+                assert!(
+                    served(ring, slot).as_deref() == Some(&bytes[..]),
+                    "slot {slot}: other bytes served once it is the next key"
+                );
+                assert!(
+                    Format::Memcached48.encode(ring.shared(slot).unwrap())[..] == bytes[..],
+                    "slot {slot}: the early value is not the key's memcached-48 encoding"
+                );
+            }
+
+            // The generator's round for the coming boundary, `margin` before it.
+            clock.advance(s.period() - margin);
+            let now = clock.now();
+            publish_upcoming(&*store, &s, "g", now + margin, seal)
+                .await
+                .unwrap();
+            let after_next = e.plus(2);
+            let ring = rotator.ring().unwrap().clone();
+            assert_eq!(served(&ring, after_next), None, "not held yet");
+            let synced = syncer.sync(now, &rotator.held()).await.unwrap();
+            rotator.take(report(now, synced.keys), now);
+            assert!(rotator.held().contains(&after_next));
+            let (change, ring) = rotator.rotate(now).unwrap().expect("a key arrived");
+            assert_eq!(change, Change::Ahead, "nothing to install");
+            assert_eq!(ring.current(), e, "still the same slot");
+            assert_eq!(ring.ahead().len(), 1);
+            assert_eq!(ring.ahead()[0].slot(), after_next);
+            assert!(ring.get(after_next).is_none(), "not installed");
+            let bytes = served(ring, after_next).expect("served before its predecessor begins");
+            assert_eq!(bytes.len(), 48);
+            // Rings for servers on this host stay the window.
+            let table = KeyTable::from_ring(ring);
+            let nginx = table.get(b"ticket-ring/nginx-80").unwrap().value();
+            assert_eq!(nginx.len(), s.window_len() * 80);
+            assert!(nginx
+                .chunks(80)
+                .all(|k| k[..16] != ring.ahead()[0].name().0));
+            early = Some((after_next, bytes));
+            assert!(rotator.rotate(now).unwrap().is_none(), "once");
+
+            clock.advance(margin);
         }
     }
 
@@ -280,12 +408,12 @@ mod tests {
             .rotate(at(403) + Duration::from_millis(999))
             .unwrap();
         assert!(rotator.held().contains(&Slot(98)));
-        let ring = rotator.rotate(at(404)).unwrap().unwrap();
+        let ring = rotator.rotate(at(404)).unwrap().unwrap().1;
         assert_eq!(ring.encrypting(), Encrypting::Current);
         assert_eq!(rotator.held(), [99, 100, 101].map(Slot).into());
-        let ring = rotator.rotate(at(408)).unwrap().unwrap();
+        let ring = rotator.rotate(at(408)).unwrap().unwrap().1;
         assert_eq!(ring.encrypting(), Encrypting::Stale { behind: 1 });
-        let ring = rotator.rotate(at(412)).unwrap().unwrap();
+        let ring = rotator.rotate(at(412)).unwrap().unwrap().1;
         assert_eq!(ring.encrypting(), Encrypting::LocalFallback);
         assert_eq!(rotator.held(), [101].map(Slot).into());
         rotator.rotate(at(416)).unwrap();

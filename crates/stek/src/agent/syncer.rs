@@ -144,7 +144,8 @@ pub struct SyncReport {
 /// The slots an agent reads at `now`: the window plus the slot after next. Generators publish
 /// that one shortly before the boundary (see `generator::publish_margin`); fetching it on their
 /// notification means the rotation itself needs no store read. The rotator holds it, never
-/// installs it, until it enters the window.
+/// installs it, until it enters the window; meanwhile the memcached table serves it by slot
+/// ([`stek_core::Ring::ahead`]), for clients that ask for it at the boundary.
 pub fn fetch_window(schedule: &Schedule, now: Duration) -> Window {
     let mut w = schedule.window_at(now);
     w.last = w.last.plus(1);

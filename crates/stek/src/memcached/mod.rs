@@ -16,14 +16,17 @@
 //! | `ticket-ring/haproxy-80` | three 80-byte keys in HAProxy order: previous, encrypting, next |
 //! | `ticket-ring/apache-48` | the encrypting key alone, 48 bytes in Apache's layout |
 //! | `ticket-ring/rustls-48` | the whole ring for stek's rustls ticketer (crate `stek-rustls`), 48-byte keys (name16 aead32), nginx order |
-//! | `ticket-schedule` | text, no secrets: `period=<s> lifetime=<s> slot=<n> start=<unix s> encrypting=<key name hex> keys=<n> shared=<n>` |
+//! | `ticket-schedule` | text, no secrets: `period=<s> lifetime=<s> slot=<n> start=<unix s> encrypting=<key name hex> keys=<n> shared=<n> ahead=<n>` |
 //!
 //! - `<slot start>` is the Unix time in seconds at which the slot begins (slot number times
 //!   the period), as Cloudflare's client computes it (`memc_key_prefix = "ticket-key/"`,
 //!   keyed by the slot start timestamp). Every slot of the window (the next slot, the current
 //!   one, and the past ones a ticket may still need) is served, but only when this host has
 //!   the group's shared key for it: a host-local stand-in key is never served alone, since a
-//!   client would install it as if the whole group used it.
+//!   client would install it as if the whole group used it. The slot after next is served too,
+//!   from the moment the agent holds its key (generators publish it shortly before the next
+//!   slot begins; [`stek_core::Ring::ahead`]): Cloudflare's client asks for it within 100 ms
+//!   after that boundary and caches a miss, so it must be there before this host rotates.
 //! - `ticket-ring/*` values hold every key of the ring, shared and local alike: their client
 //!   is a TLS server on this host, which needs a full-length ring in the same order the key
 //!   files have (nginx order: the encrypting key first, then the next key, then past keys
@@ -31,7 +34,8 @@
 //!   bytes.
 //! - `ticket-schedule`: `slot` and `start` are the current slot and its start; `encrypting`
 //!   is the name (first 16 bytes of every ticket) of the encrypting key; `keys` counts the
-//!   ring's keys; `shared` counts the `ticket-key/` entries.
+//!   ring's keys; `shared` counts the ring's shared keys and `ahead` the keys held for slots
+//!   after the window: together, the `ticket-key/` entries.
 //! - Flags are always 0. The `gets` cas unique is a hash of the public key names in the
 //!   value: stable while the value is, different when any key in it changes.
 //!

@@ -501,6 +501,7 @@ mod tests {
             "STAT ring_slot 100\r\n",
             "STAT ring_start 400\r\n",
             "STAT ring_shared_keys 3\r\n",
+            "STAT ring_ahead_keys 0\r\n",
             "STAT maxconns 4096\r\n",
             "STAT max_line 64\r\n",
             "END\r\nEND\r\nVALUE ticket-schedule 0 ",

@@ -65,6 +65,9 @@ pub struct RingSummary {
     pub keys: usize,
     /// How many of them are shared, i.e. served as `ticket-key/<start>`.
     pub shared: usize,
+    /// How many shared keys of slots after the window are served as `ticket-key/<start>` too
+    /// ([`Ring::ahead`]: the slot after next once it arrived).
+    pub ahead: usize,
 }
 
 /// An immutable snapshot of everything the memcached-protocol server answers, built from one
@@ -92,10 +95,15 @@ impl KeyTable {
             .iter()
             .filter(|e| e.origin == Origin::Shared)
             .collect();
-        for e in &shared {
-            let key = format!("{TICKET_KEY_PREFIX}{}", start_of(e.slot()));
-            let value = Format::Memcached48.encode(&e.key);
-            let cas = cas_of(&key, [*e]);
+        // And the shared keys held ahead of the window, the slot after next above all: a client
+        // that asks for the new next key right at the boundary (Cloudflare's, within 100 ms of
+        // it, caching a miss) finds it even if it asks before this host rotated. Rings below
+        // never hold them: servers install a key only once its slot is next.
+        let by_slot = shared.iter().map(|e| &e.key).chain(ring.ahead());
+        for k in by_slot {
+            let key = format!("{TICKET_KEY_PREFIX}{}", start_of(k.slot()));
+            let value = Format::Memcached48.encode(k);
+            let cas = cas_of(&key, [k.name()]);
             items.insert(key.into_bytes().into_boxed_slice(), Item::new(value, cas));
         }
 
@@ -113,7 +121,7 @@ impl KeyTable {
                 value.extend_from_slice(&format.encode(&e.key));
             }
             let key = format!("{TICKET_RING_PREFIX}{}", format.id());
-            let cas = cas_of(&key, entries.iter().copied());
+            let cas = cas_of(&key, entries.iter().map(|e| e.key.name()));
             items.insert(key.into_bytes().into_boxed_slice(), Item::new(value, cas));
         }
 
@@ -124,12 +132,13 @@ impl KeyTable {
             encrypting: enc.key.name(),
             keys: ring.entries().len(),
             shared: shared.len(),
+            ahead: ring.ahead().len(),
         };
         let mut text = String::new();
         // Writing to a String cannot fail.
         let _ = write!(
             text,
-            "period={} lifetime={} slot={} start={} encrypting={} keys={} shared={}",
+            "period={} lifetime={} slot={} start={} encrypting={} keys={} shared={} ahead={}",
             schedule.period().as_secs(),
             schedule.lifetime().as_secs(),
             summary.slot,
@@ -137,6 +146,7 @@ impl KeyTable {
             summary.encrypting,
             summary.keys,
             summary.shared,
+            summary.ahead,
         );
         let cas = fnv1a(FNV_OFFSET, text.as_bytes()) | 1;
         items.insert(
@@ -206,10 +216,10 @@ fn fnv1a(mut h: u64, bytes: &[u8]) -> u64 {
 /// The cas unique of an item: a hash of its key and of the public names of the keys in its
 /// value, so it is stable while the value is and changes when any key in it does (a restart
 /// with new keys for the same slot included). Never 0, which some clients treat as "no cas".
-fn cas_of<'a>(key: &str, entries: impl IntoIterator<Item = &'a RingEntry>) -> u64 {
+fn cas_of(key: &str, names: impl IntoIterator<Item = KeyName>) -> u64 {
     let mut h = fnv1a(FNV_OFFSET, key.as_bytes());
-    for e in entries {
-        h = fnv1a(h, &e.key.name().0);
+    for name in names {
+        h = fnv1a(h, &name.0);
     }
     h | 1
 }
@@ -300,11 +310,58 @@ pub(crate) mod tests {
         assert_eq!(
             text,
             format!(
-                "period=4 lifetime=12 slot=100 start=400 encrypting={} keys=5 shared=4",
+                "period=4 lifetime=12 slot=100 start=400 encrypting={} keys=5 shared=4 ahead=0",
                 ring.encrypting_entry().key.name()
             )
         );
         assert_eq!(t.ring().unwrap().shared, 4);
+    }
+
+    /// The slot after next (102 at t = 400) is served by slot as soon as the ring holds it, in
+    /// the bytes it is served with once it is the next key; it is in no ring value and counted
+    /// as `ahead`, not `shared`.
+    #[test]
+    fn serves_the_key_held_ahead_by_slot_only() {
+        let ring = ring_with(&[99, 100, 101, 102]);
+        let t = KeyTable::from_ring(&ring);
+        let ahead = &ring.ahead()[0];
+        assert_eq!(ahead.slot(), Slot(102));
+        // assert!, not assert_eq!: a failure must not print key bytes.
+        assert!(value(&t, "ticket-key/408") == &Format::Memcached48.encode(ahead)[..]);
+        for f in Format::ALL {
+            let ring_value = value(&t, &format!("ticket-ring/{}", f.id()));
+            assert!(
+                ring_value
+                    .chunks(f.key_len())
+                    .all(|k| k[..16] != ahead.name().0),
+                "{f:?} ring holds the key ahead"
+            );
+        }
+        let text = String::from_utf8(value(&t, "ticket-schedule").to_vec()).unwrap();
+        assert!(text.ends_with(" keys=5 shared=3 ahead=1"), "{text}");
+        assert_eq!(t.ring().unwrap().ahead, 1);
+        // The cas of the early entry is the one it keeps once it is the next key.
+        let schedule = *ring.schedule();
+        let shared: BTreeMap<Slot, SlotKey> = [99u64, 100, 101]
+            .iter()
+            .map(|s| (Slot(*s), ring.shared(Slot(*s)).unwrap().clone()))
+            .chain([(Slot(102), ahead.clone())])
+            .collect();
+        let next = Ring::build(
+            &schedule,
+            Duration::from_secs(404),
+            &shared,
+            &mut LocalKeys::new(),
+            1,
+        )
+        .unwrap();
+        let later = KeyTable::from_ring(&next);
+        assert!(next.ahead().is_empty());
+        assert!(value(&later, "ticket-key/408") == value(&t, "ticket-key/408"));
+        assert_eq!(
+            later.get(b"ticket-key/408").unwrap().tail(true),
+            t.get(b"ticket-key/408").unwrap().tail(true)
+        );
     }
 
     #[test]

@@ -30,19 +30,61 @@ fn check_len(format: Format, bytes: &[u8]) -> io::Result<()> {
     }
 }
 
-/// nginx: one 80-byte file per key of the window under `nginx/keys/`, named by slot start,
-/// and `nginx/tickets.conf` with one `ssl_session_ticket_key` line per key, the encrypting key
-/// first, then the next key, then past keys newest first.
+/// The size of nginx's key files (`--nginx-key-size`), which decides their layout and bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum NginxKeySize {
+    /// 80 bytes, name16 hmac32 aes32: AES-256-CBC tickets ([`Format::Nginx80`]).
+    #[default]
+    Bytes80,
+    /// 48 bytes, name16 aes16 hmac16: AES-128-CBC tickets, byte for byte the value served at
+    /// memcached `ticket-key/<slot start>` ([`Format::Memcached48`]), i.e. what Cloudflare's
+    /// lua-ssl-nginx-module installs in the nginx hosts that run it (and nghttpx's 48-byte
+    /// layout). Hosts reading stek's files and hosts running that client then hold the same
+    /// keys, so they resume each other's tickets. [`Format::Nginx48`] has the same layout
+    /// but other bytes (a label of its own): it is not the one written.
+    Bytes48,
+}
+
+impl NginxKeySize {
+    /// The size in bytes.
+    pub fn bytes(self) -> usize {
+        self.format().key_len()
+    }
+
+    /// The size for `bytes`, if nginx takes it.
+    pub fn from_bytes(bytes: u64) -> Option<NginxKeySize> {
+        match bytes {
+            80 => Some(NginxKeySize::Bytes80),
+            48 => Some(NginxKeySize::Bytes48),
+            _ => None,
+        }
+    }
+
+    /// The format the key files are written in.
+    pub fn format(self) -> Format {
+        match self {
+            NginxKeySize::Bytes80 => Format::Nginx80,
+            NginxKeySize::Bytes48 => Format::Memcached48,
+        }
+    }
+}
+
+/// nginx: one file per key of the window under `nginx/keys/` (80 bytes, or 48 with
+/// [`NginxKeySize::Bytes48`]), named by slot start, and `nginx/tickets.conf` with one
+/// `ssl_session_ticket_key` line per key, the encrypting key first, then the next key, then
+/// past keys newest first. Keys held ahead of the window ([`Ring::ahead`]) are never written:
+/// nginx decrypts with every key it is given.
 #[derive(Debug)]
 pub struct NginxSink {
     dir: KeyDir,
+    size: NginxKeySize,
 }
 
 impl NginxSink {
-    /// A sink writing under `DIR/nginx`, `dir` being the key directory DIR. The subdirectories
-    /// are opened (and checked, [`KeyDir::subdir`]) at every write.
-    pub fn new(dir: KeyDir) -> Self {
-        NginxSink { dir }
+    /// A sink writing `size`-byte keys under `DIR/nginx`, `dir` being the key directory DIR. The
+    /// subdirectories are opened (and checked, [`KeyDir::subdir`]) at every write.
+    pub fn new(dir: KeyDir, size: NginxKeySize) -> Self {
+        NginxSink { dir, size }
     }
 
     /// The include file nginx reads.
@@ -58,11 +100,12 @@ impl NginxSink {
         let mut conf = String::from(
             "# Written by stek: session ticket keys, the encrypting key first. Do not edit.\n",
         );
+        let format = self.size.format();
         let mut wanted = HashSet::new();
         for entry in ring.entries() {
             let file = format!("{}.key", ring.schedule().start(entry.slot()).as_secs());
-            let bytes = Format::Nginx80.encode(&entry.key);
-            check_len(Format::Nginx80, &bytes)?;
+            let bytes = format.encode(&entry.key);
+            check_len(format, &bytes)?;
             keys.write_atomic(&file, &bytes)?;
             conf.push_str(&format!(
                 "ssl_session_ticket_key {}; # slot {} {} {}\n",
@@ -209,7 +252,7 @@ mod tests {
     fn nginx_files_follow_the_window() {
         let d = tempfile::tempdir_in("/dev/shm").unwrap();
         let (k, _) = KeyDir::open(d.path(), false).unwrap();
-        let mut sink = NginxSink::new(k);
+        let mut sink = NginxSink::new(k, NginxKeySize::default());
         let mut shared = BTreeMap::new();
         for s in [100, 101] {
             shared.insert(Slot(s), SlotKey::generate(Slot(s)).unwrap());
@@ -245,6 +288,60 @@ mod tests {
             fs::read_dir(d.path().join("nginx/keys")).unwrap().count(),
             5
         );
+    }
+
+    /// With 48-byte keys every file holds exactly what memcached serves at
+    /// `ticket-key/<slot start>` for a shared key; a size change rewrites every file.
+    #[test]
+    fn nginx_48_files_are_the_memcached_values() {
+        use crate::memcached::KeyTable;
+
+        let d = tempfile::tempdir_in("/dev/shm").unwrap();
+        let (k, _) = KeyDir::open(d.path(), false).unwrap();
+        let mut shared = BTreeMap::new();
+        for s in 98..=102 {
+            shared.insert(Slot(s), SlotKey::generate(Slot(s)).unwrap());
+        }
+        // Window 97..=101 at 400: 97 is a local stand-in, 102 is held ahead.
+        let r = ring_at(400, &shared, &mut LocalKeys::new());
+        let table = KeyTable::from_ring(&r);
+        let mut sink = NginxSink::new(k.clone(), NginxKeySize::Bytes48);
+        assert_eq!(NginxKeySize::Bytes48.bytes(), 48);
+        sink.write(&r).unwrap();
+        let keys = d.path().join("nginx/keys");
+        let mut files: Vec<String> = fs::read_dir(&keys)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        files.sort();
+        assert_eq!(
+            files,
+            ["388.key", "392.key", "396.key", "400.key", "404.key"],
+            "the window, not the key held ahead (408)"
+        );
+        for slot in 98..=101u64 {
+            let start = slot * 4;
+            let file = fs::read(keys.join(format!("{start}.key"))).unwrap();
+            let served = table
+                .get(format!("ticket-key/{start}").as_bytes())
+                .unwrap()
+                .value();
+            // assert!, not assert_eq!: a failure must not print key bytes.
+            assert!(
+                file == served,
+                "slot {slot}: the file is not the ticket-key value"
+            );
+            assert!(file[..] != Format::Nginx48.encode(&shared[&Slot(slot)])[..]);
+        }
+        assert_eq!(fs::read(keys.join("388.key")).unwrap().len(), 48);
+        // Back to 80 bytes: every file rewritten at the new size.
+        NginxSink::new(k, NginxKeySize::Bytes80).write(&r).unwrap();
+        for f in &files {
+            assert_eq!(fs::read(keys.join(f)).unwrap().len(), 80, "{f}");
+        }
+        assert_eq!(NginxKeySize::from_bytes(48), Some(NginxKeySize::Bytes48));
+        assert_eq!(NginxKeySize::from_bytes(80), Some(NginxKeySize::Bytes80));
+        assert_eq!(NginxKeySize::from_bytes(64), None);
     }
 
     #[test]

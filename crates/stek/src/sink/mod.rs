@@ -2,7 +2,7 @@
 //!
 //! | sink | module | what it does with a ring |
 //! |---|---|---|
-//! | `nginx` | [`files`] | `DIR/nginx/tickets.conf` and one 80-byte file per key |
+//! | `nginx` | [`files`] | `DIR/nginx/tickets.conf` and one 80-byte (or 48-byte) file per key |
 //! | `apache` | [`files`] | `DIR/apache/ticket.key`, the encrypting key |
 //! | `haproxy` | [`haproxy`] | `DIR/haproxy/tickets.keys`, then HAProxy's live rings over its runtime API |
 //! | `memcached` | [`table`] | the table the memcached-protocol server answers from |
@@ -11,8 +11,12 @@
 //!
 //! The agent calls [`Sink::deliver`] with every ring that differs from the last one, in the
 //! order the sinks were given (files first, the reload command last, so that it loads the new
-//! files). A sink that fails keeps its previous output in place (files are written atomically)
-//! and says why; the agent logs and counts the failure and carries on with the other sinks.
+//! files). A ring whose only change is a key held ahead of the window ([`Ring::ahead`]: the slot
+//! after next, fetched early) goes only to the sinks that serve such keys
+//! ([`Sink::serves_ahead`]: the memcached table); file sinks never see that change, so no file
+//! is rewritten and no server reloaded for it, and they write the ring's entries only. A sink
+//! that fails keeps its previous output in place (files are written atomically) and says why;
+//! the agent logs and counts the failure and carries on with the other sinks.
 //! Work that goes on after `deliver` returns (HAProxy's sockets, the reload command) reports
 //! through [`Sink::health`]. Sinks never touch metrics or the status: the agent does.
 
@@ -30,7 +34,7 @@ use stek_core::Ring;
 use crate::status::HaproxySocketStatus;
 
 pub use feed::RingFeed;
-pub use files::{ApacheSink, HaproxyKeys, NginxSink};
+pub use files::{ApacheSink, HaproxyKeys, NginxKeySize, NginxSink};
 pub use haproxy::HaproxySink;
 pub use haproxy_runtime::HaproxyRuntime;
 pub use onchange::OnChange;
@@ -44,6 +48,15 @@ pub trait Sink: Send {
     /// Hands `ring` over. Called once per changed ring, never concurrently. An error means
     /// this sink's previous output is still in place.
     fn deliver(&mut self, ring: &Ring) -> std::io::Result<Delivered>;
+
+    /// Whether the sink hands out the keys held ahead of the window ([`Ring::ahead`]), and so
+    /// wants a ring whose only change is one of those. Default: no. A sink that installs keys
+    /// in a TLS server (files, a server's runtime API, an in-process ticketer) must keep the
+    /// default and use [`Ring::entries`] only: a key installed before its slot is next would
+    /// sit in the server a period longer than the schedule allows.
+    fn serves_ahead(&self) -> bool {
+        false
+    }
 
     /// The state of work the sink does on its own time after `deliver` returned. Sinks that do
     /// all their work in `deliver` keep the default: healthy, nothing to add.
@@ -90,7 +103,7 @@ pub struct Applied {
 /// Which file sinks `stek up` and `stek agent` write.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum SinkKind {
-    /// `DIR/nginx/tickets.conf` and one 80-byte file per key.
+    /// `DIR/nginx/tickets.conf` and one 80-byte (or 48-byte, [`NginxKeySize`]) file per key.
     Nginx,
     /// `DIR/haproxy/tickets.keys`.
     Haproxy,

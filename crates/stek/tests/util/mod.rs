@@ -519,3 +519,53 @@ impl Haproxy {
             .expect("Pid in show info")
     }
 }
+
+/// One text-protocol `get` of `key` on `stream` (TCP or unix socket): the value, or `None` on a
+/// miss. Panics on anything but a well-formed reply: these tests talk to stek only.
+pub fn memcached_get<S: std::io::Read + Write>(stream: &mut S, key: &str) -> Option<Vec<u8>> {
+    stream
+        .write_all(format!("get {key}\r\n").as_bytes())
+        .expect("send get");
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    let mut read_more = |got: &mut Vec<u8>| {
+        let n = stream.read(&mut buf).expect("read the reply");
+        assert!(n > 0, "the server closed during a get of {key}: {got:?}");
+        got.extend_from_slice(&buf[..n]);
+    };
+    let header_end = loop {
+        if let Some(i) = got.windows(2).position(|w| w == b"\r\n") {
+            break i;
+        }
+        read_more(&mut got);
+    };
+    if &got[..header_end] == b"END" {
+        assert_eq!(got.len(), 5, "nothing after END");
+        return None;
+    }
+    let header = String::from_utf8_lossy(&got[..header_end]).into_owned();
+    let len: usize = header
+        .strip_prefix(&format!("VALUE {key} 0 "))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("unexpected reply to get {key}: {header:?}"));
+    let end = header_end + 2 + len;
+    while got.len() < end + 7 {
+        read_more(&mut got);
+    }
+    assert_eq!(&got[end..], b"\r\nEND\r\n", "one value");
+    Some(got[header_end + 2..end].to_vec())
+}
+
+/// The key files an nginx include file references, in order, with their bytes.
+pub fn nginx_conf_keys(conf: &Path) -> Vec<(PathBuf, Vec<u8>)> {
+    fs::read_to_string(conf)
+        .expect("read tickets.conf")
+        .lines()
+        .filter_map(|l| l.strip_prefix("ssl_session_ticket_key "))
+        .map(|l| {
+            let path = PathBuf::from(l.split(';').next().expect("path"));
+            let bytes = fs::read(&path).expect("key file");
+            (path, bytes)
+        })
+        .collect()
+}

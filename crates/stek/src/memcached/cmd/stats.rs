@@ -45,6 +45,7 @@ pub(crate) fn execute(group: StatsGroup, ctx: &Context<'_>, out: &mut Vec<u8>) {
                 stat("ring_start", &r.start);
                 stat("ring_keys", &r.keys);
                 stat("ring_shared_keys", &r.shared);
+                stat("ring_ahead_keys", &r.ahead);
                 stat("ring_encrypting", &r.encrypting);
             }
         }
