@@ -338,3 +338,22 @@ fn private_keys_must_be_private_regular_files_of_this_user() {
         },
     );
 }
+
+#[test]
+fn help_gives_the_h2o_and_lighttpd_config_lines() {
+    for cmd in ["up", "agent"] {
+        let (code, out, _) = stek(&[cmd, "--help"]);
+        assert_eq!(code, 0);
+        for line in [
+            "ticket-file: DIR/h2o/tickets.yaml",
+            "ticket-store: file",
+            "ssl.stek-file = \"DIR/lighttpd/stek.key\"",
+            "65s",
+        ] {
+            assert!(
+                out.contains(line),
+                "stek {cmd} --help lacks {line:?}:\n{out}"
+            );
+        }
+    }
+}
