@@ -23,7 +23,22 @@ const LIBFAKETIME: &str = "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1";
 /// libfaketime (`FAKETIME="+5"`: a host whose clock is 5 s ahead).
 struct H2o {
     port: u16,
-    _proc: Proc,
+    proc: Option<Proc>,
+    faked: bool,
+}
+
+impl Drop for H2o {
+    fn drop(&mut self) {
+        let pid = self.proc.as_ref().map(Proc::pid);
+        drop(self.proc.take());
+        // libfaketime leaves the shared memory it made for the process behind when the process
+        // is killed (its README: clean /dev/shm by hand); a later process with the same pid
+        // would fail on it.
+        if let (true, Some(pid)) = (self.faked, pid) {
+            let _ = fs::remove_file(format!("/dev/shm/faketime_shm_{pid}"));
+            let _ = fs::remove_file(format!("/dev/shm/sem.faketime_sem_{pid}"));
+        }
+    }
 }
 
 impl H2o {
@@ -61,8 +76,13 @@ impl H2o {
             cmd.env("LD_PRELOAD", LIBFAKETIME).env("FAKETIME", f);
         }
         let proc = Proc::spawn("h2o", &mut cmd, root.join("h2o.log"));
+        let h2o = H2o {
+            port,
+            proc: Some(proc),
+            faked: faketime.is_some(),
+        };
         wait_port(port);
-        H2o { port, _proc: proc }
+        h2o
     }
 }
 
