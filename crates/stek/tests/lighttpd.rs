@@ -10,7 +10,8 @@
 //! and the time it writes the next key, lighttpd's 64-second checks, activation and expiry
 //! (libfaketime also shortens their sleeps and waits 20 times). Only durations are compressed,
 //! never the order of events, and the TLS clients (openssl, on the real clock) see ordinary
-//! servers. The fake period is 200 s (10 s of real time), the lifetime too.
+//! servers. The fake period is 200 s (10 s of real time), the lifetime too. A third lighttpd
+//! runs 40 s ahead of the shared clock, as a host whose clock is ahead.
 
 mod util;
 
@@ -25,6 +26,8 @@ const LIBFAKETIME: &str = "/usr/lib/x86_64-linux-gnu/faketime/libfaketimeMT.so.1
 const SPEED: f64 = 20.0;
 /// The fake period and lifetime, in seconds.
 const P: u64 = 200;
+/// How far the clock of the third lighttpd runs ahead, in fake seconds.
+const AHEAD: u64 = 40;
 
 /// One fake clock, shared by every process started through [`FakeClock::command`].
 struct FakeClock {
@@ -60,9 +63,15 @@ impl FakeClock {
 
     /// `program` on the shared fake clock.
     fn command(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
+        self.command_ahead(program, 0)
+    }
+
+    /// `program` on the shared fake clock shifted `ahead` fake seconds forward: a host whose
+    /// clock runs ahead of the others'.
+    fn command_ahead(&self, program: impl AsRef<std::ffi::OsStr>, ahead: u64) -> Command {
         let mut cmd = Command::new(program);
         cmd.env("LD_PRELOAD", LIBFAKETIME)
-            .env("FAKETIME", format!("+0 x{SPEED}"))
+            .env("FAKETIME", format!("+{ahead} x{SPEED}"))
             .env("FAKETIME_DONT_RESET", "1")
             .env("FAKETIME_SHARED", &self.shared);
         cmd
@@ -116,6 +125,17 @@ struct Lighttpd {
 
 impl Lighttpd {
     fn start(clock: &FakeClock, root: &Path, cert: &Cert, stek_file: &Path) -> Lighttpd {
+        Self::start_ahead(clock, root, cert, stek_file, 0)
+    }
+
+    /// A lighttpd whose clock runs `ahead` fake seconds ahead of the shared clock.
+    fn start_ahead(
+        clock: &FakeClock,
+        root: &Path,
+        cert: &Cert,
+        stek_file: &Path,
+        ahead: u64,
+    ) -> Lighttpd {
         require("lighttpd");
         fs::create_dir_all(root.join("www")).expect("lighttpd root");
         let port = free_port();
@@ -130,7 +150,7 @@ impl Lighttpd {
             f = stek_file.display()
         );
         fs::write(&conf, text).expect("lighttpd.conf");
-        let mut cmd = clock.command("lighttpd");
+        let mut cmd = clock.command_ahead("lighttpd", ahead);
         cmd.arg("-D").arg("-f").arg(&conf);
         let proc = Proc::spawn("lighttpd", &mut cmd, root.join("lighttpd.log"));
         wait_port(port);
@@ -177,6 +197,11 @@ fn two_lighttpd_resume_each_others_tickets_across_a_rotation_until_the_key_expir
     assert_eq!(fs::read(&file).unwrap().len(), 92);
     let a = Lighttpd::start(&clock, &d.join("a"), &cert, &file);
     let b = Lighttpd::start(&clock, &d.join("b"), &cert, &file);
+    // A third lighttpd whose clock runs 40 s ahead: it activates each next key 40 s early.
+    // (It reads the file stek writes on the shared clock, which a real host's own stek would
+    // not: with P = 200 s it still loads each file once, its checks falling at least 64 s after
+    // its previous load.)
+    let ahead = Lighttpd::start_ahead(&clock, &d.join("ahead"), &cert, &file, AHEAD);
 
     // 20 fake seconds into the slot after next: the next key of that slot is written after
     // both lighttpd started (one written in the very second a lighttpd started would carry the
@@ -211,10 +236,40 @@ fn two_lighttpd_resume_each_others_tickets_across_a_rotation_until_the_key_expir
         kept.push((tls, ta, tb));
     }
 
+    // 25 s before the boundary (15 s past it for the host ahead): the host ahead encrypts with
+    // the next key, which the hosts on time already hold (loaded 65 to 128 s before the
+    // boundary) and decrypt, though it is not active for them yet.
+    let next = name_of(d, e + 1);
+    clock.sleep_until(((e + 1) * P - 25) as f64);
+    for tls in [Tls::V12, Tls::V13] {
+        let t = d.join(format!("ahead{tls:?}"));
+        assert_eq!(
+            fresh_ticket(ahead.port, tls, &t),
+            next,
+            "{tls:?}: the host ahead"
+        );
+        assert!(
+            handshake(a.port, tls, Some(&t), None),
+            "{tls:?}: the next key's ticket on a"
+        );
+        assert!(
+            handshake(b.port, tls, Some(&t), None),
+            "{tls:?}: the next key's ticket on b"
+        );
+        assert_eq!(
+            fresh_ticket(a.port, tls, &probe),
+            name,
+            "{tls:?}: a is still on slot {e}"
+        );
+    }
+    assert!(
+        clock.now() < ((e + 1) * P) as f64,
+        "too slow: the boundary passed before the check was done"
+    );
+
     // The next slot: lighttpd loaded the next key before the boundary and activated it at the
     // boundary; the last slot's tickets still resume on both.
     clock.sleep_until(((e + 1) * P + 20) as f64);
-    let next = name_of(d, e + 1);
     assert_ne!(next, name);
     for h in [&a, &b] {
         for tls in [Tls::V12, Tls::V13] {
