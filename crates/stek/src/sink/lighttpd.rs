@@ -22,10 +22,10 @@
 //!  lighttpd:  K_e K_e-1 K_e-2 ............................ K_e+1 K_e K_e-1 ...
 //! ```
 //!
-//! `m_e` is three seconds before lighttpd's second-to-last check of the slot (its last check
-//! when the slot is too short): the next key is held 65 to 128 s before the boundary (hosts
-//! whose clocks differ by less than that resume each other's tickets across it), and a
-//! lighttpd restarted late in a slot, which loads only the next key, goes at most that long
+//! `m_e` is three seconds before lighttpd's second-to-last check of the slot (the slot's start
+//! when the slot is too short for that): the next key is held 65 to 128 s before the boundary
+//! (hosts whose clocks differ by less than that resume each other's tickets across it), and a
+//! lighttpd restarted after `m_e`, which loads only the next key, goes at most 68 to 131 s
 //! without a key to encrypt with. Before `m_e` the file holds the encrypting key, so a lighttpd
 //! started then encrypts at once. Nothing is written when the contents would not change (a
 //! reload of the same key would push out a key still in use), not even after stek restarts (the
