@@ -11,7 +11,7 @@
 //! (libfaketime also shortens their sleeps and waits 20 times). Only durations are compressed,
 //! never the order of events, and the TLS clients (openssl, on the real clock) see ordinary
 //! servers. The fake period is 200 s (10 s of real time), the lifetime too. A third lighttpd
-//! runs 40 s ahead of the shared clock, as a host whose clock is ahead.
+//! runs 60 s ahead of the shared clock, as a host whose clock is ahead.
 
 mod util;
 
@@ -26,8 +26,10 @@ const LIBFAKETIME: &str = "/usr/lib/x86_64-linux-gnu/faketime/libfaketimeMT.so.1
 const SPEED: f64 = 20.0;
 /// The fake period and lifetime, in seconds.
 const P: u64 = 200;
-/// How far the clock of the third lighttpd runs ahead, in fake seconds.
-const AHEAD: u64 = 40;
+/// How far the clock of the third lighttpd runs ahead, in fake seconds: less than the 64 s
+/// between its checks plus the slack of each slot, so that it loads every file stek writes on
+/// the shared clock exactly once.
+const AHEAD: u64 = 60;
 
 /// One fake clock, shared by every process started through [`FakeClock::command`].
 struct FakeClock {
@@ -197,7 +199,7 @@ fn two_lighttpd_resume_each_others_tickets_across_a_rotation_until_the_key_expir
     assert_eq!(fs::read(&file).unwrap().len(), 92);
     let a = Lighttpd::start(&clock, &d.join("a"), &cert, &file);
     let b = Lighttpd::start(&clock, &d.join("b"), &cert, &file);
-    // A third lighttpd whose clock runs 40 s ahead: it activates each next key 40 s early.
+    // A third lighttpd whose clock runs 60 s ahead: it activates each next key 60 s early.
     // (It reads the file stek writes on the shared clock, which a real host's own stek would
     // not: with P = 200 s it still loads each file once, its checks falling at least 64 s after
     // its previous load.)
@@ -236,11 +238,11 @@ fn two_lighttpd_resume_each_others_tickets_across_a_rotation_until_the_key_expir
         kept.push((tls, ta, tb));
     }
 
-    // 25 s before the boundary (15 s past it for the host ahead): the host ahead encrypts with
+    // 55 s before the boundary (5 s past it for the host ahead): the host ahead encrypts with
     // the next key, which the hosts on time already hold (loaded 65 to 128 s before the
     // boundary) and decrypt, though it is not active for them yet.
     let next = name_of(d, e + 1);
-    clock.sleep_until(((e + 1) * P - 25) as f64);
+    clock.sleep_until(((e + 1) * P - 55) as f64);
     for tls in [Tls::V12, Tls::V13] {
         let t = d.join(format!("ahead{tls:?}"));
         assert_eq!(
