@@ -421,6 +421,38 @@ mod tests {
         );
     }
 
+    /// A failed write (the subdirectory turned into a symbolic link) is an error once, then
+    /// waits for the retry gate, then succeeds once the directory is sound again.
+    #[test]
+    fn a_failed_write_is_retried_after_a_pause() {
+        let d = tempfile::tempdir_in("/dev/shm").unwrap();
+        let elsewhere = tempfile::tempdir_in("/dev/shm").unwrap();
+        let (k, _) = KeyDir::open(d.path(), false).unwrap();
+        std::os::unix::fs::symlink(elsewhere.path(), d.path().join("h2o")).unwrap();
+        let s = schedule();
+        let shared = keys_for(500_000..500_010);
+        let now = Duration::from_secs(500_005 * P + 10);
+        let ring = Ring::build(&s, now, &shared, &mut LocalKeys::new(), 1).unwrap();
+        let mut sink = H2oSink::new(k);
+        sink.deliver(&ring).unwrap();
+        assert!(
+            sink.tick(now).is_err(),
+            "a symbolic link is never written through"
+        );
+        assert_eq!(
+            std::fs::read_dir(elsewhere.path()).unwrap().count(),
+            0,
+            "nothing written at the link's target"
+        );
+        assert_eq!(sink.tick(now + Duration::from_millis(500)).unwrap(), None);
+        std::fs::remove_file(d.path().join("h2o")).unwrap();
+        let later = now + Duration::from_secs(1);
+        assert_eq!(
+            sink.tick(later).unwrap(),
+            Some(Delivered::Files(vec![sink.file_path()]))
+        );
+    }
+
     #[test]
     fn the_sink_writes_on_change_with_a_new_mtime_each_time() {
         use std::os::unix::fs::MetadataExt as _;
