@@ -15,6 +15,9 @@
 //! | Apache 48 | 48 | name16 hmac16 aes16 |
 //! | Cloudflare memcached 48 | 48 | name16 aes16 hmac16 |
 //! | rustls 48 | 48 | name16 aead32 (the AES-256-GCM-SIV key of stek's rustls ticketer) |
+//!
+//! h2o's ticket file and lighttpd's STEK file take nginx 80's keys (the same AES-256-CBC and
+//! HMAC-SHA256 in the same ticket construction): the sinks lay them out as those servers want.
 
 use hkdf::Hkdf;
 use sha2::Sha256;

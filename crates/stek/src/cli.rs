@@ -20,8 +20,8 @@ Rotating, fleet-wide TLS session ticket keys without giving up forward secrecy.
 A session ticket is the session's secrets encrypted under a session ticket encryption key
 (STEK). Whoever obtains that key later can decrypt every recorded session it covered. stek
 makes a fresh key every period, keeps the next period's key ready (decrypt-only) and past
-keys for as long as tickets live, hands them to nginx, HAProxy, Apache and memcached-protocol
-clients, and erases each key once no ticket may still use it. Keys never touch persistent
+keys for as long as tickets live, hands them to nginx, HAProxy, Apache, h2o, lighttpd and
+memcached-protocol clients, and erases each key once no ticket may still use it. Keys never touch persistent
 disk.
 
 One machine: `stek up`. A fleet: `stek keygen` once, `stek generator` next to the store's
@@ -144,9 +144,21 @@ Files written under DIR (0600, in 0700 directories, atomically):
   nginx/keys/*.key       the key files it references (80 bytes; 48 with --nginx-key-size 48)
   haproxy/tickets.keys   for `bind ... tls-ticket-keys FILE` (previous, current, next)
   apache/ticket.key      for `SSLSessionTicketKeyFile FILE` (the current key, 48 bytes)
+  h2o/tickets.yaml       with --sinks h2o, for h2o's
+                           ssl-session-resumption:
+                             mode: ticket
+                             ticket-store: file
+                             ticket-file: DIR/h2o/tickets.yaml
+                         (every key, dated so h2o encrypts with the current one; h2o re-reads
+                         it within 10s, no reload)
+  lighttpd/stek.key      with --sinks lighttpd, for lighttpd's
+                           ssl.stek-file = \"DIR/lighttpd/stek.key\"
+                         (the next key, written early enough for lighttpd's 64s checks; no
+                         reload; needs --period of at least 65s)
   status.json            the ring by key name, slot and role (no key bytes)
 and a read-only memcached-protocol server (ticket-key/<slot start> in Cloudflare's layout, the
 slot after next included as soon as its key is held, for clients that fetch it at the boundary).
+h2o's `ticket-store: memcached` cannot use it: h2o writes its own keys there.
 
 With --haproxy-socket PATH (HAProxy's `stats socket PATH mode 600 level admin`), every rotation
 also reaches the running HAProxy through its runtime API (`set ssl tls-key`), with no reload:
@@ -157,7 +169,8 @@ SIGTERM or SIGINT stops stek. SIGHUP, SIGUSR1 and SIGUSR2 are logged and ignored
 reload its configuration (restart it to apply a changed --config); rotation carries on.
 
 Example:
-  stek up --period 1h --lifetime 18h --on-change 'nginx -s reload'";
+  stek up --period 1h --lifetime 18h --on-change 'nginx -s reload'
+  stek up --period 1h --lifetime 1h --sinks h2o,lighttpd";
 
 const KEYGEN_LONG_ABOUT: &str = "\
 Make a key pair. The private key goes to FILE (mode 0600; an existing file is never
@@ -190,6 +203,10 @@ const AGENT_LONG_ABOUT: &str = "\
 Read this host's group records from the local store copy (a Redis read replica, or etcd),
 check the generator's signature, open them with the group identity, and deliver the ring to
 the TLS servers exactly like `stek up` (same files, memcached interface and --on-change).
+With --sinks h2o and lighttpd (no reload needed: both re-read their files):
+  h2o:      ssl-session-resumption: {mode: ticket, ticket-store: file,
+                                     ticket-file: DIR/h2o/tickets.yaml}
+  lighttpd: ssl.stek-file = \"DIR/lighttpd/stek.key\"     (needs --period of at least 65s)
 Follows the store by notification plus a jittered poll; serves what it has while the store is
 down, and past --max-stale periods without a current key encrypts with a local random key
 (resumption then works on this host only; forward secrecy holds) until the store is back.
@@ -286,7 +303,10 @@ pub(crate) struct SinkArgs {
     #[arg(long, value_name = "CMD")]
     pub(crate) on_change: Option<String>,
 
-    /// Which key files to write (comma-separated: nginx, haproxy, apache). Default: all three.
+    /// Which key files to write (comma-separated: nginx, haproxy, apache, h2o, lighttpd).
+    /// Default: nginx, haproxy, apache. h2o and lighttpd re-read their files by themselves (no
+    /// --on-change needed); lighttpd needs a period of at least 65s (it looks at its file every
+    /// 64s).
     #[arg(long, value_name = "LIST", value_delimiter = ',')]
     pub(crate) sinks: Vec<SinkArg>,
 
@@ -596,6 +616,8 @@ pub(crate) enum SinkArg {
     Nginx,
     Haproxy,
     Apache,
+    H2o,
+    Lighttpd,
 }
 
 impl From<SinkArg> for SinkKind {
@@ -604,6 +626,8 @@ impl From<SinkArg> for SinkKind {
             SinkArg::Nginx => SinkKind::Nginx,
             SinkArg::Haproxy => SinkKind::Haproxy,
             SinkArg::Apache => SinkKind::Apache,
+            SinkArg::H2o => SinkKind::H2o,
+            SinkArg::Lighttpd => SinkKind::Lighttpd,
         }
     }
 }

@@ -145,17 +145,16 @@ fn request_timeout<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, 
     duration_named(d, "memcached_request_timeout")
 }
 
-/// Sink names as `--sinks` takes them: `nginx`, `haproxy`, `apache`.
+/// Sink names as `--sinks` takes them: `nginx`, `haproxy`, `apache`, `h2o`, `lighttpd`.
 fn sinks<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Vec<SinkKind>>, D::Error> {
     Vec::<String>::deserialize(d)?
         .iter()
-        .map(|n| match n.as_str() {
-            "nginx" => Ok(SinkKind::Nginx),
-            "haproxy" => Ok(SinkKind::Haproxy),
-            "apache" => Ok(SinkKind::Apache),
-            other => Err(serde::de::Error::custom(format_args!(
-                "sinks: unknown sink {other:?} (nginx, haproxy, apache)"
-            ))),
+        .map(|n| {
+            SinkKind::from_name(n).ok_or_else(|| {
+                serde::de::Error::custom(format_args!(
+                    "sinks: unknown sink {n:?} (nginx, haproxy, apache, h2o, lighttpd)"
+                ))
+            })
         })
         .collect::<Result<Vec<_>, _>>()
         .map(Some)
@@ -241,6 +240,8 @@ mod tests {
             c.haproxy_socket.unwrap(),
             [PathBuf::from("/run/haproxy/admin.sock")]
         );
+        let c = FileConfig::parse("sinks = [\"h2o\", \"lighttpd\"]").unwrap();
+        assert_eq!(c.sinks, Some(vec![SinkKind::H2o, SinkKind::Lighttpd]));
         assert!(FileConfig::parse("perod = \"1h\"").is_err());
         assert!(
             FileConfig::parse("[[groups]]\nname = \"a\"\nrecipients = []\nperod = \"1h\"").is_err()
@@ -262,7 +263,7 @@ mod tests {
             ("period = 4", "invalid type"),
             (
                 "sinks = [\"nginx\", \"iis\"]",
-                "sinks: unknown sink \"iis\" (nginx, haproxy, apache)",
+                "sinks: unknown sink \"iis\" (nginx, haproxy, apache, h2o, lighttpd)",
             ),
             (
                 "nginx_key_size = 64",

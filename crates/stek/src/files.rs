@@ -16,8 +16,9 @@ use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
-use rustix::fs::{AtFlags, FileType, Mode, OFlags};
+use rustix::fs::{AtFlags, FileType, Mode, OFlags, Timespec, Timestamps};
 use rustix::io::Errno;
 use tracing::warn;
 
@@ -326,6 +327,18 @@ impl KeyDir {
     /// `name`. Readers see the old file or the new one, never a partial key. A symbolic link at
     /// `name` is replaced by the file (rename never follows it), and the log says so.
     pub fn write_atomic(&self, name: &str, bytes: &[u8]) -> io::Result<()> {
+        self.write_atomic_at(name, bytes, None)
+    }
+
+    /// [`KeyDir::write_atomic`], with the file's modification (and access) time set to `mtime`
+    /// (since the Unix epoch) before it takes the name. For servers that re-read a key file when
+    /// its modification time changes and compare it with their own clock (lighttpd, h2o): the
+    /// time comes from the caller's clock, the one the file's contents are computed with.
+    pub fn write_atomic_mtime(&self, name: &str, bytes: &[u8], mtime: Duration) -> io::Result<()> {
+        self.write_atomic_at(name, bytes, Some(mtime))
+    }
+
+    fn write_atomic_at(&self, name: &str, bytes: &[u8], mtime: Option<Duration>) -> io::Result<()> {
         if !is_component(OsStr::new(name)) {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
@@ -344,6 +357,19 @@ impl KeyDir {
         let result = (|| {
             let mut f = File::from(fd);
             f.write_all(bytes)?;
+            if let Some(t) = mtime {
+                let at = Timespec {
+                    tv_sec: i64::try_from(t.as_secs()).unwrap_or(i64::MAX),
+                    tv_nsec: t.subsec_nanos().into(),
+                };
+                rustix::fs::futimens(
+                    &f,
+                    &Timestamps {
+                        last_access: at,
+                        last_modification: at,
+                    },
+                )?;
+            }
             f.sync_all()?;
             if self.lstat(name)? == Some(FileType::Symlink) {
                 warn!(
@@ -358,6 +384,36 @@ impl KeyDir {
             let _ = rustix::fs::unlinkat(&*self.fd, tmp.as_str(), AtFlags::empty());
         }
         result
+    }
+
+    /// The first `max` bytes of the regular file `name` (fewer if it is shorter), or `None` if
+    /// there is no such file. Opened without following links and without blocking (a FIFO
+    /// planted there cannot hang the caller); anything but a regular file is an error. For the
+    /// public head of a key file (lighttpd's times and key name), to tell whether it already
+    /// holds what would be written.
+    pub fn read_head(&self, name: &str, max: usize) -> io::Result<Option<Vec<u8>>> {
+        use std::io::Read as _;
+        let fd = match rustix::fs::openat(
+            &*self.fd,
+            name,
+            OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::NOCTTY | OFlags::CLOEXEC,
+            Mode::empty(),
+        ) {
+            Ok(fd) => fd,
+            Err(Errno::NOENT) => return Ok(None),
+            Err(e) => return Err(e.into()),
+        };
+        if FileType::from_raw_mode(rustix::fs::fstat(&fd)?.st_mode) != FileType::RegularFile {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("{} is not a regular file", self.path.join(name).display()),
+            ));
+        }
+        let mut head = Vec::with_capacity(max);
+        File::from(fd)
+            .take(u64::try_from(max).unwrap_or(u64::MAX))
+            .read_to_end(&mut head)?;
+        Ok(Some(head))
     }
 
     /// The names in the directory (without `.` and `..`).

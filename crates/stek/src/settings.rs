@@ -344,6 +344,21 @@ fn check_haproxy_keys_path(dir: &Path) -> anyhow::Result<()> {
         .map_err(|e| anyhow!("--haproxy-socket: the keys file {e}; choose another --dir"))
 }
 
+/// Refuses sinks the schedule cannot serve: lighttpd looks at its key file once every 64 s
+/// (`sink::lighttpd::CHECK_EVERY`), so with a shorter period it would miss keys, and with
+/// exactly 64 s every boundary could fall between the write and the check.
+fn check_sinks(schedule: &Schedule, d: &DeliverySettings) -> anyhow::Result<()> {
+    let min = sink::lighttpd::MIN_PERIOD;
+    if d.sinks.contains(&SinkKind::Lighttpd) && schedule.period() < min {
+        bail!(
+            "--sinks lighttpd needs a period of at least {} (got --period {}): lighttpd looks at its key file only every 64s (src/mod_openssl.c) and must load each slot's key before the slot begins",
+            duration::format(min),
+            duration::format(schedule.period())
+        );
+    }
+    Ok(())
+}
+
 /// What the operator should know about these settings, to be logged as warnings.
 pub(crate) fn warnings(schedule: &Schedule, d: &DeliverySettings) -> Vec<String> {
     let mut out = Vec::new();
@@ -381,6 +396,28 @@ pub(crate) fn warnings(schedule: &Schedule, d: &DeliverySettings) -> Vec<String>
             duration::format(schedule.lifetime())
         ));
     }
+    let h2o_cap = sink::h2o::SESSION_TIMEOUT;
+    if d.sinks.contains(&SinkKind::H2o) && schedule.lifetime() > h2o_cap {
+        out.push(format!(
+            "h2o keeps a session at most {} (OpenSSL's default timeout, the lifetime hint of its tickets): its tickets resume for at most {}, not for the lifetime of {}",
+            duration::format(h2o_cap),
+            duration::format(h2o_cap),
+            duration::format(schedule.lifetime())
+        ));
+    }
+    if d.sinks.contains(&SinkKind::Lighttpd) {
+        let (min, max) = sink::lighttpd::ticket_life(schedule);
+        if min < schedule.lifetime() {
+            out.push(format!(
+                "lighttpd holds 3 keys and keeps a session at most {}: its tickets resume for {} to {} after they were issued, not for the lifetime of {}; on lighttpd hosts choose --lifetime <= {}",
+                duration::format(sink::lighttpd::SESSION_TIMEOUT),
+                duration::format(min),
+                duration::format(max),
+                duration::format(schedule.lifetime()),
+                duration::format(min)
+            ));
+        }
+    }
     out
 }
 
@@ -396,10 +433,12 @@ pub(crate) fn up(a: &UpArgs, c: &FileConfig, place: &Place) -> anyhow::Result<Up
         (None, Some(g)) => file_group(g)?,
         (None, None) => DEFAULT_GROUP.to_owned(),
     };
+    let delivery = delivery(&a.sink, c, place)?;
+    check_sinks(&schedule, &delivery)?;
     Ok(UpSettings {
         schedule,
         group,
-        delivery: delivery(&a.sink, c, place)?,
+        delivery,
         clock_offset_ms: a.process.clock_offset_ms,
     })
 }
@@ -433,6 +472,8 @@ pub(crate) fn agent(a: &AgentArgs, c: &FileConfig, place: &Place) -> anyhow::Res
         allow_large_window(&a.schedule, c),
         None,
     )?;
+    let delivery = delivery(&a.sink, c, place)?;
+    check_sinks(&schedule, &delivery)?;
     Ok(AgentSettings {
         store,
         group,
@@ -440,7 +481,7 @@ pub(crate) fn agent(a: &AgentArgs, c: &FileConfig, place: &Place) -> anyhow::Res
         trusted,
         max_stale: a.max_stale.or(c.max_stale).unwrap_or(1),
         schedule,
-        delivery: delivery(&a.sink, c, place)?,
+        delivery,
         clock_offset_ms: a.process.clock_offset_ms,
     })
 }
@@ -863,6 +904,88 @@ mod tests {
             1
         );
         assert_eq!(w(&[]).len(), 2);
+    }
+
+    #[test]
+    fn lighttpd_needs_periods_above_64s_and_its_ticket_life_is_stated() {
+        let e = err(up(
+            &[
+                "--sinks",
+                "lighttpd",
+                "--period",
+                "64s",
+                "--lifetime",
+                "64s",
+            ],
+            "",
+        ));
+        assert_eq!(
+            e,
+            "--sinks lighttpd needs a period of at least 1m5s (got --period 1m4s): lighttpd looks at its key file only every 64s (src/mod_openssl.c) and must load each slot's key before the slot begins"
+        );
+        // From the file too, and for the agent.
+        let file = "sinks = [\"lighttpd\"]";
+        assert!(err(up(&["--period", "30s", "--lifetime", "1m"], file))
+            .starts_with("--sinks lighttpd needs"));
+        let g = GeneratorKey::generate().unwrap().public().to_string();
+        let agent_args = [
+            "--store",
+            "redis://x",
+            "--group",
+            "web",
+            "--identity",
+            "id",
+            "--trust",
+            &g,
+            "--sinks",
+            "nginx,lighttpd",
+            "--period",
+            "10s",
+            "--lifetime",
+            "10s",
+        ];
+        assert!(err(agent(&agent_args, "")).starts_with("--sinks lighttpd needs"));
+        // Other sinks take any period.
+        assert!(up(
+            &["--sinks", "h2o,nginx", "--period", "4s", "--lifetime", "8s"],
+            ""
+        )
+        .is_ok());
+
+        let w = |args: &[&str]| {
+            let s = up(args, "").unwrap();
+            warnings(&s.schedule, &s.delivery)
+        };
+        // L <= P: lighttpd honours the lifetime.
+        assert!(w(&["--sinks", "lighttpd", "--period", "1h", "--lifetime", "1h"]).is_empty());
+        assert!(w(&[
+            "--sinks",
+            "lighttpd",
+            "--period",
+            "65s",
+            "--lifetime",
+            "65s"
+        ])
+        .is_empty());
+        // The defaults: 3 keys and OpenSSL's 2 h session timeout.
+        let got = w(&["--sinks", "lighttpd"]);
+        let (min, max) =
+            sink::lighttpd::ticket_life(&Schedule::new(DEFAULT_PERIOD, DEFAULT_LIFETIME).unwrap());
+        assert_eq!(
+            got,
+            [format!(
+                "lighttpd holds 3 keys and keeps a session at most 2h: its tickets resume for {} to {} after they were issued, not for the lifetime of 18h; on lighttpd hosts choose --lifetime <= {}",
+                duration::format(min),
+                duration::format(max),
+                duration::format(min)
+            )]
+        );
+        assert!(got[0].contains("to 2h after"), "{got:?}");
+        assert!(w(&["--sinks", "h2o", "--lifetime", "2h"]).is_empty());
+        assert_eq!(
+            w(&["--sinks", "h2o"]),
+            ["h2o keeps a session at most 2h (OpenSSL's default timeout, the lifetime hint of its tickets): its tickets resume for at most 2h, not for the lifetime of 18h"]
+        );
     }
 
     #[test]

@@ -544,3 +544,22 @@ fn json_logs_are_one_object_per_line() {
     }
     assert!(text.contains("rotated to slot"), "{text}");
 }
+
+#[test]
+fn help_gives_the_h2o_and_lighttpd_config_lines() {
+    for cmd in ["up", "agent"] {
+        let (code, out, _) = stek(&[cmd, "--help"]);
+        assert_eq!(code, 0);
+        for line in [
+            "ticket-file: DIR/h2o/tickets.yaml",
+            "ticket-store: file",
+            "ssl.stek-file = \"DIR/lighttpd/stek.key\"",
+            "65s",
+        ] {
+            assert!(
+                out.contains(line),
+                "stek {cmd} --help lacks {line:?}:\n{out}"
+            );
+        }
+    }
+}

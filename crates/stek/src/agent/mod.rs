@@ -37,8 +37,8 @@ use crate::files::{DirError, KeyDir};
 use crate::memcached::{self, Access, Limits, Listener, ServeOptions};
 use crate::metrics::Metrics;
 use crate::sink::{
-    haproxy_keys_path, ApacheSink, Delivered, HaproxyRuntime, HaproxySink, Health, NginxKeySize,
-    NginxSink, OnChange, Sink, SinkKind, TableSink,
+    haproxy_keys_path, ApacheSink, Delivered, H2oSink, HaproxyRuntime, HaproxySink, Health,
+    LighttpdSink, NginxKeySize, NginxSink, OnChange, Sink, SinkKind, TableSink,
 };
 use crate::status::Status;
 use crate::store::Store;
@@ -180,6 +180,7 @@ pub async fn run<S: Store, O: Opener + 'static>(
                 false
             }
         };
+        out.tick(now);
         held_tx.send_if_modified(|held| {
             let now_held = rotator.held();
             let differs = *held != now_held;
@@ -291,6 +292,28 @@ impl Outlet {
             // The first complete set of files: servers ordered after this service may start.
             // (A change of the keys ahead reaches no file sink: it completes no set of files.)
             crate::notify::ready();
+        }
+    }
+
+    /// Gives every sink the time (`Sink::tick`): the sinks whose files depend on it write now.
+    fn tick(&mut self, now: Duration) {
+        let mut written = Vec::new();
+        for sink in &mut self.sinks {
+            match sink.tick(now) {
+                Ok(Some(Delivered::Files(files))) => written.extend(files),
+                Ok(_) => {}
+                Err(e) => {
+                    self.metrics.sink_failed(sink.name());
+                    error!(
+                        "could not write the {} files (the previous ones stay valid): {e}",
+                        sink.name()
+                    );
+                }
+            }
+        }
+        if !written.is_empty() {
+            let files: Vec<String> = written.iter().map(|p| p.display().to_string()).collect();
+            info!("files written: {}", files.join(", "));
         }
     }
 
@@ -409,6 +432,12 @@ impl HostOptions {
         if self.sinks.contains(&SinkKind::Apache) {
             dirs.push(self.dir.subdir("apache")?);
         }
+        if self.sinks.contains(&SinkKind::H2o) {
+            dirs.push(self.dir.subdir("h2o")?);
+        }
+        if self.sinks.contains(&SinkKind::Lighttpd) {
+            dirs.push(self.dir.subdir("lighttpd")?);
+        }
         for d in &dirs {
             match d.erase_temporaries() {
                 Ok(0) => {}
@@ -423,7 +452,8 @@ impl HostOptions {
     }
 
     /// The host's sinks in delivery order (files, the memcached table, the reload command last,
-    /// once the files are written). Starts the HAProxy socket tasks: call within a runtime.
+    /// once the files are written; h2o and lighttpd need no reload: they re-read their files).
+    /// Starts the HAProxy socket tasks: call within a runtime.
     pub fn sinks(&self, schedule: &Schedule, table: TableSink) -> Vec<Box<dyn Sink>> {
         let mut sinks: Vec<Box<dyn Sink>> = Vec::new();
         if self.sinks.contains(&SinkKind::Nginx) {
@@ -445,6 +475,12 @@ impl HostOptions {
         }
         if self.sinks.contains(&SinkKind::Apache) {
             sinks.push(Box::new(ApacheSink::new(self.dir.clone())));
+        }
+        if self.sinks.contains(&SinkKind::H2o) {
+            sinks.push(Box::new(H2oSink::new(self.dir.clone())));
+        }
+        if self.sinks.contains(&SinkKind::Lighttpd) {
+            sinks.push(Box::new(LighttpdSink::new(self.dir.clone())));
         }
         sinks.push(Box::new(table));
         if let Some(cmd) = &self.on_change {
@@ -715,6 +751,66 @@ pub(crate) mod tests {
         );
         let text = metrics.render(clock.now());
         assert!(!text.contains("stek_store_errors_total 0"), "{text}");
+    }
+
+    /// A sink that records its deliveries and ticks (with the clock reading of each tick).
+    struct Ticks(Arc<Mutex<Vec<(&'static str, Duration)>>>);
+
+    impl Sink for Ticks {
+        fn name(&self) -> &'static str {
+            "ticks"
+        }
+
+        fn deliver(&mut self, _ring: &Ring) -> std::io::Result<Delivered> {
+            self.0.lock().unwrap().push(("deliver", Duration::ZERO));
+            Ok(Delivered::Handed)
+        }
+
+        fn tick(&mut self, now: Duration) -> std::io::Result<Option<Delivered>> {
+            self.0.lock().unwrap().push(("tick", now));
+            Ok(None)
+        }
+    }
+
+    /// The contract of `Sink::tick` (h2o and lighttpd write there): right after every delivery,
+    /// and at least once a second in between.
+    #[tokio::test(start_paused = true)]
+    async fn sinks_are_ticked_after_every_delivery_and_at_least_once_a_second() {
+        let clock = TokioClock::at(1_800_000_001);
+        let s = Schedule::new(Duration::from_secs(2), Duration::from_secs(6)).unwrap();
+        let store = Arc::new(MemoryStore::new(Arc::new(clock.clone())));
+        let (stop, _) = watch::channel(false);
+        start_generator(&store, s, &clock, &stop).await;
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let agent = tokio::spawn(run(
+            store,
+            PlainOpener,
+            AgentConfig::new("g", s),
+            vec![Box::new(Ticks(log.clone()))],
+            "this process",
+            Arc::new(clock.clone()),
+            Metrics::new(),
+            until_set(&stop),
+        ));
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        stop.send_replace(true);
+        agent.await.unwrap();
+        let log = log.lock().unwrap().clone();
+        let deliveries = log.iter().filter(|x| x.0 == "deliver").count();
+        assert!(deliveries >= 5, "a rotation every 2 s: {log:?}");
+        for (i, x) in log.iter().enumerate() {
+            if x.0 == "deliver" {
+                assert_eq!(log.get(i + 1).map(|t| t.0), Some("tick"), "{log:?}");
+            }
+        }
+        let ticks: Vec<Duration> = log.iter().filter(|x| x.0 == "tick").map(|x| x.1).collect();
+        assert!(ticks.len() >= 10, "{ticks:?}");
+        for w in ticks.windows(2) {
+            assert!(
+                w[1] >= w[0] && w[1] - w[0] <= Duration::from_millis(1001),
+                "{ticks:?}"
+            );
+        }
     }
 
     /// With the generator's timing (each key published 2 s before the boundary of the slot
