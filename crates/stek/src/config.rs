@@ -12,6 +12,7 @@
 //! memcached_max_connections = 4096
 //! memcached_max_connections_per_peer = 1024
 //! memcached_request_timeout = "5s"
+//! nghttpx_cipher = "aes-128-cbc"   # or "aes-256-cbc": nghttpx's --tls-ticket-key-cipher
 //! on_change = "nginx -s reload"
 //! sinks = ["nginx", "haproxy"]
 //! haproxy_socket = ["/run/haproxy/admin.sock"]
@@ -38,6 +39,7 @@ use std::time::Duration;
 use serde::{Deserialize, Deserializer};
 
 use crate::duration;
+use crate::memcached::NghttpxCipher;
 use crate::sink::SinkKind;
 
 /// The largest config file read.
@@ -76,6 +78,9 @@ pub struct FileConfig {
     pub memcached_request_timeout: Option<Duration>,
     /// `--memcached-group`.
     pub memcached_group: Option<String>,
+    /// `--nghttpx-cipher`.
+    #[serde(default, deserialize_with = "nghttpx_cipher")]
+    pub nghttpx_cipher: Option<NghttpxCipher>,
     /// `--on-change`.
     pub on_change: Option<String>,
     /// `--sinks`.
@@ -141,6 +146,14 @@ fn request_timeout<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, 
     duration_named(d, "memcached_request_timeout")
 }
 
+/// `aes-128-cbc` or `aes-256-cbc`, as `--nghttpx-cipher` takes them.
+fn nghttpx_cipher<'de, D: Deserializer<'de>>(d: D) -> Result<Option<NghttpxCipher>, D::Error> {
+    String::deserialize(d)?
+        .parse()
+        .map(Some)
+        .map_err(|e| serde::de::Error::custom(format_args!("nghttpx_cipher: {e}")))
+}
+
 /// Sink names as `--sinks` takes them: `nginx`, `haproxy`, `apache`.
 fn sinks<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Vec<SinkKind>>, D::Error> {
     Vec::<String>::deserialize(d)?
@@ -199,6 +212,7 @@ mod tests {
         assert_eq!(c.period, Some(Duration::from_secs(3600)));
         assert_eq!(c.lifetime, Some(Duration::from_secs(18 * 3600)));
         assert_eq!(c.sinks, Some(vec![SinkKind::Nginx, SinkKind::Haproxy]));
+        assert_eq!(c.nghttpx_cipher, Some(NghttpxCipher::Aes128Cbc));
         let groups = c.groups.unwrap();
         assert_eq!(groups[0].recipients.len(), 1);
         assert_eq!(groups[0].period, Some(Duration::from_secs(3600)));
@@ -225,6 +239,10 @@ mod tests {
             ("period = \"x\"", "period: invalid duration \"x\""),
             ("lifetime = \"4\"", "lifetime: invalid duration \"4\""),
             ("period = 4", "invalid type"),
+            (
+                "nghttpx_cipher = \"aes-128-gcm\"",
+                "nghttpx_cipher: unknown nghttpx cipher \"aes-128-gcm\"",
+            ),
             (
                 "sinks = [\"nginx\", \"iis\"]",
                 "sinks: unknown sink \"iis\" (nginx, haproxy, apache)",

@@ -39,6 +39,7 @@ fn help_explains_every_flag() {
         "--memcached-group",
         "--haproxy-socket",
         "--allow-large-window",
+        "--nghttpx-cipher",
     ] {
         assert!(out.contains(flag), "--help lacks {flag}");
     }
@@ -59,6 +60,10 @@ fn bad_flags_give_one_line_and_exit_2() {
         (&["up", "--period", "4"], "unit"),
         (&["up", "--lifetime", "8d"], "7d"),
         (&["up", "--sinks", "iis"], "iis"),
+        (
+            &["up", "--nghttpx-cipher", "aes-128-gcm"],
+            "aes-128-cbc or aes-256-cbc",
+        ),
         (&["up", "--group", "a b"], "group"),
         (&["up", "--memcached-max-connections", "0"], "between 1 and"),
         (
