@@ -64,9 +64,9 @@ impl Server {
         }
     }
 
-    async fn start(limits: Limits) -> Server {
+    async fn start(ring: &Ring, limits: Limits) -> Server {
         let listener = memcached::bind("127.0.0.1:0", false).await.unwrap();
-        Server::start_on(listener, &ring(), limits).await
+        Server::start_on(listener, ring, limits).await
     }
 
     async fn connect(&self) -> TcpStream {
@@ -161,7 +161,7 @@ fn expected_status(op: u8) -> u16 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_opcode_gets_an_answer_or_an_error_never_a_hang() {
-    let server = Server::start(patient()).await;
+    let server = Server::start(&ring(), patient()).await;
     for op in 0..=u8::MAX {
         let mut s = server.connect().await;
         // The opcode with a 15-byte key, then a NOOP: a get finds the key, everything else is
@@ -216,8 +216,8 @@ async fn every_opcode_gets_an_answer_or_an_error_never_a_hang() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn quiet_gets_pipeline_until_a_noop() {
-    let server = Server::start(patient()).await;
     let ring = ring();
+    let server = Server::start(&ring, patient()).await;
     let current = format!(
         "ticket-key/{}",
         ring.schedule().start(ring.current()).as_secs()
@@ -269,7 +269,7 @@ async fn quiet_gets_pipeline_until_a_noop() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_50_mb_body_is_refused_without_being_read() {
-    let server = Server::start(patient()).await;
+    let server = Server::start(&ring(), patient()).await;
     let mut s = server.connect().await;
     // A SET announcing 50 MB (flags and expiry as extras, a key); only the header is sent.
     let mut req = request(0x01, 9, &[0; 8], b"ticket-key/1", &[]);
@@ -305,11 +305,14 @@ async fn a_50_mb_body_is_refused_without_being_read() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_half_sent_header_is_closed_at_the_request_timeout() {
     let timeout = Duration::from_secs(1);
-    let server = Server::start(Limits {
-        request_timeout: timeout,
-        idle_timeout: Duration::from_secs(600),
-        ..Limits::default()
-    })
+    let server = Server::start(
+        &ring(),
+        Limits {
+            request_timeout: timeout,
+            idle_timeout: Duration::from_secs(600),
+            ..Limits::default()
+        },
+    )
     .await;
     let mut s = server.connect().await;
     let req = request(0x00, 1, &[], NGHTTPX_KEY.as_bytes(), &[]);
@@ -396,9 +399,9 @@ fn memccat_binary(addr: std::net::SocketAddr, key: &str) -> Option<Vec<u8>> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_real_binary_client_reads_the_keys() {
-    let server = Server::start(patient()).await;
-    let addr = server.listener_addr.unwrap();
     let ring = ring();
+    let server = Server::start(&ring, patient()).await;
+    let addr = server.listener_addr.unwrap();
     tokio::task::spawn_blocking(move || {
         let current = format!(
             "ticket-key/{}",
