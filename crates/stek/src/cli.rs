@@ -156,9 +156,11 @@ Files written under DIR (0600, in 0700 directories, atomically):
                          (the next key, written early enough for lighttpd's 64s checks; no
                          reload; needs --period of at least 65s)
   status.json            the ring by key name, slot and role (no key bytes)
-and a read-only memcached-protocol server (ticket-key/<slot start> in Cloudflare's layout, the
-slot after next included as soon as its key is held, for clients that fetch it at the boundary).
-h2o's `ticket-store: memcached` cannot use it: h2o writes its own keys there.
+and a read-only memcached-protocol server, text and binary protocols (ticket-key/<slot start>
+in Cloudflare's layout, the slot after next included as soon as its key is held, for clients
+that fetch it at the boundary; nghttpx:tls-ticket-key for nghttpx's --tls-ticket-key-memcached,
+in the layout of --nghttpx-cipher). h2o's `ticket-store: memcached` cannot use it: h2o writes
+its own keys there.
 
 With --haproxy-socket PATH (HAProxy's `stats socket PATH mode 600 level admin`), every rotation
 also reaches the running HAProxy through its runtime API (`set ssl tls-key`), with no reload:
@@ -252,7 +254,7 @@ pub(crate) struct SinkArgs {
     #[arg(long)]
     pub(crate) allow_persistent_dir: bool,
 
-    /// Serve keys over the memcached text protocol on ADDR: 127.0.0.1:PORT, [::1]:PORT, or a
+    /// Serve keys over the memcached text and binary protocols on ADDR: 127.0.0.1:PORT, [::1]:PORT, or a
     /// path for a unix socket (mode 0600; 0660 with --memcached-group). Repeatable. Default:
     /// DIR/memcached.sock, or DIR-memcached/memcached.sock with --memcached-group. On TCP every
     /// local user can connect and read the keys; a unix socket serves only root, stek's uid and
@@ -296,6 +298,15 @@ pub(crate) struct SinkArgs {
     /// connection). Connections that send nothing are closed after 5 minutes. Default 5s.
     #[arg(long, value_name = "DUR", value_parser = parse_request_timeout)]
     pub(crate) memcached_request_timeout: Option<Duration>,
+
+    /// The layout of the keys served to nghttpx at `nghttpx:tls-ticket-key` (binary memcached
+    /// protocol): aes-128-cbc (48-byte keys) or aes-256-cbc (80-byte keys). Give the same value
+    /// as nghttpx's --tls-ticket-key-cipher: nghttpx rejects the whole key list when the length
+    /// differs, and then runs without tickets. nghttpx connects over TCP only: serve
+    /// --memcached 127.0.0.1:PORT and give it --tls-ticket-key-memcached=127.0.0.1,PORT.
+    /// Default aes-128-cbc, as nghttpx.
+    #[arg(long, value_name = "CIPHER", value_parser = parse_nghttpx_cipher)]
+    pub(crate) nghttpx_cipher: Option<memcached::NghttpxCipher>,
 
     /// Run CMD with `sh -c` after every change of the key files, e.g. 'nginx -s reload' or
     /// 'apache2ctl graceful'. A failure is logged and retried with backoff; the previous files
@@ -630,6 +641,11 @@ impl From<SinkArg> for SinkKind {
             SinkArg::Lighttpd => SinkKind::Lighttpd,
         }
     }
+}
+
+fn parse_nghttpx_cipher(s: &str) -> Result<memcached::NghttpxCipher, String> {
+    s.parse()
+        .map_err(|e: memcached::UnknownCipher| e.to_string())
 }
 
 fn parse_period(s: &str) -> Result<Duration, String> {

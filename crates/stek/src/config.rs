@@ -12,6 +12,7 @@
 //! memcached_max_connections = 4096
 //! memcached_max_connections_per_peer = 1024
 //! memcached_request_timeout = "5s"
+//! nghttpx_cipher = "aes-128-cbc"   # or "aes-256-cbc": nghttpx's --tls-ticket-key-cipher
 //! on_change = "nginx -s reload"
 //! sinks = ["nginx", "haproxy"]
 //! nginx_key_size = 80          # 48: the bytes of memcached ticket-key/<slot> (mixed fleets)
@@ -39,6 +40,7 @@ use std::time::Duration;
 use serde::{Deserialize, Deserializer};
 
 use crate::duration;
+use crate::memcached::NghttpxCipher;
 use crate::sink::{NginxKeySize, SinkKind};
 
 /// The largest config file read.
@@ -77,6 +79,9 @@ pub struct FileConfig {
     pub memcached_request_timeout: Option<Duration>,
     /// `--memcached-group`.
     pub memcached_group: Option<String>,
+    /// `--nghttpx-cipher`.
+    #[serde(default, deserialize_with = "nghttpx_cipher")]
+    pub nghttpx_cipher: Option<NghttpxCipher>,
     /// `--on-change`.
     pub on_change: Option<String>,
     /// `--sinks`.
@@ -143,6 +148,14 @@ fn lifetime<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Erro
 
 fn request_timeout<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
     duration_named(d, "memcached_request_timeout")
+}
+
+/// `aes-128-cbc` or `aes-256-cbc`, as `--nghttpx-cipher` takes them.
+fn nghttpx_cipher<'de, D: Deserializer<'de>>(d: D) -> Result<Option<NghttpxCipher>, D::Error> {
+    String::deserialize(d)?
+        .parse()
+        .map(Some)
+        .map_err(|e| serde::de::Error::custom(format_args!("nghttpx_cipher: {e}")))
 }
 
 /// Sink names as `--sinks` takes them: `nginx`, `haproxy`, `apache`, `h2o`, `lighttpd`.
@@ -233,6 +246,7 @@ mod tests {
         assert_eq!(c.lifetime, Some(Duration::from_secs(18 * 3600)));
         assert_eq!(c.sinks, Some(vec![SinkKind::Nginx, SinkKind::Haproxy]));
         assert_eq!(c.nginx_key_size, Some(NginxKeySize::Bytes80));
+        assert_eq!(c.nghttpx_cipher, Some(NghttpxCipher::Aes128Cbc));
         let groups = c.groups.unwrap();
         assert_eq!(groups[0].recipients.len(), 1);
         assert_eq!(groups[0].period, Some(Duration::from_secs(3600)));
@@ -261,6 +275,10 @@ mod tests {
             ("period = \"x\"", "period: invalid duration \"x\""),
             ("lifetime = \"4\"", "lifetime: invalid duration \"4\""),
             ("period = 4", "invalid type"),
+            (
+                "nghttpx_cipher = \"aes-128-gcm\"",
+                "nghttpx_cipher: unknown nghttpx cipher \"aes-128-gcm\"",
+            ),
             (
                 "sinks = [\"nginx\", \"iis\"]",
                 "sinks: unknown sink \"iis\" (nginx, haproxy, apache, h2o, lighttpd)",

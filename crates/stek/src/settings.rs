@@ -9,7 +9,7 @@ use std::time::Duration;
 use anyhow::{anyhow, bail, Context as _};
 use stek::config::FileConfig;
 use stek::duration;
-use stek::memcached::Limits;
+use stek::memcached::{Limits, NghttpxCipher};
 use stek::sink::{self, NginxKeySize, SinkKind};
 use stek_core::{GeneratorPublicKey, GroupPublicKey, Schedule};
 
@@ -60,6 +60,8 @@ pub(crate) struct DeliverySettings {
     /// The directory stek makes for the default socket when a group is given (a sibling of
     /// `dir`, which the group cannot traverse).
     pub(crate) memcached_socket_dir: Option<PathBuf>,
+    /// The layout of the keys served to nghttpx.
+    pub(crate) nghttpx_cipher: NghttpxCipher,
     /// The command run after each change of the files.
     pub(crate) on_change: Option<String>,
     /// HAProxy admin sockets to push keys to.
@@ -282,6 +284,7 @@ pub(crate) fn delivery(
         memcached_request_timeout: limits.request_timeout,
         memcached_group,
         memcached_socket_dir,
+        nghttpx_cipher: a.nghttpx_cipher.or(c.nghttpx_cipher).unwrap_or_default(),
         on_change: a.on_change.clone().or_else(|| c.on_change.clone()),
         haproxy_sockets,
         metrics: a.metrics.clone().or_else(|| c.metrics.clone()),
@@ -636,6 +639,7 @@ mod tests {
                 memcached_request_timeout: Duration::from_secs(5),
                 memcached_group: None,
                 memcached_socket_dir: None,
+                nghttpx_cipher: NghttpxCipher::Aes128Cbc,
                 on_change: None,
                 haproxy_sockets: vec![],
                 metrics: None,
@@ -700,6 +704,23 @@ mod tests {
             let e = Cli::try_parse_from(argv).unwrap_err().to_string();
             assert!(e.contains("48 or 80"), "{bad}: {e}");
         }
+    }
+
+    #[test]
+    fn nghttpx_cipher_flag_beats_file_beats_default() {
+        let file = "nghttpx_cipher = \"aes-256-cbc\"";
+        assert_eq!(
+            up(&[], file).unwrap().delivery.nghttpx_cipher,
+            NghttpxCipher::Aes256Cbc
+        );
+        let d = up(&["--nghttpx-cipher", "aes-128-cbc"], file)
+            .unwrap()
+            .delivery;
+        assert_eq!(d.nghttpx_cipher, NghttpxCipher::Aes128Cbc);
+        assert_eq!(
+            up(&[], "").unwrap().delivery.nghttpx_cipher,
+            NghttpxCipher::Aes128Cbc
+        );
     }
 
     #[test]

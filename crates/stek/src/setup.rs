@@ -31,6 +31,7 @@ fn host_options(d: &DeliverySettings, dir: KeyDir, memcached_access: Access) -> 
             ..Limits::default()
         },
         memcached_access,
+        nghttpx_cipher: d.nghttpx_cipher,
     }
 }
 

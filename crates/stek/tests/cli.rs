@@ -40,6 +40,7 @@ fn help_explains_every_flag() {
         "--haproxy-socket",
         "--allow-large-window",
         "--nginx-key-size",
+        "--nghttpx-cipher",
     ] {
         assert!(out.contains(flag), "--help lacks {flag}");
     }
@@ -69,6 +70,10 @@ fn bad_flags_give_one_line_and_exit_2() {
         (&["up", "--lifetime", "8d"], "7d"),
         (&["up", "--sinks", "iis"], "iis"),
         (&["up", "--nginx-key-size", "64"], "48 or 80"),
+        (
+            &["up", "--nghttpx-cipher", "aes-128-gcm"],
+            "aes-128-cbc or aes-256-cbc",
+        ),
         (&["up", "--group", "a b"], "group"),
         (&["up", "--memcached-max-connections", "0"], "between 1 and"),
         (

@@ -1,6 +1,6 @@
 //! The memcached interface against hostile local users: who may read the keys on the unix
 //! socket (a group, checked by peer credentials), one uid holding thousands of connections,
-//! slowloris writers and readers, binary-protocol clients.
+//! slowloris writers and readers (binary-protocol clients: `memcached_binary.rs`).
 //!
 //! Clients of other uids run as `setpriv --reuid=... --regid=... --clear-groups python3`; the
 //! tests run as root (as in CI), which they check.
@@ -283,7 +283,7 @@ fn one_uid_holding_5000_connections_does_not_starve_another() {
     drop(up);
 }
 
-// In-process servers: the request timeout and the binary protocol.
+// In-process servers: the request timeout.
 
 fn ring() -> Ring {
     let schedule = Schedule::default();
@@ -419,46 +419,6 @@ async fn a_client_that_does_not_read_is_closed_at_the_request_timeout() {
     // What was written before is still readable, then the connection ends.
     let got = read_to_close(&mut s, PATIENCE).await;
     assert!(got.len() < 64 * 100 * 1700, "{} bytes", got.len());
-    server.shutdown().await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_binary_request_gets_a_binary_error_and_the_connection_closes() {
-    // Timeouts far beyond PATIENCE: a reply or a close can only come from the binary handling.
-    let server = Server::start(Limits {
-        request_timeout: Duration::from_secs(600),
-        idle_timeout: Duration::from_secs(600),
-        ..Limits::default()
-    })
-    .await;
-    let mut s = TcpStream::connect(server.addr).await.unwrap();
-    // A binary GET of "ticket-schedule", opaque 0x01020304, as nghttpx would send it.
-    let key = b"ticket-schedule";
-    let mut req = vec![0x80, 0x00];
-    req.extend_from_slice(&(key.len() as u16).to_be_bytes());
-    req.extend_from_slice(&[0, 0, 0, 0]);
-    req.extend_from_slice(&(key.len() as u32).to_be_bytes());
-    req.extend_from_slice(&[1, 2, 3, 4]);
-    req.extend_from_slice(&[0; 8]);
-    req.extend_from_slice(key);
-    s.write_all(&req).await.unwrap();
-    let got = read_to_close(&mut s, PATIENCE).await;
-    assert!(got.len() > 24, "{got:?}");
-    assert_eq!(got[0], 0x81, "response magic");
-    assert_eq!(got[1], 0x00, "the request's opcode");
-    assert_eq!(&got[6..8], &[0x00, 0x81], "status: unknown command");
-    let body = u32::from_be_bytes(got[8..12].try_into().unwrap()) as usize;
-    assert_eq!(got.len(), 24 + body, "one response, nothing after it");
-    assert_eq!(&got[12..16], &[1, 2, 3, 4], "the request's opaque");
-    // The server carries on.
-    let mut t = TcpStream::connect(server.addr).await.unwrap();
-    t.write_all(b"version\r\n").await.unwrap();
-    let mut buf = [0u8; 64];
-    let n = tokio::time::timeout(PATIENCE, t.read(&mut buf))
-        .await
-        .unwrap()
-        .unwrap();
-    assert!(buf[..n].starts_with(b"VERSION "));
     server.shutdown().await;
 }
 

@@ -34,7 +34,7 @@ use tracing::{error, info, warn};
 
 use crate::clock::{Clock, ClockWatch};
 use crate::files::{DirError, KeyDir};
-use crate::memcached::{self, Access, Limits, Listener, ServeOptions};
+use crate::memcached::{self, Access, Limits, Listener, NghttpxCipher, ServeOptions};
 use crate::metrics::Metrics;
 use crate::sink::{
     haproxy_keys_path, ApacheSink, Delivered, H2oSink, HaproxyRuntime, HaproxySink, Health,
@@ -400,6 +400,8 @@ pub struct HostOptions {
     pub memcached_limits: Limits,
     /// Who is served on the memcached unix sockets.
     pub memcached_access: Access,
+    /// The layout of the keys served to nghttpx (`nghttpx:tls-ticket-key`).
+    pub nghttpx_cipher: NghttpxCipher,
     /// HAProxy admin sockets whose rings follow the HAProxy keys file over the runtime API
     /// (implies the HAProxy file sink).
     pub haproxy_sockets: Vec<PathBuf>,
@@ -507,7 +509,7 @@ pub async fn run_on_host<S: Store, O: Opener + 'static>(
     metrics: Arc<Metrics>,
     shutdown: impl Future<Output = ()>,
 ) {
-    let (table, table_rx) = TableSink::new();
+    let (table, table_rx) = TableSink::new(host.nghttpx_cipher);
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut servers = Vec::new();
     for l in listeners {
@@ -833,7 +835,8 @@ pub(crate) mod tests {
                 .unwrap()
                 .extend(ring.entries().iter().map(|e| (window, e.slot())));
         });
-        let (table, tables) = crate::sink::TableSink::new();
+        let (table, tables) =
+            crate::sink::TableSink::new(crate::memcached::NghttpxCipher::default());
         let agent = tokio::spawn(run(
             store,
             PlainOpener,

@@ -1,9 +1,9 @@
-//! A read-only memcached text-protocol server for ticket keys.
+//! A read-only memcached-protocol server for ticket keys (text and binary protocols).
 //!
 //! TLS servers that fetch their session ticket keys over memcached (Cloudflare's open-source
-//! lua-ssl-nginx-module, or any memcached client on the host) read them from stek directly:
-//! no key file, no reload. The server only answers reads; it never stores anything a client
-//! sends.
+//! lua-ssl-nginx-module, nghttpx, or any memcached client on the host) read them from stek
+//! directly: no key file, no reload. The server only answers reads; it never stores anything a
+//! client sends.
 //!
 //! # Keys served
 //!
@@ -16,6 +16,7 @@
 //! | `ticket-ring/haproxy-80` | three 80-byte keys in HAProxy order: previous, encrypting, next |
 //! | `ticket-ring/apache-48` | the encrypting key alone, 48 bytes in Apache's layout |
 //! | `ticket-ring/rustls-48` | the whole ring for stek's rustls ticketer (crate `stek-rustls`), 48-byte keys (name16 aead32), nginx order |
+//! | `nghttpx:tls-ticket-key` | the whole ring for nghttpx (`--tls-ticket-key-memcached`): u32 version 1, then per key a u16 length and the key, nginx order; 48-byte keys name16 aes16 hmac16 (`--nghttpx-cipher aes-128-cbc`, the default, the same bytes as `ticket-key/`) or 80-byte name16 aes32 hmac32 (`aes-256-cbc`); at most 327 or 199 keys, the oldest left out ([`nghttpx`]) |
 //! | `ticket-schedule` | text, no secrets: `period=<s> lifetime=<s> slot=<n> start=<unix s> encrypting=<key name hex> keys=<n> shared=<n> ahead=<n>` |
 //!
 //! - `<slot start>` is the Unix time in seconds at which the slot begins (slot number times
@@ -48,8 +49,11 @@
 //! `touch`, `gat`, `flush_all`, `verbosity`, ...) get the same reply. Unknown commands get
 //! `ERROR`, malformed ones `CLIENT_ERROR <why>`. See [`Limits`] for the caps.
 //!
-//! A binary-protocol request (first byte 0x80) gets one binary error response and a close
-//! ([`binary`]).
+//! A connection whose first byte is 0x80 speaks the binary protocol for its whole life: GET,
+//! GETQ, GETK, GETKQ, NOOP, VERSION, QUIT, QUITQ; every other opcode gets an error status
+//! (writes and STAT "not supported", the rest "unknown command") after its body is dropped;
+//! malformed requests and bodies over 1 MiB get an error and a close before the body is read
+//! ([`binary`]). Same listeners, access rules, caps and timeouts as the text protocol.
 //!
 //! # Who is served, and for how long
 //!
@@ -62,8 +66,9 @@
 //!
 //! # Layout
 //!
-//! [`frame`] cuts lines, [`parse`] turns one into a [`parse::Command`], [`binary`] frames
-//! binary requests, `cmd` answers each command, [`session`] is the per-connection protocol
+//! [`frame`] cuts lines, [`parse`] turns one into a [`parse::Command`], [`binary`] frames and
+//! decides binary requests, `cmd` answers each command, [`nghttpx`] makes nghttpx's value,
+//! [`session`] is the per-connection protocol
 //! state without I/O, `connection`, `server` and `workers` do the I/O, `access` and `peers`
 //! decide who is admitted, `shutdown` ends connections, [`bind`] makes a [`Listener`].
 //!
@@ -90,6 +95,7 @@ mod bind;
 mod cmd;
 mod connection;
 pub mod frame;
+pub mod nghttpx;
 pub mod parse;
 mod peers;
 mod server;
@@ -101,6 +107,7 @@ mod workers;
 
 pub use access::{Access, AccessError, PeerCred};
 pub use bind::{bind, bind_with, prepare_socket_dir, BindError, BindOptions};
+pub use nghttpx::{NghttpxCipher, UnknownCipher, NGHTTPX_KEY};
 pub use server::{
     serve, serve_with, Limits, LimitsError, Listener, ServeOptions, FORBIDDEN, MAX_CONNECTIONS,
     MAX_LINE, MAX_REQUEST_TIMEOUT, MAX_THREADS, MIN_LINE, TOO_MANY_CONNECTIONS,

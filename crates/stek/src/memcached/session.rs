@@ -23,9 +23,6 @@ pub const FLUSH_AT: usize = 32 * 1024;
 /// would leave earlier key bytes in freed memory.
 const REPLY_MARGIN: usize = 4096;
 
-/// The body of the binary error reply (memcached puts a short text there too).
-const BINARY_REFUSED: &str = "Unknown command: stek serves the text protocol only";
-
 /// What a session answers from.
 #[derive(Debug, Clone, Copy)]
 pub struct Context<'a> {
@@ -46,7 +43,8 @@ pub enum Stop {
     /// The reply buffer is full: write it out, then call again with the unconsumed input.
     Flush,
     /// Write the reply buffer out, then close the connection (`quit`, a line too long, a data
-    /// block that cannot be delimited, a binary-protocol request).
+    /// block that cannot be delimited; binary QUIT, or a binary request that cannot be framed,
+    /// is malformed or announces too large a body).
     Close,
 }
 
@@ -59,11 +57,31 @@ pub struct Progress {
     pub stop: Stop,
 }
 
-/// What to answer once a storage command's data block is swallowed.
+/// What to answer once a request's data (a text storage command's data block, a refused binary
+/// request's body) is swallowed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Pending {
-    noreply: bool,
-    malformed: Option<&'static str>,
+enum Pending {
+    /// A text storage command: the refusal, or why its line was malformed.
+    Text {
+        noreply: bool,
+        malformed: Option<&'static str>,
+    },
+    /// A binary request: the error for its header.
+    Binary {
+        header: binary::Header,
+        status: binary::Status,
+        message: &'static str,
+    },
+}
+
+/// Which protocol a connection speaks: decided by its first byte (0x80: binary), for its whole
+/// life, as memcached 1.6 does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+enum Protocol {
+    #[default]
+    Undecided,
+    Text,
+    Binary,
 }
 
 /// The protocol state of one connection.
@@ -77,6 +95,7 @@ pub struct Session {
     pending: Option<Pending>,
     /// Keys of the `get` at the front of the input already answered (see [`cmd::get`]).
     resume: usize,
+    protocol: Protocol,
     counters: Counters,
 }
 
@@ -92,14 +111,38 @@ impl Session {
         self.resume > 0
     }
 
-    /// Whether the session waits for the rest of a storage command's data block: the client
-    /// is in the middle of a request even when no input is buffered.
+    /// Whether the session waits for the rest of a storage command's data block (or of a
+    /// refused binary request's body): the client is in the middle of a request even when no
+    /// input is buffered.
     pub fn awaiting_data(&self) -> bool {
         self.discard > 0
     }
 
     /// Answers the complete requests at the front of `input`, appending replies to `out`.
     pub fn process(&mut self, input: &[u8], ctx: &Context<'_>, out: &mut Vec<u8>) -> Progress {
+        if self.protocol == Protocol::Undecided {
+            match input.first() {
+                None => {
+                    return Progress {
+                        consumed: 0,
+                        stop: Stop::NeedInput,
+                    }
+                }
+                Some(&binary::REQUEST_MAGIC) => self.protocol = Protocol::Binary,
+                Some(_) => self.protocol = Protocol::Text,
+            }
+        }
+        let progress = if self.protocol == Protocol::Binary {
+            self.process_binary(input, ctx, out)
+        } else {
+            self.process_text(input, ctx, out)
+        };
+        self.counters.flush(ctx.stats);
+        progress
+    }
+
+    /// [`Session::process`] for a text-protocol connection.
+    fn process_text(&mut self, input: &[u8], ctx: &Context<'_>, out: &mut Vec<u8>) -> Progress {
         let mut pos = 0;
         let stop = loop {
             // Room for the reply is made before each one is written, and only then: a client
@@ -118,25 +161,13 @@ impl Session {
                     out.extend_from_slice(b"CLIENT_ERROR bad data chunk\r\n");
                     break Stop::Close;
                 }
-                if let Some(p) = self.pending.take() {
-                    cmd::write::after_data(p.noreply, p.malformed, out);
+                if let Some(Pending::Text { noreply, malformed }) = self.pending.take() {
+                    cmd::write::after_data(noreply, malformed, out);
                 }
                 continue;
             }
             if out.len() >= FLUSH_AT {
                 break Stop::Flush;
-            }
-            if input.get(pos) == Some(&binary::REQUEST_MAGIC) {
-                // A binary-protocol client: no text line will ever come. Answer in its
-                // protocol once its header is here, then close (see `binary`).
-                let Some(h) = binary::header(&input[pos..]) else {
-                    break Stop::NeedInput;
-                };
-                self.counters.client_errors += 1;
-                cmd::reserve(out, REPLY_MARGIN);
-                binary::write_error(&h, binary::Status::UnknownCommand, BINARY_REFUSED, out);
-                pos += binary::HEADER_LEN;
-                break Stop::Close;
             }
             let (line, len) = match frame::next_line(&input[pos..], ctx.limits.max_line) {
                 Frame::Incomplete => break Stop::NeedInput,
@@ -186,7 +217,7 @@ impl Session {
                     self.counters.refused_writes += 1;
                     self.discard = s.data_len + 2;
                     self.tail = [0, 0];
-                    self.pending = Some(Pending {
+                    self.pending = Some(Pending::Text {
                         noreply: s.noreply,
                         malformed: s.malformed,
                     });
@@ -198,10 +229,112 @@ impl Session {
             }
             pos += len;
         };
-        self.counters.flush(ctx.stats);
         Progress {
             consumed: pos,
             stop,
+        }
+    }
+
+    /// [`Session::process`] for a binary-protocol connection (see [`binary`] for what each
+    /// opcode gets). Every request is decided from its header alone; only a get's key (at most
+    /// 250 bytes) is waited for, and a refused request's body is dropped as it arrives, never
+    /// buffered.
+    fn process_binary(&mut self, input: &[u8], ctx: &Context<'_>, out: &mut Vec<u8>) -> Progress {
+        use binary::{Action, Body, Status, HEADER_LEN};
+
+        let mut pos = 0;
+        let stop = loop {
+            if self.discard > 0 {
+                let n = self.discard.min(input.len() - pos);
+                self.discard -= n;
+                pos += n;
+                if self.discard > 0 {
+                    break Stop::NeedInput;
+                }
+                self.finish_binary_refusal(out);
+                continue;
+            }
+            if out.len() >= FLUSH_AT {
+                break Stop::Flush;
+            }
+            let Some(h) = binary::header(&input[pos..]) else {
+                break Stop::NeedInput;
+            };
+            match binary::decide(&h) {
+                Action::Get(get) => {
+                    // The body is the key alone, at most 250 bytes (`decide` checked).
+                    let end = pos + HEADER_LEN + h.body_len as usize;
+                    let Some(key) = input.get(pos + HEADER_LEN..end) else {
+                        break Stop::NeedInput;
+                    };
+                    cmd::get::execute_binary(&h, get, key, ctx.table, &mut self.counters, out);
+                    pos = end;
+                }
+                Action::Noop => {
+                    cmd::reserve(out, REPLY_MARGIN);
+                    binary::write_response(&h, Status::Ok, 0, Body::default(), out);
+                    pos += HEADER_LEN;
+                }
+                Action::Version => {
+                    cmd::reserve(out, REPLY_MARGIN);
+                    let body = Body {
+                        value: cmd::version::VERSION.as_bytes(),
+                        ..Body::default()
+                    };
+                    binary::write_response(&h, Status::Ok, 0, body, out);
+                    pos += HEADER_LEN;
+                }
+                Action::Quit { quiet } => {
+                    if !quiet {
+                        cmd::reserve(out, REPLY_MARGIN);
+                        binary::write_response(&h, Status::Ok, 0, Body::default(), out);
+                    }
+                    pos += HEADER_LEN;
+                    break Stop::Close;
+                }
+                Action::Refuse { status, message } => {
+                    if message == binary::READ_ONLY_MESSAGE {
+                        self.counters.refused_writes += 1;
+                    } else {
+                        self.counters.client_errors += 1;
+                    }
+                    pos += HEADER_LEN;
+                    // At most `binary::MAX_BODY` (`decide` checked): dropped as it arrives.
+                    self.discard = h.body_len as usize;
+                    self.pending = Some(Pending::Binary {
+                        header: h,
+                        status,
+                        message,
+                    });
+                    if self.discard == 0 {
+                        self.finish_binary_refusal(out);
+                    }
+                }
+                Action::Close(status) => {
+                    self.counters.client_errors += 1;
+                    cmd::reserve(out, REPLY_MARGIN);
+                    binary::write_error(&h, status, "", out);
+                    pos += HEADER_LEN;
+                    break Stop::Close;
+                }
+            }
+        };
+        Progress {
+            consumed: pos,
+            stop,
+        }
+    }
+
+    /// Writes the error owed to a refused binary request whose body is dropped.
+    fn finish_binary_refusal(&mut self, out: &mut Vec<u8>) {
+        if let Some(Pending::Binary {
+            header,
+            status,
+            message,
+        }) = self.pending.take()
+        {
+            cmd::reserve(out, REPLY_MARGIN);
+            binary::write_error(&header, status, message, out);
         }
     }
 
@@ -379,29 +512,228 @@ mod tests {
         assert!(closed);
     }
 
+    /// A binary request: header (opaque = `opaque`) and body (extras, key, value).
+    fn bin(opcode: u8, opaque: u32, extras: &[u8], key: &[u8], value: &[u8]) -> Vec<u8> {
+        let body = extras.len() + key.len() + value.len();
+        let mut r =
+            binary::tests::request(opcode, key.len() as u16, extras.len() as u8, body as u32)
+                .to_vec();
+        r[12..16].copy_from_slice(&opaque.to_be_bytes());
+        r.extend_from_slice(extras);
+        r.extend_from_slice(key);
+        r.extend_from_slice(value);
+        r
+    }
+
+    /// One binary response cut from the front of `out`: (opcode, status, opaque, extras, key,
+    /// value), and the rest.
+    #[allow(clippy::type_complexity)]
+    fn response(out: &[u8]) -> ((u8, u16, u32, &[u8], &[u8], &[u8]), &[u8]) {
+        assert_eq!(out[0], binary::RESPONSE_MAGIC, "{out:?}");
+        let key_len = usize::from(u16::from_be_bytes([out[2], out[3]]));
+        let extras_len = usize::from(out[4]);
+        let status = u16::from_be_bytes([out[6], out[7]]);
+        let body = u32::from_be_bytes(out[8..12].try_into().unwrap()) as usize;
+        let opaque = u32::from_be_bytes(out[12..16].try_into().unwrap());
+        let b = &out[binary::HEADER_LEN..binary::HEADER_LEN + body];
+        let (extras, rest) = b.split_at(extras_len);
+        let (key, value) = rest.split_at(key_len);
+        (
+            (out[1], status, opaque, extras, key, value),
+            &out[binary::HEADER_LEN + body..],
+        )
+    }
+
     #[test]
-    fn a_binary_request_gets_a_binary_error_and_closes() {
+    fn binary_gets_quiet_gets_and_noop_pipeline() {
         let f = Fixture::new();
-        // A text request, then a binary GET (opcode 0, opaque 7, key "k") and more after it.
-        let mut input = b"version\r\n".to_vec();
-        input.extend_from_slice(&[0x80, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 7]);
-        input.extend_from_slice(&[0; 8]);
-        input.extend_from_slice(b"kversion\r\n");
+        let k400 = ticket(&f, 100);
+        let mut input = Vec::new();
+        input.extend(bin(binary::opcode::GETQ, 1, &[], b"nope", &[]));
+        input.extend(bin(binary::opcode::GETKQ, 2, &[], b"ticket-key/400", &[]));
+        input.extend(bin(binary::opcode::GETKQ, 3, &[], b"nope", &[]));
+        input.extend(bin(binary::opcode::GETQ, 4, &[], b"ticket-key/400", &[]));
+        input.extend(bin(binary::opcode::NOOP, 5, &[], &[], &[]));
+        input.extend(bin(binary::opcode::GET, 6, &[], b"nope", &[]));
+        input.extend(bin(binary::opcode::GETK, 7, &[], b"nope", &[]));
+        input.extend(bin(binary::opcode::GET, 8, &[], b"ticket-key/400", &[]));
+        input.extend(bin(binary::opcode::VERSION, 9, &[], &[], &[]));
+        let (out, closed, used) = f.run(&mut Session::new(), &input);
+        assert!(!closed);
+        assert_eq!(used, input.len());
+        let cas = f.table.get(b"ticket-key/400").unwrap().cas();
+
+        let (r, rest) = response(&out);
+        assert_eq!(
+            r,
+            (0x0d, 0, 2, &[0u8; 4][..], &b"ticket-key/400"[..], &k400[..])
+        );
+        assert_eq!(u64::from_be_bytes(out[16..24].try_into().unwrap()), cas);
+        let (r, rest) = response(rest);
+        assert_eq!(r, (0x09, 0, 4, &[0u8; 4][..], &b""[..], &k400[..]));
+        let (r, rest) = response(rest);
+        assert_eq!(r, (0x0a, 0, 5, &b""[..], &b""[..], &b""[..]));
+        let (r, rest) = response(rest);
+        assert_eq!(r, (0x00, 1, 6, &b""[..], &b""[..], &b"Not found"[..]));
+        let (r, rest) = response(rest);
+        assert_eq!(r, (0x0c, 1, 7, &b""[..], &b"nope"[..], &b""[..]));
+        let (r, rest) = response(rest);
+        assert_eq!(r, (0x00, 0, 8, &[0u8; 4][..], &b""[..], &k400[..]));
+        let (r, rest) = response(rest);
+        assert_eq!(
+            r,
+            (
+                0x0b,
+                0,
+                9,
+                &b""[..],
+                &b""[..],
+                cmd::version::VERSION.as_bytes()
+            )
+        );
+        assert!(rest.is_empty());
+        // Cut anywhere, the same replies.
+        let (bytewise, closed) = f.run_bytewise(&mut Session::new(), &input);
+        assert!(!closed);
+        assert_eq!(bytewise, out);
+        let s = f.stats.snapshot();
+        assert_eq!((s.cmd_get, s.get_hits, s.get_misses), (14, 6, 8));
+    }
+
+    #[test]
+    fn binary_nghttpx_fetch() {
+        // What nghttpx sends (`MemcachedConnection::make_request`): GET, no extras, opaque 0.
+        let f = Fixture::new();
+        let input = bin(binary::opcode::GET, 0, &[], b"nghttpx:tls-ticket-key", &[]);
+        let (out, closed, _) = f.run(&mut Session::new(), &input);
+        assert!(!closed);
+        let (r, rest) = response(&out);
+        assert!(rest.is_empty());
+        let (op, status, _, extras, key, value) = r;
+        // nghttpx wants: the same opcode, no key, extras on a successful GET, body <= 16 KiB.
+        assert_eq!((op, status, extras.len(), key.len()), (0, 0, 4, 0));
+        assert_eq!(
+            value,
+            f.table.get(b"nghttpx:tls-ticket-key").unwrap().value()
+        );
+        assert!(out.len() - binary::HEADER_LEN <= 16 * 1024);
+    }
+
+    #[test]
+    fn every_binary_opcode_is_answered_or_closes() {
+        let f = Fixture::new();
+        for op in 0..=u8::MAX {
+            // The opcode with a 3-byte key and 2 bytes of value, then a NOOP.
+            let mut input = bin(op, 0x0102_0304, &[], b"abc", b"xy");
+            input.extend(bin(binary::opcode::NOOP, 77, &[], &[], &[]));
+            let (out, closed, used) = f.run(&mut Session::new(), &input);
+            let (r, rest) = response(&out);
+            assert_eq!(r.0, op);
+            assert_eq!(r.2, 0x0102_0304);
+            match op {
+                // Reads with a body that is not exactly their key: memcached's protocol error.
+                0x00 | 0x09 | 0x0c | 0x0d | 0x0a | 0x0b | 0x07 | 0x17 => {
+                    assert_eq!(r.1, 0x0004, "{op:#x}");
+                    assert!(closed && rest.is_empty(), "{op:#x}");
+                    assert_eq!(used, binary::HEADER_LEN);
+                }
+                _ => {
+                    assert!(r.1 == 0x0081 || r.1 == 0x0083, "{op:#x}: {:#x}", r.1);
+                    assert!(!closed, "{op:#x}");
+                    assert_eq!(used, input.len());
+                    // The body was dropped and the NOOP after it answered.
+                    let (noop, rest) = response(rest);
+                    assert_eq!((noop.0, noop.1, noop.2), (0x0a, 0, 77));
+                    assert!(rest.is_empty());
+                }
+            }
+        }
+        // The bare ones, bare.
+        for (op, closes, answered) in [
+            (binary::opcode::NOOP, false, true),
+            (binary::opcode::VERSION, false, true),
+            (binary::opcode::QUIT, true, true),
+            (binary::opcode::QUITQ, true, false),
+        ] {
+            let (out, closed, _) = f.run(&mut Session::new(), &bin(op, 1, &[], &[], &[]));
+            assert_eq!(closed, closes, "{op:#x}");
+            assert_eq!(!out.is_empty(), answered, "{op:#x}");
+        }
+    }
+
+    #[test]
+    fn binary_writes_are_refused_after_their_body() {
+        let f = Fixture::new();
+        // A SET of ticket-key/400 whose value looks like a GET: it must not run.
+        let smuggled = bin(binary::opcode::GET, 9, &[], b"ticket-key/400", &[]);
+        let mut input = bin(0x01, 5, &[0; 8], b"ticket-key/400", &smuggled);
+        input.extend(bin(0x11, 6, &[0; 8], b"k", b"v"));
+        input.extend(bin(binary::opcode::NOOP, 7, &[], &[], &[]));
+        let (out, closed, _) = f.run(&mut Session::new(), &input);
+        assert!(!closed);
+        let (r, rest) = response(&out);
+        assert_eq!((r.0, r.1, r.2), (0x01, 0x0083, 5));
+        assert_eq!(r.5, binary::READ_ONLY_MESSAGE.as_bytes());
+        // SETQ: quiet hides successes only.
+        let (r, rest) = response(rest);
+        assert_eq!((r.0, r.1, r.2), (0x11, 0x0083, 6));
+        let (r, rest) = response(rest);
+        assert_eq!((r.0, r.1, r.2), (0x0a, 0, 7));
+        assert!(rest.is_empty());
+        let (bytewise, _) = f.run_bytewise(&mut Session::new(), &input);
+        assert_eq!(bytewise, out);
+        assert_eq!(f.stats.snapshot().refused_writes, 4);
+        assert_eq!(f.stats.snapshot().cmd_get, 0);
+    }
+
+    #[test]
+    fn an_oversize_binary_body_closes_before_it_is_read() {
+        let f = Fixture::new();
+        let mut input = binary::tests::request(0x01, 3, 8, 50_000_000).to_vec();
+        input.extend_from_slice(&[b'x'; 100]);
         let (out, closed, used) = f.run(&mut Session::new(), &input);
         assert!(closed);
-        assert_eq!(used, 9 + binary::HEADER_LEN);
-        let version = format!("VERSION {}\r\n", cmd::version::VERSION);
-        let (text, bin) = out.split_at(version.len());
-        assert_eq!(text, version.as_bytes());
-        assert_eq!(&bin[..8], &[0x81, 0, 0, 0, 0, 0, 0x00, 0x81]);
-        assert_eq!(&bin[12..16], &[0, 0, 0, 7]);
-        assert_eq!(&bin[binary::HEADER_LEN..], BINARY_REFUSED.as_bytes());
-        // Cut anywhere, the same reply once the header is complete, nothing before.
-        let (bytewise, closed) = f.run_bytewise(&mut Session::new(), &input);
+        assert_eq!(used, binary::HEADER_LEN);
+        let (r, rest) = response(&out);
+        assert_eq!((r.0, r.1), (0x01, 0x0003));
+        assert!(rest.is_empty());
+        // A session never waits for such a body: its header alone is answered.
+        let (out, closed, _) = f.run(&mut Session::new(), &input[..binary::HEADER_LEN]);
+        assert!(closed && !out.is_empty());
+    }
+
+    #[test]
+    fn a_bad_magic_after_binary_requests_closes() {
+        let f = Fixture::new();
+        let mut input = bin(binary::opcode::NOOP, 1, &[], &[], &[]);
+        input.extend_from_slice(b"get ticket-key/400\r\n0123456789abcdef");
+        let (out, closed, _) = f.run(&mut Session::new(), &input);
         assert!(closed);
-        assert_eq!(bytewise, out);
-        let (partial, closed, used) = f.run(&mut Session::new(), &input[9..9 + 23]);
-        assert!(partial.is_empty() && !closed && used == 0);
+        let (r, rest) = response(&out);
+        assert_eq!((r.0, r.1), (0x0a, 0));
+        let (r, rest) = response(rest);
+        assert_eq!(r.1, 0x0004);
+        assert!(rest.is_empty());
+        // A half header waits, answering nothing.
+        let (out, closed, used) = f.run(&mut Session::new(), &input[..23]);
+        assert!(out.is_empty() && !closed && used == 0);
+    }
+
+    #[test]
+    fn a_text_connection_stays_text() {
+        let f = Fixture::new();
+        // After a text request, a line starting with 0x80 is an unknown text command.
+        let mut input = b"version\r\n".to_vec();
+        input.extend_from_slice(&[0x80, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 1, 1, 2, 3, 4]);
+        input.extend_from_slice(b"\r\nversion\r\n");
+        let (out, closed, used) = f.run(&mut Session::new(), &input);
+        let version = format!("VERSION {}\r\n", cmd::version::VERSION);
+        assert_eq!(
+            String::from_utf8_lossy(&out),
+            format!("{version}ERROR\r\n{version}")
+        );
+        assert!(!closed);
+        assert_eq!(used, input.len());
     }
 
     #[test]
@@ -497,7 +829,7 @@ mod tests {
             "STAT pid ",
             "STAT cmd_get 1\r\n",
             "STAT get_hits 1\r\n",
-            "STAT curr_items 10\r\n",
+            "STAT curr_items 11\r\n",
             "STAT ring_slot 100\r\n",
             "STAT ring_start 400\r\n",
             "STAT ring_shared_keys 3\r\n",

@@ -7,6 +7,8 @@ use std::fmt::Write as _;
 use stek_core::{Format, KeyName, Origin, Ring, RingEntry, Slot};
 use zeroize::Zeroizing;
 
+use super::nghttpx::{self, NghttpxCipher, NGHTTPX_KEY};
+
 /// The prefix of per-slot keys, as Cloudflare's lua-ssl-nginx-module expects
 /// (`memc_key_prefix = "ticket-key/"`).
 pub const TICKET_KEY_PREFIX: &str = "ticket-key/";
@@ -23,6 +25,8 @@ pub(crate) struct Item {
     get_tail: Box<[u8]>,
     /// `" <flags> <bytes> <cas>\r\n"`: the same for `gets`.
     gets_tail: Box<[u8]>,
+    /// The cas unique, for binary responses.
+    cas: u64,
 }
 
 impl Item {
@@ -34,7 +38,13 @@ impl Item {
                 .into_bytes()
                 .into_boxed_slice(),
             value,
+            cas,
         }
+    }
+
+    /// The cas unique (never 0).
+    pub(crate) fn cas(&self) -> u64 {
+        self.cas
     }
 
     /// The value bytes. Only the reply writer reads them.
@@ -82,8 +92,14 @@ pub struct KeyTable {
 }
 
 impl KeyTable {
-    /// The table of `ring`; see the [module docs](super) for the key scheme.
+    /// The table of `ring`, with nghttpx's value for its default cipher (aes-128-cbc); see the
+    /// [module docs](super) for the key scheme.
     pub fn from_ring(ring: &Ring) -> KeyTable {
+        KeyTable::from_ring_with(ring, NghttpxCipher::default())
+    }
+
+    /// The table of `ring`, with nghttpx's value ([`NGHTTPX_KEY`]) in the layout of `cipher`.
+    pub fn from_ring_with(ring: &Ring, cipher: NghttpxCipher) -> KeyTable {
         let schedule = ring.schedule();
         let start_of = |slot: Slot| schedule.start(slot).as_secs();
         let mut items = HashMap::new();
@@ -124,6 +140,15 @@ impl KeyTable {
             let cas = cas_of(&key, entries.iter().map(|e| e.key.name()));
             items.insert(key.into_bytes().into_boxed_slice(), Item::new(value, cas));
         }
+
+        // nghttpx's whole list, as the `ticket-ring/` values: every key of the ring.
+        let (value, n) = nghttpx::value(ring, cipher);
+        // The cipher is in the hash too: the same keys in the other layout are another value.
+        let cas = cas_of(
+            &format!("{NGHTTPX_KEY} {cipher}"),
+            ring.entries().iter().take(n).map(|e| e.key.name()),
+        );
+        items.insert(NGHTTPX_KEY.as_bytes().into(), Item::new(value, cas));
 
         let enc = ring.encrypting_entry();
         let summary = RingSummary {
@@ -264,6 +289,7 @@ pub(crate) mod tests {
         assert_eq!(
             t.keys(),
             vec![
+                "nghttpx:tls-ticket-key",
                 "ticket-key/392",
                 "ticket-key/396",
                 "ticket-key/400",
@@ -315,6 +341,16 @@ pub(crate) mod tests {
             )
         );
         assert_eq!(t.ring().unwrap().shared, 4);
+        // nghttpx's list: every key of the ring, its own framing (see `nghttpx`).
+        let (want, n) = nghttpx::value(&ring, NghttpxCipher::Aes128Cbc);
+        assert_eq!(n, 5);
+        assert_eq!(value(&t, NGHTTPX_KEY), &want[..]);
+        let t256 = KeyTable::from_ring_with(&ring, NghttpxCipher::Aes256Cbc);
+        assert_eq!(
+            value(&t256, NGHTTPX_KEY),
+            &nghttpx::value(&ring, NghttpxCipher::Aes256Cbc).0[..]
+        );
+        assert_eq!(value(&t256, NGHTTPX_KEY).len(), 4 + 5 * 82);
     }
 
     /// The slot after next (102 at t = 400) is served by slot as soon as the ring holds it, in

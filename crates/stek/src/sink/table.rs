@@ -8,19 +8,21 @@ use stek_core::Ring;
 use tokio::sync::watch;
 
 use super::{Delivered, Sink};
-use crate::memcached::KeyTable;
+use crate::memcached::{KeyTable, NghttpxCipher};
 
 /// Publishes each ring as the table of keys the memcached-protocol server answers from.
 #[derive(Debug)]
 pub struct TableSink {
     tx: watch::Sender<Arc<KeyTable>>,
+    nghttpx: NghttpxCipher,
 }
 
 impl TableSink {
     /// A sink and the receiver to hand to `memcached::serve` (empty until the first ring).
-    pub fn new() -> (TableSink, watch::Receiver<Arc<KeyTable>>) {
+    /// `nghttpx` is the layout of the keys served to nghttpx (its `--tls-ticket-key-cipher`).
+    pub fn new(nghttpx: NghttpxCipher) -> (TableSink, watch::Receiver<Arc<KeyTable>>) {
         let (tx, rx) = watch::channel(Arc::new(KeyTable::default()));
-        (TableSink { tx }, rx)
+        (TableSink { tx, nghttpx }, rx)
     }
 }
 
@@ -30,7 +32,8 @@ impl Sink for TableSink {
     }
 
     fn deliver(&mut self, ring: &Ring) -> std::io::Result<Delivered> {
-        self.tx.send_replace(Arc::new(KeyTable::from_ring(ring)));
+        self.tx
+            .send_replace(Arc::new(KeyTable::from_ring_with(ring, self.nghttpx)));
         Ok(Delivered::Handed)
     }
 
