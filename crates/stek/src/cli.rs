@@ -338,9 +338,17 @@ pub(crate) struct SinkArgs {
     #[arg(long = "haproxy-socket", value_name = "PATH")]
     pub(crate) haproxy_socket: Vec<PathBuf>,
 
-    /// Serve Prometheus metrics at http://ADDR/metrics and the status at /status (loopback only).
+    /// Serve Prometheus metrics at http://ADDR/metrics, the status at /status and a health
+    /// verdict at /healthz. ADDR is IP:PORT or HOST:PORT (localhost:9155); loopback only unless
+    /// --metrics-allow-remote.
     #[arg(long, value_name = "ADDR")]
     pub(crate) metrics: Option<String>,
+
+    /// Allow --metrics on a non-loopback address (a central Prometheus scraping this host). The
+    /// endpoint names keys by their public names and shows the schedule; it never shows key
+    /// bytes. Put a firewall in front of it.
+    #[arg(long)]
+    pub(crate) metrics_allow_remote: bool,
 }
 
 /// Flags every long-running command takes.
@@ -425,9 +433,15 @@ pub(crate) struct GeneratorArgs {
     #[command(flatten)]
     pub(crate) schedule: ScheduleArgs,
 
-    /// Serve Prometheus metrics at http://ADDR/metrics (loopback only).
+    /// Serve Prometheus metrics at http://ADDR/metrics, the status at /status and a health
+    /// verdict at /healthz. ADDR is IP:PORT or HOST:PORT; loopback only unless
+    /// --metrics-allow-remote.
     #[arg(long, value_name = "ADDR")]
     pub(crate) metrics: Option<String>,
+
+    /// Allow --metrics on a non-loopback address (a central Prometheus scraping this host).
+    #[arg(long)]
+    pub(crate) metrics_allow_remote: bool,
 
     #[command(flatten)]
     pub(crate) process: ProcessArgs,

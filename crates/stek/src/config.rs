@@ -94,6 +94,8 @@ pub struct FileConfig {
     pub haproxy_socket: Option<Vec<PathBuf>>,
     /// `--metrics`.
     pub metrics: Option<String>,
+    /// `--metrics-allow-remote`.
+    pub metrics_allow_remote: Option<bool>,
     /// `--store`.
     pub store: Option<String>,
     /// `--group` (agent, up).

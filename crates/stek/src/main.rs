@@ -331,7 +331,7 @@ fn run_generator(args: GeneratorArgs) -> anyhow::Result<()> {
                 .with_context(|| format!("cannot use the store {}", s.store))?,
         );
         let (clock, m) = clock_and_metrics(s.clock_offset_ms);
-        start_metrics(s.metrics.as_deref(), &m, &clock).await?;
+        start_metrics(s.metrics.as_deref(), s.metrics_allow_remote, &m, &clock).await?;
         generator::run_generator(store, plans, clock, m, shutdown).await;
         Ok(())
     })

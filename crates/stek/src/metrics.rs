@@ -271,14 +271,21 @@ fn label_value(s: &str) -> String {
 #[derive(Debug)]
 #[non_exhaustive]
 pub enum MetricsBindError {
-    /// The address is not `IP:PORT` (host names are not resolved).
+    /// The address is neither `IP:PORT` nor `HOST:PORT`.
     NotAnAddress {
         /// The address as given.
         addr: String,
         /// The parser's error.
         source: std::net::AddrParseError,
     },
-    /// The address is not a loopback address: the status names keys, so it stays on this host.
+    /// A host name that does not resolve.
+    Resolve {
+        /// The address as given.
+        addr: String,
+        /// The resolver's error.
+        source: std::io::Error,
+    },
+    /// The address is not a loopback address and `--metrics-allow-remote` was not given.
     NotLoopback {
         /// The address.
         addr: SocketAddr,
@@ -296,12 +303,13 @@ impl std::fmt::Display for MetricsBindError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             MetricsBindError::NotAnAddress { addr, .. } => {
-                write!(f, "{addr:?} is not an IP:PORT address")
+                write!(f, "{addr:?} is not IP:PORT or HOST:PORT")
             }
+            MetricsBindError::Resolve { addr, .. } => write!(f, "cannot resolve {addr:?}"),
             MetricsBindError::NotLoopback { addr } => write!(
                 f,
-                "{addr} is not a loopback address: the metrics endpoint only listens on \
-                 127.0.0.0/8 or ::1"
+                "{addr} is not a loopback address: the metrics endpoint listens on 127.0.0.0/8 \
+                 or ::1 unless --metrics-allow-remote"
             ),
             MetricsBindError::Bind { addr, .. } => write!(f, "cannot listen on {addr}"),
         }
@@ -313,25 +321,58 @@ impl std::error::Error for MetricsBindError {
         match self {
             MetricsBindError::NotAnAddress { source, .. } => Some(source),
             MetricsBindError::Bind { source, .. } => Some(source),
+            MetricsBindError::Resolve { source, .. } => Some(source),
             MetricsBindError::NotLoopback { .. } => None,
         }
     }
 }
 
-/// Binds the metrics endpoint: loopback addresses only (the status names keys).
-pub async fn bind(addr: &str) -> Result<TcpListener, MetricsBindError> {
-    let sa: SocketAddr = addr
-        .parse()
-        .map_err(|source| MetricsBindError::NotAnAddress {
-            addr: addr.to_owned(),
-            source,
-        })?;
-    if !sa.ip().is_loopback() {
-        return Err(MetricsBindError::NotLoopback { addr: sa });
+/// Binds the metrics endpoint at `addr`: `IP:PORT`, or `HOST:PORT` resolved (`localhost:9155`).
+/// Every address it stands for must be loopback unless `allow_remote` (the status names keys by
+/// their public names; an operator who scrapes from elsewhere says so). The first address that
+/// binds is used.
+pub async fn bind(addr: &str, allow_remote: bool) -> Result<TcpListener, MetricsBindError> {
+    let addrs: Vec<SocketAddr> = match addr.parse::<SocketAddr>() {
+        Ok(sa) => vec![sa],
+        Err(source) => {
+            // Not an IP literal: a host name, which must come with a port.
+            if addr
+                .rsplit_once(':')
+                .is_none_or(|(h, p)| h.is_empty() || p.parse::<u16>().is_err())
+            {
+                return Err(MetricsBindError::NotAnAddress {
+                    addr: addr.to_owned(),
+                    source,
+                });
+            }
+            tokio::net::lookup_host(addr)
+                .await
+                .map_err(|source| MetricsBindError::Resolve {
+                    addr: addr.to_owned(),
+                    source,
+                })?
+                .collect()
+        }
+    };
+    // IPv4 first: `localhost:9155` then listens where most scrapers look (127.0.0.1).
+    let mut addrs = addrs;
+    addrs.sort_by_key(SocketAddr::is_ipv6);
+    if let Some(&far) = addrs.iter().find(|a| !a.ip().is_loopback()) {
+        if !allow_remote {
+            return Err(MetricsBindError::NotLoopback { addr: far });
+        }
     }
-    TcpListener::bind(sa)
-        .await
-        .map_err(|source| MetricsBindError::Bind { addr: sa, source })
+    let mut last = None;
+    for sa in addrs {
+        match TcpListener::bind(sa).await {
+            Ok(l) => return Ok(l),
+            Err(source) => last = Some(MetricsBindError::Bind { addr: sa, source }),
+        }
+    }
+    Err(last.unwrap_or_else(|| MetricsBindError::Resolve {
+        addr: addr.to_owned(),
+        source: std::io::Error::new(std::io::ErrorKind::NotFound, "no address"),
+    }))
 }
 
 /// Serves `GET /metrics` and `GET /status` until `shutdown` resolves.
@@ -442,15 +483,25 @@ mod tests {
     #[tokio::test]
     async fn bind_errors_say_what_failed_and_keep_the_cause() {
         use std::error::Error as _;
-        let e = bind("localhost:9100").await.unwrap_err();
+        // Host names resolve: localhost is loopback.
+        let l = bind("localhost:0", false).await.unwrap();
+        assert_eq!(l.local_addr().unwrap().ip(), std::net::Ipv4Addr::LOCALHOST);
+        let e = bind("localhost", false).await.unwrap_err();
         assert!(matches!(e, MetricsBindError::NotAnAddress { .. }), "{e:?}");
         assert!(e.source().unwrap().is::<std::net::AddrParseError>());
-        let e = bind("0.0.0.0:0").await.unwrap_err();
+        let e = bind("no-such-host.invalid:9100", false).await.unwrap_err();
+        assert!(matches!(e, MetricsBindError::Resolve { .. }), "{e:?}");
+        assert!(e.source().unwrap().is::<std::io::Error>());
+        let e = bind("0.0.0.0:0", false).await.unwrap_err();
         assert!(e.to_string().contains("not a loopback address"), "{e}");
+        assert!(e.to_string().contains("--metrics-allow-remote"), "{e}");
         assert!(e.source().is_none());
-        let taken = bind("127.0.0.1:0").await.unwrap();
+        // Allowed when asked for (bound on every interface, so no traffic leaves the host here).
+        let any = bind("0.0.0.0:0", true).await.unwrap();
+        assert!(any.local_addr().unwrap().ip().is_unspecified());
+        let taken = bind("127.0.0.1:0", false).await.unwrap();
         let addr = taken.local_addr().unwrap().to_string();
-        let e = bind(&addr).await.unwrap_err();
+        let e = bind(&addr, false).await.unwrap_err();
         assert!(matches!(e, MetricsBindError::Bind { .. }), "{e:?}");
         assert_eq!(e.to_string(), format!("cannot listen on {addr}"));
         assert!(e.source().unwrap().is::<std::io::Error>());

@@ -68,6 +68,8 @@ pub(crate) struct DeliverySettings {
     pub(crate) haproxy_sockets: Vec<PathBuf>,
     /// Where to serve metrics and status.
     pub(crate) metrics: Option<String>,
+    /// Whether `metrics` may be a non-loopback address.
+    pub(crate) metrics_allow_remote: bool,
 }
 
 /// `stek up`.
@@ -105,6 +107,7 @@ pub(crate) struct GeneratorSettings {
     /// plans are made). Records of other generators are reported, never replaced.
     pub(crate) trusted: Vec<GeneratorPublicKey>,
     pub(crate) metrics: Option<String>,
+    pub(crate) metrics_allow_remote: bool,
     pub(crate) clock_offset_ms: i64,
 }
 
@@ -288,6 +291,7 @@ pub(crate) fn delivery(
         on_change: a.on_change.clone().or_else(|| c.on_change.clone()),
         haproxy_sockets,
         metrics: a.metrics.clone().or_else(|| c.metrics.clone()),
+        metrics_allow_remote: a.metrics_allow_remote || c.metrics_allow_remote.unwrap_or(false),
         dir,
     })
 }
@@ -545,6 +549,7 @@ pub(crate) fn generator(a: &GeneratorArgs, c: &FileConfig) -> anyhow::Result<Gen
         groups,
         trusted,
         metrics: a.metrics.clone().or_else(|| c.metrics.clone()),
+        metrics_allow_remote: a.metrics_allow_remote || c.metrics_allow_remote.unwrap_or(false),
         clock_offset_ms: a.process.clock_offset_ms,
     })
 }
@@ -643,6 +648,7 @@ mod tests {
                 on_change: None,
                 haproxy_sockets: vec![],
                 metrics: None,
+                metrics_allow_remote: false,
             }
         );
     }

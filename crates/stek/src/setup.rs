@@ -103,7 +103,13 @@ pub(crate) async fn start_host(
         listeners.push(l);
     }
     let (clock, metrics) = clock_and_metrics(clock_offset_ms);
-    start_metrics(d.metrics.as_deref(), &metrics, &clock).await?;
+    start_metrics(
+        d.metrics.as_deref(),
+        d.metrics_allow_remote,
+        &metrics,
+        &clock,
+    )
+    .await?;
     Ok(Host {
         listeners,
         clock,
@@ -121,12 +127,16 @@ pub(crate) fn clock_and_metrics(offset_ms: i64) -> (Arc<dyn Clock>, Arc<Metrics>
 
 pub(crate) async fn start_metrics(
     addr: Option<&str>,
+    allow_remote: bool,
     m: &Arc<Metrics>,
     clock: &Arc<dyn Clock>,
 ) -> anyhow::Result<()> {
     if let Some(addr) = addr {
-        let l = metrics::bind(addr).await?;
-        info!("metrics on http://{addr}/metrics, status on http://{addr}/status");
+        let l = metrics::bind(addr, allow_remote).await?;
+        let at = l
+            .local_addr()
+            .map_or_else(|_| addr.to_owned(), |a| a.to_string());
+        info!("metrics on http://{at}/metrics, status on http://{at}/status, health on http://{at}/healthz");
         tokio::spawn(metrics::serve(
             l,
             m.clone(),

@@ -37,7 +37,8 @@ fn a_killed_agent_is_critical_within_two_periods() {
     const PERIOD: u64 = 4;
     let dir = shm_dir();
     let port = free_port();
-    let metrics = format!("127.0.0.1:{port}");
+    // A host name works (IPv4 first: 127.0.0.1).
+    let metrics = format!("localhost:{port}");
     let stek = stek_up(
         dir.path(),
         &[
