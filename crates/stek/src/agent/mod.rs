@@ -127,6 +127,7 @@ pub async fn run<S: Store, O: Opener + 'static>(
         metrics,
         status_dir,
         last_risk: std::cell::RefCell::new(None),
+        in_fallback: false,
     };
     let mut steps = ClockWatch::new(schedule.period() / 4);
     let mut reported = false;
@@ -228,6 +229,8 @@ struct Outlet {
     health: Vec<Health>,
     metrics: Arc<Metrics>,
     status_dir: Option<KeyDir>,
+    /// The last ring delivered encrypted with a local key (to log the end of a fallback).
+    in_fallback: bool,
     /// The forward-secrecy risk last reported (logged once per change).
     last_risk: std::cell::RefCell<Option<String>>,
 }
@@ -256,6 +259,15 @@ impl Outlet {
                 };
                 self.last_slot = Some(ring.current());
                 rotator::log_ring(&self.group, ring, verb, &self.scope);
+                let fallback = ring.encrypting() == stek_core::Encrypting::LocalFallback;
+                if self.in_fallback && !fallback {
+                    info!(
+                        "group {}: FALLBACK ended: shared key {} encrypts again; tickets resume across hosts",
+                        self.group,
+                        ring.encrypting_entry().key.name()
+                    );
+                }
+                self.in_fallback = fallback;
             }
             Change::Ahead => {
                 let served = self.sinks.iter().any(|s| s.serves_ahead());

@@ -214,7 +214,7 @@ pub(crate) fn log_ring(group: &str, ring: &Ring, verb: &str, scope: &str) {
             ring.current()
         ),
         Encrypting::LocalFallback => warn!(
-            "group {group}: {verb} slot {}: FALLBACK: no recent shared key for the slot: local random key {enc} encrypts; resumption works on {scope} only until the store is back",
+            "group {group}: {verb} slot {}: FALLBACK: no shared key recent enough (--max-stale) for the slot: local random key {enc} encrypts; resumption works on {scope} only until a shared key arrives (the store unreachable, no generator publishing, or this agent's --period, --lifetime or --group not the generator's: `stek status` shows the store's state and rejected records); a line says when it ends",
             ring.current()
         ),
     }
