@@ -144,6 +144,34 @@ pub struct KeyStatus {
     pub name: String,
     /// `shared` (the group's key) or `local` (this host's stand-in).
     pub origin: String,
+    /// Whether this key encrypts new tickets (the first of the ring). The role is the slot's
+    /// place in the schedule: when the current slot's shared key is missing, a past key
+    /// encrypts and the current slot's local stand-in only decrypts. Absent from older files.
+    #[serde(default)]
+    pub encrypts: bool,
+}
+
+/// What a key of a ring is used for, in words: `encrypts` for the first (the key a server
+/// encrypts with), `decrypts` for the others, whatever their slot's role.
+pub fn key_use(index: usize) -> &'static str {
+    if index == 0 {
+        "encrypts"
+    } else {
+        "decrypts"
+    }
+}
+
+/// Which key encrypts and why, in words (for the status and the comments of key files).
+pub fn encrypting_words(ring: &Ring) -> String {
+    match ring.encrypting() {
+        Encrypting::Current => "the current slot's shared key".to_owned(),
+        Encrypting::Stale { behind } => format!(
+            "a stale shared key ({behind} period(s) old): the current slot's shared key has not arrived, its local stand-in only decrypts"
+        ),
+        Encrypting::LocalFallback => {
+            "this host's local key (FALLBACK: no recent shared key; other hosts cannot resume its tickets)".to_owned()
+        }
+    }
 }
 
 /// An agent's status.
@@ -314,7 +342,8 @@ impl Status {
             keys: ring
                 .entries()
                 .iter()
-                .map(|e| KeyStatus {
+                .enumerate()
+                .map(|(i, e)| KeyStatus {
                     slot: e.slot().0,
                     start: s.start(e.slot()).as_secs(),
                     role: e.role.to_string(),
@@ -323,6 +352,7 @@ impl Status {
                         Origin::Shared => "shared".into(),
                         Origin::Local => "local".into(),
                     },
+                    encrypts: i == 0,
                 })
                 .collect(),
             last_sync: None,
@@ -470,14 +500,21 @@ impl Status {
         }
         let _ = writeln!(
             out,
-            "{:<12} {:<12} {:<8} {:<32} origin",
-            "slot", "start", "role", "key name"
+            "{:<12} {:<12} {:<8} {:<32} {:<8} use",
+            "slot", "start", "role", "key name", "origin"
         );
-        for k in &self.keys {
+        for (i, k) in self.keys.iter().enumerate() {
+            // Older files do not say which key encrypts: the first one does.
+            let encrypts = k.encrypts || (i == 0 && !self.keys.iter().any(|k| k.encrypts));
             let _ = writeln!(
                 out,
-                "{:<12} {:<12} {:<8} {:<32} {}",
-                k.slot, k.start, k.role, k.name, k.origin
+                "{:<12} {:<12} {:<8} {:<32} {:<8} {}",
+                k.slot,
+                k.start,
+                k.role,
+                k.name,
+                k.origin,
+                key_use(if encrypts { 0 } else { 1 })
             );
         }
         for (reason, n) in &self.rejected {
@@ -535,6 +572,7 @@ fn stamp(at: f64) -> String {
 mod tests {
     use super::*;
     use std::error::Error as _;
+    use stek_core::{LocalKeys, Schedule, Slot, SlotKey};
 
     fn status(updated_at: f64) -> Status {
         serde_json::from_str::<Status>(&format!(
@@ -544,6 +582,42 @@ mod tests {
             "heartbeat":1.0}}"#
         ))
         .unwrap()
+    }
+
+    #[test]
+    fn the_table_says_which_key_encrypts_when_a_stale_key_does() {
+        let s = Schedule::new(Duration::from_secs(4), Duration::from_secs(12)).unwrap();
+        let shared = BTreeMap::from([(Slot(99), SlotKey::generate(Slot(99)).unwrap())]);
+        let ring = Ring::build(
+            &s,
+            Duration::from_secs(400),
+            &shared,
+            &mut LocalKeys::new(),
+            1,
+        )
+        .unwrap();
+        let st = Status::of(&ring, "web", Duration::from_secs(400));
+        assert_eq!(st.encrypting, "stale");
+        let uses: Vec<(u64, &str, bool)> = st
+            .keys
+            .iter()
+            .map(|k| (k.slot, k.role.as_str(), k.encrypts))
+            .collect();
+        assert_eq!(uses[0], (99, "past-1", true));
+        assert!(uses[1..].iter().all(|u| !u.2), "{uses:?}");
+        let table = st.render();
+        let row = |slot: &str| {
+            table
+                .lines()
+                .find(|l| l.starts_with(slot))
+                .unwrap_or_else(|| panic!("{table}"))
+                .to_owned()
+        };
+        assert!(row("99 ").ends_with("shared   encrypts"), "{table}");
+        assert!(
+            row("100 ").contains(" encrypt ") && row("100 ").ends_with("local    decrypts"),
+            "{table}"
+        );
     }
 
     #[test]

@@ -97,22 +97,28 @@ impl NginxSink {
     pub fn write(&mut self, ring: &Ring) -> io::Result<PathBuf> {
         let nginx = self.dir.subdir("nginx")?;
         let keys = nginx.subdir("keys")?;
-        let mut conf = String::from(
-            "# Written by stek: session ticket keys, the encrypting key first. Do not edit.\n",
+        let mut conf = format!(
+            "# Written by stek: session ticket keys, the encrypting key first. Do not edit.\n# Encrypting: {}.\n",
+            crate::status::encrypting_words(ring)
         );
         let format = self.size.format();
         let mut wanted = HashSet::new();
-        for entry in ring.entries() {
+        for (i, entry) in ring.entries().iter().enumerate() {
             let file = format!("{}.key", ring.schedule().start(entry.slot()).as_secs());
             let bytes = format.encode(&entry.key);
             check_len(format, &bytes)?;
             keys.write_atomic(&file, &bytes)?;
             conf.push_str(&format!(
-                "ssl_session_ticket_key {}; # slot {} {} {}\n",
+                "ssl_session_ticket_key {}; # slot {} {} {} {}{}\n",
                 keys.path().join(&file).display(),
                 entry.slot(),
                 entry.role,
-                entry.key.name()
+                entry.key.name(),
+                crate::status::key_use(i),
+                match entry.origin {
+                    stek_core::Origin::Shared => "",
+                    stek_core::Origin::Local => " (local)",
+                }
             ));
             wanted.insert(OsString::from(file));
         }
@@ -287,6 +293,35 @@ mod tests {
         assert_eq!(
             fs::read_dir(d.path().join("nginx/keys")).unwrap().count(),
             5
+        );
+    }
+
+    /// With the current slot's shared key missing, a stale past key encrypts: the comments say
+    /// so, and the current slot's local stand-in is labelled as only decrypting.
+    #[test]
+    fn nginx_comments_name_the_key_that_encrypts_when_stale() {
+        let d = tempfile::tempdir_in("/dev/shm").unwrap();
+        let (k, _) = KeyDir::open(d.path(), false).unwrap();
+        let mut sink = NginxSink::new(k, NginxKeySize::default());
+        let shared = BTreeMap::from([(Slot(99), SlotKey::generate(Slot(99)).unwrap())]);
+        let mut local = LocalKeys::new();
+        let r = ring_at(400, &shared, &mut local);
+        let text = fs::read_to_string(sink.write(&r).unwrap()).unwrap();
+        assert!(
+            text.contains("# Encrypting: a stale shared key (1 period(s) old)"),
+            "{text}"
+        );
+        let lines: Vec<&str> = text.lines().filter(|l| l.starts_with("ssl_")).collect();
+        let name = shared[&Slot(99)].name();
+        assert!(
+            lines[0].ends_with(&format!("# slot 99 past-1 {name} encrypts")),
+            "{text}"
+        );
+        let current = lines.iter().find(|l| l.contains("# slot 100 ")).unwrap();
+        assert!(current.ends_with("decrypts (local)"), "{text}");
+        assert!(
+            lines[1..].iter().all(|l| !l.contains(" encrypts")),
+            "{text}"
         );
     }
 
