@@ -289,6 +289,7 @@ async fn agent_loop<S: Store>(
                 ..Synced::default()
             }),
             clock_offset: None,
+            diagnosis: None,
         };
         rotator.take(report, now);
         let _ = rotator.rotate(now);

@@ -219,6 +219,10 @@ pub struct Status {
     /// their server took.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub sinks: Vec<SinkStatus>,
+    /// Why the store holds nothing for this agent's slots (a group or schedule mismatch, no
+    /// generator publishing), when the agent could tell from a survey of the store.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub store_diagnosis: Option<String>,
     /// Why a server may still encrypt with a key that has left the window (erased here, so
     /// forward secrecy no longer holds for its tickets), if one may.
     #[serde(default)]
@@ -365,6 +369,7 @@ impl Status {
             haproxy: Vec::new(),
             heartbeat: heartbeat(s.period()).as_secs_f64(),
             sinks: Vec::new(),
+            store_diagnosis: None,
             forward_secrecy_at_risk: None,
         }
     }
@@ -419,6 +424,9 @@ impl Status {
                 ),
             )),
             _ => {}
+        }
+        if let Some(why) = &self.store_diagnosis {
+            problems.push((Level::Warning, why.clone()));
         }
         for h in self.haproxy.iter().filter(|h| !h.ok) {
             problems.push((

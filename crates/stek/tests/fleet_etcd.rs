@@ -50,3 +50,10 @@ fn a_stalled_store_never_delays_rotation_or_erasure() {
     let mut store = EtcdNode::start(dir.path());
     fleet::stalled_store(&mut store, dir.path());
 }
+
+#[test]
+fn agents_with_another_group_or_period_are_told_why() {
+    let dir = shm_dir();
+    let mut store = EtcdNode::start(dir.path());
+    fleet::mismatched_agents_are_told_why(&mut store, dir.path());
+}

@@ -26,6 +26,8 @@ pub struct SyncState {
     pub slot_conflicts: u64,
     /// The last measured offset of this host's clock to the store's, in seconds.
     pub clock_offset: Option<f64>,
+    /// Why the store holds nothing for this agent's slots, when the syncer could tell.
+    pub diagnosis: Option<String>,
 }
 
 /// What a [`Rotator::rotate`] changed.
@@ -77,6 +79,7 @@ impl Rotator {
         }
         match report.result {
             Ok(synced) => {
+                self.sync.diagnosis = report.diagnosis;
                 if self.sync.down {
                     info!("group {}: the store is reachable again", self.group);
                     self.sync.down = false;
@@ -188,6 +191,7 @@ impl Rotator {
             .map(|t| now.saturating_sub(t).as_secs_f64());
         st.clock_offset = self.sync.clock_offset;
         st.slot_conflicts = self.sync.slot_conflicts;
+        st.store_diagnosis = self.sync.diagnosis.clone();
         st.rejected = self
             .sync
             .rejected
@@ -262,6 +266,7 @@ mod tests {
                 ..Synced::default()
             }),
             clock_offset: None,
+            diagnosis: None,
         }
     }
 
@@ -430,6 +435,7 @@ mod tests {
                 at: now,
                 result: Err(SyncError::Timeout(Duration::from_secs(2))),
                 clock_offset: None,
+                diagnosis: None,
             },
             now
         ));
@@ -441,8 +447,10 @@ mod tests {
                     keys: vec![SlotKey::generate(Slot(100)).unwrap()],
                     rejected: vec!["bad_signature", "bad_signature"],
                     conflicts: vec![Slot(100)],
+                    found: 2,
                 }),
                 clock_offset: Some(-0.25),
+                diagnosis: None,
             },
             now,
         );

@@ -16,7 +16,7 @@ use stek_core::record::MAX_RECORD_LEN;
 use stek_core::{jitter, KeyBytes, KeyName, Record, RecordError, Schedule, Slot, SlotKey, Window};
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
-use tracing::{debug, warn};
+use tracing::{debug, info, warn};
 
 use crate::clock::{Clock, ClockWatch};
 use crate::store::{Found, Store, StoreError};
@@ -100,6 +100,9 @@ pub struct Synced {
     /// Held slots whose record in the store changed to another valid record with a different
     /// key (each distinct record counted once). The held key stays: see [`Syncer::sync`].
     pub conflicts: Vec<Slot>,
+    /// How many values the store had for the slots read (records, rejected or not, and
+    /// oversize values).
+    pub found: usize,
 }
 
 /// Why a read of the store failed.
@@ -139,6 +142,136 @@ pub struct SyncReport {
     pub result: Result<Synced, SyncError>,
     /// This host's clock minus the store's, in seconds, when it was measured with this read.
     pub clock_offset: Option<f64>,
+    /// Why the store holds nothing for the slots this agent reads, when it has held nothing
+    /// for a while and a survey of the store could tell (see [`Diagnosis`]).
+    pub diagnosis: Option<String>,
+}
+
+/// An agent's account of a store that holds nothing for the slots it reads.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Diagnosis {
+    /// What stays the same while the cause does (logged again only when it changes).
+    key: String,
+    /// The finding and its fix, in words.
+    pub text: String,
+}
+
+/// How long the store has held nothing for the slots read, and what a survey found.
+#[derive(Debug, Default)]
+struct Empty {
+    since: Option<Instant>,
+    surveyed: Option<Instant>,
+    diagnosis: Option<Diagnosis>,
+}
+
+/// How often an agent whose slots stay empty surveys the store again: once a period, between
+/// 10 seconds and 5 minutes.
+fn resurvey(period: Duration) -> Duration {
+    period.clamp(Duration::from_secs(10), Duration::from_secs(300))
+}
+
+/// Why a store that holds `survey` has nothing for the slots `group` reads at `now` under
+/// `schedule`; `newest` is the header of the group's newest record, if it has one that decodes.
+/// Group names and slots come from the store's key names (validated), so they are safe to log,
+/// but they are what the store says: a hostile writer can mislead a diagnosis, never a key.
+pub fn diagnose(
+    group: &str,
+    schedule: &Schedule,
+    now: Duration,
+    survey: &crate::store::Survey,
+    newest: Option<&stek_core::record::RecordHeader>,
+) -> Diagnosis {
+    let fmt = crate::duration::format;
+    let more = if survey.truncated {
+        " (the listing stopped after its first keys)"
+    } else {
+        ""
+    };
+    let Some(slots) = survey.groups.get(group).filter(|s| !s.is_empty()) else {
+        if survey.groups.is_empty() {
+            return Diagnosis {
+                key: "empty".into(),
+                text: format!("the store holds no stek record of any group{more}: no generator publishes to this store (are the generators running, with this store's URL?)"),
+            };
+        }
+        let mut others: Vec<String> = survey
+            .groups
+            .iter()
+            .take(5)
+            .map(|(g, s)| format!("{g} ({} record(s))", s.len()))
+            .collect();
+        if survey.groups.len() > 5 {
+            others.push(format!("and {} more", survey.groups.len() - 5));
+        }
+        let names: Vec<&String> = survey.groups.keys().collect();
+        return Diagnosis {
+            key: format!("other groups {names:?}"),
+            text: format!(
+                "the store holds no record of group {group}, but records of group(s) {}{more}: this agent's --group must be the one its generators publish for",
+                others.join(", ")
+            ),
+        };
+    };
+    let (first, last) = (slots[0], slots[slots.len() - 1]);
+    let range = if first == last {
+        format!("slot {first}")
+    } else {
+        format!("slots {first} to {last}")
+    };
+    if let Some(h) = newest {
+        let ours = (
+            schedule.period().as_secs(),
+            u64::from(schedule.lifetime_hint()),
+        );
+        if (u64::from(h.period), u64::from(h.lifetime)) != ours {
+            return Diagnosis {
+                key: format!("schedule {} {}", h.period, h.lifetime),
+                text: format!(
+                    "group {group}'s records in the store ({range}) are made for period {}, lifetime {}; this agent's are period {}, lifetime {}: an agent's --period and --lifetime must equal its generator's",
+                    fmt(Duration::from_secs(h.period.into())),
+                    fmt(Duration::from_secs(h.lifetime.into())),
+                    fmt(Duration::from_secs(ours.0)),
+                    fmt(Duration::from_secs(ours.1)),
+                ),
+            };
+        }
+    }
+    let reads = fetch_window(schedule, now);
+    let period = schedule.period();
+    if first > reads.last {
+        let ahead = schedule
+            .start(first)
+            .saturating_sub(schedule.start(reads.last));
+        Diagnosis {
+            key: "ahead".into(),
+            text: format!(
+                "group {group}'s records in the store are for {range}, after the slots this agent reads ({} to {}): this host's clock is at least {} behind the generators' (fix NTP)",
+                reads.first,
+                reads.last,
+                fmt(ahead.max(period))
+            ),
+        }
+    } else if last < reads.first {
+        Diagnosis {
+            key: "behind".into(),
+            text: format!(
+                "group {group}'s newest record in the store is for slot {last}, which began {} ago, before the slots this agent reads ({} to {}): no generator has published since, or this host's clock is ahead of theirs",
+                fmt(now.saturating_sub(schedule.start(last))),
+                reads.first,
+                reads.last
+            ),
+        }
+    } else {
+        // Records on both sides of the window but none in it, or the window filled in
+        // between: nothing more to say than the facts.
+        Diagnosis {
+            key: "gap".into(),
+            text: format!(
+                "group {group}'s records in the store are for {range}, none for the slots this agent reads ({} to {})",
+                reads.first, reads.last
+            ),
+        }
+    }
 }
 
 /// The slots an agent reads at `now`: the window plus the slot after next. Generators publish
@@ -204,7 +337,10 @@ impl<S: Store, O: Opener> Syncer<S, O> {
         self.rejected_seen.retain(|slot, _| w.contains(*slot));
         self.accepted.retain(|slot, _| w.contains(*slot));
         self.conflicts_seen.retain(|slot, _| w.contains(*slot));
-        let mut out = Synced::default();
+        let mut out = Synced {
+            found: records.len(),
+            ..Synced::default()
+        };
         let mut taken = BTreeSet::new();
         for (slot, found) in records {
             let bytes = match found {
@@ -344,6 +480,82 @@ impl<S: Store, O: Opener> Syncer<S, O> {
         self.opener.open(&record, &self.schedule, &self.group, slot)
     }
 
+    /// Follows how long the store has held nothing for the slots read (`found`: values in the
+    /// last read, `None` when it failed): once that lasts [`heartbeat`](crate::status::heartbeat)
+    /// it surveys the store (again every [`resurvey`] while it lasts) and logs what it found
+    /// once per finding. Returns the standing finding.
+    async fn watch_empty<'a>(
+        &self,
+        empty: &'a mut Empty,
+        found: Option<usize>,
+        now: Duration,
+        timeout: Duration,
+    ) -> Option<&'a Diagnosis> {
+        match found {
+            None => return empty.diagnosis.as_ref(),
+            Some(0) => {}
+            Some(_) => {
+                if let Some(d) = empty.diagnosis.take() {
+                    info!(
+                        "group {}: the store holds records for this agent's slots again (it did not: {})",
+                        self.group, d.text
+                    );
+                }
+                *empty = Empty::default();
+                return None;
+            }
+        }
+        let since = *empty.since.get_or_insert_with(Instant::now);
+        let due = empty
+            .surveyed
+            .is_none_or(|t| t.elapsed() >= resurvey(self.schedule.period()));
+        if since.elapsed() < crate::status::heartbeat(self.schedule.period()) || !due {
+            return empty.diagnosis.as_ref();
+        }
+        empty.surveyed = Some(Instant::now());
+        let found = match tokio::time::timeout(timeout, self.survey(now)).await {
+            Ok(Ok(Some(d))) => d,
+            Ok(Ok(None)) => return empty.diagnosis.as_ref(),
+            Ok(Err(e)) => {
+                debug!(
+                    "group {}: cannot survey the store: {}",
+                    self.group,
+                    crate::error::Chain(&e)
+                );
+                return empty.diagnosis.as_ref();
+            }
+            Err(_) => return empty.diagnosis.as_ref(),
+        };
+        if empty.diagnosis.as_ref().is_none_or(|d| d.key != found.key) {
+            warn!("group {}: {}", self.group, found.text);
+        }
+        empty.diagnosis = Some(found);
+        empty.diagnosis.as_ref()
+    }
+
+    /// Lists the store's records and, if this group has some, reads the header of the newest
+    /// (its schedule is plain text in the record): what [`diagnose`] needs.
+    async fn survey(&self, now: Duration) -> Result<Option<Diagnosis>, StoreError> {
+        let Some(survey) = self.store.survey().await? else {
+            return Ok(None);
+        };
+        let mut newest = None;
+        if let Some(&slot) = survey.groups.get(&self.group).and_then(|s| s.last()) {
+            for (_, found) in self.store.read_window(&self.group, slot, slot).await? {
+                if let Found::Record(bytes) = found {
+                    newest = Record::decode(&bytes).ok().map(|r| r.header);
+                }
+            }
+        }
+        Ok(Some(diagnose(
+            &self.group,
+            &self.schedule,
+            now,
+            &survey,
+            newest.as_ref(),
+        )))
+    }
+
     /// This host's clock minus the store's, in seconds, if the store tells its time: the local
     /// time is taken halfway through the request.
     async fn clock_offset(&self, clock: &dyn Clock, timeout: Duration) -> Option<f64> {
@@ -380,6 +592,7 @@ impl<S: Store, O: Opener> Syncer<S, O> {
         let period = self.schedule.period();
         let mut steps = ClockWatch::new(period / 4);
         let mut offset_due = Instant::now();
+        let mut empty = Empty::default();
         loop {
             let now = clock.now();
             if steps.observe(now, Instant::now()).is_some() {
@@ -398,10 +611,16 @@ impl<S: Store, O: Opener> Syncer<S, O> {
                     warn!("group {}: this host's clock is {off:+.3}s off the store's, more than P/4: fix NTP; tickets may fail to resume across hosts", self.group);
                 }
             }
+            let found = result.as_ref().ok().map(|s| s.found);
+            let diagnosis = self
+                .watch_empty(&mut empty, found, now, timeout)
+                .await
+                .map(|d| d.text.clone());
             let report = SyncReport {
                 at: now,
                 result,
                 clock_offset,
+                diagnosis,
             };
             if reports.send(report).await.is_err() {
                 return;
@@ -435,6 +654,115 @@ mod tests {
 
     fn plain(s: &Schedule, group: &str, k: &SlotKey) -> Vec<u8> {
         Record::plain(s, group, k).encode().to_vec()
+    }
+
+    /// An agent whose slots the store never fills learns why from a survey: no record at all,
+    /// only other groups', its group's under another schedule, or its clock far behind.
+    #[tokio::test]
+    async fn an_empty_window_is_explained_by_a_survey_of_the_store() {
+        let clock = ManualClock::at(36_000);
+        let store = Arc::new(MemoryStore::new(Arc::new(clock.clone())));
+        let hourly =
+            Schedule::new(Duration::from_secs(3600), Duration::from_secs(18 * 3600)).unwrap();
+        let fast = Schedule::new(Duration::from_secs(10), Duration::from_secs(180)).unwrap();
+        let now = clock.now();
+        let syncer =
+            |group: &str, s: Schedule| Syncer::new(store.clone(), PlainOpener, group.to_owned(), s);
+        let text = |d: Option<Diagnosis>| d.expect("a diagnosis").text;
+
+        let empty = text(syncer("web", hourly).survey(now).await.unwrap());
+        assert!(empty.contains("no stek record of any group"), "{empty}");
+
+        // A generator of group "api" on a 10 s period.
+        for slot in [3600, 3601, 3602] {
+            let k = SlotKey::generate(Slot(slot)).unwrap();
+            store
+                .create(
+                    "api",
+                    Slot(slot),
+                    &plain(&fast, "api", &k),
+                    now + fast.lifetime(),
+                )
+                .await
+                .unwrap();
+        }
+        let group = text(syncer("web", fast).survey(now).await.unwrap());
+        assert!(
+            group.contains("no record of group web, but records of group(s) api (3 record(s))")
+                && group.contains("--group"),
+            "{group}"
+        );
+        let mut period = syncer("api", hourly);
+        assert!(period.sync(now, &BTreeSet::new()).await.unwrap().found == 0);
+        let period = text(period.survey(now).await.unwrap());
+        assert!(
+            period.contains("slots 3600 to 3602")
+                && period.contains("made for period 10s, lifetime 3m")
+                && period.contains("this agent's are period 1h, lifetime 18h")
+                && period.contains("must equal its generator's"),
+            "{period}"
+        );
+        // The same schedule, but this host's clock two hours behind the generator's.
+        let behind = Duration::from_secs(36_000 - 7200);
+        let late = text(syncer("api", fast).survey(behind).await.unwrap());
+        assert!(
+            late.contains("this host's clock is at least 1h59m40s behind")
+                && late.contains("fix NTP"),
+            "{late}"
+        );
+        // Junk keys are not groups.
+        let mut survey = crate::store::Survey::default();
+        for (g, slot) in [
+            ("a b", "1"),
+            ("ok", "x1"),
+            ("ok", "+1"),
+            ("ok", "7"),
+            ("", "1"),
+        ] {
+            survey.add(g, slot);
+        }
+        assert_eq!(survey.groups.len(), 1);
+        assert_eq!(survey.groups["ok"], vec![Slot(7)]);
+    }
+
+    /// The survey waits for a heartbeat of emptiness, is logged once per finding (not once per
+    /// read), repeats at most once a period, and clears when records arrive.
+    #[tokio::test(start_paused = true)]
+    async fn the_empty_window_finding_waits_and_clears() {
+        let clock = ManualClock::at(400);
+        let store = Arc::new(MemoryStore::new(Arc::new(clock.clone())));
+        let s = Schedule::new(Duration::from_secs(4), Duration::from_secs(12)).unwrap();
+        let syncer = Syncer::new(store.clone(), PlainOpener, "g".into(), s);
+        let mut empty = Empty::default();
+        let t = Duration::from_secs(1);
+        let now = clock.now();
+        assert!(syncer
+            .watch_empty(&mut empty, Some(0), now, t)
+            .await
+            .is_none());
+        // A failed read says nothing new.
+        assert!(syncer.watch_empty(&mut empty, None, now, t).await.is_none());
+        tokio::time::advance(crate::status::heartbeat(s.period())).await;
+        let d = syncer
+            .watch_empty(&mut empty, Some(0), now, t)
+            .await
+            .cloned();
+        assert!(d.unwrap().text.contains("no stek record"));
+        let surveyed = empty.surveyed;
+        tokio::time::advance(Duration::from_secs(1)).await;
+        assert!(syncer
+            .watch_empty(&mut empty, Some(0), now, t)
+            .await
+            .is_some());
+        assert_eq!(
+            empty.surveyed, surveyed,
+            "not surveyed again within a period"
+        );
+        assert!(syncer
+            .watch_empty(&mut empty, Some(2), now, t)
+            .await
+            .is_none());
+        assert!(empty.diagnosis.is_none() && empty.since.is_none());
     }
 
     #[tokio::test]

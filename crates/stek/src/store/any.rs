@@ -99,6 +99,13 @@ impl Store for AnyStore {
         }
     }
 
+    async fn survey(&self) -> Result<Option<super::Survey>, StoreError> {
+        match self {
+            AnyStore::Redis(s) => s.survey().await,
+            AnyStore::Etcd(s) => s.survey().await,
+        }
+    }
+
     async fn server_time(&self) -> Result<Option<Duration>, StoreError> {
         match self {
             AnyStore::Redis(s) => s.server_time().await.map(Some),

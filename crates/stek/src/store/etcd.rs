@@ -605,6 +605,41 @@ impl Store for EtcdStore {
         Ok(resp.deleted)
     }
 
+    /// One range over `stek/` for keys only, at most [`super::SURVEY_LIMIT`] of them.
+    async fn survey(&self) -> Result<Option<super::Survey>, StoreError> {
+        let req = RangeRequest {
+            key: BASE64.encode("stek/"),
+            range_end: Some(BASE64.encode("stek0")),
+            keys_only: true,
+            limit: Some(super::SURVEY_LIMIT.to_string()),
+            ..Default::default()
+        };
+        let resp: RangeResponse = self.conn.call("/v3/kv/range", &req).await?;
+        let mut survey = super::Survey {
+            truncated: resp.more,
+            ..Default::default()
+        };
+        for kv in &resp.kvs {
+            if kv.key.len() > 4 * 1024 {
+                continue;
+            }
+            let Ok(key) = BASE64.decode(&kv.key) else {
+                continue;
+            };
+            let Some((group, slot)) = std::str::from_utf8(&key)
+                .ok()
+                .and_then(|k| k.strip_prefix("stek/"))
+                .and_then(|k| k.split_once('/'))
+            else {
+                continue;
+            };
+            if slot.len() == 20 {
+                survey.add(group, slot);
+            }
+        }
+        Ok(Some(survey))
+    }
+
     async fn server_time(&self) -> Result<Option<Duration>, StoreError> {
         EtcdStore::server_time(self).await.map(Some)
     }
@@ -1317,6 +1352,9 @@ struct RangeRequest {
     min_mod_revision: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     max_mod_revision: Option<String>,
+    /// At most this many keys (int64 as a string, as the gateway writes them).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    limit: Option<String>,
 }
 
 /// The gateway's answer to `/v3/kv/deleterange` (`deleted` is a 64-bit integer as a string, left
@@ -1462,6 +1500,9 @@ impl KeyValue {
 struct RangeResponse {
     #[serde(default)]
     kvs: Vec<KeyValue>,
+    /// Whether keys beyond the request's limit remain.
+    #[serde(default)]
+    more: bool,
 }
 
 #[derive(Deserialize)]

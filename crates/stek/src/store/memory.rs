@@ -182,6 +182,18 @@ impl Store for MemoryStore {
             .collect())
     }
 
+    async fn survey(&self) -> Result<Option<super::Survey>, StoreError> {
+        let now = self.clock.now();
+        let mut survey = super::Survey::default();
+        for (name, g) in self.lock().iter_mut() {
+            Self::expire(g, now);
+            for slot in g.records.keys() {
+                survey.add(name, &slot.0.to_string());
+            }
+        }
+        Ok(Some(survey))
+    }
+
     fn changes(&self, group: &str) -> Option<watch::Receiver<u64>> {
         let mut groups = self.lock();
         let g = groups.entry(group.to_owned()).or_default();

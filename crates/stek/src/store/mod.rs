@@ -50,6 +50,7 @@ pub mod etcd;
 pub mod memory;
 pub mod redis;
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::future::Future;
 use std::sync::Arc;
@@ -253,6 +254,35 @@ impl std::error::Error for StoreError {
     }
 }
 
+/// What a store holds, by key name only (values are never read): an agent that finds no record
+/// in its window surveys the store to tell a group or schedule mismatch from an idle fleet.
+/// Key names are untrusted like values: names that are not exactly a record's key are skipped.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Survey {
+    /// The groups with records, and their slots in ascending order.
+    pub groups: BTreeMap<String, Vec<Slot>>,
+    /// Whether the listing stopped at [`SURVEY_LIMIT`] keys before the end.
+    pub truncated: bool,
+}
+
+/// The most keys a survey lists: it bounds its cost, and its memory, whatever the store holds.
+pub const SURVEY_LIMIT: usize = 1000;
+
+impl Survey {
+    /// Counts the key `group`/`slot` (as the store spells them), if the group is a valid group
+    /// name and the slot a number.
+    pub fn add(&mut self, group: &str, slot: &str) {
+        let Ok(n) = slot.parse::<u64>() else { return };
+        if !stek_core::record::valid_group(group) || !slot.bytes().all(|b| b.is_ascii_digit()) {
+            return;
+        }
+        let slots = self.groups.entry(group.to_owned()).or_default();
+        if let Err(at) = slots.binary_search(&Slot(n)) {
+            slots.insert(at, Slot(n));
+        }
+    }
+}
+
 /// A store of records, one per `(group, slot)`. See the module documentation for the contract.
 pub trait Store: Send + Sync + 'static {
     /// Stores `record` for `(group, slot)` unless the slot already has one; the record expires at
@@ -303,6 +333,12 @@ pub trait Store: Send + Sync + 'static {
     ) -> impl Future<Output = Result<u64, StoreError>> + Send {
         let _ = (group, slot);
         async { Ok(0) }
+    }
+
+    /// The groups and slots the store holds records for (at most [`SURVEY_LIMIT`] keys listed,
+    /// no value read), or `Ok(None)` where the store cannot list them.
+    fn survey(&self) -> impl Future<Output = Result<Option<Survey>, StoreError>> + Send {
+        async { Ok(None) }
     }
 
     /// The store's clock (time since the Unix epoch), if it has one to offer: agents measure
@@ -419,6 +455,21 @@ pub mod conformance {
             .await
             .unwrap()
             .is_empty());
+
+        // A survey (where the store offers one) lists groups and slots, never values.
+        if let Some(survey) = store.survey().await.unwrap() {
+            assert_eq!(
+                survey.groups.get(g).map(Vec::as_slice),
+                Some(&[Slot(7), Slot(9)][..]),
+                "{survey:?}"
+            );
+            assert_eq!(
+                survey.groups.get("other").map(Vec::as_slice),
+                Some(&[Slot(7)][..]),
+                "{survey:?}"
+            );
+            assert!(!survey.truncated);
+        }
 
         // Concurrent creators: exactly one wins.
         let results = futures_join_all(

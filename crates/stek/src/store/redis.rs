@@ -578,6 +578,46 @@ impl Store for RedisStore {
         Some(rx)
     }
 
+    /// `SCAN ... MATCH stek:*` until the cursor ends or [`super::SURVEY_LIMIT`] keys were listed
+    /// (at most 32 round trips). A user without the right to SCAN gets the store's error.
+    async fn survey(&self) -> Result<Option<super::Survey>, StoreError> {
+        let mut survey = super::Survey::default();
+        let mut cursor = 0u64;
+        let mut listed = 0usize;
+        for _ in 0..32 {
+            let (next, keys): (u64, Vec<Vec<u8>>) = redis::cmd("SCAN")
+                .arg(cursor)
+                .arg("MATCH")
+                .arg("stek:*")
+                .arg("COUNT")
+                .arg(super::SURVEY_LIMIT)
+                .query_async(&mut self.conn.clone())
+                .await
+                .map_err(unavailable)?;
+            for key in &keys {
+                let Some(key) = std::str::from_utf8(key)
+                    .ok()
+                    .and_then(|k| k.strip_prefix("stek:"))
+                else {
+                    continue;
+                };
+                if let Some((group, slot)) = key.rsplit_once(':') {
+                    survey.add(group, slot);
+                }
+            }
+            listed += keys.len();
+            cursor = next;
+            if cursor == 0 {
+                return Ok(Some(survey));
+            }
+            if listed >= super::SURVEY_LIMIT {
+                break;
+            }
+        }
+        survey.truncated = true;
+        Ok(Some(survey))
+    }
+
     /// Always `Some`: Redis has a clock (`TIME`), the one that expires records.
     async fn server_time(&self) -> Result<Option<Duration>, StoreError> {
         RedisStore::server_time(self).await.map(Some)

@@ -120,6 +120,15 @@ pub fn generator(
     Proc::spawn(name, &mut cmd, root.join(format!("{name}.log")))
 }
 
+/// `--period 4s` ([`P`]) unless `extra` sets its own.
+fn default_period(extra: &[&str]) -> &'static [&'static str] {
+    if extra.contains(&"--period") {
+        &[]
+    } else {
+        &["--period", "4s"]
+    }
+}
+
 /// `--lifetime 8s` ([`L`]) unless `extra` sets its own.
 fn default_lifetime(extra: &[&str]) -> &'static [&'static str] {
     if extra.contains(&"--lifetime") {
@@ -174,7 +183,8 @@ impl Agent {
             .arg(identity)
             .args(["--trust", trust, "--dir"])
             .arg(&dir)
-            .args(["--period", "4s", "--no-memcached", "--sinks", "nginx"])
+            .args(["--no-memcached", "--sinks", "nginx"])
+            .args(default_period(extra))
             .args(default_lifetime(extra))
             .args(extra);
         let proc = Proc::spawn(name, &mut cmd, root.join(format!("{name}.log")));
@@ -1611,6 +1621,73 @@ pub fn outsiders_and_forgeries_are_rejected(b: &mut dyn Backend, root: &Path) {
 }
 
 /// Done when: through a store outage of 3 periods the agents keep their ring, encrypt with the
+/// Agents that can never find their keys (another --group, another --period) are told why by a
+/// survey of the store, in their log (once, not at every read) and in `stek status`, while a
+/// well-configured agent beside them is told nothing of the kind.
+pub fn mismatched_agents_are_told_why(b: &mut dyn Backend, root: &Path) {
+    let (gk, gpub) = keygen(root, "generator", "gen.key");
+    let (id, idpub) = keygen(root, "group", "web.identity");
+    let _gen = generator(root, "gen", &b.generator_url(), &idpub, &gk, &[]);
+    let url = b.agent_url();
+    let good = Agent::start(root, "good", &url, GROUP, &id, &gpub, &[]);
+    let group = Agent::start(root, "wrong-group", &url, "api", &id, &gpub, &[]);
+    let hourly = ["--period", "1h", "--lifetime", "18h"];
+    let period = Agent::start(root, "wrong-period", &url, GROUP, &id, &gpub, &hourly);
+    let said = |a: &Agent, what: &[&str]| {
+        wait_for(
+            &format!(
+                "{}'s status to say why its store holds nothing for it",
+                a.name
+            ),
+            Duration::from_secs(40),
+            || {
+                let d = a.status()?.store_diagnosis?;
+                what.iter().all(|w| d.contains(w)).then_some(d)
+            },
+        )
+    };
+    said(
+        &group,
+        &[
+            "no record of group api, but records of group(s) web (",
+            "--group",
+        ],
+    );
+    said(
+        &period,
+        &[
+            "made for period 4s, lifetime 8s; this agent's are period 1h, lifetime 18h",
+            "must equal its generator's",
+        ],
+    );
+    // `stek status` puts the cause under the fallback it explains.
+    let out = Command::new(env!("CARGO_BIN_EXE_stek"))
+        .args(["status", "--dir"])
+        .arg(&period.dir)
+        .output()
+        .expect("stek status");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(2), "{text}");
+    assert!(
+        text.starts_with("CRITICAL: ") && text.contains("WARNING: group web's records"),
+        "{text}"
+    );
+    // The wrong group's agent surveyed again (every 10 s) with the same finding: logged once.
+    std::thread::sleep(Duration::from_secs(12));
+    let log = group.proc.log_text();
+    assert_eq!(
+        log.matches("no record of group api").count(),
+        1,
+        "the finding is logged once:\n{log}"
+    );
+    let st = good.status().expect("good's status");
+    assert!(
+        st.store_diagnosis.is_none() && st.encrypting == "current",
+        "{}",
+        st.render()
+    );
+}
+
 /// newest key while it is at most max-stale behind, then fall back to a local key, and recover
 /// by themselves when the store returns.
 pub fn store_outage(b: &mut dyn Backend, root: &Path) {
