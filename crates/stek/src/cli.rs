@@ -488,7 +488,10 @@ pub(crate) struct StatusArgs {
     #[arg(long, value_name = "DIR", conflicts_with = "endpoint")]
     pub(crate) dir: Option<PathBuf>,
 
-    /// Ask a running agent's metrics endpoint instead (ADDR as given to --metrics).
+    /// Ask a running agent's or generator's metrics endpoint instead (ADDR as given to its
+    /// --metrics). A generator's verdict: CRITICAL when it has not published a group's current
+    /// slot (agents encrypt with a stale key, then a local one), WARNING when it has not
+    /// published the next one or its rounds fail.
     #[arg(long, value_name = "ADDR")]
     pub(crate) endpoint: Option<String>,
 

@@ -458,7 +458,7 @@ fn run_status(args: StatusArgs) -> ExitCode {
                 .as_secs_f64();
             let verdict = status.verdict(now);
             if args.json {
-                match serde_json::to_string_pretty(&status) {
+                match status.to_json() {
                     Ok(j) => println!("{j}"),
                     Err(e) => {
                         eprintln!("stek status: {e}");
@@ -480,9 +480,9 @@ fn run_status(args: StatusArgs) -> ExitCode {
     }
 }
 
-fn read_status(args: &StatusArgs) -> anyhow::Result<stek::status::Status> {
+fn read_status(args: &StatusArgs) -> anyhow::Result<stek::status::Fetched> {
     if let Some(addr) = &args.endpoint {
-        return Ok(stek::status::fetch(addr)?);
+        return Ok(stek::status::fetch_any(addr)?);
     }
     let dir = match &args.dir {
         Some(d) => d.clone(),
@@ -509,6 +509,7 @@ fn read_status(args: &StatusArgs) -> anyhow::Result<stek::status::Status> {
         stek::status::MAX_STATUS
     );
     serde_json::from_slice(&text)
+        .map(|s| stek::status::Fetched::Agent(Box::new(s)))
         .with_context(|| format!("{} is not a stek status", path.display()))
 }
 

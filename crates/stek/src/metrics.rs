@@ -32,6 +32,8 @@ struct Inner {
     slot_conflicts: BTreeMap<(String, &'static str), u64>,
     publish_errors: u64,
     last_publish: Option<f64>,
+    /// A generator's groups, by name (empty in an agent).
+    generator: BTreeMap<String, crate::generator::GroupReport>,
     clock_steps: u64,
     last_clock_step: Option<f64>,
     /// The counters of this process's memcached servers, read when rendered.
@@ -114,6 +116,75 @@ impl Metrics {
     /// Records a successful publishing round.
     pub fn published(&self, now: Duration) {
         self.lock().last_publish = Some(now.as_secs_f64());
+    }
+
+    /// Registers a group a generator publishes for (so that its status lists it before the
+    /// first round ends).
+    pub fn group_planned(&self, group: &str, schedule: &stek_core::Schedule) {
+        self.lock()
+            .generator
+            .entry(group.to_owned())
+            .or_insert_with(|| crate::generator::GroupReport {
+                group: group.to_owned(),
+                period: schedule.period().as_secs(),
+                lifetime: schedule.lifetime().as_secs(),
+                published_through: None,
+                last_success: None,
+                failing: None,
+                failing_since: None,
+                keys_created: 0,
+                slot_conflicts: 0,
+            });
+    }
+
+    /// Records a successful round for a planned `group` at `now` (the round's time): the store
+    /// held every record through `through`.
+    pub fn group_published(&self, group: &str, through: stek_core::Slot, now: Duration) {
+        let now = now.as_secs_f64();
+        if let Some(g) = self.lock().generator.get_mut(group) {
+            g.published_through = Some(g.published_through.unwrap_or(0).max(through.0));
+            g.last_success = Some(now);
+            g.failing = None;
+            g.failing_since = None;
+        }
+    }
+
+    /// Records a failed round for a planned `group` at `now`, with why.
+    pub fn group_failed(&self, group: &str, why: &str, now: Duration) {
+        let now = now.as_secs_f64();
+        if let Some(g) = self.lock().generator.get_mut(group) {
+            g.failing = Some(why.to_owned());
+            g.failing_since.get_or_insert(now);
+        }
+    }
+
+    /// The generator's status at `now`, if this process runs a generator (and no agent).
+    pub fn generator_status(&self, now: Duration) -> Option<crate::generator::GeneratorStatus> {
+        let g = self.lock();
+        if g.generator.is_empty() || g.status.is_some() {
+            return None;
+        }
+        let groups = g
+            .generator
+            .values()
+            .map(|r| {
+                let mut r = r.clone();
+                r.keys_created = g.created.get(&r.group).copied().unwrap_or(0);
+                r.slot_conflicts = g
+                    .slot_conflicts
+                    .iter()
+                    .filter(|((group, _), _)| *group == r.group)
+                    .map(|(_, n)| n)
+                    .sum();
+                r
+            })
+            .collect();
+        Some(crate::generator::GeneratorStatus {
+            role: "generator".to_owned(),
+            groups,
+            publish_errors: g.publish_errors,
+            updated_at: now.as_secs_f64(),
+        })
     }
 
     /// Counts a failed publishing round.
@@ -424,23 +495,37 @@ pub async fn serve(
                     "text/plain; version=0.0.4",
                     metrics.render(clock.now()),
                 ),
-                ("GET", "/status") => match metrics.status() {
-                    Some(s) => (
-                        "200 OK",
-                        "application/json",
-                        serde_json::to_string_pretty(&s).unwrap_or_default(),
-                    ),
-                    None => (
-                        "503 Service Unavailable",
-                        "text/plain",
-                        "no ring yet\n".into(),
-                    ),
-                },
+                ("GET", "/status") => {
+                    match (metrics.status(), metrics.generator_status(clock.now())) {
+                        (Some(s), _) => (
+                            "200 OK",
+                            "application/json",
+                            serde_json::to_string_pretty(&s).unwrap_or_default(),
+                        ),
+                        (None, Some(g)) => (
+                            "200 OK",
+                            "application/json",
+                            serde_json::to_string_pretty(&g).unwrap_or_default(),
+                        ),
+                        (None, None) => (
+                            "503 Service Unavailable",
+                            "text/plain",
+                            "no ring yet\n".into(),
+                        ),
+                    }
+                }
                 // The same verdict as `stek status`: 503 when critical (including a loop that
                 // stopped rewriting its status), 200 otherwise, the problems in the body.
-                ("GET", "/healthz") => match metrics.status() {
-                    Some(s) => {
-                        let v = s.verdict(clock.now().as_secs_f64());
+                ("GET", "/healthz") => match metrics
+                    .status()
+                    .map(|s| s.verdict(clock.now().as_secs_f64()))
+                    .or_else(|| {
+                        let now = clock.now();
+                        metrics
+                            .generator_status(now)
+                            .map(|g| g.verdict(now.as_secs_f64()))
+                    }) {
+                    Some(v) => {
                         let mut body = format!("{}\n", v.level.word());
                         for (level, what) in &v.problems {
                             body.push_str(&format!("{}: {what}\n", level.word()));

@@ -51,6 +51,11 @@ pub enum FetchError {
         /// The JSON decoder's error.
         source: serde_json::Error,
     },
+    /// An agent's status was wanted, and the endpoint is a generator's.
+    Generator {
+        /// The endpoint.
+        addr: String,
+    },
 }
 
 impl fmt::Display for FetchError {
@@ -71,6 +76,10 @@ impl fmt::Display for FetchError {
             FetchError::NotStatus { addr, .. } => {
                 write!(f, "status endpoint {addr}: the reply is not a stek status")
             }
+            FetchError::Generator { addr } => write!(
+                f,
+                "status endpoint {addr} is a generator's: it holds no ring (point at an agent's --metrics address)"
+            ),
         }
     }
 }
@@ -80,13 +89,60 @@ impl std::error::Error for FetchError {
         match self {
             FetchError::Connect { source, .. } | FetchError::Io { source, .. } => Some(source),
             FetchError::NotStatus { source, .. } => Some(source),
-            FetchError::NotHttp { .. } | FetchError::Status { .. } => None,
+            FetchError::NotHttp { .. }
+            | FetchError::Status { .. }
+            | FetchError::Generator { .. } => None,
+        }
+    }
+}
+
+/// What a status endpoint reports: an agent's status or a generator's.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Fetched {
+    /// An agent (or `stek up`).
+    Agent(Box<Status>),
+    /// A generator.
+    Generator(crate::generator::GeneratorStatus),
+}
+
+impl Fetched {
+    /// The verdict at `now` (Unix seconds).
+    pub fn verdict(&self, now: f64) -> Verdict {
+        match self {
+            Fetched::Agent(s) => s.verdict(now),
+            Fetched::Generator(g) => g.verdict(now),
+        }
+    }
+
+    /// The verdict and the details, for people.
+    pub fn render_at(&self, now: f64) -> String {
+        match self {
+            Fetched::Agent(s) => s.render_at(now),
+            Fetched::Generator(g) => g.render_at(now),
+        }
+    }
+
+    /// The document, for scripts.
+    pub fn to_json(&self) -> serde_json::Result<String> {
+        match self {
+            Fetched::Agent(s) => serde_json::to_string_pretty(s),
+            Fetched::Generator(g) => serde_json::to_string_pretty(g),
         }
     }
 }
 
 /// `GET /status` from a running agent's metrics endpoint (`HOST:PORT`).
 pub fn fetch(addr: &str) -> Result<Status, FetchError> {
+    match fetch_any(addr)? {
+        Fetched::Agent(s) => Ok(*s),
+        Fetched::Generator(_) => Err(FetchError::Generator {
+            addr: addr.to_owned(),
+        }),
+    }
+}
+
+/// `GET /status` from a running agent's or generator's metrics endpoint (`HOST:PORT`).
+pub fn fetch_any(addr: &str) -> Result<Fetched, FetchError> {
     let io = |source| FetchError::Io {
         addr: addr.to_owned(),
         source,
@@ -107,7 +163,7 @@ pub fn fetch(addr: &str) -> Result<Status, FetchError> {
 }
 
 /// The status in an HTTP reply from `addr`.
-fn parse_reply(addr: &str, reply: &[u8]) -> Result<Status, FetchError> {
+fn parse_reply(addr: &str, reply: &[u8]) -> Result<Fetched, FetchError> {
     let text = String::from_utf8_lossy(reply);
     let (head, body) = text
         .split_once("\r\n\r\n")
@@ -125,10 +181,25 @@ fn parse_reply(addr: &str, reply: &[u8]) -> Result<Status, FetchError> {
                 .collect(),
         });
     }
-    serde_json::from_str(body).map_err(|source| FetchError::NotStatus {
+    let not_status = |source| FetchError::NotStatus {
         addr: addr.to_owned(),
         source,
-    })
+    };
+    #[derive(Deserialize)]
+    struct Role {
+        #[serde(default)]
+        role: Option<String>,
+    }
+    let role: Role = serde_json::from_str(body).map_err(not_status)?;
+    if role.role.as_deref() == Some("generator") {
+        serde_json::from_str(body)
+            .map(Fetched::Generator)
+            .map_err(not_status)
+    } else {
+        serde_json::from_str(body)
+            .map(|s| Fetched::Agent(Box::new(s)))
+            .map_err(not_status)
+    }
 }
 
 /// One key of the ring, as reported.
@@ -567,12 +638,12 @@ impl Status {
 }
 
 /// Seconds in words: `4.0 s`, `12 min`, `3.5 h`.
-fn secs(s: f64) -> String {
+pub(crate) fn secs(s: f64) -> String {
     crate::duration::format(Duration::from_secs_f64(s.max(0.0)))
 }
 
 /// Unix seconds as a UTC date.
-fn stamp(at: f64) -> String {
+pub(crate) fn stamp(at: f64) -> String {
     httpdate::fmt_http_date(std::time::UNIX_EPOCH + Duration::from_secs_f64(at.max(0.0)))
 }
 
@@ -716,5 +787,60 @@ mod tests {
             e.to_string(),
             "status endpoint h:1: the reply is not a stek status"
         );
+    }
+
+    /// A generator's status endpoint is read by `stek status --endpoint`, and refused where an
+    /// agent's ring is needed (`stek scan --expect-from`).
+    #[test]
+    fn a_generator_status_is_told_from_an_agent_status() {
+        let body = r#"{"role":"generator","groups":[{"group":"web","period":4,"lifetime":8,
+            "published_through":101,"last_success":399.5,"failing":null,"failing_since":null,
+            "keys_created":2,"slot_conflicts":0}],"publish_errors":0,"updated_at":400.0}"#;
+        let reply = format!("HTTP/1.1 200 OK\r\n\r\n{body}");
+        let Ok(Fetched::Generator(g)) = parse_reply("h:1", reply.as_bytes()) else {
+            panic!("not read as a generator's status");
+        };
+        // Slot 100 (400 s to 404 s): the next slot, 101, is published.
+        assert_eq!(g.verdict(401.0).level, Level::Ok);
+        assert!(g
+            .render_at(401.0)
+            .starts_with("OK: generator publishing for 1 group(s)"));
+        // At 404 s slot 102 is next and has no record: a warning; at 408 s the current one.
+        let v = g.verdict(404.5);
+        assert_eq!(v.level, Level::Warning);
+        assert!(
+            v.problems[0]
+                .1
+                .contains("group web: no record of the next slot (102)"),
+            "{v:?}"
+        );
+        let v = g.verdict(408.5);
+        assert_eq!(v.level, Level::Critical);
+        assert!(
+            v.problems[0]
+                .1
+                .contains("group web: no record of the current slot (102)"),
+            "{v:?}"
+        );
+        let mut failing = g.clone();
+        failing.groups[0].failing = Some("Redis is unavailable".into());
+        failing.groups[0].failing_since = Some(400.0);
+        let v = failing.verdict(401.0);
+        assert_eq!(v.level, Level::Warning);
+        assert!(
+            v.problems[0].1.contains("publishing fails since")
+                && v.problems[0].1.ends_with("Redis is unavailable"),
+            "{v:?}"
+        );
+        let v = failing.verdict(408.5);
+        assert_eq!(v.level, Level::Critical);
+        assert!(v.problems[0].1.ends_with(": Redis is unavailable"), "{v:?}");
+        // An agent's status is still read as one.
+        let agent = serde_json::to_string(&status(1.0)).unwrap();
+        let reply = format!("HTTP/1.1 200 OK\r\n\r\n{agent}");
+        assert!(matches!(
+            parse_reply("h:1", reply.as_bytes()),
+            Ok(Fetched::Agent(_))
+        ));
     }
 }

@@ -55,3 +55,16 @@ fn agents_with_another_group_or_period_are_told_why() {
     let mut store = RedisFleet::start(dir.path());
     fleet::mismatched_agents_are_told_why(&mut store, dir.path());
 }
+
+#[test]
+fn a_generator_reports_a_missing_next_key() {
+    let dir = shm_dir();
+    let store = std::cell::RefCell::new(RedisFleet::start(dir.path()));
+    let url = format!("redis://127.0.0.1:{}", store.borrow().primary.port);
+    fleet::generator_status_tells_a_missing_next_key(
+        &url,
+        dir.path(),
+        || store.borrow_mut().primary.kill(),
+        || store.borrow_mut().primary.spawn(),
+    );
+}

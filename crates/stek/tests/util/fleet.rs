@@ -424,7 +424,7 @@ impl RedisNode {
         n
     }
 
-    fn spawn(&mut self) {
+    pub fn spawn(&mut self) {
         let mut cmd = Command::new("redis-server");
         cmd.args([
             "--bind",
@@ -1686,6 +1686,74 @@ pub fn mismatched_agents_are_told_why(b: &mut dyn Backend, root: &Path) {
         "{}",
         st.render()
     );
+}
+
+/// A generator answers `stek status --endpoint` (and `/healthz`): OK while it publishes,
+/// CRITICAL with the store's error once the next slot's record is missing, OK again after.
+/// `stop` and `restart` act on the store the generator writes to.
+pub fn generator_status_tells_a_missing_next_key(
+    url: &str,
+    root: &Path,
+    mut stop: impl FnMut(),
+    mut restart: impl FnMut(),
+) {
+    let (gk, _) = keygen(root, "generator", "gen.key");
+    let (_, idpub) = keygen(root, "group", "web.identity");
+    let port = free_port();
+    let addr = format!("127.0.0.1:{port}");
+    let gen = generator(root, "gen", url, &idpub, &gk, &["--metrics", &addr]);
+    let status = || {
+        let out = Command::new(env!("CARGO_BIN_EXE_stek"))
+            .args(["status", "--endpoint", &addr])
+            .output()
+            .expect("stek status");
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        (out.status.code(), text)
+    };
+    let (code, text) = wait_for(
+        "the generator's first round",
+        Duration::from_secs(10),
+        || {
+            let (code, text) = status();
+            (code == Some(0)).then_some((code, text))
+        },
+    );
+    assert!(
+        text.starts_with("OK: generator publishing for 1 group(s)")
+            && text.contains("group web: period 4s, lifetime 8s; published through slot "),
+        "{code:?} {text}"
+    );
+    stop();
+    // The next slot's record was published up to P + P/8 ahead: the current one is missing
+    // within two periods.
+    let text = wait_for(
+        "the generator's status to turn critical",
+        Duration::from_secs(4 * P),
+        || {
+            let (code, text) = status();
+            (code == Some(2)).then_some(text)
+        },
+    );
+    assert!(
+        text.starts_with("CRITICAL: group web: no record of the current slot (")
+            && text.contains("publishing fails since"),
+        "{text}\n{}",
+        gen.log_text()
+    );
+    restart();
+    wait_for(
+        "the generator to recover",
+        Duration::from_secs(3 * P),
+        || (status().0 == Some(0)).then_some(()),
+    );
+    // An agent's view is refused where a ring is needed.
+    let out = Command::new(env!("CARGO_BIN_EXE_stek"))
+        .args(["status", "--json", "--endpoint", &addr])
+        .output()
+        .expect("stek status --json");
+    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    assert_eq!(doc["role"], "generator", "{doc}");
+    assert_eq!(doc["groups"][0]["group"], "web", "{doc}");
 }
 
 /// newest key while it is at most max-stale behind, then fall back to a local key, and recover
