@@ -175,7 +175,7 @@ fn a_failing_reload_puts_forward_secrecy_at_risk_visibly() {
         broken_at.elapsed()
     );
     assert!(text.contains("CRITICAL: forward secrecy at risk"), "{text}");
-    assert!(text.contains("on-change sink"), "{text}");
+    assert!(text.contains("on_change sink"), "{text}");
     assert!(
         text.contains("bogus_directive"),
         "nginx's own error is shown: {text}"
@@ -186,7 +186,7 @@ fn a_failing_reload_puts_forward_secrecy_at_risk_visibly() {
     );
     let failures: u64 = get(port, "/metrics")
         .lines()
-        .find(|l| l.starts_with("stek_sink_failures_total{sink=\"on-change\"}"))
+        .find(|l| l.starts_with("stek_sink_failures_total{sink=\"on_change\"}"))
         .and_then(|l| l.rsplit(' ').next()?.parse().ok())
         .unwrap_or(0);
     assert!(failures >= 1, "on-change failures are counted");

@@ -4,7 +4,7 @@
 //! would have loaded stay valid meanwhile (they were written atomically). A change that arrives
 //! during the backoff cuts it short: the command runs for the newest files. Failures are logged
 //! once when they start (the command's output folded to one line) and once when they end, and
-//! counted in between (`stek_sink_failures_total{sink="on-change"}`): a broken reload does not
+//! counted in between (`stek_sink_failures_total{sink="on_change"}`): a broken reload does not
 //! flood the log, nor stay silent.
 //!
 //! As a [`Sink`] it comes last: every changed ring was already written by the file sinks when
@@ -68,7 +68,7 @@ impl OnChange {
 
 impl Sink for OnChange {
     fn name(&self) -> &'static str {
-        "on-change"
+        "on_change"
     }
 
     fn deliver(&mut self, ring: &Ring) -> std::io::Result<Delivered> {
@@ -132,7 +132,7 @@ async fn run(
                     match &mut failing {
                         None => {
                             failing = Some((Instant::now(), 1));
-                            warn!("on-change command failing (reload failed; the server keeps its previous keys, which stek erases on schedule: retrying with backoff up to {} s, further failures counted in stek_sink_failures_total{{sink=\"on-change\"}}, logged again when it works): {cmd}: {why}", max_backoff.as_secs());
+                            warn!("on-change command failing (reload failed; the server keeps its previous keys, which stek erases on schedule: retrying with backoff up to {} s, further failures counted in stek_sink_failures_total{{sink=\"on_change\"}}, logged again when it works): {cmd}: {why}", max_backoff.as_secs());
                         }
                         Some((_, runs)) => {
                             *runs += 1;
