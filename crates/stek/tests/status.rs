@@ -148,7 +148,7 @@ fn a_failing_reload_puts_forward_secrecy_at_risk_visibly() {
     // nginx took a key: a reload succeeded after it started.
     wait_for("a reload nginx took", Duration::from_secs(20), || {
         let (code, text) = status(&keys);
-        (code == 0 && text.contains("sink on-change: ok; server took")).then_some(())
+        (code == 0 && text.contains("sink on_change: ok; server took")).then_some(())
     });
     assert_eq!(
         metric(port, "stek_forward_secrecy_at_risk").as_deref(),
