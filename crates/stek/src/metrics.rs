@@ -592,6 +592,72 @@ mod tests {
         assert!(e.source().unwrap().is::<std::io::Error>());
     }
 
+    /// Every metric stek can serve (an agent with every kind of sink and a memcached server,
+    /// and a generator) is documented in the README.
+    #[test]
+    fn every_metric_served_is_in_the_readme() {
+        let readme = include_str!("../../../README.md");
+        let sched =
+            stek_core::Schedule::new(Duration::from_secs(4), Duration::from_secs(4)).unwrap();
+        let ring = stek_core::Ring::build(
+            &sched,
+            Duration::from_secs(400),
+            &Default::default(),
+            &mut stek_core::LocalKeys::new(),
+            1,
+        )
+        .unwrap();
+        let mut st = Status::of(&ring, "g", Duration::from_secs(400));
+        st.last_sync = Some(399.0);
+        st.clock_offset = Some(0.1);
+        st.rejected.insert("oversize".into(), 1);
+        st.haproxy = vec![HaproxySocketStatus {
+            socket: "/run/h.sock".into(),
+            ok: true,
+            error: None,
+            rings: vec![],
+            keys_pushed: 1,
+            failures: 0,
+        }];
+        st.sinks = vec![crate::status::SinkStatus {
+            name: "on_change".into(),
+            failing: None,
+            applied_slot: Some(100),
+            applied_name: Some("aa".into()),
+            applied_since: Some(400.0),
+        }];
+        let agent = Metrics::new();
+        agent.set_status(st);
+        agent.sink_failed("on_change");
+        agent.store_error();
+        agent.clock_stepped(2.0);
+        agent.add_memcached(Arc::new(MemcachedStats::new()));
+        let generator = Metrics::new();
+        generator.key_created("g", Duration::from_secs(400));
+        generator.slot_conflict("g", "garbage");
+        generator.published(Duration::from_secs(400));
+        generator.publish_error();
+        let mut names = std::collections::BTreeSet::new();
+        for text in [
+            agent.render(Duration::from_secs(400)),
+            generator.render(Duration::from_secs(400)),
+        ] {
+            for line in text.lines().filter(|l| !l.starts_with('#')) {
+                let name = line.split(['{', ' ']).next().unwrap_or_default();
+                names.insert(name.to_owned());
+            }
+        }
+        assert!(names.len() > 25, "{names:?}");
+        let missing: Vec<&String> = names
+            .iter()
+            .filter(|n| !readme.contains(n.as_str()))
+            .collect();
+        assert!(
+            missing.is_empty(),
+            "metrics missing from the README: {missing:?}"
+        );
+    }
+
     #[test]
     fn memcached_refusals_are_summed_by_reason() {
         let m = Metrics::new();
