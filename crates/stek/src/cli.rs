@@ -45,10 +45,10 @@ pub(crate) enum Command {
     Keygen(KeygenArgs),
     /// Make, seal and sign every group's upcoming keys and publish them to a shared store.
     #[command(long_about = GENERATOR_LONG_ABOUT)]
-    Generator(GeneratorArgs),
+    Generator(Box<GeneratorArgs>),
     /// Read this host's group keys from the local store copy and hand them to its TLS servers.
     #[command(long_about = AGENT_LONG_ABOUT)]
-    Agent(AgentArgs),
+    Agent(Box<AgentArgs>),
     /// Print a running agent's ring by key name, slot and role.
     Status(StatusArgs),
     /// Audit any TLS server's session resumption from the outside: tickets, key names, how long
@@ -88,11 +88,11 @@ pub(crate) struct CheckArgs {
 #[derive(Subcommand, Debug)]
 pub(crate) enum CheckCommand {
     /// Check `stek up`'s flags and config.
-    Up(UpArgs),
+    Up(Box<UpArgs>),
     /// Check `stek agent`'s flags and config.
-    Agent(AgentArgs),
+    Agent(Box<AgentArgs>),
     /// Check `stek generator`'s flags and config.
-    Generator(GeneratorArgs),
+    Generator(Box<GeneratorArgs>),
 }
 
 const COMPLETIONS_LONG_ABOUT: &str = "\
@@ -406,11 +406,41 @@ pub(crate) enum KeyKind {
     Generator,
 }
 
+/// How to reach a shared store across sites: TLS and credentials (never in the URL).
+#[derive(Args, Debug, Default)]
+pub(crate) struct StoreAccessArgs {
+    /// Verify the store's TLS certificate with this CA bundle (PEM) instead of the system's
+    /// roots. Needs a TLS URL: rediss:// or etcds://.
+    #[arg(long, value_name = "FILE")]
+    pub(crate) store_ca: Option<PathBuf>,
+
+    /// Present this client certificate chain (PEM) to the store; needs --store-key.
+    #[arg(long, value_name = "FILE")]
+    pub(crate) store_cert: Option<PathBuf>,
+
+    /// The client certificate's private key (PEM): a file of this user (or root), mode 0600.
+    #[arg(long, value_name = "FILE")]
+    pub(crate) store_key: Option<PathBuf>,
+
+    /// The store user: a Redis ACL user or an etcd user, with the least rights its role needs
+    /// (the README gives them).
+    #[arg(long, value_name = "NAME")]
+    pub(crate) store_user: Option<String>,
+
+    /// A file (of this user or root, mode 0600) whose first line is the store password. A
+    /// password in the URL is refused: it would show in `ps`.
+    #[arg(long, value_name = "FILE")]
+    pub(crate) store_password_file: Option<PathBuf>,
+}
+
 #[derive(Args, Debug)]
 pub(crate) struct GeneratorArgs {
     /// The store: redis://HOST:PORT (the primary) or etcd://HOST:PORT[,HOST:PORT...].
     #[arg(long, value_name = "URL")]
     pub(crate) store: Option<String>,
+
+    #[command(flatten)]
+    pub(crate) store_access: StoreAccessArgs,
 
     /// A group and its recipients' public keys: NAME=PUB[,PUB...]. Repeat for several groups.
     #[arg(long = "group", value_name = "NAME=PUB[,PUB...]")]
@@ -452,6 +482,9 @@ pub(crate) struct AgentArgs {
     /// The store: redis://HOST:PORT (this site's read replica) or etcd://HOST:PORT[,HOST:PORT...].
     #[arg(long, value_name = "URL")]
     pub(crate) store: Option<String>,
+
+    #[command(flatten)]
+    pub(crate) store_access: StoreAccessArgs,
 
     /// This host's group.
     #[arg(long, value_name = "NAME", value_parser = parse_group)]

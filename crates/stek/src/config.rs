@@ -98,6 +98,16 @@ pub struct FileConfig {
     pub metrics_allow_remote: Option<bool>,
     /// `--store`.
     pub store: Option<String>,
+    /// `--store-ca`.
+    pub store_ca: Option<PathBuf>,
+    /// `--store-cert`.
+    pub store_cert: Option<PathBuf>,
+    /// `--store-key`.
+    pub store_key: Option<PathBuf>,
+    /// `--store-user`.
+    pub store_user: Option<String>,
+    /// `--store-password-file`.
+    pub store_password_file: Option<PathBuf>,
     /// `--group` (agent, up).
     pub group: Option<String>,
     /// `--identity`.

@@ -39,8 +39,8 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Up(a) => run_up(a),
         Command::Keygen(a) => run_keygen(a),
-        Command::Generator(a) => run_generator(a),
-        Command::Agent(a) => run_agent(a),
+        Command::Generator(a) => run_generator(*a),
+        Command::Agent(a) => run_agent(*a),
         Command::Status(a) => return run_status(a),
         Command::Scan(a) => return run_scan(a),
         Command::Completions(a) => {
@@ -109,22 +109,23 @@ fn check_delivery(
     warnings.extend(settings::warnings(schedule, d));
 }
 
-/// The store URL's syntax (nothing is contacted).
-fn check_store(url: &str, problems: &mut Vec<String>) {
+/// The store URL's syntax and the store access files (nothing is contacted).
+fn check_store(url: &str, access: &stek::store::StoreAccess, problems: &mut Vec<String>) {
+    let loaded = match access.load() {
+        Ok(l) => l,
+        Err(e) => {
+            problems.push(format!("store access: {}", stek::error::Chain(&e)));
+            return;
+        }
+    };
     let parsed = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .map_err(anyhow::Error::from)
         .and_then(|rt| {
             rt.block_on(async {
-                if url.starts_with("redis://") || url.starts_with("etcd://") {
-                    AnyStore::connect_lazy(url).await.map(drop)?;
-                    Ok(())
-                } else {
-                    anyhow::bail!(
-                        "unknown scheme: use redis://HOST:PORT or etcd://HOST:PORT[,HOST:PORT...]"
-                    )
-                }
+                AnyStore::connect_lazy_with(url, &loaded).await.map(drop)?;
+                Ok(())
             })
         });
     if let Err(e) = parsed {
@@ -169,7 +170,7 @@ fn check_agent(a: &AgentArgs) -> Checked {
                 Ok(_) => {}
                 Err(e) => problems.push(format!("identity: {e:#}")),
             }
-            check_store(&s.store, &mut problems);
+            check_store(&s.store, &s.store_access, &mut problems);
             check_delivery(&s.delivery, &s.schedule, &mut problems, &mut warnings);
             format!(
                 "stek agent: group {}, period {}, lifetime {}, {} trusted generator(s), key directory {}",
@@ -201,7 +202,7 @@ fn check_generator(a: &GeneratorArgs) -> Checked {
                 Ok(_) => {}
                 Err(e) => problems.push(format!("signing key: {e:#}")),
             }
-            check_store(&s.store, &mut problems);
+            check_store(&s.store, &s.store_access, &mut problems);
             let groups: Vec<&str> = s.groups.iter().map(|g| g.name.as_str()).collect();
             format!("stek generator: groups {}", groups.join(", "))
         }
@@ -279,8 +280,9 @@ fn run_agent(args: AgentArgs) -> anyhow::Result<()> {
     runtime()?.block_on(async move {
         let shutdown = shutdown_signal();
         let h = start_host(&s.delivery, key_dir, access, s.clock_offset_ms).await?;
+        let access = s.store_access.load().context("store access")?;
         let store = Arc::new(
-            AnyStore::connect_lazy(&s.store)
+            AnyStore::connect_lazy_with(&s.store, &access)
                 .await
                 .with_context(|| format!("cannot use the store {}", s.store))?,
         );
@@ -325,8 +327,9 @@ fn run_generator(args: GeneratorArgs) -> anyhow::Result<()> {
     info!("generator {} publishing to {}", signer.public(), s.store);
     runtime()?.block_on(async move {
         let shutdown = shutdown_signal();
+        let access = s.store_access.load().context("store access")?;
         let store = Arc::new(
-            AnyStore::connect(&s.store)
+            AnyStore::connect_with(&s.store, &access)
                 .await
                 .with_context(|| format!("cannot use the store {}", s.store))?,
         );

@@ -11,11 +11,12 @@ use stek::config::FileConfig;
 use stek::duration;
 use stek::memcached::{Limits, NghttpxCipher};
 use stek::sink::{self, NginxKeySize, SinkKind};
+use stek::store::StoreAccess;
 use stek_core::{GeneratorPublicKey, GroupPublicKey, Schedule};
 
 use crate::cli::{
     check_lifetime, check_period, check_request_timeout, parse_group, AgentArgs, GeneratorArgs,
-    ScheduleArgs, SinkArgs, UpArgs,
+    ScheduleArgs, SinkArgs, StoreAccessArgs, UpArgs,
 };
 
 /// The period when neither a flag nor the file gives one.
@@ -85,6 +86,7 @@ pub(crate) struct UpSettings {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct AgentSettings {
     pub(crate) store: String,
+    pub(crate) store_access: StoreAccess,
     pub(crate) group: String,
     /// The group identity file (read when the agent starts).
     pub(crate) identity: PathBuf,
@@ -99,6 +101,7 @@ pub(crate) struct AgentSettings {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct GeneratorSettings {
     pub(crate) store: String,
+    pub(crate) store_access: StoreAccess,
     /// The signing key file (read when the generator starts).
     pub(crate) signing_key: PathBuf,
     /// At least one.
@@ -450,6 +453,22 @@ pub(crate) fn up(a: &UpArgs, c: &FileConfig, place: &Place) -> anyhow::Result<Up
     })
 }
 
+/// The store's TLS and credentials: each flag, else the file's key; checked against `url`.
+fn store_access(a: &StoreAccessArgs, c: &FileConfig, url: &str) -> anyhow::Result<StoreAccess> {
+    let access = StoreAccess {
+        ca: a.store_ca.clone().or_else(|| c.store_ca.clone()),
+        cert: a.store_cert.clone().or_else(|| c.store_cert.clone()),
+        key: a.store_key.clone().or_else(|| c.store_key.clone()),
+        user: a.store_user.clone().or_else(|| c.store_user.clone()),
+        password_file: a
+            .store_password_file
+            .clone()
+            .or_else(|| c.store_password_file.clone()),
+    };
+    access.check(url)?;
+    Ok(access)
+}
+
 /// `stek agent`'s settings.
 pub(crate) fn agent(a: &AgentArgs, c: &FileConfig, place: &Place) -> anyhow::Result<AgentSettings> {
     let store = a
@@ -457,6 +476,7 @@ pub(crate) fn agent(a: &AgentArgs, c: &FileConfig, place: &Place) -> anyhow::Res
         .clone()
         .or_else(|| c.store.clone())
         .context("--store is required")?;
+    let store_access = store_access(&a.store_access, c, &store)?;
     let group = match (&a.group, &c.group) {
         (Some(g), _) => g.clone(),
         (None, Some(g)) => file_group(g)?,
@@ -483,6 +503,7 @@ pub(crate) fn agent(a: &AgentArgs, c: &FileConfig, place: &Place) -> anyhow::Res
     check_sinks(&schedule, &delivery)?;
     Ok(AgentSettings {
         store,
+        store_access,
         group,
         identity,
         trusted,
@@ -502,6 +523,7 @@ pub(crate) fn generator(a: &GeneratorArgs, c: &FileConfig) -> anyhow::Result<Gen
         .clone()
         .or_else(|| c.store.clone())
         .context("--store is required")?;
+    let store_access = store_access(&a.store_access, c, &store)?;
     let signing_key = a
         .signing_key
         .clone()
@@ -545,6 +567,7 @@ pub(crate) fn generator(a: &GeneratorArgs, c: &FileConfig) -> anyhow::Result<Gen
         .collect::<anyhow::Result<Vec<_>>>()?;
     Ok(GeneratorSettings {
         store,
+        store_access,
         signing_key,
         groups,
         trusted,

@@ -486,7 +486,20 @@ fn stek_check_accepts_the_examples_and_names_each_problem() {
         (
             "agent",
             agent.replace("redis://127.0.0.1:6379", "http://127.0.0.1:6379"),
-            "store: unknown scheme",
+            "unknown store URL scheme",
+        ),
+        (
+            "agent",
+            agent.replace("redis://127.0.0.1:6379", "redis://agent:hunter2@127.0.0.1:6379"),
+            "carries credentials",
+        ),
+        (
+            "agent",
+            agent.replace(
+                "store = \"redis://127.0.0.1:6379\"",
+                "store = \"redis://127.0.0.1:6379\"\nstore_ca = \"/etc/stek/ca.pem\"",
+            ),
+            "--store-ca given, but redis:// does not use TLS: use rediss://",
         ),
         (
             "agent",

@@ -5,7 +5,9 @@ use std::time::Duration;
 use stek_core::Slot;
 use tokio::sync::watch;
 
-use super::{Created, EtcdStore, Found, RedisStore, Replaced, Seen, Store, StoreError};
+use super::{
+    Created, EtcdStore, Found, LoadedAccess, RedisStore, Replaced, Seen, Store, StoreError,
+};
 
 /// One of the shared stores.
 #[derive(Debug)]
@@ -20,20 +22,35 @@ impl AnyStore {
     /// Connects to the store named by `url` for an agent: a bad URL fails now, an unreachable
     /// store does not (the agent starts, serves what it can and follows the failure policy).
     pub async fn connect_lazy(url: &str) -> Result<AnyStore, StoreError> {
+        Self::connect_lazy_with(url, &LoadedAccess::default()).await
+    }
+
+    /// [`AnyStore::connect_lazy`] with TLS and credentials.
+    pub async fn connect_lazy_with(
+        url: &str,
+        access: &LoadedAccess,
+    ) -> Result<AnyStore, StoreError> {
         if url.starts_with("redis://") {
-            Ok(AnyStore::Redis(RedisStore::connect_lazy(url)?))
+            Ok(AnyStore::Redis(RedisStore::connect_lazy_with(url, access)?))
         } else {
-            Self::connect(url).await
+            Self::connect_with(url, access).await
         }
     }
 
     /// Connects to the store named by `url`. Redis must be reachable now; etcd connects on first
     /// use (and fails over between its endpoints).
     pub async fn connect(url: &str) -> Result<AnyStore, StoreError> {
+        Self::connect_with(url, &LoadedAccess::default()).await
+    }
+
+    /// [`AnyStore::connect`] with TLS and credentials.
+    pub async fn connect_with(url: &str, access: &LoadedAccess) -> Result<AnyStore, StoreError> {
         if url.starts_with("redis://") {
-            Ok(AnyStore::Redis(RedisStore::connect(url).await?))
+            Ok(AnyStore::Redis(
+                RedisStore::connect_with(url, access).await?,
+            ))
         } else if url.starts_with("etcd://") {
-            Ok(AnyStore::Etcd(EtcdStore::connect(url)?))
+            Ok(AnyStore::Etcd(EtcdStore::connect_with(url, access)?))
         } else {
             // The URL is left out: it may carry a password.
             Err(StoreError::BadUrl {

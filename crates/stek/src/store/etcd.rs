@@ -138,6 +138,17 @@ impl EtcdStore {
     /// is reported by that operation, as every later outage is. Fails only on a malformed URL.
     /// Needs a Tokio runtime when operations run, not when called.
     pub fn connect(url: &str) -> Result<EtcdStore, StoreError> {
+        Self::connect_with(url, &super::LoadedAccess::default())
+    }
+
+    /// [`EtcdStore::connect`] with TLS and credentials.
+    pub fn connect_with(url: &str, access: &super::LoadedAccess) -> Result<EtcdStore, StoreError> {
+        if access.is_set() {
+            return Err(StoreError::BadUrl {
+                reason: "TLS and credentials for etcd are not supported by this build".into(),
+                source: None,
+            });
+        }
         let endpoints = parse_url(url)?;
         let mut connector = HttpConnector::new();
         connector.set_connect_timeout(Some(CONNECT_TIMEOUT));

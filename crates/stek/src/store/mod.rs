@@ -45,6 +45,7 @@
 //! Errors are [`StoreError`]: callers treat every error as "the store is unreachable for now"
 //! and follow the failure policy (docs/DESIGN.md §5).
 
+pub mod access;
 pub mod any;
 pub mod etcd;
 pub mod memory;
@@ -59,6 +60,7 @@ use std::time::Duration;
 use stek_core::{KeyBytes, Slot};
 use tokio::sync::watch;
 
+pub use access::{LoadedAccess, StoreAccess};
 pub use any::AnyStore;
 pub use etcd::EtcdStore;
 pub use memory::MemoryStore;

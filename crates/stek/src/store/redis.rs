@@ -173,6 +173,17 @@ async fn announce(conn: &mut ConnectionManager, group: &str, slot: Slot) {
     }
 }
 
+/// TLS and credentials are not spoken to Redis yet: refused rather than ignored.
+fn refuse_access(access: &super::LoadedAccess) -> Result<(), StoreError> {
+    if access.is_set() {
+        return Err(StoreError::BadUrl {
+            reason: "TLS and credentials for Redis are not supported by this build".into(),
+            source: None,
+        });
+    }
+    Ok(())
+}
+
 /// The key of the record of `(group, slot)`.
 fn record_key(group: &str, slot: Slot) -> String {
     format!("stek:{group}:{}", slot.0)
@@ -222,6 +233,15 @@ impl RedisStore {
     /// store reconnects by itself after failures. Must be called inside a Tokio runtime, which
     /// then runs the store's background tasks.
     pub async fn connect(url: &str) -> Result<RedisStore, StoreError> {
+        Self::connect_with(url, &super::LoadedAccess::default()).await
+    }
+
+    /// [`RedisStore::connect`] with TLS and credentials.
+    pub async fn connect_with(
+        url: &str,
+        access: &super::LoadedAccess,
+    ) -> Result<RedisStore, StoreError> {
+        refuse_access(access)?;
         let client = Client::open(url).map_err(invalid_url)?;
         let conn = ConnectionManager::new_with_config(client.clone(), manager_config())
             .await
@@ -233,6 +253,15 @@ impl RedisStore {
     /// so a process can start while its store is down and follow the failure policy until it
     /// returns. Only an invalid URL fails. Must be called inside a Tokio runtime.
     pub fn connect_lazy(url: &str) -> Result<RedisStore, StoreError> {
+        Self::connect_lazy_with(url, &super::LoadedAccess::default())
+    }
+
+    /// [`RedisStore::connect_lazy`] with TLS and credentials.
+    pub fn connect_lazy_with(
+        url: &str,
+        access: &super::LoadedAccess,
+    ) -> Result<RedisStore, StoreError> {
+        refuse_access(access)?;
         let client = Client::open(url).map_err(invalid_url)?;
         let conn = ConnectionManager::new_lazy_with_config(client.clone(), manager_config())
             .map_err(unavailable)?;
