@@ -651,6 +651,22 @@ mod tests {
         assert!(k.erase(OsStr::new("..")).is_err());
     }
 
+    /// Erasing overwrites the key bytes in place before the name goes: a reader that still has
+    /// the file open (the inode outlives the name) sees zeros, not the key.
+    #[test]
+    fn erase_zeroes_the_bytes_before_unlinking() {
+        use std::io::{Read as _, Seek as _};
+        let (d, k) = key_dir();
+        k.write_atomic("k.key", &[0xA5; 80]).unwrap();
+        let mut open = fs::File::open(d.path().join("keys/k.key")).unwrap();
+        k.erase(OsStr::new("k.key")).unwrap();
+        assert!(!d.path().join("keys/k.key").exists());
+        let mut left = Vec::new();
+        open.rewind().unwrap();
+        open.read_to_end(&mut left).unwrap();
+        assert_eq!(left, vec![0u8; 80], "the inode still held key bytes");
+    }
+
     #[test]
     fn private_dirs_are_created_and_tightened() {
         let d = tempfile::tempdir_in("/dev/shm").unwrap();
