@@ -94,6 +94,12 @@ impl fmt::Debug for KeyName {
 #[derive(Clone, Zeroize, ZeroizeOnDrop)]
 pub struct Secret([u8; SECRET_LEN]);
 
+/// Fails to compile unless `T` is zeroized when dropped: the secret types assert it where they
+/// are defined, so a derive or wrapper removed by mistake breaks the build, not only a test.
+pub(crate) const fn zeroized_on_drop<T: ZeroizeOnDrop>() {}
+const _: () = zeroized_on_drop::<Secret>();
+const _: () = zeroized_on_drop::<KeyBytes>();
+
 impl Secret {
     /// Takes ownership of secret bytes (the caller's copy should be zeroized).
     pub fn from_bytes(bytes: [u8; SECRET_LEN]) -> Secret {

@@ -231,6 +231,8 @@ impl fmt::Debug for GeneratorPublicKey {
 pub struct GeneratorKey {
     sk: SigningKey,
 }
+const _: () = crate::key::zeroized_on_drop::<SigningKey>();
+const _: () = crate::key::zeroized_on_drop::<Zeroizing<[u8; 32]>>();
 
 impl GeneratorKey {
     /// A fresh signing key.
