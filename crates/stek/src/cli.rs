@@ -345,7 +345,7 @@ pub(crate) struct SinkArgs {
     /// mismatch that outlasts the reload after a rotation (2 to 20 s, at most half a period) is
     /// logged, shown by `stek status` (WARNING) and in stek_served_key_match{endpoint}.
     /// Comma-separated or repeated.
-    #[arg(long = "verify-tls", value_name = "ADDR", value_delimiter = ',')]
+    #[arg(long = "verify-tls", value_name = "ADDR", value_delimiter = ',', value_parser = check_verify_tls)]
     pub(crate) verify_tls: Vec<String>,
 
     /// Serve Prometheus metrics at http://ADDR/metrics, the status at /status and a health
@@ -710,6 +710,14 @@ pub(crate) fn parse_group(s: &str) -> Result<String, String> {
             "invalid group name {s:?}: a group name is 1 to 64 letters, digits, '.', '_' or '-'"
         ))
     }
+}
+
+/// A `--verify-tls` address, checked here so a bad one is a usage error (the settings parse it
+/// again, with the config file's).
+fn check_verify_tls(s: &str) -> Result<String, String> {
+    stek::agent::verify::Target::parse(s)
+        .map(|_| s.to_owned())
+        .map_err(|e| e.reason())
 }
 
 /// Parses the command line. On a bad one, prints one line (clap's first, plus where to look)

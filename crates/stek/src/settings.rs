@@ -675,7 +675,8 @@ mod tests {
         let given: Vec<String> = d.verify_tls.iter().map(ToString::to_string).collect();
         assert_eq!(given, ["127.0.0.1:1", "[::1]:2"]);
         assert_eq!(
-            err(up(&["--verify-tls", "127.0.0.1:x"], "")),
+            // (On the command line clap refuses it first: tests/cli.rs.)
+            err(up(&[], "verify_tls = [\"127.0.0.1:x\"]")),
             "--verify-tls \"127.0.0.1:x\": bad port (expected [NAME@]HOST:PORT, e.g. 127.0.0.1:443 or www.example.com@127.0.0.1:443)"
         );
         let e = err(up(&[], "verify_tls = [\"10.0.0.1@h:1\"]"));

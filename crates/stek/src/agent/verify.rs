@@ -93,27 +93,32 @@ pub enum VerifyTargetError {
     },
 }
 
+impl VerifyTargetError {
+    /// What is wrong, without the address (for a parser that names it already).
+    pub fn reason(&self) -> String {
+        let why = match self {
+            VerifyTargetError::ServerName { .. } => {
+                return "the server name before '@' must be a DNS name".to_owned()
+            }
+            VerifyTargetError::Address { source, .. } => match source {
+                TargetError::Empty => "empty",
+                TargetError::NoClosingBracket { .. } => "no closing ]",
+                TargetError::JunkAfterBracket { .. } => "junk after ]",
+                TargetError::NoHost { .. } => "no host name",
+                TargetError::BadPort { .. } => "bad port",
+            },
+        };
+        format!(
+            "{why} (expected [NAME@]HOST:PORT, e.g. 127.0.0.1:443 or www.example.com@127.0.0.1:443)"
+        )
+    }
+}
+
 impl fmt::Display for VerifyTargetError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            VerifyTargetError::Address { given, source } => {
-                let why = match source {
-                    TargetError::Empty => "empty",
-                    TargetError::NoClosingBracket { .. } => "no closing ]",
-                    TargetError::JunkAfterBracket { .. } => "junk after ]",
-                    TargetError::NoHost { .. } => "no host name",
-                    TargetError::BadPort { .. } => "bad port",
-                };
-                write!(
-                    f,
-                    "--verify-tls {given:?}: {why} (expected [NAME@]HOST:PORT, e.g. 127.0.0.1:443 or www.example.com@127.0.0.1:443)"
-                )
-            }
-            VerifyTargetError::ServerName { given } => write!(
-                f,
-                "--verify-tls {given:?}: the server name before '@' must be a DNS name"
-            ),
-        }
+        let (VerifyTargetError::Address { given, .. } | VerifyTargetError::ServerName { given }) =
+            self;
+        write!(f, "--verify-tls {given:?}: {}", self.reason())
     }
 }
 
