@@ -213,6 +213,8 @@ impl Expected {
 /// What one version's connections showed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Observed {
+    /// Nothing accepts a TCP connection there (why): no version is worth trying.
+    Unreachable(String),
     /// The server does not speak this version (why).
     NotSpoken(String),
     /// The connection or handshake failed (why).
@@ -360,7 +362,7 @@ pub fn combine(expected: &Expected, history: &History, seen: &[(Version, Observe
     for (v, o) in seen {
         match o {
             Observed::NotSpoken(why) => not_spoken.push(format!("{}: {why}", v.label())),
-            Observed::Failed(why) => {
+            Observed::Failed(why) | Observed::Unreachable(why) => {
                 checks.push((*v, Check::new(ServedState::Error, None, why)));
             }
             Observed::Tickets(names) => checks.push((*v, judge(expected, history, names))),
@@ -534,7 +536,10 @@ fn observe_target(target: &Target, stop: &AtomicBool) -> Result<Vec<(Version, Ob
         if stop.load(Ordering::Relaxed) {
             break;
         }
-        out.push((v, observe_version(v, target, addr, stop)));
+        match observe_version(v, target, addr, stop) {
+            Observed::Unreachable(why) => return Err(why),
+            seen => out.push((v, seen)),
+        }
     }
     Ok(out)
 }
@@ -545,6 +550,12 @@ fn observe_version(v: Version, target: &Target, addr: SocketAddr, stop: &AtomicB
     let prober = match Prober::new(v, target.sni.as_deref(), addr, PROBE_TIMEOUT, false) {
         Ok(p) => p,
         Err(e) => return Observed::Failed(Chain(&e).to_string()),
+    };
+    // The address connected to, when the endpoint as given does not say it already.
+    let at = if target.given == addr.to_string() {
+        String::new()
+    } else {
+        format!("{addr}: ")
     };
     let mut names = Vec::new();
     for attempt in 0..2 {
@@ -559,7 +570,10 @@ fn observe_version(v: Version, target: &Target, addr: SocketAddr, stop: &AtomicB
                         Observed::NotSpoken(e.to_string())
                     }
                     ProbeError::Incompatible(_) => Observed::NotSpoken(Chain(&e).to_string()),
-                    _ => Observed::Failed(format!("{addr}: {}", Chain(&e))),
+                    ProbeError::Connect(_) | ProbeError::ConnectTimedOut(_) => {
+                        Observed::Unreachable(format!("{at}{}", Chain(&e)))
+                    }
+                    _ => Observed::Failed(format!("{at}{}", Chain(&e))),
                 }
             }
             Err(_) => break,
