@@ -338,6 +338,16 @@ pub(crate) struct SinkArgs {
     #[arg(long = "haproxy-socket", value_name = "PATH")]
     pub(crate) haproxy_socket: Vec<PathBuf>,
 
+    /// Check the key this host's TLS servers actually serve: after each rotation and every
+    /// quarter period (1 to 10 s), connect to each ADDR (TLS 1.3 and 1.2), read the key name of
+    /// the tickets it issues and compare it with the ring's encrypting key. ADDR is
+    /// [NAME@]HOST:PORT (NAME: the server name to send; default HOST when it is a name). A
+    /// mismatch that outlasts the reload after a rotation (2 to 20 s, at most half a period) is
+    /// logged, shown by `stek status` (WARNING) and in stek_served_key_match{endpoint}.
+    /// Comma-separated or repeated.
+    #[arg(long = "verify-tls", value_name = "ADDR", value_delimiter = ',', value_parser = check_verify_tls)]
+    pub(crate) verify_tls: Vec<String>,
+
     /// Serve Prometheus metrics at http://ADDR/metrics, the status at /status and a health
     /// verdict at /healthz. ADDR is IP:PORT or HOST:PORT (localhost:9155); loopback only unless
     /// --metrics-allow-remote.
@@ -736,6 +746,14 @@ pub(crate) fn parse_group(s: &str) -> Result<String, String> {
             "invalid group name {s:?}: a group name is 1 to 64 letters, digits, '.', '_' or '-'"
         ))
     }
+}
+
+/// A `--verify-tls` address, checked here so a bad one is a usage error (the settings parse it
+/// again, with the config file's).
+fn check_verify_tls(s: &str) -> Result<String, String> {
+    stek::agent::verify::Target::parse(s)
+        .map(|_| s.to_owned())
+        .map_err(|e| e.reason())
 }
 
 /// Parses the command line. On a bad one, prints one line (clap's first, plus where to look)

@@ -17,6 +17,7 @@
 //! sinks = ["nginx", "haproxy"]
 //! nginx_key_size = 80          # 48: the bytes of memcached ticket-key/<slot> (mixed fleets)
 //! haproxy_socket = ["/run/haproxy/admin.sock"]
+//! verify_tls = ["127.0.0.1:443"]   # [NAME@]HOST:PORT: check the key these servers serve
 //! metrics = "127.0.0.1:9155"
 //! # stek agent (store and trust: stek generator too)
 //! store = "redis://127.0.0.1:6379"
@@ -92,6 +93,8 @@ pub struct FileConfig {
     pub nginx_key_size: Option<NginxKeySize>,
     /// `--haproxy-socket` (several).
     pub haproxy_socket: Option<Vec<PathBuf>>,
+    /// `--verify-tls` (several).
+    pub verify_tls: Option<Vec<String>>,
     /// `--metrics`.
     pub metrics: Option<String>,
     /// `--metrics-allow-remote`.

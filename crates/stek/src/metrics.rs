@@ -14,7 +14,7 @@ use tokio::net::TcpListener;
 use tracing::debug;
 
 use crate::memcached::{Refusal, Stats as MemcachedStats};
-use crate::status::{HaproxySocketStatus, Status};
+use crate::status::{HaproxySocketStatus, ServedState, Status};
 
 /// The metrics of one process (agent, generator, or both for `stek up`).
 #[derive(Debug, Default)]
@@ -229,6 +229,35 @@ impl Metrics {
                         o,
                         "stek_sink_applied_slot{{{l},sink=\"{}\"}} {slot}",
                         sink.name
+                    );
+                }
+            }
+            // Always announced (so rules can rely on the name); one sample per endpoint
+            // whose last check read the served key: 1 match, 0 mismatch.
+            let _ = writeln!(o, "# HELP stek_served_key_match 1 when the server at endpoint (--verify-tls) issues tickets under the ring's encrypting key, 0 when under another key; no sample while it cannot be read (see stek_served_key_readable).\n# TYPE stek_served_key_match gauge");
+            for sv in &s.served {
+                let v = match sv.state {
+                    ServedState::Match => 1,
+                    ServedState::Mismatch => 0,
+                    ServedState::Unverifiable | ServedState::Error => continue,
+                };
+                let _ = writeln!(
+                    o,
+                    "stek_served_key_match{{{l},endpoint=\"{}\"}} {v}",
+                    label_value(&sv.endpoint)
+                );
+            }
+            if !s.served.is_empty() {
+                let _ = writeln!(o, "# HELP stek_served_key_readable 1 when the last --verify-tls check of endpoint read the key name on its tickets; 0 when it could not connect, or the server issues no ticket or no key name.\n# TYPE stek_served_key_readable gauge");
+                for sv in &s.served {
+                    let v = u8::from(matches!(
+                        sv.state,
+                        ServedState::Match | ServedState::Mismatch
+                    ));
+                    let _ = writeln!(
+                        o,
+                        "stek_served_key_readable{{{l},endpoint=\"{}\"}} {v}",
+                        label_value(&sv.endpoint)
                     );
                 }
             }
@@ -564,6 +593,56 @@ pub async fn serve(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn served_keys_are_one_sample_per_endpoint_read() {
+        use crate::status::ServedStatus;
+        let mut st: Status = serde_json::from_str(
+            r#"{"group":"web","period":4,"lifetime":8,"slot":7,"encrypting":"current",
+            "encrypting_name":"aa","keys":[],"last_sync":null,"staleness":null,
+            "clock_offset":null,"rejected":{},"sink_failures":{},"updated_at":1.0}"#,
+        )
+        .unwrap();
+        let m = Metrics::new();
+        m.set_status(st.clone());
+        let text = m.render(Duration::from_secs(2));
+        // Announced without --verify-tls, with no sample.
+        assert!(
+            text.contains("# TYPE stek_served_key_match gauge"),
+            "{text}"
+        );
+        assert!(!text.contains("stek_served_key_match{"), "{text}");
+        assert!(!text.contains("# HELP stek_served_key_readable"), "{text}");
+        let entry = |endpoint: &str, state| ServedStatus {
+            endpoint: endpoint.into(),
+            state,
+            served_name: None,
+            served_slot: None,
+            expected_name: "aa".into(),
+            since: 1.0,
+            checked_at: 1.0,
+            detail: None,
+        };
+        st.served = vec![
+            entry("a:1", ServedState::Match),
+            entry("b:2", ServedState::Mismatch),
+            entry("c:3", ServedState::Error),
+            entry("d\"@e:4", ServedState::Unverifiable),
+        ];
+        m.set_status(st);
+        let text = m.render(Duration::from_secs(2));
+        for line in [
+            "stek_served_key_match{group=\"web\",endpoint=\"a:1\"} 1",
+            "stek_served_key_match{group=\"web\",endpoint=\"b:2\"} 0",
+            "stek_served_key_readable{group=\"web\",endpoint=\"a:1\"} 1",
+            "stek_served_key_readable{group=\"web\",endpoint=\"b:2\"} 1",
+            "stek_served_key_readable{group=\"web\",endpoint=\"c:3\"} 0",
+            "stek_served_key_readable{group=\"web\",endpoint=\"d\\\"@e:4\"} 0",
+        ] {
+            assert!(text.lines().any(|l| l == line), "{line}\n{text}");
+        }
+        assert!(!text.contains("stek_served_key_match{group=\"web\",endpoint=\"c:3\"}"));
+    }
 
     #[tokio::test]
     async fn bind_errors_say_what_failed_and_keep_the_cause() {

@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context as _};
+use stek::agent::verify::Target;
 use stek::config::FileConfig;
 use stek::duration;
 use stek::memcached::{Limits, NghttpxCipher};
@@ -67,6 +68,8 @@ pub(crate) struct DeliverySettings {
     pub(crate) on_change: Option<String>,
     /// HAProxy admin sockets to push keys to.
     pub(crate) haproxy_sockets: Vec<PathBuf>,
+    /// The TLS servers whose served key is checked (`--verify-tls`).
+    pub(crate) verify_tls: Vec<Target>,
     /// Where to serve metrics and status.
     pub(crate) metrics: Option<String>,
     /// Whether `metrics` may be a non-loopback address.
@@ -252,6 +255,11 @@ pub(crate) fn delivery(
     if !haproxy_sockets.is_empty() {
         check_haproxy_keys_path(&dir)?;
     }
+    let verify_tls = pick_list(&a.verify_tls, c.verify_tls.as_ref())
+        .iter()
+        .map(|t| Target::parse(t.trim()))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(anyhow::Error::from)?;
     // --memcached beats the file's no_memcached, --no-memcached the file's addresses.
     let mut memcached = pick_list(&a.memcached, c.memcached.as_ref());
     let no_memcached = a.no_memcached || (a.memcached.is_empty() && c.no_memcached == Some(true));
@@ -293,6 +301,7 @@ pub(crate) fn delivery(
         nghttpx_cipher: a.nghttpx_cipher.or(c.nghttpx_cipher).unwrap_or_default(),
         on_change: a.on_change.clone().or_else(|| c.on_change.clone()),
         haproxy_sockets,
+        verify_tls,
         metrics: a.metrics.clone().or_else(|| c.metrics.clone()),
         metrics_allow_remote: a.metrics_allow_remote || c.metrics_allow_remote.unwrap_or(false),
         dir,
@@ -670,9 +679,33 @@ mod tests {
                 nghttpx_cipher: NghttpxCipher::Aes128Cbc,
                 on_change: None,
                 haproxy_sockets: vec![],
+                verify_tls: vec![],
                 metrics: None,
                 metrics_allow_remote: false,
             }
+        );
+    }
+
+    #[test]
+    fn verify_tls_flag_beats_file_and_a_bad_address_is_one_line() {
+        let file = "verify_tls = [\"127.0.0.1:443\", \"www.example.com@127.0.0.1:8443\"]";
+        let d = up(&[], file).unwrap().delivery;
+        let given: Vec<String> = d.verify_tls.iter().map(ToString::to_string).collect();
+        assert_eq!(given, ["127.0.0.1:443", "www.example.com@127.0.0.1:8443"]);
+        let d = up(&["--verify-tls", "127.0.0.1:1,[::1]:2"], file)
+            .unwrap()
+            .delivery;
+        let given: Vec<String> = d.verify_tls.iter().map(ToString::to_string).collect();
+        assert_eq!(given, ["127.0.0.1:1", "[::1]:2"]);
+        assert_eq!(
+            // (On the command line clap refuses it first: tests/cli.rs.)
+            err(up(&[], "verify_tls = [\"127.0.0.1:x\"]")),
+            "--verify-tls \"127.0.0.1:x\": bad port (expected [NAME@]HOST:PORT, e.g. 127.0.0.1:443 or www.example.com@127.0.0.1:443)"
+        );
+        let e = err(up(&[], "verify_tls = [\"10.0.0.1@h:1\"]"));
+        assert_eq!(
+            e,
+            "--verify-tls \"10.0.0.1@h:1\": the server name before '@' must be a DNS name"
         );
     }
 

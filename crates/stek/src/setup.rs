@@ -24,6 +24,7 @@ fn host_options(d: &DeliverySettings, dir: KeyDir, memcached_access: Access) -> 
         nginx_key_size: d.nginx_key_size,
         on_change: d.on_change.clone(),
         haproxy_sockets: d.haproxy_sockets.clone(),
+        verify_tls: d.verify_tls.clone(),
         memcached_limits: Limits {
             max_connections: d.memcached_max_connections,
             max_connections_per_peer: d.memcached_max_connections_per_peer,

@@ -298,6 +298,76 @@ pub struct Status {
     /// forward secrecy no longer holds for its tickets), if one may.
     #[serde(default)]
     pub forward_secrecy_at_risk: Option<String>,
+    /// What `--verify-tls` found each server serving, in the order given. Absent without it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub served: Vec<ServedStatus>,
+}
+
+/// What the last `--verify-tls` check found at one server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ServedState {
+    /// Its tickets carry the name of the ring's encrypting key.
+    Match,
+    /// Its tickets carry another key's name (`served_name`).
+    Mismatch,
+    /// Its tickets carry no key name that can be read, or it issues none: neither a match nor
+    /// a mismatch.
+    Unverifiable,
+    /// It could not be checked: no connection, no handshake.
+    Error,
+}
+
+impl ServedState {
+    /// `match`, `mismatch`, `unverifiable`, `error`.
+    pub fn word(self) -> &'static str {
+        match self {
+            ServedState::Match => "match",
+            ServedState::Mismatch => "mismatch",
+            ServedState::Unverifiable => "unverifiable",
+            ServedState::Error => "error",
+        }
+    }
+}
+
+/// One server checked by `--verify-tls`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ServedStatus {
+    /// The address as given (`[NAME@]HOST:PORT`).
+    pub endpoint: String,
+    /// What the last check found.
+    pub state: ServedState,
+    /// The key name on its tickets, when read.
+    pub served_name: Option<String>,
+    /// That key's slot, when it is one of stek's keys.
+    pub served_slot: Option<u64>,
+    /// The ring's encrypting key's name at the last check.
+    pub expected_name: String,
+    /// Since when (Unix seconds) this state (and served key) holds.
+    pub since: f64,
+    /// When the last check was judged, Unix seconds.
+    pub checked_at: f64,
+    /// Why, in words (per TLS version when they differ); none for a plain match.
+    pub detail: Option<String>,
+}
+
+impl ServedStatus {
+    /// If this server encrypts with a key of stek's that is not among `window` (slots): why
+    /// forward secrecy is at risk, in words.
+    pub fn at_risk(&self, window: &[u64]) -> Option<String> {
+        if self.state != ServedState::Mismatch {
+            return None;
+        }
+        let slot = self.served_slot?;
+        if window.contains(&slot) {
+            return None;
+        }
+        Some(format!(
+            "the server at {} issues tickets under key {} (slot {slot}), which has left the window and was erased here",
+            self.endpoint,
+            self.served_name.as_deref().unwrap_or("?"),
+        ))
+    }
 }
 
 /// One sink's own report.
@@ -442,6 +512,7 @@ impl Status {
             sinks: Vec::new(),
             store_diagnosis: None,
             forward_secrecy_at_risk: None,
+            served: Vec::new(),
         }
     }
 
@@ -480,6 +551,29 @@ impl Status {
                     Level::Warning,
                     format!("the {} sink fails: {why}", sink.name),
                 ));
+            }
+        }
+        for s in &self.served {
+            let detail = s.detail.as_deref().unwrap_or("no detail");
+            match s.state {
+                ServedState::Mismatch => problems.push((
+                    Level::Warning,
+                    format!(
+                        "the server at {} issues tickets under key {}, not the encrypting key {} (since {}): {detail}",
+                        s.endpoint,
+                        s.served_name.as_deref().unwrap_or("?"),
+                        s.expected_name,
+                        stamp(s.since)
+                    ),
+                )),
+                ServedState::Error => problems.push((
+                    Level::Warning,
+                    format!(
+                        "cannot check the key the server at {} serves: {detail}",
+                        s.endpoint
+                    ),
+                )),
+                ServedState::Match | ServedState::Unverifiable => {}
             }
         }
         match self.encrypting.as_str() {
@@ -622,6 +716,26 @@ impl Status {
             };
             let _ = writeln!(out, "sink {}: {state}; {applied}", sink.name);
         }
+        for s in &self.served {
+            let what = match (s.state, &s.served_name) {
+                (ServedState::Match, _) => format!("match: key {}", s.expected_name),
+                (ServedState::Mismatch, Some(n)) => {
+                    format!("MISMATCH: key {n}, expected {}", s.expected_name)
+                }
+                (state, _) => state.word().to_uppercase(),
+            };
+            let detail = s
+                .detail
+                .as_deref()
+                .map(|d| format!(" ({d})"))
+                .unwrap_or_default();
+            let _ = writeln!(
+                out,
+                "served by {}: {what} since {}{detail}",
+                s.endpoint,
+                stamp(s.since)
+            );
+        }
         for h in &self.haproxy {
             let state = match &h.error {
                 None => format!("in step (rings {})", h.rings.join(", ")),
@@ -753,6 +867,61 @@ mod tests {
         assert!(st.render().contains("slot conflicts"));
         let back: Status = serde_json::from_str(&serde_json::to_string(&st).unwrap()).unwrap();
         assert_eq!(back.slot_conflicts, 2);
+    }
+
+    #[test]
+    fn served_keys_are_judged_and_shown_and_older_files_parse() {
+        let mut st = status(28.0);
+        assert!(st.served.is_empty());
+        assert!(!serde_json::to_string(&st).unwrap().contains("served"));
+        let entry = |state, served: Option<&str>, detail: Option<&str>| ServedStatus {
+            endpoint: "127.0.0.1:8443".into(),
+            state,
+            served_name: served.map(str::to_owned),
+            served_slot: None,
+            expected_name: "aa".into(),
+            since: 20.0,
+            checked_at: 28.0,
+            detail: detail.map(str::to_owned),
+        };
+        st.served = vec![entry(ServedState::Match, Some("aa"), None)];
+        assert_eq!(st.verdict(29.0).level, Level::Ok);
+        assert!(st
+            .render()
+            .contains("served by 127.0.0.1:8443: match: key aa since"));
+        // Unverifiable is shown, not a problem.
+        st.served = vec![entry(ServedState::Unverifiable, None, Some("no ticket"))];
+        assert_eq!(st.verdict(29.0).level, Level::Ok);
+        assert!(
+            st.render().contains("UNVERIFIABLE since"),
+            "{}",
+            st.render()
+        );
+        // A mismatch and an error are warnings, each with its endpoint and words.
+        st.served = vec![entry(
+            ServedState::Mismatch,
+            Some("bb"),
+            Some("a key stek did not issue"),
+        )];
+        let v = st.verdict(29.0);
+        assert_eq!(v.level, Level::Warning);
+        assert!(v.problems[0].1.starts_with("the server at 127.0.0.1:8443 issues tickets under key bb, not the encrypting key aa"), "{v:?}");
+        assert!(
+            v.problems[0].1.ends_with(": a key stek did not issue"),
+            "{v:?}"
+        );
+        st.served = vec![entry(ServedState::Error, None, Some("cannot connect"))];
+        let v = st.verdict(29.0);
+        assert_eq!(v.level, Level::Warning);
+        assert_eq!(
+            v.problems[0].1,
+            "cannot check the key the server at 127.0.0.1:8443 serves: cannot connect"
+        );
+        let back: Status = serde_json::from_str(&serde_json::to_string(&st).unwrap()).unwrap();
+        assert_eq!(back, st);
+        assert!(serde_json::to_string(&st)
+            .unwrap()
+            .contains("\"state\":\"error\""));
     }
 
     #[test]

@@ -93,6 +93,11 @@ fn bad_flags_give_one_line_and_exit_2() {
             &["up", "--memcached-request-timeout", "2d"],
             "request timeout",
         ),
+        (&["up", "--verify-tls", "127.0.0.1:x"], "bad port"),
+        (
+            &["up", "--verify-tls", "127.0.0.1:1,1.2.3.4@h:1"],
+            "DNS name",
+        ),
         (&["nope"], "nope"),
     ];
     for (args, needle) in cases {
@@ -448,6 +453,12 @@ fn stek_check_accepts_the_examples_and_names_each_problem() {
             "stek check must not create the key directory"
         );
     }
+    // The commented verify_tls lines are valid as they stand.
+    for cmd in ["up", "agent"] {
+        let text = fill(&format!("{cmd}.toml")).replace("# verify_tls", "verify_tls");
+        let (code, out) = check(cmd, &text);
+        assert_eq!(code, 0, "contrib/{cmd}.toml with verify_tls: {out}");
+    }
     // The placeholders themselves are refused with the reason.
     let (code, out) = check(
         "agent",
@@ -505,6 +516,16 @@ fn stek_check_accepts_the_examples_and_names_each_problem() {
             "agent",
             agent.replace("sinks = [\"nginx\"]", "sinks = [\"ngnix\"]"),
             "unknown sink \"ngnix\"",
+        ),
+        (
+            "agent",
+            agent.replace("# verify_tls = [", "verify_tls = [\"127.0.0.1:x\", "),
+            "--verify-tls \"127.0.0.1:x\": bad port (expected [NAME@]HOST:PORT",
+        ),
+        (
+            "up",
+            fill("up.toml").replace("# verify_tls = [", "verify_tls = [\"@h:1\", "),
+            "--verify-tls \"@h:1\": the server name before '@' must be a DNS name",
         ),
         (
             "generator",

@@ -49,6 +49,11 @@ fn every_metric_the_rules_use_is_served() {
 
     let dir = shm_dir();
     let port = free_port();
+    // --verify-tls to a port nobody serves TLS on: the served-key metrics are announced and the
+    // endpoint's stek_served_key_readable is 0; stek_served_key_match gets a sample only once a
+    // real server's key is read (tests/verify_tls.rs checks its 1 and 0 against nginx).
+    let nobody = free_port();
+    let verify = format!("127.0.0.1:{nobody}");
     let _stek = stek_up(
         dir.path(),
         &[
@@ -61,6 +66,8 @@ fn every_metric_the_rules_use_is_served() {
             "nginx",
             "--metrics",
             &format!("127.0.0.1:{port}"),
+            "--verify-tls",
+            &verify,
         ],
     );
     wait_port(port);
@@ -82,6 +89,12 @@ fn every_metric_the_rules_use_is_served() {
             .copied()
             .filter(|m| !served.contains(&format!("# HELP {m} ")))
             .filter(|m| *m != "stek_haproxy_socket_up") // only with --haproxy-socket
+            .collect();
+        let unreadable =
+            format!("stek_served_key_readable{{group=\"default\",endpoint=\"{verify}\"}} 0");
+        let missing: Vec<&str> = missing
+            .into_iter()
+            .chain((!served.contains(&unreadable)).then_some("stek_served_key_readable"))
             .collect();
         if missing.is_empty() || std::time::Instant::now() > deadline {
             break (served, missing);

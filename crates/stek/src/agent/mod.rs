@@ -13,6 +13,9 @@
 //!   awaits the store.
 //! - The sinks ([`crate::sink`]) get the ring in the order given; the loop counts their
 //!   failures, writes the status (`status.json` when asked, and [`Metrics`]) and logs.
+//! - With `--verify-tls`, the [`verify`] task checks the key the servers actually serve after
+//!   each change and every heartbeat; the loop hands it names and reads its verdicts, never
+//!   waiting for it.
 //!
 //! `stek up`, `stek agent` ([`run_on_host`]: key files, memcached, HAProxy, reload command)
 //! and the in-process embedding ([`crate::feed::run_embedded_agent`]: a ring feed) all run this
@@ -20,6 +23,7 @@
 
 pub mod rotator;
 pub mod syncer;
+pub mod verify;
 
 use std::collections::BTreeSet;
 use std::future::Future;
@@ -40,7 +44,7 @@ use crate::sink::{
     haproxy_keys_path, ApacheSink, Delivered, H2oSink, HaproxyRuntime, HaproxySink, Health,
     LighttpdSink, NginxKeySize, NginxSink, OnChange, Sink, SinkKind, TableSink,
 };
-use crate::status::Status;
+use crate::status::{ServedStatus, Status};
 use crate::store::Store;
 
 pub use rotator::{Change, Rotator};
@@ -72,6 +76,8 @@ pub struct AgentConfig {
     /// The directory to write the status document (`status.json`) in after every change, if
     /// any.
     pub status_dir: Option<KeyDir>,
+    /// The TLS servers whose served key is checked against the ring (`--verify-tls`).
+    pub verify_tls: Vec<verify::Target>,
 }
 
 impl AgentConfig {
@@ -84,6 +90,7 @@ impl AgentConfig {
             max_stale: 1,
             poll: default_poll(&schedule),
             status_dir: None,
+            verify_tls: Vec::new(),
         }
     }
 }
@@ -112,12 +119,17 @@ pub async fn run<S: Store, O: Opener + 'static>(
         max_stale,
         poll,
         status_dir,
+        verify_tls,
     } = config;
     let (reports_tx, mut reports) = mpsc::channel(4);
     let (held_tx, held_rx) = watch::channel(BTreeSet::<Slot>::new());
     let syncer = Syncer::new(store, opener, group.clone(), schedule);
     let syncing = tokio::spawn(syncer.run(clock.clone(), poll, held_rx, reports_tx));
     let mut rotator = Rotator::new(group.clone(), schedule, max_stale);
+    let verifier = (!verify_tls.is_empty())
+        .then(|| verify::Verifier::spawn(group.clone(), verify_tls, &schedule, clock.clone()));
+    // Verdicts that change are reported at once (the verifier never blocks this loop).
+    let mut served = verifier.as_ref().map(verify::Verifier::subscribe);
     let mut out = Outlet {
         group,
         scope: scope.to_owned(),
@@ -128,6 +140,7 @@ pub async fn run<S: Store, O: Opener + 'static>(
         status_dir,
         last_risk: std::cell::RefCell::new(None),
         in_fallback: false,
+        verifier,
     };
     let mut steps = ClockWatch::new(schedule.period() / 4);
     let mut reported = false;
@@ -169,6 +182,9 @@ pub async fn run<S: Store, O: Opener + 'static>(
         let changed = match rotator.rotate(now) {
             Ok(Some((change, ring))) => {
                 out.deliver(ring, change);
+                if let (Some(v), Change::Ring) = (&out.verifier, change) {
+                    v.ring_changed(ring, now);
+                }
                 true
             }
             Ok(None) => false,
@@ -207,6 +223,7 @@ pub async fn run<S: Store, O: Opener + 'static>(
             + Duration::from_millis(1);
         tokio::select! {
             _ = tokio::time::sleep(wake) => {}
+            true = served_changed(served.as_mut()) => reported = true,
             report = reports.recv(), if syncer_alive => {
                 reported = true;
                 syncer_alive = out.take(&mut rotator, report, clock.now());
@@ -215,6 +232,15 @@ pub async fn run<S: Store, O: Opener + 'static>(
         }
     }
     syncing.abort();
+}
+
+/// Resolves with `true` when the verifier's verdicts change; at once with `false` when there is
+/// no verifier or it ended (the loop's branch is then skipped).
+async fn served_changed(rx: Option<&mut watch::Receiver<Vec<ServedStatus>>>) -> bool {
+    match rx {
+        Some(rx) => rx.changed().await.is_ok(),
+        None => false,
+    }
 }
 
 /// The loop's outputs: the sinks, the status file and the metrics.
@@ -233,6 +259,8 @@ struct Outlet {
     in_fallback: bool,
     /// The forward-secrecy risk last reported (logged once per change).
     last_risk: std::cell::RefCell<Option<String>>,
+    /// The `--verify-tls` task, if asked for.
+    verifier: Option<verify::Verifier>,
 }
 
 impl Outlet {
@@ -362,8 +390,15 @@ impl Outlet {
                 applied_since: h.applied.as_ref().map(|a| a.since as f64),
             })
             .collect();
+        if let Some(v) = &self.verifier {
+            status.served = v.served();
+        }
         let window: Vec<u64> = status.keys.iter().map(|k| k.slot).collect();
-        status.forward_secrecy_at_risk = status.sinks.iter().find_map(|s| s.at_risk(&window));
+        status.forward_secrecy_at_risk = status
+            .sinks
+            .iter()
+            .find_map(|s| s.at_risk(&window))
+            .or_else(|| status.served.iter().find_map(|s| s.at_risk(&window)));
         if let Some(why) = &status.forward_secrecy_at_risk {
             // Logged at every status while it lasts would flood: once per change of text.
             if self.last_risk.borrow().as_deref() != Some(why.as_str()) {
@@ -417,6 +452,8 @@ pub struct HostOptions {
     /// HAProxy admin sockets whose rings follow the HAProxy keys file over the runtime API
     /// (implies the HAProxy file sink).
     pub haproxy_sockets: Vec<PathBuf>,
+    /// The host's TLS servers whose served key is checked against the ring (`--verify-tls`).
+    pub verify_tls: Vec<verify::Target>,
 }
 
 impl HostOptions {
@@ -541,6 +578,7 @@ pub async fn run_on_host<S: Store, O: Opener + 'static>(
     }
     let sinks = host.sinks(&config.schedule, table);
     config.status_dir = Some(host.dir.clone());
+    config.verify_tls = host.verify_tls.clone();
     run(
         store,
         opener,

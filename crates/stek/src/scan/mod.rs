@@ -308,8 +308,10 @@ fn unix(t: SystemTime) -> f64 {
         .map_or(0.0, |d| d.as_secs_f64())
 }
 
-/// The key name of a ticket: its first 16 bytes, when the ticket is long enough to carry one.
-fn name_of(ticket: &[u8]) -> Option<String> {
+/// The key name of a ticket (hex): its first 16 bytes, when the ticket is long enough to carry
+/// one. Whether those bytes are a name at all (not the start of a ticket encrypted whole) only
+/// several tickets tell. Also used by the agent's `--verify-tls` ([`crate::agent::verify`]).
+pub(crate) fn name_of(ticket: &[u8]) -> Option<String> {
     let name: [u8; 16] = ticket.get(..16)?.try_into().ok()?;
     (ticket.len() >= 48).then(|| stek_core::KeyName(name).to_hex())
 }
