@@ -458,6 +458,19 @@ mod tests {
             Record::decode(&vec![0; MAX_RECORD_LEN + 1]),
             Err(RecordError::TooLarge(_))
         ));
+        // Only the two body kinds exist.
+        for kind in [0u8, 3, 255] {
+            let mut v = bytes.to_vec();
+            v[5] = kind;
+            assert_eq!(Record::decode(&v), Err(RecordError::UnknownKind(kind)));
+        }
+        // A header longer than its fields (junk after them, the length grown to cover it) is
+        // not a canonical encoding: refused, as a second encoding of one record would be.
+        let hlen = usize::from(u16::from_be_bytes([bytes[6], bytes[7]]));
+        let mut v = bytes.to_vec();
+        v.insert(8 + hlen, 0);
+        v[6..8].copy_from_slice(&u16::try_from(hlen + 1).unwrap().to_be_bytes());
+        assert_eq!(Record::decode(&v), Err(RecordError::BadLength));
     }
 
     #[test]

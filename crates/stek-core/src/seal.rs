@@ -497,6 +497,34 @@ mod tests {
         assert_eq!(plain.verify_signature(), Err(RecordError::Mismatch("kind")));
     }
 
+    /// The identity point as the generator key and as R, with s = 0: the cofactorless equation
+    /// of non-strict Ed25519 verification holds for every message, so anyone could "sign" as
+    /// that key. Strict verification refuses small-order keys and R: the record is refused even
+    /// where an operator trusted such a key.
+    #[test]
+    fn small_order_keys_and_signatures_are_refused() {
+        use ed25519_dalek::Verifier as _;
+        let w = world();
+        let mut rec = sealed(&w);
+        let mut weak = [0u8; 32];
+        weak[0] = 1;
+        let mut sig = [0u8; SIG_LEN];
+        sig[0] = 1;
+        rec.header.generator = weak;
+        rec.trailer = sig.to_vec();
+        let vk = VerifyingKey::from_bytes(&weak).unwrap();
+        assert!(
+            vk.verify(&rec.signed_bytes(), &Signature::from_bytes(&sig)).is_ok(),
+            "the forgery passes non-strict verification (else this test proves nothing)"
+        );
+        assert_eq!(rec.verify_signature(), Err(RecordError::BadSignature));
+        let trusted = GeneratorPublicKey(weak);
+        assert_eq!(
+            rec.open_sealed(&w.s, "web", Slot(100), &w.members[0], &[trusted]),
+            Err(RecordError::BadSignature)
+        );
+    }
+
     struct World {
         s: Schedule,
         gen: GeneratorKey,
