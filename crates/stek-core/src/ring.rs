@@ -325,6 +325,25 @@ mod tests {
         assert_eq!(local.len(), 2);
     }
 
+    /// A local stand-in lives only until its slot's shared key arrives: then it is dropped
+    /// (zeroized) at the next build, within the same slot, and never comes back.
+    #[test]
+    fn a_stand_in_goes_when_its_shared_key_arrives() {
+        let s = sched();
+        let mut shared = shared_for([100]);
+        let mut local = LocalKeys::new();
+        let a = Ring::build(&s, secs(400), &shared, &mut local, 1).unwrap();
+        assert_eq!(local.len(), 4, "stand-ins for 101, 99, 98, 97");
+        let stand_in = a.entries()[1].key.name();
+        assert_eq!(a.entries()[1].slot(), Slot(101));
+        shared.insert(Slot(101), SlotKey::generate(Slot(101)).unwrap());
+        let b = Ring::build(&s, secs(401), &shared, &mut local, 1).unwrap();
+        assert_eq!(local.len(), 3, "the stand-in of 101 was dropped");
+        assert_eq!(b.entries()[1].origin, Origin::Shared);
+        assert_eq!(b.entries()[1].key.name(), shared[&Slot(101)].name());
+        assert!(b.entries().iter().all(|e| e.key.name() != stand_in));
+    }
+
     #[test]
     fn stale_then_fallback() {
         let s = sched();

@@ -270,6 +270,22 @@ mod tests {
         }
     }
 
+    /// A key once held for a slot stays: a later report with another key for that slot (the
+    /// store replaced the record) changes nothing, since the held key may already encrypt.
+    #[test]
+    fn a_held_key_is_never_replaced_by_a_later_report() {
+        let s = Schedule::new(Duration::from_secs(4), Duration::from_secs(8)).unwrap();
+        let mut rotator = Rotator::new("g".into(), s, 1);
+        let now = Duration::from_secs(400);
+        let first = SlotKey::generate(Slot(100)).unwrap();
+        let name = first.name();
+        rotator.take(report(now, vec![first]), now);
+        rotator.rotate(now).unwrap();
+        rotator.take(report(now, vec![SlotKey::generate(Slot(100)).unwrap()]), now);
+        assert!(rotator.rotate(now).unwrap().is_none(), "the ring did not change");
+        assert_eq!(rotator.ring().unwrap().encrypting_entry().key.name(), name);
+    }
+
     /// A whole day of 1-minute slots with injected time: the agent always holds the shared
     /// current and next keys, its ring is always full, and nothing older than the window stays.
     #[tokio::test]
