@@ -220,6 +220,32 @@ fn keygen(kind: &str, out: &std::path::Path) -> String {
     public.trim().to_owned()
 }
 
+/// `stek keygen` writes its private key 0600 whatever the umask (even 000), and never over an
+/// existing file.
+#[test]
+fn keygen_writes_private_keys_0600_under_any_umask() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let d = tempfile::tempdir().expect("tempdir");
+    for kind in ["group", "generator"] {
+        let out = d.path().join(format!("{kind}.key"));
+        let run = Command::new("sh")
+            .arg("-c")
+            .arg(format!(
+                "umask 000 && exec {} keygen --kind {kind} --out {}",
+                env!("CARGO_BIN_EXE_stek"),
+                out.display()
+            ))
+            .output()
+            .expect("run stek keygen");
+        assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
+        let mode = std::fs::metadata(&out).expect("key file").permissions().mode();
+        assert_eq!(mode & 0o777, 0o600, "{kind}: mode {mode:o}");
+        let (code, _, err) = stek(&["keygen", "--kind", kind, "--out", out.to_str().unwrap()]);
+        assert_ne!(code, 0, "overwrote {kind}.key");
+        assert!(err.contains("refusing to overwrite a key"), "{err}");
+    }
+}
+
 /// Private keys are checked like OpenSSH checks its own: a key that group or others may read, a
 /// key of another user, a link, a directory are each refused with one line naming the file and
 /// the fix, before anything is written or connected; a 0600 key goes on to the store.
