@@ -514,7 +514,8 @@ mod tests {
         rec.trailer = sig.to_vec();
         let vk = VerifyingKey::from_bytes(&weak).unwrap();
         assert!(
-            vk.verify(&rec.signed_bytes(), &Signature::from_bytes(&sig)).is_ok(),
+            vk.verify(&rec.signed_bytes(), &Signature::from_bytes(&sig))
+                .is_ok(),
             "the forgery passes non-strict verification (else this test proves nothing)"
         );
         assert_eq!(rec.verify_signature(), Err(RecordError::BadSignature));

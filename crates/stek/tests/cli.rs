@@ -237,8 +237,15 @@ fn keygen_writes_private_keys_0600_under_any_umask() {
             ))
             .output()
             .expect("run stek keygen");
-        assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
-        let mode = std::fs::metadata(&out).expect("key file").permissions().mode();
+        assert!(
+            run.status.success(),
+            "{}",
+            String::from_utf8_lossy(&run.stderr)
+        );
+        let mode = std::fs::metadata(&out)
+            .expect("key file")
+            .permissions()
+            .mode();
         assert_eq!(mode & 0o777, 0o600, "{kind}: mode {mode:o}");
         let (code, _, err) = stek(&["keygen", "--kind", kind, "--out", out.to_str().unwrap()]);
         assert_ne!(code, 0, "overwrote {kind}.key");
@@ -527,7 +534,10 @@ fn stek_check_accepts_the_examples_and_names_each_problem() {
         ),
         (
             "agent",
-            agent.replace("redis://127.0.0.1:6379", "redis://agent:hunter2@127.0.0.1:6379"),
+            agent.replace(
+                "redis://127.0.0.1:6379",
+                "redis://agent:hunter2@127.0.0.1:6379",
+            ),
             "carries credentials",
         ),
         (

@@ -281,8 +281,14 @@ mod tests {
         let name = first.name();
         rotator.take(report(now, vec![first]), now);
         rotator.rotate(now).unwrap();
-        rotator.take(report(now, vec![SlotKey::generate(Slot(100)).unwrap()]), now);
-        assert!(rotator.rotate(now).unwrap().is_none(), "the ring did not change");
+        rotator.take(
+            report(now, vec![SlotKey::generate(Slot(100)).unwrap()]),
+            now,
+        );
+        assert!(
+            rotator.rotate(now).unwrap().is_none(),
+            "the ring did not change"
+        );
         assert_eq!(rotator.ring().unwrap().encrypting_entry().key.name(), name);
     }
 

@@ -91,8 +91,7 @@ async fn run(
     let mut failing: Option<(Instant, u32)> = None;
     while rx.changed().await.is_ok() {
         let mut wanted = rx.borrow_and_update().1.clone();
-        // The cap holds from the first retry on.
-        let mut backoff = Backoff::new(FIRST_BACKOFF.min(max_backoff), max_backoff);
+        let mut backoff = retries(max_backoff);
         let mut delay;
         loop {
             match run_once(&cmd).await {
@@ -152,6 +151,12 @@ async fn run(
     }
 }
 
+/// The delays between runs of a failing command: from [`FIRST_BACKOFF`], doubling, capped at
+/// `max_backoff` (the cap holds from the first retry on, even below `FIRST_BACKOFF`).
+fn retries(max_backoff: Duration) -> Backoff {
+    Backoff::new(FIRST_BACKOFF.min(max_backoff), max_backoff)
+}
+
 async fn run_once(cmd: &str) -> Result<Duration, String> {
     let start = Instant::now();
     let child = Command::new("sh")
@@ -207,6 +212,24 @@ fn fold(text: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn retries_double_up_to_the_cap_from_the_first_on() {
+        let mut b = retries(Duration::from_secs(30));
+        let delays: Vec<Duration> = (0..12).map(|_| b.next()).collect();
+        assert_eq!(delays[0], FIRST_BACKOFF);
+        for w in delays.windows(2) {
+            assert!(
+                w[1] == (w[0] * 2).min(Duration::from_secs(30)),
+                "{delays:?}"
+            );
+        }
+        assert_eq!(delays[11], Duration::from_secs(30), "capped: {delays:?}");
+        // A cap below the usual first delay holds for the first retry too.
+        let tiny = FIRST_BACKOFF / 4;
+        let mut b = retries(tiny);
+        assert!((0..4).all(|_| b.next() == tiny));
+    }
 
     #[test]
     fn output_is_folded_to_one_line() {
