@@ -671,6 +671,9 @@ mod tests {
         assert!(e.source().unwrap().is::<std::io::Error>());
     }
 
+    /// Words of the README that start like a metric and are not one.
+    const NOT_METRICS: &[&str] = &["stek_core", "stek_rustls"];
+
     /// Every metric stek can serve (an agent with every kind of sink and a memcached server,
     /// and a generator) is documented in the README.
     #[test]
@@ -705,6 +708,16 @@ mod tests {
             applied_name: Some("aa".into()),
             applied_since: Some(400.0),
         }];
+        st.served = vec![crate::status::ServedStatus {
+            endpoint: "127.0.0.1:443".into(),
+            state: crate::status::ServedState::Match,
+            served_name: Some("aa".into()),
+            served_slot: Some(100),
+            expected_name: "aa".into(),
+            since: 400.0,
+            checked_at: 400.0,
+            detail: None,
+        }];
         let agent = Metrics::new();
         agent.set_status(st);
         agent.sink_failed("on_change");
@@ -734,6 +747,24 @@ mod tests {
         assert!(
             missing.is_empty(),
             "metrics missing from the README: {missing:?}"
+        );
+        // And the other way: every metric the README names is one stek serves (a documented
+        // name that no code makes is a promise nothing keeps).
+        let documented: std::collections::BTreeSet<&str> = readme
+            .match_indices("stek_")
+            .map(|(at, _)| {
+                let rest = &readme[at..];
+                let end = rest
+                    .find(|c: char| !(c.is_ascii_lowercase() || c == '_'))
+                    .unwrap_or(rest.len());
+                &rest[..end]
+            })
+            .filter(|n| !NOT_METRICS.contains(n))
+            .collect();
+        let unserved: Vec<&&str> = documented.iter().filter(|n| !names.contains(**n)).collect();
+        assert!(
+            unserved.is_empty(),
+            "the README names metrics stek does not serve: {unserved:?}"
         );
     }
 

@@ -147,3 +147,71 @@ fn not_dumpable_even_for_its_own_user() {
         );
     }
 }
+
+/// Everything `stek up` writes is private to it: with every file sink and the default memcached
+/// socket, each directory under DIR is 0700, each file 0600, the socket 0600, all owned by stek's
+/// user; nothing is written beside DIR.
+#[test]
+fn everything_stek_up_writes_is_private() {
+    use std::os::unix::fs::FileTypeExt as _;
+    let dir = shm_dir();
+    let stek = stek_up(
+        dir.path(),
+        &["--sinks", "nginx,apache,haproxy,h2o,lighttpd"],
+    );
+    let keys = dir.path().join("keys");
+    let expected = [
+        "status.json",
+        "memcached.sock",
+        "nginx/tickets.conf",
+        "apache/ticket.key",
+        "haproxy/tickets.keys",
+        "h2o/tickets.yaml",
+        "lighttpd/stek.key",
+    ];
+    wait_for("every file of every sink", Duration::from_secs(20), || {
+        expected.iter().all(|f| keys.join(f).exists()).then_some(())
+    });
+    let me = fs::metadata("/proc/self").expect("/proc/self").uid();
+    let mut seen = 0;
+    let mut stack = vec![keys.clone()];
+    while let Some(d) = stack.pop() {
+        let meta = fs::symlink_metadata(&d).expect("dir");
+        assert_eq!(meta.permissions().mode() & 0o7777, 0o700, "{}", d.display());
+        assert_eq!(meta.uid(), me, "{}", d.display());
+        for entry in fs::read_dir(&d).expect("read_dir") {
+            let path = entry.expect("entry").path();
+            let meta = fs::symlink_metadata(&path).expect("metadata");
+            let kind = meta.file_type();
+            if kind.is_dir() {
+                stack.push(path);
+                continue;
+            }
+            assert!(
+                kind.is_file() || kind.is_socket(),
+                "{} is neither a file nor a socket",
+                path.display()
+            );
+            assert_eq!(
+                meta.permissions().mode() & 0o7777,
+                0o600,
+                "{}",
+                path.display()
+            );
+            assert_eq!(meta.uid(), me, "{}", path.display());
+            seen += 1;
+        }
+    }
+    assert!(
+        seen >= expected.len() + 3,
+        "only {seen} files: nginx's key files missing?"
+    );
+    let beside: Vec<String> = fs::read_dir(dir.path())
+        .expect("read_dir")
+        .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+        .collect();
+    let mut beside = beside;
+    beside.sort();
+    assert_eq!(beside, ["keys", "stek.log"], "written beside DIR");
+    drop(stek);
+}

@@ -62,7 +62,31 @@ fn a_killed_agent_is_critical_within_two_periods() {
     assert_eq!(code, 0, "{text}");
     assert!(text.starts_with("OK: group "), "{text}");
     assert!(text.contains("next rotation in"), "{text}");
+    // The same status for scripts: JSON on stdout, from the file and from the endpoint.
     wait_port(port);
+    for from in [
+        vec!["--dir", keys.to_str().unwrap()],
+        vec!["--endpoint", metrics.as_str()],
+    ] {
+        let out = Command::new(env!("CARGO_BIN_EXE_stek"))
+            .arg("status")
+            .arg("--json")
+            .args(&from)
+            .output()
+            .expect("stek status --json");
+        assert_eq!(out.status.code(), Some(0), "{from:?}");
+        let doc: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
+        assert_eq!(doc["group"], "default", "{doc}");
+        assert_eq!(doc["period"], PERIOD, "{doc}");
+        assert_eq!(doc["encrypting"], "current", "{doc}");
+        let keys = doc["keys"].as_array().expect("keys");
+        assert_eq!(keys.len(), 3, "past, current, next: {doc}");
+        assert_eq!(keys[0]["encrypts"], true, "{doc}");
+        assert_eq!(keys[0]["name"], doc["encrypting_name"], "{doc}");
+        assert!(doc["heartbeat"].as_f64().unwrap() > 0.0, "{doc}");
+        let age = unix_now().as_secs_f64() - doc["updated_at"].as_f64().unwrap();
+        assert!(age < 60.0, "{doc}");
+    }
     let health = get(port, "/healthz");
     assert!(health.starts_with("HTTP/1.1 200 OK"), "{health}");
     assert!(health.ends_with("OK\n"), "{health}");
