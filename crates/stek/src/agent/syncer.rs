@@ -593,6 +593,7 @@ impl<S: Store, O: Opener> Syncer<S, O> {
         let mut steps = ClockWatch::new(period / 4);
         let mut offset_due = Instant::now();
         let mut empty = Empty::default();
+        let mut skewed = false;
         loop {
             let now = clock.now();
             if steps.observe(now, Instant::now()).is_some() {
@@ -607,8 +608,16 @@ impl<S: Store, O: Opener> Syncer<S, O> {
             if result.is_ok() && Instant::now() >= offset_due {
                 offset_due = Instant::now() + period;
                 clock_offset = self.clock_offset(&*clock, timeout).await;
-                if let Some(off) = clock_offset.filter(|o| o.abs() > period.as_secs_f64() / 4.0) {
-                    warn!("group {}: this host's clock is {off:+.3}s off the store's, more than P/4: fix NTP; tickets may fail to resume across hosts", self.group);
+                // Logged when the offset crosses P/4, either way; the metric follows every
+                // measurement (once a period).
+                if let Some(off) = clock_offset {
+                    let now_skewed = off.abs() > period.as_secs_f64() / 4.0;
+                    if now_skewed && !skewed {
+                        warn!("group {}: this host's clock is {off:+.3}s off the store's, more than P/4: fix NTP; tickets may fail to resume across hosts (logged again when it is back within P/4)", self.group);
+                    } else if !now_skewed && skewed {
+                        info!("group {}: this host's clock is back within P/4 of the store's ({off:+.3}s)", self.group);
+                    }
+                    skewed = now_skewed;
                 }
             }
             let found = result.as_ref().ok().map(|s| s.found);

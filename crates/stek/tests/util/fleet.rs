@@ -2009,6 +2009,32 @@ pub fn clock_offsets_with_nginx(b: &mut dyn Backend, root: &Path) {
         "tickets used only {} keys: did the hosts rotate?",
         seen.len()
     );
+    // Each host measured its offset to the store's clock (the status, and so the metric
+    // stek_clock_offset_seconds); the two skewed beyond P/4 warned, once, the other did not.
+    for ((a, _), off_ms) in hosts.iter().zip(offsets) {
+        let measured = a
+            .status()
+            .and_then(|s| s.clock_offset)
+            .unwrap_or_else(|| panic!("{} measured no clock offset", a.name));
+        let want = off_ms as f64 / 1000.0;
+        assert!(
+            (measured - want).abs() < 0.5,
+            "{}: offset {measured:+.3} s, its clock is {want:+.3} s off",
+            a.name
+        );
+        let warned = a
+            .proc
+            .log_text()
+            .matches("off the store's, more than P/4")
+            .count();
+        let skewed = off_ms.unsigned_abs() * 4 > P * 1000;
+        assert_eq!(
+            warned,
+            usize::from(skewed),
+            "{}: {warned} clock warnings for an offset of {off_ms} ms",
+            a.name
+        );
+    }
     eprintln!(
         "{}: {rounds} rounds, {resumes} resumptions across hosts, {retries} retried once, tickets under {} keys",
         b.kind(),
