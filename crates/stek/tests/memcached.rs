@@ -233,28 +233,47 @@ async fn survives_huge_lines_and_binary_junk() {
                 })
                 .collect();
             let (mut r, mut w) = s.split();
+            let binary = junk[0] == 0x80;
             let reader = async {
                 let mut buf = vec![0u8; 65536];
-                let mut total = 0usize;
+                let mut got = Vec::new();
                 while let Ok(n) = r.read(&mut buf).await {
                     if n == 0 {
                         break;
                     }
-                    total += n;
+                    // The first megabyte is enough to judge.
+                    if got.len() < 1 << 20 {
+                        got.extend_from_slice(&buf[..n]);
+                    }
                 }
-                total
+                got
             };
             let writer = async {
                 let _ = w.write_all(&junk).await;
                 let _ = w.shutdown().await;
             };
-            let (total, ()) = tokio::join!(reader, writer);
-            total
+            let (got, ()) = tokio::join!(reader, writer);
+            (binary, got)
         }));
     }
     for t in junk_tasks {
-        let replied = tokio::time::timeout(PATIENCE, t).await.unwrap().unwrap();
-        assert!(replied > 0, "junk gets error replies");
+        let (binary, got) = tokio::time::timeout(PATIENCE, t).await.unwrap().unwrap();
+        assert!(!got.is_empty(), "junk gets error replies");
+        if binary {
+            // The binary protocol's responses (magic 0x81), never text.
+            assert_eq!(got[0], 0x81, "{:?}", &got[..got.len().min(64)]);
+            continue;
+        }
+        // Text: only error lines, never a value, a STORED or an END.
+        let text = String::from_utf8_lossy(&got);
+        for line in text.split("\r\n").filter(|l| !l.is_empty()) {
+            assert!(
+                line == "ERROR"
+                    || line.starts_with("CLIENT_ERROR ")
+                    || line.starts_with("SERVER_ERROR "),
+                "a reply to junk that is not an error: {line:?}"
+            );
+        }
     }
 
     // Still serving.
