@@ -154,9 +154,9 @@ fn nginx_fed_by_stek_passes_and_matches_the_schedule() {
         dir.path(),
         &[
             "--period",
-            "2s",
+            "3s",
             "--lifetime",
-            "4s",
+            "6s",
             "--no-memcached",
             "--sinks",
             "nginx",
@@ -167,7 +167,9 @@ fn nginx_fed_by_stek_passes_and_matches_the_schedule() {
     let conf = wait_nginx_conf(dir.path());
     let nginx = Nginx::start(&prefix, &cert, &conf);
     let target = format!("127.0.0.1:{}", nginx.port);
-    let (code, r) = scan(&[&target, "--observe", "6s", "--max-rotation", "3s"]);
+    // P = 3 s with a reload per period: the bounds leave a factor of two for a loaded machine
+    // (a late reload makes a key look longer-lived than its period).
+    let (code, r) = scan(&[&target, "--observe", "10s", "--max-rotation", "6s"]);
     assert_eq!(code, 0, "{r:#}");
     assert!(
         ids(&r)
@@ -181,7 +183,7 @@ fn nginx_fed_by_stek_passes_and_matches_the_schedule() {
     let period = r["targets"][0]["rotation_observed_secs"]
         .as_f64()
         .expect("rotation measured");
-    assert!((1.0..=3.5).contains(&period), "{period}");
+    assert!((1.5..=6.0).contains(&period), "{period}");
 
     // The served key is the one stek's schedule says (from the agent's status.json), and a
     // static-key nginx is not.
