@@ -383,14 +383,31 @@ fn stek_agent_warns_when_haproxy_shortens_the_lifetime() {
         .arg("--haproxy-socket")
         .arg(dir.path().join("admin.sock"));
     let agent = Proc::spawn("stek agent", &mut cmd, dir.path().join("agent.log"));
+    let warning = "HAProxy holds 3 keys: its tickets stop resuming 1 to 2 periods after they were issued (1h to 2h), not after the lifetime of 2h; on HAProxy hosts choose --lifetime <= --period";
+    // A warning, not a refusal: the agent goes on to deliver keys (its own, the store being
+    // unreachable) to its sinks, HAProxy's file among them (a socket implies it).
+    let haproxy_file = dir.path().join("keys/haproxy/tickets.keys");
     wait_for(
-        "the agent's HAProxy lifetime warning",
-        Duration::from_secs(10),
+        "the agent's HAProxy lifetime warning and its first files",
+        Duration::from_secs(20),
         || {
-            agent
-                .log_text()
-                .contains("HAProxy holds 3 keys: its tickets stop resuming 1 to 2 periods")
-                .then_some(())
+            (agent.log_text().contains(warning)
+                && dir.path().join("keys/nginx/tickets.conf").exists()
+                && haproxy_file.exists())
+            .then_some(())
         },
+    );
+    assert_eq!(
+        std::fs::read_to_string(&haproxy_file)
+            .unwrap()
+            .lines()
+            .count(),
+        3
+    );
+    assert_eq!(
+        agent.log_text().matches(warning).count(),
+        1,
+        "{}",
+        agent.log_text()
     );
 }
