@@ -286,6 +286,17 @@ fn run_agent(args: AgentArgs) -> anyhow::Result<()> {
                 .await
                 .with_context(|| format!("cannot use the store {}", s.store))?,
         );
+        // Given credentials, say once if they could write (an agent only reads).
+        if let (AnyStore::Redis(_), true) =
+            (&*store, access.user.is_some() || access.password.is_some())
+        {
+            let (store, group) = (store.clone(), s.group.clone());
+            tokio::spawn(async move {
+                if let AnyStore::Redis(r) = &*store {
+                    r.warn_if_broader_than_agent(&group).await;
+                }
+            });
+        }
         log_schedule("stek agent", &s.schedule);
         let opener = SealedOpener {
             identity,
@@ -318,6 +329,7 @@ fn run_generator(args: GeneratorArgs) -> anyhow::Result<()> {
         GeneratorKey::from_file_text(&keyfile::read_private(&s.signing_key)?)
             .with_context(|| format!("{}", s.signing_key.display()))?,
     );
+    let groups: Vec<String> = s.groups.iter().map(|g| g.name.clone()).collect();
     let plans: Vec<GroupPlan> = s
         .groups
         .into_iter()
@@ -333,6 +345,22 @@ fn run_generator(args: GeneratorArgs) -> anyhow::Result<()> {
                 .await
                 .with_context(|| format!("cannot use the store {}", s.store))?,
         );
+        // A user that cannot write fails now, not at every round.
+        if let AnyStore::Redis(r) = &*store {
+            for group in &groups {
+                let missing = r
+                    .missing_generator_rights(group)
+                    .await
+                    .with_context(|| format!("cannot check the rights of the user at {}", r.name()))?;
+                if !missing.is_empty() {
+                    anyhow::bail!(
+                        "{}: NOPERM: this generator's user may not run {} on stek:{group}:*; give it the generator's ACL (README, Authentication and TLS)",
+                        r.name(),
+                        missing.join(", ")
+                    );
+                }
+            }
+        }
         let (clock, m) = clock_and_metrics(s.clock_offset_ms);
         start_metrics(s.metrics.as_deref(), s.metrics_allow_remote, &m, &clock).await?;
         generator::run_generator(store, plans, clock, m, shutdown).await;
