@@ -481,7 +481,8 @@ fn channel(group: &str) -> String {
 /// Records it returns are untrusted (anyone who can write to Redis can put anything there);
 /// values larger than [`MAX_RECORD_LEN`] are skipped before anyone parses them.
 pub struct RedisStore {
-    client: Client,
+    /// Shared with the notification tasks (and boxed: with TLS settings it is large).
+    client: Arc<Client>,
     conn: ConnectionManager,
     /// Names the server in errors and explains TLS failures.
     endpoint: Arc<Endpoint>,
@@ -557,7 +558,7 @@ impl RedisStore {
 
     fn with(client: Client, conn: ConnectionManager, endpoint: Arc<Endpoint>) -> RedisStore {
         RedisStore {
-            client,
+            client: Arc::new(client),
             conn,
             endpoint,
             runtime: Handle::current(),
@@ -1035,7 +1036,12 @@ impl Store for RedisStore {
 }
 
 /// Subscribes to `stek:<group>` and ticks `tx` on every message, until every receiver is gone.
-async fn notify(client: Client, endpoint: Arc<Endpoint>, group: String, tx: watch::Sender<u64>) {
+async fn notify(
+    client: Arc<Client>,
+    endpoint: Arc<Endpoint>,
+    group: String,
+    tx: watch::Sender<u64>,
+) {
     let why = |e: RedisError| crate::error::Chain(&endpoint.error(e)).to_string();
     let channel = channel(&group);
     let tick = || tx.send_modify(|n| *n = n.wrapping_add(1));
