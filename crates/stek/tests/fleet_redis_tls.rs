@@ -266,7 +266,9 @@ fn least_privilege_and_one_line_per_misconfiguration() {
     assert!(!ok, "{out}");
     let line = error_line(&out, p);
     assert!(
-        line.contains("the server closed the connection without answering: if it has a TLS port (tls-port), use rediss://"),
+        line.contains(
+            "the server closed the connection (a TLS port does that to a plain client: if it is one, use rediss://)"
+        ),
         "{line}"
     );
     let (ok, out) = generator_once(root, &tls_url, &f.tls.flags(AGENT_USER));

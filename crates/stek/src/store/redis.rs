@@ -362,8 +362,8 @@ impl Endpoint {
         }
         if !self.tls && closed_at_once(e) {
             return Some(
-                "the server closed the connection without answering: if it has a TLS port \
-                 (tls-port), use rediss://"
+                "the server closed the connection (a TLS port does that to a plain client: if \
+                 it is one, use rediss://)"
                     .to_owned(),
             );
         }
@@ -512,8 +512,9 @@ impl fmt::Debug for RedisStore {
 }
 
 impl RedisStore {
-    /// Connects to the Redis at `url` (`redis://HOST:PORT`, optionally `redis://HOST:PORT/DB`,
-    /// or any other URL the `redis` crate accepts, such as `redis+unix:///PATH`).
+    /// Connects to the Redis at `url` (`redis://HOST:PORT`, `rediss://HOST:PORT` for TLS with
+    /// the system's roots, optionally `/DB`, or any other URL the `redis` crate accepts, such as
+    /// `redis+unix:///PATH`).
     ///
     /// Fails if the URL is invalid or the server cannot be reached now; once connected, the
     /// store reconnects by itself after failures. Must be called inside a Tokio runtime, which
