@@ -282,6 +282,19 @@ fn client(url: &str, access: &LoadedAccess) -> Result<(Client, Arc<Endpoint>), S
         return Ok((Client::open(info).map_err(invalid_url)?, endpoint));
     }
     install_crypto_provider();
+    if let Some(ca) = &access.ca_pem {
+        // The client would accept a bundle without a certificate and then trust nobody.
+        use rustls::pki_types::{pem::PemObject as _, CertificateDer};
+        let certs: Result<Vec<_>, _> = CertificateDer::pem_slice_iter(ca).collect();
+        if !matches!(certs, Ok(c) if !c.is_empty()) {
+            return Err(StoreError::BadUrl {
+                reason:
+                    "the --store-ca file holds no PEM certificate (-----BEGIN CERTIFICATE-----)"
+                        .into(),
+                source: None,
+            });
+        }
+    }
     let client_tls = match (&access.cert_pem, &access.key_pem) {
         (Some(cert), Some(key)) => Some(ClientTlsConfig {
             client_cert: cert.clone(),
@@ -1127,6 +1140,59 @@ mod tests {
             step = (step * 2).min(RESUBSCRIBE_MAX);
         }
         assert_eq!(b.peek(), RESUBSCRIBE_MAX);
+    }
+
+    #[tokio::test]
+    async fn tls_settings_that_cannot_work_fail_before_any_connection() {
+        let access = |ca: &[u8]| LoadedAccess {
+            ca_pem: Some(ca.to_vec()),
+            user: Some("agent".into()),
+            password: Some(Zeroizing::new("s3cret".into())),
+            ..Default::default()
+        };
+        let e = RedisStore::connect_lazy_with("rediss://127.0.0.1:1", &access(b"garbage"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("holds no PEM certificate"), "{e}");
+        let e = RedisStore::connect_lazy_with("redis://127.0.0.1:1", &access(b"x"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("use rediss://"), "{e}");
+        // Credentials alone over plain TCP: the user shows, the password never does.
+        let store = RedisStore::connect_lazy_with(
+            "redis://127.0.0.1:1",
+            &LoadedAccess {
+                ca_pem: None,
+                ..access(b"")
+            },
+        )
+        .unwrap();
+        let shown = format!("{store:?}");
+        assert!(
+            shown.contains("agent") && !shown.contains("s3cret"),
+            "{shown}"
+        );
+        assert_eq!(store.name(), "Redis at 127.0.0.1:1");
+    }
+
+    #[test]
+    fn the_rights_an_agent_should_not_have_and_a_generator_needs() {
+        let agent = Rights {
+            write: false,
+            delete: false,
+            publish: false,
+            subscribe: true,
+        };
+        assert!(agent.beyond_agent().is_empty());
+        assert_eq!(agent.missing_for_generator(), ["SET", "PUBLISH"]);
+        let all = Rights {
+            write: true,
+            delete: true,
+            publish: true,
+            subscribe: true,
+        };
+        assert_eq!(all.beyond_agent(), ["SET", "DEL", "PUBLISH"]);
+        assert!(all.missing_for_generator().is_empty());
     }
 
     #[tokio::test]
