@@ -286,6 +286,16 @@ fn run_agent(args: AgentArgs) -> anyhow::Result<()> {
                 .await
                 .with_context(|| format!("cannot use the store {}", s.store))?,
         );
+        // Given credentials, say once if they could write (an agent only reads).
+        let has_credentials = access.user.is_some() || access.password.is_some();
+        if has_credentials && matches!(&*store, AnyStore::Redis(_)) {
+            let (store, group) = (store.clone(), s.group.clone());
+            tokio::spawn(async move {
+                if let AnyStore::Redis(r) = &*store {
+                    r.warn_if_broader_than_agent(&group).await;
+                }
+            });
+        }
         log_schedule("stek agent", &s.schedule);
         let opener = SealedOpener {
             identity,
@@ -318,6 +328,7 @@ fn run_generator(args: GeneratorArgs) -> anyhow::Result<()> {
         GeneratorKey::from_file_text(&keyfile::read_private(&s.signing_key)?)
             .with_context(|| format!("{}", s.signing_key.display()))?,
     );
+    let groups: Vec<String> = s.groups.iter().map(|g| g.name.clone()).collect();
     let plans: Vec<GroupPlan> = s
         .groups
         .into_iter()
@@ -333,11 +344,36 @@ fn run_generator(args: GeneratorArgs) -> anyhow::Result<()> {
                 .await
                 .with_context(|| format!("cannot use the store {}", s.store))?,
         );
+        if let AnyStore::Redis(r) = &*store {
+            require_generator_rights(r, &groups).await?;
+        }
         let (clock, m) = clock_and_metrics(s.clock_offset_ms);
         start_metrics(s.metrics.as_deref(), s.metrics_allow_remote, &m, &clock).await?;
         generator::run_generator(store, plans, clock, m, shutdown).await;
         Ok(())
     })
+}
+
+/// A generator whose Redis user may not write a group's records fails at start, not at every
+/// round.
+async fn require_generator_rights(
+    r: &stek::store::RedisStore,
+    groups: &[String],
+) -> anyhow::Result<()> {
+    for group in groups {
+        let missing = r
+            .missing_generator_rights(group)
+            .await
+            .with_context(|| format!("cannot check the rights of the user at {}", r.name()))?;
+        if !missing.is_empty() {
+            anyhow::bail!(
+                "{}: NOPERM: this generator's user may not run {} on stek:{group}:*; give it the generator's ACL (README, Authentication and TLS)",
+                r.name(),
+                missing.join(", ")
+            );
+        }
+    }
+    Ok(())
 }
 
 /// A generator's plan for one group: its records sealed to the group's recipients and signed.

@@ -1,4 +1,5 @@
-//! A store chosen by URL at run time: `redis://HOST:PORT` or `etcd://HOST:PORT[,HOST:PORT...]`.
+//! A store chosen by URL at run time: `redis://HOST:PORT` (`rediss://` for TLS) or
+//! `etcd://HOST:PORT[,HOST:PORT...]`.
 
 use std::time::Duration;
 
@@ -30,7 +31,7 @@ impl AnyStore {
         url: &str,
         access: &LoadedAccess,
     ) -> Result<AnyStore, StoreError> {
-        if url.starts_with("redis://") {
+        if url.starts_with("redis://") || url.starts_with("rediss://") {
             Ok(AnyStore::Redis(RedisStore::connect_lazy_with(url, access)?))
         } else {
             Self::connect_with(url, access).await
@@ -45,7 +46,7 @@ impl AnyStore {
 
     /// [`AnyStore::connect`] with TLS and credentials.
     pub async fn connect_with(url: &str, access: &LoadedAccess) -> Result<AnyStore, StoreError> {
-        if url.starts_with("redis://") {
+        if url.starts_with("redis://") || url.starts_with("rediss://") {
             Ok(AnyStore::Redis(
                 RedisStore::connect_with(url, access).await?,
             ))

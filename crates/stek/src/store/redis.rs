@@ -24,7 +24,21 @@
 //! could read a value swapped in between). Reads use `EVAL_RO` with the `no-writes` flag,
 //! which read-only replicas accept; creates use `EVAL` on the primary.
 //!
-//! Requires Redis 7.0 or newer (`EVAL_RO`, script flags).
+//! Requires Redis 7.0 or newer (`EVAL_RO`, script flags, `redis.acl_check_cmd`).
+//!
+//! # TLS, credentials and rights
+//!
+//! `rediss://` speaks TLS through rustls with stek's crypto provider (ring): the server is
+//! verified against the CA of `--store-ca`, else the system's roots, and a client certificate is
+//! presented if one is given. A user and password are sent with `AUTH` on every connection
+//! (a password alone authenticates Redis's `default` user); the password is never logged and
+//! never part of the URL.
+//!
+//! Generators and agents need different rights; [`GENERATOR_ACL`] and [`AGENT_ACL`] are the
+//! least that each needs (the README prints them as `redis.conf` lines).
+//! [`RedisStore::rights`] asks Redis what the connected user may do under a group's keys without
+//! doing any of it (`redis.acl_check_cmd` in a read-only script): an agent that could write says
+//! so once, a generator that cannot write refuses to start.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -33,7 +47,10 @@ use std::time::Duration;
 
 use futures_util::StreamExt;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use redis::{Client, ErrorKind, RedisError, ServerErrorKind, Value};
+use redis::{
+    Client, ClientTlsConfig, ConnectionAddr, ErrorKind, IntoConnectionInfo, RedisError,
+    ServerErrorKind, TlsCertificates, Value,
+};
 use stek_core::record::MAX_RECORD_LEN;
 use stek_core::{jitter, Backoff, Slot};
 use tokio::runtime::Handle;
@@ -42,7 +59,7 @@ use tokio::task::AbortHandle;
 use tracing::{debug, info, warn};
 use zeroize::Zeroizing;
 
-use super::{Created, Found, Replaced, Seen, Store, StoreError};
+use super::{Created, Found, LoadedAccess, Replaced, Seen, Store, StoreError};
 use crate::clock::{Clock, SystemClock};
 
 /// The most slots one [`Store::read_window`] reads. An agent's window is `R + 2` slots (20 with
@@ -129,6 +146,66 @@ redis.call('SET', KEYS[1], ARGV[1], 'PXAT', ARGV[2])
 return 1
 "#;
 
+/// What the connected user may do with the record key `KEYS[1]` and the channel `ARGV[1]`,
+/// asked without doing it: 1 or 0 for `SET` (create and replace), `DEL` and `PUBLISH` on them,
+/// and `SUBSCRIBE` to the channel. `no-writes`, so agents run it on their read replica with
+/// `EVAL_RO`, the one script command they have.
+const RIGHTS_SCRIPT: &str = r#"#!lua flags=no-writes
+local function may(...) if redis.acl_check_cmd(...) then return 1 end return 0 end
+return {may('set', KEYS[1], 'x'), may('del', KEYS[1]), may('publish', ARGV[1], 'x'),
+  may('subscribe', ARGV[1])}
+"#;
+
+/// The rights of a generator's Redis user, as an ACL rule list (after `user NAME on >PASSWORD`):
+/// the scripts it sends (`EVAL` to create and replace, `EVAL_RO` to read), the commands those
+/// scripts call, `PUBLISH` of new slots, `TIME` and `PING`, on keys and channels under `stek:`
+/// only. No `DEL`, `KEYS` or `SCAN`: Redis expires every record by itself (`PXAT`).
+pub const GENERATOR_ACL: &str = "resetkeys ~stek:* resetchannels &stek:* -@all +eval +eval_ro +type +strlen +get +set +publish +time +ping";
+
+/// The rights of an agent's Redis user: read-only on keys under `stek:` (`%R~`), the read script
+/// (`EVAL_RO`) and what it calls, `SUBSCRIBE` to `stek:*` channels, `TIME` (the clock check),
+/// `SCAN` (the survey that tells an agent which groups and periods the store holds) and `PING`
+/// (the subscription's keepalive). Nothing that writes.
+pub const AGENT_ACL: &str = "resetkeys %R~stek:* resetchannels &stek:* -@all +eval_ro +type +strlen +get +subscribe +unsubscribe +time +scan +ping";
+
+/// What a user may do under a group's keys, from [`RedisStore::rights`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Rights {
+    /// `SET` on the group's record keys: create and replace records (a generator's right).
+    pub write: bool,
+    /// `DEL` on the group's record keys (no stek process needs it).
+    pub delete: bool,
+    /// `PUBLISH` on the group's channel (a generator's right).
+    pub publish: bool,
+    /// `SUBSCRIBE` to the group's channel (an agent's right).
+    pub subscribe: bool,
+}
+
+impl Rights {
+    /// The rights an agent has and does not need, for the warning that says so ("`SET`, `DEL`").
+    pub fn beyond_agent(&self) -> Vec<&'static str> {
+        [
+            ("SET", self.write),
+            ("DEL", self.delete),
+            ("PUBLISH", self.publish),
+        ]
+        .iter()
+        .filter(|(_, has)| *has)
+        .map(|(name, _)| *name)
+        .collect()
+    }
+
+    /// The rights a generator needs and lacks ("`SET`", "`PUBLISH`").
+    pub fn missing_for_generator(&self) -> Vec<&'static str> {
+        [("SET", self.write), ("PUBLISH", self.publish)]
+            .iter()
+            .filter(|(_, has)| !*has)
+            .map(|(name, _)| *name)
+            .collect()
+    }
+}
+
 /// One value answered by [`READ_SCRIPT`] or [`CREATE_SCRIPT`]: `None` for nil.
 fn found(value: Value, what: &str) -> Result<Option<Found>, StoreError> {
     match value {
@@ -173,16 +250,233 @@ async fn announce(conn: &mut ConnectionManager, group: &str, slot: Slot) {
     }
 }
 
-/// TLS and credentials are not spoken to Redis yet: refused rather than ignored.
-fn refuse_access(access: &super::LoadedAccess) -> Result<(), StoreError> {
-    if access.is_set() {
-        return Err(StoreError::BadUrl {
-            reason: "TLS and credentials for Redis are not supported by this build".into(),
-            source: None,
-        });
+/// The Redis client of `url` with `access`: TLS material for `rediss://` (refused for
+/// `redis://`), the user and password for `AUTH`. Also the [`Endpoint`] that names it in errors.
+fn client(url: &str, access: &LoadedAccess) -> Result<(Client, Arc<Endpoint>), StoreError> {
+    let info = url.into_connection_info().map_err(invalid_url)?;
+    let tls = matches!(info.addr(), ConnectionAddr::TcpTls { .. });
+    let endpoint = Arc::new(Endpoint {
+        name: format!("{REDIS} at {}", info.addr()),
+        tls,
+        ca: access.ca_pem.is_some(),
+    });
+    // `CLIENT SETINFO` would need a right of its own (its answer is ignored anyway).
+    let mut settings = info.redis_settings().clone().set_skip_set_lib_name();
+    if let Some(user) = &access.user {
+        settings = settings.set_username(user);
     }
-    Ok(())
+    if let Some(password) = &access.password {
+        // The client keeps its own copy (not zeroized) for reconnections.
+        settings = settings.set_password(password.as_str());
+    }
+    let info = info.set_redis_settings(settings);
+    let has_tls_files = access.ca_pem.is_some() || access.cert_pem.is_some();
+    if !tls {
+        if has_tls_files {
+            return Err(StoreError::BadUrl {
+                reason: "a CA or client certificate was given for a redis:// URL: use rediss://"
+                    .into(),
+                source: None,
+            });
+        }
+        return Ok((Client::open(info).map_err(invalid_url)?, endpoint));
+    }
+    install_crypto_provider();
+    if let Some(ca) = &access.ca_pem {
+        // The client would accept a bundle without a certificate and then trust nobody.
+        use rustls::pki_types::{pem::PemObject as _, CertificateDer};
+        let certs: Result<Vec<_>, _> = CertificateDer::pem_slice_iter(ca).collect();
+        if !matches!(certs, Ok(c) if !c.is_empty()) {
+            return Err(StoreError::BadUrl {
+                reason:
+                    "the --store-ca file holds no PEM certificate (-----BEGIN CERTIFICATE-----)"
+                        .into(),
+                source: None,
+            });
+        }
+    }
+    let client_tls = match (&access.cert_pem, &access.key_pem) {
+        (Some(cert), Some(key)) => Some(ClientTlsConfig {
+            client_cert: cert.clone(),
+            // The client parses it into its own key type at once; this copy is dropped with
+            // the configuration.
+            client_key: key.as_bytes().to_vec(),
+        }),
+        _ => None,
+    };
+    let certs = TlsCertificates {
+        client_tls,
+        root_cert: access.ca_pem.clone(),
+    };
+    let client = Client::build_with_tls(info, certs).map_err(|e| StoreError::BadUrl {
+        reason: format!("the TLS settings for {} are unusable", endpoint.name),
+        source: Some(Arc::new(RedisCause(e))),
+    })?;
+    Ok((client, endpoint))
 }
+
+/// Makes ring, the provider stek's rustls is built with, the process's default, which the
+/// `redis` client uses for `rediss://`. If a provider is already installed it stays: either
+/// way exactly one is the default, and rustls never has to guess between two compiled in
+/// (a panic when another crate of the build enables aws-lc-rs too).
+fn install_crypto_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
+/// The Redis a store talks to, for its error messages: `Redis at HOST:PORT`, and how a failed
+/// TLS handshake or a connection closed at once is explained.
+#[derive(Debug)]
+struct Endpoint {
+    name: String,
+    tls: bool,
+    /// Whether the server is verified with `--store-ca` (else the system's roots).
+    ca: bool,
+}
+
+impl Endpoint {
+    /// A failed connection or command as a [`StoreError`] naming this endpoint.
+    fn error(&self, e: RedisError) -> StoreError {
+        if let Some(why) = self.explain(&e) {
+            return StoreError::Unavailable {
+                store: self.name.clone(),
+                source: Arc::new(Explained(why)),
+            };
+        }
+        unavailable(&self.name, e)
+    }
+
+    /// One line for the failures an operator must fix on one side or the other: TLS refused by
+    /// either end, TLS spoken to a plain port, plain text to a TLS port.
+    fn explain(&self, e: &RedisError) -> Option<String> {
+        if let Some(tls) = find_rustls_error(e) {
+            return Some(self.explain_tls(tls));
+        }
+        if self.tls && e.is_timeout() {
+            // A plain port reads the ClientHello as a command that never ends.
+            return Some(
+                "timed out (a plain, non-TLS port also answers a TLS client with silence: if \
+                 it is one, use redis://)"
+                    .to_owned(),
+            );
+        }
+        if e.kind() == ErrorKind::AuthenticationFailed {
+            return Some(
+                "AUTH failed: wrong user or password, or the user is disabled (check \
+                 --store-user and --store-password-file)"
+                    .to_owned(),
+            );
+        }
+        if e.code() == Some("NOAUTH") {
+            return Some(
+                "the server requires a password (NOAUTH): give --store-password-file, and \
+                 --store-user for an ACL user"
+                    .to_owned(),
+            );
+        }
+        if !self.tls && closed_at_once(e) {
+            return Some(
+                "the server closed the connection (a TLS port does that to a plain client: if \
+                 it is one, use rediss://)"
+                    .to_owned(),
+            );
+        }
+        None
+    }
+
+    fn explain_tls(&self, e: &rustls::Error) -> String {
+        use rustls::{AlertDescription as A, CertificateError as C, Error as E};
+        let roots = if self.ca {
+            "the CA given with --store-ca"
+        } else {
+            "any CA of the system's roots (give the store's CA with --store-ca)"
+        };
+        let why = match e {
+            E::InvalidCertificate(C::UnknownIssuer) => {
+                format!("the server's certificate is not signed by {roots} (UnknownIssuer)")
+            }
+            E::InvalidCertificate(C::NotValidForName | C::NotValidForNameContext { .. }) => {
+                "the server's certificate does not name the host of the URL (NotValidForName)"
+                    .to_owned()
+            }
+            E::InvalidCertificate(C::Expired | C::ExpiredContext { .. }) => {
+                "the server's certificate has expired (Expired)".to_owned()
+            }
+            E::InvalidCertificate(other) => {
+                format!("the server's certificate is refused ({other:?})")
+            }
+            E::InvalidMessage(_) => {
+                "the server does not speak TLS on this port: if it is a plain port, use redis://"
+                    .to_owned()
+            }
+            E::AlertReceived(
+                a @ (A::CertificateRequired
+                | A::BadCertificate
+                | A::UnknownCA
+                | A::CertificateUnknown
+                | A::HandshakeFailure),
+            ) => format!(
+                "the server refused the handshake ({a:?}): does it require a client certificate \
+                 (--store-cert, --store-key) signed by its tls-ca-cert-file?"
+            ),
+            other => other.to_string(),
+        };
+        format!("TLS: {why}")
+    }
+}
+
+/// The rustls error behind a failed connection, if a TLS handshake failed.
+fn find_rustls_error(e: &RedisError) -> Option<&rustls::Error> {
+    let mut next: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = next {
+        if let Some(tls) = err.downcast_ref::<rustls::Error>() {
+            return Some(tls);
+        }
+        if let Some(tls) = io_error(err)
+            .and_then(|io| io.get_ref())
+            .and_then(|i| i.downcast_ref::<rustls::Error>())
+        {
+            return Some(tls);
+        }
+        next = err.source();
+    }
+    None
+}
+
+/// `err` as an I/O error, also when the client holds it behind an `Arc<dyn Error>` (its
+/// `source()` is then the `Arc`, and the `Arc`'s own `source()` skips the I/O error's payload).
+fn io_error<'a>(err: &'a (dyn std::error::Error + 'static)) -> Option<&'a std::io::Error> {
+    err.downcast_ref::<std::io::Error>().or_else(|| {
+        err.downcast_ref::<Arc<dyn std::error::Error + Send + Sync>>()
+            .and_then(|a| a.downcast_ref::<std::io::Error>())
+    })
+}
+
+/// Whether the server hung up on a new connection: what a TLS port does to a plain client. (A
+/// refused connection is not this: nothing listens.)
+fn closed_at_once(e: &RedisError) -> bool {
+    use std::io::ErrorKind as Io;
+    let io = std::error::Error::source(e).and_then(io_error);
+    match io {
+        Some(io) => matches!(
+            io.kind(),
+            Io::ConnectionReset | Io::BrokenPipe | Io::UnexpectedEof | Io::ConnectionAborted
+        ),
+        // The client's own "connection dropped" errors carry no I/O error.
+        None => e.kind() == ErrorKind::Io,
+    }
+}
+
+/// A cause explained in stek's words (the client's own error would not say what to fix).
+#[derive(Debug)]
+struct Explained(String);
+
+impl fmt::Display for Explained {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for Explained {}
 
 /// The key of the record of `(group, slot)`.
 fn record_key(group: &str, slot: Slot) -> String {
@@ -200,8 +494,11 @@ fn channel(group: &str) -> String {
 /// Records it returns are untrusted (anyone who can write to Redis can put anything there);
 /// values larger than [`MAX_RECORD_LEN`] are skipped before anyone parses them.
 pub struct RedisStore {
-    client: Client,
+    /// Shared with the notification tasks (and boxed: with TLS settings it is large).
+    client: Arc<Client>,
     conn: ConnectionManager,
+    /// Names the server in errors and explains TLS failures.
+    endpoint: Arc<Endpoint>,
     /// The runtime that runs the notification tasks (`changes` is not async, so it cannot find
     /// one by itself when called from outside the runtime's threads).
     runtime: Handle,
@@ -216,18 +513,21 @@ struct Notifier {
 
 impl fmt::Debug for RedisStore {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        // The address only: the URL may carry a password.
+        // The address and user only: never the password.
         let info = self.client.get_connection_info();
         f.debug_struct("RedisStore")
             .field("addr", &info.addr().to_string())
+            .field("tls", &self.endpoint.tls)
+            .field("user", &info.redis_settings().username())
             .field("db", &info.redis_settings().db())
             .finish_non_exhaustive()
     }
 }
 
 impl RedisStore {
-    /// Connects to the Redis at `url` (`redis://HOST:PORT`, optionally `redis://HOST:PORT/DB`,
-    /// or any other URL the `redis` crate accepts, such as `redis+unix:///PATH`).
+    /// Connects to the Redis at `url` (`redis://HOST:PORT`, `rediss://HOST:PORT` for TLS with
+    /// the system's roots, optionally `/DB`, or any other URL the `redis` crate accepts, such as
+    /// `redis+unix:///PATH`).
     ///
     /// Fails if the URL is invalid or the server cannot be reached now; once connected, the
     /// store reconnects by itself after failures. Must be called inside a Tokio runtime, which
@@ -236,17 +536,21 @@ impl RedisStore {
         Self::connect_with(url, &super::LoadedAccess::default()).await
     }
 
-    /// [`RedisStore::connect`] with TLS and credentials.
-    pub async fn connect_with(
-        url: &str,
-        access: &super::LoadedAccess,
-    ) -> Result<RedisStore, StoreError> {
-        refuse_access(access)?;
-        let client = Client::open(url).map_err(invalid_url)?;
+    /// [`RedisStore::connect`] with TLS (`rediss://`: the CA, a client certificate) and
+    /// credentials (`AUTH`). The connection is checked with a `PING`, so a refused certificate,
+    /// a wrong password or a plain client at a TLS port fails here, in one line naming the
+    /// server.
+    pub async fn connect_with(url: &str, access: &LoadedAccess) -> Result<RedisStore, StoreError> {
+        let (client, endpoint) = client(url, access)?;
         let conn = ConnectionManager::new_with_config(client.clone(), manager_config())
             .await
-            .map_err(unavailable)?;
-        Ok(Self::with(client, conn))
+            .map_err(|e| endpoint.error(e))?;
+        let store = Self::with(client, conn, endpoint);
+        redis::cmd("PING")
+            .query_async::<Value>(&mut store.conn.clone())
+            .await
+            .map_err(|e| store.endpoint.error(e))?;
+        Ok(store)
     }
 
     /// Like [`RedisStore::connect`], but does not talk to the server until the first command,
@@ -256,22 +560,21 @@ impl RedisStore {
         Self::connect_lazy_with(url, &super::LoadedAccess::default())
     }
 
-    /// [`RedisStore::connect_lazy`] with TLS and credentials.
-    pub fn connect_lazy_with(
-        url: &str,
-        access: &super::LoadedAccess,
-    ) -> Result<RedisStore, StoreError> {
-        refuse_access(access)?;
-        let client = Client::open(url).map_err(invalid_url)?;
+    /// [`RedisStore::connect_lazy`] with TLS and credentials. Only settings that cannot work
+    /// fail here (an invalid URL, unreadable PEM); TLS and `AUTH` failures come with each
+    /// command, in one line naming the server.
+    pub fn connect_lazy_with(url: &str, access: &LoadedAccess) -> Result<RedisStore, StoreError> {
+        let (client, endpoint) = client(url, access)?;
         let conn = ConnectionManager::new_lazy_with_config(client.clone(), manager_config())
-            .map_err(unavailable)?;
-        Ok(Self::with(client, conn))
+            .map_err(|e| endpoint.error(e))?;
+        Ok(Self::with(client, conn, endpoint))
     }
 
-    fn with(client: Client, conn: ConnectionManager) -> RedisStore {
+    fn with(client: Client, conn: ConnectionManager, endpoint: Arc<Endpoint>) -> RedisStore {
         RedisStore {
-            client,
+            client: Arc::new(client),
             conn,
+            endpoint,
             runtime: Handle::current(),
             notifiers: Mutex::new(HashMap::new()),
         }
@@ -284,11 +587,95 @@ impl RedisStore {
         let (secs, micros): (u64, u64) = redis::cmd("TIME")
             .query_async(&mut self.conn.clone())
             .await
-            .map_err(unavailable)?;
+            .map_err(|e| self.unavailable(e))?;
         if micros >= 1_000_000 {
             return Err(bad_answer(format!("TIME answered {micros} microseconds")));
         }
         Ok(Duration::from_secs(secs) + Duration::from_micros(micros))
+    }
+
+    /// What this connection's user may do under `group`'s keys and channel, asked without
+    /// doing it ([`RIGHTS_SCRIPT`], `EVAL_RO`: nothing is written, a replica answers too). A
+    /// user without `EVAL_RO` gets `NOPERM` as [`StoreError::Refused`].
+    pub async fn rights(&self, group: &str) -> Result<Rights, StoreError> {
+        let answer: Vec<i64> = redis::cmd("EVAL_RO")
+            .arg(RIGHTS_SCRIPT)
+            .arg(1)
+            .arg(record_key(group, Slot(0)))
+            .arg(channel(group))
+            .query_async(&mut self.conn.clone())
+            .await
+            .map_err(|e| self.unavailable(e))?;
+        let [write, delete, publish, subscribe] = answer[..] else {
+            return Err(bad_answer(format!(
+                "the rights check answered {} values",
+                answer.len()
+            )));
+        };
+        Ok(Rights {
+            write: write == 1,
+            delete: delete == 1,
+            publish: publish == 1,
+            subscribe: subscribe == 1,
+        })
+    }
+
+    /// For an agent: asks [`RedisStore::rights`] once the store answers (retrying while it is
+    /// unavailable) and warns once if this user can do more than read, or cannot subscribe.
+    /// Runs until it has an answer; spawn it beside the agent.
+    pub async fn warn_if_broader_than_agent(&self, group: &str) {
+        let mut backoff = Backoff::new(Duration::from_secs(1), Duration::from_secs(60));
+        let rights = loop {
+            match self.rights(group).await {
+                Ok(r) => break r,
+                Err(e @ StoreError::Unavailable { .. }) => {
+                    debug!(
+                        "cannot check the rights of this agent's Redis user yet: {}",
+                        crate::error::Chain(&e)
+                    );
+                    tokio::time::sleep(jitter(backoff.next())).await;
+                }
+                Err(e) => {
+                    warn!(
+                        "cannot check the rights of this agent's Redis user: {} (an agent needs the ACL of the README, Authentication and TLS)",
+                        crate::error::Chain(&e)
+                    );
+                    return;
+                }
+            }
+        };
+        let beyond = rights.beyond_agent();
+        if !beyond.is_empty() {
+            warn!(
+                "credentials broader than needed: this agent's Redis user can write under stek:* ({} on stek:{group}:*): an agent only reads; give it the agent's ACL (README, Authentication and TLS)",
+                beyond.join(", ")
+            );
+        }
+        if !rights.subscribe {
+            warn!(
+                "this agent's Redis user may not SUBSCRIBE to {}: new keys are seen only by polling; add &stek:* and +subscribe to its ACL",
+                channel(group)
+            );
+        }
+    }
+
+    /// For a generator: the rights it needs under `group` and lacks (`SET`, `PUBLISH`), empty
+    /// if it has them all. A user that may not even run the check gets `NOPERM` as
+    /// [`StoreError::Refused`].
+    pub async fn missing_generator_rights(
+        &self,
+        group: &str,
+    ) -> Result<Vec<&'static str>, StoreError> {
+        Ok(self.rights(group).await?.missing_for_generator())
+    }
+
+    /// `Redis at HOST:PORT`, as errors name this store.
+    pub fn name(&self) -> &str {
+        &self.endpoint.name
+    }
+
+    fn unavailable(&self, e: RedisError) -> StoreError {
+        self.endpoint.error(e)
     }
 
     fn lock_notifiers(&self) -> MutexGuard<'_, HashMap<String, Notifier>> {
@@ -322,8 +709,8 @@ const REDIS: &str = "Redis";
 /// replica.`, `NOAUTH ...`) is a refusal and keeps Redis's own words, except the replies of a
 /// server that cannot serve for now (`LOADING`, `MASTERDOWN`, `TRYAGAIN`, `CLUSTERDOWN`), which
 /// are an outage like a refused connection or a timeout.
-fn unavailable(e: RedisError) -> StoreError {
-    let store = REDIS.to_owned();
+fn unavailable(store: &str, e: RedisError) -> StoreError {
+    let store = store.to_owned();
     match e.kind() {
         ErrorKind::Server(
             ServerErrorKind::BusyLoading
@@ -374,7 +761,8 @@ fn bad_answer(what: String) -> StoreError {
 
 /// A [`RedisError`] as the cause of a [`StoreError`]. A `RedisError` prints its inner error and
 /// also returns it from `source()`; this skips that repeated level, so that a chain reads
-/// `Redis is unavailable: Connection refused (os error 111)` with the OS error once.
+/// `Redis at 127.0.0.1:6379 is unavailable: Connection refused (os error 111)` with the OS error
+/// once.
 #[derive(Debug)]
 struct RedisCause(RedisError);
 
@@ -443,7 +831,7 @@ impl Store for RedisStore {
                 .arg(MAX_RECORD_LEN)
                 .query_async(&mut conn)
                 .await
-                .map_err(unavailable)?;
+                .map_err(|e| self.unavailable(e))?;
             let Value::Array(mut values) = reply else {
                 return Err(bad_answer(format!(
                     "the read of {key} answered {}",
@@ -471,7 +859,7 @@ impl Store for RedisStore {
             .arg(MAX_RECORD_LEN)
             .query_async(&mut conn)
             .await
-            .map_err(unavailable)?;
+            .map_err(|e| self.unavailable(e))?;
         if let Some(f) = found(previous, &format!("the create of {key}"))? {
             return Ok(lost(f));
         }
@@ -512,7 +900,10 @@ impl Store for RedisStore {
             Seen::Oversize { len: None } => cmd.arg("oversize").arg(""),
         };
         cmd.arg(MAX_RECORD_LEN);
-        let wrote: Value = cmd.query_async(&mut conn).await.map_err(unavailable)?;
+        let wrote: Value = cmd
+            .query_async(&mut conn)
+            .await
+            .map_err(|e| self.unavailable(e))?;
         match wrote {
             Value::Int(1) => {
                 announce(&mut conn, group, slot).await;
@@ -556,7 +947,7 @@ impl Store for RedisStore {
         let reply: Value = read
             .query_async(&mut self.conn.clone())
             .await
-            .map_err(unavailable)?;
+            .map_err(|e| self.unavailable(e))?;
         let Value::Array(values) = reply else {
             return Err(bad_answer(format!(
                 "the window read answered {}",
@@ -599,7 +990,12 @@ impl Store for RedisStore {
         let rx = tx.subscribe();
         let task = self
             .runtime
-            .spawn(notify(self.client.clone(), group.to_owned(), tx.clone()))
+            .spawn(notify(
+                self.client.clone(),
+                self.endpoint.clone(),
+                group.to_owned(),
+                tx.clone(),
+            ))
             .abort_handle();
         if let Some(old) = notifiers.insert(group.to_owned(), Notifier { tx, task }) {
             old.task.abort();
@@ -622,7 +1018,7 @@ impl Store for RedisStore {
                 .arg(super::SURVEY_LIMIT)
                 .query_async(&mut self.conn.clone())
                 .await
-                .map_err(unavailable)?;
+                .map_err(|e| self.unavailable(e))?;
             for key in &keys {
                 let Some(key) = std::str::from_utf8(key)
                     .ok()
@@ -654,7 +1050,13 @@ impl Store for RedisStore {
 }
 
 /// Subscribes to `stek:<group>` and ticks `tx` on every message, until every receiver is gone.
-async fn notify(client: Client, group: String, tx: watch::Sender<u64>) {
+async fn notify(
+    client: Arc<Client>,
+    endpoint: Arc<Endpoint>,
+    group: String,
+    tx: watch::Sender<u64>,
+) {
+    let why = |e: RedisError| crate::error::Chain(&endpoint.error(e)).to_string();
     let channel = channel(&group);
     let tick = || tx.send_modify(|n| *n = n.wrapping_add(1));
     let mut backoff = Backoff::new(RESUBSCRIBE_MIN, RESUBSCRIBE_MAX);
@@ -665,11 +1067,11 @@ async fn notify(client: Client, group: String, tx: watch::Sender<u64>) {
             let mut pubsub = tokio::time::timeout(CONNECT_TIMEOUT, client.get_async_pubsub())
                 .await
                 .map_err(|_| "timed out connecting".to_owned())?
-                .map_err(|e| e.to_string())?;
+                .map_err(why)?;
             tokio::time::timeout(RESPONSE_TIMEOUT, pubsub.subscribe(&channel))
                 .await
                 .map_err(|_| "timed out subscribing".to_owned())?
-                .map_err(|e| e.to_string())?;
+                .map_err(why)?;
             Ok::<_, String>(pubsub)
         };
         let pubsub = tokio::select! {
@@ -741,6 +1143,59 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn tls_settings_that_cannot_work_fail_before_any_connection() {
+        let access = |ca: &[u8]| LoadedAccess {
+            ca_pem: Some(ca.to_vec()),
+            user: Some("agent".into()),
+            password: Some(Zeroizing::new("s3cret".into())),
+            ..Default::default()
+        };
+        let e = RedisStore::connect_lazy_with("rediss://127.0.0.1:1", &access(b"garbage"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("holds no PEM certificate"), "{e}");
+        let e = RedisStore::connect_lazy_with("redis://127.0.0.1:1", &access(b"x"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("use rediss://"), "{e}");
+        // Credentials alone over plain TCP: the user shows, the password never does.
+        let store = RedisStore::connect_lazy_with(
+            "redis://127.0.0.1:1",
+            &LoadedAccess {
+                ca_pem: None,
+                ..access(b"")
+            },
+        )
+        .unwrap();
+        let shown = format!("{store:?}");
+        assert!(
+            shown.contains("agent") && !shown.contains("s3cret"),
+            "{shown}"
+        );
+        assert_eq!(store.name(), "Redis at 127.0.0.1:1");
+    }
+
+    #[test]
+    fn the_rights_an_agent_should_not_have_and_a_generator_needs() {
+        let agent = Rights {
+            write: false,
+            delete: false,
+            publish: false,
+            subscribe: true,
+        };
+        assert!(agent.beyond_agent().is_empty());
+        assert_eq!(agent.missing_for_generator(), ["SET", "PUBLISH"]);
+        let all = Rights {
+            write: true,
+            delete: true,
+            publish: true,
+            subscribe: true,
+        };
+        assert_eq!(all.beyond_agent(), ["SET", "DEL", "PUBLISH"]);
+        assert!(all.missing_for_generator().is_empty());
+    }
+
+    #[tokio::test]
     async fn invalid_urls_and_oversized_records_fail_without_a_server() {
         let bad = RedisStore::connect_lazy("http://example").unwrap_err();
         assert!(matches!(bad, StoreError::BadUrl { .. }), "{bad:?}");
@@ -772,7 +1227,10 @@ mod tests {
             .to_string();
         assert!(!why.is_empty());
         let chain = crate::error::Chain(&down).to_string();
-        assert!(chain.starts_with("Redis is unavailable: "), "{chain}");
+        assert!(
+            chain.starts_with("Redis at 127.0.0.1:1 is unavailable: "),
+            "{chain}"
+        );
         assert!(chain.contains("refused"), "{chain}");
         assert_eq!(chain.matches("os error").count(), 1, "{chain}");
         assert!(format!("{store:?}").contains("127.0.0.1:1"));

@@ -95,6 +95,28 @@ pub fn keygen(root: &Path, kind: &str, name: &str) -> (PathBuf, String) {
 
 // ---- stek processes ---------------------------------------------------------------------------
 
+/// Store flags (TLS, credentials) that every generator and agent given a URL also gets, set by
+/// backends whose URLs need them (`redis_tls.rs`), so the scenarios stay as they are.
+static STORE_FLAGS: std::sync::Mutex<BTreeMap<String, Vec<String>>> =
+    std::sync::Mutex::new(BTreeMap::new());
+
+/// Gives every stek process started with `url` these store flags too.
+pub fn set_store_flags(url: &str, flags: Vec<String>) {
+    STORE_FLAGS
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .insert(url.to_owned(), flags);
+}
+
+fn store_flags(url: &str) -> Vec<String> {
+    STORE_FLAGS
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .get(url)
+        .cloned()
+        .unwrap_or_default()
+}
+
 /// `stek generator` for [`GROUP`] with recipients `recipients` (comma-separated public keys).
 pub fn generator(
     root: &Path,
@@ -116,6 +138,7 @@ pub fn generator(
     .arg(key)
     .args(["--period", "4s"])
     .args(default_lifetime(extra))
+    .args(store_flags(url))
     .args(extra);
     Proc::spawn(name, &mut cmd, root.join(format!("{name}.log")))
 }
@@ -186,6 +209,7 @@ impl Agent {
             .args(["--no-memcached", "--sinks", "nginx"])
             .args(default_period(extra))
             .args(default_lifetime(extra))
+            .args(store_flags(url))
             .args(extra);
         let proc = Proc::spawn(name, &mut cmd, root.join(format!("{name}.log")));
         let a = Agent {
