@@ -100,6 +100,36 @@ pub fn default_poll(schedule: &Schedule) -> Duration {
     (schedule.period() / 4).clamp(Duration::from_millis(250), Duration::from_secs(30))
 }
 
+/// What one sink did with a delivery or a tick: the files it wrote join `written`; a failure is
+/// counted and logged (the sink's previous files stay valid). Returns whether it succeeded.
+fn took(
+    result: std::io::Result<Option<Delivered>>,
+    sink: &str,
+    metrics: &Metrics,
+    written: &mut Vec<PathBuf>,
+) -> bool {
+    match result {
+        Ok(Some(Delivered::Files(files))) => {
+            written.extend(files);
+            true
+        }
+        Ok(_) => true,
+        Err(e) => {
+            metrics.sink_failed(sink);
+            error!("could not write the {sink} files (the previous ones stay valid): {e}");
+            false
+        }
+    }
+}
+
+/// One line for the files written by one delivery or tick, if any.
+fn log_written(written: &[PathBuf]) {
+    if !written.is_empty() {
+        let files: Vec<String> = written.iter().map(|p| p.display().to_string()).collect();
+        info!("files written: {}", files.join(", "));
+    }
+}
+
 #[allow(clippy::too_many_arguments)]
 /// Runs one agent until `shutdown` resolves: the syncer in a task of its own, the rotator and
 /// the sinks here. `metrics` gets the status and the counters (and so `/status`, `/metrics`).
@@ -311,23 +341,15 @@ impl Outlet {
             .iter_mut()
             .filter(|s| change == Change::Ring || s.serves_ahead());
         for sink in sinks {
-            match sink.deliver(ring) {
-                Ok(Delivered::Files(files)) => written.extend(files),
-                Ok(Delivered::Handed) => {}
-                Err(e) => {
-                    complete = false;
-                    self.metrics.sink_failed(sink.name());
-                    error!(
-                        "could not write the {} files (the previous ones stay valid): {e}",
-                        sink.name()
-                    );
-                }
-            }
+            let name = sink.name();
+            complete &= took(
+                sink.deliver(ring).map(Some),
+                name,
+                &self.metrics,
+                &mut written,
+            );
         }
-        if !written.is_empty() {
-            let files: Vec<String> = written.iter().map(|p| p.display().to_string()).collect();
-            info!("files written: {}", files.join(", "));
-        }
+        log_written(&written);
         if complete && change == Change::Ring {
             // The first complete set of files: servers ordered after this service may start.
             // (A change of the keys ahead reaches no file sink: it completes no set of files.)
@@ -339,22 +361,10 @@ impl Outlet {
     fn tick(&mut self, now: Duration) {
         let mut written = Vec::new();
         for sink in &mut self.sinks {
-            match sink.tick(now) {
-                Ok(Some(Delivered::Files(files))) => written.extend(files),
-                Ok(_) => {}
-                Err(e) => {
-                    self.metrics.sink_failed(sink.name());
-                    error!(
-                        "could not write the {} files (the previous ones stay valid): {e}",
-                        sink.name()
-                    );
-                }
-            }
+            let name = sink.name();
+            took(sink.tick(now), name, &self.metrics, &mut written);
         }
-        if !written.is_empty() {
-            let files: Vec<String> = written.iter().map(|p| p.display().to_string()).collect();
-            info!("files written: {}", files.join(", "));
-        }
+        log_written(&written);
     }
 
     /// Looks at the sinks' health; counts failures they had on their own time. Returns whether
