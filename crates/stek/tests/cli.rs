@@ -490,7 +490,10 @@ fn stek_check_accepts_the_examples_and_names_each_problem() {
         ),
         (
             "agent",
-            agent.replace("redis://127.0.0.1:6379", "redis://agent:hunter2@127.0.0.1:6379"),
+            agent.replace(
+                "redis://127.0.0.1:6379",
+                "redis://agent:hunter2@127.0.0.1:6379",
+            ),
             "carries credentials",
         ),
         (
