@@ -3,7 +3,8 @@
 //! # Why the JSON gateway
 //!
 //! etcd's Rust gRPC client needs `protoc` at build time, and `cargo build` must work on a machine
-//! with nothing but Rust. etcd (3.4 and later) serves the same v3 API as JSON over HTTP/1.1 through
+//! with nothing but Rust; and the gateway's streamed answers let every read stop at a size cap
+//! (`docs/STORE-ETCD.md` weighs both for TLS, authentication, watch and fail-over). etcd (3.4 and later) serves the same v3 API as JSON over HTTP/1.1 through
 //! its built-in gRPC gateway at `/v3/` (3.3 called it `/v3beta/`, 3.5 dropped that alias), so this
 //! module speaks that with a plain HTTP client. In that JSON, keys and values are base64 and 64-bit
 //! integers are strings; fields at their default value (`false`, `0`, empty) are left out.
@@ -12,7 +13,9 @@
 //! - `/v3/lease/grant`, `/v3/kv/txn`, `/v3/lease/revoke`: [`Store::create`];
 //! - `/v3/kv/range`: [`Store::read_window`], one request per slot of the window;
 //! - `/v3/watch`: [`Store::changes`], a response streamed as one JSON message per line;
-//! - `GET /version`: [`EtcdStore::server_time`] reads the `Date` header of the answer.
+//! - `GET /version`: [`EtcdStore::server_time`] reads the `Date` header of the answer;
+//! - `/v3/auth/authenticate`: a user's token, sent in `Authorization` with every request;
+//! - `/v3/kv/deleterange` of `stek/.write-probe`: [`EtcdStore::can_write`].
 //!
 //! # Layout
 //!
@@ -73,6 +76,14 @@ const DEFAULT_PORT: u16 = 2379;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 /// How long one endpoint gets to answer a request in full (or, for a watch, to start answering).
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long one member gets to answer a request while other members remain to be tried; the last
+/// one gets [`REQUEST_TIMEOUT`]. A follower that forwarded a write to a leader that then died
+/// answers only when etcd's own timeout (about 6 s) fires, though a new leader is elected within
+/// about a second: waiting that long for it would delay a generator's round by as much (seen with
+/// the leader of a 3-member cluster killed just before a round). Healthy members answer in
+/// milliseconds, and every request stek sends is safe to send again (create and replace know
+/// their own lease, deletes are idempotent).
+const FAILOVER_TIMEOUT: Duration = Duration::from_millis(1500);
 /// The largest answer read from etcd where no tighter cap applies (slots are read with
 /// [`MAX_SLOT_ANSWER_LEN`]): lease and delete answers, a few hundred bytes when honest.
 const MAX_RESPONSE_LEN: usize = 32 * 1024 * 1024;
@@ -109,12 +120,14 @@ const MAX_LEASE_TTL_SECS: u64 = 9_000_000_000;
 type HttpClient = Client<HttpsConnector<HttpConnector>, Full<Bytes>>;
 type Watches = Arc<Mutex<HashMap<String, watch::Sender<u64>>>>;
 
-/// A store kept in an etcd cluster (`etcd://HOST:PORT[,HOST:PORT...]`), spoken to through etcd's
-/// JSON gateway over plain HTTP. See the module documentation for the layout.
+/// A store kept in an etcd cluster (`etcd://HOST:PORT[,HOST:PORT...]`, `etcds://` for TLS),
+/// spoken to through etcd's JSON gateway over HTTP/1.1. See the module documentation for the
+/// layout.
 ///
 /// Connections are made lazily and pooled. Requests go to the endpoint that last answered and
-/// fail over to the others in URL order when it cannot be reached, does not answer in time, or
-/// answers that it is unavailable (no leader). Record expiry follows the injected clock
+/// fail over to the others in URL order when it cannot be reached, does not answer in time (1.5 s
+/// while other members remain, 5 s for the last), or answers that it is unavailable (no leader,
+/// leader changed). Record expiry follows the injected clock
 /// ([`EtcdStore::with_clock`]), the system clock by default.
 pub struct EtcdStore {
     conn: Arc<Conn>,
@@ -938,8 +951,8 @@ enum AttemptError {
     Send(hyper_util::client::legacy::Error),
     /// The connection broke while the answer was read.
     Read(hyper::Error),
-    /// No complete answer (for a stream, no first answer) within [`REQUEST_TIMEOUT`].
-    Timeout,
+    /// No complete answer (for a stream, no first answer) within this time.
+    Timeout(Duration),
     /// The endpoint answered that it cannot serve for now (HTTP 503: no leader, stopping).
     Unavailable(Refusal),
     /// The endpoint refused to open a stream (the refusal, if it could be read).
@@ -961,7 +974,7 @@ impl fmt::Display for AttemptError {
             AttemptError::Request(_) => f.write_str("cannot build the request"),
             AttemptError::Send(_) => f.write_str("the request failed"),
             AttemptError::Read(_) => f.write_str("the answer broke off"),
-            AttemptError::Timeout => write!(f, "no answer within {REQUEST_TIMEOUT:?}"),
+            AttemptError::Timeout(t) => write!(f, "no answer within {t:?}"),
             AttemptError::Unavailable(r) => write!(f, "unavailable: {r}"),
             AttemptError::StreamRefused(Some(r)) => write!(f, "refused the stream: {r}"),
             AttemptError::StreamRefused(None) => f.write_str("refused the stream"),
@@ -981,7 +994,7 @@ impl std::error::Error for AttemptError {
             AttemptError::Request(e) => Some(e),
             AttemptError::Send(e) | AttemptError::ClosedUnanswered(e) => Some(e),
             AttemptError::Read(e) => Some(e),
-            AttemptError::Timeout
+            AttemptError::Timeout(_)
             | AttemptError::Unavailable(_)
             | AttemptError::StreamRefused(_)
             | AttemptError::Tls(_)
@@ -1242,11 +1255,17 @@ impl Conn {
         cap: usize,
     ) -> Result<Result<Reply, Authority>, StoreError> {
         let mut failures = Vec::new();
-        for i in self.order() {
+        let n = self.endpoints.len();
+        for (k, i) in self.order().enumerate() {
             let endpoint = self.endpoints[i].clone();
+            let limit = if k + 1 < n {
+                FAILOVER_TIMEOUT
+            } else {
+                REQUEST_TIMEOUT
+            };
             // Answers that cannot be read are told apart: an oversized one does not fail over.
             let once = self.send_authorized(i, &method, path, &body, cap);
-            match tokio::time::timeout(REQUEST_TIMEOUT, once).await {
+            match tokio::time::timeout(limit, once).await {
                 Ok(Ok(Ok(reply))) if reply.status != StatusCode::SERVICE_UNAVAILABLE => {
                     self.preferred.store(i, Ordering::Relaxed);
                     return Ok(Ok(reply));
@@ -1267,7 +1286,7 @@ impl Conn {
                     });
                 }
                 Ok(Err(e)) => failures.push((endpoint, e)),
-                Err(_) => failures.push((endpoint, AttemptError::Timeout)),
+                Err(_) => failures.push((endpoint, AttemptError::Timeout(limit))),
             }
         }
         Err(StoreError::Unavailable {
@@ -1398,7 +1417,7 @@ impl Conn {
                     failures.push((endpoint, AttemptError::StreamRefused(refusal)));
                 }
                 Ok(Err(e)) => failures.push((endpoint, e)),
-                Err(_) => failures.push((endpoint, AttemptError::Timeout)),
+                Err(_) => failures.push((endpoint, AttemptError::Timeout(REQUEST_TIMEOUT))),
             }
         }
         Err(Failover(failures))
@@ -2123,7 +2142,7 @@ mod tests {
         use std::error::Error as _;
         let one = Failover(vec![(
             "127.0.0.1:1".parse().unwrap(),
-            AttemptError::Timeout,
+            AttemptError::Timeout(REQUEST_TIMEOUT),
         )]);
         assert_eq!(one.to_string(), "etcd at 127.0.0.1:1");
         assert_eq!(
@@ -2140,7 +2159,10 @@ mod tests {
             format!("etcd (/v3/kv/range) is unavailable: etcd at 127.0.0.1:1: no answer within {REQUEST_TIMEOUT:?}")
         );
         let two = Failover(vec![
-            ("a:1".parse().unwrap(), AttemptError::Timeout),
+            (
+                "a:1".parse().unwrap(),
+                AttemptError::Timeout(FAILOVER_TIMEOUT),
+            ),
             (
                 "b:2".parse().unwrap(),
                 AttemptError::Unavailable(Refusal {
@@ -2152,7 +2174,7 @@ mod tests {
         assert!(two.source().is_none());
         assert_eq!(
             two.to_string(),
-            format!("etcd at a:1: no answer within {REQUEST_TIMEOUT:?}; etcd at b:2: unavailable: etcdserver: no leader")
+            format!("etcd at a:1: no answer within {FAILOVER_TIMEOUT:?}; etcd at b:2: unavailable: etcdserver: no leader")
         );
     }
 
