@@ -4,9 +4,10 @@
 //!
 //! etcd's Rust gRPC client needs `protoc` at build time, and `cargo build` must work on a machine
 //! with nothing but Rust; and the gateway's streamed answers let every read stop at a size cap
-//! (`docs/STORE-ETCD.md` weighs both for TLS, authentication, watch and fail-over). etcd (3.4 and later) serves the same v3 API as JSON over HTTP/1.1 through
-//! its built-in gRPC gateway at `/v3/` (3.3 called it `/v3beta/`, 3.5 dropped that alias), so this
-//! module speaks that with a plain HTTP client. In that JSON, keys and values are base64 and 64-bit
+//! (`docs/STORE-ETCD.md` weighs both for TLS, authentication, watch and fail-over). etcd (3.4
+//! and later) serves the same v3 API as JSON over HTTP/1.1 through its built-in gRPC gateway at
+//! `/v3/` (3.3 called it `/v3beta/`, 3.5 dropped that alias), so this module speaks that with a
+//! plain HTTP client (hyper; rustls for `etcds://`). In that JSON, keys and values are base64 and 64-bit
 //! integers are strings; fields at their default value (`false`, `0`, empty) are left out.
 //!
 //! Requests, all `POST` with a JSON body except the last:
@@ -127,8 +128,8 @@ type Watches = Arc<Mutex<HashMap<String, watch::Sender<u64>>>>;
 /// Connections are made lazily and pooled. Requests go to the endpoint that last answered and
 /// fail over to the others in URL order when it cannot be reached, does not answer in time (1.5 s
 /// while other members remain, 5 s for the last), or answers that it is unavailable (no leader,
-/// leader changed). Record expiry follows the injected clock
-/// ([`EtcdStore::with_clock`]), the system clock by default.
+/// leader changed). Record expiry follows the injected clock ([`EtcdStore::with_clock`]), the
+/// system clock by default.
 pub struct EtcdStore {
     conn: Arc<Conn>,
     clock: Arc<dyn Clock>,
