@@ -115,6 +115,8 @@ const WATCH_IDLE_TIMEOUT: Duration = Duration::from_secs(11 * 60);
 /// delay jittered so that many agents whose watch broke at once do not reconnect in step.
 const WATCH_BACKOFF_MIN: Duration = Duration::from_millis(100);
 const WATCH_BACKOFF_MAX: Duration = Duration::from_secs(10);
+/// The header that makes etcd refuse requests and end watches on a member without a leader.
+const REQUIRE_LEADER: (&str, &str) = ("grpc-metadata-hasleader", "true");
 /// etcd refuses leases longer than this (`etcdserver: too large lease TTL`).
 const MAX_LEASE_TTL_SECS: u64 = 9_000_000_000;
 
@@ -1055,7 +1057,13 @@ impl Conn {
         let mut req = Request::builder()
             .method(method.clone())
             .uri(uri)
-            .header(header::CONTENT_TYPE, "application/json");
+            .header(header::CONTENT_TYPE, "application/json")
+            // gRPC metadata `hasleader: true` (the gateway forwards `Grpc-Metadata-*` headers):
+            // a member cut off from its leader answers 503 `etcdserver: no leader` at once,
+            // instead of hanging a request or, worse, accepting a watch that then delivers
+            // nothing; and it ends a watch it holds when it loses its leader. Either way stek
+            // fails over to a member that has one.
+            .header(REQUIRE_LEADER.0, REQUIRE_LEADER.1);
         if let Some(token) = token {
             req = req.header(header::AUTHORIZATION, token.clone());
         }
@@ -2193,6 +2201,21 @@ mod tests {
         assert!(chain.contains("Connection refused"), "{chain}");
         let bad = EtcdStore::connect("etcd://h:").unwrap_err();
         assert!(matches!(bad, StoreError::BadUrl { .. }), "{bad:?}");
+    }
+
+    #[test]
+    fn every_request_requires_a_leader_and_carries_the_token_unlogged() {
+        let store = EtcdStore::connect("etcds://127.0.0.1:1,127.0.0.1:2").unwrap();
+        let mut token = HeaderValue::from_static("secret-token");
+        token.set_sensitive(true);
+        let req = store
+            .conn
+            .request(1, &Method::POST, "/v3/watch", Bytes::new(), Some(&token))
+            .unwrap();
+        assert_eq!(req.uri().to_string(), "https://127.0.0.1:2/v3/watch");
+        assert_eq!(req.headers()["grpc-metadata-hasleader"], "true");
+        assert!(req.headers()[header::AUTHORIZATION].is_sensitive());
+        assert!(!format!("{:?}", req.headers()).contains("secret-token"));
     }
 
     #[test]
