@@ -87,3 +87,76 @@ fn the_leader_is_killed_mid_run_and_no_slot_is_lost() {
         "slots {first}..={last} all created and held; leader killed in slot {kill_slot}; generator log:\n{log}"
     );
 }
+
+/// `kill -SIG pid`.
+fn signal(sig: &str, pid: u32) {
+    let ok = std::process::Command::new("kill")
+        .args([sig, &pid.to_string()])
+        .status()
+        .expect("run kill")
+        .success();
+    assert!(ok, "kill {sig} {pid}");
+}
+
+#[test]
+fn a_member_without_a_leader_refuses_at_once_instead_of_hanging() {
+    let dir = shm_dir();
+    let etcd = EtcdCluster::start(dir.path(), 3, false, false, &[]);
+    let pid = |i: usize| etcd.members[i].child.as_ref().expect("running").id();
+    // Only member 0, so that its answer is the one seen (with the others listed, stek would fail
+    // over to them).
+    let store = stek::store::EtcdStore::connect(&format!(
+        "etcd://127.0.0.1:{}",
+        etcd.members[0].client_port
+    ))
+    .expect("connect");
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    // Members 1 and 2 stop: member 0 loses its leader after an election timeout (0.5 s).
+    signal("-STOP", pid(1));
+    signal("-STOP", pid(2));
+    let refused = wait_for(
+        "member 0 to say it has no leader",
+        Duration::from_secs(10),
+        || {
+            let started = std::time::Instant::now();
+            let e = rt
+                .block_on(stek::store::Store::read_window(
+                    &store,
+                    "g",
+                    stek_core::Slot(1),
+                    stek_core::Slot(1),
+                ))
+                .expect_err("no quorum, no read");
+            let line = stek::error::Chain(&e).to_string();
+            line.contains("etcdserver: no leader")
+                .then(|| (line, started.elapsed()))
+        },
+    );
+    assert!(
+        refused.1 < Duration::from_secs(1),
+        "answered at once, not after a timeout: {refused:?}"
+    );
+    // A watch is refused too, rather than accepted on a member that cannot deliver anything.
+    let mut changes = rt.block_on(async {
+        let mut changes = stek::store::Store::changes(&store, "g").expect("a watch");
+        assert!(
+            tokio::time::timeout(Duration::from_secs(2), changes.changed())
+                .await
+                .is_err(),
+            "a watch was established on a member without a leader"
+        );
+        changes
+    });
+    signal("-CONT", pid(1));
+    signal("-CONT", pid(2));
+    rt.block_on(async {
+        tokio::time::timeout(Duration::from_secs(20), changes.changed())
+            .await
+            .expect("the watch is established once the member has a leader again")
+            .expect("open");
+    });
+}
