@@ -5,6 +5,7 @@
 
 use std::process::ExitCode;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context as _;
 use stek::agent::{self, AgentConfig, SealedOpener};
@@ -15,7 +16,7 @@ use stek::generator::{self, GroupPlan, RecordCheck};
 use stek::keyfile;
 use stek::store::AnyStore;
 use stek_core::{GeneratorKey, GeneratorPublicKey, GroupIdentity, Record, Schedule, SlotKey};
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 mod cli;
 mod settings;
@@ -287,14 +288,19 @@ fn run_agent(args: AgentArgs) -> anyhow::Result<()> {
                 .with_context(|| format!("cannot use the store {}", s.store))?,
         );
         // Given credentials, say once if they could write (an agent only reads).
-        let has_credentials = access.user.is_some() || access.password.is_some();
-        if has_credentials && matches!(&*store, AnyStore::Redis(_)) {
-            let (store, group) = (store.clone(), s.group.clone());
-            tokio::spawn(async move {
-                if let AnyStore::Redis(r) = &*store {
-                    r.warn_if_broader_than_agent(&group).await;
-                }
-            });
+        match &*store {
+            AnyStore::Redis(_) if access.user.is_some() || access.password.is_some() => {
+                let (store, group) = (store.clone(), s.group.clone());
+                tokio::spawn(async move {
+                    if let AnyStore::Redis(r) = &*store {
+                        r.warn_if_broader_than_agent(&group).await;
+                    }
+                });
+            }
+            AnyStore::Etcd(_) => {
+                tokio::spawn(warn_if_store_writable(store.clone()));
+            }
+            AnyStore::Redis(_) => {}
         }
         log_schedule("stek agent", &s.schedule);
         let opener = SealedOpener {
@@ -318,6 +324,30 @@ fn run_agent(args: AgentArgs) -> anyhow::Result<()> {
         .await;
         Ok(())
     })
+}
+
+/// An agent only reads the store: warns once if its credentials could also write (see
+/// [`AnyStore::can_write_needlessly`]). Asks until the store answers, backing off.
+async fn warn_if_store_writable(store: Arc<AnyStore>) {
+    let mut backoff = stek_core::Backoff::new(Duration::from_secs(1), Duration::from_secs(60));
+    loop {
+        match store.can_write_needlessly().await {
+            Ok(Some(true)) => {
+                warn!(
+                    "the agent's store user can write under stek/, and an agent only reads: give it a read-only role (README, \"Authentication and TLS\")"
+                );
+                return;
+            }
+            Ok(_) => return,
+            Err(e) => {
+                debug!(
+                    "Cannot check the agent's store permissions yet: {}",
+                    stek::error::Chain(&e)
+                );
+                tokio::time::sleep(stek_core::jitter(backoff.next())).await;
+            }
+        }
+    }
 }
 
 /// `stek generator`: settings, the signing key, hardening, then the store and metrics, then

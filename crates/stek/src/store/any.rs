@@ -1,5 +1,5 @@
-//! A store chosen by URL at run time: `redis://HOST:PORT` (`rediss://` for TLS) or
-//! `etcd://HOST:PORT[,HOST:PORT...]`.
+//! A store chosen by URL at run time: `redis://HOST:PORT` (`rediss://` with TLS) or
+//! `etcd://HOST:PORT[,HOST:PORT...]` (`etcds://` with TLS).
 
 use std::time::Duration;
 
@@ -50,15 +50,28 @@ impl AnyStore {
             Ok(AnyStore::Redis(
                 RedisStore::connect_with(url, access).await?,
             ))
-        } else if url.starts_with("etcd://") {
+        } else if url.starts_with("etcd://") || url.starts_with("etcds://") {
             Ok(AnyStore::Etcd(EtcdStore::connect_with(url, access)?))
         } else {
             // The URL is left out: it may carry a password.
             Err(StoreError::BadUrl {
-                reason: "unknown scheme: use redis://HOST:PORT or etcd://HOST:PORT[,HOST:PORT...]"
-                    .to_owned(),
+                reason:
+                    "unknown scheme: use redis://HOST:PORT or etcd[s]://HOST:PORT[,HOST:PORT...]"
+                        .to_owned(),
                 source: None,
             })
+        }
+    }
+}
+
+impl AnyStore {
+    /// For an agent: whether its credentials let it write to the store, which it never needs.
+    /// `Ok(None)` where stek does not check (Redis here; etcd without a user, where etcd has no
+    /// authentication and anyone may write). See [`EtcdStore::can_write`].
+    pub async fn can_write_needlessly(&self) -> Result<Option<bool>, StoreError> {
+        match self {
+            AnyStore::Etcd(s) if s.has_user() => s.can_write().await.map(Some),
+            _ => Ok(None),
         }
     }
 }

@@ -3,16 +3,20 @@
 //! # Why the JSON gateway
 //!
 //! etcd's Rust gRPC client needs `protoc` at build time, and `cargo build` must work on a machine
-//! with nothing but Rust. etcd (3.4 and later) serves the same v3 API as JSON over HTTP/1.1 through
-//! its built-in gRPC gateway at `/v3/` (3.3 called it `/v3beta/`, 3.5 dropped that alias), so this
-//! module speaks that with a plain HTTP client. In that JSON, keys and values are base64 and 64-bit
+//! with nothing but Rust; and the gateway's streamed answers let every read stop at a size cap
+//! (`docs/STORE-ETCD.md` weighs both for TLS, authentication, watch and fail-over). etcd (3.4
+//! and later) serves the same v3 API as JSON over HTTP/1.1 through its built-in gRPC gateway at
+//! `/v3/` (3.3 called it `/v3beta/`, 3.5 dropped that alias), so this module speaks that with a
+//! plain HTTP client (hyper; rustls for `etcds://`). In that JSON, keys and values are base64 and 64-bit
 //! integers are strings; fields at their default value (`false`, `0`, empty) are left out.
 //!
 //! Requests, all `POST` with a JSON body except the last:
 //! - `/v3/lease/grant`, `/v3/kv/txn`, `/v3/lease/revoke`: [`Store::create`];
 //! - `/v3/kv/range`: [`Store::read_window`], one request per slot of the window;
 //! - `/v3/watch`: [`Store::changes`], a response streamed as one JSON message per line;
-//! - `GET /version`: [`EtcdStore::server_time`] reads the `Date` header of the answer.
+//! - `GET /version`: [`EtcdStore::server_time`] reads the `Date` header of the answer;
+//! - `/v3/auth/authenticate`: a user's token, sent in `Authorization` with every request;
+//! - `/v3/kv/deleterange` of `stek/.write-probe`: [`EtcdStore::can_write`].
 //!
 //! # Layout
 //!
@@ -47,8 +51,10 @@ use bytes::Bytes;
 use futures_util::StreamExt as _;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
+use hyper::header::HeaderValue;
 use hyper::http::uri::Authority;
 use hyper::{header, Method, Request, Response, StatusCode, Uri};
+use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
@@ -71,6 +77,14 @@ const DEFAULT_PORT: u16 = 2379;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 /// How long one endpoint gets to answer a request in full (or, for a watch, to start answering).
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long one member gets to answer a request while other members remain to be tried; the last
+/// one gets [`REQUEST_TIMEOUT`]. A follower that forwarded a write to a leader that then died
+/// answers only when etcd's own timeout (about 6 s) fires, though a new leader is elected within
+/// about a second: waiting that long for it would delay a generator's round by as much (seen with
+/// the leader of a 3-member cluster killed just before a round). Healthy members answer in
+/// milliseconds, and every request stek sends is safe to send again (create and replace know
+/// their own lease, deletes are idempotent).
+const FAILOVER_TIMEOUT: Duration = Duration::from_millis(1500);
 /// The largest answer read from etcd where no tighter cap applies (slots are read with
 /// [`MAX_SLOT_ANSWER_LEN`]): lease and delete answers, a few hundred bytes when honest.
 const MAX_RESPONSE_LEN: usize = 32 * 1024 * 1024;
@@ -101,19 +115,23 @@ const WATCH_IDLE_TIMEOUT: Duration = Duration::from_secs(11 * 60);
 /// delay jittered so that many agents whose watch broke at once do not reconnect in step.
 const WATCH_BACKOFF_MIN: Duration = Duration::from_millis(100);
 const WATCH_BACKOFF_MAX: Duration = Duration::from_secs(10);
+/// The header that makes etcd refuse requests and end watches on a member without a leader.
+const REQUIRE_LEADER: (&str, &str) = ("grpc-metadata-hasleader", "true");
 /// etcd refuses leases longer than this (`etcdserver: too large lease TTL`).
 const MAX_LEASE_TTL_SECS: u64 = 9_000_000_000;
 
-type HttpClient = Client<HttpConnector, Full<Bytes>>;
+type HttpClient = Client<HttpsConnector<HttpConnector>, Full<Bytes>>;
 type Watches = Arc<Mutex<HashMap<String, watch::Sender<u64>>>>;
 
-/// A store kept in an etcd cluster (`etcd://HOST:PORT[,HOST:PORT...]`), spoken to through etcd's
-/// JSON gateway over plain HTTP. See the module documentation for the layout.
+/// A store kept in an etcd cluster (`etcd://HOST:PORT[,HOST:PORT...]`, `etcds://` for TLS),
+/// spoken to through etcd's JSON gateway over HTTP/1.1. See the module documentation for the
+/// layout.
 ///
 /// Connections are made lazily and pooled. Requests go to the endpoint that last answered and
-/// fail over to the others in URL order when it cannot be reached, does not answer in time, or
-/// answers that it is unavailable (no leader). Record expiry follows the injected clock
-/// ([`EtcdStore::with_clock`]), the system clock by default.
+/// fail over to the others in URL order when it cannot be reached, does not answer in time (1.5 s
+/// while other members remain, 5 s for the last), or answers that it is unavailable (no leader,
+/// leader changed). Record expiry follows the injected clock ([`EtcdStore::with_clock`]), the
+/// system clock by default.
 pub struct EtcdStore {
     conn: Arc<Conn>,
     clock: Arc<dyn Clock>,
@@ -141,16 +159,43 @@ impl EtcdStore {
         Self::connect_with(url, &super::LoadedAccess::default())
     }
 
-    /// [`EtcdStore::connect`] with TLS and credentials.
+    /// [`EtcdStore::connect`] with TLS (`etcds://`: the server verified against the CA, or the
+    /// system's roots; a client certificate if given) and an etcd user (authenticated on first
+    /// use, again whenever etcd says the token is invalid: simple tokens expire).
+    ///
+    /// Fails on a malformed URL, on TLS files given for `etcd://`, and on TLS files that hold no
+    /// usable certificate or key.
     pub fn connect_with(url: &str, access: &super::LoadedAccess) -> Result<EtcdStore, StoreError> {
-        if access.is_set() {
-            return Err(StoreError::BadUrl {
-                reason: "TLS and credentials for etcd are not supported by this build".into(),
-                source: None,
-            });
-        }
-        let endpoints = parse_url(url)?;
+        let (tls, endpoints) = parse_url(url)?;
+        let tls_config = if tls {
+            super::client_tls::client_config(access)?
+        } else {
+            if access.ca_pem.is_some() || access.cert_pem.is_some() || access.key_pem.is_some() {
+                return Err(StoreError::BadUrl {
+                    reason: "TLS files given for etcd://, which does not use TLS: use etcds://"
+                        .into(),
+                    source: None,
+                });
+            }
+            super::client_tls::unused_config()
+        };
+        let auth = match (&access.user, &access.password) {
+            (Some(user), Some(password)) => Some(Auth {
+                user: user.clone(),
+                password: password.clone(),
+                token: tokio::sync::Mutex::new(None),
+            }),
+            (None, None) => None,
+            _ => {
+                return Err(StoreError::BadUrl {
+                    reason: "an etcd user needs both --store-user and --store-password-file".into(),
+                    source: None,
+                })
+            }
+        };
         let mut connector = HttpConnector::new();
+        // The TLS connector below chooses by the URI's scheme.
+        connector.enforce_http(false);
         connector.set_connect_timeout(Some(CONNECT_TIMEOUT));
         connector.set_nodelay(true);
         // Keepalive probes find a peer that vanished without closing the connection, which
@@ -158,13 +203,24 @@ impl EtcdStore {
         connector.set_keepalive(Some(Duration::from_secs(30)));
         connector.set_keepalive_interval(Some(Duration::from_secs(10)));
         connector.set_keepalive_retries(Some(3));
+        let https = hyper_rustls::HttpsConnectorBuilder::new().with_tls_config(tls_config);
+        // etcds:// never falls back to plain HTTP; etcd:// never asks for TLS (its URIs are
+        // http).
+        let https = if tls {
+            https.https_only()
+        } else {
+            https.https_or_http()
+        };
+        let https = https.enable_http1().wrap_connector(connector);
         let client = Client::builder(TokioExecutor::new())
             .pool_timer(TokioTimer::new())
             .pool_idle_timeout(Duration::from_secs(30))
-            .build(connector);
+            .build(https);
         Ok(EtcdStore {
             conn: Arc::new(Conn {
                 endpoints,
+                tls,
+                auth,
                 client,
                 preferred: AtomicUsize::new(0),
             }),
@@ -298,6 +354,41 @@ impl EtcdStore {
         }
     }
 }
+
+impl EtcdStore {
+    /// Whether this store's credentials may write under `stek/`, found by deleting a key there
+    /// that no stek process uses ([`WRITE_PROBE_KEY`], exactly that key, no range: records live at
+    /// `stek/<group>/<slot>`, with a second '/'): etcd checks write permission on the key before it
+    /// looks for it, so a read-only user gets `etcdserver: permission denied` and anyone who may
+    /// write deletes nothing. An agent only reads and watches; one that can write warns that its
+    /// credentials are broader than needed.
+    pub async fn can_write(&self) -> Result<bool, StoreError> {
+        let req = RangeRequest {
+            key: BASE64.encode(WRITE_PROBE_KEY),
+            ..Default::default()
+        };
+        match self
+            .conn
+            .call::<_, IgnoredAny>("/v3/kv/deleterange", &req)
+            .await
+        {
+            Ok(_) => Ok(true),
+            Err(StoreError::Refused { message, .. }) if message.contains("permission denied") => {
+                Ok(false)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Whether an etcd user is configured (etcd authentication).
+    pub fn has_user(&self) -> bool {
+        self.conn.auth.is_some()
+    }
+}
+
+/// The key [`EtcdStore::can_write`] deletes: under `stek/`, where an agent's role may read, but no
+/// record's key (`stek/<group>/<20 digits>` has a second '/').
+pub const WRITE_PROBE_KEY: &str = "stek/.write-probe";
 
 impl Store for EtcdStore {
     /// Grants a lease ending at `expires_at` (rounded up to whole seconds; etcd also raises TTLs
@@ -666,15 +757,21 @@ fn at(endpoint: &Authority, path: &str) -> String {
     format!("etcd at {endpoint} ({path})")
 }
 
-/// The endpoints of `etcd://HOST:PORT[,HOST:PORT...]`.
-fn parse_url(url: &str) -> Result<Vec<Authority>, StoreError> {
+/// Whether `etcds://HOST:PORT[,HOST:PORT...]` (TLS) or `etcd://...` (plain), and the endpoints.
+fn parse_url(url: &str) -> Result<(bool, Vec<Authority>), StoreError> {
     let bad = |why: &str| StoreError::BadUrl {
         reason: format!("etcd URL {url:?}: {why}"),
         source: None,
     };
-    let rest = url
-        .strip_prefix("etcd://")
-        .ok_or_else(|| bad("expected etcd://HOST:PORT[,HOST:PORT...]"))?;
+    let (tls, rest) = match (url.strip_prefix("etcds://"), url.strip_prefix("etcd://")) {
+        (Some(rest), _) => (true, rest),
+        (None, Some(rest)) => (false, rest),
+        (None, None) => {
+            return Err(bad(
+                "expected etcd://HOST:PORT[,HOST:PORT...] or etcds://HOST:PORT[,HOST:PORT...]",
+            ))
+        }
+    };
     let rest = rest.strip_suffix('/').unwrap_or(rest);
     let mut endpoints = Vec::new();
     for part in rest.split(',') {
@@ -700,7 +797,7 @@ fn parse_url(url: &str) -> Result<Vec<Authority>, StoreError> {
         };
         endpoints.push(authority);
     }
-    Ok(endpoints)
+    Ok((tls, endpoints))
 }
 
 fn slot_key(group: &str, slot: Slot) -> String {
@@ -759,9 +856,30 @@ fn sanitize(msg: &str) -> String {
 /// The endpoints and the connection pool, shared by the store and its watch tasks.
 struct Conn {
     endpoints: Vec<Authority>,
+    /// Whether the endpoints speak TLS (`etcds://`).
+    tls: bool,
+    /// The etcd user, if etcd has authentication enabled.
+    auth: Option<Auth>,
     client: HttpClient,
     /// Index of the endpoint that answered last, tried first.
     preferred: AtomicUsize,
+}
+
+/// An etcd user's credentials and the token they were last given.
+///
+/// `/v3/auth/authenticate` answers a token that goes in the `Authorization` header of every
+/// request (the watch included). etcd's simple tokens are cluster-wide but expire after
+/// `--auth-token-ttl` (300 s by default) without use on a member, and a restarted member forgets
+/// them all; JWT tokens expire after their TTL. Either way etcd then answers 401 (gRPC
+/// `Unauthenticated`, `etcdserver: invalid auth token`) and the request is sent again once with a
+/// new token obtained from the same endpoint. Neither the password nor the token is ever logged
+/// (the header value is marked sensitive).
+struct Auth {
+    user: String,
+    password: Zeroizing<String>,
+    /// The current token. The lock is held while authenticating, so that requests in flight
+    /// together authenticate once.
+    token: tokio::sync::Mutex<Option<HeaderValue>>,
 }
 
 /// A complete answer from one endpoint.
@@ -787,7 +905,14 @@ impl Reply {
                 }
             })
             .filter(|m| !m.is_empty())
-            .map(|m| sanitize(&m));
+            .map(|m| sanitize(&m))
+            .or_else(|| {
+                // Not the gateway's JSON: etcd's HTTP layer answers some refusals in plain text
+                // (e.g. 3.4's gateway refusing a client certificate that has a CommonName).
+                let text = std::str::from_utf8(&self.body).ok()?.trim();
+                (!text.is_empty() && !text.starts_with('<'))
+                    .then(|| format!("HTTP {}: {}", self.status, sanitize(text)))
+            });
         Refusal {
             status: self.status,
             message,
@@ -829,12 +954,21 @@ enum AttemptError {
     Send(hyper_util::client::legacy::Error),
     /// The connection broke while the answer was read.
     Read(hyper::Error),
-    /// No complete answer (for a stream, no first answer) within [`REQUEST_TIMEOUT`].
-    Timeout,
+    /// No complete answer (for a stream, no first answer) within this time.
+    Timeout(Duration),
     /// The endpoint answered that it cannot serve for now (HTTP 503: no leader, stopping).
     Unavailable(Refusal),
     /// The endpoint refused to open a stream (the refusal, if it could be read).
     StreamRefused(Option<Refusal>),
+    /// The TLS handshake failed: a certificate that does not verify, a handshake the server broke
+    /// off (it wants a client certificate, or does not speak TLS).
+    Tls(rustls::Error),
+    /// An `etcd://` endpoint closed the connection without answering: most likely a TLS port.
+    ClosedUnanswered(hyper_util::client::legacy::Error),
+    /// etcd refused the user's credentials (wrong user or password, authentication not enabled).
+    Auth(Refusal),
+    /// etcd's token cannot be sent as a header.
+    BadToken,
 }
 
 impl fmt::Display for AttemptError {
@@ -843,10 +977,16 @@ impl fmt::Display for AttemptError {
             AttemptError::Request(_) => f.write_str("cannot build the request"),
             AttemptError::Send(_) => f.write_str("the request failed"),
             AttemptError::Read(_) => f.write_str("the answer broke off"),
-            AttemptError::Timeout => write!(f, "no answer within {REQUEST_TIMEOUT:?}"),
+            AttemptError::Timeout(t) => write!(f, "no answer within {t:?}"),
             AttemptError::Unavailable(r) => write!(f, "unavailable: {r}"),
             AttemptError::StreamRefused(Some(r)) => write!(f, "refused the stream: {r}"),
             AttemptError::StreamRefused(None) => f.write_str("refused the stream"),
+            AttemptError::Tls(e) => write!(f, "TLS handshake failed: {e}"),
+            AttemptError::ClosedUnanswered(_) => f.write_str(
+                "closed the connection without answering (a TLS port? then use etcds://)",
+            ),
+            AttemptError::Auth(r) => write!(f, "authentication failed: {r}"),
+            AttemptError::BadToken => f.write_str("sent a token that is not a header value"),
         }
     }
 }
@@ -855,11 +995,14 @@ impl std::error::Error for AttemptError {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
             AttemptError::Request(e) => Some(e),
-            AttemptError::Send(e) => Some(e),
+            AttemptError::Send(e) | AttemptError::ClosedUnanswered(e) => Some(e),
             AttemptError::Read(e) => Some(e),
-            AttemptError::Timeout
+            AttemptError::Timeout(_)
             | AttemptError::Unavailable(_)
-            | AttemptError::StreamRefused(_) => None,
+            | AttemptError::StreamRefused(_)
+            | AttemptError::Tls(_)
+            | AttemptError::Auth(_)
+            | AttemptError::BadToken => None,
         }
     }
 }
@@ -904,17 +1047,184 @@ impl Conn {
         method: &Method,
         path: &str,
         body: Bytes,
+        token: Option<&HeaderValue>,
     ) -> Result<Request<Full<Bytes>>, hyper::http::Error> {
         let uri = Uri::builder()
-            .scheme("http")
+            .scheme(if self.tls { "https" } else { "http" })
             .authority(self.endpoints[i].clone())
             .path_and_query(path)
             .build()?;
-        Request::builder()
+        let mut req = Request::builder()
             .method(method.clone())
             .uri(uri)
             .header(header::CONTENT_TYPE, "application/json")
-            .body(Full::new(body))
+            // gRPC metadata `hasleader: true` (the gateway forwards `Grpc-Metadata-*` headers):
+            // a member cut off from its leader answers 503 `etcdserver: no leader` at once,
+            // instead of hanging a request or, worse, accepting a watch that then delivers
+            // nothing; and it ends a watch it holds when it loses its leader. Either way stek
+            // fails over to a member that has one.
+            .header(REQUIRE_LEADER.0, REQUIRE_LEADER.1);
+        if let Some(token) = token {
+            req = req.header(header::AUTHORIZATION, token.clone());
+        }
+        req.body(Full::new(body))
+    }
+
+    /// What a failed send says: a TLS failure or an unanswered plain connection told apart.
+    fn send_error(&self, e: hyper_util::client::legacy::Error) -> AttemptError {
+        if let Some(tls) = super::client_tls::tls_cause(&e) {
+            return AttemptError::Tls(tls.clone());
+        }
+        let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(&e);
+        while let Some(c) = cause {
+            if c.downcast_ref::<hyper::Error>()
+                .is_some_and(hyper::Error::is_incomplete_message)
+                && !self.tls
+            {
+                return AttemptError::ClosedUnanswered(e);
+            }
+            cause = c.source();
+        }
+        AttemptError::Send(e)
+    }
+
+    /// Sends one request to endpoint `i` and reads its answer (at most `cap` bytes).
+    async fn send(
+        &self,
+        i: usize,
+        method: &Method,
+        path: &str,
+        body: Bytes,
+        token: Option<&HeaderValue>,
+        cap: usize,
+    ) -> Result<Result<Reply, ReadError>, AttemptError> {
+        let req = self
+            .request(i, method, path, body, token)
+            .map_err(AttemptError::Request)?;
+        let resp = self
+            .client
+            .request(req)
+            .await
+            .map_err(|e| self.send_error(e))?;
+        Ok(read_reply(self.endpoints[i].clone(), resp, cap).await)
+    }
+
+    /// The token to send to endpoint `i`: the current one, unless it is `stale` (etcd said it is
+    /// invalid) or there is none yet, in which case the user authenticates at endpoint `i`.
+    /// `None` without credentials.
+    async fn authorization(
+        &self,
+        i: usize,
+        stale: Option<&HeaderValue>,
+    ) -> Result<Option<HeaderValue>, AttemptError> {
+        let Some(auth) = &self.auth else {
+            return Ok(None);
+        };
+        let mut token = auth.token.lock().await;
+        if let Some(current) = token.as_ref() {
+            if Some(current) != stale {
+                return Ok(Some(current.clone()));
+            }
+        }
+        *token = None;
+        let fresh = self.authenticate(i, auth).await?;
+        *token = Some(fresh.clone());
+        Ok(Some(fresh))
+    }
+
+    /// Drops the token if it is still `stale`, so that the next request authenticates.
+    async fn forget_token(&self, stale: &HeaderValue) {
+        if let Some(auth) = &self.auth {
+            let mut token = auth.token.lock().await;
+            if token.as_ref() == Some(stale) {
+                *token = None;
+            }
+        }
+    }
+
+    async fn authenticate(&self, i: usize, auth: &Auth) -> Result<HeaderValue, AttemptError> {
+        const PATH: &str = "/v3/auth/authenticate";
+        #[derive(Serialize)]
+        struct AuthenticateRequest<'a> {
+            name: &'a str,
+            password: &'a str,
+        }
+        #[derive(Deserialize)]
+        struct AuthenticateResponse {
+            #[serde(default)]
+            token: String,
+        }
+        impl Drop for AuthenticateResponse {
+            fn drop(&mut self) {
+                self.token.zeroize();
+            }
+        }
+        let body = Zeroizing::new(
+            serde_json::to_vec(&AuthenticateRequest {
+                name: &auth.user,
+                password: &auth.password,
+            })
+            .map_err(|_| AttemptError::BadToken)?,
+        );
+        // The HTTP client takes its own copy of the body, which is not zeroized after sending:
+        // the password lives on in freed memory until reused, as in any HTTP client.
+        let reply = match self
+            .send(
+                i,
+                &Method::POST,
+                PATH,
+                Bytes::copy_from_slice(&body),
+                None,
+                MAX_ERROR_BODY_LEN,
+            )
+            .await?
+        {
+            Ok(reply) => reply,
+            Err(ReadError::Body(e)) => return Err(AttemptError::Read(e)),
+            Err(ReadError::TooLarge) => return Err(AttemptError::BadToken),
+        };
+        if reply.status == StatusCode::SERVICE_UNAVAILABLE {
+            return Err(AttemptError::Unavailable(reply.refusal()));
+        }
+        if reply.status != StatusCode::OK {
+            return Err(AttemptError::Auth(reply.refusal()));
+        }
+        let resp: AuthenticateResponse =
+            serde_json::from_slice(&reply.body).map_err(|_| AttemptError::BadToken)?;
+        if resp.token.is_empty() {
+            return Err(AttemptError::BadToken);
+        }
+        let mut value = HeaderValue::from_str(&resp.token).map_err(|_| AttemptError::BadToken)?;
+        value.set_sensitive(true);
+        Ok(value)
+    }
+
+    /// One request to endpoint `i` with the current token, sent again once with a new token if
+    /// etcd answers 401 (the token expired, or the member restarted and forgot it).
+    async fn send_authorized(
+        &self,
+        i: usize,
+        method: &Method,
+        path: &str,
+        body: &Bytes,
+        cap: usize,
+    ) -> Result<Result<Reply, ReadError>, AttemptError> {
+        let token = self.authorization(i, None).await?;
+        let reply = self
+            .send(i, method, path, body.clone(), token.as_ref(), cap)
+            .await?;
+        match (&reply, &token) {
+            (Ok(r), Some(stale)) if r.status == StatusCode::UNAUTHORIZED => {
+                tracing::debug!(
+                    "etcd at {} refused the token; authenticating again.",
+                    r.endpoint
+                );
+                let fresh = self.authorization(i, Some(stale)).await?;
+                self.send(i, method, path, body.clone(), fresh.as_ref(), cap)
+                    .await
+            }
+            _ => Ok(reply),
+        }
     }
 
     /// The endpoints in the order to try them: the last one that answered, then the rest in
@@ -954,17 +1264,17 @@ impl Conn {
         cap: usize,
     ) -> Result<Result<Reply, Authority>, StoreError> {
         let mut failures = Vec::new();
-        for i in self.order() {
+        let n = self.endpoints.len();
+        for (k, i) in self.order().enumerate() {
             let endpoint = self.endpoints[i].clone();
-            let once = async {
-                let req = self
-                    .request(i, &method, path, body.clone())
-                    .map_err(AttemptError::Request)?;
-                let resp = self.client.request(req).await.map_err(AttemptError::Send)?;
-                // Answers that cannot be read are told apart: an oversized one does not fail over.
-                Ok::<_, AttemptError>(read_reply(endpoint.clone(), resp, cap).await)
+            let limit = if k + 1 < n {
+                FAILOVER_TIMEOUT
+            } else {
+                REQUEST_TIMEOUT
             };
-            match tokio::time::timeout(REQUEST_TIMEOUT, once).await {
+            // Answers that cannot be read are told apart: an oversized one does not fail over.
+            let once = self.send_authorized(i, &method, path, &body, cap);
+            match tokio::time::timeout(limit, once).await {
                 Ok(Ok(Ok(reply))) if reply.status != StatusCode::SERVICE_UNAVAILABLE => {
                     self.preferred.store(i, Ordering::Relaxed);
                     return Ok(Ok(reply));
@@ -977,8 +1287,15 @@ impl Conn {
                     // Another member would send the same data: no fail-over.
                     return Ok(Err(endpoint));
                 }
+                Ok(Err(AttemptError::Auth(refusal))) => {
+                    // Wrong credentials are wrong at every member: no fail-over.
+                    return Err(StoreError::Refused {
+                        store: at(&endpoint, "/v3/auth/authenticate"),
+                        message: refusal.to_string(),
+                    });
+                }
                 Ok(Err(e)) => failures.push((endpoint, e)),
-                Err(_) => failures.push((endpoint, AttemptError::Timeout)),
+                Err(_) => failures.push((endpoint, AttemptError::Timeout(limit))),
             }
         }
         Err(StoreError::Unavailable {
@@ -1064,27 +1381,39 @@ impl Conn {
     }
 
     /// Opens a streamed POST: the first endpoint that answers 200 within the timeout keeps the
-    /// stream.
+    /// stream. Also returns the token sent, if any: etcd checks it when the watch is created,
+    /// inside the stream, and the caller forgets it if etcd cancels the watch for it.
     async fn open_stream(
         &self,
         path: &str,
         body: Bytes,
-    ) -> Result<(Authority, Incoming), Failover> {
+    ) -> Result<(Authority, Incoming, Option<HeaderValue>), Failover> {
         let mut failures = Vec::new();
         for i in self.order() {
             let endpoint = self.endpoints[i].clone();
             let once = async {
+                let token = self.authorization(i, None).await?;
                 let req = self
-                    .request(i, &Method::POST, path, body.clone())
+                    .request(i, &Method::POST, path, body.clone(), token.as_ref())
                     .map_err(AttemptError::Request)?;
-                self.client.request(req).await.map_err(AttemptError::Send)
+                let resp = self
+                    .client
+                    .request(req)
+                    .await
+                    .map_err(|e| self.send_error(e))?;
+                if resp.status() == StatusCode::UNAUTHORIZED {
+                    if let Some(stale) = &token {
+                        self.forget_token(stale).await;
+                    }
+                }
+                Ok::<_, AttemptError>((resp, token))
             };
             match tokio::time::timeout(REQUEST_TIMEOUT, once).await {
-                Ok(Ok(resp)) if resp.status() == StatusCode::OK => {
+                Ok(Ok((resp, token))) if resp.status() == StatusCode::OK => {
                     self.preferred.store(i, Ordering::Relaxed);
-                    return Ok((endpoint, resp.into_body()));
+                    return Ok((endpoint, resp.into_body(), token));
                 }
-                Ok(Ok(resp)) => {
+                Ok(Ok((resp, _))) => {
                     let refusal = tokio::time::timeout(
                         REQUEST_TIMEOUT,
                         read_reply(endpoint.clone(), resp, MAX_ERROR_BODY_LEN),
@@ -1097,7 +1426,7 @@ impl Conn {
                     failures.push((endpoint, AttemptError::StreamRefused(refusal)));
                 }
                 Ok(Err(e)) => failures.push((endpoint, e)),
-                Err(_) => failures.push((endpoint, AttemptError::Timeout)),
+                Err(_) => failures.push((endpoint, AttemptError::Timeout(REQUEST_TIMEOUT))),
             }
         }
         Err(Failover(failures))
@@ -1253,7 +1582,7 @@ async fn watch_stream(conn: &Conn, group: &str, tx: &watch::Sender<u64>) -> Stre
         Ok(b) => Bytes::from(b),
         Err(e) => return end(false, e.to_string()),
     };
-    let (endpoint, mut stream) = match conn.open_stream("/v3/watch", body).await {
+    let (endpoint, mut stream, token) = match conn.open_stream("/v3/watch", body).await {
         Ok(s) => s,
         Err(why) => return end(false, Chain(&why).to_string()),
     };
@@ -1291,7 +1620,16 @@ async fn watch_stream(conn: &Conn, group: &str, tx: &watch::Sender<u64>) -> Stre
                 }
                 Ok(WatchEvent::Puts) => tx.send_modify(|n| *n = n.wrapping_add(1)),
                 Ok(WatchEvent::Nothing) => {}
-                Err(why) => return end(established, format!("{endpoint}: {why}")),
+                Err(why) => {
+                    // A token that expired since it was last used is refused only here, when
+                    // the watch is created: the next attempt authenticates again.
+                    if why.contains("invalid auth token") {
+                        if let Some(stale) = &token {
+                            conn.forget_token(stale).await;
+                        }
+                    }
+                    return end(established, format!("{endpoint}: {why}"));
+                }
             }
         }
         scanned = buf.len();
@@ -1573,10 +1911,14 @@ mod tests {
 
     #[test]
     fn urls() {
-        let eps = parse_url("etcd://127.0.0.1:2379,etcd-b:2380,[::1]:1,h").unwrap();
+        let (tls, eps) = parse_url("etcd://127.0.0.1:2379,etcd-b:2380,[::1]:1,h").unwrap();
+        assert!(!tls);
         let eps: Vec<String> = eps.iter().map(|a| a.to_string()).collect();
         assert_eq!(eps, ["127.0.0.1:2379", "etcd-b:2380", "[::1]:1", "h:2379"]);
-        assert_eq!(parse_url("etcd://h:1/").unwrap().len(), 1);
+        assert_eq!(parse_url("etcd://h:1/").unwrap().1.len(), 1);
+        let (tls, eps) = parse_url("etcds://a:1,b").unwrap();
+        assert!(tls);
+        assert_eq!(eps[1].to_string(), "b:2379");
         for bad in [
             "redis://h:1",
             "etcd://",
@@ -1587,6 +1929,8 @@ mod tests {
             "etcd://h:",
             "etcd://h:x",
             "http://h:1",
+            "etcds://",
+            "etcdss://h:1",
         ] {
             assert!(parse_url(bad).is_err(), "{bad} must be refused");
         }
@@ -1807,7 +2151,7 @@ mod tests {
         use std::error::Error as _;
         let one = Failover(vec![(
             "127.0.0.1:1".parse().unwrap(),
-            AttemptError::Timeout,
+            AttemptError::Timeout(REQUEST_TIMEOUT),
         )]);
         assert_eq!(one.to_string(), "etcd at 127.0.0.1:1");
         assert_eq!(
@@ -1824,7 +2168,10 @@ mod tests {
             format!("etcd (/v3/kv/range) is unavailable: etcd at 127.0.0.1:1: no answer within {REQUEST_TIMEOUT:?}")
         );
         let two = Failover(vec![
-            ("a:1".parse().unwrap(), AttemptError::Timeout),
+            (
+                "a:1".parse().unwrap(),
+                AttemptError::Timeout(FAILOVER_TIMEOUT),
+            ),
             (
                 "b:2".parse().unwrap(),
                 AttemptError::Unavailable(Refusal {
@@ -1836,7 +2183,7 @@ mod tests {
         assert!(two.source().is_none());
         assert_eq!(
             two.to_string(),
-            format!("etcd at a:1: no answer within {REQUEST_TIMEOUT:?}; etcd at b:2: unavailable: etcdserver: no leader")
+            format!("etcd at a:1: no answer within {FAILOVER_TIMEOUT:?}; etcd at b:2: unavailable: etcdserver: no leader")
         );
     }
 
@@ -1854,6 +2201,21 @@ mod tests {
         assert!(chain.contains("Connection refused"), "{chain}");
         let bad = EtcdStore::connect("etcd://h:").unwrap_err();
         assert!(matches!(bad, StoreError::BadUrl { .. }), "{bad:?}");
+    }
+
+    #[test]
+    fn every_request_requires_a_leader_and_carries_the_token_unlogged() {
+        let store = EtcdStore::connect("etcds://127.0.0.1:1,127.0.0.1:2").unwrap();
+        let mut token = HeaderValue::from_static("secret-token");
+        token.set_sensitive(true);
+        let req = store
+            .conn
+            .request(1, &Method::POST, "/v3/watch", Bytes::new(), Some(&token))
+            .unwrap();
+        assert_eq!(req.uri().to_string(), "https://127.0.0.1:2/v3/watch");
+        assert_eq!(req.headers()["grpc-metadata-hasleader"], "true");
+        assert!(req.headers()[header::AUTHORIZATION].is_sensitive());
+        assert!(!format!("{:?}", req.headers()).contains("secret-token"));
     }
 
     #[test]

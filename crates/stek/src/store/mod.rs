@@ -47,6 +47,7 @@
 
 pub mod access;
 pub mod any;
+mod client_tls;
 pub mod etcd;
 pub mod memory;
 pub mod redis;
@@ -207,6 +208,14 @@ pub enum StoreError {
         /// The encoder's error.
         source: Cause,
     },
+    /// The store access settings (`--store-ca`, `--store-cert`, `--store-key`) cannot be used:
+    /// a file that holds no certificate or key, no system roots.
+    Access {
+        /// What is wrong, naming the setting.
+        what: String,
+        /// The parser's or TLS library's verdict, if it gave one.
+        source: Option<Cause>,
+    },
     /// A record is larger than the store accepts (the length is given).
     TooLarge(usize),
     /// A window read asks for more slots than the store reads at once.
@@ -232,6 +241,9 @@ impl fmt::Display for StoreError {
                 write!(f, "{store} sent an unusable answer: {what}")
             }
             StoreError::Encode { store, .. } => write!(f, "cannot encode a request to {store}"),
+            StoreError::Access { what, .. } => {
+                write!(f, "the store access settings are unusable: {what}")
+            }
             StoreError::TooLarge(n) => write!(f, "record of {n} bytes is too large for the store"),
             StoreError::WindowTooLarge { first, last, max } => {
                 write!(f, "a window of slots {first}..={last} exceeds {max} slots")
@@ -243,9 +255,9 @@ impl fmt::Display for StoreError {
 impl std::error::Error for StoreError {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
-            StoreError::BadUrl { source, .. } | StoreError::BadAnswer { source, .. } => {
-                source.as_deref().map(|e| e as _)
-            }
+            StoreError::BadUrl { source, .. }
+            | StoreError::BadAnswer { source, .. }
+            | StoreError::Access { source, .. } => source.as_deref().map(|e| e as _),
             StoreError::Unavailable { source, .. } | StoreError::Encode { source, .. } => {
                 Some(&**source)
             }

@@ -428,6 +428,7 @@ impl Apache {
         format!("apache2 -f {}/httpd.conf -k graceful", root.display())
     }
 }
+pub mod etcd_cluster;
 pub mod fleet;
 pub mod redis_tls;
 pub mod servers;
