@@ -176,8 +176,13 @@ fn poller_follows_rotations_and_drops_an_out_of_date_ring() {
 
     // The agent stops rotating: past the boundary plus the grace, the keys go.
     let last_start = (NOW + 2 * P) / P * P;
+    // Within the grace the keys stay: checked after the poller has polled twice at that time
+    // (so it has seen it), not after a fixed sleep.
+    let polls = poller.status().polls;
     clock.store(last_start + P + 4, Ordering::SeqCst);
-    std::thread::sleep(Duration::from_millis(100));
+    wait_until("two polls at the new time", || {
+        poller.status().polls >= polls + 2
+    });
     assert!(ticketer.enabled(), "within the grace period the keys stay");
     clock.store(last_start + P + 6, Ordering::SeqCst);
     wait_until("the out-of-date keys are removed", || !ticketer.enabled());

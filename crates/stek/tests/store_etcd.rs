@@ -550,6 +550,7 @@ async fn changes_tick_on_create_and_resume_after_an_etcd_restart() {
         Ok(Created::Won)
     ));
     tick(&mut rx, Duration::from_secs(5), "after a create").await;
+    let before = *rx.borrow_and_update();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     while !generator
         .read_window("g", Slot(9), Slot(9))
@@ -563,8 +564,19 @@ async fn changes_tick_on_create_and_resume_after_an_etcd_restart() {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    assert!(!rx.has_changed().unwrap(), "only creates in the group tick");
+    // Then a marker create and exactly one tick since before the expiry: had the expiry ticked,
+    // the count would be higher (events arrive in order, so the marker's tick comes after any
+    // the expiry caused). No fixed sleep decides it.
+    assert!(matches!(
+        generator.create("g", Slot(20), b"marker", expires).await,
+        Ok(Created::Won)
+    ));
+    tick(&mut rx, Duration::from_secs(5), "after the marker create").await;
+    assert_eq!(
+        *rx.borrow_and_update(),
+        before.wrapping_add(1),
+        "only creates in the group tick"
+    );
 
     // A second receiver of the same group shares the stream.
     let mut rx2 = agent.changes("g").expect("etcd can notify");
