@@ -267,6 +267,43 @@ impl Agent {
     }
 
     /// The 80-byte nginx key files the agent holds now.
+    /// The secret parts of every key the agent wrote, in each format's layout (the name, public,
+    /// left out), labelled: nginx 80 (hmac32, aes32), Apache 48 (hmac16, aes16, when the agent
+    /// writes it), HAProxy 80 (aes32, hmac32, when it writes it). Each format derives its own
+    /// bytes from the slot secret, so each is looked for.
+    pub fn secret_parts(&self) -> Vec<(String, Vec<u8>)> {
+        let mut out = Vec::new();
+        let mut add = |format: &str, k: &[u8], parts: &[(&str, std::ops::Range<usize>)]| {
+            let name = super::hex(&k[..16]);
+            for (label, r) in parts {
+                out.push((
+                    format!("the {format} {label} key of {name}"),
+                    k[r.clone()].to_vec(),
+                ));
+            }
+        };
+        for k in self.key_files() {
+            add("nginx", &k, &[("hmac", 16..48), ("aes", 48..80)]);
+        }
+        if let Ok(k) = fs::read(self.dir.join("apache/ticket.key")) {
+            assert_eq!(k.len(), 48, "Apache's key file");
+            add("Apache", &k, &[("hmac", 16..32), ("aes", 32..48)]);
+        }
+        if let Ok(text) = fs::read_to_string(self.dir.join("haproxy/tickets.keys")) {
+            for line in text
+                .lines()
+                .filter(|l| !l.starts_with('#') && !l.is_empty())
+            {
+                let k = BASE64
+                    .decode(line.trim())
+                    .expect("HAProxy's keys are base64");
+                assert_eq!(k.len(), 80, "a HAProxy key");
+                add("HAProxy", &k, &[("aes", 16..48), ("hmac", 48..80)]);
+            }
+        }
+        out
+    }
+
     pub fn key_files(&self) -> Vec<Vec<u8>> {
         let mut out = Vec::new();
         let Ok(rd) = fs::read_dir(self.dir.join("nginx/keys")) else {
@@ -1197,7 +1234,9 @@ pub fn no_key_material_and_every_record_expires(b: &mut dyn Backend, root: &Path
         generator(root, "gen1", &b.generator_url(), &idpub, &gk, &[]),
         generator(root, "gen2", &b.generator_url(), &idpub, &gk, &[]),
     ];
-    let agents = Agent::start_many(3, root, &b.agent_url(), GROUP, &id, &gpub, &[]);
+    // Apache's and HAProxy's files too: each format derives its own bytes from the secret.
+    let sinks = ["--sinks", "apache,haproxy"];
+    let agents = Agent::start_many(3, root, &b.agent_url(), GROUP, &id, &gpub, &sinks);
     let refs: Vec<&Agent> = agents.iter().collect();
     let mut names = Names::default();
     let mut checked_keys = BTreeSet::new();
@@ -1229,29 +1268,26 @@ pub fn no_key_material_and_every_record_expires(b: &mut dyn Backend, root: &Path
             );
             checked_records += 1;
         }
-        // The hmac and aes halves of every key file (both derived from the secret; the name is
-        // public): any 16 bytes of them, or the whole half in hex or base64.
+        // The secret parts of every key in every format the agents write (the name is public):
+        // any 16 bytes of them, or the whole part in hex, HEX or base64.
         let mut secret = Needles::new();
-        for k in &keys {
-            let name = super::hex(&k[..16]);
-            for (part, label) in [(&k[16..48], "hmac"), (&k[48..80], "aes")] {
-                for (i, w) in part.windows(16).enumerate() {
-                    secret.add(
-                        w,
-                        format!("bytes {i}..{} of the {label} key of {name}", i + 16),
-                    );
-                }
-                let hex = super::hex(part);
-                secret.add(hex.as_bytes(), format!("the {label} key of {name} in hex"));
-                secret.add(
-                    hex.to_uppercase().as_bytes(),
-                    format!("the {label} key of {name} in HEX"),
-                );
-                secret.add(
-                    BASE64.encode(part).as_bytes(),
-                    format!("the {label} key of {name} in base64"),
-                );
+        let parts: BTreeMap<String, Vec<u8>> =
+            agents.iter().flat_map(Agent::secret_parts).collect();
+        assert!(
+            ["nginx", "Apache", "HAProxy"]
+                .iter()
+                .all(|f| parts.keys().any(|l| l.starts_with(&format!("the {f} ")))),
+            "every format's keys are searched for: {:?}",
+            parts.keys().collect::<Vec<_>>()
+        );
+        for (label, part) in &parts {
+            for (i, w) in part.windows(16).enumerate() {
+                secret.add(w, format!("bytes {i}..{} of {label}", i + 16));
             }
+            let hex = super::hex(part);
+            secret.add(hex.as_bytes(), format!("{label} in hex"));
+            secret.add(hex.to_uppercase().as_bytes(), format!("{label} in HEX"));
+            secret.add(BASE64.encode(part).as_bytes(), format!("{label} in base64"));
         }
         // Not vacuous: whole-store dumps do hold the records, whose headers carry the key names.
         let mut public = Needles::new();
