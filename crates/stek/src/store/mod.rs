@@ -50,6 +50,7 @@ pub mod any;
 pub mod etcd;
 pub mod memory;
 pub mod redis;
+pub mod sentinel;
 
 use std::collections::BTreeMap;
 use std::fmt;
