@@ -430,6 +430,7 @@ impl Apache {
 }
 pub mod fleet;
 pub mod redis_tls;
+pub mod sentinel;
 pub mod servers;
 
 /// A real HAProxy on a loopback port in the foreground (`-db`), with an admin socket and one
