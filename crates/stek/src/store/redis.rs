@@ -26,6 +26,16 @@
 //!
 //! Requires Redis 7.0 or newer (`EVAL_RO`, script flags, `redis.acl_check_cmd`).
 //!
+//! # Redis Sentinel
+//!
+//! Given `redis+sentinel://S1,S2,.../MASTER`, the store talks to the primary the sentinels name
+//! ([`super::sentinel`]) and moves to a new one when they name it: it asks them at start, before
+//! every write, after an outage or a `READONLY` refusal, and every
+//! [`FOLLOW_EVERY`](super::sentinel::FOLLOW_EVERY). Its connection and its subscriptions follow
+//! one watched target. A won create or replace then waits for one replica (`WAIT 1`) before it
+//! is announced, so that a failover after the primary dies does not lose a record the generator
+//! counts as published.
+//!
 //! # TLS, credentials and rights
 //!
 //! `rediss://` speaks TLS through rustls with stek's crypto provider (ring): the server is
@@ -165,8 +175,10 @@ return {may('set', KEYS[1], 'x'), may('del', KEYS[1]), may('publish', ARGV[1], '
 /// The rights of a generator's Redis user, as an ACL rule list (after `user NAME on >PASSWORD`):
 /// the scripts it sends (`EVAL` to create and replace, `EVAL_RO` to read), the commands those
 /// scripts call, `PUBLISH` of new slots, `TIME` and `PING`, on keys and channels under `stek:`
-/// only. No `DEL`, `KEYS` or `SCAN`: Redis expires every record by itself (`PXAT`).
-pub const GENERATOR_ACL: &str = "resetkeys ~stek:* resetchannels &stek:* -@all +eval +eval_ro +type +strlen +get +set +publish +time +ping";
+/// only, and `WAIT` (sent only through Redis Sentinel: a created record reaches a replica
+/// before it is announced). No `DEL`, `KEYS` or `SCAN`: Redis expires every record by itself
+/// (`PXAT`).
+pub const GENERATOR_ACL: &str = "resetkeys ~stek:* resetchannels &stek:* -@all +eval +eval_ro +type +strlen +get +set +publish +time +ping +wait";
 
 /// The rights of an agent's Redis user: read-only on keys under `stek:` (`%R~`), the read script
 /// (`EVAL_RO`) and what it calls, `SUBSCRIBE` to `stek:*` channels, `TIME` (the clock check),
