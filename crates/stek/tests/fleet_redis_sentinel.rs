@@ -9,12 +9,13 @@ mod util;
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use stek::store::{conformance, Created, RedisStore, Store, StoreError};
+use stek::store::{conformance, Created, RedisStore, Store, StoreAccess, StoreError};
 use stek_core::Slot;
 use tokio::task::block_in_place;
 
 use util::fleet::{self, generated, keygen, shared, statuses_at, Agent, Names, GROUP, MID, P, R};
-use util::sentinel::{SentinelFleet, MASTER};
+use util::redis_tls::{TlsFiles, TlsNode, GENERATOR_USER};
+use util::sentinel::{SentinelFleet, TlsSentinel, MASTER};
 use util::{shm_dir, sleep_into_next_slot, wait_for};
 
 #[test]
@@ -242,4 +243,62 @@ async fn sentinels_that_name_no_primary_fail_in_one_line() {
             .starts_with("Redis primary of nope is unavailable: no sentinel named it"),
         "{e}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn over_tls_a_sentinel_that_wants_auth_gets_the_store_credentials() {
+    let dir = shm_dir();
+    let root = dir.path();
+    let (tls, primary, replica, sentinel) = block_in_place(|| {
+        let tls = TlsFiles::make(root);
+        let primary = TlsNode::start(root, &tls, "redis-primary", None);
+        let replica = TlsNode::start(root, &tls, "redis-replica", Some(primary.port));
+        let sentinel = TlsSentinel::start(root, &tls, primary.port, &[GENERATOR_USER]);
+        (tls, primary, replica, sentinel)
+    });
+    let url = format!("rediss+sentinel://127.0.0.1:{}/{MASTER}", sentinel.port);
+    let generator = StoreAccess {
+        ca: Some(tls.ca.clone()),
+        user: Some(GENERATOR_USER.into()),
+        password_file: Some(tls.password_file(GENERATOR_USER)),
+        ..Default::default()
+    };
+    let store = RedisStore::connect_with(&url, &generator.load().unwrap())
+        .await
+        .expect("connect through the TLS sentinel");
+    assert_eq!(
+        store.name(),
+        format!("Redis at 127.0.0.1:{} (primary of {MASTER})", primary.port)
+    );
+    // The README's generator ACL (with +wait) is enough: a create waits for the replica.
+    assert_eq!(
+        store.missing_generator_rights(GROUP).await.unwrap(),
+        Vec::<&str>::new()
+    );
+    let expires = store.server_time().await.unwrap() + Duration::from_secs(60);
+    assert!(matches!(
+        store.create(GROUP, Slot(7), b"seven", expires).await,
+        Ok(Created::Won)
+    ));
+    assert_eq!(
+        replica.cli(&["GET", &format!("stek:{GROUP}:7")]),
+        b"seven\n"
+    );
+    // Without credentials the sentinel refuses, in one line naming it.
+    let anonymous = StoreAccess {
+        ca: Some(tls.ca.clone()),
+        ..Default::default()
+    };
+    let e = RedisStore::connect_with(&url, &anonymous.load().unwrap())
+        .await
+        .unwrap_err();
+    let line = stek::error::Chain(&e).to_string();
+    assert!(
+        line.starts_with(&format!(
+            "Redis primary of {MASTER} is unavailable: no sentinel named it: 127.0.0.1:{}: the server requires a password (NOAUTH)",
+            sentinel.port
+        )),
+        "{line}"
+    );
+    assert!(!line.contains('\n'), "{line}");
 }

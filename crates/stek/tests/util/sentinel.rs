@@ -1,6 +1,6 @@
 //! Redis Sentinel on loopback (issue 14): a primary, two replicas and three sentinels
 //! (`redis-server --sentinel`, no separate package) that monitor it with quorum 2 and fail over
-//! one second after the primary stops answering.
+//! one second after the primary stops answering; and one TLS-only sentinel with ACL users.
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -8,6 +8,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use super::fleet::RedisNode;
+use super::redis_tls::{cli_as, password, TlsFiles, ADMIN_USER};
 use super::{free_port, require, unix_now, wait_for, Proc};
 
 /// The master name the sentinels monitor.
@@ -148,4 +149,68 @@ pub fn field<'a>(raw: &'a str, key: &str) -> Option<&'a str> {
         }
     }
     None
+}
+
+/// One TLS-only sentinel (`port 0`, `tls-port`) that monitors a TLS-only primary of
+/// `redis_tls.rs` with quorum 1, logs in there as the administrator, and itself refuses clients
+/// without `AUTH`: only the users of `users` (ACL lines) may ask it anything.
+pub struct TlsSentinel {
+    pub port: u16,
+    pub proc: Proc,
+    ca: PathBuf,
+}
+
+impl TlsSentinel {
+    pub fn start(root: &Path, tls: &TlsFiles, primary: u16, users: &[&str]) -> TlsSentinel {
+        let dir = root.join("tls-sentinel");
+        fs::create_dir_all(&dir).expect("sentinel dir");
+        let port = free_port();
+        let mut conf = format!(
+            "port 0\ntls-port {port}\nbind 127.0.0.1\ndaemonize no\ndir {dir}\n\
+             tls-cert-file {cert}\ntls-key-file {key}\ntls-ca-cert-file {ca}\n\
+             tls-auth-clients optional\ntls-replication yes\n\
+             user default off\n",
+            dir = dir.display(),
+            cert = tls.server_cert.display(),
+            key = tls.server_key.display(),
+            ca = tls.ca.display(),
+        );
+        for user in users.iter().chain([&ADMIN_USER]) {
+            conf.push_str(&format!("user {user} on >{} +@all\n", password(user)));
+        }
+        conf.push_str(&format!(
+            "sentinel monitor {MASTER} 127.0.0.1 {primary} 1\n\
+             sentinel auth-user {MASTER} {ADMIN_USER}\n\
+             sentinel auth-pass {MASTER} {}\n\
+             sentinel down-after-milliseconds {MASTER} {DOWN_AFTER_MS}\n",
+            password(ADMIN_USER)
+        ));
+        let file = dir.join("sentinel.conf");
+        fs::write(&file, conf).expect("write sentinel.conf");
+        let mut cmd = Command::new("redis-server");
+        cmd.arg(&file).arg("--sentinel");
+        let proc = Proc::spawn("tls-sentinel", &mut cmd, dir.join("tls-sentinel.log"));
+        let s = TlsSentinel {
+            port,
+            proc,
+            ca: tls.ca.clone(),
+        };
+        wait_for(
+            "the TLS sentinel to see its primary",
+            Duration::from_secs(10),
+            || {
+                let master = s.cli(&["SENTINEL", "MASTER", MASTER]);
+                (field(&master, "flags") == Some("master")
+                    && field(&master, "num-slaves").is_some_and(|n| n != "0"))
+                .then_some(())
+            },
+        );
+        s
+    }
+
+    /// `redis-cli --tls ... --raw ARGS` as the administrator, trimmed.
+    pub fn cli(&self, args: &[&str]) -> String {
+        let o = cli_as(self.port, &self.ca, ADMIN_USER, args, None);
+        String::from_utf8_lossy(&o.stdout).trim().to_owned()
+    }
 }
