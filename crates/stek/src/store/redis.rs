@@ -91,6 +91,8 @@ const RECONNECT_RETRIES: usize = 2;
 /// How long a generator given a sentinel URL waits after a create for a replica to acknowledge
 /// it (`WAIT 1`), so that a failover does not lose a record the generator counts as published.
 const REPLICA_WAIT: Duration = Duration::from_millis(1000);
+/// How long a write through Redis Sentinel waits for the sentinels to confirm the primary.
+const CONFIRM_TIMEOUT: Duration = Duration::from_millis(1000);
 
 /// How often a subscription that heard nothing checks its connection with `PING`, so that a
 /// half-open connection (a replica that vanished without closing it) is noticed and replaced.
@@ -693,13 +695,18 @@ impl RedisStore {
     /// question, a few milliseconds; generators write a few records per period): in a
     /// switchover they name the new primary at once, while the old one keeps accepting writes,
     /// which it then discards, until the sentinels reconfigure it seconds later. If no sentinel
-    /// answers, the write goes to the primary named last.
+    /// answers within [`CONFIRM_TIMEOUT`] (sentinels behind a partition must not stall every
+    /// write for their connect timeouts), the write goes to the primary named last.
     async fn writable_target(&self) -> Result<Arc<Target>, StoreError> {
         if let Some(f) = &self.follow {
-            match f.sentinels.primary().await {
-                Ok(addr) => adopt(&f.sentinels, &self.target, addr),
-                Err(why) => debug!(
+            match tokio::time::timeout(CONFIRM_TIMEOUT, f.sentinels.primary()).await {
+                Ok(Ok(addr)) => adopt(&f.sentinels, &self.target, addr),
+                Ok(Err(why)) => debug!(
                     "Redis primary of {}: no sentinel confirmed it before a write: {why}",
+                    f.master
+                ),
+                Err(_) => debug!(
+                    "Redis primary of {}: no sentinel confirmed it within {CONFIRM_TIMEOUT:?} before a write",
                     f.master
                 ),
             }
@@ -1453,6 +1460,7 @@ async fn notify(
                     tick();
                 }
                 let (mut sink, mut messages) = pubsub.split();
+                let mut moved_on = false;
                 let why = loop {
                     tokio::select! {
                         () = tx.closed() => return,
@@ -1461,7 +1469,10 @@ async fn notify(
                             None => break "the connection closed".to_owned(),
                         },
                         moved = target.changed() => match moved {
-                            Ok(()) => break "the sentinels named a new primary".to_owned(),
+                            Ok(()) => {
+                                moved_on = true;
+                                break "the sentinels named a new primary".to_owned();
+                            }
                             // The store is gone.
                             Err(_) => return,
                         },
@@ -1474,7 +1485,13 @@ async fn notify(
                         }
                     }
                 };
-                warn!("group {group}: lost the subscription to {channel}: {why}; resubscribing");
+                if moved_on {
+                    info!("group {group}: {why}: subscribing to {channel} there");
+                } else {
+                    warn!(
+                        "group {group}: lost the subscription to {channel}: {why}; resubscribing"
+                    );
+                }
             }
             Err(why) => debug!("group {group}: cannot subscribe to {channel}: {why}"),
         }

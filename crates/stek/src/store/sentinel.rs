@@ -13,7 +13,11 @@
 //! asked again with the same `--store-user`/`--store-password-file` as the data nodes.
 //!
 //! This module holds the URL parser and the ask-each-in-turn logic, both without I/O; the
-//! connections live in `redis.rs`.
+//! connections live in `redis.rs`. The `redis` crate's own `sentinel` feature is not used: its
+//! `SentinelClient` hands out connections to the primary of the moment, while the store keeps
+//! one `ConnectionManager` per server and its subscriptions, which must all move together, ask
+//! again before writes and on `READONLY`, retry a sentinel with credentials after `NOAUTH`, and
+//! explain TLS failures like every other Redis connection.
 
 use std::fmt;
 use std::future::Future;
