@@ -179,8 +179,9 @@ impl StoreAccess {
 }
 
 /// The contents of a [`StoreAccess`]'s files. The password and the client key are zeroized when
-/// dropped; `Debug` shows neither. The default is plain access: no TLS, no credentials.
-#[derive(Default)]
+/// dropped (copies too); `Debug` shows neither. The default is plain access: no TLS, no
+/// credentials.
+#[derive(Default, Clone)]
 pub struct LoadedAccess {
     /// The CA bundle (PEM), if given.
     pub ca_pem: Option<Vec<u8>>,

@@ -1,5 +1,6 @@
-//! A store chosen by URL at run time: `redis://HOST:PORT` (`rediss://` with TLS) or
-//! `etcd://HOST:PORT[,HOST:PORT...]` (`etcds://` with TLS).
+//! A store chosen by URL at run time: `redis://HOST:PORT` (`rediss://` with TLS),
+//! `redis+sentinel://HOST:PORT[,HOST:PORT...]/MASTER` (`rediss+sentinel://`: the primary that
+//! Redis Sentinel names) or `etcd://HOST:PORT[,HOST:PORT...]` (`etcds://` with TLS).
 
 use std::time::Duration;
 
@@ -31,7 +32,7 @@ impl AnyStore {
         url: &str,
         access: &LoadedAccess,
     ) -> Result<AnyStore, StoreError> {
-        if url.starts_with("redis://") || url.starts_with("rediss://") {
+        if is_redis(url) {
             Ok(AnyStore::Redis(RedisStore::connect_lazy_with(url, access)?))
         } else {
             Self::connect_with(url, access).await
@@ -46,7 +47,7 @@ impl AnyStore {
 
     /// [`AnyStore::connect`] with TLS and credentials.
     pub async fn connect_with(url: &str, access: &LoadedAccess) -> Result<AnyStore, StoreError> {
-        if url.starts_with("redis://") || url.starts_with("rediss://") {
+        if is_redis(url) {
             Ok(AnyStore::Redis(
                 RedisStore::connect_with(url, access).await?,
             ))
@@ -55,9 +56,10 @@ impl AnyStore {
         } else {
             // The URL is left out: it may carry a password.
             Err(StoreError::BadUrl {
-                reason:
-                    "unknown scheme: use redis://HOST:PORT or etcd[s]://HOST:PORT[,HOST:PORT...]"
-                        .to_owned(),
+                reason: "unknown scheme: use redis[s]://HOST:PORT, \
+                         redis[s]+sentinel://HOST:PORT[,HOST:PORT...]/MASTER or \
+                         etcd[s]://HOST:PORT[,HOST:PORT...]"
+                    .to_owned(),
                 source: None,
             })
         }
@@ -74,6 +76,18 @@ impl AnyStore {
             _ => Ok(None),
         }
     }
+}
+
+/// Whether `url` names a Redis (a server, or the primary that sentinels name).
+fn is_redis(url: &str) -> bool {
+    [
+        "redis://",
+        "rediss://",
+        "redis+sentinel://",
+        "rediss+sentinel://",
+    ]
+    .iter()
+    .any(|s| url.starts_with(s))
 }
 
 impl Store for AnyStore {

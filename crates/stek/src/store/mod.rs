@@ -51,6 +51,7 @@ mod client_tls;
 pub mod etcd;
 pub mod memory;
 pub mod redis;
+pub mod sentinel;
 
 use std::collections::BTreeMap;
 use std::fmt;

@@ -26,6 +26,16 @@
 //!
 //! Requires Redis 7.0 or newer (`EVAL_RO`, script flags, `redis.acl_check_cmd`).
 //!
+//! # Redis Sentinel
+//!
+//! Given `redis+sentinel://S1,S2,.../MASTER`, the store talks to the primary the sentinels name
+//! ([`super::sentinel`]) and moves to a new one when they name it: it asks them at start, before
+//! every write, after an outage or a `READONLY` refusal, and every
+//! [`FOLLOW_EVERY`](super::sentinel::FOLLOW_EVERY). Its connection and its subscriptions follow
+//! one watched target. A won create or replace then waits for one replica (`WAIT 1`) before it
+//! is announced, so that a failover after the primary dies does not lose a record the generator
+//! counts as published.
+//!
 //! # TLS, credentials and rights
 //!
 //! `rediss://` speaks TLS through rustls with stek's crypto provider (ring): the server is
@@ -54,11 +64,14 @@ use redis::{
 use stek_core::record::MAX_RECORD_LEN;
 use stek_core::{jitter, Backoff, Slot};
 use tokio::runtime::Handle;
-use tokio::sync::watch;
+use tokio::sync::{watch, Notify};
 use tokio::task::AbortHandle;
 use tracing::{debug, info, warn};
 use zeroize::Zeroizing;
 
+use super::sentinel::{
+    first_answer, is_sentinel_url, master_addr, Addr, SentinelUrl, ASK_GAP, FOLLOW_EVERY,
+};
 use super::{Created, Found, LoadedAccess, Replaced, Seen, Store, StoreError};
 use crate::clock::{Clock, SystemClock};
 
@@ -75,6 +88,11 @@ const RESPONSE_TIMEOUT: Duration = Duration::from_secs(3);
 /// retries on its own schedule (and the next command starts a new round), so a command never
 /// blocks the agent's loop for long while the store is down.
 const RECONNECT_RETRIES: usize = 2;
+/// How long a generator given a sentinel URL waits after a create for a replica to acknowledge
+/// it (`WAIT 1`), so that a failover does not lose a record the generator counts as published.
+const REPLICA_WAIT: Duration = Duration::from_millis(1000);
+/// How long a write through Redis Sentinel waits for the sentinels to confirm the primary.
+const CONFIRM_TIMEOUT: Duration = Duration::from_millis(1000);
 
 /// How often a subscription that heard nothing checks its connection with `PING`, so that a
 /// half-open connection (a replica that vanished without closing it) is noticed and replaced.
@@ -159,8 +177,10 @@ return {may('set', KEYS[1], 'x'), may('del', KEYS[1]), may('publish', ARGV[1], '
 /// The rights of a generator's Redis user, as an ACL rule list (after `user NAME on >PASSWORD`):
 /// the scripts it sends (`EVAL` to create and replace, `EVAL_RO` to read), the commands those
 /// scripts call, `PUBLISH` of new slots, `TIME` and `PING`, on keys and channels under `stek:`
-/// only. No `DEL`, `KEYS` or `SCAN`: Redis expires every record by itself (`PXAT`).
-pub const GENERATOR_ACL: &str = "resetkeys ~stek:* resetchannels &stek:* -@all +eval +eval_ro +type +strlen +get +set +publish +time +ping";
+/// only, and `WAIT` (sent only through Redis Sentinel: a created record reaches a replica
+/// before it is announced). No `DEL`, `KEYS` or `SCAN`: Redis expires every record by itself
+/// (`PXAT`).
+pub const GENERATOR_ACL: &str = "resetkeys ~stek:* resetchannels &stek:* -@all +eval +eval_ro +type +strlen +get +set +publish +time +ping +wait";
 
 /// The rights of an agent's Redis user: read-only on keys under `stek:` (`%R~`), the read script
 /// (`EVAL_RO`) and what it calls, `SUBSCRIBE` to `stek:*` channels, `TIME` (the clock check),
@@ -325,7 +345,7 @@ fn install_crypto_provider() {
 
 /// The Redis a store talks to, for its error messages: `Redis at HOST:PORT`, and how a failed
 /// TLS handshake or a connection closed at once is explained.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 struct Endpoint {
     name: String,
     tls: bool,
@@ -494,16 +514,40 @@ fn channel(group: &str) -> String {
 /// Records it returns are untrusted (anyone who can write to Redis can put anything there);
 /// values larger than [`MAX_RECORD_LEN`] are skipped before anyone parses them.
 pub struct RedisStore {
-    /// Shared with the notification tasks (and boxed: with TLS settings it is large).
-    client: Arc<Client>,
-    conn: ConnectionManager,
-    /// Names the server in errors and explains TLS failures.
-    endpoint: Arc<Endpoint>,
+    /// The server commands go to now: for `redis://` always the same; for a sentinel URL the
+    /// primary the sentinels named last, `None` until one did. The notification tasks watch it
+    /// to follow a new primary.
+    target: Arc<watch::Sender<Option<Arc<Target>>>>,
+    /// For a sentinel URL: the task that follows the primary.
+    follow: Option<Follow>,
     /// The runtime that runs the notification tasks (`changes` is not async, so it cannot find
     /// one by itself when called from outside the runtime's threads).
     runtime: Handle,
     /// One subscription task per group, shared by every receiver of that group.
     notifiers: Mutex<HashMap<String, Notifier>>,
+}
+
+/// One Redis server and a connection to it.
+struct Target {
+    /// Shared with the notification tasks (and boxed: with TLS settings it is large).
+    client: Arc<Client>,
+    /// Commands from every task are multiplexed over it; it reconnects by itself.
+    conn: ConnectionManager,
+    /// Names the server in errors and explains TLS failures.
+    endpoint: Arc<Endpoint>,
+    /// The address a sentinel named (compared with the next answer), if one did.
+    named: Option<Addr>,
+}
+
+/// What a store given a sentinel URL keeps to follow the primary.
+struct Follow {
+    master: String,
+    sentinels: Arc<Sentinels>,
+    /// Asks the follower to ask the sentinels now (after a failed command).
+    kick: Arc<Notify>,
+    task: AbortHandle,
+    /// Why no sentinel named a primary, the last time none did.
+    last_error: Arc<Mutex<Option<String>>>,
 }
 
 struct Notifier {
@@ -514,20 +558,26 @@ struct Notifier {
 impl fmt::Debug for RedisStore {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         // The address and user only: never the password.
-        let info = self.client.get_connection_info();
-        f.debug_struct("RedisStore")
-            .field("addr", &info.addr().to_string())
-            .field("tls", &self.endpoint.tls)
-            .field("user", &info.redis_settings().username())
-            .field("db", &info.redis_settings().db())
-            .finish_non_exhaustive()
+        let mut d = f.debug_struct("RedisStore");
+        if let Some(master) = self.follow.as_ref().map(|f| &f.master) {
+            d.field("sentinel_master", master);
+        }
+        if let Some(t) = self.target.borrow().as_ref() {
+            let info = t.client.get_connection_info();
+            d.field("addr", &info.addr().to_string())
+                .field("tls", &t.endpoint.tls)
+                .field("user", &info.redis_settings().username())
+                .field("db", &info.redis_settings().db());
+        }
+        d.finish_non_exhaustive()
     }
 }
 
 impl RedisStore {
     /// Connects to the Redis at `url` (`redis://HOST:PORT`, `rediss://HOST:PORT` for TLS with
-    /// the system's roots, optionally `/DB`, or any other URL the `redis` crate accepts, such as
-    /// `redis+unix:///PATH`).
+    /// the system's roots, optionally `/DB`, `redis+sentinel://H1:P1,H2:P2/MASTER` for the
+    /// primary that Redis Sentinel names (see [`super::sentinel`]), or any other URL the `redis`
+    /// crate accepts, such as `redis+unix:///PATH`).
     ///
     /// Fails if the URL is invalid or the server cannot be reached now; once connected, the
     /// store reconnects by itself after failures. Must be called inside a Tokio runtime, which
@@ -539,18 +589,32 @@ impl RedisStore {
     /// [`RedisStore::connect`] with TLS (`rediss://`: the CA, a client certificate) and
     /// credentials (`AUTH`). The connection is checked with a `PING`, so a refused certificate,
     /// a wrong password or a plain client at a TLS port fails here, in one line naming the
-    /// server.
+    /// server. For a sentinel URL, a sentinel must name the primary now.
     pub async fn connect_with(url: &str, access: &LoadedAccess) -> Result<RedisStore, StoreError> {
-        let (client, endpoint) = client(url, access)?;
-        let conn = ConnectionManager::new_with_config(client.clone(), manager_config())
-            .await
-            .map_err(|e| endpoint.error(e))?;
-        let store = Self::with(client, conn, endpoint);
+        let (target, sentinels) = if is_sentinel_url(url) {
+            let sentinels = Sentinels::new(url, access)?;
+            let primary = sentinels
+                .primary()
+                .await
+                .map_err(|why| sentinels.unnamed(why))?;
+            info!(
+                "Redis primary of {}: the sentinels name {primary}",
+                sentinels.url.master
+            );
+            (sentinels.target(&primary)?, Some(sentinels))
+        } else {
+            let (client, endpoint) = client(url, access)?;
+            let conn = ConnectionManager::new_with_config(client.clone(), manager_config())
+                .await
+                .map_err(|e| endpoint.error(e))?;
+            (Target::new(client, conn, endpoint, None), None)
+        };
+        let t = Arc::new(target);
         redis::cmd("PING")
-            .query_async::<Value>(&mut store.conn.clone())
+            .query_async::<Value>(&mut t.conn.clone())
             .await
-            .map_err(|e| store.endpoint.error(e))?;
-        Ok(store)
+            .map_err(|e| t.endpoint.error(e))?;
+        Ok(Self::with(Some(t), sentinels))
     }
 
     /// Like [`RedisStore::connect`], but does not talk to the server until the first command,
@@ -562,21 +626,130 @@ impl RedisStore {
 
     /// [`RedisStore::connect_lazy`] with TLS and credentials. Only settings that cannot work
     /// fail here (an invalid URL, unreadable PEM); TLS and `AUTH` failures come with each
-    /// command, in one line naming the server.
+    /// command, in one line naming the server. For a sentinel URL the sentinels are asked in
+    /// the background; commands fail as unavailable until one named the primary.
     pub fn connect_lazy_with(url: &str, access: &LoadedAccess) -> Result<RedisStore, StoreError> {
+        if is_sentinel_url(url) {
+            return Ok(Self::with(None, Some(Sentinels::new(url, access)?)));
+        }
         let (client, endpoint) = client(url, access)?;
         let conn = ConnectionManager::new_lazy_with_config(client.clone(), manager_config())
             .map_err(|e| endpoint.error(e))?;
-        Ok(Self::with(client, conn, endpoint))
+        Ok(Self::with(
+            Some(Arc::new(Target::new(client, conn, endpoint, None))),
+            None,
+        ))
     }
 
-    fn with(client: Client, conn: ConnectionManager, endpoint: Arc<Endpoint>) -> RedisStore {
+    fn with(target: Option<Arc<Target>>, sentinels: Option<Sentinels>) -> RedisStore {
+        let target = Arc::new(watch::Sender::new(target));
+        let follow = sentinels.map(|sentinels| {
+            let kick = Arc::new(Notify::new());
+            let last_error = Arc::new(Mutex::new(None));
+            let master = sentinels.url.master.clone();
+            let sentinels = Arc::new(sentinels);
+            let task = tokio::spawn(follow_primary(
+                sentinels.clone(),
+                target.clone(),
+                kick.clone(),
+                last_error.clone(),
+            ))
+            .abort_handle();
+            Follow {
+                master,
+                sentinels,
+                kick,
+                task,
+                last_error,
+            }
+        });
         RedisStore {
-            client: Arc::new(client),
-            conn,
-            endpoint,
+            target,
+            follow,
             runtime: Handle::current(),
             notifiers: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The server to send a command to; for a sentinel URL before any sentinel named the
+    /// primary, an outage that says why.
+    fn target(&self) -> Result<Arc<Target>, StoreError> {
+        if let Some(t) = self.target.borrow().as_ref() {
+            return Ok(t.clone());
+        }
+        let Some(f) = &self.follow else {
+            // Only a sentinel store starts without a target, and a target is never taken away.
+            return Err(bad_answer("no Redis server to talk to".into()));
+        };
+        f.kick.notify_one();
+        let why = lock(&f.last_error)
+            .clone()
+            .unwrap_or_else(|| "the sentinels have not answered yet".into());
+        Err(StoreError::Unavailable {
+            store: format!("{REDIS} primary of {}", f.master),
+            source: Arc::new(Explained(format!("no sentinel named it: {why}"))),
+        })
+    }
+
+    /// The server to send a write to. For a sentinel URL the sentinels are asked first (one
+    /// question, a few milliseconds; generators write a few records per period): in a
+    /// switchover they name the new primary at once, while the old one keeps accepting writes,
+    /// which it then discards, until the sentinels reconfigure it seconds later. If no sentinel
+    /// answers within [`CONFIRM_TIMEOUT`] (sentinels behind a partition must not stall every
+    /// write for their connect timeouts), the write goes to the primary named last.
+    async fn writable_target(&self) -> Result<Arc<Target>, StoreError> {
+        if let Some(f) = &self.follow {
+            match tokio::time::timeout(CONFIRM_TIMEOUT, f.sentinels.primary()).await {
+                Ok(Ok(addr)) => adopt(&f.sentinels, &self.target, addr),
+                Ok(Err(why)) => debug!(
+                    "Redis primary of {}: no sentinel confirmed it before a write: {why}",
+                    f.master
+                ),
+                Err(_) => debug!(
+                    "Redis primary of {}: no sentinel confirmed it within {CONFIRM_TIMEOUT:?} before a write",
+                    f.master
+                ),
+            }
+        }
+        self.target()
+    }
+
+    /// A failed command on `t` as a [`StoreError`]. For a sentinel URL, an outage or a
+    /// `READONLY` refusal (the primary was demoted) also asks the sentinels again at once.
+    fn failed(&self, t: &Target, e: RedisError) -> StoreError {
+        let err = t.endpoint.error(e);
+        if let Some(f) = &self.follow {
+            let demoted = matches!(&err, StoreError::Refused { message, .. }
+                if message.starts_with("READONLY"));
+            if demoted || matches!(err, StoreError::Unavailable { .. }) {
+                f.kick.notify_one();
+            }
+        }
+        err
+    }
+
+    /// For a sentinel URL, after a won create or replace: `WAIT 1` so that the record is on a
+    /// replica before the generator counts it as published and announces it (a record only on
+    /// the primary is lost if the primary dies and a replica is promoted). Never an error: the
+    /// record is stored; without an acknowledgement this says so.
+    async fn wait_for_replica(&self, conn: &mut ConnectionManager, group: &str, slot: Slot) {
+        if self.follow.is_none() {
+            return;
+        }
+        let ms = REPLICA_WAIT.as_millis() as u64;
+        match redis::cmd("WAIT")
+            .arg(1)
+            .arg(ms)
+            .query_async::<i64>(conn)
+            .await
+        {
+            Ok(n) if n >= 1 => {}
+            Ok(_) => warn!(
+                "group {group}: stored slot {slot} on the primary, but no replica acknowledged it within {ms} ms (WAIT 1): a failover now would lose it"
+            ),
+            Err(e) => warn!(
+                "group {group}: stored slot {slot} on the primary, but WAIT 1 failed: {e} (give the generator's Redis user +wait)"
+            ),
         }
     }
 
@@ -584,10 +757,11 @@ impl RedisStore {
     /// own clock: the store's clock is the one that expires records, and every host's schedule
     /// must agree with it to within `P/4` (docs/DESIGN.md §5).
     pub async fn server_time(&self) -> Result<Duration, StoreError> {
+        let t = self.target()?;
         let (secs, micros): (u64, u64) = redis::cmd("TIME")
-            .query_async(&mut self.conn.clone())
+            .query_async(&mut t.conn.clone())
             .await
-            .map_err(|e| self.unavailable(e))?;
+            .map_err(|e| self.failed(&t, e))?;
         if micros >= 1_000_000 {
             return Err(bad_answer(format!("TIME answered {micros} microseconds")));
         }
@@ -598,14 +772,15 @@ impl RedisStore {
     /// doing it ([`RIGHTS_SCRIPT`], `EVAL_RO`: nothing is written, a replica answers too). A
     /// user without `EVAL_RO` gets `NOPERM` as [`StoreError::Refused`].
     pub async fn rights(&self, group: &str) -> Result<Rights, StoreError> {
+        let t = self.target()?;
         let answer: Vec<i64> = redis::cmd("EVAL_RO")
             .arg(RIGHTS_SCRIPT)
             .arg(1)
             .arg(record_key(group, Slot(0)))
             .arg(channel(group))
-            .query_async(&mut self.conn.clone())
+            .query_async(&mut t.conn.clone())
             .await
-            .map_err(|e| self.unavailable(e))?;
+            .map_err(|e| self.failed(&t, e))?;
         let [write, delete, publish, subscribe] = answer[..] else {
             return Err(bad_answer(format!(
                 "the rights check answered {} values",
@@ -670,12 +845,14 @@ impl RedisStore {
     }
 
     /// `Redis at HOST:PORT`, as errors name this store.
-    pub fn name(&self) -> &str {
-        &self.endpoint.name
-    }
-
-    fn unavailable(&self, e: RedisError) -> StoreError {
-        self.endpoint.error(e)
+    /// For a sentinel URL: `Redis at HOST:PORT (primary of MASTER)` for the primary named
+    /// last, or `Redis primary of MASTER` before any was.
+    pub fn name(&self) -> String {
+        match (self.target.borrow().as_ref(), &self.follow) {
+            (Some(t), _) => t.endpoint.name.clone(),
+            (None, Some(f)) => format!("{REDIS} primary of {}", f.master),
+            (None, None) => REDIS.to_owned(),
+        }
     }
 
     fn lock_notifiers(&self) -> MutexGuard<'_, HashMap<String, Notifier>> {
@@ -691,6 +868,193 @@ impl Drop for RedisStore {
         for n in self.lock_notifiers().values() {
             n.task.abort();
         }
+        if let Some(f) = &self.follow {
+            f.task.abort();
+        }
+    }
+}
+
+/// Locks a mutex whose critical sections each leave it consistent (a single assignment).
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Target {
+    fn new(
+        client: Client,
+        conn: ConnectionManager,
+        endpoint: Arc<Endpoint>,
+        named: Option<Addr>,
+    ) -> Target {
+        Target {
+            client: Arc::new(client),
+            conn,
+            endpoint,
+            named,
+        }
+    }
+}
+
+/// The sentinels of a sentinel URL, and what it takes to reach them and the data nodes.
+struct Sentinels {
+    url: SentinelUrl,
+    /// TLS material and credentials for the data nodes (the sentinels get them without the
+    /// credentials first: see [`super::sentinel`]).
+    access: LoadedAccess,
+}
+
+impl Sentinels {
+    fn new(url: &str, access: &LoadedAccess) -> Result<Sentinels, StoreError> {
+        let url = SentinelUrl::parse(url).map_err(|reason| StoreError::BadUrl {
+            reason,
+            source: None,
+        })?;
+        let s = Sentinels {
+            url,
+            access: access.clone(),
+        };
+        // TLS settings that cannot work fail now, not at every question.
+        let first = &s.url.sentinels[0];
+        client(&first.url(s.url.tls), &s.access)?;
+        Ok(s)
+    }
+
+    /// The primary's address, from the first sentinel that names it.
+    async fn primary(&self) -> Result<Addr, String> {
+        first_answer(&self.url.sentinels, |s| self.ask(s)).await
+    }
+
+    /// `SENTINEL get-master-addr-by-name MASTER` on one sentinel: without `AUTH`, then with the
+    /// store's credentials if it answers `NOAUTH` and there are any.
+    async fn ask(&self, sentinel: Addr) -> Result<Addr, String> {
+        let anonymous = LoadedAccess {
+            user: None,
+            password: None,
+            ..self.access.clone()
+        };
+        match self.ask_as(&sentinel, &anonymous).await {
+            Err((true, _)) if self.access.password.is_some() => {
+                self.ask_as(&sentinel, &self.access).await.map_err(|e| e.1)
+            }
+            r => r.map_err(|e| e.1),
+        }
+    }
+
+    /// One question; the error says whether the sentinel wants `AUTH`.
+    async fn ask_as(&self, sentinel: &Addr, access: &LoadedAccess) -> Result<Addr, (bool, String)> {
+        let (client, endpoint) =
+            client(&sentinel.url(self.url.tls), access).map_err(|e| (false, e.to_string()))?;
+        let why = |e: RedisError| {
+            let noauth = e.code() == Some("NOAUTH");
+            let why = match endpoint.explain(&e) {
+                Some(why) => why,
+                None => crate::error::Chain(&RedisCause(e)).to_string(),
+            };
+            (noauth, why)
+        };
+        let asked = async {
+            let mut conn = client
+                .get_multiplexed_async_connection()
+                .await
+                .map_err(why)?;
+            redis::cmd("SENTINEL")
+                .arg("get-master-addr-by-name")
+                .arg(&self.url.master)
+                .query_async::<Option<(String, String)>>(&mut conn)
+                .await
+                .map_err(why)
+        };
+        let answer = tokio::time::timeout(CONNECT_TIMEOUT + RESPONSE_TIMEOUT, asked)
+            .await
+            .map_err(|_| (false, "timed out".to_owned()))??;
+        master_addr(answer, &self.url.master).map_err(|e| (false, e))
+    }
+
+    /// A lazy connection to the primary at `addr`, named in errors as the master's primary.
+    fn target(&self, addr: &Addr) -> Result<Target, StoreError> {
+        let (client, endpoint) = client(&addr.url(self.url.tls), &self.access)?;
+        let endpoint = Arc::new(Endpoint {
+            name: format!("{} (primary of {})", endpoint.name, self.url.master),
+            ..Arc::unwrap_or_clone(endpoint)
+        });
+        let conn = ConnectionManager::new_lazy_with_config(client.clone(), manager_config())
+            .map_err(|e| endpoint.error(e))?;
+        Ok(Target::new(client, conn, endpoint, Some(addr.clone())))
+    }
+
+    /// The outage of a store whose sentinels named no primary.
+    fn unnamed(&self, why: String) -> StoreError {
+        StoreError::Unavailable {
+            store: format!("{REDIS} primary of {}", self.url.master),
+            source: Arc::new(Explained(format!("no sentinel named it: {why}"))),
+        }
+    }
+}
+
+/// Asks the sentinels for the primary at once, then every [`FOLLOW_EVERY`] and whenever a
+/// command failed (`kick`), at most once per [`ASK_GAP`], and moves `target` to the primary
+/// they name when it changes.
+async fn follow_primary(
+    sentinels: Arc<Sentinels>,
+    target: Arc<watch::Sender<Option<Arc<Target>>>>,
+    kick: Arc<Notify>,
+    last_error: Arc<Mutex<Option<String>>>,
+) {
+    loop {
+        match sentinels.primary().await {
+            Ok(addr) => {
+                *lock(&last_error) = None;
+                adopt(&sentinels, &target, addr);
+            }
+            Err(why) => {
+                debug!(
+                    "Redis primary of {}: no sentinel named it: {why}",
+                    sentinels.url.master
+                );
+                *lock(&last_error) = Some(why);
+            }
+        }
+        tokio::select! {
+            () = kick.notified() => {}
+            () = tokio::time::sleep(FOLLOW_EVERY) => {}
+        }
+        tokio::time::sleep(ASK_GAP).await;
+    }
+}
+
+/// Moves `target` to the primary at `addr` the sentinels named, unless it is there already.
+fn adopt(sentinels: &Sentinels, target: &watch::Sender<Option<Arc<Target>>>, addr: Addr) {
+    let master = &sentinels.url.master;
+    let was = target.borrow().as_ref().and_then(|t| t.named.clone());
+    if was.as_ref() == Some(&addr) {
+        return;
+    }
+    let t = match sentinels.target(&addr) {
+        Ok(t) => t,
+        Err(e) => {
+            warn!(
+                "Redis primary of {master}: cannot use {addr}: {}",
+                crate::error::Chain(&e)
+            );
+            return;
+        }
+    };
+    // Two callers may learn of the same change at once: only the first moves (and logs).
+    let moved = target.send_if_modified(|now| {
+        if now.as_ref().and_then(|t| t.named.as_ref()) == Some(&addr) {
+            return false;
+        }
+        *now = Some(Arc::new(t));
+        true
+    });
+    if !moved {
+        return;
+    }
+    match was {
+        Some(was) => info!(
+            "Redis primary of {master}: following {addr}, the new primary the sentinels name (was {was})"
+        ),
+        None => info!("Redis primary of {master}: the sentinels name {addr}"),
     }
 }
 
@@ -818,7 +1182,8 @@ impl Store for RedisStore {
             return Err(StoreError::TooLarge(record.len()));
         }
         let key = record_key(group, slot);
-        let mut conn = self.conn.clone();
+        let t = self.writable_target().await?;
+        let mut conn = t.conn.clone();
         let lost = |f: Found| match f {
             Found::Record(r) => Created::Lost(r),
             Found::Oversize { len } => Created::Oversize { len },
@@ -831,7 +1196,7 @@ impl Store for RedisStore {
                 .arg(MAX_RECORD_LEN)
                 .query_async(&mut conn)
                 .await
-                .map_err(|e| self.unavailable(e))?;
+                .map_err(|e| self.failed(&t, e))?;
             let Value::Array(mut values) = reply else {
                 return Err(bad_answer(format!(
                     "the read of {key} answered {}",
@@ -859,10 +1224,11 @@ impl Store for RedisStore {
             .arg(MAX_RECORD_LEN)
             .query_async(&mut conn)
             .await
-            .map_err(|e| self.unavailable(e))?;
+            .map_err(|e| self.failed(&t, e))?;
         if let Some(f) = found(previous, &format!("the create of {key}"))? {
             return Ok(lost(f));
         }
+        self.wait_for_replica(&mut conn, group, slot).await;
         announce(&mut conn, group, slot).await;
         Ok(Created::Won)
     }
@@ -886,7 +1252,8 @@ impl Store for RedisStore {
             return Ok(Replaced::Lost);
         }
         let key = record_key(group, slot);
-        let mut conn = self.conn.clone();
+        let t = self.writable_target().await?;
+        let mut conn = t.conn.clone();
         let mut cmd = redis::cmd("EVAL");
         cmd.arg(REPLACE_SCRIPT)
             .arg(1)
@@ -903,9 +1270,10 @@ impl Store for RedisStore {
         let wrote: Value = cmd
             .query_async(&mut conn)
             .await
-            .map_err(|e| self.unavailable(e))?;
+            .map_err(|e| self.failed(&t, e))?;
         match wrote {
             Value::Int(1) => {
+                self.wait_for_replica(&mut conn, group, slot).await;
                 announce(&mut conn, group, slot).await;
                 Ok(Replaced::Won)
             }
@@ -938,6 +1306,7 @@ impl Store for RedisStore {
             });
         }
         let slots: Vec<Slot> = (first.0..=last.0).map(Slot).collect();
+        let t = self.target()?;
         let mut read = redis::cmd("EVAL_RO");
         read.arg(READ_SCRIPT).arg(slots.len());
         for &slot in &slots {
@@ -945,9 +1314,9 @@ impl Store for RedisStore {
         }
         read.arg(MAX_RECORD_LEN);
         let reply: Value = read
-            .query_async(&mut self.conn.clone())
+            .query_async(&mut t.conn.clone())
             .await
-            .map_err(|e| self.unavailable(e))?;
+            .map_err(|e| self.failed(&t, e))?;
         let Value::Array(values) = reply else {
             return Err(bad_answer(format!(
                 "the window read answered {}",
@@ -991,8 +1360,7 @@ impl Store for RedisStore {
         let task = self
             .runtime
             .spawn(notify(
-                self.client.clone(),
-                self.endpoint.clone(),
+                self.target.subscribe(),
                 group.to_owned(),
                 tx.clone(),
             ))
@@ -1009,6 +1377,7 @@ impl Store for RedisStore {
         let mut survey = super::Survey::default();
         let mut cursor = 0u64;
         let mut listed = 0usize;
+        let t = self.target()?;
         for _ in 0..32 {
             let (next, keys): (u64, Vec<Vec<u8>>) = redis::cmd("SCAN")
                 .arg(cursor)
@@ -1016,9 +1385,9 @@ impl Store for RedisStore {
                 .arg("stek:*")
                 .arg("COUNT")
                 .arg(super::SURVEY_LIMIT)
-                .query_async(&mut self.conn.clone())
+                .query_async(&mut t.conn.clone())
                 .await
-                .map_err(|e| self.unavailable(e))?;
+                .map_err(|e| self.failed(&t, e))?;
             for key in &keys {
                 let Some(key) = std::str::from_utf8(key)
                     .ok()
@@ -1050,21 +1419,26 @@ impl Store for RedisStore {
 }
 
 /// Subscribes to `stek:<group>` and ticks `tx` on every message, until every receiver is gone.
+///
+/// The subscription is on the server of `target` (for a sentinel URL, the primary named last)
+/// and moves when `target` changes. Subscribers on a replica need not move: a `PUBLISH` on the
+/// primary is replicated and delivered to the replica's subscribers too.
 async fn notify(
-    client: Arc<Client>,
-    endpoint: Arc<Endpoint>,
+    mut target: watch::Receiver<Option<Arc<Target>>>,
     group: String,
     tx: watch::Sender<u64>,
 ) {
-    let why = |e: RedisError| crate::error::Chain(&endpoint.error(e)).to_string();
     let channel = channel(&group);
     let tick = || tx.send_modify(|n| *n = n.wrapping_add(1));
     let mut backoff = Backoff::new(RESUBSCRIBE_MIN, RESUBSCRIBE_MAX);
     // Whether messages may have been missed since the receivers were handed out.
     let mut missed = false;
     loop {
+        let now = target.borrow_and_update().clone();
         let subscribed = async {
-            let mut pubsub = tokio::time::timeout(CONNECT_TIMEOUT, client.get_async_pubsub())
+            let t = now.ok_or_else(|| "no sentinel named the primary yet".to_owned())?;
+            let why = |e: RedisError| crate::error::Chain(&t.endpoint.error(e)).to_string();
+            let mut pubsub = tokio::time::timeout(CONNECT_TIMEOUT, t.client.get_async_pubsub())
                 .await
                 .map_err(|_| "timed out connecting".to_owned())?
                 .map_err(why)?;
@@ -1086,12 +1460,21 @@ async fn notify(
                     tick();
                 }
                 let (mut sink, mut messages) = pubsub.split();
+                let mut moved_on = false;
                 let why = loop {
                     tokio::select! {
                         () = tx.closed() => return,
                         m = messages.next() => match m {
                             Some(_) => tick(),
                             None => break "the connection closed".to_owned(),
+                        },
+                        moved = target.changed() => match moved {
+                            Ok(()) => {
+                                moved_on = true;
+                                break "the sentinels named a new primary".to_owned();
+                            }
+                            // The store is gone.
+                            Err(_) => return,
                         },
                         () = tokio::time::sleep(KEEPALIVE) => {
                             match tokio::time::timeout(RESPONSE_TIMEOUT, sink.ping::<Value>()).await {
@@ -1102,7 +1485,13 @@ async fn notify(
                         }
                     }
                 };
-                warn!("group {group}: lost the subscription to {channel}: {why}; resubscribing");
+                if moved_on {
+                    info!("group {group}: {why}: subscribing to {channel} there");
+                } else {
+                    warn!(
+                        "group {group}: lost the subscription to {channel}: {why}; resubscribing"
+                    );
+                }
             }
             Err(why) => debug!("group {group}: cannot subscribe to {channel}: {why}"),
         }
@@ -1110,6 +1499,8 @@ async fn notify(
         tokio::select! {
             () = tx.closed() => return,
             () = tokio::time::sleep(jitter(backoff.next())) => {}
+            // A new primary: subscribe there at once.
+            moved = target.changed() => if moved.is_err() { return },
         }
     }
 }
@@ -1173,6 +1564,49 @@ mod tests {
             "{shown}"
         );
         assert_eq!(store.name(), "Redis at 127.0.0.1:1");
+    }
+
+    #[tokio::test]
+    async fn sentinel_urls_are_checked_and_silent_sentinels_named_in_one_line() {
+        let chain = |e: StoreError| crate::error::Chain(&e).to_string();
+        assert_eq!(
+            chain(RedisStore::connect_lazy("redis+sentinel://127.0.0.1:1").unwrap_err()),
+            "invalid store URL: no master name after the sentinels: use redis+sentinel://HOST:PORT[,HOST:PORT...]/MASTER"
+        );
+        let ca = LoadedAccess {
+            ca_pem: Some(b"x".to_vec()),
+            ..Default::default()
+        };
+        let e = RedisStore::connect_lazy_with("redis+sentinel://127.0.0.1:1/m", &ca).unwrap_err();
+        assert!(chain(e).contains("use rediss://"));
+        // Nothing listens on ports 1 and 2: each sentinel is named with its failure.
+        let e = RedisStore::connect("redis+sentinel://127.0.0.1:1,127.0.0.1:2/m")
+            .await
+            .unwrap_err();
+        assert!(matches!(e, StoreError::Unavailable { .. }), "{e:?}");
+        assert_eq!(
+            chain(e),
+            "Redis primary of m is unavailable: no sentinel named it: \
+             127.0.0.1:1: Connection refused (os error 111); \
+             127.0.0.1:2: Connection refused (os error 111)"
+        );
+        // A lazy store starts, says why per command, and shows no password.
+        let store = RedisStore::connect_lazy_with(
+            "redis+sentinel://127.0.0.1:1/m",
+            &LoadedAccess {
+                password: Some(Zeroizing::new("s3cret".into())),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        assert_eq!(store.name(), "Redis primary of m");
+        let e = store.read_window("g", Slot(0), Slot(1)).await.unwrap_err();
+        assert!(chain(e).starts_with("Redis primary of m is unavailable: no sentinel named it: "),);
+        let shown = format!("{store:?}");
+        assert!(
+            shown.contains("\"m\"") && !shown.contains("s3cret"),
+            "{shown}"
+        );
     }
 
     #[test]

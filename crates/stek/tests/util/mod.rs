@@ -431,6 +431,7 @@ impl Apache {
 pub mod etcd_cluster;
 pub mod fleet;
 pub mod redis_tls;
+pub mod sentinel;
 pub mod servers;
 
 /// A real HAProxy on a loopback port in the foreground (`-db`), with an admin socket and one
