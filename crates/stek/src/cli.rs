@@ -199,7 +199,12 @@ counted in stek_generator_slot_conflicts_total{group,reason}.
 
   stek generator --store redis://10.0.0.1:6379 --signing-key generator.key \\
       --group web=stek-group1:AAAA...,stek-group1:BBBB... --period 1h --lifetime 18h \\
-      --trust stek-generator1:DDDD...   # the fleet's other generator";
+      --trust stek-generator1:DDDD...   # the fleet's other generator
+
+Across sites, with TLS and a least-privilege user (README, \"Authentication and TLS\"):
+  stek generator --store rediss+sentinel://10.0.0.5:26379,10.0.0.6:26379/stekmaster \\
+      --store-ca /etc/stek/redis-ca.pem --store-user stek-generator \\
+      --store-password-file /etc/stek/redis.password ...";
 
 const AGENT_LONG_ABOUT: &str = "\
 Read this host's group records from the local store copy (a Redis read replica, or etcd),
@@ -445,7 +450,10 @@ pub(crate) struct StoreAccessArgs {
 
 #[derive(Args, Debug)]
 pub(crate) struct GeneratorArgs {
-    /// The store: redis://HOST:PORT (the primary) or etcd://HOST:PORT[,HOST:PORT...].
+    /// The store: redis://HOST:PORT (the primary), redis+sentinel://H:P[,H:P...]/MASTER (the
+    /// primary Redis Sentinel names, followed through failovers) or
+    /// etcd://HOST:PORT[,HOST:PORT...]; rediss://, rediss+sentinel:// and etcds:// speak TLS
+    /// (see --store-ca). Credentials never go in the URL: --store-user, --store-password-file.
     #[arg(long, value_name = "URL")]
     pub(crate) store: Option<String>,
 
@@ -489,7 +497,9 @@ pub(crate) struct GeneratorArgs {
 
 #[derive(Args, Debug)]
 pub(crate) struct AgentArgs {
-    /// The store: redis://HOST:PORT (this site's read replica) or etcd://HOST:PORT[,HOST:PORT...].
+    /// The store: redis://HOST:PORT (this site's read replica) or
+    /// etcd://HOST:PORT[,HOST:PORT...]; rediss:// and etcds:// speak TLS (see --store-ca).
+    /// Credentials never go in the URL: --store-user, --store-password-file.
     #[arg(long, value_name = "URL")]
     pub(crate) store: Option<String>,
 
