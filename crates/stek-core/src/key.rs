@@ -231,6 +231,38 @@ mod tests {
         assert_eq!(KeyName::from_hex(&n.to_hex()), Some(n));
         assert_eq!(KeyName::from_hex("zz"), None);
         assert_eq!(KeyName::from_hex(&"g".repeat(32)), None);
+        // Every byte value, in lowercase and in uppercase digits; Display is the lowercase hex.
+        for chunk in (0..=255u8).collect::<Vec<_>>().chunks(16) {
+            let n = KeyName(chunk.try_into().unwrap());
+            let hex = n.to_hex();
+            assert_eq!(format!("{n}"), hex);
+            assert_eq!(KeyName::from_hex(&hex), Some(n), "{hex}");
+            assert_eq!(KeyName::from_hex(&hex.to_uppercase()), Some(n), "{hex}");
+        }
+        assert_eq!(
+            KeyName::from_hex("00112233445566778899aabbccddeeff")
+                .unwrap()
+                .0[15],
+            0xff
+        );
+        assert_eq!(
+            KeyName::from_hex("00112233445566778899AABBCCDDEEFF")
+                .unwrap()
+                .0[10],
+            0xaa
+        );
+    }
+
+    /// The comparison folds every byte difference with OR: two differences that XOR would
+    /// cancel out still make the secrets unequal.
+    #[test]
+    fn secrets_differing_in_two_bytes_alike_are_unequal() {
+        let a = Secret::from_bytes([0; SECRET_LEN]);
+        let mut b = [0; SECRET_LEN];
+        b[3] = 0x41;
+        b[17] = 0x41;
+        assert_ne!(a, Secret::from_bytes(b));
+        assert_eq!(a, Secret::from_bytes([0; SECRET_LEN]));
     }
 
     #[test]

@@ -473,6 +473,81 @@ mod tests {
         assert_eq!(Record::decode(&v), Err(RecordError::BadLength));
     }
 
+    /// The limits and the rejection reasons are interfaces: the reasons are metric labels
+    /// (`stek_records_rejected_total{reason}`), the size cap is documented as 64 KiB, and a record
+    /// of exactly that size is not too large.
+    #[test]
+    fn limits_and_reasons_are_pinned() {
+        assert_eq!(MAX_RECORD_LEN, 65_536);
+        assert_ne!(
+            Record::decode(&vec![0; MAX_RECORD_LEN]),
+            Err(RecordError::TooLarge(MAX_RECORD_LEN))
+        );
+        let all = [
+            (
+                RecordError::TooLarge(70_000),
+                "too_large",
+                "record of 70000 bytes exceeds 65536 bytes",
+            ),
+            (RecordError::Truncated, "truncated", "record is truncated"),
+            (
+                RecordError::BadMagic,
+                "bad_magic",
+                "not a stek record (bad magic)",
+            ),
+            (
+                RecordError::UnsupportedVersion(9),
+                "unsupported_version",
+                "unsupported record version 9",
+            ),
+            (
+                RecordError::UnknownKind(3),
+                "unknown_kind",
+                "unknown record body kind 3",
+            ),
+            (RecordError::BadGroup, "bad_group", "invalid group name"),
+            (
+                RecordError::BadLength,
+                "bad_length",
+                "a length field disagrees with the record",
+            ),
+            (
+                RecordError::TrailingBytes,
+                "trailing_bytes",
+                "bytes after the end of the record",
+            ),
+            (
+                RecordError::Mismatch("slot"),
+                "header_mismatch",
+                "header field slot is not the expected one",
+            ),
+            (
+                RecordError::UntrustedGenerator,
+                "untrusted_generator",
+                "signed by a generator that is not trusted",
+            ),
+            (
+                RecordError::BadSignature,
+                "bad_signature",
+                "the generator's signature does not verify",
+            ),
+            (
+                RecordError::NotARecipient,
+                "not_a_recipient",
+                "not sealed to this host's group key",
+            ),
+            (
+                RecordError::OpenFailed,
+                "open_failed",
+                "the sealed key does not decrypt",
+            ),
+        ];
+        for (e, reason, text) in all {
+            assert_eq!(e.reason(), reason);
+            assert_eq!(e.to_string(), text);
+        }
+    }
+
     #[test]
     fn group_names() {
         assert!(valid_group("web-eu.1_a"));

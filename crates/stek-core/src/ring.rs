@@ -344,6 +344,20 @@ mod tests {
         assert!(b.entries().iter().all(|e| e.key.name() != stand_in));
     }
 
+    /// A stale key that is the oldest of the window (R = 1): HAProxy's previous slot, which
+    /// no older key can fill, gets the current slot's stand-in, never the encrypting key twice.
+    #[test]
+    fn haproxy_triple_when_the_oldest_key_encrypts() {
+        let s = Schedule::new(secs(4), secs(4)).unwrap();
+        let shared = shared_for([99]);
+        let mut local = LocalKeys::new();
+        let r = Ring::build(&s, secs(400), &shared, &mut local, 1).unwrap();
+        assert!(!local.is_empty() && local.len() == 2);
+        assert_eq!(r.encrypting(), Encrypting::Stale { behind: 1 });
+        let h: Vec<u64> = r.haproxy_triple().iter().map(|e| e.slot().0).collect();
+        assert_eq!(h, vec![100, 99, 101]);
+    }
+
     #[test]
     fn stale_then_fallback() {
         let s = sched();
