@@ -358,6 +358,18 @@ mod tests {
         assert_eq!(h, vec![100, 99, 101]);
     }
 
+    /// Rings are the same only if every key is: the same roles and origins with other local
+    /// keys (another host's stand-ins) are another ring.
+    #[test]
+    fn rings_with_other_keys_are_not_the_same() {
+        let s = sched();
+        let shared = shared_for([100]);
+        let a = Ring::build(&s, secs(400), &shared, &mut LocalKeys::new(), 1).unwrap();
+        let b = Ring::build(&s, secs(400), &shared, &mut LocalKeys::new(), 1).unwrap();
+        assert!(a.same_as(&a.clone()));
+        assert!(!a.same_as(&b), "other stand-ins, same roles and origins");
+    }
+
     #[test]
     fn stale_then_fallback() {
         let s = sched();

@@ -342,6 +342,13 @@ mod tests {
     #[test]
     fn defaults_match_the_design() {
         let s = Schedule::default();
+        assert_eq!((s.period(), s.lifetime()), (secs(3600), secs(18 * 3600)));
+        let t = Schedule::new(secs(4), secs(12)).unwrap();
+        assert_eq!((t.period(), t.lifetime()), (secs(4), secs(12)));
+        // Slots and roles print as logs and key files name them.
+        assert_eq!(format!("{}", Slot(499_068)), "499068");
+        let roles = [Role::Encrypt, Role::Next, Role::Past { age: 3 }];
+        assert_eq!(roles.map(|r| r.to_string()), ["encrypt", "next", "past-3"]);
         assert_eq!(s.past_keys(), 18);
         assert_eq!(s.window_len(), 20);
         assert_eq!(s.lifetime_hint(), 64800);
