@@ -345,6 +345,14 @@ mod tests {
         assert_eq!((s.period(), s.lifetime()), (secs(3600), secs(18 * 3600)));
         let t = Schedule::new(secs(4), secs(12)).unwrap();
         assert_eq!((t.period(), t.lifetime()), (secs(4), secs(12)));
+        // The next boundary and a key's deadline, at and inside a slot.
+        assert_eq!(t.next_rotation(secs(400)), secs(404));
+        assert_eq!(t.next_rotation(secs(403)), secs(404));
+        assert_eq!(t.create_by(Slot(101)), secs(400), "one period ahead");
+        // Ages of past keys, up to R and no further.
+        assert_eq!(t.role(Slot(100), Slot(98)), Some(Role::Past { age: 2 }));
+        assert_eq!(t.role(Slot(100), Slot(97)), Some(Role::Past { age: 3 }));
+        assert_eq!(t.role(Slot(100), Slot(96)), None);
         // Slots and roles print as logs and key files name them.
         assert_eq!(format!("{}", Slot(499_068)), "499068");
         let roles = [Role::Encrypt, Role::Next, Role::Past { age: 3 }];

@@ -526,6 +526,76 @@ mod tests {
         );
     }
 
+    /// A record is sealed to 1 to MAX_RECIPIENTS recipients; one whose (signed) body claims
+    /// none, too many, or another count than its entries is refused, even signed by a trusted
+    /// generator.
+    #[test]
+    fn recipient_counts_are_bounded_when_sealing_and_opening() {
+        let w = world();
+        let one = [w.members[0].public()];
+        assert!(matches!(
+            Record::seal(&w.s, "web", &w.key, &[], &w.gen),
+            Err(SealError::Recipients(0))
+        ));
+        let many = vec![w.members[0].public(); MAX_RECIPIENTS + 1];
+        assert!(matches!(
+            Record::seal(&w.s, "web", &w.key, &many, &w.gen),
+            Err(SealError::Recipients(n)) if n == MAX_RECIPIENTS + 1
+        ));
+        let full = vec![w.members[0].public(); MAX_RECIPIENTS];
+        let rec = Record::seal(&w.s, "web", &w.key, &full, &w.gen).unwrap();
+        let trust = [w.gen.public()];
+        assert_eq!(
+            rec.open_sealed(&w.s, "web", Slot(100), &w.members[0], &trust),
+            Ok(w.key.clone())
+        );
+        // Bodies a trusted but broken generator could sign: the count field lies.
+        let rec = Record::seal(&w.s, "web", &w.key, &one, &w.gen).unwrap();
+        let Body::Sealed(body) = &rec.body else {
+            panic!("sealed")
+        };
+        for count in [0u16, 2, u16::try_from(MAX_RECIPIENTS + 1).unwrap()] {
+            let mut bad = rec.clone();
+            let mut b = body.clone();
+            b[..2].copy_from_slice(&count.to_be_bytes());
+            if count as usize > MAX_RECIPIENTS {
+                // As many entries as it claims: only the cap refuses it.
+                let entry = b[2..2 + ENTRY_LEN].to_vec();
+                for _ in 1..count {
+                    b.extend_from_slice(&entry);
+                }
+            }
+            bad.body = Body::Sealed(b);
+            bad.trailer = w.gen.sk.sign(&bad.signed_bytes()).to_bytes().to_vec();
+            assert_eq!(
+                bad.open_sealed(&w.s, "web", Slot(100), &w.members[0], &trust),
+                Err(RecordError::BadLength),
+                "count {count}"
+            );
+        }
+    }
+
+    /// Keys print by their public text form only; a signing key shows its public half.
+    #[test]
+    fn debug_and_bytes_show_public_forms_only() {
+        let w = world();
+        let gp = w.members[0].public();
+        assert_eq!(format!("{gp:?}"), format!("GroupPublicKey({gp})"));
+        let pk = w.gen.public();
+        assert_eq!(format!("{pk:?}"), format!("GeneratorPublicKey({pk})"));
+        assert_eq!(
+            format!("{:?}", w.gen),
+            format!("GeneratorKey(public: {pk})")
+        );
+        assert_eq!(pk.to_bytes(), sealed(&w).header.generator);
+        assert_eq!(
+            GeneratorPublicKey::parse(&pk.to_string())
+                .unwrap()
+                .to_bytes(),
+            pk.to_bytes()
+        );
+    }
+
     struct World {
         s: Schedule,
         gen: GeneratorKey,
