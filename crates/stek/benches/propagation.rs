@@ -635,7 +635,9 @@ where
 
     let generator = Probed::new(generator, Arc::default());
     // The keys the fleet needs now, before any agent starts.
-    publish_upcoming(&generator, &schedule, GROUP, clock.now(), seal).await?;
+    publish_upcoming(&generator, &schedule, GROUP, clock.now(), seal)
+        .await
+        .context("the first publication")?;
 
     // Connect the fleet, a bounded number at a time.
     let connecting = Instant::now();
@@ -647,7 +649,10 @@ where
         let (connect, gate) = (connect.clone(), gate.clone());
         connects.spawn(async move {
             let _permit = gate.acquire_owned().await;
-            connect(i).await
+            let started = Instant::now();
+            connect(i)
+                .await
+                .with_context(|| format!("agent {i} connecting (for {:?})", started.elapsed()))
         });
     }
     let mut stores = Vec::with_capacity(cfg.agents);
@@ -681,7 +686,8 @@ where
     let deadline = Instant::now() + patience;
     loop {
         let ready = board.ready.load(Ordering::Relaxed);
-        let subscribed = load.subscribers().await?;
+        // A server busy accepting the fleet may answer late: asked again at the next turn.
+        let subscribed = load.subscribers().await.unwrap_or(0);
         if ready >= cfg.agents && subscribed >= cfg.agents as u64 {
             break;
         }
@@ -697,7 +703,9 @@ where
         connect_time.as_secs_f64()
     );
     // Catch up on the slots that began while the fleet connected (not measured).
-    publish_upcoming(&generator, &schedule, GROUP, clock.now(), seal).await?;
+    publish_upcoming(&generator, &schedule, GROUP, clock.now(), seal)
+        .await
+        .context("catching up")?;
 
     // One record per slot, published mid-slot for the next slot.
     let mut results = Vec::new();
@@ -716,7 +724,9 @@ where
         let at = schedule.start(schedule.slot_at(now).plus(1)) + schedule.period() / 2;
         tokio::time::sleep(at.saturating_sub(now)).await;
         let snapshot: Snapshot = (
-            load.counters().await?,
+            load.counters()
+                .await
+                .context("reading the store's counters")?,
             requests.snapshot(),
             Instant::now(),
             cpu(),
@@ -727,7 +737,9 @@ where
             last = Some(snapshot);
             break;
         }
-        let made = publish_upcoming(&generator, &schedule, GROUP, clock.now(), seal).await?;
+        let made = publish_upcoming(&generator, &schedule, GROUP, clock.now(), seal)
+            .await
+            .context("publishing")?;
         // One new record: the next slot's. (Had this loop fallen a period behind, the current
         // slot's too; only the newest is measured.)
         let Some(&(slot, Outcome::Created(_))) = made.iter().max_by_key(|(s, _)| *s) else {
@@ -978,7 +990,9 @@ async fn bench_redis(cfg: &Config) -> anyhow::Result<Report> {
     } else {
         primary_url
     };
-    let generator = RedisStore::connect_with(&generator_url, &access()).await?;
+    let generator = RedisStore::connect_with(&generator_url, &access())
+        .await
+        .context("the generator connecting")?;
     let connect = move |i: usize| {
         let url = agent_urls[i % agent_urls.len()].clone();
         let access = access();
