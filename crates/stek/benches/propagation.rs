@@ -51,8 +51,9 @@
 //!
 //! e.g. `STEK_BENCH_AGENTS=10000 STEK_BENCH_STORES=etcd cargo bench -p stek --bench propagation`.
 //! Each agent holds two connections (Redis) or a watch stream and a pooled connection (etcd):
-//! the benchmark raises its open-file limit (soft, and hard where it may, as root) to about four
-//! per agent before it starts any server, and stops with an error naming the limit otherwise.
+//! the benchmark raises its open-file limit (soft, and hard where it may: root with
+//! CAP_SYS_RESOURCE) to two per agent and some spare before it starts any server, and stops with
+//! an error naming the limit otherwise (a hard limit of 20,000 allows about 9,800 agents).
 //! Agents start 100 at a time (subscribe and first read), as hosts of a fleet do not all start
 //! in the same millisecond. Each run reports its wall time, the load average at its start and
 //! end, and the resident memory of every process with the fleet connected.
@@ -160,9 +161,10 @@ fn main() -> anyhow::Result<()> {
     let full = std::env::args().any(|a| a == "--bench");
     let plan = Plan::from_env(full)?;
     let most = plan.agents.iter().copied().max().unwrap_or(0) as u64;
-    // Per agent: Redis 2 connections (commands + notifications); etcd a watch stream, one idle
-    // pooled connection and a few more while a window is read. Servers inherit the limit.
-    let needed = most * 4 + 1024;
+    // Per agent 2 connections: Redis commands + notifications; etcd a watch stream + one idle
+    // pooled connection (more for a moment while a whole window is read). The servers run in
+    // their own processes and inherit the limit.
+    let needed = most * 2 + 256;
     let limit = raise_fd_limit(needed);
     if limit < needed {
         bail!(
@@ -187,12 +189,20 @@ fn main() -> anyhow::Result<()> {
                     .max(1),
             };
             let started = Instant::now();
-            let mut reports = Vec::new();
+            let mut reports: Vec<Report> = Vec::new();
             runtime.block_on(async {
                 if plan.redis {
                     if on_path("redis-server") {
                         match bench_redis(&cfg).await {
-                            Ok(r) => reports.push(r),
+                            Ok(r) => {
+                                print_reports(
+                                    &cfg,
+                                    std::slice::from_ref(&r),
+                                    open,
+                                    started.elapsed(),
+                                );
+                                reports.push(r);
+                            }
                             Err(e) => failed.push(format!("Redis, {agents} agents: {e:#}")),
                         }
                     } else {
@@ -202,7 +212,15 @@ fn main() -> anyhow::Result<()> {
                 if plan.etcd {
                     if on_path("etcd") {
                         match bench_etcd(&cfg).await {
-                            Ok(r) => reports.push(r),
+                            Ok(r) => {
+                                print_reports(
+                                    &cfg,
+                                    std::slice::from_ref(&r),
+                                    open,
+                                    started.elapsed(),
+                                );
+                                reports.push(r);
+                            }
                             Err(e) => failed.push(format!("etcd, {agents} agents: {e:#}")),
                         }
                     } else {
@@ -210,7 +228,6 @@ fn main() -> anyhow::Result<()> {
                     }
                 }
             });
-            print_reports(&cfg, &reports, open, started.elapsed());
             all.extend(reports.into_iter().map(|r| (cfg, r)));
         }
     }
@@ -369,6 +386,7 @@ async fn agent_loop<S: Store>(
     // first read (a TLS handshake per connection) of 10,000 agents at once would only measure
     // a connection storm.
     let mut starting = gate.acquire_owned().await.ok();
+    let mut syncs = 0;
     let mut changes = store.changes(GROUP);
     let mut last_offset_check: Option<Duration> = None;
     let mut known = BTreeSet::new();
@@ -419,8 +437,12 @@ async fn agent_loop<S: Store>(
         if wake == Wake::Start {
             board.ready.fetch_add(1, Ordering::Relaxed);
         }
-        // Started: the next agent may.
-        drop(starting.take());
+        // Started once its notifications are established too (the read on etcd's first watch
+        // tick, or the next poll): the next agent may.
+        syncs += 1;
+        if syncs >= 2 {
+            drop(starting.take());
+        }
 
         let to_boundary = schedule.next_rotation(now).saturating_sub(clock.now());
         let next_poll = stek_core::jitter(poll);
