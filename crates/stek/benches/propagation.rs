@@ -2,8 +2,14 @@
 //! the fleet costs its store.
 //!
 //! For each store (Redis, then etcd) this starts real servers on free loopback ports in temporary
-//! directories: for Redis a primary (the generator's) and a read replica (the agents'), as in
-//! production; for etcd one member. It then runs 1,000 agent sessions in this process, each a
+//! directories: for Redis a primary (the generator's) and read replicas (the agents', one per
+//! 2,500 agents, spread round-robin: one single-threaded Redis would serve 20,000 TLS
+//! connections of a 10,000-agent fleet alone), as in production; for etcd one member, listening
+//! on one client port per 2,500 agents (which only spreads the connections over more loopback
+//! ports). With TLS (the default) the generator and the agents speak `rediss://` and `etcds://`
+//! to servers whose certificates the benchmark makes with rcgen (server authentication only);
+//! the benchmark's own monitoring uses plain ports. It then runs the agent sessions (1,000, then
+//! 10,000) in this process, each a
 //! Tokio task with its own store connection (its own connection and pub/sub subscription for
 //! Redis, its own HTTP connections and watch stream for etcd), each running the real agent parts
 //! (`stek::agent::Syncer` with a `SealedOpener`, and `stek::agent::Rotator`): `sync` on every
@@ -23,17 +29,34 @@
 //! on the replica; etcd's `/metrics`), and the agents' requests counted in this process.
 //!
 //! Everything shares this machine's cores: the agents, the generator and the servers, so
-//! latencies include 1,000 agents opening the record (an X25519 decapsulation and an Ed25519
-//! check each) on the same CPUs as the store. A real fleet spreads that over 1,000 hosts.
+//! latencies include every agent opening the record (an X25519 decapsulation and an Ed25519
+//! check each) on the same CPUs as the store. A real fleet spreads that over its hosts.
 //!
 //! Beside the latencies it prints when the notification woke the agents, what woke the agent
 //! for the `sync` that brought the key, the CPU seconds of each process and of the rest of the
 //! machine over the measured periods, and what opening one record costs on one core: on a busy
 //! machine the figures say how much of the latency was waiting for a CPU.
 //!
-//! `cargo bench -p stek --bench propagation` runs the full benchmark (about a minute); run as a
-//! test (`cargo test --benches`) it runs 10 agents and one record per store. A store whose
-//! server is not installed is skipped with a note.
+//! `cargo bench -p stek --bench propagation` runs the full benchmark (a few minutes); run as a
+//! test (`cargo test --benches`) it runs 10 agents over TLS and one record per store. A store
+//! whose server is not installed is skipped with a note. Environment variables choose the runs:
+//!
+//! | variable | values | default (`cargo bench` / as a test) |
+//! |---|---|---|
+//! | `STEK_BENCH_AGENTS` | fleet sizes, comma-separated: `1000,10000` | `1000,10000` / `10` |
+//! | `STEK_BENCH_TLS` | `on`, `off`, `both` | `on` |
+//! | `STEK_BENCH_STORES` | `redis`, `etcd`, comma-separated | `redis,etcd` |
+//! | `STEK_BENCH_RECORDS` | records measured per run | `6` / `1` |
+//! | `STEK_BENCH_ENDPOINTS` | Redis replicas / etcd client ports (at most 8) | agents / 2,500, at least 1 |
+//!
+//! e.g. `STEK_BENCH_AGENTS=10000 STEK_BENCH_STORES=etcd cargo bench -p stek --bench propagation`.
+//! Each agent holds two connections (Redis) or a watch stream and a pooled connection (etcd):
+//! the benchmark raises its open-file limit (soft, and hard where it may: root with
+//! CAP_SYS_RESOURCE) to two per agent and some spare before it starts any server, and stops with
+//! an error naming the limit otherwise (a hard limit of 20,000 allows about 9,800 agents).
+//! Agents start 100 at a time (subscribe and first read), as hosts of a fleet do not all start
+//! in the same millisecond. Each run reports its wall time, the load average at its start and
+//! end, and the resident memory of every process with the fleet connected.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::future::Future;
@@ -48,7 +71,7 @@ use anyhow::{bail, Context};
 use stek::agent::{Rotator, SealedOpener, SyncReport, Synced, Syncer};
 use stek::clock::{Clock, SystemClock};
 use stek::generator::{publish_upcoming, Outcome};
-use stek::store::{Created, EtcdStore, RedisStore, Store, StoreError};
+use stek::store::{Created, EtcdStore, LoadedAccess, RedisStore, Store, StoreError};
 use stek_core::{
     GeneratorKey, GeneratorPublicKey, GroupIdentity, Origin, Record, Schedule, Slot, SlotKey,
 };
@@ -66,59 +89,150 @@ const MISS_AFTER: Duration = Duration::from_secs(8);
 /// The target of the issue: p99 at most 1 s.
 const TARGET_P99: Duration = Duration::from_secs(1);
 
+/// One run: this many agents on this store, over TLS or not.
+#[derive(Clone, Copy)]
 struct Config {
     agents: usize,
     records: usize,
+    tls: bool,
+    /// Redis replicas the agents spread over; for etcd, client ports of the member.
+    endpoints: usize,
+}
+
+/// The agents one Redis replica (or one etcd client port) serves.
+const AGENTS_PER_ENDPOINT: usize = 2500;
+
+/// What to run, from the environment (see the module documentation).
+struct Plan {
+    agents: Vec<usize>,
+    tls: Vec<bool>,
+    redis: bool,
+    etcd: bool,
+    records: usize,
+    endpoints: Option<usize>,
+}
+
+impl Plan {
+    fn from_env(full: bool) -> anyhow::Result<Plan> {
+        let var = |name: &str| std::env::var(name).ok().filter(|v| !v.trim().is_empty());
+        let agents = match var("STEK_BENCH_AGENTS") {
+            Some(v) => v
+                .split(',')
+                .map(|n| {
+                    n.trim()
+                        .parse::<usize>()
+                        .context("STEK_BENCH_AGENTS: a number")
+                })
+                .collect::<anyhow::Result<Vec<_>>>()?,
+            None if full => vec![1000, 10_000],
+            None => vec![10],
+        };
+        let tls = match var("STEK_BENCH_TLS").as_deref() {
+            None | Some("on") => vec![true],
+            Some("off") => vec![false],
+            Some("both") => vec![false, true],
+            Some(other) => bail!("STEK_BENCH_TLS={other}: expected on, off or both"),
+        };
+        let stores = var("STEK_BENCH_STORES").unwrap_or_else(|| "redis,etcd".to_owned());
+        let stores: Vec<&str> = stores.split(',').map(str::trim).collect();
+        if let Some(bad) = stores.iter().find(|s| !["redis", "etcd"].contains(s)) {
+            bail!("STEK_BENCH_STORES: unknown store {bad:?} (redis, etcd)");
+        }
+        let records = match var("STEK_BENCH_RECORDS") {
+            Some(v) => v.parse().context("STEK_BENCH_RECORDS: a number")?,
+            None if full => 6,
+            None => 1,
+        };
+        let endpoints = var("STEK_BENCH_ENDPOINTS")
+            .map(|v| v.parse().context("STEK_BENCH_ENDPOINTS: a number"))
+            .transpose()?;
+        Ok(Plan {
+            agents,
+            tls,
+            redis: stores.contains(&"redis"),
+            etcd: stores.contains(&"etcd"),
+            records,
+            endpoints,
+        })
+    }
 }
 
 fn main() -> anyhow::Result<()> {
     let full = std::env::args().any(|a| a == "--bench");
-    let cfg = if full {
-        Config {
-            agents: 1000,
-            records: 6,
-        }
-    } else {
-        Config {
-            agents: 10,
-            records: 1,
-        }
-    };
-    // Two connections per agent (commands + notifications), plus the servers' side when they
-    // run under the same limit.
-    let limit = raise_fd_limit();
-    let needed = cfg.agents as u64 * 3 + 256;
+    let plan = Plan::from_env(full)?;
+    let most = plan.agents.iter().copied().max().unwrap_or(0) as u64;
+    // Per agent 2 connections: Redis commands + notifications; etcd a watch stream + one idle
+    // pooled connection (more for a moment while a whole window is read). The servers run in
+    // their own processes and inherit the limit.
+    let needed = most * 2 + 256;
+    let limit = raise_fd_limit(needed);
     if limit < needed {
-        bail!("the open-file limit is {limit}; this benchmark needs about {needed}");
+        bail!(
+            "the open-file limit is {limit} and cannot be raised (hard limit, or not root); {most} agents need about {needed}: raise it (ulimit -Hn / limits.conf) or run fewer agents (STEK_BENCH_AGENTS)"
+        );
     }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
-    let started = Instant::now();
-    let (reports, failed) = runtime.block_on(async {
-        let mut reports = Vec::new();
-        let mut failed = Vec::new();
-        if on_path("redis-server") {
-            match bench_redis(&cfg).await {
-                Ok(r) => reports.push(r),
-                Err(e) => failed.push(format!("Redis: {e:#}")),
-            }
-        } else {
-            println!("propagation: redis-server is not installed: Redis skipped");
-        }
-        if on_path("etcd") {
-            match bench_etcd(&cfg).await {
-                Ok(r) => reports.push(r),
-                Err(e) => failed.push(format!("etcd: {e:#}")),
-            }
-        } else {
-            println!("propagation: etcd is not installed: etcd skipped");
-        }
-        (reports, failed)
-    });
-    runtime.shutdown_timeout(Duration::from_secs(2));
     let open = open_cost()?;
-    print_reports(&cfg, &reports, open, started.elapsed());
+    let mut failed = Vec::new();
+    let mut all = Vec::new();
+    for &agents in &plan.agents {
+        for &tls in &plan.tls {
+            let cfg = Config {
+                agents,
+                records: plan.records,
+                tls,
+                endpoints: plan
+                    .endpoints
+                    .unwrap_or(agents.div_ceil(AGENTS_PER_ENDPOINT))
+                    .max(1),
+            };
+            let started = Instant::now();
+            let mut reports: Vec<Report> = Vec::new();
+            runtime.block_on(async {
+                if plan.redis {
+                    if on_path("redis-server") {
+                        match bench_redis(&cfg).await {
+                            Ok(r) => {
+                                print_reports(
+                                    &cfg,
+                                    std::slice::from_ref(&r),
+                                    open,
+                                    started.elapsed(),
+                                );
+                                reports.push(r);
+                            }
+                            Err(e) => failed.push(format!("Redis, {agents} agents: {e:#}")),
+                        }
+                    } else {
+                        println!("propagation: redis-server is not installed: Redis skipped");
+                    }
+                }
+                if plan.etcd {
+                    if on_path("etcd") {
+                        match bench_etcd(&cfg).await {
+                            Ok(r) => {
+                                print_reports(
+                                    &cfg,
+                                    std::slice::from_ref(&r),
+                                    open,
+                                    started.elapsed(),
+                                );
+                                reports.push(r);
+                            }
+                            Err(e) => failed.push(format!("etcd, {agents} agents: {e:#}")),
+                        }
+                    } else {
+                        println!("propagation: etcd is not installed: etcd skipped");
+                    }
+                }
+            });
+            all.extend(reports.into_iter().map(|r| (cfg, r)));
+        }
+    }
+    runtime.shutdown_timeout(Duration::from_secs(2));
+    print_summary(&all);
     if !failed.is_empty() {
         bail!("failed: {}", failed.join("; "));
     }
@@ -263,10 +377,16 @@ async fn agent_loop<S: Store>(
     store: Arc<Probed<S>>,
     poll: Duration,
     board: Arc<Board>,
+    gate: Arc<Semaphore>,
     mut stop: watch::Receiver<bool>,
 ) {
     let clock = SystemClock::new();
     let schedule = *rotator.schedule();
+    // The fleet starts a bounded number of agents at a time, as hosts do: subscribing and the
+    // first read (a TLS handshake per connection) of 10,000 agents at once would only measure
+    // a connection storm.
+    let mut starting = gate.acquire_owned().await.ok();
+    let mut syncs = 0;
     let mut changes = store.changes(GROUP);
     let mut last_offset_check: Option<Duration> = None;
     let mut known = BTreeSet::new();
@@ -317,6 +437,12 @@ async fn agent_loop<S: Store>(
         if wake == Wake::Start {
             board.ready.fetch_add(1, Ordering::Relaxed);
         }
+        // Started once its notifications are established too (the read on etcd's first watch
+        // tick, or the next poll): the next agent may.
+        syncs += 1;
+        if syncs >= 2 {
+            drop(starting.take());
+        }
 
         let to_boundary = schedule.next_rotation(now).saturating_sub(clock.now());
         let next_poll = stek_core::jitter(poll);
@@ -346,8 +472,8 @@ type Snapshot = (Counters, (u64, u64, u64), Instant, Vec<f64>);
 
 /// How the driver reads the store's own counters.
 enum Load {
-    /// `INFO commandstats` and `PUBSUB NUMSUB` on the replica.
-    Redis(redis::aio::MultiplexedConnection),
+    /// `INFO commandstats` and `PUBSUB NUMSUB` on the replicas, summed.
+    Redis(Vec<redis::aio::MultiplexedConnection>),
     /// `/metrics` of the etcd member.
     Etcd(SocketAddr),
 }
@@ -355,12 +481,18 @@ enum Load {
 impl Load {
     async fn counters(&mut self) -> anyhow::Result<Counters> {
         match self {
-            Load::Redis(conn) => {
-                let info: String = redis::cmd("INFO")
-                    .arg("commandstats")
-                    .query_async(conn)
-                    .await?;
-                Ok(parse_commandstats(&info))
+            Load::Redis(conns) => {
+                let mut sum = Counters::new();
+                for conn in conns {
+                    let info: String = redis::cmd("INFO")
+                        .arg("commandstats")
+                        .query_async(conn)
+                        .await?;
+                    for (k, v) in parse_commandstats(&info) {
+                        *sum.entry(k).or_default() += v;
+                    }
+                }
+                Ok(sum)
             }
             Load::Etcd(addr) => Ok(parse_etcd_metrics(&http_get(*addr, "/metrics").await?)),
         }
@@ -369,13 +501,17 @@ impl Load {
     /// How many agents are subscribed to the group's notifications.
     async fn subscribers(&mut self) -> anyhow::Result<u64> {
         match self {
-            Load::Redis(conn) => {
-                let reply: (String, u64) = redis::cmd("PUBSUB")
-                    .arg("NUMSUB")
-                    .arg(format!("stek:{GROUP}"))
-                    .query_async(conn)
-                    .await?;
-                Ok(reply.1)
+            Load::Redis(conns) => {
+                let mut sum = 0;
+                for conn in conns {
+                    let reply: (String, u64) = redis::cmd("PUBSUB")
+                        .arg("NUMSUB")
+                        .arg(format!("stek:{GROUP}"))
+                        .query_async(conn)
+                        .await?;
+                    sum += reply.1;
+                }
+                Ok(sum)
             }
             Load::Etcd(addr) => {
                 let m = http_get(*addr, "/metrics").await?;
@@ -459,6 +595,12 @@ struct RecordResult {
 }
 
 struct Report {
+    /// Resident memory per process (now, peak) in MiB, with the fleet connected.
+    rss: Vec<(&'static str, (f64, f64))>,
+    /// The load averages when the run began and ended.
+    load: (String, String),
+    /// How long the run took, servers' start and fleet's connection included.
+    wall: Duration,
     store: &'static str,
     setup: String,
     connect: Duration,
@@ -497,9 +639,11 @@ async fn run<S, F, Fut>(
 ) -> anyhow::Result<Report>
 where
     S: Store,
-    F: Fn() -> Fut + Send + Sync + 'static,
+    F: Fn(usize) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = Result<S, StoreError>> + Send,
 {
+    let run_started = Instant::now();
+    let load_before = loadavg();
     let clock = SystemClock::new();
     let schedule = Schedule::new(PERIOD, LIFETIME)?;
     let poll = stek::agent::default_poll(&schedule);
@@ -513,7 +657,9 @@ where
 
     let generator = Probed::new(generator, Arc::default());
     // The keys the fleet needs now, before any agent starts.
-    publish_upcoming(&generator, &schedule, GROUP, clock.now(), seal).await?;
+    publish_upcoming(&generator, &schedule, GROUP, clock.now(), seal)
+        .await
+        .context("the first publication")?;
 
     // Connect the fleet, a bounded number at a time.
     let connecting = Instant::now();
@@ -521,11 +667,14 @@ where
     let connect = Arc::new(connect);
     let gate = Arc::new(Semaphore::new(CONNECT_CONCURRENCY));
     let mut connects = JoinSet::new();
-    for _ in 0..cfg.agents {
+    for i in 0..cfg.agents {
         let (connect, gate) = (connect.clone(), gate.clone());
         connects.spawn(async move {
             let _permit = gate.acquire_owned().await;
-            connect().await
+            let started = Instant::now();
+            connect(i)
+                .await
+                .with_context(|| format!("agent {i} connecting (for {:?})", started.elapsed()))
         });
     }
     let mut stores = Vec::with_capacity(cfg.agents);
@@ -550,19 +699,22 @@ where
             store,
             poll,
             board.clone(),
+            gate.clone(),
             stop_rx.clone(),
         ));
     }
     // Every agent has synced once and listens for changes.
-    let deadline = Instant::now() + Duration::from_secs(60);
+    let patience = Duration::from_secs(60) + Duration::from_millis(50) * cfg.agents as u32;
+    let deadline = Instant::now() + patience;
     loop {
         let ready = board.ready.load(Ordering::Relaxed);
-        let subscribed = load.subscribers().await?;
+        // A server busy accepting the fleet may answer late: asked again at the next turn.
+        let subscribed = load.subscribers().await.unwrap_or(0);
         if ready >= cfg.agents && subscribed >= cfg.agents as u64 {
             break;
         }
         if Instant::now() > deadline {
-            bail!("after 60 s, {ready} agents synced and {subscribed} listen for changes");
+            bail!("after {patience:?}, {ready} agents synced and {subscribed} listen for changes");
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
@@ -573,7 +725,9 @@ where
         connect_time.as_secs_f64()
     );
     // Catch up on the slots that began while the fleet connected (not measured).
-    publish_upcoming(&generator, &schedule, GROUP, clock.now(), seal).await?;
+    publish_upcoming(&generator, &schedule, GROUP, clock.now(), seal)
+        .await
+        .context("catching up")?;
 
     // One record per slot, published mid-slot for the next slot.
     let mut results = Vec::new();
@@ -592,7 +746,9 @@ where
         let at = schedule.start(schedule.slot_at(now).plus(1)) + schedule.period() / 2;
         tokio::time::sleep(at.saturating_sub(now)).await;
         let snapshot: Snapshot = (
-            load.counters().await?,
+            load.counters()
+                .await
+                .context("reading the store's counters")?,
             requests.snapshot(),
             Instant::now(),
             cpu(),
@@ -603,7 +759,9 @@ where
             last = Some(snapshot);
             break;
         }
-        let made = publish_upcoming(&generator, &schedule, GROUP, clock.now(), seal).await?;
+        let made = publish_upcoming(&generator, &schedule, GROUP, clock.now(), seal)
+            .await
+            .context("publishing")?;
         // One new record: the next slot's. (Had this loop fallen a period behind, the current
         // slot's too; only the newest is measured.)
         let Some(&(slot, Outcome::Created(_))) = made.iter().max_by_key(|(s, _)| *s) else {
@@ -671,6 +829,12 @@ where
         });
     }
 
+    // Memory with the whole fleet connected, before it stops.
+    let rss: Vec<(&'static str, (f64, f64))> = servers
+        .iter()
+        .map(|(n, s)| (*n, rss_mib(&format!("/proc/{}/status", s.child.id()))))
+        .chain([("this process", rss_mib("/proc/self/status"))])
+        .collect();
     let _ = stop_tx.send(true);
     while agents.join_next().await.is_some() {}
 
@@ -683,6 +847,9 @@ where
         .filter(|(_, v)| *v > 0)
         .collect();
     Ok(Report {
+        rss,
+        load: (load_before, loadavg()),
+        wall: run_started.elapsed(),
         store: name,
         setup,
         connect: connect_time,
@@ -712,13 +879,71 @@ where
 // ---------------------------------------------------------------------------------------------
 // The stores.
 
+/// Names of the Redis replicas and etcd client ports, as the report shows them.
+const ENDPOINT_NAMES: [&str; 8] = [
+    "redis replica 1",
+    "redis replica 2",
+    "redis replica 3",
+    "redis replica 4",
+    "redis replica 5",
+    "redis replica 6",
+    "redis replica 7",
+    "redis replica 8",
+];
+
+/// A CA and a server certificate for 127.0.0.1 (rcgen, as the TLS tests make them), as files in
+/// `dir`: (CA PEM bytes, CA path, certificate path, key path).
+fn make_tls(dir: &Path) -> anyhow::Result<(Vec<u8>, String, String, String)> {
+    use rcgen::{
+        BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair,
+        KeyUsagePurpose,
+    };
+    let mut params = CertificateParams::new(Vec::<String>::new())?;
+    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    params
+        .distinguished_name
+        .push(DnType::CommonName, "stek bench CA");
+    params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+    let ca = CertifiedIssuer::self_signed(params, KeyPair::generate()?)?;
+    let mut params = CertificateParams::new(vec!["127.0.0.1".into(), "localhost".into()])?;
+    params
+        .distinguished_name
+        .push(DnType::CommonName, "localhost");
+    let key = KeyPair::generate()?;
+    let cert = params.signed_by(&key, &ca)?;
+    let path = |name: &str| dir.join(name).display().to_string();
+    std::fs::write(path("ca.pem"), ca.pem())?;
+    std::fs::write(path("server.pem"), cert.pem())?;
+    std::fs::write(path("server.key"), key.serialize_pem())?;
+    Ok((
+        ca.pem().into_bytes(),
+        path("ca.pem"),
+        path("server.pem"),
+        path("server.key"),
+    ))
+}
+
+fn tls_access(ca: &[u8]) -> LoadedAccess {
+    LoadedAccess {
+        ca_pem: Some(ca.to_vec()),
+        ..LoadedAccess::default()
+    }
+}
+
 async fn bench_redis(cfg: &Config) -> anyhow::Result<Report> {
     let dir = tempfile::tempdir()?;
-    let (p0, p1) = (free_port()?, free_port()?);
-    let redis_args = |port: u16, sub: &str| -> anyhow::Result<Vec<String>> {
+    let replicas = cfg.endpoints.min(ENDPOINT_NAMES.len());
+    let tls = if cfg.tls {
+        Some(make_tls(dir.path())?)
+    } else {
+        None
+    };
+    // Every server has a plain port (replication, and this benchmark's INFO and PUBSUB); with
+    // TLS, the generator and the agents use its TLS port.
+    let redis_args = |port: u16, tls_port: u16, sub: &str| -> anyhow::Result<Vec<String>> {
         let d = dir.path().join(sub);
         std::fs::create_dir(&d)?;
-        Ok([
+        let mut args: Vec<String> = [
             "--bind",
             "127.0.0.1",
             "--port",
@@ -727,59 +952,121 @@ async fn bench_redis(cfg: &Config) -> anyhow::Result<Report> {
             "",
             "--appendonly",
             "no",
+            "--maxclients",
+            "100000",
             "--dir",
             &d.display().to_string(),
         ]
         .map(str::to_owned)
-        .to_vec())
+        .to_vec();
+        if let Some((_, ca, cert, key)) = &tls {
+            args.extend(
+                [
+                    "--tls-port",
+                    &tls_port.to_string(),
+                    "--tls-cert-file",
+                    cert,
+                    "--tls-key-file",
+                    key,
+                    "--tls-ca-cert-file",
+                    ca,
+                    "--tls-auth-clients",
+                    "no",
+                ]
+                .map(str::to_owned),
+            );
+        }
+        Ok(args)
     };
-    let mut args = redis_args(p0, "primary")?;
+    let (p0, t0) = (free_port()?, free_port()?);
+    let mut args = redis_args(p0, t0, "primary")?;
     args.extend(["--repl-diskless-sync-delay", "0"].map(str::to_owned));
     let primary = Server::spawn("redis-server", &args, &dir.path().join("primary.log"))?;
     let primary_url = format!("redis://127.0.0.1:{p0}");
     wait_redis(&primary_url, None).await?;
-    let mut args = redis_args(p1, "replica")?;
-    args.extend(["--replicaof", "127.0.0.1", &p0.to_string()].map(str::to_owned));
-    let replica = Server::spawn("redis-server", &args, &dir.path().join("replica.log"))?;
-    let replica_url = format!("redis://127.0.0.1:{p1}");
-    let conn = wait_redis(&replica_url, Some("master_link_status:up")).await?;
-    let version = redis_version(&replica_url).await.unwrap_or_default();
-
-    let generator = RedisStore::connect(&primary_url).await?;
-    let url = replica_url.clone();
-    let connect = move || {
-        let url = url.clone();
-        async move { RedisStore::connect(&url).await }
+    let mut replica_servers = Vec::new();
+    let mut conns = Vec::new();
+    let mut agent_urls = Vec::new();
+    for i in 0..replicas {
+        let (p, t) = (free_port()?, free_port()?);
+        let mut args = redis_args(p, t, &format!("replica{i}"))?;
+        args.extend(["--replicaof", "127.0.0.1", &p0.to_string()].map(str::to_owned));
+        replica_servers.push(Server::spawn(
+            "redis-server",
+            &args,
+            &dir.path().join(format!("replica{i}.log")),
+        )?);
+        let url = format!("redis://127.0.0.1:{p}");
+        conns.push(wait_redis(&url, Some("master_link_status:up")).await?);
+        agent_urls.push(if cfg.tls {
+            format!("rediss://127.0.0.1:{t}")
+        } else {
+            url
+        });
+    }
+    let version = redis_version(&primary_url).await.unwrap_or_default();
+    let ca = tls.as_ref().map(|t| t.0.clone());
+    let access = move || ca.as_deref().map(tls_access).unwrap_or_default();
+    let generator_url = if cfg.tls {
+        format!("rediss://127.0.0.1:{t0}")
+    } else {
+        primary_url
     };
+    let generator = RedisStore::connect_with(&generator_url, &access())
+        .await
+        .context("the generator connecting")?;
+    let connect = move |i: usize| {
+        let url = agent_urls[i % agent_urls.len()].clone();
+        let access = access();
+        async move { RedisStore::connect_with(&url, &access).await }
+    };
+    let mut servers: Vec<(&'static str, &Server)> = vec![("redis primary", &primary)];
+    servers.extend(ENDPOINT_NAMES.iter().copied().zip(&replica_servers));
     run(
         "Redis",
         format!(
-            "Redis {version}: generator on the primary, agents on a replica (1 connection + 1 pub/sub subscription each)"
+            "Redis {version}{}: generator on the primary, agents on {replicas} replica(s) (1 connection + 1 pub/sub subscription each)",
+            if cfg.tls { " over TLS" } else { "" }
         ),
         cfg,
         generator,
         connect,
-        Load::Redis(conn),
-        &[("redis primary", &primary), ("redis replica", &replica)],
+        Load::Redis(conns),
+        &servers,
     )
     .await
 }
 
 async fn bench_etcd(cfg: &Config) -> anyhow::Result<Report> {
     let dir = tempfile::tempdir()?;
-    let (client, peer) = (free_port()?, free_port()?);
+    let tls = if cfg.tls {
+        Some(make_tls(dir.path())?)
+    } else {
+        None
+    };
+    let (metrics, peer) = (free_port()?, free_port()?);
+    let ports = (0..cfg.endpoints.min(ENDPOINT_NAMES.len()))
+        .map(|_| free_port())
+        .collect::<Result<Vec<_>, _>>()?;
+    let scheme = if cfg.tls { "https" } else { "http" };
+    let client_urls: Vec<String> = ports
+        .iter()
+        .map(|p| format!("{scheme}://127.0.0.1:{p}"))
+        .collect();
     let data = dir.path().join("data");
-    let client_url = format!("http://127.0.0.1:{client}");
     let peer_url = format!("http://127.0.0.1:{peer}");
-    let args: Vec<String> = vec![
+    let mut args: Vec<String> = vec![
         "--name".into(),
         "n1".into(),
         "--data-dir".into(),
         data.display().to_string(),
         "--listen-client-urls".into(),
-        client_url.clone(),
+        client_urls.join(","),
         "--advertise-client-urls".into(),
-        client_url,
+        client_urls[0].clone(),
+        // /metrics and /health over plain HTTP, whatever the clients speak.
+        "--listen-metrics-urls".into(),
+        format!("http://127.0.0.1:{metrics}"),
         "--listen-peer-urls".into(),
         peer_url.clone(),
         "--initial-advertise-peer-urls".into(),
@@ -787,8 +1074,16 @@ async fn bench_etcd(cfg: &Config) -> anyhow::Result<Report> {
         "--initial-cluster".into(),
         format!("n1={peer_url}"),
     ];
+    if let Some((_, _, cert, key)) = &tls {
+        args.extend([
+            "--cert-file".into(),
+            cert.clone(),
+            "--key-file".into(),
+            key.clone(),
+        ]);
+    }
     let etcd = Server::spawn("etcd", &args, &dir.path().join("etcd.log"))?;
-    let addr: SocketAddr = ([127, 0, 0, 1], client).into();
+    let addr: SocketAddr = ([127, 0, 0, 1], metrics).into();
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         if let Ok(body) = http_get(addr, "/health").await {
@@ -801,24 +1096,26 @@ async fn bench_etcd(cfg: &Config) -> anyhow::Result<Report> {
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let version = http_get(addr, "/version").await.unwrap_or_default();
-    let version = version
-        .split("\"etcdserver\":\"")
-        .nth(1)
-        .and_then(|v| v.split('"').next())
-        .unwrap_or("?")
-        .to_owned();
+    let version = etcd_version().unwrap_or_else(|| "?".to_owned());
 
-    let url = format!("etcd://127.0.0.1:{client}");
-    let generator = EtcdStore::connect(&url)?;
-    let connect = move || {
-        let url = url.clone();
-        async move { EtcdStore::connect(&url) }
+    let scheme = if cfg.tls { "etcds" } else { "etcd" };
+    let urls: Vec<String> = ports
+        .iter()
+        .map(|p| format!("{scheme}://127.0.0.1:{p}"))
+        .collect();
+    let ca = tls.as_ref().map(|t| t.0.clone());
+    let access = move || ca.as_deref().map(tls_access).unwrap_or_default();
+    let generator = EtcdStore::connect_with(&urls[0], &access())?;
+    let connect = move |i: usize| {
+        let store = EtcdStore::connect_with(&urls[i % urls.len()], &access());
+        async move { store }
     };
     run(
         "etcd",
         format!(
-            "etcd {version}, one member: generator and agents on it (own HTTP connections + 1 watch stream each, JSON gateway)"
+            "etcd {version}{}, one member with {} client port(s): generator and agents on it (own HTTP connections + 1 watch stream each, JSON gateway)",
+            if cfg.tls { " over TLS" } else { "" },
+            ports.len()
         ),
         cfg,
         generator,
@@ -827,6 +1124,15 @@ async fn bench_etcd(cfg: &Config) -> anyhow::Result<Report> {
         &[("etcd", &etcd)],
     )
     .await
+}
+
+/// etcd's version, from `etcd --version` (the member's `/version` may be TLS-only).
+fn etcd_version() -> Option<String> {
+    let out = Command::new("etcd").arg("--version").output().ok()?;
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .find_map(|l| l.strip_prefix("etcd Version: "))
+        .map(|v| v.trim().to_owned())
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -871,7 +1177,14 @@ async fn wait_redis(
     let client = redis::Client::open(url)?;
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
-        if let Ok(mut conn) = client.get_multiplexed_async_connection().await {
+        // The benchmark's own connection: a replica busy with thousands of TLS clients answers
+        // INFO late, which is no failure of the run.
+        let config =
+            redis::AsyncConnectionConfig::new().set_response_timeout(Some(Duration::from_secs(30)));
+        if let Ok(mut conn) = client
+            .get_multiplexed_async_connection_with_config(&config)
+            .await
+        {
             let info: redis::RedisResult<String> = redis::cmd("INFO")
                 .arg("replication")
                 .query_async(&mut conn)
@@ -964,9 +1277,10 @@ fn on_path(program: &str) -> bool {
         .is_some_and(|paths| std::env::split_paths(&paths).any(|d| d.join(program).is_file()))
 }
 
-/// Raises the soft limit on open files to the hard limit; returns the soft limit in force.
+/// Raises the limit on open files to `wanted`: the soft limit up to the hard limit, and the hard
+/// limit too where the process may (root). Returns the soft limit in force.
 #[allow(unsafe_code)]
-fn raise_fd_limit() -> u64 {
+fn raise_fd_limit(wanted: u64) -> u64 {
     let mut lim = libc::rlimit {
         rlim_cur: 0,
         rlim_max: 0,
@@ -975,17 +1289,42 @@ fn raise_fd_limit() -> u64 {
     if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
         return 0;
     }
-    if lim.rlim_cur < lim.rlim_max {
+    if lim.rlim_cur >= wanted {
+        return lim.rlim_cur;
+    }
+    for max in [lim.rlim_max.max(wanted), lim.rlim_max] {
         let raised = libc::rlimit {
-            rlim_cur: lim.rlim_max,
-            rlim_max: lim.rlim_max,
+            rlim_cur: wanted.min(max),
+            rlim_max: max,
         };
         // SAFETY: setrlimit reads a valid rlimit struct we own.
         if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } == 0 {
-            lim = raised;
+            return raised.rlim_cur;
         }
     }
     lim.rlim_cur
+}
+
+/// Resident memory of the process whose `status` file is `path`: now and at its peak, in MiB.
+fn rss_mib(path: &str) -> (f64, f64) {
+    let Ok(status) = std::fs::read_to_string(path) else {
+        return (0.0, 0.0);
+    };
+    let kib = |field: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(field))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    (kib("VmRSS:") / 1024.0, kib("VmHWM:") / 1024.0)
+}
+
+/// The machine's load averages over 1, 5 and 15 minutes, as `uptime` prints them.
+fn loadavg() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_default()
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1042,8 +1381,9 @@ fn open_cost() -> anyhow::Result<Duration> {
 fn print_reports(cfg: &Config, reports: &[Report], open: Duration, total: Duration) {
     println!();
     println!(
-        "propagation: {} agents per store, P = {} s, L = {} s, {} record(s) per store; latency = create returned -> agent holds the opened key",
+        "propagation: {} agents per store, TLS {}, P = {} s, L = {} s, {} record(s) per store; latency = create returned -> agent holds the opened key",
         cfg.agents,
+        if cfg.tls { "on" } else { "off" },
         PERIOD.as_secs(),
         LIFETIME.as_secs(),
         cfg.records
@@ -1113,12 +1453,17 @@ fn print_reports(cfg: &Config, reports: &[Report], open: Duration, total: Durati
         let per = |n: u64| n as f64 / r.agents as f64 / r.periods;
         let (reads, clock_reads, errors) = r.agent_requests;
         println!(
-            "load over {:.2} periods: per agent per period {:.2} window reads + {:.2} clock reads = {:.2} requests ({} failed in all)",
+            "load over {:.2} periods: per agent per period {:.2} window reads + {:.2} clock reads ({} failed in all) = {:.2} store requests{}",
             r.periods,
             per(reads),
             per(clock_reads),
-            per(reads + clock_reads),
-            errors
+            errors,
+            per(store_requests(r)),
+            if r.store == "etcd" {
+                " (etcd: the member's Range calls, the generator's few included, + clock reads; window reads the watch answered cost none)"
+            } else {
+                " (Redis: one EVAL_RO per window read + one TIME per clock read)"
+            }
         );
         let counted: Vec<String> = r
             .store_load
@@ -1133,6 +1478,21 @@ fn print_reports(cfg: &Config, reports: &[Report], open: Duration, total: Durati
             },
             counted.join(", ")
         );
+        let rss: Vec<String> = r
+            .rss
+            .iter()
+            .map(|(n, (now, peak))| format!("{n} {now:.0} MiB (peak {peak:.0})"))
+            .collect();
+        println!(
+            "resident memory with the fleet connected: {}",
+            rss.join(", ")
+        );
+        println!(
+            "run wall time {:.1} s; load average (1 5 15 min) {} at start, {} at end",
+            r.wall.as_secs_f64(),
+            r.load.0,
+            r.load.1
+        );
         let cpu: Vec<String> = r.cpu.iter().map(|(n, c)| format!("{n} {c:.2} s")).collect();
         println!(
             "CPU over those {:.1} s (the machine has {:.1} CPU-s): {}",
@@ -1143,33 +1503,54 @@ fn print_reports(cfg: &Config, reports: &[Report], open: Duration, total: Durati
             cpu.join(", ")
         );
     }
+    println!("run time {:.1} s", total.as_secs_f64());
+}
+
+/// The requests the agents sent to the store over the measured periods: for Redis one command
+/// per window read and per clock read; for etcd the member's Range calls (a window read answered
+/// by the watch sends none) and the clock reads (`GET /version`).
+fn store_requests(r: &Report) -> u64 {
+    let (reads, clock_reads, _) = r.agent_requests;
+    match r.store {
+        "etcd" => r.store_load.get("grpc Range").copied().unwrap_or(0) + clock_reads,
+        _ => reads + clock_reads,
+    }
+}
+
+/// One line per run: the figures the issue asks for.
+fn print_summary(all: &[(Config, Report)]) {
     println!();
     println!(
-        "{:<6} {:>7} {:>8} {:>9} {:>9} {:>9} {:>7} {:>22}  target p99 <= {} ms",
+        "{:<6} {:>4} {:>7} {:>8} {:>9} {:>9} {:>9} {:>7} {:>28} {:>8} {:>9}  target p99 <= {} ms",
         "store",
+        "TLS",
         "agents",
         "records",
         "p50 ms",
         "p99 ms",
         "max ms",
         "missed",
-        "requests/agent/period",
+        "store requests/agent/period",
+        "wall s",
+        "RSS MiB",
         TARGET_P99.as_millis()
     );
-    for r in reports {
+    for (cfg, r) in all {
         let all = gather(r, |x| &x.latencies);
         let p99 = quantile(&all, 0.99);
-        let (reads, clock_reads, _) = r.agent_requests;
         println!(
-            "{:<6} {:>7} {:>8} {:>9} {:>9} {:>9} {:>7} {:>22.2}  {}",
+            "{:<6} {:>4} {:>7} {:>8} {:>9} {:>9} {:>9} {:>7} {:>28.2} {:>8.1} {:>9.0}  {}",
             r.store,
+            if cfg.tls { "on" } else { "off" },
             r.agents,
             r.records.len(),
             ms(quantile(&all, 0.5)),
             ms(p99),
             ms(quantile(&all, 1.0)),
             r.missed,
-            (reads + clock_reads) as f64 / r.agents as f64 / r.periods,
+            store_requests(r) as f64 / r.agents as f64 / r.periods,
+            r.wall.as_secs_f64(),
+            r.rss.iter().map(|(_, (now, _))| now).sum::<f64>(),
             if p99 <= TARGET_P99 && r.missed == 0 {
                 "met"
             } else {
@@ -1177,5 +1558,4 @@ fn print_reports(cfg: &Config, reports: &[Report], open: Duration, total: Durati
             }
         );
     }
-    println!("total run time {:.1} s", total.as_secs_f64());
 }

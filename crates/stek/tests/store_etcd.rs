@@ -724,3 +724,110 @@ async fn errors_carry_etcds_message_and_the_clock_is_etcds() {
         .expect("etcd has a clock");
     assert!(via_trait.abs_diff(server) <= Duration::from_secs(2));
 }
+
+/// How many Range calls etcd has served (the JSON gateway's included).
+fn ranges_served(etcd: &Etcd) -> u64 {
+    let metrics = http_get(etcd.client_port, "/metrics").expect("etcd /metrics");
+    metrics
+        .lines()
+        .filter(|l| {
+            l.starts_with("grpc_server_started_total{") && l.contains("grpc_method=\"Range\"")
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum::<f64>() as u64
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watched_values_are_read_from_the_watch_without_a_range_request() {
+    let mut etcd = blocking(|| Etcd::start(&[]));
+    let agent = etcd.store();
+    let generator = etcd.store();
+    let expires = unix_now() + Duration::from_secs(120);
+    let mut rx = agent.changes("g").expect("etcd can notify");
+    tick(
+        &mut rx,
+        Duration::from_secs(10),
+        "when the watch was established",
+    )
+    .await;
+    let slots = |found: Vec<(Slot, Found)>| -> Vec<(u64, Option<Vec<u8>>)> {
+        let mut v: Vec<_> = found
+            .into_iter()
+            .map(|(s, f)| match f {
+                Found::Record(r) => (s.0, Some(r.to_vec())),
+                Found::Oversize { .. } => (s.0, None),
+            })
+            .collect();
+        v.sort();
+        v
+    };
+
+    // The first read after the watch is established reads every slot.
+    let before = ranges_served(&etcd);
+    assert!(agent
+        .read_window("g", Slot(1), Slot(4))
+        .await
+        .unwrap()
+        .is_empty());
+    assert_eq!(ranges_served(&etcd) - before, 4);
+
+    // A record the watch brings is read from it, and the slots read before are not read again.
+    assert!(matches!(
+        generator.create("g", Slot(3), b"three", expires).await,
+        Ok(Created::Won)
+    ));
+    tick(&mut rx, Duration::from_secs(5), "after a create").await;
+    let before = ranges_served(&etcd);
+    let found = slots(agent.read_window("g", Slot(1), Slot(4)).await.unwrap());
+    assert_eq!(found, [(3, Some(b"three".to_vec()))]);
+    assert_eq!(ranges_served(&etcd) - before, 0, "no range request");
+
+    // An oversize value put under a slot's key arrives in an event: it is reported as
+    // oversize, never decoded or kept (the mirror holds values of at most MAX_RECORD_LEN).
+    let huge = BASE64.encode(vec![7u8; MAX_RECORD_LEN + 1]);
+    let key = BASE64.encode("stek/g/00000000000000000004");
+    let put = format!(r#"{{"key":"{key}","value":"{huge}"}}"#);
+    let answer = blocking(|| http_post(etcd.client_port, "/v3/kv/put", put.as_bytes()));
+    assert!(answer.contains(" 200 "), "{answer}");
+    tick(&mut rx, Duration::from_secs(5), "after a put").await;
+    let before = ranges_served(&etcd);
+    let found = agent.read_window("g", Slot(1), Slot(4)).await.unwrap();
+    assert!(found
+        .iter()
+        .any(|(s, f)| *s == Slot(4) && matches!(f, Found::Oversize { .. })));
+    assert_eq!(ranges_served(&etcd) - before, 0, "no range request");
+
+    // A record whose lease expires leaves the mirror with the delete event.
+    assert!(matches!(
+        generator
+            .create("g", Slot(2), b"brief", unix_now() + Duration::from_secs(1))
+            .await,
+        Ok(Created::Won)
+    ));
+    tick(&mut rx, Duration::from_secs(5), "after a create").await;
+    let before = ranges_served(&etcd);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    while slots(agent.read_window("g", Slot(2), Slot(2)).await.unwrap())
+        == [(2, Some(b"brief".to_vec()))]
+    {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the record never expired"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(ranges_served(&etcd) - before, 0, "no range request");
+
+    // A lost watch empties the mirror: the read after it is established again reads all.
+    blocking(|| etcd.restart());
+    tick(
+        &mut rx,
+        Duration::from_secs(20),
+        "when the watch was re-established",
+    )
+    .await;
+    let before = ranges_served(&etcd);
+    let found = slots(agent.read_window("g", Slot(1), Slot(4)).await.unwrap());
+    assert_eq!(found, [(3, Some(b"three".to_vec())), (4, None)]);
+    assert_eq!(ranges_served(&etcd) - before, 4);
+}

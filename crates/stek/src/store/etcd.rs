@@ -12,7 +12,8 @@
 //!
 //! Requests, all `POST` with a JSON body except the last:
 //! - `/v3/lease/grant`, `/v3/kv/txn`, `/v3/lease/revoke`: [`Store::create`];
-//! - `/v3/kv/range`: [`Store::read_window`], one request per slot of the window;
+//! - `/v3/kv/range`: [`Store::read_window`], one request per slot of the window that the
+//!   group's watch has not already told (see [`Mirror`]);
 //! - `/v3/watch`: [`Store::changes`], a response streamed as one JSON message per line;
 //! - `GET /version`: [`EtcdStore::server_time`] reads the `Date` header of the answer;
 //! - `/v3/auth/authenticate`: a user's token, sent in `Authorization` with every request;
@@ -39,7 +40,7 @@
 //! keys that are not exactly the slot asked for are skipped, and error messages from etcd are shortened and stripped of control characters before
 //! they reach a log line.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -121,7 +122,13 @@ const REQUIRE_LEADER: (&str, &str) = ("grpc-metadata-hasleader", "true");
 const MAX_LEASE_TTL_SECS: u64 = 9_000_000_000;
 
 type HttpClient = Client<HttpsConnector<HttpConnector>, Full<Bytes>>;
-type Watches = Arc<Mutex<HashMap<String, watch::Sender<u64>>>>;
+type Watches = Arc<Mutex<HashMap<String, GroupWatch>>>;
+
+/// The watch of one group: the channel its receivers tick on and what its stream has told.
+struct GroupWatch {
+    tx: watch::Sender<u64>,
+    mirror: Arc<Mutex<Mirror>>,
+}
 
 /// A store kept in an etcd cluster (`etcd://HOST:PORT[,HOST:PORT...]`, `etcds://` for TLS),
 /// spoken to through etcd's JSON gateway over HTTP/1.1. See the module documentation for the
@@ -215,6 +222,11 @@ impl EtcdStore {
         let client = Client::builder(TokioExecutor::new())
             .pool_timer(TokioTimer::new())
             .pool_idle_timeout(Duration::from_secs(30))
+            // Reads of a window open up to WINDOW_READS_IN_FLIGHT connections at once; one idle
+            // connection is kept for the next request (agents mostly send one at a time: a clock
+            // read per period, a read of a slot the watch did not bring). More would hold file
+            // descriptors on both sides for every agent of a large fleet.
+            .pool_max_idle_per_host(1)
             .build(https);
         Ok(EtcdStore {
             conn: Arc::new(Conn {
@@ -279,6 +291,19 @@ impl EtcdStore {
         slot: Slot,
         mod_revision: Option<i64>,
     ) -> Result<Option<Found>, StoreError> {
+        self.range_slot(group, slot, mod_revision)
+            .await
+            .map(|(_, found)| found)
+    }
+
+    /// [`EtcdStore::get_at`], with the revision etcd answered at (`None` for an answer abandoned
+    /// at the cap, or one without a header).
+    async fn range_slot(
+        &self,
+        group: &str,
+        slot: Slot,
+        mod_revision: Option<i64>,
+    ) -> Result<(Option<i64>, Option<Found>), StoreError> {
         let key = slot_key(group, slot);
         let req = RangeRequest {
             key: BASE64.encode(&key),
@@ -292,23 +317,29 @@ impl EtcdStore {
             .call_capped::<_, RangeResponse>("/v3/kv/range", &req, MAX_SLOT_ANSWER_LEN)
             .await?
         else {
-            return Ok(Some(Found::Oversize { len: None }));
+            return Ok((None, Some(Found::Oversize { len: None })));
         };
+        let revision = resp.header.as_ref().map(|h| h.revision).filter(|r| *r > 0);
         let Some(kv) = resp.kvs.first() else {
-            return Ok(None);
+            return Ok((revision, None));
         };
         if parse_slot_key(group, &kv.key) != Some(slot) {
             tracing::debug!(
                 "Skipped etcd key {} (base64): asked for {key}.",
                 sanitize(&kv.key)
             );
-            return Ok(None);
+            return Ok((revision, None));
         }
         let found = kv.found();
         if found.is_none() {
             tracing::debug!("Skipped the value at {key} in etcd: not base64.");
         }
-        Ok(found)
+        Ok((revision, found))
+    }
+
+    /// The mirror of `group`'s watch, if a watch task runs for it.
+    fn mirror(&self, group: &str) -> Option<Arc<Mutex<Mirror>>> {
+        lock(&self.watches).get(group).map(|w| w.mirror.clone())
     }
 
     async fn grant(&self, ttl_secs: u64) -> Result<i64, StoreError> {
@@ -626,10 +657,20 @@ impl Store for EtcdStore {
         Ok(Replaced::Lost)
     }
 
-    /// One range request per slot of `first..=last` (at most [`MAX_WINDOW_SLOTS`]), at most
-    /// [`WINDOW_READS_IN_FLIGHT`] at a time, each answer read up to [`MAX_SLOT_ANSWER_LEN`]: so
-    /// junk keys under the group's prefix are never read, and an oversize value costs one
-    /// abandoned transfer. Any failed request fails the read.
+    /// One range request per slot of `first..=last` (at most [`MAX_WINDOW_SLOTS`]) that the
+    /// group's watch does not already answer for, at most [`WINDOW_READS_IN_FLIGHT`] at a time,
+    /// each answer read up to [`MAX_SLOT_ANSWER_LEN`]: so junk keys under the group's prefix are
+    /// never read, and an oversize value costs one abandoned transfer. Any failed request fails
+    /// the read.
+    ///
+    /// While a watch of the group is established ([`Store::changes`] has receivers), a slot
+    /// read since, or put or deleted since (the watch events carry the value), is answered from
+    /// the [`Mirror`] without a request: after the first full read, a watch event costs the
+    /// readers no request at all. A watch that ends or is reopened empties the mirror, so the
+    /// read after its tick is a full re-read. The readers' safety-net polls are then answered
+    /// from the mirror too: what they guard against, a lost notification, is a lost stream
+    /// here, which empties the mirror; a stream that silently stops is caught by
+    /// [`WATCH_IDLE_TIMEOUT`] and TCP keepalive.
     async fn read_window(
         &self,
         group: &str,
@@ -646,22 +687,53 @@ impl Store for EtcdStore {
                 max: MAX_WINDOW_SLOTS,
             });
         }
-        let reads = futures_util::stream::iter(first.0..=last.0)
+        let mirror = self.mirror(group);
+        let mut out = Vec::new();
+        let mut missing = Vec::new();
+        let mut epoch = None;
+        if let Some(m) = &mirror {
+            let mut m = lock(m);
+            m.forget_before(first);
+            epoch = m.live.then_some(m.epoch);
+            for slot in first.0..=last.0 {
+                match m.get(Slot(slot)) {
+                    Some(found) => out.extend(found.map(|f| (Slot(slot), f))),
+                    None => missing.push(Slot(slot)),
+                }
+            }
+        } else {
+            missing.extend((first.0..=last.0).map(Slot));
+        }
+        let reads = futures_util::stream::iter(missing)
             .map(|slot| async move {
-                let found = self.get(group, Slot(slot)).await?;
-                Ok::<_, StoreError>(found.map(|f| (Slot(slot), f)))
+                let (revision, found) = self.range_slot(group, slot, None).await?;
+                Ok::<_, StoreError>((slot, revision, found))
             })
             .buffered(WINDOW_READS_IN_FLIGHT);
         let mut reads = std::pin::pin!(reads);
-        let mut out = Vec::new();
+        let mut read = Vec::new();
         while let Some(r) = reads.next().await {
-            out.extend(r?);
+            read.push(r?);
         }
+        if let (Some(m), Some(epoch)) = (&mirror, epoch) {
+            let mut m = lock(m);
+            for (slot, revision, found) in &read {
+                if let Some(revision) = revision {
+                    m.learn(epoch, *slot, *revision, found.clone());
+                }
+            }
+        }
+        out.extend(
+            read.into_iter()
+                .filter_map(|(slot, _, found)| found.map(|f| (slot, f))),
+        );
         Ok(out)
     }
 
     /// A receiver that ticks on every put under `stek/<group>/`, fed by one watch stream per
-    /// group shared by all its receivers.
+    /// group shared by all its receivers. The stream's events (puts with their values, capped
+    /// like reads, and deletes) also feed the group's [`Mirror`], from which
+    /// [`Store::read_window`] answers without a request while the stream lives.
     ///
     /// It also ticks each time the stream is (re)established, the first time included, because
     /// puts made while no stream was open are not replayed: a reader that re-reads on that tick
@@ -674,19 +746,27 @@ impl Store for EtcdStore {
         let mut watches = lock(&self.watches);
         // Invariant: an entry exists exactly while its task runs (the task removes it, under
         // this lock, before it stops for lack of receivers).
-        if let Some(tx) = watches.get(group) {
-            return Some(tx.subscribe());
+        if let Some(w) = watches.get(group) {
+            return Some(w.tx.subscribe());
         }
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             tracing::debug!("No Tokio runtime: etcd changes of group {group} are not watched.");
             return None;
         };
         let (tx, rx) = watch::channel(0);
-        watches.insert(group.to_owned(), tx.clone());
+        let mirror = Arc::new(Mutex::new(Mirror::default()));
+        watches.insert(
+            group.to_owned(),
+            GroupWatch {
+                tx: tx.clone(),
+                mirror: mirror.clone(),
+            },
+        );
         runtime.spawn(watch_group(
             self.conn.clone(),
             group.to_owned(),
             tx,
+            mirror,
             self.shutdown.subscribe(),
             self.watches.clone(),
         ));
@@ -1504,11 +1584,94 @@ async fn read_reply(
 // ---------------------------------------------------------------------------------------------
 // Watch
 
+/// The most slots a [`Mirror`] holds. A window is a handful of slots; only junk keys under the
+/// group's prefix (far-off slots anyone who can write there can put) fill it further, and then
+/// it is emptied and filled again by reads: so it never holds more than this many values of at
+/// most [`MAX_RECORD_LEN`] bytes.
+const MAX_MIRROR_SLOTS: usize = 64;
+
+/// What an established watch stream of a group has told about its slots: for each slot read
+/// or changed since the stream was established, its value (`None`: no record) and the revision
+/// it is known at.
+///
+/// Why it is exact: etcd delivers every event after a watch's creation, in revision order, on
+/// that stream. A read sent after the creation was confirmed answers at a revision at least the
+/// creation's; the events after it follow. So a slot's newest entry, read or event, by
+/// revision, is the slot's value (up to the delay of the stream, like any notification). Reads
+/// are recorded only in the epoch they began in: one sent before the stream was established, or
+/// across its end, may predate events the stream no longer delivers. Values are capped like
+/// every read ([`KeyValue::found`]).
+#[derive(Default)]
+struct Mirror {
+    /// Bumped whenever the stream is established or lost and whenever the mirror is emptied.
+    epoch: u64,
+    /// Whether a stream is established and every event since is applied.
+    live: bool,
+    slots: BTreeMap<Slot, (i64, Option<Found>)>,
+    /// Slots below this have left the window: never recorded again.
+    floor: u64,
+}
+
+impl Mirror {
+    /// The stream is established: from now on, what is learned is exact.
+    fn establish(&mut self) {
+        self.epoch += 1;
+        self.live = true;
+        self.slots.clear();
+    }
+
+    /// The stream ended (or is about to be opened): events may be missed.
+    fn lose(&mut self) {
+        self.epoch += 1;
+        self.live = false;
+        self.slots.clear();
+    }
+
+    /// What `slot` holds, if known: `Some(None)` for no record.
+    fn get(&self, slot: Slot) -> Option<Option<Found>> {
+        if !self.live {
+            return None;
+        }
+        self.slots.get(&slot).map(|(_, found)| found.clone())
+    }
+
+    /// Drops the slots before `first`, which readers no longer ask for.
+    fn forget_before(&mut self, first: Slot) {
+        if first.0 > self.floor {
+            self.floor = first.0;
+            self.slots = self.slots.split_off(&first);
+        }
+    }
+
+    /// Records that `slot` holds `found` at `revision`, learned in `epoch`, unless newer is
+    /// known.
+    fn learn(&mut self, epoch: u64, slot: Slot, revision: i64, found: Option<Found>) {
+        if !self.live || epoch != self.epoch || slot.0 < self.floor {
+            return;
+        }
+        if self
+            .slots
+            .get(&slot)
+            .is_some_and(|(known, _)| *known >= revision)
+        {
+            return;
+        }
+        self.slots.insert(slot, (revision, found));
+        if self.slots.len() > MAX_MIRROR_SLOTS {
+            // Junk slots under the prefix. Emptied rather than trimmed: a trimmed slot could be
+            // filled again by a read older than the event that was trimmed.
+            self.epoch += 1;
+            self.slots.clear();
+        }
+    }
+}
+
 /// Runs the watch of one group until the store is dropped or the group has no receivers.
 async fn watch_group(
     conn: Arc<Conn>,
     group: String,
     tx: watch::Sender<u64>,
+    mirror: Arc<Mutex<Mirror>>,
     mut shutdown: watch::Receiver<()>,
     watches: Watches,
 ) {
@@ -1517,13 +1680,16 @@ async fn watch_group(
         let ended = tokio::select! {
             _ = shutdown.changed() => return,
             _ = tx.closed() => {
+                lock(&mirror).lose();
                 if unregister(&watches, &group, &tx) {
                     return;
                 }
                 continue;
             }
-            ended = watch_stream(&conn, &group, &tx) => ended,
+            ended = watch_stream(&conn, &group, &tx, &mirror) => ended,
         };
+        // Whatever ended the stream, events may be missed from now on.
+        lock(&mirror).lose();
         if ended.established {
             backoff.reset();
         }
@@ -1552,7 +1718,7 @@ fn unregister(watches: &Watches, group: &str, tx: &watch::Sender<u64>) -> bool {
     if tx.receiver_count() > 0 {
         return false;
     }
-    if watches.get(group).is_some_and(|t| t.same_channel(tx)) {
+    if watches.get(group).is_some_and(|w| w.tx.same_channel(tx)) {
         watches.remove(group);
     }
     true
@@ -1564,8 +1730,15 @@ struct StreamEnd {
     why: String,
 }
 
-/// Opens one watch stream and ticks `tx` until the stream ends.
-async fn watch_stream(conn: &Conn, group: &str, tx: &watch::Sender<u64>) -> StreamEnd {
+/// Opens one watch stream and ticks `tx` until the stream ends, telling `mirror` what the
+/// stream's events say (before each tick, so that the reader it wakes finds it).
+async fn watch_stream(
+    conn: &Conn,
+    group: &str,
+    tx: &watch::Sender<u64>,
+    mirror: &Mutex<Mirror>,
+) -> StreamEnd {
+    lock(mirror).lose();
     let mut established = false;
     let end = |established, why: String| StreamEnd { established, why };
     let prefix = format!("stek/{group}/");
@@ -1573,8 +1746,7 @@ async fn watch_stream(conn: &Conn, group: &str, tx: &watch::Sender<u64>) -> Stre
         create_request: WatchCreateRequest {
             key: BASE64.encode(&prefix),
             range_end: BASE64.encode(prefix_end(group)),
-            // Lease expiry deletes records; only puts are news.
-            filters: ["NODELETE"],
+            // Deletes (lease expiry) are watched too, for the mirror; only puts tick.
             progress_notify: true,
         },
     };
@@ -1610,15 +1782,26 @@ async fn watch_stream(conn: &Conn, group: &str, tx: &watch::Sender<u64>) -> Stre
             .position(|b| *b == b'\n')
             .map(|p| scanned + p)
         {
-            let outcome = watch_message(&buf[..nl]);
+            let outcome = watch_message(group, &buf[..nl]);
             buf.drain(..=nl);
             scanned = 0;
             match outcome {
                 Ok(WatchEvent::Created) => {
                     established = true;
+                    lock(mirror).establish();
                     tx.send_modify(|n| *n = n.wrapping_add(1));
                 }
-                Ok(WatchEvent::Puts) => tx.send_modify(|n| *n = n.wrapping_add(1)),
+                Ok(WatchEvent::Changes { put, slots }) => {
+                    let mut m = lock(mirror);
+                    let epoch = m.epoch;
+                    for (slot, revision, found) in slots {
+                        m.learn(epoch, slot, revision, found);
+                    }
+                    drop(m);
+                    if put {
+                        tx.send_modify(|n| *n = n.wrapping_add(1));
+                    }
+                }
                 Ok(WatchEvent::Nothing) => {}
                 Err(why) => {
                     // A token that expired since it was last used is refused only here, when
@@ -1642,18 +1825,25 @@ async fn watch_stream(conn: &Conn, group: &str, tx: &watch::Sender<u64>) -> Stre
     }
 }
 
-#[derive(Debug, PartialEq, Eq)]
+#[derive(Debug)]
 enum WatchEvent {
     /// etcd confirmed the watch.
     Created,
-    /// One or more keys were put.
-    Puts,
+    /// Keys were put or deleted: whether any was put (news for readers), and what each slot
+    /// key now holds, with the revision of the change (`None`: deleted, or not base64, which a
+    /// read would also report as no record).
+    Changes {
+        put: bool,
+        slots: Vec<(Slot, i64, Option<Found>)>,
+    },
     /// A progress notification or an empty line.
     Nothing,
 }
 
-/// Interprets one message of the watch stream; `Err` ends the stream.
-fn watch_message(line: &[u8]) -> Result<WatchEvent, String> {
+/// Interprets one message of the watch stream of `group`; `Err` ends the stream. A value is
+/// decoded only up to [`MAX_RECORD_LEN`] ([`KeyValue::found`]); keys that are not exactly a
+/// slot's key of the group are skipped.
+fn watch_message(group: &str, line: &[u8]) -> Result<WatchEvent, String> {
     if line.iter().all(u8::is_ascii_whitespace) {
         return Ok(WatchEvent::Nothing);
     }
@@ -1675,7 +1865,22 @@ fn watch_message(line: &[u8]) -> Result<WatchEvent, String> {
     }
     if !r.events.is_empty() {
         // Confirmation and events never share a message, but a tick covers both anyway.
-        return Ok(WatchEvent::Puts);
+        let put = r.created || r.events.iter().any(|e| e.kind != "DELETE");
+        let slots = r
+            .events
+            .iter()
+            .filter_map(|e| {
+                let kv = e.kv.as_ref()?;
+                let slot = parse_slot_key(group, &kv.key)?;
+                // A delete event's key-value carries the revision of the delete.
+                let revision = kv
+                    .mod_revision
+                    .max(r.header.as_ref().map_or(0, |h| h.revision));
+                let found = if e.kind == "DELETE" { None } else { kv.found() };
+                Some((slot, revision, found))
+            })
+            .collect();
+        return Ok(WatchEvent::Changes { put, slots });
     }
     Ok(if r.created {
         WatchEvent::Created
@@ -1773,7 +1978,6 @@ struct WatchRequest {
 struct WatchCreateRequest {
     key: String,
     range_end: String,
-    filters: [&'static str; 1],
     progress_notify: bool,
 }
 
@@ -1848,6 +2052,8 @@ impl KeyValue {
 #[derive(Deserialize)]
 struct RangeResponse {
     #[serde(default)]
+    header: Option<ResponseHeader>,
+    #[serde(default)]
     kvs: Vec<KeyValue>,
     /// Whether keys beyond the request's limit remain.
     #[serde(default)]
@@ -1886,9 +2092,26 @@ struct WatchResult {
     cancel_reason: String,
     #[serde(default, deserialize_with = "int64")]
     compact_revision: i64,
-    /// Only their number matters: any put is news.
     #[serde(default)]
-    events: Vec<IgnoredAny>,
+    header: Option<ResponseHeader>,
+    #[serde(default)]
+    events: Vec<WatchEventJson>,
+}
+
+/// One event of a watch message: `type` is left out for a put (proto3's default), `DELETE`
+/// for a delete.
+#[derive(Deserialize)]
+struct WatchEventJson {
+    #[serde(rename = "type", default)]
+    kind: String,
+    #[serde(default)]
+    kv: Option<KeyValue>,
+}
+
+#[derive(Deserialize)]
+struct ResponseHeader {
+    #[serde(default, deserialize_with = "int64")]
+    revision: i64,
 }
 
 /// A proto3 JSON int64: a string ("123"), though a number is accepted too.
@@ -2098,28 +2321,109 @@ mod tests {
 
     #[test]
     fn watch_messages() {
-        assert_eq!(
-            watch_message(br#"{"result":{"header":{"revision":"3"},"created":true}}"#),
-            Ok(WatchEvent::Created)
+        let created = watch_message(
+            "g",
+            br#"{"result":{"header":{"revision":"3"},"created":true}}"#,
         );
-        assert_eq!(
-            watch_message(
-                br#"{"result":{"header":{"revision":"4"},"events":[{"kv":{"key":"eA==","version":"1","value":"eA=="}}]}}"#
-            ),
-            Ok(WatchEvent::Puts)
+        assert!(matches!(created, Ok(WatchEvent::Created)), "{created:?}");
+        // Captured from etcd 3.4.23: a put (no "type"), then a delete of the same key.
+        let key = BASE64.encode("stek/g/00000000000000000007");
+        let put = format!(
+            r#"{{"result":{{"header":{{"revision":"5"}},"events":[{{"kv":{{"key":"{key}","create_revision":"5","mod_revision":"5","version":"1","value":"aGVsbG8=","lease":"7"}}}},{{"kv":{{"key":"eA==","mod_revision":"5","value":"eA=="}}}}]}}}}"#
         );
-        assert_eq!(
-            watch_message(br#"{"result":{"header":{"revision":"9"}}}"#),
+        let Ok(WatchEvent::Changes { put: true, slots }) = watch_message("g", put.as_bytes())
+        else {
+            panic!("a put");
+        };
+        // The junk key is skipped.
+        assert_eq!(slots.len(), 1);
+        assert!(
+            matches!(&slots[0], (Slot(7), 5, Some(Found::Record(r))) if r.as_slice() == b"hello")
+        );
+        let delete = format!(
+            r#"{{"result":{{"header":{{"revision":"6"}},"events":[{{"type":"DELETE","kv":{{"key":"{key}","mod_revision":"6"}}}}]}}}}"#
+        );
+        let Ok(WatchEvent::Changes { put: false, slots }) = watch_message("g", delete.as_bytes())
+        else {
+            panic!("a delete");
+        };
+        assert!(matches!(slots.as_slice(), [(Slot(7), 6, None)]));
+        // An oversize value is marked, not decoded.
+        let huge = format!(
+            r#"{{"result":{{"events":[{{"kv":{{"key":"{key}","mod_revision":"8","value":"{}"}}}}]}}}}"#,
+            BASE64.encode(vec![1u8; MAX_RECORD_LEN + 3])
+        );
+        let Ok(WatchEvent::Changes { slots, .. }) = watch_message("g", huge.as_bytes()) else {
+            panic!("a put");
+        };
+        assert!(matches!(
+            slots.as_slice(),
+            [(Slot(7), 8, Some(Found::Oversize { len: None }))]
+        ));
+        assert!(matches!(
+            watch_message("g", br#"{"result":{"header":{"revision":"9"}}}"#),
             Ok(WatchEvent::Nothing)
+        ));
+        assert!(matches!(watch_message("g", b"  "), Ok(WatchEvent::Nothing)));
+        let compacted = watch_message(
+            "g",
+            br#"{"result":{"canceled":true,"compact_revision":"7"}}"#,
         );
-        assert_eq!(watch_message(b"  "), Ok(WatchEvent::Nothing));
-        let compacted = watch_message(br#"{"result":{"canceled":true,"compact_revision":"7"}}"#);
         assert!(compacted.unwrap_err().contains("compacted at revision 7"));
         let err = watch_message(
+            "g",
             br#"{"error":{"grpc_code":14,"http_code":503,"message":"no leader\u001b[31m"}}"#,
         );
         assert_eq!(err.unwrap_err(), "watch failed: no leader [31m");
-        assert!(watch_message(b"{not json").is_err());
+        assert!(watch_message("g", b"{not json").is_err());
+    }
+
+    #[test]
+    fn the_mirror_keeps_the_newest_and_forgets_what_may_be_stale() {
+        let rec = |b: &[u8]| Some(Found::Record(Zeroizing::new(b.to_vec())));
+        let is = |f: Option<Option<Found>>, want: Option<&[u8]>| match (f, want) {
+            (Some(Some(Found::Record(r))), Some(w)) => r.as_slice() == w,
+            (Some(None), None) => true,
+            _ => false,
+        };
+        let mut m = Mirror::default();
+        // Nothing is learned or served before the stream is established.
+        m.learn(m.epoch, Slot(1), 5, rec(b"a"));
+        assert!(m.get(Slot(1)).is_none());
+        m.establish();
+        let e = m.epoch;
+        m.learn(e, Slot(1), 5, rec(b"a"));
+        m.learn(e, Slot(2), 5, None);
+        assert!(is(m.get(Slot(1)), Some(b"a")));
+        assert!(is(m.get(Slot(2)), None));
+        assert!(m.get(Slot(3)).is_none());
+        // An event newer than a read wins; a read older than an event does not undo it.
+        m.learn(e, Slot(2), 7, rec(b"b"));
+        m.learn(e, Slot(2), 6, None);
+        assert!(is(m.get(Slot(2)), Some(b"b")));
+        m.learn(e, Slot(2), 9, None);
+        assert!(is(m.get(Slot(2)), None));
+        // A read begun in another epoch is not recorded.
+        m.learn(e - 1, Slot(3), 10, rec(b"c"));
+        assert!(m.get(Slot(3)).is_none());
+        // Slots that left the window are dropped and never learned again.
+        m.forget_before(Slot(2));
+        assert!(m.get(Slot(1)).is_none());
+        m.learn(e, Slot(1), 11, rec(b"a"));
+        assert!(m.get(Slot(1)).is_none());
+        // Junk slots beyond the cap empty the mirror; reads then fill it again.
+        for s in 0..MAX_MIRROR_SLOTS as u64 {
+            m.learn(m.epoch, Slot(1000 + s), 20, None);
+        }
+        assert!(m.slots.len() <= MAX_MIRROR_SLOTS);
+        assert!(m.get(Slot(2)).is_none());
+        // A lost stream forgets everything.
+        m.establish();
+        m.learn(m.epoch, Slot(5), 30, rec(b"e"));
+        m.lose();
+        assert!(m.get(Slot(5)).is_none());
+        m.learn(m.epoch, Slot(5), 31, rec(b"e"));
+        assert!(m.get(Slot(5)).is_none());
     }
 
     #[test]

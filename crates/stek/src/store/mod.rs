@@ -135,7 +135,7 @@ impl Seen {
 }
 
 /// What [`Store::read_window`] found in one slot.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub enum Found {
     /// A value of at most [`MAX_RECORD_LEN`](stek_core::record::MAX_RECORD_LEN) bytes:
     /// untrusted, to be decoded and checked like every record.
