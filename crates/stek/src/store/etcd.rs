@@ -1045,6 +1045,10 @@ enum AttemptError {
     Tls(rustls::Error),
     /// An `etcd://` endpoint closed the connection without answering: most likely a TLS port.
     ClosedUnanswered(hyper_util::client::legacy::Error),
+    /// An `etcds://` endpoint closed the connection right after the TLS handshake, before any
+    /// answer: with TLS 1.3 a server that wants a client certificate says so only then (its
+    /// alert may arrive after the client's side of the handshake is done).
+    ClosedAfterTls(hyper_util::client::legacy::Error),
     /// etcd refused the user's credentials (wrong user or password, authentication not enabled).
     Auth(Refusal),
     /// etcd's token cannot be sent as a header.
@@ -1065,6 +1069,9 @@ impl fmt::Display for AttemptError {
             AttemptError::ClosedUnanswered(_) => f.write_str(
                 "closed the connection without answering (a TLS port? then use etcds://)",
             ),
+            AttemptError::ClosedAfterTls(_) => f.write_str(
+                "closed the connection after the TLS handshake without answering (does it require a client certificate? then give --store-cert and --store-key)",
+            ),
             AttemptError::Auth(r) => write!(f, "authentication failed: {r}"),
             AttemptError::BadToken => f.write_str("sent a token that is not a header value"),
         }
@@ -1075,7 +1082,9 @@ impl std::error::Error for AttemptError {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
             AttemptError::Request(e) => Some(e),
-            AttemptError::Send(e) | AttemptError::ClosedUnanswered(e) => Some(e),
+            AttemptError::Send(e)
+            | AttemptError::ClosedUnanswered(e)
+            | AttemptError::ClosedAfterTls(e) => Some(e),
             AttemptError::Read(e) => Some(e),
             AttemptError::Timeout(_)
             | AttemptError::Unavailable(_)
@@ -1157,11 +1166,15 @@ impl Conn {
         }
         let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(&e);
         while let Some(c) = cause {
-            if c.downcast_ref::<hyper::Error>()
-                .is_some_and(hyper::Error::is_incomplete_message)
-                && !self.tls
-            {
-                return AttemptError::ClosedUnanswered(e);
+            if let Some(h) = c.downcast_ref::<hyper::Error>() {
+                if h.is_incomplete_message() && !self.tls {
+                    return AttemptError::ClosedUnanswered(e);
+                }
+                // The connection ended before it could carry the request ("connection was not
+                // ready"), or before an answer: after a completed TLS handshake.
+                if self.tls && (h.is_incomplete_message() || h.is_canceled()) {
+                    return AttemptError::ClosedAfterTls(e);
+                }
             }
             cause = c.source();
         }
