@@ -33,7 +33,7 @@ struct Inner {
     publish_errors: u64,
     last_publish: Option<f64>,
     /// A generator's groups, by name (empty in an agent).
-    generator: BTreeMap<String, crate::generator::GroupReport>,
+    generator: BTreeMap<String, crate::status::GroupReport>,
     clock_steps: u64,
     last_clock_step: Option<f64>,
     /// The counters of this process's memcached servers, read when rendered.
@@ -124,7 +124,7 @@ impl Metrics {
         self.lock()
             .generator
             .entry(group.to_owned())
-            .or_insert_with(|| crate::generator::GroupReport {
+            .or_insert_with(|| crate::status::GroupReport {
                 group: group.to_owned(),
                 period: schedule.period().as_secs(),
                 lifetime: schedule.lifetime().as_secs(),
@@ -159,7 +159,7 @@ impl Metrics {
     }
 
     /// The generator's status at `now`, if this process runs a generator (and no agent).
-    pub fn generator_status(&self, now: Duration) -> Option<crate::generator::GeneratorStatus> {
+    pub fn generator_status(&self, now: Duration) -> Option<crate::status::GeneratorStatus> {
         let g = self.lock();
         if g.generator.is_empty() || g.status.is_some() {
             return None;
@@ -179,7 +179,7 @@ impl Metrics {
                 r
             })
             .collect();
-        Some(crate::generator::GeneratorStatus {
+        Some(crate::status::GeneratorStatus {
             role: "generator".to_owned(),
             groups,
             publish_errors: g.publish_errors,

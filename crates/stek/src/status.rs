@@ -96,13 +96,141 @@ impl std::error::Error for FetchError {
     }
 }
 
+/// What a generator reports about itself: `GET /status` on its metrics endpoint, and
+/// `stek status --endpoint` pointed at it.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct GeneratorStatus {
+    /// Always `generator`: tells this document from an agent's.
+    pub role: String,
+    /// The groups it publishes for.
+    pub groups: Vec<GroupReport>,
+    /// Failed publishing rounds so far.
+    pub publish_errors: u64,
+    /// When this document was made, Unix seconds.
+    pub updated_at: f64,
+}
+
+/// One group a generator publishes for.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct GroupReport {
+    /// The group.
+    pub group: String,
+    /// The period in seconds.
+    pub period: u64,
+    /// The lifetime in seconds.
+    pub lifetime: u64,
+    /// The newest slot whose record the store held after a round of this generator (every
+    /// slot up to it since the round's start too).
+    pub published_through: Option<u64>,
+    /// When the last round for this group succeeded, Unix seconds.
+    pub last_success: Option<f64>,
+    /// Why the group's rounds fail now, if they do, and since when (Unix seconds).
+    pub failing: Option<String>,
+    /// Since when the rounds fail.
+    pub failing_since: Option<f64>,
+    /// Keys this generator created (or repaired) for the group.
+    pub keys_created: u64,
+    /// Slot conflicts found in the group's slots, all reasons.
+    pub slot_conflicts: u64,
+}
+
+impl GeneratorStatus {
+    /// The verdict at `now` (Unix seconds): critical when a group's current slot has no
+    /// record this generator saw (agents encrypt with a stale key, then a local one), warning
+    /// when the next slot has none (agents reach the boundary without it) or rounds fail.
+    pub fn verdict(&self, now: f64) -> Verdict {
+        let mut problems = Vec::new();
+        for g in &self.groups {
+            let current = (now / g.period.max(1) as f64).floor() as u64;
+            let failing = g
+                .failing
+                .as_deref()
+                .map(|w| {
+                    format!(
+                        "; publishing fails since {} ({} ago): {w}",
+                        g.failing_since.map_or_else(|| "?".to_owned(), stamp),
+                        g.failing_since
+                            .map_or_else(|| "?".to_owned(), |t| secs(now - t))
+                    )
+                })
+                .unwrap_or_default();
+            let through = g.published_through;
+            if through.is_none_or(|t| t < current) {
+                problems.push((
+                    Level::Critical,
+                    format!(
+                        "group {}: no record of the current slot ({current}) published by this generator: agents encrypt with a stale key, then a local one{failing}",
+                        g.group
+                    ),
+                ));
+            } else if through.is_none_or(|t| t < current + 1) {
+                problems.push((
+                    Level::Warning,
+                    format!(
+                        "group {}: no record of the next slot ({}) published by this generator: agents reach {} without it{failing}",
+                        g.group,
+                        current + 1,
+                        stamp(((current + 1) * g.period) as f64)
+                    ),
+                ));
+            } else if !failing.is_empty() {
+                problems.push((
+                    Level::Warning,
+                    format!(
+                        "group {}: keys published through slot {}{failing}",
+                        g.group,
+                        through.unwrap_or(0)
+                    ),
+                ));
+            }
+        }
+        problems.sort_by_key(|p| std::cmp::Reverse(p.0));
+        Verdict {
+            level: problems.first().map_or(Level::Ok, |p| p.0),
+            problems,
+        }
+    }
+
+    /// The verdict first, then one line per group.
+    pub fn render_at(&self, now: f64) -> String {
+        use std::fmt::Write as _;
+        let v = self.verdict(now);
+        let mut out = String::new();
+        if v.problems.is_empty() {
+            let _ = writeln!(
+                out,
+                "OK: generator publishing for {} group(s)",
+                self.groups.len()
+            );
+        }
+        for (level, what) in &v.problems {
+            let _ = writeln!(out, "{}: {what}", level.word());
+        }
+        for g in &self.groups {
+            let _ = writeln!(
+                out,
+                "group {}: period {}s, lifetime {}s; published through slot {}; last round ok {}; {} key(s) created, {} slot conflict(s)",
+                g.group,
+                g.period,
+                g.lifetime,
+                g.published_through.map_or_else(|| "none yet".to_owned(), |t| t.to_string()),
+                g.last_success.map_or_else(|| "never".to_owned(), stamp),
+                g.keys_created,
+                g.slot_conflicts
+            );
+        }
+        let _ = writeln!(out, "failed rounds so far: {}", self.publish_errors);
+        out
+    }
+}
+
 /// What a status endpoint reports: an agent's status or a generator's.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Fetched {
     /// An agent (or `stek up`).
     Agent(Box<Status>),
     /// A generator.
-    Generator(crate::generator::GeneratorStatus),
+    Generator(GeneratorStatus),
 }
 
 impl Fetched {
