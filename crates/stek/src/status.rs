@@ -124,9 +124,9 @@ pub struct GroupReport {
     pub published_through: Option<u64>,
     /// When the last round for this group succeeded, Unix seconds.
     pub last_success: Option<f64>,
-    /// Why the group's rounds fail now, if they do, and since when (Unix seconds).
+    /// Why the group's rounds fail now, if they do.
     pub failing: Option<String>,
-    /// Since when the rounds fail.
+    /// Since when the rounds fail, Unix seconds.
     pub failing_since: Option<f64>,
     /// Keys this generator created (or repaired) for the group.
     pub keys_created: u64,

@@ -23,6 +23,15 @@ fn status_field(pid: u32, field: &str) -> String {
         .unwrap_or_else(|| panic!("no {field} in:\n{text}"))
 }
 
+/// Whether process `pid` (or `self`) may lock any amount of memory (its soft RLIMIT_MEMLOCK).
+fn memlock_unlimited(pid: &str) -> bool {
+    fs::read_to_string(format!("/proc/{pid}/limits"))
+        .expect("/proc/PID/limits")
+        .lines()
+        .find(|l| l.starts_with("Max locked memory"))
+        .is_some_and(|l| l.split_whitespace().nth(3) == Some("unlimited"))
+}
+
 /// No core dumps; memory locked when stek may lock it (root, or RLIMIT_MEMLOCK unlimited), else
 /// a warning says it is not (this test's user and limit decide which is checked; the test run as
 /// nobody below checks the other side under a finite limit).
@@ -47,11 +56,7 @@ fn no_core_dumps_and_memory_locked_or_said_not_to_be() {
         .trim_end_matches(" kB")
         .parse()
         .expect("VmLck in kB");
-    let ours = fs::read_to_string("/proc/self/limits").expect("/proc/self/limits");
-    let unlimited = ours
-        .lines()
-        .find(|l| l.starts_with("Max locked memory"))
-        .is_some_and(|l| l.split_whitespace().nth(3) == Some("unlimited"));
+    let unlimited = memlock_unlimited("self");
     let root = fs::metadata("/proc/self").expect("/proc/self").uid() == 0;
     let log = stek.log_text();
     if root || unlimited {
@@ -133,11 +138,7 @@ fn not_dumpable_even_for_its_own_user() {
         "stek runs as nobody"
     );
     // Not root: memory is locked only under an unlimited RLIMIT_MEMLOCK, and said otherwise.
-    let limits = fs::read_to_string(format!("/proc/{}/limits", stek.pid())).expect("limits");
-    let unlimited = limits
-        .lines()
-        .find(|l| l.starts_with("Max locked memory"))
-        .is_some_and(|l| l.split_whitespace().nth(3) == Some("unlimited"));
+    let unlimited = memlock_unlimited(&stek.pid().to_string());
     if !unlimited {
         assert_eq!(status_field(stek.pid(), "VmLck:"), "0 kB");
         assert!(
