@@ -1387,6 +1387,22 @@ impl Drop for GracefulNginx {
     }
 }
 
+/// The record of slot `from` in `records`, its header moved to slot `to` (slot and validity
+/// rewritten, the signature kept): a record that matches every header check for `to` and fails
+/// only its signature.
+fn moved_to(records: &BTreeMap<u64, Vec<u8>>, from: u64, to: u64) -> Vec<u8> {
+    let bytes = records
+        .get(&from)
+        .unwrap_or_else(|| panic!("the record of slot {from}"));
+    let mut record = stek_core::Record::decode(bytes).expect("a genuine record decodes");
+    let shift = (to - from) * P;
+    let h = &mut record.header;
+    h.slot = stek_core::Slot(to);
+    h.not_before += shift;
+    h.not_after += shift;
+    record.encode().as_slice().to_vec()
+}
+
 /// Agents stopped with SIGSTOP until dropped (then SIGCONT).
 pub struct Paused(Vec<u32>);
 
@@ -1585,39 +1601,37 @@ pub fn outsiders_and_forgeries_are_rejected(b: &mut dyn Backend, root: &Path) {
         assert_eq!(Some(&s.encrypting_name), fixed.get(&f1), "{}", s.render());
     }
     replay_into_api();
-    // 2. Corruption: one flipped byte (in the signature) of the genuine record of e + 4. Agents
-    //    read a record the moment it appears (notification), and keep a key once accepted, so
-    //    they are paused (SIGSTOP) around the generator's round and read only the corrupted copy:
-    //    what they would see if the store altered a record before they first read it.
+    // 2. Corruption: the genuine record of slot e + 3 with its header moved to slot e + 4 (the
+    //    slot and validity fields rewritten), put under e + 4 before the generator makes it (2 s
+    //    into slot e + 2). Every header field is what the agents expect there; only the signature
+    //    gives it away: what they would see if the store altered a record before they read it.
+    //    The generator is paused again so that the agents see the altered record first.
     let f2 = e + 4;
     forged.insert(f2);
     let before: Vec<u64> = everyone
         .iter()
         .map(|a| rejected(a, "bad_signature"))
         .collect();
-    {
-        let _paused = Paused::new(&everyone);
-        assert!(
-            !b.live_slots(GROUP).contains(&f2),
-            "slot {f2} was made before the agents were paused: the test is late"
-        );
-        let mut rec = wait_for(
-            "the generator to make slot e + 4",
-            Duration::from_secs(P),
-            || b.records(GROUP).remove(&f2),
-        );
-        *rec.last_mut().expect("non-empty") ^= 0x01;
-        b.put(GROUP, f2, &rec, erase_at(f2));
-    }
-    // Resumed, they read it at once. (The untrusting agent stops at the signer, before the
-    // signature; group api does not read web's records.)
+    let paused_generator = Paused::pids(vec![gen.pid()]);
+    assert!(
+        !b.live_slots(GROUP).contains(&f2),
+        "slot {f2} already exists: the test is late"
+    );
+    b.put(
+        GROUP,
+        f2,
+        &moved_to(&b.records(GROUP), e + 3, f2),
+        erase_at(f2),
+    );
+    // The untrusting agent stops at the signer, before the signature; group api does not read
+    // web's records.
     for (a, n) in everyone.iter().zip(&before) {
         if a.name == "wrong-trust" || a.name == "api" {
             continue;
         }
         wait_for(
             &format!("{} to reject the corrupted record", a.name),
-            Duration::from_secs(P),
+            Duration::from_secs(2 * P),
             || (rejected(a, "bad_signature") > *n).then_some(()),
         );
     }
@@ -1625,13 +1639,14 @@ pub fn outsiders_and_forgeries_are_rejected(b: &mut dyn Backend, root: &Path) {
         "{}: every agent rejected the corrupted record (bad_signature)",
         b.kind()
     );
+    drop(paused_generator);
     sleep_until_slot(P, e + 3, MID);
     let st = check(e + 3, &mut names, &forged);
     for s in &st {
         assert_eq!(s.encrypting, "current", "{}", s.render());
     }
-    // The generator's next round (2 s into slot e + 3) found the bad signature and replaced the
-    // record: slot e + 4 has a key after all.
+    // The generator's round, resumed, found the bad signature and replaced the record: slot
+    // e + 4 has a key after all.
     sleep_until_slot(P, e + 4, MID);
     let st = check(e + 4, &mut names, &forged);
     let fixed = repaired(&gen.log_text());
