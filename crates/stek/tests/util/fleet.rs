@@ -2368,16 +2368,35 @@ pub fn hostile_values_and_junk_keys(b: &mut dyn Backend, root: &Path) {
     }
     // Two more rotations: the agents keep reading (at least every P/4), so a client that
     // downloaded the values would do it again and again. (One rotation is left out first: a
-    // generator that could not write while etcd stored the values retries with backoff.)
-    let now = current_slot();
-    for slot in [now + 2, now + 3] {
-        sleep_until_slot(P, slot, MID);
+    // generator that could not write while etcd stored the values retries with backoff.) On a
+    // loaded machine etcd may still answer no reads for several seconds after storing the
+    // values: the agents then encrypt with the last shared key ("stale"), as the failure policy
+    // says. Each sample is therefore the first slot, within a bound that still fails a lasting
+    // outage, in which both agents read the store again.
+    let mut slot = current_slot() + 2;
+    for _ in 0..2 {
+        let deadline = Instant::now() + Duration::from_secs(8 * P);
+        loop {
+            sleep_until_slot(P, slot, MID);
+            let st = statuses_at(&refs, slot);
+            let fresh = |s: &Status| s.staleness.is_some_and(|t| t < P as f64);
+            if st.iter().all(|s| s.encrypting == "current" && fresh(s)) {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the agents read nothing from the store for 8 periods:\n{}",
+                describe(&refs, &st)
+            );
+            slot += 1;
+        }
         let st = check(slot, &mut names);
         for x in &st[0].keys {
             if let Some(name) = held.get(&x.slot) {
                 assert_eq!(&x.name, name, "{}", st[0].render());
             }
         }
+        slot += 1;
     }
     for (a, before) in refs.iter().zip(before) {
         assert_eq!(oversize(a), 3, "each value is reported once");
