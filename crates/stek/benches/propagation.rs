@@ -4,12 +4,14 @@
 //! For each store (Redis, then etcd) this starts real servers on free loopback ports in temporary
 //! directories: for Redis a primary (the generator's) and read replicas (the agents', one per
 //! 2,500 agents, spread round-robin: one single-threaded Redis would serve 20,000 TLS
-//! connections of a 10,000-agent fleet alone), as in production; for etcd one member, listening
-//! on one client port per 2,500 agents (which only spreads the connections over more loopback
-//! ports). With TLS (the default) the generator and the agents speak `rediss://` and `etcds://`
-//! to servers whose certificates the benchmark makes with rcgen (server authentication only);
-//! the benchmark's own monitoring uses plain ports. It then runs the agent sessions (1,000, then
-//! 10,000) in this process, each a
+//! connections of a 10,000-agent fleet alone), as in production; for etcd a cluster of one
+//! member per 2,500 agents, the agents spread over the members the same way (a member holds two
+//! connections per agent, and one process may hold only as many as its open-file limit allows).
+//! With TLS (the default) the generator and the agents speak `rediss://` and `etcds://` to
+//! servers whose certificates the benchmark makes with rcgen (server authentication only); the
+//! benchmark's own monitoring uses plain ports. It then runs the agent sessions (1,000, then
+//! 10,000) in worker processes (this benchmark's own binary, one process per 4,000 agents,
+//! for the same open-file limit), each agent a
 //! Tokio task with its own store connection (its own connection and pub/sub subscription for
 //! Redis, its own HTTP connections and watch stream for etcd), each running the real agent parts
 //! (`stek::agent::Syncer` with a `SealedOpener`, and `stek::agent::Rotator`): `sync` on every
@@ -26,7 +28,15 @@
 //! that agent's `sync` has returned with the key opened and its rotator's ring holds it.
 //!
 //! Load: the store's own counters over whole periods of steady state (Redis `INFO commandstats`
-//! on the replica; etcd's `/metrics`), and the agents' requests counted in this process.
+//! on the replicas; etcd's `/metrics` of every member), and the agents' requests counted in the
+//! worker processes.
+//!
+//! A worker gets its part of the fleet (the store, the URLs, the CA, the trusted generator) as a
+//! line of JSON on its stdin, then the group identity (never in a file or the environment). It
+//! prints `ready N` once its N agents have synced, `held SLOT WOKE HELD WAKE` for each agent's
+//! first holding of a slot's key (times in nanoseconds of `CLOCK_MONOTONIC`, which every process
+//! of the machine shares), and `requests READS CLOCK_READS ERRORS` when sent `snapshot`; `stop`
+//! or the end of its stdin ends it.
 //!
 //! Everything shares this machine's cores: the agents, the generator and the servers, so
 //! latencies include every agent opening the record (an X25519 decapsulation and an Ed25519
@@ -47,19 +57,22 @@
 //! | `STEK_BENCH_TLS` | `on`, `off`, `both` | `on` |
 //! | `STEK_BENCH_STORES` | `redis`, `etcd`, comma-separated | `redis,etcd` |
 //! | `STEK_BENCH_RECORDS` | records measured per run | `6` / `1` |
-//! | `STEK_BENCH_ENDPOINTS` | Redis replicas / etcd client ports (at most 8) | agents / 2,500, at least 1 |
+//! | `STEK_BENCH_ENDPOINTS` | Redis replicas / etcd members (at most 8) | agents / 2,500, at least 1 |
 //!
 //! e.g. `STEK_BENCH_AGENTS=10000 STEK_BENCH_STORES=etcd cargo bench -p stek --bench propagation`.
 //! Each agent holds two connections (Redis) or a watch stream and a pooled connection (etcd):
-//! the benchmark raises its open-file limit (soft, and hard where it may: root with
-//! CAP_SYS_RESOURCE) to two per agent and some spare before it starts any server, and stops with
-//! an error naming the limit otherwise (a hard limit of 20,000 allows about 9,800 agents).
+//! every worker raises its open-file limit (soft, and hard where it may: root with
+//! CAP_SYS_RESOURCE) to two per agent and some spare, and stops with an error naming the limit
+//! otherwise; the servers inherit the driver's limit, raised as far as it goes (a hard limit of
+//! 20,000, as in some containers, is enough: 4,000 agents per worker, 2,500 per server).
 //! Agents start 100 at a time (subscribe and first read), as hosts of a fleet do not all start
 //! in the same millisecond. Each run reports its wall time, the load average at its start and
 //! end, and the resident memory of every process with the fleet connected.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::fmt::Write as _;
 use std::future::Future;
+use std::io::{BufRead as _, Write as _};
 use std::net::{SocketAddr, TcpListener};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -75,9 +88,10 @@ use stek::store::{Created, EtcdStore, LoadedAccess, RedisStore, Store, StoreErro
 use stek_core::{
     GeneratorKey, GeneratorPublicKey, GroupIdentity, Origin, Record, Schedule, Slot, SlotKey,
 };
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
 use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinSet;
+use zeroize::Zeroizing;
 
 const GROUP: &str = "bench";
 const PERIOD: Duration = Duration::from_secs(4);
@@ -95,12 +109,16 @@ struct Config {
     agents: usize,
     records: usize,
     tls: bool,
-    /// Redis replicas the agents spread over; for etcd, client ports of the member.
+    /// Redis replicas the agents spread over; for etcd, the members of the cluster.
     endpoints: usize,
 }
 
-/// The agents one Redis replica (or one etcd client port) serves.
+/// The agents one Redis replica (or one etcd member) serves.
 const AGENTS_PER_ENDPOINT: usize = 2500;
+/// The agents one worker process runs (two open files each).
+const AGENTS_PER_WORKER: usize = 4000;
+/// Set in a worker's environment: run agents for the driver (see the module documentation).
+const WORKER_ENV: &str = "STEK_BENCH_WORKER";
 
 /// What to run, from the environment (see the module documentation).
 struct Plan {
@@ -158,17 +176,18 @@ impl Plan {
 }
 
 fn main() -> anyhow::Result<()> {
+    if std::env::var_os(WORKER_ENV).is_some() {
+        return worker_main();
+    }
     let full = std::env::args().any(|a| a == "--bench");
     let plan = Plan::from_env(full)?;
-    let most = plan.agents.iter().copied().max().unwrap_or(0) as u64;
-    // Per agent 2 connections: Redis commands + notifications; etcd a watch stream + one idle
-    // pooled connection (more for a moment while a whole window is read). The servers run in
-    // their own processes and inherit the limit.
-    let needed = most * 2 + 256;
+    // The servers run in their own processes and inherit the limit: a server holds two
+    // connections per agent it serves (see `fd_need`).
+    let needed = fd_need(AGENTS_PER_ENDPOINT);
     let limit = raise_fd_limit(needed);
     if limit < needed {
         bail!(
-            "the open-file limit is {limit} and cannot be raised (hard limit, or not root); {most} agents need about {needed}: raise it (ulimit -Hn / limits.conf) or run fewer agents (STEK_BENCH_AGENTS)"
+            "the open-file limit is {limit} and cannot be raised (hard limit, or not root); a server of {AGENTS_PER_ENDPOINT} agents needs about {needed}: raise it (ulimit -Hn / limits.conf)"
         );
     }
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -461,6 +480,426 @@ async fn agent_loop<S: Store>(
 }
 
 // ---------------------------------------------------------------------------------------------
+// Worker processes: the agents, a few thousand per process (see the module documentation).
+
+/// Where the agents of a run connect, and how.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+struct FleetSpec {
+    /// `redis` or `etcd`.
+    store: String,
+    /// The URLs the agents spread over, round-robin.
+    urls: Vec<String>,
+    /// The CA certificate (PEM) the servers' certificates chain to, with TLS.
+    ca: Option<String>,
+}
+
+impl FleetSpec {
+    fn access(&self) -> LoadedAccess {
+        self.ca
+            .as_deref()
+            .map(|ca| tls_access(ca.as_bytes()))
+            .unwrap_or_default()
+    }
+
+    fn url(&self, agent: usize) -> String {
+        self.urls[agent % self.urls.len()].clone()
+    }
+}
+
+/// One worker's part of the fleet: the first line of its stdin.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+struct WorkerSpec {
+    fleet: FleetSpec,
+    /// The fleet-wide index of its first agent (for the round-robin over URLs).
+    first: usize,
+    agents: usize,
+    /// How many of its agents may connect at once.
+    gate: usize,
+    /// The generators the agents trust (text form).
+    trusted: Vec<String>,
+}
+
+/// Instants as nanoseconds of `CLOCK_MONOTONIC`, which every process of the machine shares
+/// (Rust's `Instant` reads that clock on Linux, but cannot cross a process boundary).
+#[derive(Debug, Clone, Copy)]
+struct Mono {
+    instant: Instant,
+    ns: u64,
+}
+
+impl Mono {
+    fn new() -> Mono {
+        Mono {
+            instant: Instant::now(),
+            ns: mono_ns(),
+        }
+    }
+
+    fn ns(&self, t: Instant) -> u64 {
+        match t.checked_duration_since(self.instant) {
+            Some(d) => self.ns + d.as_nanos() as u64,
+            None => self.ns - (self.instant - t).as_nanos() as u64,
+        }
+    }
+
+    fn instant(&self, ns: u64) -> Instant {
+        match ns.checked_sub(self.ns) {
+            Some(d) => self.instant + Duration::from_nanos(d),
+            None => self.instant - Duration::from_nanos(self.ns - ns),
+        }
+    }
+}
+
+#[allow(unsafe_code)]
+fn mono_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes into a valid timespec we own; CLOCK_MONOTONIC always exists.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+/// A worker process: reads its spec and the group identity from stdin, runs its agents and
+/// reports to the driver on stdout until told to stop.
+fn worker_main() -> anyhow::Result<()> {
+    let mut stdin = std::io::stdin().lock();
+    let mut line = String::new();
+    stdin.read_line(&mut line)?;
+    let spec: WorkerSpec = serde_json::from_str(&line).context("the worker's spec")?;
+    let mut identity_text = Zeroizing::new(String::new());
+    loop {
+        let mut l = Zeroizing::new(String::new());
+        if stdin.read_line(&mut l)? == 0 {
+            bail!("stdin ended before the group identity");
+        }
+        if l.trim_end() == "." {
+            break;
+        }
+        identity_text.push_str(&l);
+    }
+    drop(stdin);
+    let needed = fd_need(spec.agents);
+    let limit = raise_fd_limit(needed);
+    if limit < needed {
+        bail!(
+            "the open-file limit is {limit} and cannot be raised (hard limit, or not root); {} agents need about {needed}",
+            spec.agents
+        );
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    let fleet = spec.fleet.clone();
+    let store = fleet.store.clone();
+    runtime.block_on(async move {
+        match store.as_str() {
+            "redis" => {
+                let connect = move |i: usize| {
+                    let (url, access) = (fleet.url(i), fleet.access());
+                    async move { RedisStore::connect_with(&url, &access).await }
+                };
+                worker(spec, &identity_text, connect).await
+            }
+            "etcd" => {
+                let connect = move |i: usize| {
+                    let store = EtcdStore::connect_with(&fleet.url(i), &fleet.access());
+                    async move { store }
+                };
+                worker(spec, &identity_text, connect).await
+            }
+            other => bail!("unknown store {other:?}"),
+        }
+    })
+}
+
+/// Runs a worker's agents: connects them (`connect` makes agent `i`'s store), starts their
+/// sessions, and reports (see the module documentation).
+async fn worker<S, F, Fut>(spec: WorkerSpec, identity_text: &str, connect: F) -> anyhow::Result<()>
+where
+    S: Store,
+    F: Fn(usize) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Result<S, StoreError>> + Send,
+{
+    let schedule = Schedule::new(PERIOD, LIFETIME)?;
+    let poll = stek::agent::default_poll(&schedule);
+    let trusted = spec
+        .trusted
+        .iter()
+        .map(|t| GeneratorPublicKey::parse(t))
+        .collect::<Result<Vec<_>, _>>()?;
+    let requests = Arc::new(Requests::default());
+    let connect = Arc::new(connect);
+    let gate = Arc::new(Semaphore::new(spec.gate.max(1)));
+    let mut connects = JoinSet::new();
+    for i in spec.first..spec.first + spec.agents {
+        let (connect, gate) = (connect.clone(), gate.clone());
+        connects.spawn(async move {
+            let _permit = gate.acquire_owned().await;
+            let started = Instant::now();
+            connect(i)
+                .await
+                .with_context(|| format!("agent {i} connecting (for {:?})", started.elapsed()))
+        });
+    }
+    let mut stores = Vec::with_capacity(spec.agents);
+    while let Some(r) = connects.join_next().await {
+        stores.push(Arc::new(Probed::new(r??, requests.clone())));
+    }
+    let board = Arc::new(Board::default());
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let mut agents = JoinSet::new();
+    for store in stores {
+        let opener = SealedOpener {
+            identity: GroupIdentity::from_file_text(identity_text)?,
+            trusted: trusted.clone(),
+        };
+        let syncer = Syncer::new(store.clone(), opener, GROUP.to_owned(), schedule);
+        let rotator = Rotator::new(GROUP.to_owned(), schedule, 1);
+        agents.spawn(agent_loop(
+            syncer,
+            rotator,
+            store,
+            poll,
+            board.clone(),
+            gate.clone(),
+            stop_rx.clone(),
+        ));
+    }
+    // The driver's commands, read by a thread (stdin has no async reader here); the end of
+    // stdin (the driver gone) ends the worker.
+    let (cmd_tx, mut commands) = tokio::sync::mpsc::unbounded_channel::<String>();
+    std::thread::spawn(move || {
+        for line in std::io::stdin().lines() {
+            let Ok(line) = line else { break };
+            if cmd_tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let mono = Mono::new();
+    let mut reported: HashMap<Slot, usize> = HashMap::new();
+    let mut ready = false;
+    let mut tick = tokio::time::interval(Duration::from_millis(10));
+    let outcome = loop {
+        let mut text = String::new();
+        tokio::select! {
+            _ = tick.tick() => {}
+            command = commands.recv() => match command.as_deref() {
+                Some("snapshot") => {
+                    let (reads, clock_reads, errors) = requests.snapshot();
+                    let _ = writeln!(text, "requests {reads} {clock_reads} {errors}");
+                }
+                Some("stop") | None => break Ok(()),
+                Some(other) => break Err(anyhow::anyhow!("unknown command {other:?}")),
+            },
+        }
+        for (slot, list) in lock(&board.held).iter() {
+            let from = reported.entry(*slot).or_default();
+            for h in &list[*from..] {
+                let _ = writeln!(
+                    text,
+                    "held {} {} {} {}",
+                    slot.0,
+                    mono.ns(h.woke),
+                    mono.ns(h.held),
+                    wake_name(h.wake)
+                );
+            }
+            *from = list.len();
+        }
+        if !ready && board.ready.load(Ordering::Relaxed) >= spec.agents {
+            ready = true;
+            let _ = writeln!(text, "ready {}", spec.agents);
+        }
+        if !text.is_empty() {
+            let mut out = std::io::stdout().lock();
+            if let Err(e) = out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+                break Err(e.into());
+            }
+        }
+    };
+    let _ = stop_tx.send(true);
+    while agents.join_next().await.is_some() {}
+    outcome
+}
+
+/// Per worker: how many `requests` replies came, and the last one (reads, clock reads, errors).
+type Replies = Arc<Mutex<Vec<(u64, (u64, u64, u64))>>>;
+
+/// The driver's side of the worker processes.
+struct Workers {
+    children: Vec<(tokio::process::Child, tokio::process::ChildStdin)>,
+    /// Filled from the workers' reports, as the agents' own board was in one process.
+    board: Arc<Board>,
+    replies: Replies,
+    readers: JoinSet<anyhow::Result<()>>,
+}
+
+impl Workers {
+    /// Starts one worker per [`AGENTS_PER_WORKER`] agents (at least one) with its share of the
+    /// `agents`, and of the connection gate.
+    async fn start(
+        fleet: &FleetSpec,
+        agents: usize,
+        trusted: &[GeneratorPublicKey],
+        identity_text: &str,
+    ) -> anyhow::Result<Workers> {
+        let n = agents.div_ceil(AGENTS_PER_WORKER).max(1);
+        let exe = std::env::current_exe().context("this benchmark's own binary")?;
+        let mono = Mono::new();
+        let mut w = Workers {
+            children: Vec::new(),
+            board: Arc::default(),
+            replies: Arc::new(Mutex::new(vec![(0, (0, 0, 0)); n])),
+            readers: JoinSet::new(),
+        };
+        for i in 0..n {
+            let first = agents * i / n;
+            let spec = WorkerSpec {
+                fleet: fleet.clone(),
+                first,
+                agents: agents * (i + 1) / n - first,
+                gate: CONNECT_CONCURRENCY.div_ceil(n),
+                trusted: trusted.iter().map(ToString::to_string).collect(),
+            };
+            let mut child = tokio::process::Command::new(&exe)
+                .env(WORKER_ENV, "1")
+                .stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::inherit())
+                .kill_on_drop(true)
+                .spawn()
+                .context("starting a worker process")?;
+            let (Some(mut stdin), Some(stdout)) = (child.stdin.take(), child.stdout.take()) else {
+                bail!("a worker without pipes");
+            };
+            let mut head = serde_json::to_string(&spec)?;
+            head.push('\n');
+            stdin.write_all(head.as_bytes()).await?;
+            stdin.write_all(identity_text.as_bytes()).await?;
+            stdin.write_all(b".\n").await?;
+            stdin.flush().await?;
+            w.readers.spawn(read_worker(
+                i,
+                stdout,
+                w.board.clone(),
+                w.replies.clone(),
+                mono,
+            ));
+            w.children.push((child, stdin));
+        }
+        Ok(w)
+    }
+
+    fn pids(&self) -> Vec<u32> {
+        self.children.iter().filter_map(|(c, _)| c.id()).collect()
+    }
+
+    /// An error if a worker has ended (its own error is on stderr).
+    fn check(&mut self) -> anyhow::Result<()> {
+        match self.readers.try_join_next() {
+            None => Ok(()),
+            Some(Ok(Ok(()))) => bail!("a worker process ended early (see its error above)"),
+            Some(Ok(Err(e))) => Err(e.context("reading a worker's reports")),
+            Some(Err(e)) => bail!("a worker's reader failed: {e}"),
+        }
+    }
+
+    /// The agents' requests so far, summed over the workers (each is asked, and answers).
+    async fn requests(&mut self) -> anyhow::Result<(u64, u64, u64)> {
+        let before: Vec<u64> = lock(&self.replies).iter().map(|r| r.0).collect();
+        for (_, stdin) in &mut self.children {
+            stdin.write_all(b"snapshot\n").await?;
+            stdin.flush().await?;
+        }
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            {
+                let replies = lock(&self.replies);
+                if replies.iter().zip(&before).all(|(r, b)| r.0 > *b) {
+                    return Ok(replies
+                        .iter()
+                        .fold((0, 0, 0), |s, (_, r)| (s.0 + r.0, s.1 + r.1, s.2 + r.2)));
+                }
+            }
+            self.check()?;
+            if Instant::now() > deadline {
+                bail!("the workers did not report their requests in 30 s");
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
+    /// Tells every worker to stop and waits for it (killed after 30 s).
+    async fn stop(mut self) {
+        for (_, stdin) in &mut self.children {
+            let _ = stdin.write_all(b"stop\n").await;
+            let _ = stdin.flush().await;
+        }
+        for (mut child, stdin) in self.children.drain(..) {
+            drop(stdin);
+            if tokio::time::timeout(Duration::from_secs(30), child.wait())
+                .await
+                .is_err()
+            {
+                let _ = child.kill().await;
+            }
+        }
+        self.readers.abort_all();
+    }
+}
+
+/// Reads worker `i`'s reports into `board` and `replies` until it ends.
+async fn read_worker(
+    i: usize,
+    stdout: tokio::process::ChildStdout,
+    board: Arc<Board>,
+    replies: Replies,
+    mono: Mono,
+) -> anyhow::Result<()> {
+    let mut lines = tokio::io::BufReader::new(stdout).lines();
+    while let Some(line) = lines.next_line().await? {
+        let bad = || anyhow::anyhow!("worker {i} reported {line:?}");
+        let words: Vec<&str> = line.split(' ').collect();
+        let num = |k: usize| -> anyhow::Result<u64> {
+            words.get(k).and_then(|w| w.parse().ok()).ok_or_else(bad)
+        };
+        match words[0] {
+            "held" => {
+                let wake = match words.get(4).copied() {
+                    Some("start") => Wake::Start,
+                    Some("notified") => Wake::Notified,
+                    Some("poll") => Wake::Poll,
+                    Some("boundary") => Wake::Boundary,
+                    _ => return Err(bad()),
+                };
+                let held = Held {
+                    woke: mono.instant(num(2)?),
+                    held: mono.instant(num(3)?),
+                    wake,
+                };
+                lock(&board.held)
+                    .entry(Slot(num(1)?))
+                    .or_default()
+                    .push(held);
+            }
+            "ready" => {
+                board.ready.fetch_add(num(1)? as usize, Ordering::Relaxed);
+            }
+            "requests" => {
+                let r = (num(1)?, num(2)?, num(3)?);
+                let mut replies = lock(&replies);
+                replies[i] = (replies[i].0 + 1, r);
+            }
+            _ => return Err(bad()),
+        }
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
 // The run: start the fleet, publish records, measure.
 
 /// The store-side counters of one moment.
@@ -474,8 +913,8 @@ type Snapshot = (Counters, (u64, u64, u64), Instant, Vec<f64>);
 enum Load {
     /// `INFO commandstats` and `PUBSUB NUMSUB` on the replicas, summed.
     Redis(Vec<redis::aio::MultiplexedConnection>),
-    /// `/metrics` of the etcd member.
-    Etcd(SocketAddr),
+    /// `/metrics` of the etcd members, summed.
+    Etcd(Vec<SocketAddr>),
 }
 
 impl Load {
@@ -494,7 +933,15 @@ impl Load {
                 }
                 Ok(sum)
             }
-            Load::Etcd(addr) => Ok(parse_etcd_metrics(&http_get(*addr, "/metrics").await?)),
+            Load::Etcd(addrs) => {
+                let mut sum = Counters::new();
+                for addr in addrs {
+                    for (k, v) in parse_etcd_metrics(&http_get(*addr, "/metrics").await?) {
+                        *sum.entry(k).or_default() += v;
+                    }
+                }
+                Ok(sum)
+            }
         }
     }
 
@@ -513,9 +960,13 @@ impl Load {
                 }
                 Ok(sum)
             }
-            Load::Etcd(addr) => {
-                let m = http_get(*addr, "/metrics").await?;
-                Ok(metric(&m, "etcd_debugging_mvcc_watcher_total").unwrap_or(0))
+            Load::Etcd(addrs) => {
+                let mut sum = 0;
+                for addr in addrs {
+                    let m = http_get(*addr, "/metrics").await?;
+                    sum += metric(&m, "etcd_debugging_mvcc_watcher_total").unwrap_or(0);
+                }
+                Ok(sum)
             }
         }
     }
@@ -628,20 +1079,15 @@ fn wake_name(w: Wake) -> &'static str {
 
 /// Runs the fleet against one store. `connect` makes one agent's store connection; `generator`
 /// is the generator's store.
-async fn run<S, F, Fut>(
+async fn run<S: Store>(
     name: &'static str,
     setup: String,
     cfg: &Config,
     generator: S,
-    connect: F,
+    fleet: FleetSpec,
     mut load: Load,
     servers: &[(&'static str, &Server)],
-) -> anyhow::Result<Report>
-where
-    S: Store,
-    F: Fn(usize) -> Fut + Send + Sync + 'static,
-    Fut: Future<Output = Result<S, StoreError>> + Send,
-{
+) -> anyhow::Result<Report> {
     let run_started = Instant::now();
     let load_before = loadavg();
     let clock = SystemClock::new();
@@ -661,48 +1107,10 @@ where
         .await
         .context("the first publication")?;
 
-    // Connect the fleet, a bounded number at a time.
+    // Start the fleet: the workers connect their agents, a bounded number at a time.
     let connecting = Instant::now();
-    let requests = Arc::new(Requests::default());
-    let connect = Arc::new(connect);
-    let gate = Arc::new(Semaphore::new(CONNECT_CONCURRENCY));
-    let mut connects = JoinSet::new();
-    for i in 0..cfg.agents {
-        let (connect, gate) = (connect.clone(), gate.clone());
-        connects.spawn(async move {
-            let _permit = gate.acquire_owned().await;
-            let started = Instant::now();
-            connect(i)
-                .await
-                .with_context(|| format!("agent {i} connecting (for {:?})", started.elapsed()))
-        });
-    }
-    let mut stores = Vec::with_capacity(cfg.agents);
-    while let Some(r) = connects.join_next().await {
-        stores.push(Arc::new(Probed::new(r??, requests.clone())));
-    }
-
-    let board = Arc::new(Board::default());
-    let (stop_tx, stop_rx) = watch::channel(false);
-    let mut agents = JoinSet::new();
-    for store in stores {
-        let identity = GroupIdentity::from_file_text(&identity_text)?;
-        let opener = SealedOpener {
-            identity,
-            trusted: trusted.clone(),
-        };
-        let syncer = Syncer::new(store.clone(), opener, GROUP.to_owned(), schedule);
-        let rotator = Rotator::new(GROUP.to_owned(), schedule, 1);
-        agents.spawn(agent_loop(
-            syncer,
-            rotator,
-            store,
-            poll,
-            board.clone(),
-            gate.clone(),
-            stop_rx.clone(),
-        ));
-    }
+    let mut workers = Workers::start(&fleet, cfg.agents, &trusted, &identity_text).await?;
+    let board = workers.board.clone();
     // Every agent has synced once and listens for changes.
     let patience = Duration::from_secs(60) + Duration::from_millis(50) * cfg.agents as u32;
     let deadline = Instant::now() + patience;
@@ -713,6 +1121,7 @@ where
         if ready >= cfg.agents && subscribed >= cfg.agents as u64 {
             break;
         }
+        workers.check()?;
         if Instant::now() > deadline {
             bail!("after {patience:?}, {ready} agents synced and {subscribed} listen for changes");
         }
@@ -732,11 +1141,18 @@ where
     // One record per slot, published mid-slot for the next slot.
     let mut results = Vec::new();
     let mut missed = 0;
+    let pids = workers.pids();
     let cpu = || -> Vec<f64> {
         servers
             .iter()
             .map(|(_, s)| s.cpu())
-            .chain([process_cpu("/proc/self/stat"), machine_busy_cpu()])
+            .chain([
+                pids.iter()
+                    .map(|p| process_cpu(&format!("/proc/{p}/stat")))
+                    .sum(),
+                process_cpu("/proc/self/stat"),
+                machine_busy_cpu(),
+            ])
             .collect()
     };
     let mut first: Option<Snapshot> = None;
@@ -749,7 +1165,7 @@ where
             load.counters()
                 .await
                 .context("reading the store's counters")?,
-            requests.snapshot(),
+            workers.requests().await?,
             Instant::now(),
             cpu(),
         );
@@ -833,10 +1249,15 @@ where
     let rss: Vec<(&'static str, (f64, f64))> = servers
         .iter()
         .map(|(n, s)| (*n, rss_mib(&format!("/proc/{}/status", s.child.id()))))
-        .chain([("this process", rss_mib("/proc/self/status"))])
+        .chain([
+            ("agent processes", {
+                let each = pids.iter().map(|p| rss_mib(&format!("/proc/{p}/status")));
+                each.fold((0.0, 0.0), |(a, b), (c, d)| (a + c, b + d))
+            }),
+            ("this process (generator)", rss_mib("/proc/self/status")),
+        ])
         .collect();
-    let _ = stop_tx.send(true);
-    while agents.join_next().await.is_some() {}
+    workers.stop().await;
 
     let (Some((c0, r0, t0, u0)), Some((c1, r1, t1, u1))) = (first, last) else {
         bail!("no measurement");
@@ -864,7 +1285,11 @@ where
             let mut cpu: Vec<(&'static str, f64)> = servers
                 .iter()
                 .map(|(n, _)| *n)
-                .chain(["this process (agents + generator)", "whole machine"])
+                .chain([
+                    "agent processes",
+                    "this process (generator)",
+                    "whole machine",
+                ])
                 .zip(u0.iter().zip(&u1).map(|(a, b)| b - a))
                 .collect();
             // The rest of the machine: whatever else ran meanwhile.
@@ -879,7 +1304,18 @@ where
 // ---------------------------------------------------------------------------------------------
 // The stores.
 
-/// Names of the Redis replicas and etcd client ports, as the report shows them.
+/// Names of the Redis replicas, as the report shows them.
+const ETCD_MEMBER_NAMES: [&str; 8] = [
+    "etcd member 1",
+    "etcd member 2",
+    "etcd member 3",
+    "etcd member 4",
+    "etcd member 5",
+    "etcd member 6",
+    "etcd member 7",
+    "etcd member 8",
+];
+
 const ENDPOINT_NAMES: [&str; 8] = [
     "redis replica 1",
     "redis replica 2",
@@ -1005,21 +1441,22 @@ async fn bench_redis(cfg: &Config) -> anyhow::Result<Report> {
         });
     }
     let version = redis_version(&primary_url).await.unwrap_or_default();
-    let ca = tls.as_ref().map(|t| t.0.clone());
-    let access = move || ca.as_deref().map(tls_access).unwrap_or_default();
+    let fleet = FleetSpec {
+        store: "redis".to_owned(),
+        urls: agent_urls,
+        ca: tls
+            .as_ref()
+            .map(|t| String::from_utf8(t.0.clone()))
+            .transpose()?,
+    };
     let generator_url = if cfg.tls {
         format!("rediss://127.0.0.1:{t0}")
     } else {
         primary_url
     };
-    let generator = RedisStore::connect_with(&generator_url, &access())
+    let generator = RedisStore::connect_with(&generator_url, &fleet.access())
         .await
         .context("the generator connecting")?;
-    let connect = move |i: usize| {
-        let url = agent_urls[i % agent_urls.len()].clone();
-        let access = access();
-        async move { RedisStore::connect_with(&url, &access).await }
-    };
     let mut servers: Vec<(&'static str, &Server)> = vec![("redis primary", &primary)];
     servers.extend(ENDPOINT_NAMES.iter().copied().zip(&replica_servers));
     run(
@@ -1030,7 +1467,7 @@ async fn bench_redis(cfg: &Config) -> anyhow::Result<Report> {
         ),
         cfg,
         generator,
-        connect,
+        fleet,
         Load::Redis(conns),
         &servers,
     )
@@ -1044,84 +1481,103 @@ async fn bench_etcd(cfg: &Config) -> anyhow::Result<Report> {
     } else {
         None
     };
-    let (metrics, peer) = (free_port()?, free_port()?);
-    let ports = (0..cfg.endpoints.min(ENDPOINT_NAMES.len()))
-        .map(|_| free_port())
-        .collect::<Result<Vec<_>, _>>()?;
+    // One member per endpoint, each with a client port (TLS or not), a peer port and a plain
+    // metrics port.
+    let members = cfg.endpoints.min(ETCD_MEMBER_NAMES.len());
     let scheme = if cfg.tls { "https" } else { "http" };
-    let client_urls: Vec<String> = ports
-        .iter()
-        .map(|p| format!("{scheme}://127.0.0.1:{p}"))
-        .collect();
-    let data = dir.path().join("data");
-    let peer_url = format!("http://127.0.0.1:{peer}");
-    let mut args: Vec<String> = vec![
-        "--name".into(),
-        "n1".into(),
-        "--data-dir".into(),
-        data.display().to_string(),
-        "--listen-client-urls".into(),
-        client_urls.join(","),
-        "--advertise-client-urls".into(),
-        client_urls[0].clone(),
-        // /metrics and /health over plain HTTP, whatever the clients speak.
-        "--listen-metrics-urls".into(),
-        format!("http://127.0.0.1:{metrics}"),
-        "--listen-peer-urls".into(),
-        peer_url.clone(),
-        "--initial-advertise-peer-urls".into(),
-        peer_url.clone(),
-        "--initial-cluster".into(),
-        format!("n1={peer_url}"),
-    ];
-    if let Some((_, _, cert, key)) = &tls {
-        args.extend([
-            "--cert-file".into(),
-            cert.clone(),
-            "--key-file".into(),
-            key.clone(),
-        ]);
+    let mut ports = Vec::new();
+    for _ in 0..members {
+        ports.push((free_port()?, free_port()?, free_port()?));
     }
-    let etcd = Server::spawn("etcd", &args, &dir.path().join("etcd.log"))?;
-    let addr: SocketAddr = ([127, 0, 0, 1], metrics).into();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        if let Ok(body) = http_get(addr, "/health").await {
-            if body.contains("\"health\":\"true\"") {
-                break;
+    let cluster = ports
+        .iter()
+        .enumerate()
+        .map(|(i, (_, peer, _))| format!("n{}=http://127.0.0.1:{peer}", i + 1))
+        .collect::<Vec<_>>()
+        .join(",");
+    let mut etcds = Vec::new();
+    for (i, (client, peer, metrics)) in ports.iter().enumerate() {
+        let peer_url = format!("http://127.0.0.1:{peer}");
+        let client_url = format!("{scheme}://127.0.0.1:{client}");
+        let mut args: Vec<String> = vec![
+            "--name".into(),
+            format!("n{}", i + 1),
+            "--data-dir".into(),
+            dir.path().join(format!("data{i}")).display().to_string(),
+            "--listen-client-urls".into(),
+            client_url.clone(),
+            "--advertise-client-urls".into(),
+            client_url,
+            // /metrics and /health over plain HTTP, whatever the clients speak.
+            "--listen-metrics-urls".into(),
+            format!("http://127.0.0.1:{metrics}"),
+            "--listen-peer-urls".into(),
+            peer_url.clone(),
+            "--initial-advertise-peer-urls".into(),
+            peer_url,
+            "--initial-cluster".into(),
+            cluster.clone(),
+        ];
+        if let Some((_, _, cert, key)) = &tls {
+            args.extend([
+                "--cert-file".into(),
+                cert.clone(),
+                "--key-file".into(),
+                key.clone(),
+            ]);
+        }
+        etcds.push(Server::spawn(
+            "etcd",
+            &args,
+            &dir.path().join(format!("etcd{i}.log")),
+        )?);
+    }
+    let addrs: Vec<SocketAddr> = ports
+        .iter()
+        .map(|(_, _, m)| ([127, 0, 0, 1], *m).into())
+        .collect();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    for addr in &addrs {
+        loop {
+            if let Ok(body) = http_get(*addr, "/health").await {
+                if body.contains("\"health\":\"true\"") {
+                    break;
+                }
             }
+            if Instant::now() > deadline {
+                bail!("the etcd cluster did not become healthy in 30 s");
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        if Instant::now() > deadline {
-            bail!("etcd did not become healthy in 20 s");
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let version = etcd_version().unwrap_or_else(|| "?".to_owned());
 
     let scheme = if cfg.tls { "etcds" } else { "etcd" };
-    let urls: Vec<String> = ports
-        .iter()
-        .map(|p| format!("{scheme}://127.0.0.1:{p}"))
-        .collect();
-    let ca = tls.as_ref().map(|t| t.0.clone());
-    let access = move || ca.as_deref().map(tls_access).unwrap_or_default();
-    let generator = EtcdStore::connect_with(&urls[0], &access())?;
-    let connect = move |i: usize| {
-        let store = EtcdStore::connect_with(&urls[i % urls.len()], &access());
-        async move { store }
+    let fleet = FleetSpec {
+        store: "etcd".to_owned(),
+        urls: ports
+            .iter()
+            .map(|(p, _, _)| format!("{scheme}://127.0.0.1:{p}"))
+            .collect(),
+        ca: tls
+            .as_ref()
+            .map(|t| String::from_utf8(t.0.clone()))
+            .transpose()?,
     };
+    let generator = EtcdStore::connect_with(&fleet.urls[0], &fleet.access())?;
+    let servers: Vec<(&'static str, &Server)> =
+        ETCD_MEMBER_NAMES.iter().copied().zip(&etcds).collect();
     run(
         "etcd",
         format!(
-            "etcd {version}{}, one member with {} client port(s): generator and agents on it (own HTTP connections + 1 watch stream each, JSON gateway)",
+            "etcd {version}{}, {members} member(s): generator on the first, agents spread over all (own HTTP connections + 1 watch stream each, JSON gateway)",
             if cfg.tls { " over TLS" } else { "" },
-            ports.len()
         ),
         cfg,
         generator,
-        connect,
-        Load::Etcd(addr),
-        &[("etcd", &etcd)],
+        fleet,
+        Load::Etcd(addrs),
+        &servers,
     )
     .await
 }
@@ -1275,6 +1731,13 @@ fn free_port() -> anyhow::Result<u16> {
 fn on_path(program: &str) -> bool {
     std::env::var_os("PATH")
         .is_some_and(|paths| std::env::split_paths(&paths).any(|d| d.join(program).is_file()))
+}
+
+/// Open files for `agents` agents (or a server of as many), with some spare: per agent 2
+/// connections, Redis commands + notifications, or an etcd watch stream + one pooled connection
+/// (more for a moment while a whole window is read).
+fn fd_need(agents: usize) -> u64 {
+    agents as u64 * 2 + 256
 }
 
 /// Raises the limit on open files to `wanted`: the soft limit up to the hard limit, and the hard
