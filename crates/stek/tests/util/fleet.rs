@@ -548,44 +548,6 @@ impl RedisNode {
         cli_port(self.port, args, input)
     }
 
-    fn keys(&self, group: &str) -> BTreeSet<u64> {
-        String::from_utf8_lossy(&self.cli(&["KEYS", &format!("stek:{group}:*")]))
-            .lines()
-            .filter_map(|k| k.rsplit(':').next()?.parse().ok())
-            .collect()
-    }
-
-    fn get(&self, key: &str) -> Option<Vec<u8>> {
-        let mut v = self.cli(&["GET", key]);
-        // --raw ends every reply with a newline; a missing key is an empty line.
-        assert_eq!(v.pop(), Some(b'\n'), "GET {key} on {}", self.name);
-        (!v.is_empty()).then_some(v)
-    }
-
-    /// A dump made the way a replica gets one (`redis-cli --rdb`).
-    fn rdb(&self) -> Vec<u8> {
-        let file = self.dir.join(format!("dump-{}.rdb", unix_now().as_nanos()));
-        let o = Command::new("redis-cli")
-            .args(["-p", &self.port.to_string(), "--rdb"])
-            .arg(&file)
-            .output()
-            .expect("run redis-cli --rdb");
-        assert!(
-            o.status.success(),
-            "redis-cli --rdb on {}: {}",
-            self.name,
-            output_text(&o)
-        );
-        let bytes = fs::read(&file).expect("read the dump");
-        let _ = fs::remove_file(&file);
-        assert!(
-            bytes.starts_with(b"REDIS"),
-            "{} is not an RDB file",
-            file.display()
-        );
-        bytes
-    }
-
     /// SIGKILL, then reap.
     pub fn kill(&mut self) {
         if let Some(mut p) = self.proc.take() {
@@ -635,54 +597,167 @@ fn redis_key(group: &str, slot: u64) -> String {
     format!("stek:{group}:{slot}")
 }
 
-impl Backend for RedisFleet {
+/// One Redis server as the Redis backends use it: plain ([`RedisNode`]) or over TLS with ACL
+/// users (`redis_tls::TlsNode`).
+pub trait RedisServer {
+    /// `redis-cli --raw ARGS` as the test's administrator.
+    fn cli(&self, args: &[&str]) -> Vec<u8>;
+    /// The same with `input` as the last argument (`-x`).
+    fn cli_in(&self, args: &[&str], input: Option<&[u8]>) -> Vec<u8>;
+    /// The slots of `group` that have a record.
+    fn keys(&self, group: &str) -> BTreeSet<u64> {
+        String::from_utf8_lossy(&self.cli(&["KEYS", &format!("stek:{group}:*")]))
+            .lines()
+            .filter_map(|k| k.rsplit(':').next()?.parse().ok())
+            .collect()
+    }
+    /// The value of `key`.
+    fn get(&self, key: &str) -> Option<Vec<u8>> {
+        let mut v = self.cli(&["GET", key]);
+        // --raw ends every reply with a newline; a missing key is an empty line.
+        assert_eq!(v.pop(), Some(b'\n'), "GET {key}");
+        (!v.is_empty()).then_some(v)
+    }
+    /// A fresh RDB dump of the whole server.
+    fn rdb(&self) -> Vec<u8>;
+    /// Its process, while it runs.
+    fn pid(&self) -> Option<u32>;
+    /// SIGKILL.
+    fn kill(&mut self);
+    /// Starts it again on the same port.
+    fn spawn(&mut self);
+}
+
+/// A Redis primary (where generators write) and a read replica (where agents read), as a fleet
+/// [`Backend`]: [`RedisFleet`] and `redis_tls::RedisTlsFleet` differ only in their servers.
+pub trait RedisPair {
+    type Server: RedisServer;
+    /// [`Backend::kind`].
+    const KIND: &'static str;
+    /// `redis` or `rediss`.
+    const SCHEME: &'static str;
+    fn primary(&self) -> &Self::Server;
+    fn replica(&self) -> &Self::Server;
+    fn replica_mut(&mut self) -> &mut Self::Server;
+    fn port(server: &Self::Server) -> u16;
+}
+
+impl RedisPair for RedisFleet {
+    type Server = RedisNode;
+    const KIND: &'static str = "redis";
+    const SCHEME: &'static str = "redis";
+
+    fn primary(&self) -> &RedisNode {
+        &self.primary
+    }
+
+    fn replica(&self) -> &RedisNode {
+        &self.replica
+    }
+
+    fn replica_mut(&mut self) -> &mut RedisNode {
+        &mut self.replica
+    }
+
+    fn port(server: &RedisNode) -> u16 {
+        server.port
+    }
+}
+
+impl RedisServer for RedisNode {
+    fn cli(&self, args: &[&str]) -> Vec<u8> {
+        RedisNode::cli(self, args)
+    }
+
+    fn cli_in(&self, args: &[&str], input: Option<&[u8]>) -> Vec<u8> {
+        RedisNode::cli_in(self, args, input)
+    }
+
+    fn rdb(&self) -> Vec<u8> {
+        let file = self.dir.join(format!("dump-{}.rdb", unix_now().as_nanos()));
+        let o = Command::new("redis-cli")
+            .args(["-p", &self.port.to_string(), "--rdb"])
+            .arg(&file)
+            .output()
+            .expect("run redis-cli --rdb");
+        assert!(
+            o.status.success(),
+            "redis-cli --rdb on {}: {}",
+            self.name,
+            output_text(&o)
+        );
+        let bytes = fs::read(&file).expect("read the dump");
+        let _ = fs::remove_file(&file);
+        assert!(
+            bytes.starts_with(b"REDIS"),
+            "{} is not an RDB file",
+            file.display()
+        );
+        bytes
+    }
+
+    fn pid(&self) -> Option<u32> {
+        self.proc.as_ref().map(Proc::pid)
+    }
+
+    fn kill(&mut self) {
+        RedisNode::kill(self);
+    }
+
+    fn spawn(&mut self) {
+        RedisNode::spawn(self);
+    }
+}
+
+impl<T: RedisPair> Backend for T {
     fn kind(&self) -> &'static str {
-        "redis"
+        T::KIND
     }
 
     fn generator_url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.primary.port)
+        format!("{}://127.0.0.1:{}", T::SCHEME, T::port(self.primary()))
     }
 
     fn agent_url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.replica.port)
+        format!("{}://127.0.0.1:{}", T::SCHEME, T::port(self.replica()))
     }
 
     fn records(&self, group: &str) -> BTreeMap<u64, Vec<u8>> {
-        self.primary
+        let primary = self.primary();
+        primary
             .keys(group)
             .into_iter()
-            .filter_map(|s| Some((s, self.primary.get(&redis_key(group, s))?)))
+            .filter_map(|s| Some((s, primary.get(&redis_key(group, s))?)))
             .collect()
     }
 
     fn live_slots(&self, group: &str) -> BTreeSet<u64> {
-        let mut s = self.primary.keys(group);
-        if self.replica.proc.is_some() {
-            s.extend(self.replica.keys(group));
+        let mut s = self.primary().keys(group);
+        if self.replica().pid().is_some() {
+            s.extend(self.replica().keys(group));
         }
         s
     }
 
     fn put(&self, group: &str, slot: u64, value: &[u8], expires_at: Duration) {
         let key = redis_key(group, slot);
-        let r = self.primary.cli_in(&["SET", &key], Some(value));
+        let r = self.primary().cli_in(&["SET", &key], Some(value));
         assert_eq!(r, b"OK\n", "SET {key}");
         let r = self
-            .primary
+            .primary()
             .cli(&["PEXPIREAT", &key, &expires_at.as_millis().to_string()]);
         assert_eq!(r, b"1\n", "PEXPIREAT {key}");
     }
 
     fn put_forever(&self, group: &str, slot: u64, value: &[u8]) {
         let key = redis_key(group, slot);
-        let r = self.primary.cli_in(&["SET", &key], Some(value));
+        let r = self.primary().cli_in(&["SET", &key], Some(value));
         assert_eq!(r, b"OK\n", "SET {key}");
     }
 
     fn delete(&self, group: &str, slot: u64) {
         let key = redis_key(group, slot);
-        let r = self.primary.cli(&["DEL", &key]);
+        let r = self.primary().cli(&["DEL", &key]);
         assert_eq!(r, b"1\n", "DEL {key}");
     }
 
@@ -691,7 +766,7 @@ impl Backend for RedisFleet {
         let script = "for i = 1, tonumber(ARGV[1]) do \
             redis.call('SET', KEYS[1] .. i, string.rep('j', tonumber(ARGV[2])), 'EX', 600) end";
         let prefix = format!("{}-junk-", redis_key(group, slot));
-        let r = self.primary.cli(&[
+        let r = self.primary().cli(&[
             "EVAL",
             script,
             "1",
@@ -704,7 +779,7 @@ impl Backend for RedisFleet {
 
     fn check_record(&self, group: &str, slot: u64) -> Duration {
         let key = redis_key(group, slot);
-        let text = String::from_utf8_lossy(&self.primary.cli(&["PTTL", &key]))
+        let text = String::from_utf8_lossy(&self.primary().cli(&["PTTL", &key]))
             .trim()
             .to_owned();
         let ms: i64 = text
@@ -719,12 +794,12 @@ impl Backend for RedisFleet {
         let mut out = vec![
             (
                 "the primary's RDB dump".to_owned(),
-                self.primary.rdb(),
+                self.primary().rdb(),
                 true,
             ),
             (
                 "the replica's RDB dump".to_owned(),
-                self.replica.rdb(),
+                self.replica().rdb(),
                 true,
             ),
         ];
@@ -740,15 +815,15 @@ impl Backend for RedisFleet {
     }
 
     fn stop(&mut self) {
-        self.replica.kill();
+        self.replica_mut().kill();
     }
 
     fn restart(&mut self) {
-        self.replica.spawn();
+        self.replica_mut().spawn();
     }
 
     fn agent_store_pid(&self) -> u32 {
-        self.replica.proc.as_ref().expect("the replica runs").pid()
+        self.replica().pid().expect("the replica runs")
     }
 }
 
@@ -1546,13 +1621,15 @@ pub fn outsiders_and_forgeries_are_rejected(b: &mut dyn Backend, root: &Path) {
         );
     }
     let e = sleep_into_next_slot(P, Duration::from_millis(300));
-    replay_into_api();
-    check(e, &mut names, &forged);
     // 1. Garbage, then a truncated record, then a real record replayed from another slot, all
     //    under slot e + 2 before the generator makes it (it makes it 2 s into slot e). Agents
     //    read each at once (they fetch slot e + 2 already, to hold it ready) and would install
-    //    it when slot e + 1 starts. The generator is paused meanwhile: it repairs forged slots
-    //    (issue 11), and the agents must see every variant first.
+    //    it when slot e + 1 starts. The generator is paused from here (before its round, however
+    //    slow this machine): it repairs forged slots (issue 11), and the agents must see every
+    //    variant first.
+    let paused_generator = Paused::pids(vec![gen.pid()]);
+    replay_into_api();
+    check(e, &mut names, &forged);
     let f1 = e + 2;
     assert!(
         !b.live_slots(GROUP).contains(&f1),
@@ -1571,7 +1648,6 @@ pub fn outsiders_and_forgeries_are_rejected(b: &mut dyn Backend, root: &Path) {
         ("truncated", real[..real.len() / 2].to_vec()),
         ("header_mismatch", real.clone()),
     ];
-    let paused_generator = Paused::pids(vec![gen.pid()]);
     for (reason, value) in &variants {
         let before: Vec<u64> = everyone.iter().map(|a| rejected(a, reason)).collect();
         b.put(GROUP, f1, value, erase_at(f1));
@@ -1594,6 +1670,8 @@ pub fn outsiders_and_forgeries_are_rejected(b: &mut dyn Backend, root: &Path) {
     // replaces it: when slot e + 2 comes the agents encrypt with that new key, never a forgery.
     drop(paused_generator);
     sleep_until_slot(P, e + 2, Duration::from_millis(1200));
+    // Paused again at once, before its round of 2 s into slot e + 2 (step 2 below).
+    let paused_generator = Paused::pids(vec![gen.pid()]);
     let st = check(e + 2, &mut names, &forged);
     let fixed = repaired(&gen.log_text());
     for s in &st {
@@ -1605,14 +1683,14 @@ pub fn outsiders_and_forgeries_are_rejected(b: &mut dyn Backend, root: &Path) {
     //    slot and validity fields rewritten), put under e + 4 before the generator makes it (2 s
     //    into slot e + 2). Every header field is what the agents expect there; only the signature
     //    gives it away: what they would see if the store altered a record before they read it.
-    //    The generator is paused again so that the agents see the altered record first.
+    //    The generator is paused (since the start of slot e + 2) so that the agents see the
+    //    altered record first.
     let f2 = e + 4;
     forged.insert(f2);
     let before: Vec<u64> = everyone
         .iter()
         .map(|a| rejected(a, "bad_signature"))
         .collect();
-    let paused_generator = Paused::pids(vec![gen.pid()]);
     assert!(
         !b.live_slots(GROUP).contains(&f2),
         "slot {f2} already exists: the test is late"
@@ -2501,8 +2579,10 @@ pub fn slot_conflicts_repaired(b: &mut dyn Backend, root: &Path) {
     // k the whole window was made by them.
     let k = sleep_into_next_slot(P, MID) + 3;
     sleep_until_slot(P, k, MID);
-    check(k);
     // (a) Slots k + 2 and k + 3 are made 3.5 s into slots k and k + 1: junk, no expiry, now.
+    //     The generators are paused meanwhile (before their round, however slow this machine).
+    let paused = Paused::pids(gens.iter().map(|g| g.pid()).collect());
+    check(k);
     let live = b.live_slots(GROUP);
     assert!(
         !live.contains(&(k + 2)) && !live.contains(&(k + 3)),
@@ -2517,6 +2597,7 @@ pub fn slot_conflicts_repaired(b: &mut dyn Backend, root: &Path) {
             b"junk written by someone who is not a generator",
         );
     }
+    drop(paused);
     for slot in [k + 1, k + 2, k + 3] {
         sleep_until_slot(P, slot, MID);
         let st = check(slot);

@@ -4,7 +4,6 @@
 //! [`GENERATOR_ACL`] and [`AGENT_ACL`]. [`RedisTlsFleet`] runs the fleet scenarios of
 //! `fleet.rs` over it: generators log in as `stek-generator`, agents as `stek-agent`.
 
-use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
 use std::io::Write as _;
 use std::os::unix::fs::PermissionsExt as _;
@@ -14,7 +13,7 @@ use std::time::Duration;
 
 use stek::store::redis::{AGENT_ACL, GENERATOR_ACL};
 
-use super::fleet::{set_store_flags, Backend, GROUP};
+use super::fleet::{set_store_flags, Backend as _, RedisPair, RedisServer};
 use super::{free_port, require, unix_now, wait_for, Proc};
 
 /// The users of the test servers, with their passwords.
@@ -284,34 +283,6 @@ impl TlsNode {
         output_text(&cli_as(self.port, &self.ca, user, args, None))
     }
 
-    fn keys(&self, group: &str) -> BTreeSet<u64> {
-        String::from_utf8_lossy(&self.cli(&["KEYS", &format!("stek:{group}:*")]))
-            .lines()
-            .filter_map(|k| k.rsplit(':').next()?.parse().ok())
-            .collect()
-    }
-
-    fn get(&self, key: &str) -> Option<Vec<u8>> {
-        let mut v = self.cli(&["GET", key]);
-        assert_eq!(v.pop(), Some(b'\n'), "GET {key} on {}", self.name);
-        (!v.is_empty()).then_some(v)
-    }
-
-    fn rdb(&self) -> Vec<u8> {
-        let file = self.dir.join(format!("dump-{}.rdb", unix_now().as_nanos()));
-        let o = Command::new("redis-cli")
-            .args(tls_args(self.port, &self.ca, ADMIN_USER))
-            .arg("--rdb")
-            .arg(&file)
-            .output()
-            .expect("run redis-cli --rdb");
-        assert!(o.status.success(), "redis-cli --rdb: {}", output_text(&o));
-        let bytes = fs::read(&file).expect("read the dump");
-        let _ = fs::remove_file(&file);
-        assert!(bytes.starts_with(b"REDIS"), "not an RDB file");
-        bytes
-    }
-
     pub fn kill(&mut self) {
         if let Some(mut p) = self.proc.take() {
             let _ = p.child.kill();
@@ -391,120 +362,61 @@ impl RedisTlsFleet {
     }
 }
 
-fn redis_key(group: &str, slot: u64) -> String {
-    format!("stek:{group}:{slot}")
+impl RedisPair for RedisTlsFleet {
+    type Server = TlsNode;
+    const KIND: &'static str = "redis-tls";
+    const SCHEME: &'static str = "rediss";
+
+    fn primary(&self) -> &TlsNode {
+        &self.primary
+    }
+
+    fn replica(&self) -> &TlsNode {
+        &self.replica
+    }
+
+    fn replica_mut(&mut self) -> &mut TlsNode {
+        &mut self.replica
+    }
+
+    fn port(server: &TlsNode) -> u16 {
+        server.port
+    }
 }
 
-impl Backend for RedisTlsFleet {
-    fn kind(&self) -> &'static str {
-        "redis-tls"
+impl RedisServer for TlsNode {
+    fn cli(&self, args: &[&str]) -> Vec<u8> {
+        TlsNode::cli(self, args)
     }
 
-    fn generator_url(&self) -> String {
-        format!("rediss://127.0.0.1:{}", self.primary.port)
+    fn cli_in(&self, args: &[&str], input: Option<&[u8]>) -> Vec<u8> {
+        TlsNode::cli_in(self, args, input)
     }
 
-    fn agent_url(&self) -> String {
-        format!("rediss://127.0.0.1:{}", self.replica.port)
+    fn rdb(&self) -> Vec<u8> {
+        let file = self.dir.join(format!("dump-{}.rdb", unix_now().as_nanos()));
+        let o = Command::new("redis-cli")
+            .args(tls_args(self.port, &self.ca, ADMIN_USER))
+            .arg("--rdb")
+            .arg(&file)
+            .output()
+            .expect("run redis-cli --rdb");
+        assert!(o.status.success(), "redis-cli --rdb: {}", output_text(&o));
+        let bytes = fs::read(&file).expect("read the dump");
+        let _ = fs::remove_file(&file);
+        assert!(bytes.starts_with(b"REDIS"), "not an RDB file");
+        bytes
     }
 
-    fn records(&self, group: &str) -> BTreeMap<u64, Vec<u8>> {
-        self.primary
-            .keys(group)
-            .into_iter()
-            .filter_map(|s| Some((s, self.primary.get(&redis_key(group, s))?)))
-            .collect()
+    fn pid(&self) -> Option<u32> {
+        self.proc.as_ref().map(Proc::pid)
     }
 
-    fn live_slots(&self, group: &str) -> BTreeSet<u64> {
-        let mut s = self.primary.keys(group);
-        if self.replica.proc.is_some() {
-            s.extend(self.replica.keys(group));
-        }
-        s
+    fn kill(&mut self) {
+        TlsNode::kill(self);
     }
 
-    fn put(&self, group: &str, slot: u64, value: &[u8], expires_at: Duration) {
-        let key = redis_key(group, slot);
-        let r = self.primary.cli_in(&["SET", &key], Some(value));
-        assert_eq!(r, b"OK\n", "SET {key}");
-        let r = self
-            .primary
-            .cli(&["PEXPIREAT", &key, &expires_at.as_millis().to_string()]);
-        assert_eq!(r, b"1\n", "PEXPIREAT {key}");
-    }
-
-    fn put_forever(&self, group: &str, slot: u64, value: &[u8]) {
-        let key = redis_key(group, slot);
-        let r = self.primary.cli_in(&["SET", &key], Some(value));
-        assert_eq!(r, b"OK\n", "SET {key}");
-    }
-
-    fn delete(&self, group: &str, slot: u64) {
-        let key = redis_key(group, slot);
-        let r = self.primary.cli(&["DEL", &key]);
-        assert_eq!(r, b"1\n", "DEL {key}");
-    }
-
-    fn put_junk(&self, group: &str, slot: u64, count: usize, size: usize) {
-        let script = "for i = 1, tonumber(ARGV[1]) do \
-            redis.call('SET', KEYS[1] .. i, string.rep('j', tonumber(ARGV[2])), 'EX', 600) end";
-        let prefix = format!("{}-junk-", redis_key(group, slot));
-        let r = self.primary.cli(&[
-            "EVAL",
-            script,
-            "1",
-            &prefix,
-            &count.to_string(),
-            &size.to_string(),
-        ]);
-        assert_eq!(r, b"\n", "the junk script: {}", String::from_utf8_lossy(&r));
-    }
-
-    fn check_record(&self, group: &str, slot: u64) -> Duration {
-        let key = redis_key(group, slot);
-        let text = String::from_utf8_lossy(&self.primary.cli(&["PTTL", &key]))
-            .trim()
-            .to_owned();
-        let ms: i64 = text
-            .parse()
-            .unwrap_or_else(|_| panic!("PTTL {key}: {text:?}"));
-        assert!(ms != -1, "{key} has no expiry");
-        Duration::from_millis(ms.max(0) as u64)
-    }
-
-    fn dumps(&self) -> Vec<(String, Vec<u8>, bool)> {
-        let mut out = vec![
-            (
-                "the primary's RDB dump".to_owned(),
-                self.primary.rdb(),
-                true,
-            ),
-            (
-                "the replica's RDB dump".to_owned(),
-                self.replica.rdb(),
-                true,
-            ),
-        ];
-        for (slot, v) in self.records(GROUP) {
-            out.push((format!("GET {}", redis_key(GROUP, slot)), v, false));
-        }
-        out
-    }
-
-    fn expiry_slack(&self) -> Duration {
-        Duration::from_millis(500)
-    }
-
-    fn stop(&mut self) {
-        self.replica.kill();
-    }
-
-    fn restart(&mut self) {
-        self.replica.spawn();
-    }
-
-    fn agent_store_pid(&self) -> u32 {
-        self.replica.proc.as_ref().expect("the replica runs").pid()
+    fn spawn(&mut self) {
+        TlsNode::spawn(self);
     }
 }
