@@ -88,6 +88,28 @@ pub fn sleep_into_next_slot(period: u64, offset: Duration) -> u64 {
     next
 }
 
+/// Runs `act` from `offset` into the next slot and returns that slot with what `act` returned,
+/// once `act` finished within the slot. On a machine too slow for that (the slot ended while
+/// `act` ran, so what it made, a ticket say, may belong to the next slot's key), it starts over
+/// in the next slot, up to 5 times. Tests that count rotations from the slot of what they made
+/// begin with this rather than trusting a margin.
+pub fn within_one_slot<T>(
+    period: u64,
+    offset: Duration,
+    mut act: impl FnMut(u64) -> T,
+) -> (u64, T) {
+    for _ in 0..5 {
+        let e = sleep_into_next_slot(period, offset);
+        let out = act(e);
+        let now = unix_now().as_secs() / period;
+        if now == e {
+            return (e, out);
+        }
+        eprintln!("slot {e} ended before the step meant for it did (now {now}): again");
+    }
+    panic!("5 slots in a row ended before the step meant for them did");
+}
+
 /// Sleeps until `offset` after the start of slot `slot`.
 pub fn sleep_until_slot(period: u64, slot: u64, offset: Duration) {
     let target = Duration::from_secs(slot * period) + offset;
