@@ -58,8 +58,15 @@
 //! | `STEK_BENCH_STORES` | `redis`, `etcd`, comma-separated | `redis,etcd` |
 //! | `STEK_BENCH_RECORDS` | records measured per run | `6` / `1` |
 //! | `STEK_BENCH_ENDPOINTS` | Redis replicas / etcd members (at most 8) | agents / 2,500, at least 1 |
+//! | `STEK_BENCH_POLL` | the agents' safety-net poll, in ms | P/4 = 1,000 (the production default's ratio) |
 //!
 //! e.g. `STEK_BENCH_AGENTS=10000 STEK_BENCH_STORES=etcd cargo bench -p stek --bench propagation`.
+//! With P compressed to 4 s, the default poll keeps production's ratio (P/4) but not its rate: a
+//! fleet on the default 1 h period polls every 15 minutes, here every second, which for 10,000
+//! agents is 10,000 reads a second beside every record's propagation. `STEK_BENCH_POLL=900000`
+//! gives production's rate. Each run also prints the CPU every process spent from each record's
+//! publication until the last agent held its key: on a machine where agents and servers share a
+//! few cores, that CPU divided by the cores is a floor under the slowest agent's latency.
 //! Each agent holds two connections (Redis) or a watch stream and a pooled connection (etcd):
 //! every worker raises its open-file limit (soft, and hard where it may: root with
 //! CAP_SYS_RESOURCE) to two per agent and some spare, and stops with an error naming the limit
@@ -111,6 +118,8 @@ struct Config {
     tls: bool,
     /// Redis replicas the agents spread over; for etcd, the members of the cluster.
     endpoints: usize,
+    /// The agents' safety-net poll (None: the production default for P).
+    poll: Option<Duration>,
 }
 
 /// The agents one Redis replica (or one etcd member) serves.
@@ -128,6 +137,7 @@ struct Plan {
     etcd: bool,
     records: usize,
     endpoints: Option<usize>,
+    poll: Option<Duration>,
 }
 
 impl Plan {
@@ -164,6 +174,13 @@ impl Plan {
         let endpoints = var("STEK_BENCH_ENDPOINTS")
             .map(|v| v.parse().context("STEK_BENCH_ENDPOINTS: a number"))
             .transpose()?;
+        let poll = var("STEK_BENCH_POLL")
+            .map(|v| {
+                v.parse()
+                    .map(Duration::from_millis)
+                    .context("STEK_BENCH_POLL: milliseconds")
+            })
+            .transpose()?;
         Ok(Plan {
             agents,
             tls,
@@ -171,6 +188,7 @@ impl Plan {
             etcd: stores.contains(&"etcd"),
             records,
             endpoints,
+            poll,
         })
     }
 }
@@ -206,6 +224,7 @@ fn main() -> anyhow::Result<()> {
                     .endpoints
                     .unwrap_or(agents.div_ceil(AGENTS_PER_ENDPOINT))
                     .max(1),
+                poll: plan.poll,
             };
             let started = Instant::now();
             let mut reports: Vec<Report> = Vec::new();
@@ -517,6 +536,8 @@ struct WorkerSpec {
     gate: usize,
     /// The generators the agents trust (text form).
     trusted: Vec<String>,
+    /// The agents' safety-net poll, in ms.
+    poll_ms: u64,
 }
 
 /// Instants as nanoseconds of `CLOCK_MONOTONIC`, which every process of the machine shares
@@ -623,7 +644,7 @@ where
     Fut: Future<Output = Result<S, StoreError>> + Send,
 {
     let schedule = Schedule::new(PERIOD, LIFETIME)?;
-    let poll = stek::agent::default_poll(&schedule);
+    let poll = Duration::from_millis(spec.poll_ms);
     let trusted = spec
         .trusted
         .iter()
@@ -743,6 +764,7 @@ impl Workers {
     async fn start(
         fleet: &FleetSpec,
         agents: usize,
+        poll: Duration,
         trusted: &[GeneratorPublicKey],
         identity_text: &str,
     ) -> anyhow::Result<Workers> {
@@ -763,6 +785,7 @@ impl Workers {
                 agents: agents * (i + 1) / n - first,
                 gate: CONNECT_CONCURRENCY.div_ceil(n),
                 trusted: trusted.iter().map(ToString::to_string).collect(),
+                poll_ms: poll.as_millis() as u64,
             };
             let mut child = tokio::process::Command::new(&exe)
                 .env(WORKER_ENV, "1")
@@ -1066,6 +1089,32 @@ struct Report {
     poll: Duration,
     /// CPU seconds per process over the measured periods.
     cpu: Vec<(&'static str, f64)>,
+    /// CPU seconds per process from each record's publication until its last agent held it,
+    /// summed over the records, and that time.
+    burst_cpu: Vec<(&'static str, f64)>,
+    burst_wall: Duration,
+}
+
+/// Labels CPU seconds measured as the servers, the agent processes, this process and the whole
+/// machine (the order of `run`'s samples); the machine's become what the others do not explain.
+fn cpu_by_process(
+    servers: &[(&'static str, &Server)],
+    seconds: impl IntoIterator<Item = f64>,
+) -> Vec<(&'static str, f64)> {
+    let mut cpu: Vec<(&'static str, f64)> = servers
+        .iter()
+        .map(|(n, _)| *n)
+        .chain([
+            "agent processes",
+            "this process (generator)",
+            "whole machine",
+        ])
+        .zip(seconds)
+        .collect();
+    let ours: f64 = cpu[..cpu.len() - 1].iter().map(|(_, c)| c).sum();
+    let machine = cpu.pop().map_or(0.0, |(_, c)| c);
+    cpu.push(("everything else on the machine", (machine - ours).max(0.0)));
+    cpu
 }
 
 fn wake_name(w: Wake) -> &'static str {
@@ -1092,7 +1141,9 @@ async fn run<S: Store>(
     let load_before = loadavg();
     let clock = SystemClock::new();
     let schedule = Schedule::new(PERIOD, LIFETIME)?;
-    let poll = stek::agent::default_poll(&schedule);
+    let poll = cfg
+        .poll
+        .unwrap_or_else(|| stek::agent::default_poll(&schedule));
     let signer = GeneratorKey::generate()?;
     let identity = GroupIdentity::generate()?;
     let recipients = vec![identity.public()];
@@ -1109,7 +1160,7 @@ async fn run<S: Store>(
 
     // Start the fleet: the workers connect their agents, a bounded number at a time.
     let connecting = Instant::now();
-    let mut workers = Workers::start(&fleet, cfg.agents, &trusted, &identity_text).await?;
+    let mut workers = Workers::start(&fleet, cfg.agents, poll, &trusted, &identity_text).await?;
     let board = workers.board.clone();
     // Every agent has synced once and listens for changes.
     let patience = Duration::from_secs(60) + Duration::from_millis(50) * cfg.agents as u32;
@@ -1156,6 +1207,9 @@ async fn run<S: Store>(
             .collect()
     };
     let mut first: Option<Snapshot> = None;
+    // CPU seconds per process from each publication until its last agent held the key.
+    let mut burst = vec![0.0; cpu().len()];
+    let mut burst_wall = Duration::ZERO;
     let mut last = None;
     for i in 0..=cfg.records {
         let now = clock.now();
@@ -1175,6 +1229,7 @@ async fn run<S: Store>(
             last = Some(snapshot);
             break;
         }
+        let (cpu_before, burst_started) = (cpu(), Instant::now());
         let made = publish_upcoming(&generator, &schedule, GROUP, clock.now(), seal)
             .await
             .context("publishing")?;
@@ -1201,6 +1256,10 @@ async fn run<S: Store>(
                 break;
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        burst_wall += burst_started.elapsed();
+        for (sum, (a, b)) in burst.iter_mut().zip(cpu_before.iter().zip(cpu())) {
+            *sum += b - a;
         }
         let got = lock(&board.held).get(&slot).cloned().unwrap_or_default();
         missed += cfg.agents.saturating_sub(got.len());
@@ -1281,23 +1340,9 @@ async fn run<S: Store>(
         agent_requests: (r1.0 - r0.0, r1.1 - r0.1, r1.2 - r0.2),
         agents: cfg.agents,
         poll,
-        cpu: {
-            let mut cpu: Vec<(&'static str, f64)> = servers
-                .iter()
-                .map(|(n, _)| *n)
-                .chain([
-                    "agent processes",
-                    "this process (generator)",
-                    "whole machine",
-                ])
-                .zip(u0.iter().zip(&u1).map(|(a, b)| b - a))
-                .collect();
-            // The rest of the machine: whatever else ran meanwhile.
-            let ours: f64 = cpu[..cpu.len() - 1].iter().map(|(_, c)| c).sum();
-            let machine = cpu.pop().map_or(0.0, |(_, c)| c);
-            cpu.push(("everything else on the machine", (machine - ours).max(0.0)));
-            cpu
-        },
+        cpu: cpu_by_process(servers, u0.iter().zip(&u1).map(|(a, b)| b - a)),
+        burst_cpu: cpu_by_process(servers, burst),
+        burst_wall,
     })
 }
 
@@ -1724,6 +1769,10 @@ fn machine_busy_cpu() -> f64 {
     busy / USER_HZ
 }
 
+fn cores() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
 fn free_port() -> anyhow::Result<u16> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
@@ -1853,7 +1902,7 @@ fn print_reports(cfg: &Config, reports: &[Report], open: Duration, total: Durati
     );
     println!(
         "CPUs: {} (agents, generator and servers share them); opening one record (decode + HPKE open + signature check) takes {:.0} us of one core: {} ms of CPU per record for {} agents",
-        std::thread::available_parallelism().map_or(0, |n| n.get()),
+        cores(),
         open.as_secs_f64() * 1e6,
         ms(open * cfg.agents as u32),
         cfg.agents
@@ -1862,7 +1911,7 @@ fn print_reports(cfg: &Config, reports: &[Report], open: Duration, total: Durati
         println!();
         println!("== {}: {}", r.store, r.setup);
         println!(
-            "fleet connected, synced and subscribed in {:.2} s; poll {} ms +-20% (P/4), boundary wake-ups, 1 clock read per period",
+            "fleet connected, synced and subscribed in {:.2} s; poll {} ms +-20%, boundary wake-ups, 1 clock read per period",
             r.connect.as_secs_f64(),
             r.poll.as_millis()
         );
@@ -1960,10 +2009,26 @@ fn print_reports(cfg: &Config, reports: &[Report], open: Duration, total: Durati
         println!(
             "CPU over those {:.1} s (the machine has {:.1} CPU-s): {}",
             r.periods * PERIOD.as_secs_f64(),
-            r.periods
-                * PERIOD.as_secs_f64()
-                * std::thread::available_parallelism().map_or(1.0, |n| n.get() as f64),
+            r.periods * PERIOD.as_secs_f64() * cores() as f64,
             cpu.join(", ")
+        );
+        let records = r.records.len().max(1) as f64;
+        let ours: f64 = r.burst_cpu[..r.burst_cpu.len() - 1]
+            .iter()
+            .map(|(_, c)| c)
+            .sum();
+        let per: Vec<String> = r
+            .burst_cpu
+            .iter()
+            .map(|(n, c)| format!("{n} {:.2} s", c / records))
+            .collect();
+        println!(
+            "CPU per record, from its publication until its last agent held it ({:.0} ms on average): {}; {:.2} CPU-s of work for the fleet and the store, which {} cores cannot finish in less than {:.0} ms: a floor under the last agent's latency on this machine",
+            r.burst_wall.as_secs_f64() * 1000.0 / records,
+            per.join(", "),
+            ours / records,
+            cores(),
+            ours / records / cores() as f64 * 1000.0
         );
     }
     println!("run time {:.1} s", total.as_secs_f64());
