@@ -1562,6 +1562,14 @@ async fn bench_etcd(cfg: &Config) -> anyhow::Result<Report> {
             peer_url,
             "--initial-cluster".into(),
             cluster.clone(),
+            // Raft's timers for a machine whose cores the fleet saturates: with the defaults
+            // (100 ms heartbeats, 1 s elections) a starved member loses its leader, which ends
+            // every watch opened with `hasleader` (as stek's are), and the agents' resubscribing
+            // starves it again.
+            "--heartbeat-interval".into(),
+            "500".into(),
+            "--election-timeout".into(),
+            "10000".into(),
         ];
         if let Some((_, _, cert, key)) = &tls {
             args.extend([
