@@ -229,40 +229,28 @@ fn main() -> anyhow::Result<()> {
             let started = Instant::now();
             let mut reports: Vec<Report> = Vec::new();
             runtime.block_on(async {
-                if plan.redis {
-                    if on_path("redis-server") {
-                        match bench_redis(&cfg).await {
-                            Ok(r) => {
-                                print_reports(
-                                    &cfg,
-                                    std::slice::from_ref(&r),
-                                    open,
-                                    started.elapsed(),
-                                );
-                                reports.push(r);
-                            }
-                            Err(e) => failed.push(format!("Redis, {agents} agents: {e:#}")),
-                        }
-                    } else {
-                        println!("propagation: redis-server is not installed: Redis skipped");
+                let stores = [
+                    ("Redis", "redis-server", plan.redis),
+                    ("etcd", "etcd", plan.etcd),
+                ];
+                for (store, server, wanted) in stores {
+                    if !wanted {
+                        continue;
                     }
-                }
-                if plan.etcd {
-                    if on_path("etcd") {
-                        match bench_etcd(&cfg).await {
-                            Ok(r) => {
-                                print_reports(
-                                    &cfg,
-                                    std::slice::from_ref(&r),
-                                    open,
-                                    started.elapsed(),
-                                );
-                                reports.push(r);
-                            }
-                            Err(e) => failed.push(format!("etcd, {agents} agents: {e:#}")),
+                    if !on_path(server) {
+                        println!("propagation: {server} is not installed: {store} skipped");
+                        continue;
+                    }
+                    let report = match store {
+                        "Redis" => bench_redis(&cfg).await,
+                        _ => bench_etcd(&cfg).await,
+                    };
+                    match report {
+                        Ok(r) => {
+                            print_reports(&cfg, std::slice::from_ref(&r), open, started.elapsed());
+                            reports.push(r);
                         }
-                    } else {
-                        println!("propagation: etcd is not installed: etcd skipped");
+                        Err(e) => failed.push(format!("{store}, {agents} agents: {e:#}")),
                     }
                 }
             });
