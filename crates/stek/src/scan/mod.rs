@@ -891,17 +891,26 @@ fn weak_text(w: &weak::WeakKey, family: Family) -> (String, bool) {
     let Some(m) = best else {
         return (w.pattern.clone(), false);
     };
+    // The identified server's own layout is named as its own, and other servers' layouts the
+    // same guess fits are beside the point (issue 12, rule 8); for a server not identified (or
+    // none of whose layouts fit) they are every candidate.
+    let own = fits(&m);
     let others: Vec<&str> = w
         .matches
         .iter()
-        .filter(|o| o.layout != m.layout)
+        .filter(|o| o.layout != m.layout && !own)
         .map(|o| o.layout)
         .collect();
+    let layout = if own {
+        format!("{}'s layout, {}", family.name(), m.layout)
+    } else {
+        m.layout.to_owned()
+    };
     (
         format!(
             "{} ({}; HMAC key guessed{}{})",
             w.pattern,
-            m.layout,
+            layout,
             match (m.aes_bits, m.session_len) {
                 (Some(bits), Some(len)) => format!(
                     ", AES-{bits} key guessed too: the ticket decrypts to a {len}-byte session"

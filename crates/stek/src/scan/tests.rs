@@ -513,3 +513,56 @@ fn offers_thin_evenly() {
         offers.iter().map(|o| o.issued_at).collect::<Vec<_>>()
     );
 }
+
+/// Issue 12, rule 8: the evidence of a guessed key names the layout of the server identified,
+/// as that server's, and only lists other servers' layouts when the server is not known.
+#[test]
+fn a_weak_key_names_the_identified_servers_layout() {
+    let m = |layout, families, session_len: Option<usize>| weak::Match {
+        layout,
+        families,
+        hmac_len: 16,
+        aes_bits: session_len.map(|_| 128),
+        session_len,
+    };
+    let nginx80 = "80-byte key file: name, HMAC-SHA256 key (32), AES-256 key";
+    let apache48 = "48-byte key file: name, HMAC-SHA256 key (16), AES-128 key";
+    let w = weak::WeakKey {
+        pattern: "all zero".into(),
+        matches: vec![
+            m(nginx80, &["nginx", "lighttpd"], None),
+            m(apache48, &["apache"], None),
+        ],
+    };
+    let (text, decrypts) = weak_text(&w, Family::Apache);
+    assert!(!decrypts);
+    assert!(
+        text.contains(&format!("Apache httpd (mod_ssl)'s layout, {apache48}")),
+        "{text}"
+    );
+    assert!(!text.contains("80-byte"), "{text}");
+    // Not identified: the first candidate, and every other one the guess fits.
+    let (text, _) = weak_text(&w, Family::Unknown);
+    assert!(text.starts_with(&format!("all zero ({nginx80};")), "{text}");
+    assert!(
+        text.contains(&format!("the same MAC key also fits: {apache48}")),
+        "{text}"
+    );
+    // A layout that decrypts the ticket is proof, whatever was identified, and stands alone.
+    let w = weak::WeakKey {
+        pattern: "all zero".into(),
+        matches: vec![
+            m(apache48, &["apache"], Some(120)),
+            m(nginx80, &["nginx"], None),
+        ],
+    };
+    let (text, decrypts) = weak_text(&w, Family::Nginx);
+    assert!(decrypts);
+    assert!(
+        text.contains(&format!(
+            "({apache48}; HMAC key guessed, AES-128 key guessed too"
+        )),
+        "{text}"
+    );
+    assert!(!text.contains("also fits"), "{text}");
+}
