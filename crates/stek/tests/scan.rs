@@ -8,40 +8,8 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use serde_json::Value;
+use util::scan::*;
 use util::*;
-
-/// Runs `stek scan ARGS --json`: (exit code, the JSON document).
-fn scan(args: &[&str]) -> (i32, Value) {
-    let out = Command::new(env!("CARGO_BIN_EXE_stek"))
-        .arg("scan")
-        .args(args)
-        .arg("--json")
-        .output()
-        .expect("run stek scan");
-    let code = out.status.code().expect("exit code");
-    let text = String::from_utf8(out.stdout).expect("utf-8");
-    let json = serde_json::from_str(&text).unwrap_or_else(|e| {
-        panic!(
-            "stek scan {args:?} printed no JSON ({e}), exit {code}:\n{text}\n{}",
-            String::from_utf8_lossy(&out.stderr)
-        )
-    });
-    (code, json)
-}
-
-fn ids(report: &Value) -> Vec<String> {
-    report["findings"]
-        .as_array()
-        .expect("findings")
-        .iter()
-        .map(|f| f["id"].as_str().expect("id").to_owned())
-        .collect()
-}
-
-fn has(report: &Value, id: &str) -> bool {
-    ids(report).iter().any(|i| i == id)
-}
 
 /// An nginx whose ticket key is the file `key` (never rotated).
 fn nginx_with_key(root: &Path, cert: &Cert, name: &str, key: &[u8], protocols: &str) -> Nginx {
@@ -95,7 +63,14 @@ fn a_static_key_is_not_rotated_also_on_tls13_only() {
     let a = format!("127.0.0.1:{}", both.port);
     let b = format!("127.0.0.1:{}", only13.port);
     let (code, r) = scan(&[&a, &b, "--observe", "6s", "--max-rotation", "3s"]);
-    assert_eq!(code, 1, "{r:#}");
+    assert_verdict(code, &r, "fail", 1);
+    assert_family(&r, "nginx");
+    assert_fix(
+        &r,
+        "stek.not_rotated",
+        "include /run/stek/nginx/tickets.conf",
+    );
+    assert_once_per_target(&r);
     let mut flagged: Vec<&str> = r["findings"]
         .as_array()
         .unwrap()
@@ -134,9 +109,12 @@ fn an_all_zero_key_is_weak() {
     let zero48 = nginx_with_key(dir.path(), &cert, "zero48", &[0; 48], "TLSv1.2 TLSv1.3");
     for port in [zero80.port, zero48.port] {
         let (code, r) = scan(&[&format!("127.0.0.1:{port}")]);
-        assert_eq!(code, 1, "{r:#}");
+        assert_verdict(code, &r, "fail", 1);
         assert_eq!(r["findings"][0]["id"], "stek.weak_key", "{r:#}");
         assert_eq!(r["findings"][0]["severity"], "critical");
+        assert_eq!(count(&r, "stek.weak_key"), 1, "{r:#}");
+        assert_family(&r, "nginx");
+        assert_fix(&r, "stek.weak_key", "include /run/stek/nginx/tickets.conf");
         for v in ["tls12", "tls13"] {
             let w = r["targets"][0][v]["weak_key"].as_str().expect("weak key");
             assert!(w.contains("all zero") && w.contains("decrypts"), "{w}");
@@ -170,7 +148,8 @@ fn nginx_fed_by_stek_passes_and_matches_the_schedule() {
     // P = 3 s with a reload per period: the bounds leave a factor of two for a loaded machine
     // (a late reload makes a key look longer-lived than its period).
     let (code, r) = scan(&[&target, "--observe", "10s", "--max-rotation", "6s"]);
-    assert_eq!(code, 0, "{r:#}");
+    assert_verdict(code, &r, "pass", 0);
+    assert_family(&r, "nginx");
     assert!(
         ids(&r)
             .iter()
@@ -230,7 +209,8 @@ fn tickets_off_gives_no_stek_finding() {
         "TLSv1.2 TLSv1.3",
     );
     let (code, r) = scan(&[&format!("127.0.0.1:{}", off.port)]);
-    assert_eq!(code, 0, "{r:#}");
+    assert_verdict(code, &r, "pass", 0);
+    assert_family(&r, "nginx");
     assert!(ids(&r).iter().all(|i| !i.starts_with("stek.")), "{r:#}");
     assert_eq!(r["targets"][0]["tls12"]["tickets_issued"], false);
     assert!(has(&r, "tickets.tls12") && has(&r, "session_id.resumption"));
@@ -371,13 +351,24 @@ fn apache_and_haproxy_tickets_and_hints_read_correctly() {
     let apache_key = dir.path().join("apache.key");
     fs::write(&apache_key, key48).unwrap();
     let apache = Apache::start(&dir.path().join("apache"), &cert, &apache_key);
-    let (_, r) = scan(&[&format!("127.0.0.1:{}", apache.port)]);
+    let (code, r) = scan(&[&format!("127.0.0.1:{}", apache.port)]);
     // mod_ssl on OpenSSL 3 MACs its tickets with an all-zero HMAC key whatever the key file
-    // says (its AES key is the file's): reported as a guessable MAC key, not a guessable key.
+    // says (its AES key is the file's): reported as a guessable MAC key, not a guessable key,
+    // once for the endpoint, in Apache's layout (issue 12, rule 8).
+    assert_verdict(code, &r, "fail", 1);
+    assert_eq!(count(&r, "stek.weak_mac_key"), 1, "{r:#}");
+    assert!(!has(&r, "stek.weak_key"), "{r:#}");
+    let evidence = finding(&r, "stek.weak_mac_key")["evidence"]
+        .as_str()
+        .unwrap();
     assert!(
-        has(&r, "stek.weak_mac_key") && !has(&r, "stek.weak_key"),
-        "{r:#}"
+        evidence.contains("Apache httpd (mod_ssl)'s layout, 48-byte key file")
+            && !evidence.contains("80-byte"),
+        "{evidence}"
     );
+    assert_family(&r, "apache");
+    assert_fix(&r, "stek.weak_mac_key", "SSLSessionTicketKeyFile");
+    assert_once_per_target(&r);
     for v in ["tls12", "tls13"] {
         let t = &r["targets"][0][v];
         assert_eq!(t["ticket_resumption"], true, "apache {v}: {t:#}");
@@ -408,7 +399,9 @@ fn apache_and_haproxy_tickets_and_hints_read_correctly() {
     };
     let haproxy = haproxy_with("haproxy", &keys);
     let (code, r) = scan(&[&format!("127.0.0.1:{}", haproxy.port)]);
-    assert_eq!(code, 0, "{r:#}");
+    assert_verdict(code, &r, "pass", 0);
+    assert_family(&r, "haproxy");
+    assert_once_per_target(&r);
     for v in ["tls12", "tls13"] {
         let t = &r["targets"][0][v];
         assert_eq!(t["ticket_resumption"], true, "haproxy {v}: {t:#}");
@@ -422,8 +415,13 @@ fn apache_and_haproxy_tickets_and_hints_read_correctly() {
     // An all-zero HAProxy ring is weak in HAProxy's own layout.
     let hz = haproxy_with("haproxy-zero", &[vec![0; 80], vec![0; 80], vec![0; 80]]);
     let (code, r) = scan(&[&format!("127.0.0.1:{}", hz.port)]);
-    assert_eq!(code, 1, "{r:#}");
+    assert_verdict(code, &r, "fail", 1);
     assert_eq!(r["findings"][0]["id"], "stek.weak_key", "{r:#}");
+    assert_eq!(count(&r, "stek.weak_key"), 1, "{r:#}");
+    let evidence = finding(&r, "stek.weak_key")["evidence"].as_str().unwrap();
+    assert!(evidence.contains("HAProxy"), "{evidence}");
+    assert_family(&r, "haproxy");
+    assert_fix(&r, "stek.weak_key", "tls-ticket-keys");
 }
 
 #[test]
@@ -475,7 +473,8 @@ fn haproxy_rotated_by_stek_over_its_runtime_api_passes() {
     let pid = haproxy.proc.pid();
     let target = format!("127.0.0.1:{}", haproxy.port);
     let (code, r) = scan(&[&target, "--observe", "6s", "--max-rotation", "3s"]);
-    assert_eq!(code, 0, "{r:#}");
+    assert_verdict(code, &r, "pass", 0);
+    assert_family(&r, "haproxy");
     assert!(
         has(&r, "stek.rotation") && !has(&r, "stek.not_rotated"),
         "{r:#}"

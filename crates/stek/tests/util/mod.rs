@@ -453,6 +453,7 @@ impl Apache {
 pub mod etcd_cluster;
 pub mod fleet;
 pub mod redis_tls;
+pub mod scan;
 pub mod sentinel;
 pub mod servers;
 

@@ -229,20 +229,31 @@ pub struct GoServer {
 impl GoServer {
     /// `keys`: `default`, `static`, `zero`, or `rotate` with `rotate = Some("2s")`.
     pub fn start(go: Go, dir: &Path, cert: &Cert, keys: &str, rotate: Option<&str>) -> GoServer {
+        let mut args = vec!["-keys", keys];
+        if let Some(every) = rotate {
+            args.extend(["-rotate", every]);
+        }
+        GoServer::start_args(go, dir, cert, &args)
+    }
+
+    /// With goticket's own flags (`-keys ...`, `-client-cert-tls13`; see its usage).
+    pub fn start_args(go: Go, dir: &Path, cert: &Cert, args: &[&str]) -> GoServer {
         let bin = goticket(go);
         let mut cmd = Command::new(bin);
-        cmd.args(["-listen", "127.0.0.1:0", "-keys", keys])
+        cmd.args(["-listen", "127.0.0.1:0"])
+            .args(args)
             .arg("-cert")
             .arg(&cert.cert)
             .arg("-key")
             .arg(&cert.key);
-        if let Some(every) = rotate {
-            cmd.args(["-rotate", every]);
-        }
+        let flags = args.join(" ");
         let mut proc = Proc::spawn(
-            &format!("goticket ({go:?}, -keys {keys})"),
+            &format!("goticket ({go:?}, {flags})"),
             &mut cmd,
-            dir.join(format!("goticket-{go:?}-{keys}.log")),
+            dir.join(format!(
+                "goticket-{go:?}-{}.log",
+                flags.replace([' ', '/'], "_")
+            )),
         );
         // The first line of the log is the port it bound (stdout), before anything else runs.
         let port = wait_for("goticket's port", Duration::from_secs(20), || {
