@@ -35,6 +35,8 @@ pub mod sink;
 pub mod status;
 pub mod store;
 pub mod sys;
+#[cfg(test)]
+mod testlog;
 pub mod up;
 
 /// Locks `m`, also when a panic elsewhere poisoned it. Sound for the crate's mutexes: every

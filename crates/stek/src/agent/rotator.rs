@@ -427,16 +427,28 @@ mod tests {
         let keys: Vec<SlotKey> = (98..=101)
             .map(|e| SlotKey::generate(Slot(e)).unwrap())
             .collect();
+        let first = keys[0].name();
         rotator.take(report(at(400), keys), at(400));
         assert_eq!(rotator.held(), [98, 99, 100, 101].map(Slot).into());
         rotator.rotate(at(400)).unwrap();
-        // Slot 98 leaves the window [e-2, e+1] when slot 101 begins, at 404, not before.
-        rotator
-            .rotate(at(403) + Duration::from_millis(999))
-            .unwrap();
+        // Slot 98 leaves the window [e-2, e+1] when slot 101 begins, at 404, not before; the
+        // log says which key went, and only when one did.
+        let (_, log) = crate::testlog::capture(|| {
+            rotator
+                .rotate(at(403) + Duration::from_millis(999))
+                .unwrap();
+        });
         assert!(rotator.held().contains(&Slot(98)));
-        let ring = rotator.rotate(at(404)).unwrap().unwrap().1;
-        assert_eq!(ring.encrypting(), Encrypting::Current);
+        assert!(!log.contains("erased"), "{log}");
+        let (encrypting, log) =
+            crate::testlog::capture(|| rotator.rotate(at(404)).unwrap().unwrap().1.encrypting());
+        assert_eq!(encrypting, Encrypting::Current);
+        assert!(
+            log.contains(&format!(
+                "group g: erased 1 key(s) that left the window: {first} (slot 98)"
+            )),
+            "{log}"
+        );
         assert_eq!(rotator.held(), [99, 100, 101].map(Slot).into());
         let ring = rotator.rotate(at(408)).unwrap().unwrap().1;
         assert_eq!(ring.encrypting(), Encrypting::Stale { behind: 1 });
