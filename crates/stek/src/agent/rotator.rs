@@ -510,4 +510,94 @@ mod tests {
             first_name
         );
     }
+
+    /// The group and schedule it was made for: what the agent labels its status, metrics and
+    /// sinks with.
+    #[test]
+    fn it_keeps_its_group_and_schedule() {
+        let s = Schedule::new(Duration::from_secs(4), Duration::from_secs(8)).unwrap();
+        let rotator = Rotator::new("web".into(), s, 1);
+        assert_eq!(rotator.group(), "web");
+        assert_eq!(*rotator.schedule(), s);
+        assert_ne!(*rotator.schedule(), Schedule::default());
+    }
+
+    /// The line for each ring says which key encrypts and why, in the operator's words: the
+    /// current key, a stale one (how many periods old), or the local fallback (loud).
+    #[test]
+    fn each_ring_is_logged_with_why_its_key_encrypts() {
+        let s = Schedule::new(Duration::from_secs(4), Duration::from_secs(8)).unwrap();
+        let mut rotator = Rotator::new("g".into(), s, 1);
+        let at = |t: u64| Duration::from_secs(t);
+        let keys: Vec<SlotKey> = (98..=101)
+            .map(|e| SlotKey::generate(Slot(e)).unwrap())
+            .collect();
+        let (current, next) = (keys[2].name(), keys[3].name());
+        rotator.take(report(at(400), keys), at(400));
+        let mut logged = |t: u64| {
+            let ring = rotator.rotate(at(t)).unwrap().unwrap().1.clone();
+            crate::testlog::capture(|| log_ring("g", &ring, "rotated to", "this host")).1
+        };
+        let log = logged(400);
+        assert!(
+            log.contains(&format!(
+                "INFO group g: rotated to slot 100: key {current} encrypts, 4 keys decrypt"
+            )),
+            "{log}"
+        );
+        // Slot 102 has no key: slot 101's keeps encrypting, one period old.
+        let log = logged(408);
+        assert!(
+            log.contains(&format!(
+                "WARN group g: rotated to slot 102: the slot has no key yet: key {next} of 1 period(s) ago keeps encrypting"
+            )),
+            "{log}"
+        );
+        let log = logged(412);
+        assert!(
+            log.contains(
+                "WARN group g: rotated to slot 103: FALLBACK: no shared key recent enough"
+            ) && log.contains("resumption works on this host only"),
+            "{log}"
+        );
+    }
+
+    /// A key held ahead of the window is announced (by name, slot and memcached key) only by
+    /// an agent that serves it, and only when there is one.
+    #[test]
+    fn keys_ahead_are_announced_only_when_served() {
+        let s = Schedule::new(Duration::from_secs(4), Duration::from_secs(8)).unwrap();
+        let mut rotator = Rotator::new("g".into(), s, 1);
+        let now = Duration::from_secs(400);
+        let ahead = SlotKey::generate(Slot(102)).unwrap();
+        let name = ahead.name();
+        rotator.take(report(now, vec![ahead]), now);
+        let ring = rotator.rotate(now).unwrap().unwrap().1.clone();
+        assert_eq!(ring.ahead().len(), 1);
+        let log = |ring: &Ring, served| crate::testlog::capture(|| log_ahead("g", ring, served)).1;
+        let served = log(&ring, true);
+        assert!(
+            served.contains(&format!(
+                "INFO group g: serving key {name} of slot 102 (ticket-key/408) before its slot comes"
+            )),
+            "{served}"
+        );
+        let kept = log(&ring, false);
+        assert!(!kept.contains("INFO"), "{kept}");
+        assert!(
+            kept.contains(&format!(
+                "DEBUG group g: keys held ahead of slot 100: [key {name}"
+            )),
+            "{kept}"
+        );
+        let mut bare = Rotator::new("g".into(), s, 1);
+        let ring = bare.rotate(now).unwrap().unwrap().1.clone();
+        assert!(ring.ahead().is_empty());
+        let none = log(&ring, true);
+        assert!(!none.contains("INFO"), "{none}");
+        assert!(
+            none.contains("DEBUG group g: keys held ahead of slot 100: []"),
+            "{none}"
+        );
+    }
 }

@@ -942,4 +942,24 @@ mod tests {
         let w = fetch_window(&s, Duration::from_secs(401));
         assert_eq!((w.first, w.last), (Slot(97), Slot(102)));
     }
+
+    /// A failed read says what failed, and keeps the store's own error as its cause.
+    #[test]
+    fn sync_errors_say_what_failed_and_keep_their_cause() {
+        use crate::error::Chain;
+        let timeout = SyncError::Timeout(Duration::from_millis(1500));
+        assert_eq!(
+            Chain(&timeout).to_string(),
+            "the store did not answer within 1.5s"
+        );
+        let refused = SyncError::Store(crate::store::StoreError::Refused {
+            store: "Redis (GET)".into(),
+            message: "NOPERM no permission".into(),
+        });
+        let text = Chain(&refused).to_string();
+        assert!(
+            text.starts_with("the store failed: ") && text.contains("NOPERM no permission"),
+            "{text}"
+        );
+    }
 }
