@@ -962,4 +962,97 @@ mod tests {
             "{text}"
         );
     }
+
+    /// Where the group's records lie against the slots read tells the cause apart: all before
+    /// them (no generator since, or a clock ahead), all after (a clock behind), or around them;
+    /// other groups are listed, five at most.
+    #[test]
+    fn a_diagnosis_places_the_records_against_the_slots_read() {
+        let s = Schedule::new(Duration::from_secs(10), Duration::from_secs(180)).unwrap();
+        let now = Duration::from_secs(36_000);
+        let reads = fetch_window(&s, now);
+        let diagnose_slots = |slots: &[u64]| {
+            let mut survey = crate::store::Survey::default();
+            for slot in slots {
+                survey.add("g", &slot.to_string());
+            }
+            diagnose("g", &s, now, &survey, None)
+        };
+        let (first, last) = (reads.first.0, reads.last.0);
+        // The newest record is the slot just before the first one read, or long before.
+        for newest in [first - 1, first - 50] {
+            let d = diagnose_slots(&[newest - 2, newest]);
+            assert_eq!(d.key, "behind", "{}", d.text);
+            assert!(
+                d.text
+                    .contains(&format!("newest record in the store is for slot {newest}"))
+                    && d.text.contains("or this host's clock is ahead of theirs"),
+                "{}",
+                d.text
+            );
+        }
+        let d = diagnose_slots(&[last + 1, last + 3]);
+        assert_eq!(d.key, "ahead", "{}", d.text);
+        // Records on both sides, and one in the first slot read (the window filled in since).
+        for slots in [[first - 1, last + 1], [first - 2, first]] {
+            let d = diagnose_slots(&slots);
+            assert_eq!(d.key, "gap", "{slots:?}: {}", d.text);
+            assert!(
+                d.text.contains(&format!(
+                    "none for the slots this agent reads ({first} to {last})"
+                )),
+                "{}",
+                d.text
+            );
+        }
+
+        let others = |n: usize| {
+            let mut survey = crate::store::Survey::default();
+            for i in 0..n {
+                survey.add(&format!("other{i}"), "7");
+            }
+            diagnose("g", &s, now, &survey, None).text
+        };
+        let five = others(5);
+        assert!(five.contains("other4 (1 record(s))"), "{five}");
+        assert!(!five.contains("more"), "{five}");
+        let six = others(6);
+        assert!(
+            six.contains("other4 (1 record(s)), and 1 more") && !six.contains("other5"),
+            "{six}"
+        );
+    }
+
+    /// A read counts every value the store had for the slots read, accepted or not; the
+    /// syncer's debug form names its group and schedule, never what it read.
+    #[tokio::test]
+    async fn a_read_counts_what_it_found_and_its_debug_shows_no_record() {
+        let clock = ManualClock::at(400);
+        let store = Arc::new(MemoryStore::new(Arc::new(clock.clone())));
+        let s = Schedule::new(Duration::from_secs(4), Duration::from_secs(12)).unwrap();
+        let k = SlotKey::generate(Slot(100)).unwrap();
+        let until = Duration::from_secs(999);
+        store
+            .create("g", Slot(100), &plain(&s, "g", &k), until)
+            .await
+            .unwrap();
+        store.create("g", Slot(101), b"junk", until).await.unwrap();
+        let mut syncer = Syncer::new(store, PlainOpener, "g".into(), s);
+        let synced = syncer.sync(clock.now(), &BTreeSet::new()).await.unwrap();
+        assert_eq!(
+            (synced.found, synced.keys.len(), synced.rejected.len()),
+            (2, 1, 1)
+        );
+        let text = format!("{syncer:?}");
+        assert!(
+            text.starts_with("Syncer {")
+                && text.contains("group: \"g\"")
+                && text.contains("schedule"),
+            "{text}"
+        );
+        assert!(
+            !text.contains("accepted") && !text.contains(&k.name().to_string()),
+            "{text}"
+        );
+    }
 }
