@@ -6,18 +6,10 @@ use std::sync::{Arc, Mutex, PoisonError};
 
 /// The log lines (level, target-less, no colour) `f` emits on this thread, with its result.
 pub(crate) fn capture<T>(f: impl FnOnce() -> T) -> (T, String) {
-    let buf = Buffer::default();
-    let writer = buf.clone();
-    let subscriber = tracing_subscriber::fmt()
-        .with_writer(move || writer.clone())
-        .with_ansi(false)
-        .with_target(false)
-        .without_time()
-        .with_max_level(tracing::Level::TRACE)
-        .finish();
-    let out = tracing::subscriber::with_default(subscriber, f);
-    let text = buf.0.lock().unwrap_or_else(PoisonError::into_inner).clone();
-    (out, String::from_utf8_lossy(&text).into_owned())
+    let logs = start();
+    let out = f();
+    let text = logs.text();
+    (out, text)
 }
 
 #[derive(Clone, Default)]
@@ -34,5 +26,36 @@ impl io::Write for Buffer {
 
     fn flush(&mut self) -> io::Result<()> {
         Ok(())
+    }
+}
+
+/// Captures the log lines of this thread from now until the result is dropped: for async
+/// tests on the current-thread runtime, where a closure cannot span the awaits.
+pub(crate) fn start() -> Logs {
+    let buf = Buffer::default();
+    let writer = buf.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_writer(move || writer.clone())
+        .with_ansi(false)
+        .with_target(false)
+        .without_time()
+        .with_max_level(tracing::Level::TRACE)
+        .finish();
+    Logs {
+        _guard: tracing::subscriber::set_default(subscriber),
+        buf,
+    }
+}
+
+/// The lines captured since [`start`].
+pub(crate) struct Logs {
+    _guard: tracing::subscriber::DefaultGuard,
+    buf: Buffer,
+}
+
+impl Logs {
+    pub(crate) fn text(&self) -> String {
+        let text = self.buf.0.lock().unwrap_or_else(PoisonError::into_inner);
+        String::from_utf8_lossy(&text).into_owned()
     }
 }

@@ -744,6 +744,8 @@ mod tests {
         let syncer = Syncer::new(store.clone(), PlainOpener, "g".into(), s);
         let mut empty = Empty::default();
         let t = Duration::from_secs(1);
+        let logs = crate::testlog::start();
+        let warnings = || logs.text().matches("WARN").count();
         let now = clock.now();
         assert!(syncer
             .watch_empty(&mut empty, Some(0), now, t)
@@ -767,6 +769,27 @@ mod tests {
             empty.surveyed, surveyed,
             "not surveyed again within a period"
         );
+        assert_eq!(warnings(), 1, "{}", logs.text());
+        // A period on (at least 10 s), surveyed again: the same finding is not logged again;
+        // another one is.
+        tokio::time::advance(resurvey(s.period())).await;
+        assert!(syncer
+            .watch_empty(&mut empty, Some(0), now, t)
+            .await
+            .is_some());
+        assert_ne!(empty.surveyed, surveyed, "surveyed again");
+        assert_eq!(warnings(), 1, "{}", logs.text());
+        store
+            .create("other", Slot(7), b"x", Duration::from_secs(999))
+            .await
+            .unwrap();
+        tokio::time::advance(resurvey(s.period())).await;
+        let d = syncer
+            .watch_empty(&mut empty, Some(0), now, t)
+            .await
+            .cloned();
+        assert!(d.unwrap().text.contains("records of group(s) other"));
+        assert_eq!(warnings(), 2, "{}", logs.text());
         assert!(syncer
             .watch_empty(&mut empty, Some(2), now, t)
             .await
