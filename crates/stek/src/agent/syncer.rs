@@ -1078,4 +1078,81 @@ mod tests {
             "{text}"
         );
     }
+
+    /// The clock offset to the store is measured once a period, and at once after this host's
+    /// clock steps by P/4 or more; it is logged when it crosses P/4 (strictly more), either
+    /// way, once per crossing. Whole periods of tokio's paused clock, two wall clocks.
+    #[tokio::test(start_paused = true)]
+    async fn the_clock_offset_is_measured_once_a_period_and_at_once_after_a_step() {
+        use crate::clock::manual::TokioClock;
+        let s = Schedule::new(Duration::from_secs(4), Duration::from_secs(12)).unwrap();
+        let store_clock = TokioClock::at(1_800_000_000);
+        let store = Arc::new(MemoryStore::new(Arc::new(store_clock)));
+        let clock = TokioClock::at(1_800_000_000);
+        clock.step_ms(500);
+        let syncer = Syncer::new(store, PlainOpener, "g".into(), s);
+        let (_held, held_rx) = watch::channel(BTreeSet::new());
+        let (tx, mut rx) = mpsc::channel(1);
+        let logs = crate::testlog::start();
+        let start = Instant::now();
+        tokio::spawn(syncer.run(
+            Arc::new(clock.clone()),
+            Duration::from_millis(500),
+            held_rx,
+            tx,
+        ));
+        // The next measurement: (seconds since the start, offset), and how many reads before it.
+        async fn next(rx: &mut mpsc::Receiver<SyncReport>, start: Instant) -> (f64, f64, usize) {
+            let mut reads = 0;
+            loop {
+                let r = rx.recv().await.expect("the syncer runs");
+                assert!(r.result.is_ok());
+                if let Some(off) = r.clock_offset {
+                    return ((Instant::now() - start).as_secs_f64(), off, reads);
+                }
+                reads += 1;
+            }
+        }
+        let warned = || logs.text().matches("more than P/4").count();
+        let back = || logs.text().matches("back within P/4 of the store").count();
+
+        // At once, then a period later, with reads between: 0.5 s, then exactly P/4, is not
+        // too far.
+        let (t0, off, _) = next(&mut rx, start).await;
+        assert_eq!((t0, off), (0.0, 0.5));
+        clock.step_ms(500);
+        let (t1, off, reads) = next(&mut rx, start).await;
+        assert!(
+            (4.0..4.6).contains(&t1) && reads >= 4,
+            "{t1} after {reads} reads"
+        );
+        assert_eq!(off, 1.0);
+        assert_eq!((warned(), back()), (0, 0), "{}", logs.text());
+
+        // A step of 1.5 s (more than P/4) a second into the period: measured at the next read.
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        clock.step_ms(1500);
+        let (t2, off, _) = next(&mut rx, start).await;
+        assert!(
+            t2 - t1 < 2.5,
+            "measured at {t2}, the step was at {}",
+            t1 + 1.0
+        );
+        assert_eq!(off, 2.5);
+        assert_eq!((warned(), back()), (1, 0), "{}", logs.text());
+        // Still off a period later: not logged again.
+        let (t3, off, _) = next(&mut rx, start).await;
+        assert!((t2 + 4.0..t2 + 4.6).contains(&t3), "{t3}");
+        assert_eq!(off, 2.5);
+        assert_eq!((warned(), back()), (1, 0), "{}", logs.text());
+
+        // Set right: measured at once, said once.
+        clock.step_ms(-2500);
+        let (_, off, _) = next(&mut rx, start).await;
+        assert_eq!(off, 0.0);
+        assert_eq!((warned(), back()), (1, 1), "{}", logs.text());
+        let (_, off, _) = next(&mut rx, start).await;
+        assert_eq!(off, 0.0);
+        assert_eq!((warned(), back()), (1, 1), "{}", logs.text());
+    }
 }
