@@ -271,4 +271,42 @@ mod tests {
         let health = h.health();
         assert_eq!((health.failing, health.failures), (None, 2));
     }
+
+    /// As a sink it is `on_change` (the label of its metrics and its line in `stek status`),
+    /// and a run after a ring was delivered records that ring's encrypting key as the one the
+    /// server took.
+    #[tokio::test]
+    async fn a_delivered_ring_is_applied_once_the_command_ran() {
+        use std::collections::BTreeMap;
+        use stek_core::{LocalKeys, Schedule, Slot, SlotKey};
+        let s = Schedule::new(Duration::from_secs(4), Duration::from_secs(12)).unwrap();
+        let shared: BTreeMap<Slot, SlotKey> = [100, 101]
+            .map(|e| (Slot(e), SlotKey::generate(Slot(e)).unwrap()))
+            .into();
+        let ring = Ring::build(
+            &s,
+            Duration::from_secs(400),
+            &shared,
+            &mut LocalKeys::new(),
+            1,
+        )
+        .unwrap();
+        let mut sink = OnChange::spawn("true".into(), Duration::from_millis(100));
+        assert_eq!(sink.name(), "on_change");
+        assert!(sink.health().applied.is_none());
+        assert!(matches!(sink.deliver(&ring).unwrap(), Delivered::Handed));
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let applied = loop {
+            if let Some(a) = sink.health().applied {
+                break a;
+            }
+            assert!(Instant::now() < deadline, "the command never ran");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        assert_eq!(
+            (applied.slot, applied.name),
+            (100, shared[&Slot(100)].name().to_hex())
+        );
+        assert!(applied.since.abs_diff(unix_now()) <= 2);
+    }
 }
