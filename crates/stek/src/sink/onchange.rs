@@ -251,6 +251,7 @@ mod tests {
             "n=$(cat {m} 2>/dev/null || echo 0); n=$((n+1)); echo $n > {m}; [ $n -ge 3 ]",
             m = marker.display()
         );
+        let logs = crate::testlog::start();
         let h = OnChange::spawn(cmd, Duration::from_millis(100));
         h.notify();
         let deadline = Instant::now() + Duration::from_secs(10);
@@ -270,6 +271,13 @@ mod tests {
         assert_eq!(std::fs::read_to_string(&marker).unwrap().trim(), "3");
         let health = h.health();
         assert_eq!((health.failing, health.failures), (None, 2));
+        // Logged once when it started failing, once when it worked again, with the count.
+        let text = logs.text();
+        assert_eq!(text.matches("WARN").count(), 1, "{text}");
+        assert!(
+            text.contains("on-change command works again after 2 failed run(s)"),
+            "{text}"
+        );
     }
 
     /// As a sink it is `on_change` (the label of its metrics and its line in `stek status`),
@@ -307,6 +315,10 @@ mod tests {
             (applied.slot, applied.name),
             (100, shared[&Slot(100)].name().to_hex())
         );
-        assert!(applied.since.abs_diff(unix_now()) <= 2);
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs();
+        assert!(applied.since.abs_diff(now) <= 2, "{} {now}", applied.since);
     }
 }
