@@ -825,6 +825,10 @@ mod tests {
                         KeyDir::open(&dir, false),
                         Err(DirError::Persistent { .. })
                     ));
+                    // `--allow-persistent-dir` lets it through, named.
+                    assert!(
+                        matches!(check_dir(&dir, true), Ok(DirCheck::PersistentAllowed(ref f)) if *f == fs)
+                    );
                     refused += 1;
                 }
                 Ok(DirCheck::Memory(_)) => {}
