@@ -202,14 +202,19 @@ fn fs_name(path: &Path) -> Option<String> {
 
 /// The first of `/run/stek`, `$XDG_RUNTIME_DIR/stek`, `/dev/shm/stek` on tmpfs or ramfs.
 pub fn default_dir() -> Option<PathBuf> {
+    default_candidates(std::env::var_os("XDG_RUNTIME_DIR"))
+        .into_iter()
+        .find(|c| matches!(check_dir(c, false), Ok(DirCheck::Memory(_))))
+}
+
+/// Where [`default_dir`] looks, in order, given `$XDG_RUNTIME_DIR` (ignored when empty).
+fn default_candidates(xdg_runtime_dir: Option<OsString>) -> Vec<PathBuf> {
     let mut candidates = vec![PathBuf::from("/run/stek")];
-    if let Some(x) = std::env::var_os("XDG_RUNTIME_DIR").filter(|x| !x.is_empty()) {
+    if let Some(x) = xdg_runtime_dir.filter(|x| !x.is_empty()) {
         candidates.push(PathBuf::from(x).join("stek"));
     }
     candidates.push(PathBuf::from("/dev/shm/stek"));
     candidates
-        .into_iter()
-        .find(|c| matches!(check_dir(c, false), Ok(DirCheck::Memory(_))))
 }
 
 /// Flags of every directory handle: no link followed at the last component, not inherited by
@@ -237,7 +242,8 @@ impl KeyDir {
     pub fn open(path: &Path, allow_persistent: bool) -> Result<(KeyDir, DirCheck), DirError> {
         match fs::symlink_metadata(path) {
             Ok(m) if m.file_type().is_symlink() => return Err(symlink_error(path)),
-            Ok(m) if !m.is_dir() => return Err(DirError::NotDir(path.to_owned())),
+            // Anything else that exists is opened and checked through its handle below (not a
+            // directory: ENOTDIR, without opening it).
             Ok(_) => {}
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
                 // Never create anything on a persistent disk by mistake: look first.
@@ -842,5 +848,78 @@ mod tests {
             check_dir(Path::new("/dev/shm/stek-test/x"), false),
             Ok(DirCheck::Memory("tmpfs"))
         ));
+    }
+
+    /// The mount type named in a refusal is the one `/proc/self/mounts` gives the path.
+    #[test]
+    fn file_systems_are_named_from_the_mount_table() {
+        assert_eq!(fs_name(Path::new("/dev/shm")).as_deref(), Some("tmpfs"));
+        assert_eq!(fs_name(Path::new("/proc/self")).as_deref(), Some("proc"));
+        assert_eq!(fs_name(Path::new("/no/such/path")), None);
+    }
+
+    /// The default directory: the first candidate in memory, `$XDG_RUNTIME_DIR/stek` between
+    /// `/run/stek` and `/dev/shm/stek`, an empty `$XDG_RUNTIME_DIR` ignored (it would make a
+    /// relative path).
+    #[test]
+    fn the_default_dir_is_the_first_candidate_in_memory() {
+        let run = PathBuf::from("/run/stek");
+        let shm = PathBuf::from("/dev/shm/stek");
+        assert_eq!(default_candidates(None), [run.clone(), shm.clone()]);
+        assert_eq!(
+            default_candidates(Some(OsString::new())),
+            [run.clone(), shm.clone()]
+        );
+        assert_eq!(
+            default_candidates(Some("/run/user/1000".into())),
+            [run, PathBuf::from("/run/user/1000/stek"), shm]
+        );
+        let dir = default_dir().expect("/dev/shm is tmpfs here");
+        assert!(dir.is_absolute() && dir.ends_with("stek"), "{dir:?}");
+        assert!(matches!(check_dir(&dir, false), Ok(DirCheck::Memory(_))));
+    }
+
+    /// A path the system cannot even look up (a component is a file) is an error about that
+    /// path, with the system's reason; nothing is created on the way.
+    #[test]
+    fn an_unusable_path_is_refused_with_the_systems_reason() {
+        let d = tempfile::tempdir_in("/dev/shm").unwrap();
+        let file = d.path().join("file");
+        fs::write(&file, b"").unwrap();
+        let path = file.join("keys");
+        match KeyDir::open(&path, false) {
+            Err(DirError::Io(p, e)) => {
+                assert_eq!(p, path);
+                assert_eq!(e.kind(), io::ErrorKind::NotADirectory, "{e}");
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(KeyDir::open(&file, false), Err(DirError::NotDir(p)) if p == file));
+    }
+
+    /// A file, or a FIFO (whose plain open would wait for a writer forever), planted where a
+    /// subdirectory goes is refused at once as not a directory; the handles of the directories
+    /// are not inherited by the reload command.
+    #[test]
+    fn a_planted_file_or_fifo_is_not_a_directory() {
+        let (d, k) = key_dir();
+        fs::write(d.path().join("keys/file"), b"").unwrap();
+        rustix::fs::mkfifoat(&*k.fd, "fifo", Mode::from_raw_mode(0o600)).unwrap();
+        for name in ["file", "fifo"] {
+            let (tx, rx) = std::sync::mpsc::channel();
+            let k = k.clone();
+            std::thread::spawn(move || tx.send(k.subdir(name).map(|_| ())));
+            let got = rx
+                .recv_timeout(std::time::Duration::from_secs(10))
+                .unwrap_or_else(|_| panic!("opening {name} blocked"));
+            assert!(
+                matches!(got, Err(DirError::NotDir(ref p)) if p.ends_with(name)),
+                "{got:?}"
+            );
+        }
+        for fd in [&*k.fd, &*k.subdir("nginx").unwrap().fd] {
+            let flags = rustix::io::fcntl_getfd(fd).unwrap();
+            assert!(flags.contains(rustix::io::FdFlags::CLOEXEC));
+        }
     }
 }
