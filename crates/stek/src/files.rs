@@ -354,12 +354,7 @@ impl KeyDir {
         let mut rand = [0u8; 16];
         stek_core::key::fill_random(&mut rand).map_err(io::Error::other)?;
         let tmp = format!(".{name}.{}.tmp", hex(&rand));
-        let fd = rustix::fs::openat(
-            &*self.fd,
-            tmp.as_str(),
-            OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-            Mode::from_raw_mode(0o600),
-        )?;
+        let fd = self.create_new(&tmp)?;
         let result = (|| {
             let mut f = File::from(fd);
             f.write_all(bytes)?;
@@ -392,6 +387,22 @@ impl KeyDir {
         result
     }
 
+    /// Creates the file `name` (mode 0600) for writing: never an existing file or through a
+    /// link planted at the name, and not inherited by the reload command or other children.
+    fn create_new(&self, name: &str) -> rustix::io::Result<OwnedFd> {
+        let flags =
+            OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+        rustix::fs::openat(&*self.fd, name, flags, Mode::from_raw_mode(0o600))
+    }
+
+    /// Opens `name` for reading without following a link, without waiting (a FIFO planted
+    /// there has no writer), without taking a terminal, not inherited by children.
+    fn open_to_peek(&self, name: &str) -> rustix::io::Result<OwnedFd> {
+        let flags =
+            OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::NOCTTY | OFlags::CLOEXEC;
+        rustix::fs::openat(&*self.fd, name, flags, Mode::empty())
+    }
+
     /// The first `max` bytes of the regular file `name` (fewer if it is shorter), or `None` if
     /// there is no such file. Opened without following links and without blocking (a FIFO
     /// planted there cannot hang the caller); anything but a regular file is an error. For the
@@ -399,12 +410,7 @@ impl KeyDir {
     /// holds what would be written.
     pub fn read_head(&self, name: &str, max: usize) -> io::Result<Option<Vec<u8>>> {
         use std::io::Read as _;
-        let fd = match rustix::fs::openat(
-            &*self.fd,
-            name,
-            OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::NOCTTY | OFlags::CLOEXEC,
-            Mode::empty(),
-        ) {
+        let fd = match self.open_to_peek(name) {
             Ok(fd) => fd,
             Err(Errno::NOENT) => return Ok(None),
             Err(e) => return Err(e.into()),
@@ -761,8 +767,17 @@ mod tests {
         assert!(!d.path().join("keys/1004.key").exists());
         // A link at a name being written: replaced, not written through.
         std::os::unix::fs::symlink(&victim, d.path().join("keys/ticket.key")).unwrap();
-        k.write_atomic("ticket.key", &[7; 48]).unwrap();
+        let (written, log) = crate::testlog::capture(|| k.write_atomic("ticket.key", &[7; 48]));
+        written.unwrap();
+        assert!(
+            log.contains("ticket.key was a symbolic link: replaced by the file"),
+            "{log}"
+        );
         assert_eq!(fs::read(&victim).unwrap(), b"precious");
+        // Written again, over the file it now is: nothing to say.
+        let (written, log) = crate::testlog::capture(|| k.write_atomic("ticket.key", &[8; 48]));
+        written.unwrap();
+        assert!(log.is_empty(), "{log}");
         let m = d.path().join("keys/ticket.key").symlink_metadata().unwrap();
         assert!(m.is_file() && m.mode() & 0o777 == 0o600);
         // Temporary files left by a crash are erased at start; other names are not.
@@ -921,5 +936,58 @@ mod tests {
             let flags = rustix::io::fcntl_getfd(fd).unwrap();
             assert!(flags.contains(rustix::io::FdFlags::CLOEXEC));
         }
+    }
+
+    /// A new file is never an existing one nor written through a link at its name, is 0600,
+    /// and its descriptor is not inherited by children.
+    #[test]
+    fn new_files_are_new_private_and_not_inherited() {
+        let (d, k) = key_dir();
+        let victim = d.path().join("victim");
+        fs::write(&victim, b"precious").unwrap();
+        std::os::unix::fs::symlink(&victim, d.path().join("keys/link")).unwrap();
+        fs::write(d.path().join("keys/file"), b"old").unwrap();
+        for planted in ["link", "file"] {
+            assert_eq!(
+                k.create_new(planted).unwrap_err(),
+                Errno::EXIST,
+                "{planted}"
+            );
+        }
+        assert_eq!(fs::read(&victim).unwrap(), b"precious");
+        assert_eq!(fs::read(d.path().join("keys/file")).unwrap(), b"old");
+        let fd = k.create_new("new").unwrap();
+        assert!(rustix::io::fcntl_getfd(&fd)
+            .unwrap()
+            .contains(rustix::io::FdFlags::CLOEXEC));
+        let m = fs::metadata(d.path().join("keys/new")).unwrap();
+        assert_eq!(m.mode() & 0o777, 0o600);
+    }
+
+    /// The head of a key file: a link is not followed, a FIFO neither blocks nor is read,
+    /// a missing file is `None`, and the descriptor is not inherited by children.
+    #[test]
+    fn a_files_head_is_read_without_following_or_waiting() {
+        let (d, k) = key_dir();
+        fs::write(d.path().join("keys/stek.key"), [5u8; 92]).unwrap();
+        assert_eq!(k.read_head("stek.key", 12).unwrap(), Some(vec![5u8; 12]));
+        assert_eq!(k.read_head("stek.key", 500).unwrap(), Some(vec![5u8; 92]));
+        assert_eq!(k.read_head("absent", 12).unwrap(), None);
+        let victim = d.path().join("victim");
+        fs::write(&victim, b"precious").unwrap();
+        std::os::unix::fs::symlink(&victim, d.path().join("keys/link")).unwrap();
+        assert!(k.read_head("link", 12).is_err());
+        rustix::fs::mkfifoat(&*k.fd, "fifo", Mode::from_raw_mode(0o600)).unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let peek = k.clone();
+        std::thread::spawn(move || tx.send(peek.read_head("fifo", 12).map_err(|e| e.kind())));
+        let got = rx
+            .recv_timeout(std::time::Duration::from_secs(10))
+            .expect("reading a FIFO blocked");
+        assert_eq!(got, Err(io::ErrorKind::InvalidData));
+        let fd = k.open_to_peek("stek.key").unwrap();
+        assert!(rustix::io::fcntl_getfd(&fd)
+            .unwrap()
+            .contains(rustix::io::FdFlags::CLOEXEC));
     }
 }
