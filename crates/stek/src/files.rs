@@ -403,6 +403,15 @@ impl KeyDir {
         rustix::fs::openat(&*self.fd, name, flags, Mode::empty())
     }
 
+    /// Opens `name` for overwriting without following a link (a link swapped in after a look
+    /// fails with ELOOP), without waiting (a FIFO swapped in fails with ENXIO instead of hanging
+    /// the erasure), without taking a terminal, not inherited by children.
+    fn open_to_overwrite(&self, name: &OsStr) -> rustix::io::Result<OwnedFd> {
+        let flags =
+            OFlags::WRONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::NOCTTY | OFlags::CLOEXEC;
+        rustix::fs::openat(&*self.fd, name, flags, Mode::empty())
+    }
+
     /// The first `max` bytes of the regular file `name` (fewer if it is shorter), or `None` if
     /// there is no such file. Opened without following links and without blocking (a FIFO
     /// planted there cannot hang the caller); anything but a regular file is an error. For the
@@ -488,13 +497,7 @@ impl KeyDir {
                 return Ok(());
             }
         }
-        // NONBLOCK: a FIFO swapped in after the look above must not hang the loop.
-        let fd = match rustix::fs::openat(
-            &*self.fd,
-            name,
-            OFlags::WRONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::NOCTTY | OFlags::CLOEXEC,
-            Mode::empty(),
-        ) {
+        let fd = match self.open_to_overwrite(name) {
             Ok(fd) => fd,
             Err(Errno::NOENT) => return Ok(()),
             Err(Errno::LOOP) => {
@@ -783,7 +786,11 @@ mod tests {
         // Temporary files left by a crash are erased at start; other names are not.
         fs::write(d.path().join("keys/.ticket.key.1234.tmp"), [9; 48]).unwrap();
         fs::write(d.path().join("keys/.tmp"), b"x").unwrap();
-        assert_eq!(k.erase_temporaries().unwrap(), 1);
+        // The shortest name counted as stek's: a dot, two characters, `.tmp`.
+        fs::write(d.path().join("keys/.x.tmp"), b"x").unwrap();
+        fs::write(d.path().join("keys/.xy.tmp"), b"x").unwrap();
+        assert_eq!(k.erase_temporaries().unwrap(), 2);
+        assert!(d.path().join("keys/.x.tmp").exists() && !d.path().join("keys/.xy.tmp").exists());
         assert!(!d.path().join("keys/.ticket.key.1234.tmp").exists());
         assert!(d.path().join("keys/.tmp").exists() && d.path().join("keys/ticket.key").exists());
         // A directory is left alone.
@@ -989,5 +996,33 @@ mod tests {
         assert!(rustix::io::fcntl_getfd(&fd)
             .unwrap()
             .contains(rustix::io::FdFlags::CLOEXEC));
+    }
+
+    /// The erasure's open: a link is not followed, a FIFO without a reader fails at once
+    /// (ENXIO) instead of waiting, and the descriptor is not inherited by children.
+    #[test]
+    fn the_erasures_open_never_follows_or_waits() {
+        let (d, k) = key_dir();
+        let victim = d.path().join("victim");
+        fs::write(&victim, b"precious").unwrap();
+        std::os::unix::fs::symlink(&victim, d.path().join("keys/link")).unwrap();
+        assert_eq!(
+            k.open_to_overwrite(OsStr::new("link")).unwrap_err(),
+            Errno::LOOP
+        );
+        rustix::fs::mkfifoat(&*k.fd, "fifo", Mode::from_raw_mode(0o600)).unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let peek = k.clone();
+        std::thread::spawn(move || tx.send(peek.open_to_overwrite(OsStr::new("fifo")).map(|_| ())));
+        let got = rx
+            .recv_timeout(std::time::Duration::from_secs(10))
+            .expect("opening a FIFO blocked");
+        assert_eq!(got, Err(Errno::NXIO));
+        fs::write(d.path().join("keys/k.key"), [1u8; 80]).unwrap();
+        let fd = k.open_to_overwrite(OsStr::new("k.key")).unwrap();
+        assert!(rustix::io::fcntl_getfd(&fd)
+            .unwrap()
+            .contains(rustix::io::FdFlags::CLOEXEC));
+        assert_eq!(fs::read(&victim).unwrap(), b"precious");
     }
 }
