@@ -1025,4 +1025,35 @@ mod tests {
             .contains(rustix::io::FdFlags::CLOEXEC));
         assert_eq!(fs::read(&victim).unwrap(), b"precious");
     }
+
+    /// `stek keygen`'s private keys: 0600, all the bytes, never over an existing file or
+    /// through a link at the name, and the refusal says why.
+    #[test]
+    fn private_keys_are_created_new_and_private() {
+        let d = tempfile::tempdir_in("/dev/shm").unwrap();
+        let path = d.path().join("group.key");
+        create_new_private(&path, b"secret key text").unwrap();
+        assert_eq!(fs::read(&path).unwrap(), b"secret key text");
+        assert_eq!(fs::metadata(&path).unwrap().mode() & 0o777, 0o600);
+        let e = create_new_private(&path, b"other").unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::AlreadyExists);
+        assert!(e.to_string().contains("refusing to overwrite a key"), "{e}");
+        assert_eq!(fs::read(&path).unwrap(), b"secret key text");
+        let victim = d.path().join("victim");
+        fs::write(&victim, b"precious").unwrap();
+        std::os::unix::fs::symlink(&victim, d.path().join("link.key")).unwrap();
+        let e = create_new_private(&d.path().join("link.key"), b"other").unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::AlreadyExists);
+        assert_eq!(fs::read(&victim).unwrap(), b"precious");
+        // Other errors keep the system's own text.
+        let e = create_new_private(&d.path().join("no/such/dir.key"), b"x").unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::NotFound);
+        assert!(!e.to_string().contains("refusing"), "{e}");
+    }
+
+    #[test]
+    fn temporary_names_are_lowercase_hex() {
+        assert_eq!(hex(&[0x00, 0xab, 0x7f, 0x10]), "00ab7f10");
+        assert_eq!(hex(&[]), "");
+    }
 }
