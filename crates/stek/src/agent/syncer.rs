@@ -1016,8 +1016,9 @@ mod tests {
         }
         let d = diagnose_slots(&[last + 1, last + 3]);
         assert_eq!(d.key, "ahead", "{}", d.text);
-        // Records on both sides, and one in the first slot read (the window filled in since).
-        for slots in [[first - 1, last + 1], [first - 2, first]] {
+        // Records on both sides, or one in the first or the last slot read (the window filled in
+        // since): a gap, not a clock.
+        for slots in [[first - 1, last + 1], [first - 2, first], [last, last + 2]] {
             let d = diagnose_slots(&slots);
             assert_eq!(d.key, "gap", "{slots:?}: {}", d.text);
             assert!(
