@@ -631,6 +631,19 @@ mod tests {
     use super::*;
     use std::os::unix::fs::{MetadataExt, PermissionsExt};
 
+    /// What `op` returns on another thread, which must not take 10 s (a FIFO opened without
+    /// `O_NONBLOCK` or `O_DIRECTORY` waits for a writer forever; the thread is then left).
+    fn unblocked<T: Send + 'static>(
+        k: &KeyDir,
+        op: impl FnOnce(&KeyDir) -> T + Send + 'static,
+    ) -> T {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let k = k.clone();
+        std::thread::spawn(move || tx.send(op(&k)));
+        rx.recv_timeout(std::time::Duration::from_secs(10))
+            .expect("opening a FIFO blocked")
+    }
+
     fn key_dir() -> (tempfile::TempDir, KeyDir) {
         let d = tempfile::tempdir_in("/dev/shm").unwrap();
         let (k, check) = KeyDir::open(&d.path().join("keys"), false).unwrap();
@@ -928,12 +941,7 @@ mod tests {
         fs::write(d.path().join("keys/file"), b"").unwrap();
         rustix::fs::mkfifoat(&*k.fd, "fifo", Mode::from_raw_mode(0o600)).unwrap();
         for name in ["file", "fifo"] {
-            let (tx, rx) = std::sync::mpsc::channel();
-            let k = k.clone();
-            std::thread::spawn(move || tx.send(k.subdir(name).map(|_| ())));
-            let got = rx
-                .recv_timeout(std::time::Duration::from_secs(10))
-                .unwrap_or_else(|_| panic!("opening {name} blocked"));
+            let got = unblocked(&k, move |k| k.subdir(name).map(|_| ()));
             assert!(
                 matches!(got, Err(DirError::NotDir(ref p)) if p.ends_with(name)),
                 "{got:?}"
@@ -985,12 +993,7 @@ mod tests {
         std::os::unix::fs::symlink(&victim, d.path().join("keys/link")).unwrap();
         assert!(k.read_head("link", 12).is_err());
         rustix::fs::mkfifoat(&*k.fd, "fifo", Mode::from_raw_mode(0o600)).unwrap();
-        let (tx, rx) = std::sync::mpsc::channel();
-        let peek = k.clone();
-        std::thread::spawn(move || tx.send(peek.read_head("fifo", 12).map_err(|e| e.kind())));
-        let got = rx
-            .recv_timeout(std::time::Duration::from_secs(10))
-            .expect("reading a FIFO blocked");
+        let got = unblocked(&k, |k| k.read_head("fifo", 12).map_err(|e| e.kind()));
         assert_eq!(got, Err(io::ErrorKind::InvalidData));
         let fd = k.open_to_peek("stek.key").unwrap();
         assert!(rustix::io::fcntl_getfd(&fd)
@@ -1011,12 +1014,7 @@ mod tests {
             Errno::LOOP
         );
         rustix::fs::mkfifoat(&*k.fd, "fifo", Mode::from_raw_mode(0o600)).unwrap();
-        let (tx, rx) = std::sync::mpsc::channel();
-        let peek = k.clone();
-        std::thread::spawn(move || tx.send(peek.open_to_overwrite(OsStr::new("fifo")).map(|_| ())));
-        let got = rx
-            .recv_timeout(std::time::Duration::from_secs(10))
-            .expect("opening a FIFO blocked");
+        let got = unblocked(&k, |k| k.open_to_overwrite(OsStr::new("fifo")).map(|_| ()));
         assert_eq!(got, Err(Errno::NXIO));
         fs::write(d.path().join("keys/k.key"), [1u8; 80]).unwrap();
         let fd = k.open_to_overwrite(OsStr::new("k.key")).unwrap();

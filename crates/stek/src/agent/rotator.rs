@@ -270,6 +270,20 @@ mod tests {
         }
     }
 
+    /// A rotator of group `g` (P = 4 s, L = 8 s) that took the shared keys of slots 98 to 101
+    /// at t = 400 s (slot 100), and their names.
+    fn holding_98_to_101() -> (Rotator, Vec<stek_core::KeyName>) {
+        let s = Schedule::new(Duration::from_secs(4), Duration::from_secs(8)).unwrap();
+        let mut rotator = Rotator::new("g".into(), s, 1);
+        let keys: Vec<SlotKey> = (98..=101)
+            .map(|e| SlotKey::generate(Slot(e)).unwrap())
+            .collect();
+        let names = keys.iter().map(SlotKey::name).collect();
+        let t = Duration::from_secs(400);
+        rotator.take(report(t, keys), t);
+        (rotator, names)
+    }
+
     /// A key once held for a slot stays: a later report with another key for that slot (the
     /// store replaced the record) changes nothing, since the held key may already encrypt.
     #[test]
@@ -421,14 +435,9 @@ mod tests {
     /// slot leaves the window, and the ring moves on: stale, then a local key.
     #[test]
     fn erasure_and_rotation_need_no_store() {
-        let s = Schedule::new(Duration::from_secs(4), Duration::from_secs(8)).unwrap();
-        let mut rotator = Rotator::new("g".into(), s, 1);
+        let (mut rotator, names) = holding_98_to_101();
         let at = |t: u64| Duration::from_secs(t);
-        let keys: Vec<SlotKey> = (98..=101)
-            .map(|e| SlotKey::generate(Slot(e)).unwrap())
-            .collect();
-        let first = keys[0].name();
-        rotator.take(report(at(400), keys), at(400));
+        let first = names[0];
         assert_eq!(rotator.held(), [98, 99, 100, 101].map(Slot).into());
         rotator.rotate(at(400)).unwrap();
         // Slot 98 leaves the window [e-2, e+1] when slot 101 begins, at 404, not before; the
@@ -526,14 +535,9 @@ mod tests {
     /// current key, a stale one (how many periods old), or the local fallback (loud).
     #[test]
     fn each_ring_is_logged_with_why_its_key_encrypts() {
-        let s = Schedule::new(Duration::from_secs(4), Duration::from_secs(8)).unwrap();
-        let mut rotator = Rotator::new("g".into(), s, 1);
+        let (mut rotator, names) = holding_98_to_101();
         let at = |t: u64| Duration::from_secs(t);
-        let keys: Vec<SlotKey> = (98..=101)
-            .map(|e| SlotKey::generate(Slot(e)).unwrap())
-            .collect();
-        let (current, next) = (keys[2].name(), keys[3].name());
-        rotator.take(report(at(400), keys), at(400));
+        let (current, next) = (names[2], names[3]);
         let mut logged = |t: u64| {
             let ring = rotator.rotate(at(t)).unwrap().unwrap().1.clone();
             crate::testlog::capture(|| log_ring("g", &ring, "rotated to", "this host")).1

@@ -287,18 +287,14 @@ mod tests {
     async fn a_delivered_ring_is_applied_once_the_command_ran() {
         use std::collections::BTreeMap;
         use stek_core::{LocalKeys, Schedule, Slot, SlotKey};
-        let s = Schedule::new(Duration::from_secs(4), Duration::from_secs(12)).unwrap();
+        let (s, now) = (
+            Schedule::new(Duration::from_secs(4), Duration::from_secs(12)).unwrap(),
+            Duration::from_secs(400),
+        );
         let shared: BTreeMap<Slot, SlotKey> = [100, 101]
             .map(|e| (Slot(e), SlotKey::generate(Slot(e)).unwrap()))
             .into();
-        let ring = Ring::build(
-            &s,
-            Duration::from_secs(400),
-            &shared,
-            &mut LocalKeys::new(),
-            1,
-        )
-        .unwrap();
+        let ring = Ring::build(&s, now, &shared, &mut LocalKeys::new(), 1).unwrap();
         let mut sink = OnChange::spawn("true".into(), Duration::from_millis(100));
         assert_eq!(sink.name(), "on_change");
         assert!(sink.health().applied.is_none());
