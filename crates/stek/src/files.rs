@@ -395,20 +395,12 @@ impl KeyDir {
         rustix::fs::openat(&*self.fd, name, flags, Mode::from_raw_mode(0o600))
     }
 
-    /// Opens `name` for reading without following a link, without waiting (a FIFO planted
-    /// there has no writer), without taking a terminal, not inherited by children.
-    fn open_to_peek(&self, name: &str) -> rustix::io::Result<OwnedFd> {
-        let flags =
-            OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::NOCTTY | OFlags::CLOEXEC;
-        rustix::fs::openat(&*self.fd, name, flags, Mode::empty())
-    }
-
-    /// Opens `name` for overwriting without following a link (a link swapped in after a look
-    /// fails with ELOOP), without waiting (a FIFO swapped in fails with ENXIO instead of hanging
-    /// the erasure), without taking a terminal, not inherited by children.
-    fn open_to_overwrite(&self, name: &OsStr) -> rustix::io::Result<OwnedFd> {
-        let flags =
-            OFlags::WRONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::NOCTTY | OFlags::CLOEXEC;
+    /// Opens the existing `name` with `access` (`RDONLY` to peek, `WRONLY` to overwrite)
+    /// without following a link (a link planted or swapped in fails with ELOOP), without
+    /// waiting (a FIFO without a peer opens at once for reading, fails with ENXIO for writing,
+    /// instead of hanging), without taking a terminal, not inherited by children.
+    fn open_existing(&self, name: &OsStr, access: OFlags) -> rustix::io::Result<OwnedFd> {
+        let flags = access | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::NOCTTY | OFlags::CLOEXEC;
         rustix::fs::openat(&*self.fd, name, flags, Mode::empty())
     }
 
@@ -419,7 +411,7 @@ impl KeyDir {
     /// holds what would be written.
     pub fn read_head(&self, name: &str, max: usize) -> io::Result<Option<Vec<u8>>> {
         use std::io::Read as _;
-        let fd = match self.open_to_peek(name) {
+        let fd = match self.open_existing(OsStr::new(name), OFlags::RDONLY) {
             Ok(fd) => fd,
             Err(Errno::NOENT) => return Ok(None),
             Err(e) => return Err(e.into()),
@@ -497,7 +489,7 @@ impl KeyDir {
                 return Ok(());
             }
         }
-        let fd = match self.open_to_overwrite(name) {
+        let fd = match self.open_existing(name, OFlags::WRONLY) {
             Ok(fd) => fd,
             Err(Errno::NOENT) => return Ok(()),
             Err(Errno::LOOP) => {
@@ -642,6 +634,15 @@ mod tests {
         std::thread::spawn(move || tx.send(op(&k)));
         rx.recv_timeout(std::time::Duration::from_secs(10))
             .expect("opening a FIFO blocked")
+    }
+
+    /// A file `victim` holding "precious" outside the key directory `dir/keys`, and a link to
+    /// it at `keys/name`: returns the victim's path.
+    fn planted_link(dir: &Path, name: &str) -> PathBuf {
+        let victim = dir.join("victim");
+        fs::write(&victim, b"precious").unwrap();
+        std::os::unix::fs::symlink(&victim, dir.join("keys").join(name)).unwrap();
+        victim
     }
 
     fn key_dir() -> (tempfile::TempDir, KeyDir) {
@@ -958,9 +959,7 @@ mod tests {
     #[test]
     fn new_files_are_new_private_and_not_inherited() {
         let (d, k) = key_dir();
-        let victim = d.path().join("victim");
-        fs::write(&victim, b"precious").unwrap();
-        std::os::unix::fs::symlink(&victim, d.path().join("keys/link")).unwrap();
+        let victim = planted_link(d.path(), "link");
         fs::write(d.path().join("keys/file"), b"old").unwrap();
         for planted in ["link", "file"] {
             assert_eq!(
@@ -988,14 +987,14 @@ mod tests {
         assert_eq!(k.read_head("stek.key", 12).unwrap(), Some(vec![5u8; 12]));
         assert_eq!(k.read_head("stek.key", 500).unwrap(), Some(vec![5u8; 92]));
         assert_eq!(k.read_head("absent", 12).unwrap(), None);
-        let victim = d.path().join("victim");
-        fs::write(&victim, b"precious").unwrap();
-        std::os::unix::fs::symlink(&victim, d.path().join("keys/link")).unwrap();
+        planted_link(d.path(), "link");
         assert!(k.read_head("link", 12).is_err());
         rustix::fs::mkfifoat(&*k.fd, "fifo", Mode::from_raw_mode(0o600)).unwrap();
         let got = unblocked(&k, |k| k.read_head("fifo", 12).map_err(|e| e.kind()));
         assert_eq!(got, Err(io::ErrorKind::InvalidData));
-        let fd = k.open_to_peek("stek.key").unwrap();
+        let fd = k
+            .open_existing(OsStr::new("stek.key"), OFlags::RDONLY)
+            .unwrap();
         assert!(rustix::io::fcntl_getfd(&fd)
             .unwrap()
             .contains(rustix::io::FdFlags::CLOEXEC));
@@ -1006,18 +1005,22 @@ mod tests {
     #[test]
     fn the_erasures_open_never_follows_or_waits() {
         let (d, k) = key_dir();
-        let victim = d.path().join("victim");
-        fs::write(&victim, b"precious").unwrap();
-        std::os::unix::fs::symlink(&victim, d.path().join("keys/link")).unwrap();
+        let victim = planted_link(d.path(), "link");
         assert_eq!(
-            k.open_to_overwrite(OsStr::new("link")).unwrap_err(),
+            k.open_existing(OsStr::new("link"), OFlags::WRONLY)
+                .unwrap_err(),
             Errno::LOOP
         );
         rustix::fs::mkfifoat(&*k.fd, "fifo", Mode::from_raw_mode(0o600)).unwrap();
-        let got = unblocked(&k, |k| k.open_to_overwrite(OsStr::new("fifo")).map(|_| ()));
+        let got = unblocked(&k, |k| {
+            k.open_existing(OsStr::new("fifo"), OFlags::WRONLY)
+                .map(|_| ())
+        });
         assert_eq!(got, Err(Errno::NXIO));
         fs::write(d.path().join("keys/k.key"), [1u8; 80]).unwrap();
-        let fd = k.open_to_overwrite(OsStr::new("k.key")).unwrap();
+        let fd = k
+            .open_existing(OsStr::new("k.key"), OFlags::WRONLY)
+            .unwrap();
         assert!(rustix::io::fcntl_getfd(&fd)
             .unwrap()
             .contains(rustix::io::FdFlags::CLOEXEC));
