@@ -1103,16 +1103,17 @@ mod tests {
             tx,
         ));
         // The next measurement: (seconds since the start, offset), and how many reads before it.
+        // A period holds at most 9 reads: none measured in 20 is a failure, not a hang (the
+        // paused clock would otherwise run on forever).
         async fn next(rx: &mut mpsc::Receiver<SyncReport>, start: Instant) -> (f64, f64, usize) {
-            let mut reads = 0;
-            loop {
+            for reads in 0..20 {
                 let r = rx.recv().await.expect("the syncer runs");
                 assert!(r.result.is_ok());
                 if let Some(off) = r.clock_offset {
                     return ((Instant::now() - start).as_secs_f64(), off, reads);
                 }
-                reads += 1;
             }
+            panic!("no clock offset measured in 20 reads");
         }
         let warned = || logs.text().matches("more than P/4").count();
         let back = || logs.text().matches("back within P/4 of the store").count();
