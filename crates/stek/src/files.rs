@@ -645,6 +645,13 @@ mod tests {
         victim
     }
 
+    /// Whether `fd` is closed on exec (not inherited by the reload command or other children).
+    fn cloexec(fd: impl AsFd) -> bool {
+        rustix::io::fcntl_getfd(fd)
+            .unwrap()
+            .contains(rustix::io::FdFlags::CLOEXEC)
+    }
+
     fn key_dir() -> (tempfile::TempDir, KeyDir) {
         let d = tempfile::tempdir_in("/dev/shm").unwrap();
         let (k, check) = KeyDir::open(&d.path().join("keys"), false).unwrap();
@@ -949,8 +956,7 @@ mod tests {
             );
         }
         for fd in [&*k.fd, &*k.subdir("nginx").unwrap().fd] {
-            let flags = rustix::io::fcntl_getfd(fd).unwrap();
-            assert!(flags.contains(rustix::io::FdFlags::CLOEXEC));
+            assert!(cloexec(fd));
         }
     }
 
@@ -971,9 +977,7 @@ mod tests {
         assert_eq!(fs::read(&victim).unwrap(), b"precious");
         assert_eq!(fs::read(d.path().join("keys/file")).unwrap(), b"old");
         let fd = k.create_new("new").unwrap();
-        assert!(rustix::io::fcntl_getfd(&fd)
-            .unwrap()
-            .contains(rustix::io::FdFlags::CLOEXEC));
+        assert!(cloexec(&fd));
         let m = fs::metadata(d.path().join("keys/new")).unwrap();
         assert_eq!(m.mode() & 0o777, 0o600);
     }
@@ -995,9 +999,7 @@ mod tests {
         let fd = k
             .open_existing(OsStr::new("stek.key"), OFlags::RDONLY)
             .unwrap();
-        assert!(rustix::io::fcntl_getfd(&fd)
-            .unwrap()
-            .contains(rustix::io::FdFlags::CLOEXEC));
+        assert!(cloexec(&fd));
     }
 
     /// The erasure's open: a link is not followed, a FIFO without a reader fails at once
@@ -1021,9 +1023,7 @@ mod tests {
         let fd = k
             .open_existing(OsStr::new("k.key"), OFlags::WRONLY)
             .unwrap();
-        assert!(rustix::io::fcntl_getfd(&fd)
-            .unwrap()
-            .contains(rustix::io::FdFlags::CLOEXEC));
+        assert!(cloexec(&fd));
         assert_eq!(fs::read(&victim).unwrap(), b"precious");
     }
 

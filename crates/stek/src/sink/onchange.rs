@@ -287,10 +287,8 @@ mod tests {
     async fn a_delivered_ring_is_applied_once_the_command_ran() {
         use std::collections::BTreeMap;
         use stek_core::{LocalKeys, Schedule, Slot, SlotKey};
-        let (s, now) = (
-            Schedule::new(Duration::from_secs(4), Duration::from_secs(12)).unwrap(),
-            Duration::from_secs(400),
-        );
+        let s = Schedule::new(Duration::from_secs(4), Duration::from_secs(12)).unwrap();
+        let now = Duration::from_secs(400);
         let shared: BTreeMap<Slot, SlotKey> = [100, 101]
             .map(|e| (Slot(e), SlotKey::generate(Slot(e)).unwrap()))
             .into();
