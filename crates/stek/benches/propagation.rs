@@ -80,12 +80,15 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt::Write as _;
 use std::future::Future;
 use std::io::{BufRead as _, Write as _};
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
+
+#[path = "../tests/util/port.rs"]
+mod port;
 
 use anyhow::{bail, Context};
 use stek::agent::{Rotator, SealedOpener, SyncReport, Synced, Syncer};
@@ -1447,7 +1450,7 @@ async fn bench_redis(cfg: &Config) -> anyhow::Result<Report> {
         }
         Ok(args)
     };
-    let (p0, t0) = (free_port()?, free_port()?);
+    let (p0, t0) = (port::free_port(), port::free_port());
     let mut args = redis_args(p0, t0, "primary")?;
     args.extend(["--repl-diskless-sync-delay", "0"].map(str::to_owned));
     let primary = Server::spawn("redis-server", &args, &dir.path().join("primary.log"))?;
@@ -1457,7 +1460,7 @@ async fn bench_redis(cfg: &Config) -> anyhow::Result<Report> {
     let mut conns = Vec::new();
     let mut agent_urls = Vec::new();
     for i in 0..replicas {
-        let (p, t) = (free_port()?, free_port()?);
+        let (p, t) = (port::free_port(), port::free_port());
         let mut args = redis_args(p, t, &format!("replica{i}"))?;
         args.extend(["--replicaof", "127.0.0.1", &p0.to_string()].map(str::to_owned));
         replica_servers.push(Server::spawn(
@@ -1520,7 +1523,7 @@ async fn bench_etcd(cfg: &Config) -> anyhow::Result<Report> {
     let scheme = if cfg.tls { "https" } else { "http" };
     let mut ports = Vec::new();
     for _ in 0..members {
-        ports.push((free_port()?, free_port()?, free_port()?));
+        ports.push((port::free_port(), port::free_port(), port::free_port()));
     }
     let cluster = ports
         .iter()
@@ -1767,10 +1770,6 @@ fn machine_busy_cpu() -> f64 {
 
 fn cores() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get())
-}
-
-fn free_port() -> anyhow::Result<u16> {
-    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
 fn on_path(program: &str) -> bool {

@@ -19,13 +19,9 @@ use tokio::sync::{watch, Barrier};
 // Two small helpers of tests/util are repeated here so this binary does not depend on the
 // rest of that module.
 
-/// A loopback port that was free a moment ago.
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("bind 127.0.0.1:0")
-}
+#[path = "util/port.rs"]
+mod port;
+use port::free_port;
 
 fn unix_now() -> Duration {
     std::time::SystemTime::now()

@@ -2,7 +2,6 @@
 //! chosen at run time: the store conformance suite, replication to the replica, pub/sub relayed
 //! by the replica, recovery after the replica restarts, expiry on every key, untrusted values.
 
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -27,13 +26,9 @@ fn require_redis_server() {
     );
 }
 
-/// A loopback port that was free a moment ago.
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("bind 127.0.0.1:0")
-}
+#[path = "util/port.rs"]
+mod port;
+use port::free_port;
 
 fn unix_now() -> Duration {
     SystemTime::now()

@@ -426,5 +426,22 @@ impl Drop for EtcdCluster {
         for i in 0..self.members.len() {
             self.kill(i);
         }
+        // A failing test shows what each member said: an election, a crash, a refused peer.
+        if std::thread::panicking() {
+            for m in &self.members {
+                let log = fs::read_to_string(&m.log).unwrap_or_default();
+                let lines: Vec<&str> = log.lines().collect();
+                let tail = &lines[lines.len().saturating_sub(40)..];
+                eprintln!(
+                    "---- etcd {} (client port {}, peer port {}): last {} lines of {} ----\n{}",
+                    m.name,
+                    m.client_port,
+                    m.peer_port,
+                    tail.len(),
+                    m.log.display(),
+                    tail.join("\n")
+                );
+            }
+        }
     }
 }

@@ -4,7 +4,7 @@
 
 use std::fs;
 use std::io::Write;
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -43,13 +43,7 @@ pub fn require(tool: &str) {
     );
 }
 
-/// A loopback port that was free a moment ago.
-pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("bind 127.0.0.1:0")
-}
+pub use port::free_port;
 
 /// Polls `f` every 20 ms until it returns `Some`, or panics after `timeout` naming `what`.
 pub fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
@@ -452,6 +446,7 @@ impl Apache {
 }
 pub mod etcd_cluster;
 pub mod fleet;
+pub mod port;
 pub mod redis_tls;
 pub mod scan;
 pub mod sentinel;
