@@ -1450,8 +1450,7 @@ impl std::ops::Deref for GracefulNginx {
 
 impl Drop for GracefulNginx {
     fn drop(&mut self) {
-        let pid = self.0.proc.pid().to_string();
-        let _ = Command::new("kill").args(["-TERM", &pid]).status();
+        super::terminate(&mut self.0.proc.child);
         let deadline = Instant::now() + Duration::from_secs(5);
         while Instant::now() < deadline {
             if let Ok(Some(_)) = self.0.proc.child.try_wait() {

@@ -184,14 +184,21 @@ impl Proc {
     }
 }
 
+/// SIGTERM to `child` while it is still ours. A child not yet waited for keeps its pid (as a
+/// zombie if it has exited); once waited for, its pid may already be a stranger's, so it gets
+/// no signal.
+pub fn terminate(child: &mut Child) {
+    if matches!(child.try_wait(), Ok(None)) {
+        let pid = rustix::process::Pid::from_child(child);
+        let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
+    }
+}
+
 impl Drop for Proc {
     fn drop(&mut self) {
         // SIGTERM first, so servers stop their children (a SIGKILLed nginx master leaves its
         // workers running and holding the port); SIGKILL after 3 s.
-        let _ = Command::new("kill")
-            .arg("-TERM")
-            .arg(self.child.id().to_string())
-            .status();
+        terminate(&mut self.child);
         let deadline = Instant::now() + Duration::from_secs(3);
         while Instant::now() < deadline {
             if matches!(self.child.try_wait(), Ok(Some(_))) {
