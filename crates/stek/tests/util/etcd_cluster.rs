@@ -150,7 +150,45 @@ impl EtcdCluster {
         for i in 0..n {
             c.wait_healthy(i);
         }
+        c.check_membership();
         c
+    }
+
+    /// Every member answers on its own client port, all in one cluster, each a different
+    /// member, and every process still runs. A health answer alone does not prove that: a
+    /// member that lost a port to another process exits, and that process may be another
+    /// test's etcd that answers "healthy" in its place.
+    fn check_membership(&mut self) {
+        let out = self.etcdctl_at(&[], &["endpoint", "status", "--write-out=json"]);
+        let text = String::from_utf8_lossy(&out.stdout);
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+        let mut seen = Vec::new();
+        for s in v.as_array().into_iter().flatten() {
+            let h = &s["Status"]["header"];
+            let ids = (h["cluster_id"].as_u64(), h["member_id"].as_u64());
+            seen.push((s["Endpoint"].as_str().unwrap_or_default().to_owned(), ids));
+        }
+        let clusters: std::collections::BTreeSet<_> = seen.iter().map(|(_, (c, _))| *c).collect();
+        let members: std::collections::BTreeSet<_> = seen.iter().map(|(_, (_, m))| *m).collect();
+        assert!(
+            seen.len() == self.members.len()
+                && clusters.len() == 1
+                && members.len() == self.members.len()
+                && !clusters.contains(&None)
+                && !members.contains(&None),
+            "etcd members are not {} distinct members of one cluster: {seen:?}\n{text}{}",
+            self.members.len(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        for m in &mut self.members {
+            if let Some(status) = m.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
+                panic!(
+                    "etcd {} exited with {status}:\n{}",
+                    m.name,
+                    fs::read_to_string(&m.log).unwrap_or_default()
+                );
+            }
+        }
     }
 
     fn scheme(&self) -> &'static str {
