@@ -16,9 +16,8 @@ use stek_core::record::MAX_RECORD_LEN;
 use stek_core::Slot;
 use tokio::sync::{watch, Barrier};
 
-// Two small helpers of tests/util are repeated here so this binary does not depend on the
+// Only tests/util's standalone port helper is included, so this binary does not depend on the
 // rest of that module.
-
 #[path = "util/port.rs"]
 mod port;
 use port::free_port;

@@ -158,36 +158,43 @@ impl EtcdCluster {
     /// member, and every process still runs. A health answer alone does not prove that: a
     /// member that lost a port to another process exits, and that process may be another
     /// test's etcd that answers "healthy" in its place.
-    fn check_membership(&mut self) {
+    pub fn check_membership(&mut self) {
+        use std::collections::BTreeSet;
+        let n = self.members.len();
         let out = self.etcdctl_at(&[], &["endpoint", "status", "--write-out=json"]);
-        let text = String::from_utf8_lossy(&out.stdout);
         let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
-        let mut seen = Vec::new();
-        for s in v.as_array().into_iter().flatten() {
-            let h = &s["Status"]["header"];
-            let ids = (h["cluster_id"].as_u64(), h["member_id"].as_u64());
-            seen.push((s["Endpoint"].as_str().unwrap_or_default().to_owned(), ids));
-        }
-        let clusters: std::collections::BTreeSet<_> = seen.iter().map(|(_, (c, _))| *c).collect();
-        let members: std::collections::BTreeSet<_> = seen.iter().map(|(_, (_, m))| *m).collect();
+        // (cluster id, member id) of each endpoint that answered.
+        let ids: Vec<(u64, u64)> = v
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|s| {
+                let h = &s["Status"]["header"];
+                Some((h["cluster_id"].as_u64()?, h["member_id"].as_u64()?))
+            })
+            .collect();
+        let clusters: BTreeSet<u64> = ids.iter().map(|id| id.0).collect();
+        let members: BTreeSet<u64> = ids.iter().map(|id| id.1).collect();
         assert!(
-            seen.len() == self.members.len()
-                && clusters.len() == 1
-                && members.len() == self.members.len()
-                && !clusters.contains(&None)
-                && !members.contains(&None),
-            "etcd members are not {} distinct members of one cluster: {seen:?}\n{text}{}",
-            self.members.len(),
+            ids.len() == n && clusters.len() == 1 && members.len() == n,
+            "etcd members are not {n} distinct members of one cluster: {ids:?}\n{}{}",
+            String::from_utf8_lossy(&out.stdout),
             String::from_utf8_lossy(&out.stderr)
         );
-        for m in &mut self.members {
-            if let Some(status) = m.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
-                panic!(
-                    "etcd {} exited with {status}:\n{}",
-                    m.name,
-                    fs::read_to_string(&m.log).unwrap_or_default()
-                );
-            }
+        for i in 0..n {
+            self.assert_running(i);
+        }
+    }
+
+    /// Panics with member `i`'s log if its process has exited.
+    fn assert_running(&mut self, i: usize) {
+        let m = &mut self.members[i];
+        if let Some(status) = m.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
+            panic!(
+                "etcd {} exited with {status}:\n{}",
+                m.name,
+                fs::read_to_string(&m.log).unwrap_or_default()
+            );
         }
     }
 
@@ -259,21 +266,11 @@ impl EtcdCluster {
     /// Waits until member `i` says it is healthy (it has a leader).
     pub fn wait_healthy(&mut self, i: usize) {
         let port = self.members[i].metrics_port;
-        let log = self.members[i].log.clone();
         wait_for(
             &format!("etcd member {i} healthy"),
             Duration::from_secs(30),
             || {
-                if let Some(status) = self.members[i]
-                    .child
-                    .as_mut()
-                    .and_then(|c| c.try_wait().ok().flatten())
-                {
-                    panic!(
-                        "etcd exited with {status}:\n{}",
-                        fs::read_to_string(&log).unwrap_or_default()
-                    );
-                }
+                self.assert_running(i);
                 http_get(port, "/health").filter(|b| b.contains("\"health\":\"true\""))
             },
         );
