@@ -160,3 +160,31 @@ fn a_member_without_a_leader_refuses_at_once_instead_of_hanging() {
             .expect("open");
     });
 }
+
+/// The CI failure this guards against: a member lost its port, and another cluster's etcd on
+/// that port passed its health check, so "3 members" were two and killing the leader left no
+/// quorum. The membership check refuses such a cluster, naming what answered.
+#[test]
+fn a_member_impersonated_by_another_etcd_is_refused() {
+    let dir = shm_dir();
+    let (a, b) = (dir.path().join("a"), dir.path().join("b"));
+    for d in [&a, &b] {
+        std::fs::create_dir(d).expect("a cluster's directory");
+    }
+    let mut etcd = EtcdCluster::start(&a, 3, false, false, &[]);
+    let other = EtcdCluster::start(&b, 1, false, false, &[]);
+    etcd.kill(2);
+    etcd.members[2].client_port = other.members[0].client_port;
+    let refused = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        etcd.check_membership();
+    }))
+    .expect_err("a stranger on a member's port is refused");
+    let text = refused
+        .downcast_ref::<String>()
+        .cloned()
+        .unwrap_or_default();
+    assert!(
+        text.contains("are not 3 distinct members of one cluster"),
+        "{text}"
+    );
+}
